@@ -1,0 +1,282 @@
+"""Model configs: frozen dataclasses, validated at construction, serializable to JSON.
+
+A config plus a safetensors state dict is a complete model. `tiny` is the default preset
+(seconds per image on a 2-core CPU); `sd15` has Stable Diffusion 1.5's scale.
+This module is torch-free so that the runtime can read configs from a manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbunet.errors import ConfigError
+from dbunet.schedulers.schedule import NoiseSchedule
+
+
+def _check_groups(name: str, channels: tuple[int, ...], groups: int) -> None:
+    for c in channels:
+        if c % groups:
+            raise ConfigError(f"{name}: every channel count must be divisible by {groups} groups, got {c}")
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """transformers CLIPTextConfig fields (the text encoder is a stock CLIPTextModel)."""
+
+    vocab_size: int = 49408
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    max_length: int = 77
+    hidden_act: str = "quick_gelu"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"text encoder: hidden_size {self.hidden_size} not divisible by {self.num_attention_heads} heads"
+            )
+        if self.max_length < 3:
+            raise ConfigError(f"text encoder: max_length must be >= 3, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    """diffusers AutoencoderKL fields; len(block_out_channels) - 1 downsamples (4 blocks: f = 8)."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.18215
+
+    def __post_init__(self) -> None:
+        _check_groups("vae", self.block_out_channels, self.norm_num_groups)
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclass(frozen=True)
+class DBUNetConfig:
+    """DB-UNet (SPEC 3.2): three levels; DCA and BoxConstraint in every encoder layer."""
+
+    in_channels: int = 4
+    block_out_channels: tuple[int, int, int] = (320, 640, 1280)
+    layers_per_block: int = 2
+    num_attention_heads: int = 8
+    norm_num_groups: int = 32
+    cross_attention_dim: int = 768  # text hidden size D
+    dca_heads: int = 8
+    dca_max_tokens: int = 1024  # P bound for DCA tokens at `sample_size`; sets each level's pool factor
+    sample_size: int = 64  # the latent size the pool factors are chosen for
+    max_boxes: int = 30
+    box_fourier_freqs: int = 8
+    box_hidden_dim: int = 512
+    box_gate_init: float = 0.0  # GLIGEN initialises the gate at 0 (a no-op until trained)
+
+    def __post_init__(self) -> None:
+        if len(self.block_out_channels) != 3:
+            raise ConfigError(f"DB-UNet has exactly 3 levels, got block_out_channels={self.block_out_channels}")
+        _check_groups("dbunet", self.block_out_channels, self.norm_num_groups)
+        for c in self.block_out_channels:
+            if c % self.num_attention_heads or (2 * c) % self.dca_heads or c % self.dca_heads:
+                raise ConfigError(
+                    f"dbunet: channels {c} must be divisible by num_attention_heads={self.num_attention_heads} "
+                    f"and dca_heads={self.dca_heads}"
+                )
+        if self.layers_per_block < 1 or self.max_boxes < 0 or self.dca_max_tokens < 1:
+            raise ConfigError("dbunet: layers_per_block >= 1, max_boxes >= 0, dca_max_tokens >= 1 required")
+
+    def dca_pool(self, level: int) -> int:
+        """Pool factor k of DCA at `level`: the smallest power of 2 keeping P <= dca_max_tokens (SPEC 3.2 step 1)."""
+        side = -(-self.sample_size // 2**level)
+        k = 1
+        while (-(-side // k)) ** 2 > self.dca_max_tokens:
+            k *= 2
+        return k
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    """DiffuseGAE refiner (SPEC 3.3): semantic encoder, GAE, AdaGN conditional UNet in pixel space."""
+
+    encoder_channels: tuple[int, ...] = (64, 128, 256, 512)
+    semantic_dim: int = 512
+    gae_widths: tuple[int, ...] = (512, 1024, 2048)
+    gae_groups: int = 32
+    code_dim: int = 100
+    # Named slices of the 100-dim code; a user swaps them between images (the editing claim).
+    attribute_groups: tuple[tuple[str, int], ...] = (
+        ("layout", 20),
+        ("shape", 20),
+        ("color", 20),
+        ("texture", 20),
+        ("lighting", 20),
+    )
+    unet_channels: tuple[int, ...] = (64, 128, 256)
+    norm_num_groups: int = 32
+    schedule: NoiseSchedule = field(
+        default_factory=lambda: NoiseSchedule(
+            beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=True
+        )
+    )
+
+    def __post_init__(self) -> None:
+        _check_groups("refiner encoder", self.encoder_channels, self.norm_num_groups)
+        _check_groups("refiner unet", self.unet_channels, self.norm_num_groups)
+        _check_groups("gae", self.gae_widths, self.gae_groups)
+        total = sum(size for _, size in self.attribute_groups)
+        if total != self.code_dim:
+            raise ConfigError(f"refiner: attribute groups cover {total} dims, code_dim is {self.code_dim}")
+        names = [name for name, _ in self.attribute_groups]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"refiner: duplicate attribute group names in {names}")
+
+    def attribute_slice(self, name: str) -> slice:
+        start = 0
+        for group, size in self.attribute_groups:
+            if group == name:
+                return slice(start, start + size)
+            start += size
+        valid = ", ".join(g for g, _ in self.attribute_groups)
+        raise ConfigError(f"unknown attribute group {name!r}; valid: {valid}")
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a plain call uses when the caller says nothing."""
+
+    height: int = 512
+    width: int = 512
+    steps: int = 30
+    guidance_scale: float = 7.5
+    scheduler: str = "ddim"
+    box_fraction: float = 0.3  # boxes on for the first 30% of steps (GLIGEN's scheduled sampling)
+    refiner_steps: int = 10
+    refiner_strength: float = 0.3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    text: TextEncoderConfig
+    vae: VaeConfig
+    unet: DBUNetConfig
+    refiner: RefinerConfig
+    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
+    defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
+    seed: int = 0  # seed of the deterministic initial weights
+
+    def __post_init__(self) -> None:
+        if self.unet.in_channels != self.vae.latent_channels:
+            raise ConfigError(
+                f"dbunet.in_channels {self.unet.in_channels} != vae.latent_channels {self.vae.latent_channels}"
+            )
+        if self.unet.cross_attention_dim != self.text.hidden_size:
+            raise ConfigError(
+                f"dbunet.cross_attention_dim {self.unet.cross_attention_dim} != text hidden_size {self.text.hidden_size}"
+            )
+        f = self.vae.downscale
+        if self.defaults.height % f or self.defaults.width % f:
+            raise ConfigError(f"default image size must be a multiple of {f}")
+
+    # -- JSON -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    """Rebuild a value of annotated type `tp` from its JSON form (lists become tuples)."""
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in value)
+        return tuple(_convert(a, v) for a, v in zip(args, value, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}; valid: {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+# -- presets ---------------------------------------------------------------------------------
+def tiny() -> ModelConfig:
+    """Seconds per image on a 2-core CPU; seeded random weights (no training)."""
+    return ModelConfig(
+        name="tiny",
+        text=TextEncoderConfig(
+            vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
+        ),
+        vae=VaeConfig(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8),
+        unet=DBUNetConfig(
+            block_out_channels=(32, 64, 64),
+            layers_per_block=1,
+            num_attention_heads=4,
+            norm_num_groups=8,
+            cross_attention_dim=64,
+            dca_heads=4,
+            dca_max_tokens=256,
+            sample_size=16,
+            box_hidden_dim=64,
+            # Untrained weights: a zero gate would make the boxes invisible, so the demo opens it.
+            box_gate_init=1.0,
+        ),
+        refiner=RefinerConfig(
+            encoder_channels=(16, 32, 32),
+            semantic_dim=128,
+            gae_widths=(128, 256),
+            gae_groups=8,
+            unet_channels=(16, 32, 32),
+            norm_num_groups=8,
+        ),
+        defaults=SamplingDefaults(height=128, width=128, steps=8, refiner_steps=4),
+    )
+
+
+def sd15() -> ModelConfig:
+    """Stable Diffusion 1.5 scale: text dim 768, channels 320/640/1280, 512x512 images."""
+    return ModelConfig(name="sd15", text=TextEncoderConfig(), vae=VaeConfig(), unet=DBUNetConfig(), refiner=RefinerConfig())
+
+
+PRESETS = {"tiny": tiny, "sd15": sd15}
+
+
+def preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}") from None

@@ -1,0 +1,33 @@
+"""One exception family: the CLI prints these as one line and exits 2."""
+
+
+class DbunetError(Exception):
+    """Base of every error a user can cause (bad input, bad artifact, bad config)."""
+
+
+class ConfigError(DbunetError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class InputError(DbunetError):
+    """A call-time input (prompt, box, steps, size) is invalid."""
+
+
+class WeightsError(DbunetError):
+    """A weights file or checkpoint folder is missing, unsafe or does not fit the config."""
+
+
+class ExportError(DbunetError):
+    """Tracing or converting a component failed."""
+
+
+class BuildError(DbunetError):
+    """Building an engine failed."""
+
+
+class ArtifactError(DbunetError):
+    """An artifact is missing, corrupted or from another version."""
+
+
+class AccuracyError(DbunetError):
+    """A compiled component does not match its reference within tolerance."""

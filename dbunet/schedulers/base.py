@@ -1,0 +1,73 @@
+"""What every sampler provides. Fixed tables are built at construction; only the timestep list changes."""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from dbunet.errors import InputError
+from dbunet.schedulers.schedule import NoiseSchedule
+
+
+class Scheduler(abc.ABC):
+    """A numpy sampler. Steps are addressed by index into `timesteps`, not by timestep value,
+    so a loop that starts part-way (img2img, the refiner) is plain slicing."""
+
+    name: str = ""
+
+    def __init__(self, schedule: NoiseSchedule | None = None) -> None:
+        self.schedule = schedule or NoiseSchedule()
+        self.alphas_cumprod = self.schedule.alphas_cumprod()
+        self.timesteps = np.zeros(0, dtype=np.int64)
+        self.num_inference_steps = 0
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        if not isinstance(num_inference_steps, int | np.integer) or num_inference_steps < 1:
+            raise InputError(f"steps must be an integer >= 1, got {num_inference_steps!r}")
+        if num_inference_steps > self.schedule.num_train_timesteps:
+            raise InputError(
+                f"steps must be <= {self.schedule.num_train_timesteps} (the training timesteps), "
+                f"got {num_inference_steps}"
+            )
+        self.num_inference_steps = int(num_inference_steps)
+        self._set_timesteps(self.num_inference_steps)
+
+    @abc.abstractmethod
+    def _set_timesteps(self, n: int) -> None: ...
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """Standard deviation of the starting noise."""
+        return 1.0
+
+    def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
+        """What the denoiser sees at step `index` (identity for variance-preserving samplers)."""
+        return sample
+
+    @abc.abstractmethod
+    def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
+        """x_t -> x_{t-1} given the (guided) noise prediction at step `index`."""
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        """Forward-noise a clean sample to step `index` (q(x_t | x_0))."""
+        acp = self.alphas_cumprod[int(self.timesteps[index])]
+        return (np.sqrt(acp) * original + np.sqrt(1 - acp) * noise).astype(original.dtype)
+
+    def _require_timesteps(self, index: int) -> None:
+        if not 0 <= index < self.num_inference_steps:
+            raise InputError(
+                f"{self.name}: step index {index} outside 0..{self.num_inference_steps - 1}; call set_timesteps first"
+            )
+
+
+def spaced_timesteps(schedule: NoiseSchedule, n: int) -> np.ndarray:
+    """Timestep selection of diffusers' DDIM / Euler ("Common Diffusion Noise Schedules...", Table 2)."""
+    T = schedule.num_train_timesteps
+    if schedule.timestep_spacing == "linspace":
+        return np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
+    if schedule.timestep_spacing == "leading":
+        ratio = T // n
+        return (np.arange(0, n) * ratio).round()[::-1].astype(np.int64) + schedule.steps_offset
+    ratio = T / n  # trailing
+    return np.round(np.arange(T, 0, -ratio)).astype(np.int64) - 1

@@ -1,0 +1,56 @@
+"""Euler sampler over Karras et al. (2022) sigmas (Algorithm 2 with s_churn = 0).
+
+Matches diffusers' EulerDiscreteScheduler step for step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dbunet.schedulers.base import Scheduler, spaced_timesteps
+
+
+class EulerScheduler(Scheduler):
+    name = "euler"
+
+    def __init__(self, schedule=None) -> None:
+        super().__init__(schedule)
+        acp = self.alphas_cumprod
+        self.train_sigmas = ((1 - acp) / acp) ** 0.5  # float32, sigma(t) = sqrt((1 - a_t) / a_t)
+        self.sigmas = np.zeros(1, dtype=np.float32)
+
+    def _set_timesteps(self, n: int) -> None:
+        # Euler keeps float timesteps (diffusers: linspace is not rounded here).
+        s = self.schedule
+        if s.timestep_spacing == "linspace":
+            ts = np.linspace(0, s.num_train_timesteps - 1, n, dtype=np.float32)[::-1].copy()
+        else:
+            ts = spaced_timesteps(s, n).astype(np.float32)
+        sig = np.interp(ts, np.arange(len(self.train_sigmas)), self.train_sigmas)
+        self.sigmas = np.concatenate([sig, [0.0]]).astype(np.float32)
+        self.timesteps = ts
+
+    @property
+    def init_noise_sigma(self) -> float:
+        smax = float(self.sigmas.max())
+        if self.schedule.timestep_spacing in ("linspace", "trailing"):
+            return smax
+        return (smax**2 + 1) ** 0.5
+
+    def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
+        self._require_timesteps(index)
+        # EDM preconditioning c_in = 1 / sqrt(sigma^2 + 1)
+        return (sample / ((self.sigmas[index] ** 2 + 1) ** 0.5)).astype(sample.dtype)
+
+    def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
+        self._require_timesteps(index)
+        sample = sample.astype(np.float32)
+        sigma = self.sigmas[index]
+        # 1. denoised estimate x0 = x - sigma * eps
+        x0 = sample - sigma * model_output
+        # 2. ODE derivative d = (x - x0) / sigma
+        d = (sample - x0) / sigma
+        # 3. Euler step to the next sigma
+        return (sample + d * (self.sigmas[index + 1] - sigma)).astype(model_output.dtype)
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        return (original + noise * self.sigmas[index]).astype(original.dtype)
