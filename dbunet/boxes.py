@@ -1,0 +1,59 @@
+"""Layout boxes: a normalized rectangle and the phrase that names what goes in it. Torch-free."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dbunet.errors import InputError
+
+
+@dataclass(frozen=True)
+class Box:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    phrase: str
+
+    def __post_init__(self) -> None:
+        coords = (self.x0, self.y0, self.x1, self.y1)
+        if not all(isinstance(c, int | float) and math.isfinite(c) for c in coords):
+            raise InputError(f"box {self}: coordinates must be finite numbers")
+        if not all(0.0 <= c <= 1.0 for c in coords):
+            raise InputError(f"box {self.spec()}: coordinates must lie in [0, 1] (normalized x0,y0,x1,y1)")
+        if self.x1 <= self.x0 or self.y1 <= self.y0:
+            raise InputError(f"box {self.spec()}: need x1 > x0 and y1 > y0")
+        if not self.phrase.strip():
+            raise InputError(f"box {self.spec()}: the phrase is empty")
+
+    @classmethod
+    def parse(cls, text: str) -> Box:
+        """'x0,y0,x1,y1:phrase' -> Box (the CLI's --box syntax)."""
+        coords, sep, phrase = text.partition(":")
+        parts = coords.split(",")
+        if not sep or len(parts) != 4:
+            raise InputError(f"malformed box {text!r}: expected 'x0,y0,x1,y1:phrase', e.g. '0.1,0.2,0.5,0.9:a red cat'")
+        try:
+            x0, y0, x1, y1 = (float(p) for p in parts)
+        except ValueError:
+            raise InputError(f"malformed box {text!r}: coordinates must be numbers") from None
+        return cls(x0, y0, x1, y1, phrase.strip())
+
+    def spec(self) -> str:
+        return f"{self.x0:g},{self.y0:g},{self.x1:g},{self.y1:g}:{self.phrase}"
+
+
+def box_arrays(boxes: tuple[Box, ...] | list[Box], slots: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates [1,slots,4] float32 and validity [1,slots] float32; slots beyond len(boxes) are padding."""
+    slots = len(boxes) if slots is None else slots
+    if len(boxes) > slots:
+        raise InputError(f"{len(boxes)} boxes given, at most {slots} supported")
+    coords = np.zeros((1, slots, 4), dtype=np.float32)
+    valid = np.zeros((1, slots), dtype=np.float32)
+    for i, b in enumerate(boxes):
+        coords[0, i] = (b.x0, b.y0, b.x1, b.y1)
+        valid[0, i] = 1.0
+    return coords, valid

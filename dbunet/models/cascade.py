@@ -1,0 +1,130 @@
+"""The whole model: text encoder, VAE, DB-UNet and refiner, with one config and one weights file.
+
+On disk a model is a folder:
+    config.json          ModelConfig (dbunet.config)
+    model.safetensors    every component's state dict, keys prefixed by component name
+    tokenizer/           vocab.json + merges.txt (CLIP BPE)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dbunet import atomic
+from dbunet.config import ModelConfig
+from dbunet.errors import ConfigError, WeightsError
+from dbunet.models.components import build_text_encoder, build_vae, load_tokenizer
+from dbunet.models.dbunet import DBUNet
+from dbunet.models.refiner import Refiner
+from dbunet.tokenizer import BOS, EOS, learn_bpe, write_clip_tokenizer
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
+
+
+class Cascade(nn.Module):
+    """Every trainable part of the cascade, under the names its checkpoint keys use."""
+
+    def __init__(self, config: ModelConfig, bos_token_id: int, eos_token_id: int) -> None:
+        super().__init__()
+        self.config = config
+        self.text_encoder = build_text_encoder(config.text, bos_token_id, eos_token_id)
+        self.vae = build_vae(config.vae)
+        self.unet = DBUNet(config.unet)
+        self.refiner = Refiner(config.refiner)
+
+
+class Model:
+    """A config, its cascade and its tokenizer: everything TorchPipeline and the exporter need."""
+
+    def __init__(self, config: ModelConfig, cascade: Cascade, tokenizer, tokenizer_files: dict[str, bytes]) -> None:
+        self.config, self.cascade, self.tokenizer = config, cascade, tokenizer
+        self.tokenizer_files = tokenizer_files  # vocab.json / merges.txt bytes, saved with the weights
+
+    def weights_sha256(self) -> str:
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.cascade.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+def preset_tokenizer_dir(config: ModelConfig, directory: str | Path) -> Path:
+    vocab, merges = learn_bpe(config.text.vocab_size)
+    return write_clip_tokenizer(directory, vocab, merges)
+
+
+def build_model(config: ModelConfig, tokenizer_dir: str | Path, seed: int | None = None) -> Model:
+    """Deterministic initial weights: the same config and seed give bitwise the same model."""
+    tokenizer_dir = Path(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir, config.text.max_length)
+    files = {name: (tokenizer_dir / name).read_bytes() for name in TOKENIZER_FILES if (tokenizer_dir / name).is_file()}
+    bos, eos = tokenizer.convert_tokens_to_ids(BOS), tokenizer.convert_tokens_to_ids(EOS)
+    if max(bos, eos) >= config.text.vocab_size:
+        raise ConfigError(f"tokenizer ids reach {max(bos, eos)}, text encoder vocab_size is {config.text.vocab_size}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed if seed is None else seed)
+        cascade = Cascade(config, bos, eos)
+    return Model(config, cascade.eval(), tokenizer, files)
+
+
+def create_preset_model(config: ModelConfig, directory: str | Path) -> Model:
+    """Build a preset model with seeded weights and save it to `directory`."""
+    tok_dir = preset_tokenizer_dir(config, Path(directory) / TOKENIZER_DIR)
+    model = build_model(config, tok_dir)
+    save_model(model, directory)
+    return model
+
+
+def save_model(model: Model, directory: str | Path) -> Path:
+    """Write weights, tokenizer and config atomically; config.json last marks the folder complete."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.cascade.state_dict().items()}
+    atomic.write_with(
+        directory / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"})
+    )
+    for name, data in model.tokenizer_files.items():
+        atomic.write_bytes(directory / TOKENIZER_DIR / name, data)
+    atomic.write_text(directory / CONFIG_FILE, model.config.to_json())
+    return directory
+
+
+def load_model(directory: str | Path) -> Model:
+    directory = Path(directory)
+    cfg_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    if not cfg_path.is_file() or not weights.is_file():
+        raise WeightsError(f"{directory} is not a dbunet model folder: need {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        config = ModelConfig.from_dict(json.loads(cfg_path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{cfg_path}: not valid JSON ({exc})") from None
+    model = build_model(config, directory / TOKENIZER_DIR)
+    load_state(model.cascade, load_file(str(weights)), strict=True, source=str(weights))
+    return model
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool, source: str) -> None:
+    """Load with every mismatch collected into one message."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if strict and (missing or unexpected or bad_shape):
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad_shape)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise WeightsError(f"{source} does not fit the config: " + "; ".join(parts))
+    with torch.no_grad():
+        for k, v in state.items():
+            if k in own and own[k].shape == v.shape:
+                own[k].copy_(v)

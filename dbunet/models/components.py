@@ -1,0 +1,76 @@
+"""Stock components: the VAE (diffusers AutoencoderKL), the CLIP text encoder and its tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dbunet.config import TextEncoderConfig, VaeConfig
+from dbunet.errors import WeightsError
+
+
+def build_vae(cfg: VaeConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        scaling_factor=cfg.scaling_factor,
+    )
+
+
+def build_text_encoder(cfg: TextEncoderConfig, bos_token_id: int, eos_token_id: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        max_position_embeddings=cfg.max_length,
+        hidden_act=cfg.hidden_act,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,  # pooled output is read at the first EOS
+        pad_token_id=eos_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def load_tokenizer(directory: str | Path, max_length: int = 77):
+    """A CLIP tokenizer from vocab.json + merges.txt (or tokenizer.json) in `directory`."""
+    from transformers import CLIPTokenizer
+
+    directory = Path(directory)
+    vocab, merges = directory / "vocab.json", directory / "merges.txt"
+    if vocab.is_file() and merges.is_file():
+        tok = CLIPTokenizer(vocab=str(vocab), merges=str(merges))
+    elif (directory / "tokenizer.json").is_file():
+        tok = CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
+    else:
+        raise WeightsError(f"no tokenizer in {directory}: expected vocab.json + merges.txt or tokenizer.json")
+    tok.model_max_length = max_length
+    return tok
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int = 77) -> np.ndarray:
+    """Token ids [len(texts), max_length], int64: BOS, tokens, EOS, padded with EOS (as SD 1.x)."""
+    enc = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True)
+    return np.asarray(enc["input_ids"], dtype=np.int64)
+
+
+@torch.no_grad()
+def encode_text(text_encoder, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """(last hidden state [B,L,D], pooled embedding at the first EOS [B,D])."""
+    out = text_encoder(input_ids=ids)
+    return out.last_hidden_state, out.pooler_output

@@ -1,0 +1,63 @@
+"""What one generation asks for, validated before any work starts. Torch-free (the runtime shares it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from dbunet.boxes import Box
+from dbunet.errors import InputError
+from dbunet.schedulers import SCHEDULERS
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    boxes: tuple[Box, ...] = field(default_factory=tuple)
+    height: int = 512
+    width: int = 512
+    steps: int = 30
+    guidance_scale: float = 7.5
+    scheduler: str = "ddim"
+    seed: int = 0
+    box_fraction: float = 0.3  # boxes steer the first fraction of the steps, then step aside
+    refiner_steps: int = 10  # refiner UNet calls; 0 skips the refiner
+    refiner_strength: float = 0.3  # how far X1 is forward-noised before refining (SDEdit strength)
+
+    def validate(self, max_boxes: int, downscale: int) -> GenerationRequest:
+        def bad(msg: str) -> InputError:
+            return InputError(msg)
+
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise bad(f"steps must be an integer >= 1, got {self.steps!r}")
+        if not isinstance(self.refiner_steps, int) or self.refiner_steps < 0:
+            raise bad(f"refiner steps must be an integer >= 0, got {self.refiner_steps!r}")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise bad(f"guidance scale must be a finite number >= 0, got {self.guidance_scale!r}")
+        if not (math.isfinite(self.refiner_strength) and 0.0 <= self.refiner_strength <= 1.0):
+            raise bad(f"refiner strength must lie in [0, 1], got {self.refiner_strength!r}")
+        if not (math.isfinite(self.box_fraction) and 0.0 <= self.box_fraction <= 1.0):
+            raise bad(f"box fraction must lie in [0, 1], got {self.box_fraction!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise bad(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+        for name, v in (("height", self.height), ("width", self.width)):
+            if not isinstance(v, int) or v < downscale or v % downscale:
+                raise bad(f"{name} must be a positive multiple of {downscale}, got {v!r}")
+        if len(self.boxes) > max_boxes:
+            raise bad(f"{len(self.boxes)} boxes given, the model supports at most {max_boxes}")
+        if not all(isinstance(b, Box) for b in self.boxes):
+            raise bad("boxes must be dbunet.boxes.Box objects (Box.parse('x0,y0,x1,y1:phrase') makes one)")
+        return self
+
+    @property
+    def box_steps(self) -> int:
+        """How many leading denoising steps run with box_scale = 1."""
+        return math.ceil(self.box_fraction * self.steps) if self.boxes else 0
+
+    def refiner_schedule(self) -> tuple[int, int]:
+        """(schedule length, first index): `refiner_steps` calls covering the last `strength` of it."""
+        if self.refiner_steps == 0 or self.refiner_strength == 0:
+            return 0, 0
+        total = max(self.refiner_steps, round(self.refiner_steps / self.refiner_strength))
+        return total, total - self.refiner_steps

@@ -1,0 +1,20 @@
+import pytest
+
+from dbunet.config import tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny preset model saved once per test session."""
+    from dbunet.models.cascade import create_preset_model
+
+    directory = tmp_path_factory.mktemp("tiny-model")
+    create_preset_model(tiny(), directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from dbunet.models.cascade import load_model
+
+    return load_model(tiny_model_dir)

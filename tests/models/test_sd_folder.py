@@ -1,0 +1,104 @@
+"""Import of a diffusers-format SD 1.x folder, on a tiny pipeline saved locally (no hub access)."""
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from dbunet.config import tiny
+from dbunet.errors import WeightsError
+from dbunet.models.components import build_vae
+from dbunet.models.pipeline import TorchPipeline
+from dbunet.models.sd_folder import load_sd_folder
+from dbunet.tokenizer import learn_bpe, write_clip_tokenizer
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-sd")
+    cfg = tiny()
+    torch.manual_seed(123)
+    build_vae(cfg.vae).save_pretrained(root / "vae")
+    vocab, merges = learn_bpe(1024)
+    write_clip_tokenizer(root / "tokenizer", vocab, merges)
+    CLIPTextModel(
+        CLIPTextConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=77, bos_token_id=1022, eos_token_id=1023)
+    ).save_pretrained(root / "text_encoder")
+    UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8,
+    ).save_pretrained(root / "unet")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1).save_pretrained(
+        root / "scheduler"
+    )
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return root
+
+
+def _assert_same(module, path):
+    state = load_file(str(path))
+    own = module.state_dict()
+    for k, v in state.items():
+        if k in own:
+            assert torch.equal(own[k], v), k
+
+
+def test_imports_vae_text_encoder_tokenizer_and_matching_unet_layers(sd_folder):
+    model, report = load_sd_folder(sd_folder, base=tiny())
+    c = model.cascade
+    _assert_same(c.vae, sd_folder / "vae" / "diffusion_pytorch_model.safetensors")
+    _assert_same(c.text_encoder, sd_folder / "text_encoder" / "model.safetensors")
+    unet_src = load_file(str(sd_folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    for key in (
+        "conv_in.weight",
+        "time_embedding.linear_1.weight",
+        "down_blocks.0.resnets.0.conv1.weight",
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+        "down_blocks.0.downsamplers.0.conv.weight",
+        "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+        "up_blocks.0.resnets.1.conv1.weight",
+        "up_blocks.2.attentions.1.transformer_blocks.0.ff.net.2.weight",
+        "up_blocks.1.upsamplers.0.conv.weight",
+        "conv_out.weight",
+    ):
+        assert key in report.unet_loaded, key
+        assert torch.equal(c.unet.state_dict()[key], unet_src[key]), key
+    # the DB-UNet's own layers have no source and keep their seeded initialisation
+    assert any(k.startswith("down_blocks.0.dcas.0.") for k in report.unet_kept)
+    assert any(k.startswith("mid_block.box.") for k in report.unet_kept)
+    # every UNet tensor whose name and shape exist on both sides was taken
+    own = c.unet.state_dict()
+    expected = {k for k, v in unet_src.items() if k in own and own[k].shape == v.shape}
+    assert set(report.unet_loaded) == expected and len(expected) > 100
+    assert model.config.schedule.steps_offset == 1 and model.config.text.hidden_size == 64
+    assert model.tokenizer.eos_token_id == 1023
+
+
+def test_imported_model_generates(sd_folder):
+    model, _ = load_sd_folder(sd_folder, base=tiny())
+    image = TorchPipeline(model)("a red house", steps=2, refiner_steps=1, height=64, width=64).image
+    assert image.shape == (64, 64, 3)
+
+
+class NotATensor:
+    """An arbitrary pickled object: weights_only loading must refuse it."""
+
+
+def test_refuses_pickled_weights(sd_folder, tmp_path):
+    import shutil
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    (root / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+
+    torch.save({"weight": NotATensor()}, root / "vae" / "diffusion_pytorch_model.bin")
+    with pytest.raises(WeightsError, match="refused to load"):
+        load_sd_folder(root, base=tiny())
+    (root / "vae" / "diffusion_pytorch_model.bin").unlink()
+    with pytest.raises(WeightsError, match="expected diffusion_pytorch_model.safetensors"):
+        load_sd_folder(root, base=tiny())
