@@ -1,0 +1,50 @@
+import dataclasses
+import json
+
+import pytest
+
+from dbunet.config import PRESETS, ModelConfig, preset, tiny
+from dbunet.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_round_trip_through_json(name):
+    cfg = preset(name)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    json.loads(cfg.to_json())
+
+
+def test_sd15_has_stable_diffusion_scale():
+    cfg = preset("sd15")
+    assert cfg.text.hidden_size == 768 and cfg.unet.block_out_channels == (320, 640, 1280)
+    assert (cfg.defaults.height, cfg.defaults.width) == (512, 512)
+    # DCA pool factors keep P <= 1024 at 512 px: 64x64 -> k=2 (32x32), then 32x32 and 16x16 unpooled
+    assert [cfg.unet.dca_pool(level) for level in range(3)] == [2, 1, 1]
+
+
+def test_tiny_default_size_is_small():
+    d = tiny().defaults
+    assert d.height <= 256 and d.width <= 256
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda c: dataclasses.replace(c, unet=dataclasses.replace(c.unet, cross_attention_dim=32)), "cross_attention_dim"),
+        (lambda c: dataclasses.replace(c.refiner, code_dim=99), "attribute groups cover"),
+        (lambda c: dataclasses.replace(c.vae, norm_num_groups=7), "divisible"),
+        (lambda c: dataclasses.replace(c.unet, block_out_channels=(32, 64)), "exactly 3 levels"),
+    ],
+)
+def test_bad_configs_fail_at_construction(change, match):
+    with pytest.raises(ConfigError, match=match):
+        change(tiny())
+
+
+def test_unknown_fields_and_presets_are_named():
+    data = tiny().to_dict()
+    data["unet"]["channels"] = 3
+    with pytest.raises(ConfigError, match="unknown fields"):
+        ModelConfig.from_dict(data)
+    with pytest.raises(ConfigError, match="valid: tiny, sd15"):
+        preset("sdxl")
