@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 from dbunet.boxes import Box
+from dbunet.config import ModelConfig
 from dbunet.errors import InputError
 from dbunet.schedulers import SCHEDULERS
 
@@ -61,3 +63,20 @@ class GenerationRequest:
             return 0, 0
         total = max(self.refiner_steps, round(self.refiner_steps / self.refiner_strength))
         return total, total - self.refiner_steps
+
+
+def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequest:
+    """A validated request: the model's defaults for everything not given; boxes may be 'x0,y0,x1,y1:phrase'."""
+    d = config.defaults
+    base = dict(
+        height=d.height, width=d.width, steps=d.steps, guidance_scale=d.guidance_scale, scheduler=d.scheduler,
+        box_fraction=d.box_fraction, refiner_steps=d.refiner_steps, refiner_strength=d.refiner_strength,
+    )
+    if "boxes" in options:
+        options["boxes"] = tuple(b if isinstance(b, Box) else Box.parse(b) for b in options["boxes"])
+    names = {f.name for f in dataclasses.fields(GenerationRequest)}
+    unknown = set(options) - names
+    if unknown:
+        raise TypeError(f"unknown generation options {sorted(unknown)}; valid: {sorted(names - {'prompt'})}")
+    req = GenerationRequest(prompt=prompt, **{**base, **options})
+    return req.validate(config.unet.max_boxes, config.vae.downscale)
