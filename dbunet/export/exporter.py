@@ -1,0 +1,177 @@
+"""dbunet-export's work: model -> one ONNX file per component (+ FP16 copies) -> parity -> manifest.
+
+Layout of an artifacts directory:
+    fp32/<component>.onnx     fp16/<component>.onnx (with --fp16)
+    tokenizer.json            model/ (the source weights, when the model is a preset)
+    manifest.json             written last; its absence means the export did not finish
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dbunet import atomic
+from dbunet.config import ModelConfig, preset
+from dbunet.errors import ConfigError, WeightsError
+from dbunet.export import fp16 as fp16_convert
+from dbunet.export.graphs import GRAPHS, run_reference, sample_inputs
+from dbunet.export.onnx_export import check_model_file, save_onnx, trace_to_onnx
+from dbunet.export.parity import ParityResult, measure, require, run_onnx
+from dbunet.export.specs import COMPONENTS, component_specs, default_sizes
+from dbunet.manifest import MANIFEST, Artifact, Manifest, sha256_file, tool_versions
+from dbunet.models.cascade import Model, create_preset_model, load_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARTIFACTS = Path("dbunet-artifacts")
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    config: str = "tiny"  # preset name or a config JSON file
+    weights: Path | None = None  # a dbunet model folder or a diffusers SD 1.x folder
+    out: Path = DEFAULT_ARTIFACTS
+    fp16: bool = False
+    opset: int = 18
+    decomposed: bool = False
+    height: int | None = None  # size of the tracing/parity inputs (dims stay dynamic)
+    width: int | None = None
+    batch: int = 2
+    components: tuple[str, ...] = COMPONENTS
+
+    def __post_init__(self) -> None:
+        unknown = set(self.components) - set(COMPONENTS)
+        if unknown:
+            raise ConfigError(f"unknown components {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
+        if self.batch < 1:
+            raise ConfigError(f"batch must be >= 1, got {self.batch}")
+
+
+def resolve_config(name_or_file: str) -> ModelConfig:
+    path = Path(name_or_file)
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            return ModelConfig.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    return preset(name_or_file)
+
+
+def load_source_model(options: ExportOptions, out: Path) -> tuple[Model, str]:
+    """The model to export and where TorchPipeline can load it again (recorded in the manifest)."""
+    if options.weights is None:
+        model_dir = out / "model"
+        config = resolve_config(options.config)
+        if (model_dir / "config.json").is_file() and load_model(model_dir).config == config:
+            return load_model(model_dir), "model"
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        return create_preset_model(config, model_dir), "model"
+    weights = Path(options.weights)
+    if (weights / "config.json").is_file() and (weights / "model.safetensors").is_file():
+        return load_model(weights), str(weights.resolve())
+    if (weights / "vae").is_dir() and (weights / "text_encoder").is_dir():
+        from dbunet.models.sd_folder import load_sd_folder
+
+        model, report = load_sd_folder(weights, resolve_config(options.config))
+        log.info(report.summary())
+        model_dir = out / "model"
+        from dbunet.models.cascade import save_model
+
+        save_model(model, model_dir)  # the DB-UNet's new layers exist only here
+        return model, "model"
+    raise WeightsError(f"{weights}: expected a dbunet model folder (config.json + model.safetensors) "
+                       "or a diffusers Stable Diffusion 1.x folder (vae/, text_encoder/, tokenizer/)")
+
+
+def export_tokenizer(model: Model, out: Path) -> dict[str, str]:
+    """tokenizer.json for the `tokenizers` library: the runtime's only text dependency."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.tokenizer.save_pretrained(tmp)
+        target = out / "tokenizer.json"
+        atomic.write_bytes(target, (Path(tmp) / "tokenizer.json").read_bytes())
+    return {"file": "tokenizer.json", "sha256": sha256_file(target)}
+
+
+def export_component(model: Model, name: str, options: ExportOptions, out: Path, report: Report) -> list[Artifact]:
+    config = model.config
+    spec = component_specs(config)[name]
+    sizes = default_sizes(config, options.batch, options.height, options.width)
+    module = GRAPHS[name](model.cascade).eval()
+    feeds = sample_inputs(spec, sizes, config.text.vocab_size)
+    reference = run_reference(module, spec, feeds)
+    args = tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs)
+
+    graph = trace_to_onnx(module, spec, args, options.opset, options.decomposed)
+    artifacts = [_save(graph, name, "fp32", "", spec, options, out, feeds, reference, report)]
+    if options.fp16:
+        note = ""
+        for block in (None, fp16_convert.SAFER_BLOCK_LIST):
+            candidate = fp16_convert.to_fp16(graph, block)
+            artifact = _save(candidate, name, "fp16", "", spec, options, out, feeds, reference, report, strict=False)
+            if ParityResult(**{k: v for k, v in artifact.parity.items() if k != "passed"}).passed:
+                if block:
+                    artifact.note = f"ops kept in fp32 to avoid fp16 overflow: {', '.join(block)}"
+                break
+        else:
+            note = "fp16 overflowed even with normalisation and softmax in fp32: this component stays fp32"
+            artifact = _save(graph, name, "fp16", note, spec, options, out, feeds, reference, report)
+            artifact.precision = "fp16"
+        if artifact.note:
+            report(f"  note: {name}: {artifact.note}")
+        artifacts.append(artifact)
+    return artifacts
+
+
+def _save(graph, name, precision, note, spec, options, out, feeds, reference, report, strict=True) -> Artifact:
+    rel = Path(precision) / f"{name}.onnx"
+    files = save_onnx(graph, out / rel)
+    check_model_file(files[0])
+    result = measure(name, precision, run_onnx(files[0], feeds), reference)
+    report("  " + result.line())
+    if strict:
+        require([result])
+    return Artifact(
+        component=name, precision=precision, files=[str(f.relative_to(out)) for f in files],
+        sha256={str(f.relative_to(out)): sha256_file(f) for f in files}, spec=spec, opset=options.opset,
+        decomposed=options.decomposed, note=note, parity=result.to_dict(),
+    )
+
+
+def export(options: ExportOptions, report: Report = log.info) -> Manifest:
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (out / MANIFEST).unlink()  # from here until the new manifest lands, the directory is incomplete
+    model, source = load_source_model(options, out)
+    report(f"model {model.config.name}: {sum(p.numel() for p in model.cascade.parameters()) / 1e6:.2f} M parameters")
+    artifacts: list[Artifact] = []
+    for i, name in enumerate(options.components, 1):
+        report(f"[{i}/{len(options.components)}] {name}")
+        artifacts += export_component(model, name, options, out, report)
+    manifest = Manifest(
+        config=model.config, weights_sha256=model.weights_sha256(), artifacts=artifacts,
+        tokenizer=export_tokenizer(model, out), tools=tool_versions(), weights_source=source,
+    )
+    manifest.write(out)
+    return manifest
+
+
+def failures(manifest: Manifest) -> list[str]:
+    return [f"{a.component}/{a.precision}" for a in manifest.artifacts if not a.parity.get("passed", False)]
+
+
+__all__ = ["DEFAULT_ARTIFACTS", "ExportOptions", "export", "dataclasses"]

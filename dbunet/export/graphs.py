@@ -1,0 +1,126 @@
+"""Each component as a module whose forward takes exactly its spec's inputs, in order."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dbunet.iospec import GraphSpec
+from dbunet.models.cascade import Cascade
+
+
+class TextEncoderGraph(nn.Module):
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__()
+        self.text_encoder = cascade.text_encoder
+
+    def forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.text_encoder(input_ids=input_ids)
+        return out.last_hidden_state, out.pooler_output
+
+
+class DBUNetGraph(nn.Module):
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__()
+        self.unet = cascade.unet
+
+    def forward(self, sample, timestep, text, boxes, box_phrases, box_valid, box_scale) -> Tensor:
+        return self.unet(sample, timestep, text, boxes, box_phrases, box_valid, box_scale)
+
+
+class VaeDecoderGraph(nn.Module):
+    """Latents already divided by the scaling factor -> image in about [-1, 1]."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__()
+        self.vae = cascade.vae
+
+    def forward(self, latent: Tensor) -> Tensor:
+        return self.vae.decode(latent).sample
+
+
+class VaeEncoderGraph(nn.Module):
+    """Image -> mean of the latent distribution (not yet multiplied by the scaling factor)."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__()
+        self.vae = cascade.vae
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.vae.encode(image).latent_dist.mean
+
+
+class RefinerEncoderGraph(nn.Module):
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__()
+        self.encoder = cascade.refiner.semantic_encoder
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.encoder(image)
+
+
+class GAEGraph(nn.Module):
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__()
+        self.gae = cascade.refiner.gae
+
+    def forward(self, z_sem: Tensor) -> tuple[Tensor, Tensor]:
+        code = self.gae.encode(z_sem)
+        return code, self.gae.decode(code)
+
+
+class RefinerUNetGraph(nn.Module):
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__()
+        self.unet = cascade.refiner.unet
+
+    def forward(self, sample: Tensor, timestep: Tensor, z_dis: Tensor) -> Tensor:
+        return self.unet(sample, timestep, z_dis)
+
+
+GRAPHS: dict[str, type[nn.Module]] = {
+    "text_encoder": TextEncoderGraph,
+    "dbunet": DBUNetGraph,
+    "vae_decoder": VaeDecoderGraph,
+    "vae_encoder": VaeEncoderGraph,
+    "refiner_encoder": RefinerEncoderGraph,
+    "gae": GAEGraph,
+    "refiner_unet": RefinerUNetGraph,
+}
+
+
+def sample_inputs(spec: GraphSpec, sizes: dict[str, int], vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs in each tensor's realistic range (ids with BOS/EOS, valid boxes, a mix of padding)."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for t in spec.inputs:
+        shape = t.shape(sizes)
+        if t.name == "input_ids":
+            ids = rng.integers(0, vocab_size - 2, size=shape)
+            lengths = rng.integers(1, shape[1] - 1, size=shape[0])
+            for row, n in enumerate(lengths):
+                ids[row, 0], ids[row, n:] = vocab_size - 2, vocab_size - 1  # BOS ... EOS, EOS padding
+            feeds[t.name] = ids.astype(np.int64)
+        elif t.name == "boxes":
+            xy = rng.uniform(0.0, 0.6, size=(*shape[:2], 2))
+            feeds[t.name] = np.concatenate([xy, xy + rng.uniform(0.2, 0.4, size=xy.shape)], -1).astype(np.float32)
+        elif t.name == "box_valid":
+            valid = np.ones(shape, dtype=np.float32)
+            if shape[1] > 1:
+                valid[..., -1] = 0.0  # one padding slot
+            feeds[t.name] = valid
+        elif t.name == "box_scale":
+            feeds[t.name] = np.array(1.0, dtype=np.float32)
+        elif t.name == "timestep":
+            feeds[t.name] = rng.uniform(0, 999, size=shape).astype(np.float32)
+        else:
+            feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+@torch.no_grad()
+def run_reference(module: nn.Module, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    out = module(*(torch.from_numpy(feeds[t.name]) for t in spec.inputs))
+    outs = out if isinstance(out, tuple) else (out,)
+    return [o.float().numpy() for o in outs]

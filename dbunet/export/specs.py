@@ -1,0 +1,47 @@
+"""Every exported component's inputs and outputs, declared once (optimum-style IO specs)."""
+
+from __future__ import annotations
+
+from dbunet.config import ModelConfig
+from dbunet.iospec import GraphSpec, TensorSpec
+
+F32, I64 = "float32", "int64"
+COMPONENTS = ("text_encoder", "dbunet", "vae_decoder", "vae_encoder", "refiner_encoder", "gae", "refiner_unet")
+
+
+def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
+    L, D = config.text.max_length, config.text.hidden_size
+    z, S = config.vae.latent_channels, config.refiner.semantic_dim
+    latent = ("batch", z, "latent_height", "latent_width")
+    image = ("batch", 3, "height", "width")
+
+    def spec(name, inputs, outputs) -> GraphSpec:
+        return GraphSpec(name, tuple(TensorSpec(*t) for t in inputs), tuple(TensorSpec(*t) for t in outputs))
+
+    specs = [
+        spec("text_encoder", [("input_ids", I64, ("batch", L))],
+             [("last_hidden_state", F32, ("batch", L, D)), ("pooled", F32, ("batch", D))]),
+        spec("dbunet",
+             [("sample", F32, latent), ("timestep", F32, ("batch",)), ("text", F32, ("batch", L, D)),
+              ("boxes", F32, ("batch", "boxes", 4)), ("box_phrases", F32, ("batch", "boxes", D)),
+              ("box_valid", F32, ("batch", "boxes")), ("box_scale", F32, ())],
+             [("noise", F32, latent)]),
+        spec("vae_decoder", [("latent", F32, latent)], [("image", F32, image)]),
+        spec("vae_encoder", [("image", F32, image)], [("latent", F32, latent)]),
+        spec("refiner_encoder", [("image", F32, image)], [("z_sem", F32, ("batch", S))]),
+        spec("gae", [("z_sem", F32, ("batch", S))],
+             [("code", F32, ("batch", config.refiner.code_dim)), ("z_dis", F32, ("batch", S))]),
+        spec("refiner_unet", [("sample", F32, image), ("timestep", F32, ("batch",)), ("z_dis", F32, ("batch", S))],
+             [("noise", F32, image)]),
+    ]
+    return {s.component: s for s in specs}
+
+
+def default_sizes(config: ModelConfig, batch: int = 2, height: int | None = None, width: int | None = None,
+                  boxes: int = 3) -> dict[str, int]:
+    """Concrete sizes for every symbolic dim (tracing and parity inputs)."""
+    f = config.vae.downscale
+    height = height or config.defaults.height
+    width = width or config.defaults.width
+    return {"batch": batch, "height": height, "width": width, "latent_height": height // f,
+            "latent_width": width // f, "boxes": boxes}
