@@ -1,0 +1,65 @@
+"""What every command shares: one-line errors with exit status 2, progress on stderr."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+
+from dbunet.errors import DbunetError
+
+EXIT_USER_ERROR = 2
+
+
+def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """A user's mistake prints one line and exits 2; anything else is our bug and keeps its traceback."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except DbunetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper
+
+
+class ProgressBar:
+    """A one-line bar per stage on a terminal; one line per stage when stderr is a file or pipe."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self._stage, self._start = None, 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self._stage:
+            self._stage, self._start = stage, time.perf_counter()
+        elapsed = time.perf_counter() - self._start
+        if self.tty:
+            fill = int(self.width * done / max(total, 1))
+            bar = "#" * fill + "." * (self.width - fill)
+            end = "\n" if done == total else ""
+            self.stream.write(f"\r{stage:<8} [{bar}] {done}/{total} {elapsed:5.1f}s{end}")
+        elif done == total:
+            self.stream.write(f"{stage:<8} {done}/{total} done in {elapsed:.2f}s\n")
+        self.stream.flush()
+
+
+def print_timings(timings: dict[str, float], step_times: list[float], stream=sys.stderr) -> None:
+    rows = [("text encoder", timings.get("text", 0.0))]
+    if step_times:
+        per = sorted(step_times)[len(step_times) // 2]
+        rows.append((f"denoise ({len(step_times)} steps, {per * 1000:.1f} ms/step median)", timings.get("denoise", 0.0)))
+    rows += [("VAE decode", timings.get("vae", 0.0)), ("refiner", timings.get("refiner", 0.0)),
+             ("total", timings.get("total", 0.0))]
+    width = max(len(r[0]) for r in rows)
+    stream.write(f"{'stage':<{width}}  seconds\n")
+    for name, secs in rows:
+        stream.write(f"{name:<{width}}  {secs:7.3f}\n")
+    stream.flush()

@@ -1,0 +1,101 @@
+"""dbunet-run: generate an image from exported artifacts (torch-free unless --backend torch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dbunet.boxes import Box
+from dbunet.cli.common import ProgressBar, guarded, print_timings
+from dbunet.errors import ArtifactError, InputError
+
+DESCRIPTION = """Generate an image with the DB-UNet cascade from an artifacts directory written by
+dbunet-export. Unset sampling options take the model's defaults (from the manifest)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dbunet-run", description=DESCRIPTION)
+    what = p.add_argument_group("what to draw")
+    what.add_argument("--prompt", required=True, help="the text prompt")
+    what.add_argument("--negative-prompt", default="", help="what to steer away from (default: empty)")
+    what.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1:PHRASE",
+                      help="a layout box in normalized coordinates and what goes in it; repeatable")
+    how = p.add_argument_group("sampling")
+    how.add_argument("--steps", type=int, help="denoising steps")
+    how.add_argument("--scheduler", choices=["ddim", "euler", "dpm++"], help="sampler (default: ddim)")
+    how.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
+    how.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    how.add_argument("--height", type=int, help="image height, a multiple of 8")
+    how.add_argument("--width", type=int, help="image width, a multiple of 8")
+    how.add_argument("--box-fraction", type=float, help="fraction of the steps the boxes steer (default: 0.3)")
+    how.add_argument("--refiner-steps", type=int, help="refiner denoising steps; 0 skips the refiner")
+    how.add_argument("--refiner-strength", type=float, help="how far the refiner re-noises the image, 0..1")
+    run = p.add_argument_group("runtime")
+    run.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"),
+                     help="directory written by dbunet-export (default: dbunet-artifacts)")
+    run.add_argument("--backend", choices=["ort", "torch"], default="ort",
+                     help="ort: ONNX Runtime (default); torch: the PyTorch reference, for comparison")
+    run.add_argument("--precision", choices=["fp32", "fp16"], help="default: the fastest on the device")
+    run.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    out = p.add_argument_group("output")
+    out.add_argument("--output", type=Path, default=Path("out.png"), help="PNG path (default: out.png)")
+    out.add_argument("--draw-boxes", action="store_true", help="overlay the boxes and their phrases")
+    out.add_argument("--quiet", action="store_true", help="no progress bar or timing table")
+    return p
+
+
+def _options(args) -> dict:
+    names = ("negative_prompt", "steps", "scheduler", "guidance_scale", "seed", "height", "width", "box_fraction",
+             "refiner_steps", "refiner_strength")
+    opts = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    opts["boxes"] = tuple(Box.parse(b) for b in args.box)
+    return opts
+
+
+def _torch_pipeline(artifacts: Path, device: str):
+    """The PyTorch reference over the weights the artifacts were exported from."""
+    from dbunet.manifest import Manifest
+    from dbunet.models.pipeline import TorchPipeline
+
+    manifest = Manifest.read(artifacts)
+    source = Path(manifest.weights_source)
+    source = source if source.is_absolute() else artifacts / source
+    if not (source / "config.json").is_file():
+        raise ArtifactError(f"--backend torch needs the exported model's weights at {source}; they are missing")
+    pipe = TorchPipeline.from_pretrained(source, "cpu" if device == "auto" else device)
+    if pipe.model.weights_sha256() != manifest.weights_sha256:
+        raise ArtifactError(f"weights at {source} differ from those the artifacts were exported from")
+    return pipe, manifest
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    options = _options(args)
+    if args.output.suffix.lower() != ".png":
+        raise InputError(f"--output must be a .png file, got {args.output}")
+    if args.backend == "torch":
+        pipe, manifest = _torch_pipeline(args.artifacts, args.device)
+        precision = "fp32"
+    else:
+        from dbunet.runtime import Pipeline
+
+        pipe = Pipeline.from_artifacts(args.artifacts, "ort", args.precision, args.device, args.threads)
+        manifest, precision = pipe.manifest, pipe.precision
+    result = pipe(args.prompt, progress=None if args.quiet else ProgressBar(), **options)
+
+    from dbunet.runtime.png import metadata, save_png
+
+    meta = metadata(result, manifest.weights_sha256, args.backend, precision)
+    save_png(args.output, result, meta, with_boxes=args.draw_boxes)
+    if not args.quiet:
+        print_timings(result.timings, result.step_times)
+    print(f"wrote {args.output} ({result.image.shape[1]}x{result.image.shape[0]}, seed {result.request.seed}, "
+          f"{args.backend}/{precision})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Pipeline: the cascade from an artifacts directory, on any backend, without torch."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from dbunet.errors import ConfigError
+from dbunet.generation import GenerationResult, Progress, run_cascade
+from dbunet.manifest import Manifest, verify_file
+from dbunet.request import GenerationRequest, build_request
+from dbunet.runtime.backends.base import Backend, Graph
+from dbunet.runtime.tokenizer import ClipTokenizer
+
+log = logging.getLogger(__name__)
+
+# txt2img needs these; vae_encoder is exported for img2img and editing
+RUNTIME_COMPONENTS = ("text_encoder", "dbunet", "vae_decoder", "refiner_encoder", "gae", "refiner_unet")
+
+
+def make_backend(name: str, device: str = "auto", threads: int | None = None) -> Backend:
+    if name == "ort":
+        from dbunet.runtime.backends.onnxruntime import OrtBackend
+
+        return OrtBackend(device, threads)
+    raise ConfigError(f"unknown runtime backend {name!r}; valid: ort")
+
+
+class GraphStages:
+    """Each cascade stage as a graph run (see dbunet.generation.Stages)."""
+
+    def __init__(self, graphs: dict[str, Graph], tokenizer: ClipTokenizer) -> None:
+        self.graphs, self.tokenizer = graphs, tokenizer
+
+    def _run(self, name: str, **feeds: np.ndarray) -> list[np.ndarray]:
+        return self.graphs[name].run(feeds)
+
+    def tokenize(self, texts: list[str]) -> np.ndarray:
+        return self.tokenizer(texts)
+
+    def encode_text(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hidden, pooled = self._run("text_encoder", input_ids=ids)
+        return hidden, pooled
+
+    def denoise(self, sample, timestep, text, boxes, phrases, valid, box_scale) -> np.ndarray:
+        return self._run("dbunet", sample=sample, timestep=timestep, text=text, boxes=boxes,
+                         box_phrases=phrases, box_valid=valid, box_scale=box_scale)[0]
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        return self._run("vae_decoder", latent=latents)[0]
+
+    def refiner_condition(self, image: np.ndarray) -> np.ndarray:
+        (z_sem,) = self._run("refiner_encoder", image=image)
+        return self._run("gae", z_sem=z_sem)[1]
+
+    def refiner_denoise(self, sample, timestep, z_dis) -> np.ndarray:
+        return self._run("refiner_unet", sample=sample, timestep=timestep, z_dis=z_dis)[0]
+
+
+class Pipeline:
+    def __init__(self, manifest: Manifest, directory: Path, backend: Backend, precision: str,
+                 graphs: dict[str, Graph], tokenizer: ClipTokenizer) -> None:
+        self.manifest, self.directory, self.backend, self.precision = manifest, directory, backend, precision
+        self.config = manifest.config
+        self.stages = GraphStages(graphs, tokenizer)
+
+    @classmethod
+    def from_artifacts(cls, directory: str | Path, backend: str | Backend = "ort", precision: str | None = None,
+                       device: str = "auto", threads: int | None = None) -> Pipeline:
+        """Check the manifest, every file's hash and version, then load one graph per stage."""
+        directory = Path(directory)
+        manifest = Manifest.read(directory)
+        be = make_backend(backend, device, threads) if isinstance(backend, str) else backend
+        available = manifest.precisions()
+        precision = precision or be.default_precision(available)
+        if precision not in available:
+            raise ConfigError(f"precision {precision} was not exported to {directory}; available: {', '.join(sorted(available))}")
+        tok = manifest.tokenizer
+        tokenizer = ClipTokenizer(verify_file(directory, tok["file"], tok["sha256"]), manifest.config.text.max_length)
+        graphs = {}
+        for name in RUNTIME_COMPONENTS:
+            artifact = manifest.find(name, precision)
+            for rel in artifact.files:
+                verify_file(directory, rel, artifact.sha256[rel])
+            graphs[name] = be.load(directory / artifact.path, artifact.spec)
+        log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, be.name)
+        return cls(manifest, directory, be, precision, graphs, tokenizer)
+
+    def request(self, prompt: str, **options) -> GenerationRequest:
+        return build_request(self.config, prompt, **options)
+
+    def __call__(self, prompt: str, progress: Progress | None = None, **options) -> GenerationResult:
+        return run_cascade(self.stages, self.config, self.request(prompt, **options), progress)
+
+    def close(self) -> None:
+        for g in self.stages.graphs.values():
+            g.close()

@@ -1,0 +1,53 @@
+"""PNG output with the generation's provenance in its text chunks; optional box overlay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, PngImagePlugin
+
+from dbunet import atomic
+from dbunet.generation import GenerationResult
+
+PALETTE = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255), (0, 200, 200)]
+
+
+def draw_boxes(image: np.ndarray, result: GenerationResult) -> Image.Image:
+    img = Image.fromarray(image).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    w, h = img.size
+    for i, b in enumerate(result.request.boxes):
+        color = PALETTE[i % len(PALETTE)]
+        rect = (b.x0 * w, b.y0 * h, max(b.x0 * w, b.x1 * w - 1), max(b.y0 * h, b.y1 * h - 1))
+        draw.rectangle(rect, outline=color, width=max(1, w // 128))
+        draw.text((rect[0] + 2, rect[1] + 1), b.phrase, fill=color)
+    return img
+
+
+def metadata(result: GenerationResult, artifact_hash: str, backend: str, precision: str) -> dict[str, str]:
+    req = result.request
+    return {
+        "prompt": req.prompt,
+        "negative_prompt": req.negative_prompt,
+        "seed": str(req.seed),
+        "boxes": json.dumps([b.spec() for b in req.boxes]),
+        "steps": str(req.steps),
+        "scheduler": req.scheduler,
+        "guidance_scale": repr(req.guidance_scale),
+        "refiner": f"{req.refiner_steps} steps at strength {req.refiner_strength}",
+        "artifact_hash": artifact_hash,
+        "backend": f"{backend}/{precision}",
+        "software": "dbunet",
+    }
+
+
+def save_png(path: str | Path, result: GenerationResult, meta: dict[str, str], with_boxes: bool = False) -> Path:
+    path = Path(path)
+    img = draw_boxes(result.image, result) if with_boxes else Image.fromarray(result.image)
+    info = PngImagePlugin.PngInfo()
+    for key, value in meta.items():
+        info.add_itxt(key, value)  # iTXt: UTF-8, so any prompt survives
+    atomic.write_with(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info))
+    return path

@@ -1,0 +1,31 @@
+"""CLIP tokenization from tokenizer.json with the `tokenizers` library (as SD 1.x pads: with EOS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dbunet.errors import ArtifactError
+
+EOS = "<|endoftext|>"
+
+
+class ClipTokenizer:
+    def __init__(self, path: str | Path, max_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise ArtifactError(f"{path}: cannot read tokenizer ({exc})") from None
+        eos = self._tok.token_to_id(EOS)
+        if eos is None:
+            raise ArtifactError(f"{path}: no {EOS} token; not a CLIP tokenizer")
+        self.max_length = max_length
+        self._tok.enable_truncation(max_length)
+        self._tok.enable_padding(length=max_length, pad_id=eos, pad_token=EOS)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        """Token ids [len(texts), max_length] int64: BOS, tokens, EOS, EOS padding."""
+        return np.array([e.ids for e in self._tok.encode_batch(texts)], dtype=np.int64)
