@@ -18,3 +18,13 @@ def tiny_model(tiny_model_dir):
     from dbunet.models.cascade import load_model
 
     return load_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory):
+    """The tiny preset exported once per session, FP32 and FP16."""
+    from dbunet.export.exporter import ExportOptions, export
+
+    out = tmp_path_factory.mktemp("artifacts")
+    export(ExportOptions(out=out, fp16=True), report=lambda line: None)
+    return out

@@ -32,9 +32,9 @@ def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
 class ProgressBar:
     """A one-line bar per stage on a terminal; one line per stage when stderr is a file or pipe."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
-        self.stream, self.width = stream, width
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, stream=None, width: int = 30) -> None:
+        self.stream, self.width = stream or sys.stderr, width
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._stage, self._start = None, 0.0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -51,7 +51,8 @@ class ProgressBar:
         self.stream.flush()
 
 
-def print_timings(timings: dict[str, float], step_times: list[float], stream=sys.stderr) -> None:
+def print_timings(timings: dict[str, float], step_times: list[float], stream=None) -> None:
+    stream = stream or sys.stderr
     rows = [("text encoder", timings.get("text", 0.0))]
     if step_times:
         per = sorted(step_times)[len(step_times) // 2]

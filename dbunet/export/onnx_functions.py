@@ -42,7 +42,9 @@ def BoxConstraint(x: T, q: T, k: T, v: T, boxes: TBox, valid: TBox, gate: T) -> 
     in_y = op.And(op.GreaterOrEqual(cy, y0), op.Less(cy, y1))  # (B, N, H)
     inside = op.And(op.Unsqueeze(in_y, [3]), op.Unsqueeze(in_x, [2]))  # (B, N, H, W)
     is_valid = op.Unsqueeze(op.Greater(op.Cast(valid, to=FLOAT.dtype), 0.0), [2, 3])  # (B, N, 1, 1)
-    masks = op.Reshape(op.And(inside, is_valid), [0, 0, -1])  # (B, N, P)
+    pixels = op.Mul(op.Gather(shape, [2]), op.Gather(shape, [3]))
+    bn = op.Slice(op.Shape(inside), [0], [2])
+    masks = op.Reshape(op.And(inside, is_valid), op.Concat(bn, pixels, axis=0))  # (B, N, P); N may be 0
     # the null token (index 0) is visible everywhere
     null_shape = op.Concat(op.Slice(op.Shape(masks), [0], [1]), [1], op.Slice(op.Shape(masks), [2], [3]), axis=0)
     visible = op.Concat(op.Expand(op.Cast(op.Constant(value_ints=[1]), to=BOOL.dtype), null_shape), masks, axis=1)  # (B, N+1, P)

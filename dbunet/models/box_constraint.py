@@ -15,7 +15,9 @@ def fourier_features(boxes: Tensor, num_freqs: int, temperature: float = 100.0) 
     """[B,N,4] -> [B,N,4*2*num_freqs]: sin and cos of each coordinate at geometric frequencies."""
     freqs = temperature ** (torch.arange(num_freqs, dtype=boxes.dtype, device=boxes.device) / num_freqs)
     args = boxes[..., None] * freqs  # (B, N, 4, F)
-    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1).flatten(2)  # (B, N, 8F)
+    feats = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)  # (B, N, 4, 2F)
+    # explicit last dim: a reshape to -1 is undefined in ONNX when N = 0
+    return feats.reshape(boxes.shape[0], boxes.shape[1], 8 * num_freqs)  # (B, N, 8F)
 
 
 class BoxConstraint(nn.Module):

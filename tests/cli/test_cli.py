@@ -1,0 +1,126 @@
+"""dbunet-run and dbunet-export as a user meets them: outputs, and one clear line for each mistake."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from dbunet.cli import export as export_cli
+from dbunet.cli import run as run_cli
+
+
+def _run(argv, capsys):
+    code = run_cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_run_writes_png_with_provenance(tiny_artifacts, tmp_path, capsys):
+    out = tmp_path / "cat.png"
+    code, stdout, stderr = _run(["--artifacts", str(tiny_artifacts), "--prompt", "a cat", "--box", "0.1,0.1,0.6,0.8:a cat",
+                                 "--steps", "3", "--seed", "5", "--draw-boxes", "--output", str(out)], capsys)
+    assert code == 0, stderr
+    img = Image.open(out)
+    assert img.size == (128, 128) and img.mode == "RGB"
+    manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
+    assert img.text["prompt"] == "a cat" and img.text["seed"] == "5"
+    assert json.loads(img.text["boxes"]) == ["0.1,0.1,0.6,0.8:a cat"]
+    assert img.text["artifact_hash"] == manifest["weights_sha256"]
+    assert "denoise (3 steps" in stderr and "total" in stderr  # the timing table
+    assert "wrote" in stdout
+
+
+def test_torch_backend_runs_the_reference(tiny_artifacts, tmp_path, capsys):
+    code, stdout, stderr = _run(["--artifacts", str(tiny_artifacts), "--prompt", "a cat", "--steps", "2", "--backend",
+                                 "torch", "--output", str(tmp_path / "t.png"), "--quiet"], capsys)
+    assert code == 0, stderr
+    assert "torch/fp32" in stdout and stderr == ""
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--box", "0.1,0.1,0.5"], "malformed box"),
+        (["--box", "a,b,c,d:cat"], "coordinates must be numbers"),
+        (["--box", "0.1,0.1,1.2,0.5:cat"], r"\[0, 1\]"),
+        (["--box", "0.5,0.1,0.5,0.9:cat"], "x1 > x0"),
+        (["--box", "0,0,1,1:cat"] * 31, "at most 30"),
+        (["--steps", "0"], "steps must be"),
+        (["--guidance-scale", "nan"], "guidance scale"),
+        (["--guidance-scale", "inf"], "guidance scale"),
+        (["--height", "100"], "multiple of 8"),
+        (["--output", "x.jpg"], ".png"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(tiny_artifacts, tmp_path, capsys, extra, message):
+    code, _, stderr = _run(["--artifacts", str(tiny_artifacts), "--prompt", "a cat", "--output",
+                            str(tmp_path / "o.png"), *extra] if "--output" not in extra else
+                           ["--artifacts", str(tiny_artifacts), "--prompt", "a cat", *extra], capsys)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert pytest.importorskip("re").search(message, lines[0]), lines[0]
+    assert not (tmp_path / "o.png").exists()
+
+
+def _broken_copy(tiny_artifacts, tmp_path, damage):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    damage(art)
+    return art
+
+
+def _corrupt(art):
+    data = bytearray((art / "fp32" / "vae_decoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (art / "fp32" / "vae_decoder.onnx").write_bytes(bytes(data))
+
+
+def _other_version(art):
+    m = json.loads((art / "manifest.json").read_text())
+    m["dbunet_version"], m["format_version"] = "9.1.0", 7
+    (art / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda a: (a / "fp32" / "refiner_unet.onnx").unlink(), "missing artifact file"),
+        (_corrupt, "corrupted"),
+        (lambda a: (a / "tokenizer.json").write_text("{}"), "corrupted"),
+        (_other_version, "exported by dbunet 9.1.0"),
+        (lambda a: (a / "manifest.json").unlink(), "no manifest.json"),
+        (lambda a: (a / "manifest.json").write_text("{oops"), "not valid JSON"),
+    ],
+)
+def test_bad_artifacts_exit_2_with_one_line(tiny_artifacts, tmp_path, capsys, damage, message):
+    art = _broken_copy(tiny_artifacts, tmp_path, damage)
+    code, _, stderr = _run(["--artifacts", str(art), "--prompt", "a cat", "--output", str(tmp_path / "o.png")], capsys)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], stderr
+
+
+def test_missing_artifacts_directory(tmp_path, capsys):
+    code, _, stderr = _run(["--artifacts", str(tmp_path / "nope"), "--prompt", "a cat"], capsys)
+    assert code == 2 and "does not exist; run dbunet-export first" in stderr
+
+
+def test_export_rejects_bad_options(tmp_path, capsys):
+    assert export_cli.main(["--config", "sdxl", "--out", str(tmp_path)]) == 2
+    assert "valid: tiny, sd15" in capsys.readouterr().err
+    assert export_cli.main(["--opset", "12", "--out", str(tmp_path), "--components", "gae"]) == 2
+    assert "opset 12 not supported" in capsys.readouterr().err
+    assert export_cli.main(["--weights", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "expected a dbunet model folder" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_help_explains_the_commands():
+    for module in ("dbunet.cli.run", "dbunet.cli.export"):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True).stdout
+        assert "--artifacts" in out or "--out" in out
+        assert "default" in out

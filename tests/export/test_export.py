@@ -1,0 +1,113 @@
+"""The exported graphs: validity, custom-domain nodes, dynamic axes, manifest, decomposed mode."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from dbunet.config import tiny
+from dbunet.export.exporter import ExportOptions, export
+from dbunet.export.graphs import GRAPHS, run_reference, sample_inputs
+from dbunet.export.parity import TOLERANCE, measure
+from dbunet.export.specs import COMPONENTS, component_specs
+from dbunet.manifest import Manifest, sha256_file
+from dbunet.models.cascade import load_model
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_every_component_exported_and_passes_the_full_checker(tiny_artifacts):
+    manifest = Manifest.read(tiny_artifacts)
+    assert {(a.component, a.precision) for a in manifest.artifacts} == {
+        (c, p) for c in COMPONENTS for p in ("fp32", "fp16")
+    }
+    for a in manifest.artifacts:
+        path = tiny_artifacts / a.path
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path))
+        assert max(i.version for i in model.opset_import if i.domain == "") >= 18
+        assert sha256_file(path) == a.sha256[a.path]
+        assert a.parity["passed"] and a.parity["max_rel"] <= TOLERANCE[a.precision]
+
+
+def test_custom_ops_are_single_nodes_with_local_functions(tiny_artifacts):
+    model = onnx.load(str(tiny_artifacts / "fp32" / "dbunet.onnx"))
+    custom = [n for n in model.graph.node if n.domain == "dbunet"]
+    counts = {t: sum(n.op_type == t for n in custom) for t in ("BoxConstraint", "ChannelCrossAttention", "SpatialCrossAttention")}
+    cfg = tiny().unet
+    encoder_layers = 3 * cfg.layers_per_block
+    assert counts == {"BoxConstraint": encoder_layers + 1, "ChannelCrossAttention": encoder_layers,
+                      "SpatialCrossAttention": encoder_layers}
+    assert {(f.domain, f.name) for f in model.functions} == {("dbunet", t) for t in counts}
+    assert any(i.domain == "dbunet" for i in model.opset_import)
+    sca = next(n for n in custom if n.op_type == "SpatialCrossAttention")
+    assert [a.i for a in sca.attribute if a.name == "num_heads"] == [cfg.dca_heads]
+
+
+def test_graph_dims_are_the_declared_symbols(tiny_artifacts):
+    specs = component_specs(tiny())
+    for name, spec in specs.items():
+        model = onnx.load(str(tiny_artifacts / "fp32" / f"{name}.onnx"), load_external_data=False)
+        got = {v.name: tuple(d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim)
+               for v in (*model.graph.input, *model.graph.output)}
+        assert got == {t.name: t.dims for t in (*spec.inputs, *spec.outputs)}, name
+
+
+@pytest.mark.parametrize("batch,height,width,boxes", [(1, 64, 96, 1), (2, 120, 72, 0), (3, 128, 128, 30)])
+def test_dynamic_axes_really_work(tiny_artifacts, batch, height, width, boxes):
+    """The DB-UNet and refiner graphs at sizes and batches they were not traced at, against PyTorch."""
+    model = load_model(tiny_artifacts / "model")
+    cfg = model.config
+    sizes = {"batch": batch, "height": height, "width": width, "latent_height": height // 8,
+             "latent_width": width // 8, "boxes": boxes}
+    for name in ("dbunet", "refiner_unet", "vae_decoder"):
+        spec = component_specs(cfg)[name]
+        feeds = sample_inputs(spec, sizes, cfg.text.vocab_size, seed=batch + boxes)
+        want = run_reference(GRAPHS[name](model.cascade).eval(), spec, feeds)
+        got = _session(tiny_artifacts / "fp32" / f"{name}.onnx").run(None, feeds)
+        assert got[0].shape == want[0].shape
+        result = measure(name, "fp32", got, want)
+        assert result.passed, result.line()
+
+
+def test_manifest_describes_the_export(tiny_artifacts):
+    data = json.loads((tiny_artifacts / "manifest.json").read_text())
+    assert data["config"]["name"] == "tiny" and data["format_version"] == 1
+    assert {"torch", "onnx", "onnxruntime"} <= set(data["tools"])
+    dbunet = next(a for a in data["artifacts"] if a["component"] == "dbunet" and a["precision"] == "fp32")
+    names = [t["name"] for t in dbunet["io"]["inputs"]]
+    assert names == ["sample", "timestep", "text", "boxes", "box_phrases", "box_valid", "box_scale"]
+    assert dbunet["io"]["inputs"][0]["dims"] == ["batch", 4, "latent_height", "latent_width"]
+    assert (tiny_artifacts / data["tokenizer"]["file"]).is_file()
+    assert load_model(tiny_artifacts / "model").weights_sha256() == data["weights_sha256"]
+    assert not list(tiny_artifacts.glob("**/*.tmp")) and not list(tiny_artifacts.glob("**/.tmp-*"))
+
+
+def test_decomposed_export_has_only_standard_ops_and_the_same_numbers(tiny_artifacts, tmp_path):
+    export(ExportOptions(out=tmp_path, decomposed=True, components=("dbunet",)), report=lambda line: None)
+    plain = onnx.load(str(tmp_path / "fp32" / "dbunet.onnx"))
+    assert all(n.domain in ("", "ai.onnx") for n in plain.graph.node) and not plain.functions
+    onnx.checker.check_model(plain, full_check=True)
+    spec = component_specs(tiny())["dbunet"]
+    feeds = sample_inputs(spec, {"batch": 2, "latent_height": 11, "latent_width": 13, "boxes": 4, "height": 88, "width": 104},
+                          1024, seed=5)
+    a = _session(tmp_path / "fp32" / "dbunet.onnx").run(None, feeds)[0]
+    b = _session(tiny_artifacts / "fp32" / "dbunet.onnx").run(None, feeds)[0]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_text_encoder_graph_matches_for_real_prompts(tiny_artifacts):
+    model = load_model(tiny_artifacts / "model")
+    from dbunet.models.components import tokenize
+
+    ids = tokenize(model.tokenizer, ["a photo of a cat", "", "a red house near a lake at sunset"], 77)
+    got = _session(tiny_artifacts / "fp32" / "text_encoder.onnx").run(None, {"input_ids": ids})
+    with torch.no_grad():
+        out = model.cascade.text_encoder(input_ids=torch.from_numpy(ids))
+    np.testing.assert_allclose(got[0], out.last_hidden_state.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got[1], out.pooler_output.numpy(), atol=1e-4)
