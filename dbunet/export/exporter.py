@@ -9,7 +9,7 @@ Layout of an artifacts directory:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -56,6 +56,9 @@ class ExportOptions:
             raise ConfigError(f"unknown components {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
         if self.batch < 1:
             raise ConfigError(f"batch must be >= 1, got {self.batch}")
+        for name, v in (("height", self.height), ("width", self.width)):
+            if v is not None and (v < 8 or v % 8):
+                raise ConfigError(f"{name} must be a positive multiple of 8, got {v}")
 
 
 def resolve_config(name_or_file: str) -> ModelConfig:
@@ -116,39 +119,42 @@ def export_component(model: Model, name: str, options: ExportOptions, out: Path,
     args = tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs)
 
     graph = trace_to_onnx(module, spec, args, options.opset, options.decomposed)
-    artifacts = [_save(graph, name, "fp32", "", spec, options, out, feeds, reference, report)]
+    save = functools.partial(_save, name=name, spec=spec, options=options, out=out, feeds=feeds, reference=reference)
+    artifact, result = save(graph, "fp32")
+    report("  " + result.line())
+    require([result])
+    artifacts = [artifact]
     if options.fp16:
-        note = ""
-        for block in (None, fp16_convert.SAFER_BLOCK_LIST):
-            candidate = fp16_convert.to_fp16(graph, block)
-            artifact = _save(candidate, name, "fp16", "", spec, options, out, feeds, reference, report, strict=False)
-            if ParityResult(**{k: v for k, v in artifact.parity.items() if k != "passed"}).passed:
-                if block:
-                    artifact.note = f"ops kept in fp32 to avoid fp16 overflow: {', '.join(block)}"
+        # the converter's defaults first; then with softmax and normalisation kept in fp32; then give up on fp16
+        for block, note in ((None, ""), (fp16_convert.SAFER_BLOCK_LIST,
+                                         "kept in fp32 against fp16 overflow: " + ", ".join(fp16_convert.SAFER_BLOCK_LIST))):
+            artifact, result = save(fp16_convert.to_fp16(graph, block), "fp16", note)
+            report("  " + result.line())
+            if result.passed:
                 break
         else:
-            note = "fp16 overflowed even with normalisation and softmax in fp32: this component stays fp32"
-            artifact = _save(graph, name, "fp16", note, spec, options, out, feeds, reference, report)
-            artifact.precision = "fp16"
+            note = "fp16 overflowed even with softmax and normalisation in fp32: this component runs in fp32"
+            artifact, result = save(graph, "fp16", note, tolerance="fp32")
+            require([result])
         if artifact.note:
             report(f"  note: {name}: {artifact.note}")
         artifacts.append(artifact)
     return artifacts
 
 
-def _save(graph, name, precision, note, spec, options, out, feeds, reference, report, strict=True) -> Artifact:
+def _save(graph, precision: str, note: str = "", tolerance: str | None = None, *, name, spec, options, out, feeds,
+          reference) -> tuple[Artifact, ParityResult]:
+    """Write one graph under <out>/<precision>/, check it and measure its parity with PyTorch."""
     rel = Path(precision) / f"{name}.onnx"
     files = save_onnx(graph, out / rel)
     check_model_file(files[0])
-    result = measure(name, precision, run_onnx(files[0], feeds), reference)
-    report("  " + result.line())
-    if strict:
-        require([result])
-    return Artifact(
+    result = measure(name, tolerance or precision, run_onnx(files[0], feeds), reference)
+    artifact = Artifact(
         component=name, precision=precision, files=[str(f.relative_to(out)) for f in files],
         sha256={str(f.relative_to(out)): sha256_file(f) for f in files}, spec=spec, opset=options.opset,
         decomposed=options.decomposed, note=note, parity=result.to_dict(),
     )
+    return artifact, result
 
 
 def export(options: ExportOptions, report: Report = log.info) -> Manifest:
@@ -168,10 +174,3 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
     )
     manifest.write(out)
     return manifest
-
-
-def failures(manifest: Manifest) -> list[str]:
-    return [f"{a.component}/{a.precision}" for a in manifest.artifacts if not a.parity.get("passed", False)]
-
-
-__all__ = ["DEFAULT_ARTIFACTS", "ExportOptions", "export", "dataclasses"]

@@ -177,6 +177,7 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> list[Path]:
         else:
             onnx.save_model(model, str(tmp_model))
         files = []
+        external = external and (Path(tmp) / data_name).is_file()
         if external:  # data first: the .onnx that points at it appears last
             os.replace(Path(tmp) / data_name, path.parent / data_name)
             files.append(path.parent / data_name)

@@ -78,3 +78,15 @@ def test_hash_mismatch_and_other_versions_are_refused(tiny_artifacts, tmp_path):
         f.write(b"\x00\x01\x02")
     with pytest.raises(ArtifactError, match="corrupted"):
         Pipeline.from_artifacts(art, precision="fp32")
+
+
+def test_run_command_imports_no_torch(tiny_artifacts, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "dbunet.cli.run", "--artifacts", str(tiny_artifacts), "--prompt",
+         "a cat", "--steps", "1", "--refiner-steps", "1", "--quiet", "--output", str(tmp_path / "o.png")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "dbunet.runtime.pipeline" in imported and "onnxruntime" in imported
+    assert not [m for m in imported if m.split(".")[0] in ("torch", "diffusers", "transformers")]
