@@ -1,3 +1,10 @@
+import os
+
+# Triton kernels run under Triton's CPU interpreter in tests unless told otherwise (on a GPU:
+# TRITON_INTERPRET=0 pytest tests/plugins). Set before anything imports torch: torch may import
+# triton, and triton fixes its interpreter mode for some library functions at import time.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 
 from dbunet.config import tiny

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import onnx
 
+from dbunet.export.onnx_export import TWO_GB, approx_size
+
 # First try: the converter's defaults. Second: also keep the ops that overflow first in float16
 # (attention logits and normalisation statistics) in float32.
 SAFER_BLOCK_LIST = ["Softmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization", "ReduceMean", "Pow"]
@@ -19,7 +21,9 @@ def to_fp16(model: onnx.ModelProto, op_block_list: list[str] | None = None) -> o
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # the converter edits its argument in place
     _unshare_float_only_initializers(copy.graph)
-    converted = convert_float_to_float16(copy, keep_io_types=True, op_block_list=blocked, disable_shape_infer=False)
+    # shape inference serializes the model: impossible past protobuf's 2 GB (the converter then warns)
+    large = approx_size(copy) > TWO_GB
+    converted = convert_float_to_float16(copy, keep_io_types=True, op_block_list=blocked, disable_shape_infer=large)
     # its value_info can contradict the casts it inserted: drop it (shape inference rebuilds it)
     del converted.graph.value_info[:]
     # the converter appends its input casts at the end of the node list; restore topological order

@@ -25,6 +25,7 @@ from dbunet.iospec import GraphSpec
 log = logging.getLogger(__name__)
 
 SUPPORTED_OPSETS = range(18, 21)
+PLUGIN_NAMESPACE_ATTR = "plugin_namespace"
 TWO_GB = 2**31 - 1
 FUNCTIONS = {
     "BoxConstraint": onnx_functions.BoxConstraint,
@@ -67,7 +68,12 @@ def attach_functions(model: onnx.ModelProto, opset: int) -> None:
         for imp in proto.opset_import:
             if imp.domain == "":
                 imp.version = opset  # the bodies use only ops unchanged across opsets 18-20
+        proto.attribute.append(PLUGIN_NAMESPACE_ATTR)  # declared, unused by the body: it is for TensorRT
         model.functions.append(proto)
+    for node in model.graph.node:
+        if node.domain == onnx_functions.DOMAIN:
+            # TensorRT's parser looks a plugin up by (op_type, plugin_version, plugin_namespace)
+            node.attribute.append(onnx.helper.make_attribute(PLUGIN_NAMESPACE_ATTR, onnx_functions.DOMAIN))
     if used and not any(i.domain == onnx_functions.DOMAIN for i in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(onnx_functions.DOMAIN, onnx_functions.DOMAIN_VERSION))
 
@@ -153,37 +159,56 @@ def trace_to_onnx(module: nn.Module, spec: GraphSpec, args: tuple[torch.Tensor, 
     return model
 
 
+def approx_size(model: onnx.ModelProto) -> int:
+    """Bytes of the weights (ModelProto.ByteSize itself fails past protobuf's 2 GB limit)."""
+    weights = sum(len(t.raw_data) or 4 * len(t.float_data) for t in model.graph.initializer)
+    return weights + sum(len(n.SerializeToString()) for n in model.graph.node)
+
+
 def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Constant folding, dead-node removal and shape inference (onnxscript's optimizer), functions kept."""
+    """Constant folding, dead-node removal and shape inference (onnxscript's optimizer), functions kept.
+
+    Works on the in-memory IR, so graphs over protobuf's 2 GB limit are never serialized whole;
+    ONNX shape inference (which serializes) is skipped for those.
+    """
+    import onnx_ir as ir
     import onnxscript.optimizer
 
+    large = approx_size(model) > TWO_GB
+    ir_model = ir.from_proto(model)
     # one pass reaches the fixed point on these graphs; a second only costs time
-    return onnxscript.optimizer.optimize(
-        model, num_iterations=1, inline=False, onnx_shape_inference=model.ByteSize() < TWO_GB
-    )
+    onnxscript.optimizer.optimize(ir_model, num_iterations=1, inline=False, onnx_shape_inference=not large)
+    return ir.to_proto(ir_model)
 
 
 def save_onnx(model: onnx.ModelProto, path: str | Path) -> list[Path]:
     """Write atomically; a model over 2 GB keeps its weights in `<name>.data` beside it. Returns the files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    external = model.ByteSize() > TWO_GB
+    external = approx_size(model) > TWO_GB
     with tempfile.TemporaryDirectory(prefix=".tmp-", dir=path.parent) as tmp:
         tmp_model = Path(tmp) / path.name
         data_name = path.name + ".data"
         if external:
-            onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+            # save_model moves the tensors of the proto it is given out to the data file: give it a
+            # copy, so the caller's model (e.g. the source of the FP16 copy) keeps its weights
+            detached = onnx.ModelProto()
+            detached.CopyFrom(model)
+            onnx.save_model(detached, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
+            del detached
         else:
             onnx.save_model(model, str(tmp_model))
         files = []
         external = external and (Path(tmp) / data_name).is_file()
         if external:  # data first: the .onnx that points at it appears last
+            os.chmod(Path(tmp) / data_name, 0o644)
             os.replace(Path(tmp) / data_name, path.parent / data_name)
             files.append(path.parent / data_name)
         else:
             with contextlib.suppress(FileNotFoundError):
                 (path.parent / data_name).unlink()
+        os.chmod(tmp_model, 0o644)
         os.replace(tmp_model, path)
         files.insert(0, path)
     return files

@@ -47,6 +47,11 @@ def test_custom_ops_are_single_nodes_with_local_functions(tiny_artifacts):
     assert any(i.domain == "dbunet" for i in model.opset_import)
     sca = next(n for n in custom if n.op_type == "SpatialCrossAttention")
     assert [a.i for a in sca.attribute if a.name == "num_heads"] == [cfg.dca_heads]
+    # TensorRT finds the plugin by op_type and plugin_namespace; the namespace is the plugins' own
+    from dbunet.plugins.tensorrt_plugins import NAMESPACE
+
+    for n in custom:
+        assert [a.s.decode() for a in n.attribute if a.name == "plugin_namespace"] == [NAMESPACE]
 
 
 def test_graph_dims_are_the_declared_symbols(tiny_artifacts):

@@ -23,7 +23,9 @@ def _matmul_model(n=64):
 
 def test_large_models_keep_weights_in_external_data(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "TWO_GB", 1000)  # stand-in threshold: the same code path as > 2 GB
-    files = onnx_export.save_onnx(_matmul_model(), tmp_path / "m.onnx")
+    model = _matmul_model()
+    files = onnx_export.save_onnx(model, tmp_path / "m.onnx")
+    assert model.graph.initializer[0].raw_data  # the caller's model keeps its weights in memory
     assert [f.name for f in files] == ["m.onnx", "m.onnx.data"]
     assert (tmp_path / "m.onnx").stat().st_size < 1000 < (tmp_path / "m.onnx.data").stat().st_size
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)

@@ -1,0 +1,94 @@
+"""The op table: every fused kernel beside its plain reference, with shapes and a bound per dtype.
+
+One table drives the correctness tests (interpreter on CPU, real kernels on GPU) and the op
+benchmark. Bounds are on max |kernel - reference| / max |reference|, the reference in fp32:
+  fp32  1e-4  same math in fp32 with IEEE dots; only the summation order differs.
+  fp16  2e-2  fp16 inputs round at 4.9e-4; the attention weights are cast to fp16 before the
+              value product, adding one more rounding of each weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dbunet.models import ops
+
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2}
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    label: str
+    make: Callable[[torch.Generator, torch.dtype, str], tuple]  # -> args for both implementations
+
+
+def _randn(g, shape, dtype, device, scale=1.0):
+    return (torch.randn(shape, generator=g) * scale).to(dtype=dtype, device=device)
+
+
+def _box_args(B, C, H, W, N, d):
+    def make(g, dtype, device):
+        xy = torch.rand(B, N, 2, generator=g) * 0.8 - 0.1  # some boxes start outside [0,1]
+        wh = torch.rand(B, N, 2, generator=g) * 0.7 - 0.05  # some are empty (x1 <= x0)
+        boxes = torch.cat([xy, xy + wh], -1).to(dtype=dtype, device=device)
+        valid = (torch.rand(B, N, generator=g) > 0.2).to(dtype=dtype, device=device)  # some padding slots
+        return (
+            _randn(g, (B, C, H, W), dtype, device), _randn(g, (B, H * W, d), dtype, device),
+            _randn(g, (B, N + 1, d), dtype, device), _randn(g, (B, N + 1, C), dtype, device),
+            boxes, valid, torch.tensor(0.8, dtype=dtype, device=device),
+        )
+    return make
+
+
+def _sca_args(B, P, C, heads):
+    def make(g, dtype, device):
+        return (_randn(g, (B, P, 2 * C), dtype, device, 0.5), _randn(g, (B, P, 2 * C), dtype, device, 0.5),
+                _randn(g, (B, P, C), dtype, device), heads)
+    return make
+
+
+def _cca_args(B, P, C):
+    def make(g, dtype, device):
+        # LayerNorm'd, projected tokens: unit scale; the Gram sums over P, softened by 1/sqrt(2C)
+        s = 1.0 / P**0.5
+        return (_randn(g, (B, P, C), dtype, device, s), _randn(g, (B, P, 2 * C), dtype, device, s * 8),
+                _randn(g, (B, P, 2 * C), dtype, device))
+    return make
+
+
+CASES = [
+    Case("box_constraint", "N=0 5x7", _box_args(2, 24, 5, 7, 0, 24)),
+    Case("box_constraint", "N=1 9x9", _box_args(1, 32, 9, 9, 1, 32)),
+    Case("box_constraint", "N=30 13x11", _box_args(2, 40, 13, 11, 30, 40)),
+    Case("spatial_cross_attention", "P=35 C=24 h=2", _sca_args(2, 35, 24, 2)),
+    Case("spatial_cross_attention", "P=64 C=40 h=4", _sca_args(1, 64, 40, 4)),
+    Case("spatial_cross_attention", "P=99 C=20 h=1", _sca_args(1, 99, 20, 1)),
+    Case("channel_cross_attention", "P=35 C=24", _cca_args(2, 35, 24)),
+    Case("channel_cross_attention", "P=77 C=40", _cca_args(1, 77, 40)),
+]
+
+REFERENCES = {
+    "box_constraint": ops.box_constraint_reference,
+    "spatial_cross_attention": ops.spatial_cross_attention_reference,
+    "channel_cross_attention": ops.channel_cross_attention_reference,
+}
+
+
+def fused(op: str) -> Callable:
+    from dbunet.plugins import launch
+
+    return getattr(launch, op)
+
+
+def max_rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12))
+
+
+def reference_fp32(op: str, args: tuple) -> torch.Tensor:
+    """The reference evaluated in fp32 on the inputs' (possibly fp16-rounded) values."""
+    up = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    return REFERENCES[op](*up)

@@ -1,0 +1,145 @@
+"""TensorRT plugins for the dbunet-domain ONNX nodes (TensorRT >= 10.7, `tensorrt.plugin`).
+
+Registered under namespace "dbunet" with the ONNX nodes' op_type as name; exported nodes carry
+`plugin_namespace="dbunet"`, so TensorRT's ONNX parser takes the plugin instead of the node's
+local function whenever these are registered:
+
+  dbunet::BoxConstraint          AOT: box_constraint_kernel (Triton -> PTX)
+  dbunet::SpatialCrossAttention  AOT: spatial_attention_kernel (Triton -> PTX)
+
+ChannelCrossAttention has no plugin on purpose: an AOT plugin launches one kernel, and CCA needs
+a softmax over every channel pair between its two GEMMs (a grid-wide dependency); TensorRT runs its
+local function (MatMul, Softmax, MatMul) with its own GEMM kernels instead.
+
+AOT implementations return PTX plus launch parameters, so engines need no Python at run time
+(C++ runtimes included). Written against the documented tensorrt.plugin API; see the README for
+what could be executed where (TensorRT cannot be installed in this project's environments).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dbunet.errors import BuildError
+
+NAMESPACE = "dbunet"
+PLUGINS = ("BoxConstraint", "SpatialCrossAttention")
+_registered = False
+
+
+def _tensorrt():
+    try:
+        import tensorrt as trt
+        import tensorrt.plugin as trtp
+    except ImportError as exc:
+        raise BuildError(f"TensorRT plugins need tensorrt >= 10.7 with tensorrt.plugin ({exc})") from None
+    return trt, trtp
+
+
+def device_compute_capability() -> int:
+    """The current CUDA device's compute capability as an int (e.g. 90), via cuda-python."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart  # cuda-python < 12.6
+    err, device = cudart.cudaGetDevice()
+    err2, props = cudart.cudaGetDeviceProperties(device)
+    if int(err) or int(err2):
+        raise BuildError(f"no CUDA device for TensorRT plugin compilation ({err}, {err2})")
+    return props.major * 10 + props.minor
+
+
+def _dtype_name(trt, desc) -> str:
+    if desc.dtype == trt.float16:
+        return "fp16"
+    if desc.dtype == trt.float32:
+        return "fp32"
+    raise BuildError(f"dbunet plugins take fp16 or fp32 tensors, got {desc.dtype}")
+
+
+def _constant(expr, what: str) -> int:
+    """A dim the kernel is specialised on (channels, head sizes) must be a build-time constant."""
+    if hasattr(expr, "is_constant") and not expr.is_constant:
+        raise BuildError(f"{what} must be static for the dbunet plugins (channels are fixed by the model)")
+    return int(expr.constant_value() if hasattr(expr, "constant_value") else expr)
+
+
+def box_constraint_launch(trtp, compiled, x, q, boxes) -> tuple[Any, Any]:
+    """Grid over (pixel blocks, batch); scalars C, H, W, D, N as symbolic int32 (dynamic shapes)."""
+    B, C, H, W = (x.shape_expr[i] for i in range(4))
+    launch = trtp.KernelLaunchParams()
+    launch.grid_x = trtp.cdiv(H * W, compiled.constants["BLOCK_P"])
+    launch.grid_y = B
+    launch.block_x = compiled.num_warps * 32
+    launch.shared_mem = compiled.shared_mem
+    extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (C, H, W, q.shape_expr[2], boxes.shape_expr[1])])
+    return launch, extra
+
+
+def spatial_attention_launch(trtp, compiled, q, v, num_heads: int) -> tuple[Any, Any]:
+    B, P, CQ = (q.shape_expr[i] for i in range(3))
+    CV = v.shape_expr[2]
+    launch = trtp.KernelLaunchParams()
+    launch.grid_x = trtp.cdiv(P, compiled.constants["BLOCK_M"])
+    launch.grid_y = B * num_heads
+    launch.block_x = compiled.num_warps * 32
+    launch.shared_mem = compiled.shared_mem
+    dk, dv = _constant(CQ, "C_c") // num_heads, _constant(CV, "C") // num_heads
+    extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (P, CQ, CV, num_heads, dk, dv)])
+    return launch, extra
+
+
+def _pow2(n: int, floor: int = 16) -> int:
+    return max(floor, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def register_plugins(compute_capability: int | None = None) -> tuple[str, ...]:
+    """Register every dbunet plugin with TensorRT (idempotent). Returns the plugin ids."""
+    global _registered
+    if _registered:
+        return tuple(f"{NAMESPACE}::{p}" for p in PLUGINS)
+    trt, trtp = _tensorrt()
+    from dbunet.plugins.aot import compile_ptx
+
+    def cc() -> int:
+        return compute_capability or device_compute_capability()
+
+    same_type = lambda n: ", ".join(["FP32|FP16"] * n)  # noqa: E731 -- all I/O share one precision
+
+    # -- BoxConstraint: x, q, k, v, boxes, valid, gate -> out ------------------------------------
+    @trtp.register(f"{NAMESPACE}::BoxConstraint")
+    def box_desc(x: trtp.TensorDesc, q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
+                 boxes: trtp.TensorDesc, valid: trtp.TensorDesc, gate: trtp.TensorDesc) -> trtp.TensorDesc:
+        return x.like()
+
+    @trtp.autotune(f"{NAMESPACE}::BoxConstraint")
+    def box_tune(x, q, k, v, boxes, valid, gate, outputs) -> list:
+        return [trtp.AutoTuneCombination(same_type(8))]
+
+    @trtp.aot_impl(f"{NAMESPACE}::BoxConstraint")
+    def box_aot(x, q, k, v, boxes, valid, gate, outputs, tactic):
+        n_slots = _constant(k.shape_expr[1], "box slots (N+1)")
+        compiled = compile_ptx("box_constraint", _dtype_name(trt, x), cc(), BLOCK_N=_pow2(n_slots))
+        launch, extra = box_constraint_launch(trtp, compiled, x, q, boxes)
+        return compiled.name.encode(), compiled.ptx.encode(), launch, extra
+
+    # -- SpatialCrossAttention: q, k, v (num_heads) -> out ----------------------------------------
+    @trtp.register(f"{NAMESPACE}::SpatialCrossAttention")
+    def sca_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, num_heads: int) -> trtp.TensorDesc:
+        return v.like()
+
+    @trtp.autotune(f"{NAMESPACE}::SpatialCrossAttention")
+    def sca_tune(q, k, v, num_heads: int, outputs) -> list:
+        return [trtp.AutoTuneCombination(same_type(4))]
+
+    @trtp.aot_impl(f"{NAMESPACE}::SpatialCrossAttention")
+    def sca_aot(q, k, v, num_heads: int, outputs, tactic):
+        dk = _constant(q.shape_expr[2], "C_c") // num_heads
+        dv = _constant(v.shape_expr[2], "C") // num_heads
+        compiled = compile_ptx("spatial_attention", _dtype_name(trt, q), cc(), BLOCK_DK=_pow2(dk), BLOCK_DV=_pow2(dv))
+        launch, extra = spatial_attention_launch(trtp, compiled, q, v, num_heads)
+        return compiled.name.encode(), compiled.ptx.encode(), launch, extra
+
+    _registered = True
+    return tuple(f"{NAMESPACE}::{p}" for p in PLUGINS)
