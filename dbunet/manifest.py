@@ -72,6 +72,7 @@ class Manifest:
     tokenizer: dict[str, str]  # {"file": ..., "sha256": ...}
     tools: dict[str, str]
     weights_source: str = ""  # the model folder TorchPipeline can load, relative to the manifest if inside
+    plugins: list[dict[str, Any]] = field(default_factory=list)  # PTX of the fused kernels, per target
     dbunet_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -90,6 +91,7 @@ class Manifest:
             "format_version": self.format_version, "dbunet_version": self.dbunet_version,
             "config": self.config.to_dict(), "weights_sha256": self.weights_sha256,
             "weights_source": self.weights_source, "tokenizer": self.tokenizer, "tools": self.tools,
+            "plugins": self.plugins,
             "artifacts": [a.to_dict() for a in self.artifacts],
         }
 
@@ -121,7 +123,7 @@ class Manifest:
             return cls(
                 config=ModelConfig.from_dict(d["config"]), weights_sha256=d["weights_sha256"],
                 artifacts=[Artifact.from_dict(a) for a in d["artifacts"]], tokenizer=d["tokenizer"],
-                tools=d.get("tools", {}), weights_source=d.get("weights_source", ""),
+                tools=d.get("tools", {}), weights_source=d.get("weights_source", ""), plugins=d.get("plugins", []),
                 dbunet_version=version, format_version=fmt,
             )
         except (KeyError, TypeError, ConfigError) as exc:

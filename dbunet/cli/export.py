@@ -27,6 +27,9 @@ def parser() -> argparse.ArgumentParser:
     graph.add_argument("--decomposed", action="store_true",
                        help="inline the dbunet-domain ops into standard ONNX ops (no custom nodes)")
     graph.add_argument("--components", nargs="+", help="export only these components")
+    graph.add_argument("--ptx", nargs="*", metavar="TARGET", choices=["sm_87", "sm_89", "sm_90"],
+                       help="also compile the fused Triton kernels to PTX for TensorRT plugins "
+                            "(no GPU needed; no TARGET: sm_87 sm_89 sm_90)")
     trace = p.add_argument_group("tracing and parity inputs (the graphs' sizes stay dynamic)")
     trace.add_argument("--height", type=int, help="image height (default: the preset's)")
     trace.add_argument("--width", type=int, help="image width (default: the preset's)")
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         config=args.config, weights=args.weights, out=args.out, fp16=args.fp16, opset=args.opset,
         decomposed=args.decomposed, height=args.height, width=args.width, batch=args.batch,
         components=tuple(args.components or COMPONENTS),
+        ptx_targets=tuple(args.ptx or ("sm_87", "sm_89", "sm_90")) if args.ptx is not None else (),
     )
     start = time.perf_counter()
 

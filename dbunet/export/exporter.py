@@ -49,6 +49,7 @@ class ExportOptions:
     width: int | None = None
     batch: int = 2
     components: tuple[str, ...] = COMPONENTS
+    ptx_targets: tuple[str, ...] = ()  # e.g. ("sm_87", "sm_89", "sm_90"): Triton kernels -> PTX for TensorRT
 
     def __post_init__(self) -> None:
         unknown = set(self.components) - set(COMPONENTS)
@@ -168,9 +169,18 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
     for i, name in enumerate(options.components, 1):
         report(f"[{i}/{len(options.components)}] {name}")
         artifacts += export_component(model, name, options, out, report)
+    plugins = []
+    if options.ptx_targets:
+        from dbunet.plugins.aot import write_ptx
+
+        report(f"PTX for {', '.join(options.ptx_targets)}")
+        plugins = write_ptx(out / "ptx", options.ptx_targets)
+        for p in plugins:
+            p["file"] = f"ptx/{p['file']}"
+            p["sha256"] = sha256_file(out / p["file"])
     manifest = Manifest(
         config=model.config, weights_sha256=model.weights_sha256(), artifacts=artifacts,
-        tokenizer=export_tokenizer(model, out), tools=tool_versions(), weights_source=source,
+        tokenizer=export_tokenizer(model, out), tools=tool_versions(), weights_source=source, plugins=plugins,
     )
     manifest.write(out)
     return manifest

@@ -74,7 +74,7 @@ def compile_ptx(kernel: str, dtype: str, cc: int, num_warps: int = 4, **constant
     compiled = triton.compile(
         ASTSource(fn=fn, signature=signature, constexprs=consts),
         target=GPUTarget("cuda", cc, 32),
-        options={"num_warps": num_warps},
+        options={"num_warps": num_warps, "enable_fp_fusion": True},  # explicit: the default changes in 3.10
     )
     name = compiled.metadata.name
     ptx = strip_hidden_params(compiled.asm["ptx"], name, len(names), compiled.metadata)
@@ -100,3 +100,25 @@ def strip_hidden_params(ptx: str, name: str, declared: int, metadata=None) -> st
     plist, close, tail = rest.partition(")")
     kept = [line for line in plist.split(",") if not any(h in line for h in hidden)]
     return head + sep + ",".join(kept).rstrip() + "\n" + close + tail
+
+
+def write_ptx(out_dir, targets: tuple[str, ...], dtypes: tuple[str, ...] = ("fp16", "fp32")) -> list[dict]:
+    """Compile every AOT kernel for each target and dtype into `out_dir`; return manifest entries."""
+    from pathlib import Path
+
+    from dbunet import atomic
+
+    unknown = set(targets) - set(TARGETS)
+    if unknown:
+        raise BuildError(f"unknown PTX targets {sorted(unknown)}; valid: {', '.join(TARGETS)}")
+    entries = []
+    for kernel in _KERNELS:
+        for dtype in dtypes:
+            for target in targets:
+                c = compile_ptx(kernel, dtype, TARGETS[target])
+                path = Path(out_dir) / f"{kernel}.{dtype}.{target}.ptx"
+                atomic.write_text(path, c.ptx)
+                entries.append({"kernel": kernel, "dtype": dtype, "target": target, "file": path.name,
+                                "entry": c.name, "num_warps": c.num_warps, "shared_mem": c.shared_mem,
+                                "constants": {k: v for k, v in c.constants.items()}})
+    return entries

@@ -58,3 +58,16 @@ def test_hidden_parameters_are_only_stripped_when_unused():
 def test_interpreter_mode_refuses_to_compile():
     with pytest.raises(Exception, match="TRITON_INTERPRET"):
         aot.compile_ptx("box_constraint", "fp16", 90)
+
+
+def test_export_writes_ptx_listed_in_the_manifest(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "dbunet.cli.export", "--components", "gae", "--ptx", "sm_87",
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "FP_FUSION" not in proc.stderr  # the fusion choice is explicit
+    plugins = json.loads((tmp_path / "manifest.json").read_text())["plugins"]
+    assert {(p["kernel"], p["dtype"], p["target"]) for p in plugins} == {
+        (k, d, "sm_87") for k in ("box_constraint", "spatial_attention") for d in ("fp16", "fp32")}
+    for p in plugins:
+        assert ".target sm_87" in (tmp_path / p["file"]).read_text()
