@@ -22,7 +22,7 @@ from dbunet.plugins.table import REFERENCES, fused
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
-def sd15_cases(batch: int = 2, boxes: int = 30):
+def sd15_cases(batch: int = 2, boxes: int = 30, device: str = "cuda"):
     cfg = sd15().unet
     for level, C in enumerate(cfg.block_out_channels):
         side = cfg.sample_size // 2**level
@@ -30,16 +30,22 @@ def sd15_cases(batch: int = 2, boxes: int = 30):
         tokens = (-(-side // cfg.dca_pool(level))) ** 2
         tag = f"{side}x{side} C={C}"
         yield "box_constraint", tag, lambda d, C=C, side=side, P=P: (
-            torch.randn(batch, C, side, side, device="cuda", dtype=d), torch.randn(batch, P, C, device="cuda", dtype=d),
-            torch.randn(batch, boxes + 1, C, device="cuda", dtype=d), torch.randn(batch, boxes + 1, C, device="cuda", dtype=d),
-            torch.rand(batch, boxes, 4, device="cuda", dtype=d).sort(-1).values, torch.ones(batch, boxes, device="cuda", dtype=d),
-            torch.tensor(0.5, device="cuda", dtype=d))
+            torch.randn(batch, C, side, side, device=device, dtype=d), torch.randn(batch, P, C, device=device, dtype=d),
+            torch.randn(batch, boxes + 1, C, device=device, dtype=d), torch.randn(batch, boxes + 1, C, device=device, dtype=d),
+            torch.rand(batch, boxes, 4, device=device, dtype=d).sort(-1).values, torch.ones(batch, boxes, device=device, dtype=d),
+            torch.tensor(0.5, device=device, dtype=d))
         yield "spatial_cross_attention", f"{tag} P={tokens}", lambda d, C=C, P=tokens: (
-            torch.randn(batch, P, 2 * C, device="cuda", dtype=d), torch.randn(batch, P, 2 * C, device="cuda", dtype=d),
-            torch.randn(batch, P, C, device="cuda", dtype=d), cfg.dca_heads)
+            torch.randn(batch, P, 2 * C, device=device, dtype=d), torch.randn(batch, P, 2 * C, device=device, dtype=d),
+            torch.randn(batch, P, C, device=device, dtype=d), cfg.dca_heads)
         yield "channel_cross_attention", f"{tag} P={tokens}", lambda d, C=C, P=tokens: (
-            torch.randn(batch, P, C, device="cuda", dtype=d) / P**0.5, torch.randn(batch, P, 2 * C, device="cuda", dtype=d) / P**0.5,
-            torch.randn(batch, P, 2 * C, device="cuda", dtype=d))
+            torch.randn(batch, P, C, device=device, dtype=d) / P**0.5, torch.randn(batch, P, 2 * C, device=device, dtype=d) / P**0.5,
+            torch.randn(batch, P, 2 * C, device=device, dtype=d))
+
+
+def flops_and_bytes(op: str, args: tuple, out: torch.Tensor) -> tuple[int, int]:
+    tensors = [x for x in args if isinstance(x, torch.Tensor)]
+    nbytes = sum(x.numel() * x.element_size() for x in tensors) + out.numel() * out.element_size()
+    return FLOPS[op](*[tuple(x.shape) for x in tensors[:4]]), nbytes
 
 
 FLOPS = {"box_constraint": ops._box_flops, "spatial_cross_attention": ops._sca_flops,
@@ -78,10 +84,7 @@ def main() -> int:
         ref = REFERENCES[op]
         compiled = torch.compile(ref, dynamic=False)
         t_eager, t_comp, t_fused = (time_ms(f, a, args.repeat) for f in (ref, compiled, fused(op)))
-        tensors = [x for x in a if isinstance(x, torch.Tensor)]
-        out = fused(op)(*a)
-        nbytes = sum(x.numel() * x.element_size() for x in tensors) + out.numel() * out.element_size()
-        flops = FLOPS[op](*[tuple(x.shape) for x in tensors[:4]])
+        flops, nbytes = flops_and_bytes(op, a, fused(op)(*a))
         rows.append([op, tag, f"{t_eager:.3f}", f"{t_comp:.3f}", f"{t_fused:.3f}", f"{flops / t_fused / 1e6:.0f}",
                      f"{nbytes / t_fused / 1e6:.0f}", f"{t_eager / t_fused:.2f}x", f"{t_comp / t_fused:.2f}x"])
     print(f"device: {torch.cuda.get_device_name()}, dtype {args.dtype}, batch 2, medians of {args.repeat}")
