@@ -1,0 +1,1 @@
+"""Latency measurement: per-component timings, baselines and regression checks (dbunet-bench)."""

@@ -1,0 +1,65 @@
+"""Baselines: record a report, compare a new one against it, and say what regressed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from dbunet import atomic
+from dbunet.bench.runner import BenchReport
+from dbunet.errors import ConfigError
+
+
+def save_report(report: BenchReport, path: str | Path) -> Path:
+    atomic.write_text(path, json.dumps(report.to_dict(), indent=2))
+    return Path(path)
+
+
+def load_report(path: str | Path) -> BenchReport:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"baseline {path} does not exist; create one with --record {path}")
+    try:
+        return BenchReport.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ConfigError(f"{path} is not a dbunet-bench report ({exc})") from None
+
+
+@dataclass
+class Verdict:
+    component: str
+    baseline_ms: float
+    current_ms: float
+    noise_ms: float
+    regressed: bool
+
+    @property
+    def change(self) -> float:
+        return self.current_ms / self.baseline_ms - 1.0
+
+
+def compare(baseline: BenchReport, current: BenchReport, tolerance: float = 0.10) -> list[Verdict]:
+    """A component regressed when its median is slower than the baseline's by more than `tolerance`
+    AND by more than the measured noise (the larger of the two runs' 3 x median absolute deviation)."""
+    if tolerance < 0:
+        raise ConfigError(f"tolerance must be >= 0, got {tolerance}")
+    verdicts = []
+    for name, base in baseline.results.items():
+        cur = current.results.get(name)
+        if cur is None:
+            continue
+        noise = max(base.noise_ms, cur.noise_ms)
+        diff = cur.median_ms - base.median_ms
+        verdicts.append(Verdict(name, base.median_ms, cur.median_ms, noise,
+                                diff > tolerance * base.median_ms and diff > noise))
+    return verdicts
+
+
+def format_verdicts(verdicts: list[Verdict], tolerance: float) -> str:
+    lines = [f"{'component':<14} {'baseline ms':>12} {'current ms':>11} {'change':>8} {'noise ms':>9}  verdict"]
+    for v in verdicts:
+        verdict = "REGRESSED" if v.regressed else "ok"
+        lines.append(f"{v.component:<14} {v.baseline_ms:12.2f} {v.current_ms:11.2f} {v.change:+8.1%} {v.noise_ms:9.2f}  {verdict}")
+    lines.append(f"(regressed = slower by more than {tolerance:.0%} and by more than the noise)")
+    return "\n".join(lines)

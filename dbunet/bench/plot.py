@@ -1,0 +1,36 @@
+"""A bar chart of the per-stage breakdown (matplotlib, optional: the `bench` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dbunet import atomic
+from dbunet.bench.runner import BenchReport
+from dbunet.errors import ConfigError
+
+
+def plot_reports(reports: list[BenchReport], path: str | Path, title: str = "") -> Path:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib (pip install -e '.[bench]')") from None
+    components = [c for c in reports[0].results if c != "pipeline"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(reports)
+    for i, r in enumerate(reports):
+        xs = [j + i * width for j in range(len(components))]
+        med = [r.results[c].median_ms for c in components]
+        err = [[m - r.results[c].min_ms for m, c in zip(med, components)],
+               [r.results[c].p90_ms - m for m, c in zip(med, components)]]
+        ax.bar(xs, med, width, yerr=err, capsize=3, label=f"{r.backend}/{r.precision}")
+    ax.set_xticks([j + width * (len(reports) - 1) / 2 for j in range(len(components))], components)
+    ax.set_ylabel("ms per call (median; bars: min to p90)")
+    ax.set_title(title or f"{reports[0].config}: per-stage latency")
+    ax.legend()
+    fig.tight_layout()
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return Path(path)

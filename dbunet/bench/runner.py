@@ -1,0 +1,130 @@
+"""Time each component of the cascade, and the whole pipeline, on one backend and precision."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dbunet import __version__
+from dbunet.bench.stats import Machine, Timing, measure, peak_rss_mb
+from dbunet.errors import ConfigError
+from dbunet.manifest import Manifest, tool_versions
+
+COMPONENTS = ("text_encoder", "dbunet_step", "vae_decode", "refiner_step", "pipeline")
+SCHEMA = 1
+PROMPT = "a red cat on a sofa"
+BOXES = ("0.1,0.3,0.6,0.9:a red cat", "0.5,0.1,0.9,0.5:a lamp")
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class BenchOptions:
+    artifacts: Path = Path("dbunet-artifacts")
+    backend: str = "ort"  # ort | torch | trt
+    precision: str | None = None  # None: the backend's default
+    components: tuple[str, ...] = COMPONENTS
+    steps: int | None = None  # pipeline denoising steps (None: the model's default)
+    repeat: int = 10
+    warmup: int = 2
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.components) - set(COMPONENTS)
+        if unknown:
+            raise ConfigError(f"unknown components {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
+        if self.repeat < 1 or self.warmup < 0:
+            raise ConfigError(f"need repeat >= 1 and warmup >= 0, got {self.repeat}, {self.warmup}")
+        if self.backend not in ("ort", "torch", "trt"):
+            raise ConfigError(f"unknown backend {self.backend!r}; valid: ort, torch, trt")
+
+
+@dataclass
+class BenchReport:
+    backend: str
+    precision: str
+    config: str
+    results: dict[str, Timing]
+    peak_rss_mb: float
+    machine: dict = field(default_factory=lambda: Machine.current().to_dict())
+    versions: dict = field(default_factory=tool_versions)
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA, "dbunet_version": __version__, "backend": self.backend, "precision": self.precision,
+            "config": self.config, "machine": self.machine, "versions": self.versions, "settings": self.settings,
+            "peak_rss_mb": self.peak_rss_mb, "results": {k: t.to_dict() for k, t in self.results.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BenchReport:
+        if d.get("schema") != SCHEMA:
+            raise ConfigError(f"benchmark file schema {d.get('schema')} is not {SCHEMA}; record a new baseline")
+        return cls(d["backend"], d["precision"], d["config"], {k: Timing.from_dict(v) for k, v in d["results"].items()},
+                   d["peak_rss_mb"], d["machine"], d["versions"], d.get("settings", {}))
+
+
+def _pipeline(options: BenchOptions):
+    """(pipeline with .stages/.config/__call__, precision) for the chosen backend."""
+    if options.backend == "trt":
+        raise ConfigError("the TensorRT backend is not built yet in this version; use --backend ort or torch")
+    if options.backend == "torch":
+        from dbunet.models.pipeline import TorchPipeline  # needs the export extra
+
+        manifest = Manifest.read(options.artifacts)
+        source = Path(manifest.weights_source)
+        source = source if source.is_absolute() else options.artifacts / source
+        if options.threads:
+            import torch
+
+            torch.set_num_threads(options.threads)
+        return TorchPipeline.from_pretrained(source), "fp32"
+    from dbunet.runtime import Pipeline
+
+    pipe = Pipeline.from_artifacts(options.artifacts, "ort", options.precision, threads=options.threads)
+    return pipe, pipe.precision
+
+
+def _component_calls(pipe) -> dict[str, Callable[[], object]]:
+    """One representative call per component, inputs prepared once (guided batch of 2, default size)."""
+    cfg, stages = pipe.config, pipe.stages
+    req = pipe.request(PROMPT, boxes=list(BOXES))
+    rng = np.random.default_rng(0)
+    ids = stages.tokenize([req.negative_prompt, req.prompt])
+    text, _ = stages.encode_text(ids)
+    _, pooled = stages.encode_text(stages.tokenize([b.phrase for b in req.boxes]))
+    f = cfg.vae.downscale
+    h, w = req.height // f, req.width // f
+    latents = rng.standard_normal((2, cfg.vae.latent_channels, h, w)).astype(np.float32)
+    boxes = np.array([[[b.x0, b.y0, b.x1, b.y1] for b in req.boxes]] * 2, dtype=np.float32)
+    phrases = np.stack([pooled, pooled]).astype(np.float32)
+    valid = np.array([[0.0] * len(req.boxes), [1.0] * len(req.boxes)], dtype=np.float32)
+    timestep = np.full(2, 500.0, dtype=np.float32)
+    scale = np.array(1.0, dtype=np.float32)
+    image = np.clip(rng.standard_normal((1, 3, req.height, req.width)), -1, 1).astype(np.float32)
+    z_dis = stages.refiner_condition(image)
+    return {
+        "text_encoder": lambda: stages.encode_text(ids),
+        "dbunet_step": lambda: stages.denoise(latents, timestep, text, boxes, phrases, valid, scale),
+        "vae_decode": lambda: stages.decode(latents[:1]),
+        "refiner_step": lambda: stages.refiner_denoise(image, timestep[:1], z_dis),
+    }
+
+
+def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchReport:
+    pipe, precision = _pipeline(options)
+    calls = _component_calls(pipe)
+    steps = {"steps": options.steps} if options.steps else {}
+    calls["pipeline"] = lambda: pipe(PROMPT, boxes=list(BOXES), seed=0, **steps)
+    results = {}
+    for i, name in enumerate(options.components, 1):
+        results[name] = measure(calls[name], options.repeat, options.warmup)
+        if progress:
+            progress("bench", i, len(options.components))
+    settings = {"repeat": options.repeat, "warmup": options.warmup, "threads": options.threads,
+                "steps": pipe.request(PROMPT).steps if not options.steps else options.steps,
+                "size": [pipe.config.defaults.height, pipe.config.defaults.width]}
+    return BenchReport(options.backend, precision, pipe.config.name, results, peak_rss_mb(), settings=settings)

@@ -1,0 +1,92 @@
+"""Timing statistics and the machine a measurement was taken on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Timing:
+    samples_ms: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def p90_ms(self) -> float:
+        s = sorted(self.samples_ms)
+        return s[min(len(s) - 1, round(0.9 * (len(s) - 1)))]
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.samples_ms)
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.samples_ms)
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation (stdev / mean): the run's own noise."""
+        if len(self.samples_ms) < 2:
+            return 0.0
+        return statistics.stdev(self.samples_ms) / statistics.mean(self.samples_ms)
+
+    @property
+    def noise_ms(self) -> float:
+        """3 x the median absolute deviation: a robust ~2-sigma scatter (one stray sample barely moves it)."""
+        med = self.median_ms
+        return 3.0 * statistics.median(abs(x - med) for x in self.samples_ms)
+
+    def to_dict(self) -> dict:
+        return {"median_ms": self.median_ms, "p90_ms": self.p90_ms, "min_ms": self.min_ms, "max_ms": self.max_ms,
+                "cv": self.cv, "samples_ms": self.samples_ms}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Timing:
+        return cls(list(d["samples_ms"]))
+
+
+def measure(fn: Callable[[], object], repeat: int, warmup: int) -> Timing:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    return Timing(samples)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class Machine:
+    system: str
+    machine: str
+    processor: str
+    cpu_count: int
+    python: str
+
+    @classmethod
+    def current(cls) -> Machine:
+        cpu = platform.processor()
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+        except OSError:
+            pass
+        return cls(platform.system(), platform.machine(), cpu, os.cpu_count() or 1, platform.python_version())
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,83 @@
+"""dbunet-bench: latency of each component and of the whole pipeline; baselines and regressions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dbunet.cli.common import ProgressBar, guarded
+
+DESCRIPTION = """Measure per-component latency (text encoder, one DB-UNet step, VAE decode, one refiner
+step, the whole pipeline): median, p90, min, max, coefficient of variation, peak RSS. Record a
+baseline and compare later runs against it: exit status 1 when a component got slower than the
+tolerance and the measured noise allow."""
+
+EXIT_REGRESSION = 1
+
+
+def parser() -> argparse.ArgumentParser:
+    from dbunet.bench.runner import COMPONENTS
+
+    p = argparse.ArgumentParser(prog="dbunet-bench", description=DESCRIPTION)
+    what = p.add_argument_group("what to measure")
+    what.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"), help="default: dbunet-artifacts")
+    what.add_argument("--backend", choices=["ort", "trt", "torch"], default="ort", help="default: ort")
+    what.add_argument("--precision", choices=["fp32", "fp16"], help="default: the fastest on the device")
+    what.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS), metavar="NAME",
+                      help=f"any of {', '.join(COMPONENTS)} (default: all)")
+    what.add_argument("--steps", type=int, help="denoising steps of the pipeline run (default: the model's)")
+    what.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    how = p.add_argument_group("how")
+    how.add_argument("--repeat", type=int, default=10, help="timed calls per component (default: 10)")
+    how.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", type=Path, help="write the report here")
+    out.add_argument("--record", type=Path, metavar="BASELINE", help="write the report as a baseline")
+    out.add_argument("--compare", type=Path, metavar="BASELINE", help="compare against a recorded baseline")
+    out.add_argument("--tolerance", type=float, default=0.10, help="allowed slowdown with --compare (default: 0.10)")
+    out.add_argument("--plot", type=Path, help="bar chart of the per-stage breakdown (PNG)")
+    return p
+
+
+def _table(report) -> str:
+    lines = [f"{report.config} on {report.backend}/{report.precision}, {report.machine['processor']} "
+             f"({report.machine['cpu_count']} cores); peak RSS {report.peak_rss_mb:.0f} MB",
+             f"{'component':<14} {'median':>9} {'p90':>9} {'min':>9} {'max':>9} {'cv':>6}"]
+    for name, t in report.results.items():
+        lines.append(f"{name:<14} {t.median_ms:9.2f} {t.p90_ms:9.2f} {t.min_ms:9.2f} {t.max_ms:9.2f} {t.cv:6.1%}")
+    lines.append("(milliseconds per call)")
+    return "\n".join(lines)
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from dbunet.bench.baseline import compare, format_verdicts, load_report, save_report
+    from dbunet.bench.runner import BenchOptions, run_bench
+
+    baseline = load_report(args.compare) if args.compare else None  # fail early on a bad baseline
+    options = BenchOptions(args.artifacts, args.backend, args.precision, tuple(args.components), args.steps,
+                           args.repeat, args.warmup, args.threads)
+    report = run_bench(options, ProgressBar())
+    print(_table(report))
+    for path in (args.json, args.record):
+        if path:
+            save_report(report, path)
+            print(f"wrote {path}")
+    if args.plot:
+        from dbunet.bench.plot import plot_reports
+
+        plot_reports([report], args.plot)
+        print(f"wrote {args.plot}")
+    if baseline is not None:
+        verdicts = compare(baseline, report, args.tolerance)
+        print(format_verdicts(verdicts, args.tolerance))
+        if any(v.regressed for v in verdicts):
+            print("latency regression", file=sys.stderr)
+            return EXIT_REGRESSION
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""dbunet-bench: the report's schema, record/compare, and that --compare catches a real slowdown."""
+
+import json
+import time
+
+import pytest
+
+from dbunet.bench.baseline import compare, load_report
+from dbunet.bench.runner import COMPONENTS, BenchOptions, run_bench
+from dbunet.bench.stats import Timing
+from dbunet.cli import bench as bench_cli
+from dbunet.runtime.pipeline import GraphStages
+
+pytest_plugins = ["pytester"]
+
+
+def test_smoke_report_schema(tiny_artifacts, tmp_path, capsys):
+    """CI's latency smoke: every component measured, the JSON complete; no absolute times judged."""
+    out = tmp_path / "r.json"
+    assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--repeat", "3", "--warmup", "1", "--steps", "2",
+                           "--json", str(out), "--plot", str(tmp_path / "p.png")]) == 0
+    data = json.loads(out.read_text())
+    assert data["schema"] == 1 and data["backend"] == "ort" and data["precision"] == "fp32"
+    assert set(data["results"]) == set(COMPONENTS)
+    for r in data["results"].values():
+        assert len(r["samples_ms"]) == 3 and r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["max_ms"]
+        assert r["cv"] >= 0
+    assert data["peak_rss_mb"] > 0 and data["machine"]["cpu_count"] >= 1 and "onnxruntime" in data["versions"]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "dbunet_step" in capsys.readouterr().out
+
+
+def test_compare_flags_a_30_percent_slowdown_and_not_a_rerun(tiny_artifacts, tmp_path, monkeypatch, capsys):
+    base = tmp_path / "base.json"
+    args = ["--artifacts", str(tiny_artifacts), "--repeat", "7", "--warmup", "2", "--components", "dbunet_step",
+            "vae_decode"]
+    assert bench_cli.main([*args, "--record", str(base)]) == 0
+    # the same build again: no regression
+    assert bench_cli.main([*args, "--compare", str(base), "--tolerance", "0.10"]) == 0
+    assert "REGRESSED" not in capsys.readouterr().out
+
+    # the same build with every DB-UNet call made 30% slower
+    extra = 0.3 * load_report(base).results["dbunet_step"].median_ms / 1000
+    original = GraphStages.denoise
+
+    def slowed(self, *a):
+        time.sleep(extra)
+        return original(self, *a)
+
+    monkeypatch.setattr(GraphStages, "denoise", slowed)
+    assert bench_cli.main([*args, "--compare", str(base), "--tolerance", "0.10"]) == bench_cli.EXIT_REGRESSION
+    out = capsys.readouterr().out
+    verdicts = out.split("verdict")[1].splitlines()  # the comparison table follows the timing table
+    assert "REGRESSED" in next(line for line in verdicts if line.startswith("dbunet_step"))
+
+
+def test_verdict_needs_both_tolerance_and_noise():
+    from dbunet.bench.runner import BenchReport
+
+    def report(samples):
+        return BenchReport("ort", "fp32", "tiny", {"x": Timing(samples)}, 1.0, {}, {})
+
+    steady = report([10.0, 10.1, 10.0, 10.2, 10.1])
+    assert compare(steady, report([13.0, 13.1, 13.0, 13.2, 13.1]))[0].regressed  # +30%, quiet runs
+    assert not compare(steady, report([10.5, 10.6, 10.5, 10.4, 10.6]))[0].regressed  # +5%: within tolerance
+    noisy = report([10.0, 16.0, 10.5, 15.0, 11.0])
+    assert not compare(noisy, report([12.0, 12.5, 11.8, 16.0, 12.2]))[0].regressed  # +14% but inside the noise
+
+
+def test_bad_options_are_user_errors(tiny_artifacts, tmp_path, capsys):
+    assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--compare", str(tmp_path / "none.json")]) == 2
+    assert "--record" in capsys.readouterr().err
+    assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--backend", "trt", "--repeat", "1"]) == 2
+    assert "not built yet" in capsys.readouterr().err
+    with pytest.raises(Exception, match="repeat"):
+        BenchOptions(repeat=0)
+
+
+def test_latency_marker_in_a_users_suite(pytester, tiny_artifacts, tmp_path):
+    baseline = tmp_path / "base.json"
+    from dbunet.bench.baseline import save_report
+
+    save_report(run_bench(BenchOptions(tiny_artifacts, components=("vae_decode",), repeat=3, warmup=1)), baseline)
+    pytester.makepyfile(f"""
+        import time
+        import pytest
+        from dbunet.runtime import Pipeline
+
+        pipe = Pipeline.from_artifacts({str(tiny_artifacts)!r})
+        import numpy as np
+        z = np.zeros((1, 4, 16, 16), dtype=np.float32)
+
+        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decode", repeat=5)
+        def test_within_budget(latency):
+            latency(lambda: pipe.stages.decode(z))
+
+        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decode", repeat=5)
+        def test_over_budget(latency):
+            latency(lambda: (pipe.stages.decode(z), time.sleep(0.2)))
+
+        @pytest.mark.latency(baseline="missing.json", component="vae_decode")
+        def test_no_baseline(latency):
+            latency(lambda: None)
+    """)
+    result = pytester.runpytest()  # the plugin comes in through its pytest11 entry point
+    result.assert_outcomes(passed=1, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*vae_decode: median*beyond the 10% tolerance*"])
