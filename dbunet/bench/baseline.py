@@ -33,26 +33,39 @@ class Verdict:
     current_ms: float
     noise_ms: float
     regressed: bool
+    machine_speed: float = 1.0  # current / baseline calibration, >= 1
 
     @property
     def change(self) -> float:
         return self.current_ms / self.baseline_ms - 1.0
 
 
+def machine_speed_ratio(baseline: BenchReport, current: BenchReport) -> float:
+    """How much slower the machine itself ran now than at the baseline (fixed-GEMM calibration), >= 1.
+
+    Only a slower machine excuses a slower component; a faster one never hides a regression."""
+    if baseline.calibration_ms <= 0 or current.calibration_ms <= 0:
+        return 1.0
+    return max(1.0, current.calibration_ms / baseline.calibration_ms)
+
+
 def compare(baseline: BenchReport, current: BenchReport, tolerance: float = 0.10) -> list[Verdict]:
-    """A component regressed when its median is slower than the baseline's by more than `tolerance`
-    AND by more than the measured noise (the larger of the two runs' 3 x median absolute deviation)."""
+    """A component regressed when its median is slower than the baseline's (scaled by the machine's
+    own slowdown, see machine_speed_ratio) by more than `tolerance` AND by more than the measured
+    noise (the larger of the two runs' Timing.noise_ms)."""
     if tolerance < 0:
         raise ConfigError(f"tolerance must be >= 0, got {tolerance}")
+    speed = machine_speed_ratio(baseline, current)
     verdicts = []
     for name, base in baseline.results.items():
         cur = current.results.get(name)
         if cur is None:
             continue
+        expected = base.median_ms * speed
         noise = max(base.noise_ms, cur.noise_ms)
-        diff = cur.median_ms - base.median_ms
+        diff = cur.median_ms - expected
         verdicts.append(Verdict(name, base.median_ms, cur.median_ms, noise,
-                                diff > tolerance * base.median_ms and diff > noise))
+                                diff > tolerance * expected and diff > noise, speed))
     return verdicts
 
 
@@ -61,5 +74,7 @@ def format_verdicts(verdicts: list[Verdict], tolerance: float) -> str:
     for v in verdicts:
         verdict = "REGRESSED" if v.regressed else "ok"
         lines.append(f"{v.component:<14} {v.baseline_ms:12.2f} {v.current_ms:11.2f} {v.change:+8.1%} {v.noise_ms:9.2f}  {verdict}")
-    lines.append(f"(regressed = slower by more than {tolerance:.0%} and by more than the noise)")
+    speed = verdicts[0].machine_speed if verdicts else 1.0
+    lines.append(f"(regressed = slower by more than {tolerance:.0%} and by more than the noise, after allowing "
+                 f"for the machine running {speed - 1:.0%} slower than at the baseline)")
     return "\n".join(lines)

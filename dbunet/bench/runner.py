@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dbunet import __version__
-from dbunet.bench.stats import Machine, Timing, measure, peak_rss_mb
+from dbunet.bench.stats import Machine, Timing, calibration_ms, measure, peak_rss_mb
 from dbunet.errors import ConfigError
 from dbunet.manifest import Manifest, tool_versions
 
@@ -48,6 +48,7 @@ class BenchReport:
     config: str
     results: dict[str, Timing]
     peak_rss_mb: float
+    calibration_ms: float = 0.0  # fixed GEMM time measured around the run (machine speed); 0: unknown
     machine: dict = field(default_factory=lambda: Machine.current().to_dict())
     versions: dict = field(default_factory=tool_versions)
     settings: dict = field(default_factory=dict)
@@ -56,7 +57,7 @@ class BenchReport:
         return {
             "schema": SCHEMA, "dbunet_version": __version__, "backend": self.backend, "precision": self.precision,
             "config": self.config, "machine": self.machine, "versions": self.versions, "settings": self.settings,
-            "peak_rss_mb": self.peak_rss_mb, "results": {k: t.to_dict() for k, t in self.results.items()},
+            "peak_rss_mb": self.peak_rss_mb, "calibration_ms": self.calibration_ms, "results": {k: t.to_dict() for k, t in self.results.items()},
         }
 
     @classmethod
@@ -64,7 +65,7 @@ class BenchReport:
         if d.get("schema") != SCHEMA:
             raise ConfigError(f"benchmark file schema {d.get('schema')} is not {SCHEMA}; record a new baseline")
         return cls(d["backend"], d["precision"], d["config"], {k: Timing.from_dict(v) for k, v in d["results"].items()},
-                   d["peak_rss_mb"], d["machine"], d["versions"], d.get("settings", {}))
+                   d["peak_rss_mb"], d.get("calibration_ms", 0.0), d["machine"], d["versions"], d.get("settings", {}))
 
 
 def _pipeline(options: BenchOptions):
@@ -120,6 +121,7 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchR
     steps = {"steps": options.steps} if options.steps else {}
     calls["pipeline"] = lambda: pipe(PROMPT, boxes=list(BOXES), seed=0, **steps)
     results = {}
+    before = calibration_ms()
     for i, name in enumerate(options.components, 1):
         results[name] = measure(calls[name], options.repeat, options.warmup)
         if progress:
@@ -127,4 +129,6 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchR
     settings = {"repeat": options.repeat, "warmup": options.warmup, "threads": options.threads,
                 "steps": pipe.request(PROMPT).steps if not options.steps else options.steps,
                 "size": [pipe.config.defaults.height, pipe.config.defaults.width]}
-    return BenchReport(options.backend, precision, pipe.config.name, results, peak_rss_mb(), settings=settings)
+    calibration = (before + calibration_ms()) / 2  # around the run: drift during it counts half
+    return BenchReport(options.backend, precision, pipe.config.name, results, peak_rss_mb(), calibration,
+                       settings=settings)

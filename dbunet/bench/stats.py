@@ -41,7 +41,8 @@ class Timing:
 
     @property
     def noise_ms(self) -> float:
-        """3 x the median absolute deviation: a robust ~2-sigma scatter (one stray sample barely moves it)."""
+        """3 x the median absolute deviation: a robust ~2-sigma width of this run's samples, which
+        stray slow samples (a neighbour's burst on a shared host) barely move."""
         med = self.median_ms
         return 3.0 * statistics.median(abs(x - med) for x in self.samples_ms)
 
@@ -63,6 +64,19 @@ def measure(fn: Callable[[], object], repeat: int, warmup: int) -> Timing:
         fn()
         samples.append((time.perf_counter() - t0) * 1000.0)
     return Timing(samples)
+
+
+def calibration_ms(samples: int = 15) -> float:
+    """Median time of a fixed fp32 GEMM (384^3, two threads' worth of work): this machine's speed right now.
+
+    Reports store it, and comparisons scale the baseline by the ratio of the two calibrations, so a
+    machine that is slower today (frequency, neighbours on a shared host) is not read as a regression.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((384, 384), dtype=np.float32), rng.standard_normal((384, 384), dtype=np.float32)
+    return measure(lambda: a @ b, samples, 3).median_ms
 
 
 def peak_rss_mb() -> float:

