@@ -12,8 +12,6 @@ model-local functions in a custom domain).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +20,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def med_ms(fn, repeat: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    from dbunet.bench.stats import measure
+
+    return measure(fn, repeat, warmup).median_ms
 
 
 def gemm_rate(repeat: int) -> float:
