@@ -117,7 +117,8 @@ def test_latency_marker_in_a_users_suite(pytester, tiny_artifacts, tmp_path):
         import numpy as np
         z = np.zeros((1, 4, 16, 16), dtype=np.float32)
 
-        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decode", repeat=5)
+        # a generous budget: this checks the plugin's flow, not how steady this machine is
+        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decode", repeat=5, tolerance=1.0)
         def test_within_budget(latency):
             latency(lambda: pipe.stages.decode(z))
 
@@ -131,4 +132,4 @@ def test_latency_marker_in_a_users_suite(pytester, tiny_artifacts, tmp_path):
     """)
     result = pytester.runpytest()  # the plugin comes in through its pytest11 entry point
     result.assert_outcomes(passed=1, failed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*vae_decode: median*beyond the 10% tolerance*"])
+    result.stdout.fnmatch_lines(["*vae_decode: median*beyond the 10% tolerance*"])  # +200 ms on ~15 ms
