@@ -32,7 +32,7 @@ def main() -> None:
     from dbunet.runtime import Pipeline
 
     ort_pipe = Pipeline.from_artifacts(args.artifacts)
-    torch_pipe = TorchPipeline.from_pretrained(args.artifacts / ort_pipe.manifest.weights_source)
+    torch_pipe = TorchPipeline.from_artifacts(args.artifacts)
     opts = dict(boxes=["0.1,0.2,0.6,0.9:a red cat"], seed=0)
     if args.steps:
         opts["steps"] = args.steps

@@ -11,7 +11,7 @@ import numpy as np
 from dbunet import __version__
 from dbunet.bench.stats import Machine, Timing, calibration_ms, measure, peak_rss_mb
 from dbunet.errors import ConfigError
-from dbunet.manifest import Manifest, tool_versions
+from dbunet.manifest import tool_versions
 
 COMPONENTS = ("text_encoder", "dbunet_step", "vae_decode", "refiner_step", "pipeline")
 SCHEMA = 1
@@ -75,14 +75,11 @@ def _pipeline(options: BenchOptions):
     if options.backend == "torch":
         from dbunet.models.pipeline import TorchPipeline  # needs the export extra
 
-        manifest = Manifest.read(options.artifacts)
-        source = Path(manifest.weights_source)
-        source = source if source.is_absolute() else options.artifacts / source
         if options.threads:
             import torch
 
             torch.set_num_threads(options.threads)
-        return TorchPipeline.from_pretrained(source), "fp32"
+        return TorchPipeline.from_artifacts(options.artifacts), "fp32"
     from dbunet.runtime import Pipeline
 
     pipe = Pipeline.from_artifacts(options.artifacts, "ort", options.precision, threads=options.threads)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dbunet.boxes import Box
 from dbunet.cli.common import ProgressBar, guarded, print_timings
-from dbunet.errors import ArtifactError, InputError
+from dbunet.errors import InputError
 
 DESCRIPTION = """Generate an image with the DB-UNet cascade from an artifacts directory written by
 dbunet-export. Unset sampling options take the model's defaults (from the manifest)."""
@@ -54,22 +54,6 @@ def _options(args) -> dict:
     return opts
 
 
-def _torch_pipeline(artifacts: Path, device: str):
-    """The PyTorch reference over the weights the artifacts were exported from."""
-    from dbunet.manifest import Manifest
-    from dbunet.models.pipeline import TorchPipeline
-
-    manifest = Manifest.read(artifacts)
-    source = Path(manifest.weights_source)
-    source = source if source.is_absolute() else artifacts / source
-    if not (source / "config.json").is_file():
-        raise ArtifactError(f"--backend torch needs the exported model's weights at {source}; they are missing")
-    pipe = TorchPipeline.from_pretrained(source, "cpu" if device == "auto" else device)
-    if pipe.model.weights_sha256() != manifest.weights_sha256:
-        raise ArtifactError(f"weights at {source} differ from those the artifacts were exported from")
-    return pipe, manifest
-
-
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
@@ -77,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.output.suffix.lower() != ".png":
         raise InputError(f"--output must be a .png file, got {args.output}")
     if args.backend == "torch":
-        pipe, manifest = _torch_pipeline(args.artifacts, args.device)
-        precision = "fp32"
+        from dbunet.manifest import Manifest
+        from dbunet.models.pipeline import TorchPipeline
+
+        pipe = TorchPipeline.from_artifacts(args.artifacts, "cpu" if args.device == "auto" else args.device)
+        manifest, precision = Manifest.read(args.artifacts), "fp32"
     else:
         from dbunet.runtime import Pipeline
 

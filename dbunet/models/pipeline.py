@@ -73,6 +73,23 @@ class TorchPipeline:
         return cls(load_model(directory), device)
 
     @classmethod
+    def from_artifacts(cls, directory: str | Path, device: str = "cpu") -> TorchPipeline:
+        """The reference over the weights an artifacts directory was exported from (checked by hash)."""
+        from dbunet.errors import ArtifactError
+        from dbunet.manifest import Manifest
+
+        directory = Path(directory)
+        manifest = Manifest.read(directory)
+        source = Path(manifest.weights_source)
+        source = source if source.is_absolute() else directory / source
+        if not (source / "config.json").is_file():
+            raise ArtifactError(f"the PyTorch reference needs the exported model's weights at {source}; they are missing")
+        pipe = cls.from_pretrained(source, device)
+        if pipe.model.weights_sha256() != manifest.weights_sha256:
+            raise ArtifactError(f"weights at {source} differ from those the artifacts at {directory} were exported from")
+        return pipe
+
+    @classmethod
     def from_config(cls, config: ModelConfig, directory: str | Path, device: str = "cpu") -> TorchPipeline:
         """Load the model saved in `directory`, creating it there from `config`'s seed if absent."""
         directory = Path(directory)

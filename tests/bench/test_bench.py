@@ -11,7 +11,6 @@ from dbunet.bench.baseline import compare, load_report
 from dbunet.bench.runner import COMPONENTS, BenchOptions, run_bench
 from dbunet.bench.stats import Timing
 from dbunet.cli import bench as bench_cli
-from dbunet.runtime.pipeline import GraphStages
 
 pytest_plugins = ["pytester"]
 
@@ -35,7 +34,6 @@ def test_smoke_report_schema(tiny_artifacts, tmp_path, capsys):
 _BENCH = """
 import sys, time
 from dbunet.cli import bench
-from dbunet.runtime.pipeline import GraphStages
 extra = float(sys.argv[1])
 if extra:
     original = GraphStages.denoise
