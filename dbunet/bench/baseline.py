@@ -49,12 +49,29 @@ def machine_speed_ratio(baseline: BenchReport, current: BenchReport) -> float:
     return max(1.0, current.calibration_ms / baseline.calibration_ms)
 
 
+def _what_was_measured(report: BenchReport) -> dict:
+    keys = ("steps", "size", "threads")
+    return {"config": report.config, "backend": report.backend, "precision": report.precision,
+            **{k: report.settings.get(k) for k in keys}}
+
+
+def _check_comparable(baseline: BenchReport, current: BenchReport) -> None:
+    """Latencies of a different model, backend, precision, size, step count or thread count say nothing
+    about a regression: refuse instead of reporting one."""
+    base, cur = _what_was_measured(baseline), _what_was_measured(current)
+    differ = [f"{k} {base[k]} -> {cur[k]}" for k in base if base[k] != cur[k]]
+    if differ:
+        raise ConfigError(f"the baseline measured something else ({'; '.join(differ)}); "
+                          "compare with the same options or record a new baseline")
+
+
 def compare(baseline: BenchReport, current: BenchReport, tolerance: float = 0.10) -> list[Verdict]:
     """A component regressed when its median is slower than the baseline's (scaled by the machine's
     own slowdown, see machine_speed_ratio) by more than `tolerance` AND by more than the measured
     noise (the larger of the two runs' Timing.noise_ms)."""
     if tolerance < 0:
         raise ConfigError(f"tolerance must be >= 0, got {tolerance}")
+    _check_comparable(baseline, current)
     speed = machine_speed_ratio(baseline, current)
     verdicts = []
     for name, base in baseline.results.items():

@@ -27,6 +27,8 @@ class BenchOptions:
     precision: str | None = None  # None: the backend's default
     components: tuple[str, ...] = COMPONENTS
     steps: int | None = None  # pipeline denoising steps (None: the model's default)
+    height: int | None = None  # image size (None: the model's default)
+    width: int | None = None
     repeat: int = 10
     warmup: int = 2
     threads: int | None = None
@@ -86,10 +88,15 @@ def _pipeline(options: BenchOptions):
     return pipe, pipe.precision
 
 
-def _component_calls(pipe) -> dict[str, Callable[[], object]]:
-    """One representative call per component, inputs prepared once (guided batch of 2, default size)."""
+def _request_options(options: BenchOptions) -> dict:
+    given = {"steps": options.steps, "height": options.height, "width": options.width}
+    return {"boxes": list(BOXES), **{k: v for k, v in given.items() if v is not None}}
+
+
+def _component_calls(pipe, request_options: dict) -> dict[str, Callable[[], object]]:
+    """One representative call per component, inputs prepared once (guided batch of 2)."""
     cfg, stages = pipe.config, pipe.stages
-    req = pipe.request(PROMPT, boxes=list(BOXES))
+    req = pipe.request(PROMPT, **request_options)
     rng = np.random.default_rng(0)
     ids = stages.tokenize([req.negative_prompt, req.prompt])
     text, _ = stages.encode_text(ids)
@@ -114,9 +121,10 @@ def _component_calls(pipe) -> dict[str, Callable[[], object]]:
 
 def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchReport:
     pipe, precision = _pipeline(options)
-    calls = _component_calls(pipe)
-    steps = {"steps": options.steps} if options.steps else {}
-    calls["pipeline"] = lambda: pipe(PROMPT, boxes=list(BOXES), seed=0, **steps)
+    request_options = _request_options(options)
+    request = pipe.request(PROMPT, **request_options)  # validates size and steps before any timing
+    calls = _component_calls(pipe, request_options)
+    calls["pipeline"] = lambda: pipe(PROMPT, seed=0, **request_options)
     results = {}
     before = calibration_ms()
     for i, name in enumerate(options.components, 1):
@@ -124,8 +132,7 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchR
         if progress:
             progress("bench", i, len(options.components))
     settings = {"repeat": options.repeat, "warmup": options.warmup, "threads": options.threads,
-                "steps": pipe.request(PROMPT).steps if not options.steps else options.steps,
-                "size": [pipe.config.defaults.height, pipe.config.defaults.width]}
+                "steps": request.steps, "size": [request.height, request.width]}
     calibration = (before + calibration_ms()) / 2  # around the run: drift during it counts half
     return BenchReport(options.backend, precision, pipe.config.name, results, peak_rss_mb(), calibration,
                        settings=settings)

@@ -28,6 +28,8 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS), metavar="NAME",
                       help=f"any of {', '.join(COMPONENTS)} (default: all)")
     what.add_argument("--steps", type=int, help="denoising steps of the pipeline run (default: the model's)")
+    what.add_argument("--height", type=int, help="image height (default: the model's)")
+    what.add_argument("--width", type=int, help="image width (default: the model's)")
     what.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     how = p.add_argument_group("how")
     how.add_argument("--repeat", type=int, default=10, help="timed calls per component (default: 10)")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = load_report(args.compare) if args.compare else None  # fail early on a bad baseline
     options = BenchOptions(args.artifacts, args.backend, args.precision, tuple(args.components), args.steps,
-                           args.repeat, args.warmup, args.threads)
+                           args.height, args.width, args.repeat, args.warmup, args.threads)
     report = run_bench(options, ProgressBar())
     print(_table(report))
     for path in (args.json, args.record):

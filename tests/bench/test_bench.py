@@ -19,10 +19,11 @@ def test_smoke_report_schema(tiny_artifacts, tmp_path, capsys):
     """CI's latency smoke: every component measured, the JSON complete; no absolute times judged."""
     out = tmp_path / "r.json"
     assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--repeat", "3", "--warmup", "1", "--steps", "2",
-                           "--json", str(out), "--plot", str(tmp_path / "p.png")]) == 0
+                           "--height", "96", "--json", str(out), "--plot", str(tmp_path / "p.png")]) == 0
     data = json.loads(out.read_text())
     assert data["schema"] == 1 and data["backend"] == "ort" and data["precision"] == "fp32"
     assert set(data["results"]) == set(COMPONENTS)
+    assert data["settings"]["size"] == [96, 128] and data["settings"]["steps"] == 2
     for r in data["results"].values():
         assert len(r["samples_ms"]) == 3 and r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["max_ms"]
         assert r["cv"] >= 0
@@ -92,11 +93,27 @@ def test_verdict_needs_both_tolerance_and_noise():
     assert compare(steady, slow_machine)[0].regressed
 
 
+def test_compare_refuses_a_baseline_of_other_settings():
+    from dbunet.bench.runner import BenchReport
+    from dbunet.errors import ConfigError
+
+    def report(size, backend="ort"):
+        return BenchReport(backend, "fp32", "tiny", {"x": Timing([10.0, 10.1, 10.0])}, 1.0, 2.0, {}, {},
+                           settings={"steps": 8, "size": size, "threads": None, "repeat": 3})
+    assert not compare(report([128, 128]), report([128, 128]))[0].regressed
+    with pytest.raises(ConfigError, match=r"size \[128, 128\] -> \[256, 256\]"):
+        compare(report([128, 128]), report([256, 256]))
+    with pytest.raises(ConfigError, match="backend ort -> torch"):
+        compare(report([128, 128]), report([128, 128], "torch"))
+
+
 def test_bad_options_are_user_errors(tiny_artifacts, tmp_path, capsys):
     assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--compare", str(tmp_path / "none.json")]) == 2
     assert "--record" in capsys.readouterr().err
     assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--backend", "trt", "--repeat", "1"]) == 2
     assert "not built yet" in capsys.readouterr().err
+    assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--height", "100", "--repeat", "1"]) == 2
+    assert "100" in capsys.readouterr().err
     with pytest.raises(Exception, match="repeat"):
         BenchOptions(repeat=0)
 
