@@ -1,25 +1,55 @@
 """CPU report: ONNX Runtime vs the PyTorch reference vs OpenVINO, and the machine's GEMM limit.
 
-    python benchmarks/cpu_report.py [--config tiny] [--repeat 7]
+    python benchmarks/cpu_report.py [CASE ...] [--repeat 7]
 
-Regenerates benchmarks/README.md and benchmarks/cpu_<config>.png. Everything is measured in one
-invocation on this machine, each runtime in its own process (a runtime's idle worker threads keep
-spinning and would slow whichever runs next in the same process), medians throughout. OpenVINO
-(`pip install openvino`) runs the `--decomposed` export of the same DB-UNet (it cannot read ONNX
-model-local functions in a custom domain).
+A CASE is `config[@size][/steps]`: `tiny` (the preset's size and steps), `sd15@256/1` (sd15 at
+256x256, pipeline runs with one denoising step). Default: both of those. Each case exports its
+graphs once (kept under benchmarks/.cache/), then measures in one invocation on this machine, each
+runtime in its own process (one runtime's idle worker threads slow whichever runs next in the same
+process), medians throughout, and rewrites its own block of benchmarks/README.md (text outside the
+blocks is kept) and benchmarks/cpu_<case>.png.
+
+OpenVINO (`pip install openvino`) runs the same exported DB-UNet file with its local functions
+inlined (OpenVINO cannot read ONNX model-local functions of a custom domain); the weights stay in
+the same file or external-data file.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+DEFAULT_CASES = ("tiny", "sd15@256/1")
 
 
-def med_ms(fn, repeat: int, warmup: int = 3) -> float:
+@dataclass(frozen=True)
+class Case:
+    config: str
+    size: int | None = None  # square image side; None: the preset's default
+    steps: int | None = None  # pipeline denoising steps; None: the preset's default
+
+    @classmethod
+    def parse(cls, text: str) -> Case:
+        m = re.fullmatch(r"(\w+)(?:@(\d+))?(?:/(\d+))?", text)
+        if not m:
+            raise SystemExit(f"case {text!r} is not config[@size][/steps], e.g. sd15@256/1")
+        return cls(m[1], int(m[2]) if m[2] else None, int(m[3]) if m[3] else None)
+
+    def __str__(self) -> str:
+        return self.config + (f"@{self.size}" if self.size else "") + (f"/{self.steps}" if self.steps else "")
+
+    @property
+    def slug(self) -> str:  # names the cache folder, plot and README block; steps do not change the graphs
+        return self.config + (f"-{self.size}" if self.size else "")
+
+
+def med_ms(fn, repeat: int, warmup: int = 2) -> float:
     from dbunet.bench.stats import measure
 
     return measure(fn, repeat, warmup).median_ms
@@ -35,105 +65,80 @@ def gemm_rate(repeat: int) -> float:
     return max(flops / med_ms(lambda: a @ a, repeat) / 1e6, flops / med_ms(lambda: ta @ ta, repeat) / 1e6)
 
 
-def _step_inputs(config: str):
+def _step_inputs(case: Case):
     from dbunet.config import preset
     from dbunet.export.graphs import sample_inputs
     from dbunet.export.specs import component_specs, default_sizes
 
-    cfg = preset(config)
+    cfg = preset(case.config)
     spec = component_specs(cfg)["dbunet"]
-    sizes = default_sizes(cfg, batch=2, boxes=4)
+    sizes = default_sizes(cfg, batch=2, height=case.size, width=case.size, boxes=4)
     return spec, sizes, sample_inputs(spec, sizes, cfg.text.vocab_size)
 
 
-def measure(kind: str, cache: Path, config: str, repeat: int) -> dict:
+def _openvino_graph(graph: Path) -> Path:
+    """The same graph with its local functions inlined, next to it (so external data still resolves)."""
+    import onnx
+
+    from dbunet import atomic
+    from dbunet.export.onnx_export import decompose
+
+    out = graph.with_name(graph.stem + ".inlined.onnx")
+    if not out.is_file():
+        model = decompose(onnx.load(str(graph), load_external_data=False))
+        atomic.write_bytes(out, model.SerializeToString())
+    return out
+
+
+def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
     """One measurement, run in a fresh process by main()."""
-    spec, _, feeds = _step_inputs(config)
+    spec, _, feeds = _step_inputs(case)
+    graph = cache / "fp32" / "dbunet.onnx"
     if kind == "gemm":
         return {"gflops": gemm_rate(repeat)}
     if kind == "ort_step":
         from dbunet.runtime.backends.onnxruntime import OrtBackend
 
-        graph = OrtBackend("cpu").load(cache / "full" / "fp32" / "dbunet.onnx", spec)
-        return {"ms": med_ms(lambda: graph.run(feeds), repeat * 3)}
+        run = OrtBackend("cpu").load(graph, spec).run
+        return {"ms": med_ms(lambda: run(feeds), repeat)}
     if kind == "torch_step":
         import torch
 
         from dbunet.models.cascade import load_model
 
-        unet = load_model(cache / "full" / "model").cascade.unet
+        unet = load_model(cache / "model").cascade.unet
         tensors = [torch.from_numpy(feeds[t.name]) for t in spec.inputs]
         with torch.no_grad():
-            return {"ms": med_ms(lambda: unet(*tensors), repeat * 3)}
+            return {"ms": med_ms(lambda: unet(*tensors), repeat)}
     if kind == "openvino_step":
         try:
             import openvino as ov
         except ImportError:
             return {"ms": None}
         core = ov.Core()
-        model = core.read_model(str(cache / "decomposed" / "fp32" / "dbunet.onnx"))
-        request = core.compile_model(model, "CPU").create_infer_request()
-        return {"ms": med_ms(lambda: request.infer(feeds), repeat * 3)}
+        request = core.compile_model(core.read_model(str(_openvino_graph(graph))), "CPU").create_infer_request()
+        return {"ms": med_ms(lambda: request.infer(feeds), repeat)}
     if kind in ("bench_ort", "bench_torch"):
         from dbunet.bench.baseline import save_report
         from dbunet.bench.runner import BenchOptions, run_bench
 
         path = cache / f"{kind}.json"
-        save_report(run_bench(BenchOptions(cache / "full", backend=kind.split("_")[1], repeat=repeat)), path)
+        options = BenchOptions(cache, backend=kind.split("_")[1], steps=case.steps, height=case.size,
+                               width=case.size, repeat=repeat)
+        save_report(run_bench(options), path)
         return {"report": str(path)}
     raise SystemExit(f"unknown measurement {kind}")
 
 
-def main() -> None:
-    import json
-    import subprocess
-    import sys
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="tiny")
-    p.add_argument("--repeat", type=int, default=7)
-    p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement in this process
-    args = p.parse_args()
-    cache = HERE / ".cache" / args.config
-    if args.measure:
-        print(json.dumps(measure(args.measure, cache, args.config, args.repeat)))
-        return
-    from dbunet.export.exporter import ExportOptions, export
-
-    if not (cache / "full" / "manifest.json").is_file():
-        export(ExportOptions(config=args.config, out=cache / "full"), report=print)
-    if not (cache / "decomposed" / "manifest.json").is_file():
-        export(ExportOptions(config=args.config, out=cache / "decomposed", decomposed=True, components=("dbunet",),
-                             weights=cache / "full" / "model"), report=print)
-
-    def run(kind: str) -> dict:
-        out = subprocess.run([sys.executable, __file__, "--config", args.config, "--repeat", str(args.repeat),
-                              "--measure", kind], capture_output=True, text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    from dbunet.bench.baseline import load_report
-    from dbunet.bench.plot import plot_reports
-    from dbunet.config import preset
-    from dbunet.models.stats import component_stats
-
-    cfg = preset(args.config)
-    _, sizes, _ = _step_inputs(args.config)
-    step_gflop = next(r.gflops for r in component_stats(cfg) if r.component == "dbunet")
-    gemm = run("gemm")["gflops"]
-    steps = {name: run(f"{name}_step")["ms"] for name in ("ort", "openvino", "torch")}
-    reports = [load_report(run(f"bench_{b}")["report"]) for b in ("ort", "torch")]
-    plot_path = HERE / f"cpu_{args.config}.png"
-    plot_reports(reports, plot_path, f"{args.config}: per-stage latency, {reports[0].machine['processor']}")
-
+def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict, reports: list) -> str:
     ort_r, torch_r = (r.results for r in reports)
-    machine = reports[0].machine
+    settings = reports[0].settings
+    h, w = settings["size"]
     lines = [
-        "# CPU benchmarks", "",
-        f"Regenerate with `python benchmarks/cpu_report.py --config {args.config}`. Machine: {machine['processor']}, "
-        f"{machine['cpu_count']} cores; medians; ONNX Runtime fp32 on the CPU provider; each runtime in its own "
-        "process.", "",
-        f"## {args.config}: one DB-UNet step (CFG batch 2, {sizes['latent_height']}x{sizes['latent_width']} latents, "
-        f"4 boxes, {step_gflop:.2f} GFLOP)", "",
+        f"## {case.config} at {h}x{w}", "",
+        f"`python benchmarks/cpu_report.py {case}`; medians of {repeat} runs after 2 warm-up runs.", "",
+        f"### one DB-UNet step (CFG batch 2, {h // 8}x{w // 8} latents, 4 boxes, {step_gflop:.2f} GFLOP "
+        "by torch.utils.flop_counter)", "",
         "| runtime | ms | GFLOP/s | share of the fp32 GEMM rate |", "|---|---|---|---|",
     ]
     for name, ms in steps.items():
@@ -142,17 +147,79 @@ def main() -> None:
             continue
         rate = step_gflop / ms * 1000
         lines.append(f"| {name} | {ms:.2f} | {rate:.1f} | {rate / gemm:.1%} |")
-    lines += ["", f"fp32 GEMM rate (2048^3, best of numpy and torch): {gemm:.0f} GFLOP/s.", "",
-              "## whole pipeline and per stage (dbunet-bench)", "",
+    lines += ["", f"fp32 GEMM rate (2048^3, best of numpy and torch, same run): {gemm:.0f} GFLOP/s.", "",
+              f"### whole pipeline ({settings['steps']} denoising step{'s' if settings['steps'] != 1 else ''}, "
+              "the preset's refiner steps) and per stage (dbunet-bench)", "",
               "| component | ort ms | torch ms | torch / ort |", "|---|---|---|---|"]
     for c in ort_r:
         lines.append(f"| {c} | {ort_r[c].median_ms:.2f} | {torch_r[c].median_ms:.2f} | "
                      f"{torch_r[c].median_ms / ort_r[c].median_ms:.2f}x |")
-    lines += ["", f"![per-stage latency](cpu_{args.config}.png)", ""]
+    lines += ["", f"![per-stage latency](cpu_{case.slug}.png)"]
+    return "\n".join(lines)
+
+
+def update_readme(text: str, slug: str, block: str) -> str:
+    """Replace the case's block (or append it); everything outside the markers stays as written."""
+    start, end = f"<!-- cpu_report:{slug} -->", f"<!-- /cpu_report:{slug} -->"
+    new = f"{start}\n{block}\n{end}"
+    if start in text and end in text:
+        return text[: text.index(start)] + new + text[text.index(end) + len(end):]
+    return text.rstrip("\n") + "\n\n" + new + "\n"
+
+
+def run_case(case: Case, repeat: int) -> str:
+    import json
+    import subprocess
+    import sys
+
+    from dbunet.bench.baseline import load_report
+    from dbunet.bench.plot import plot_reports
+    from dbunet.config import preset
+    from dbunet.export.exporter import ExportOptions, export
+    from dbunet.models.stats import component_stats
+
+    cache = HERE / ".cache" / case.slug
+    if not (cache / "manifest.json").is_file():
+        export(ExportOptions(config=case.config, out=cache, height=case.size, width=case.size), report=print)
+
+    def run(kind: str) -> dict:
+        print(f"[{case}] {kind}", flush=True)
+        out = subprocess.run([sys.executable, __file__, str(case), "--repeat", str(repeat), "--measure", kind],
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"{kind} failed:\n{out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    step_gflop = next(r.gflops for r in component_stats(preset(case.config), case.size, case.size)
+                      if r.component == "dbunet")
+    gemm = run("gemm")["gflops"]
+    steps = {name: run(f"{name}_step")["ms"] for name in ("ort", "openvino", "torch")}
+    reports = [load_report(run(f"bench_{b}")["report"]) for b in ("ort", "torch")]
+    machine = reports[0].machine
+    plot_reports(reports, HERE / f"cpu_{case.slug}.png",
+                 f"{case}: per-stage latency, {machine['processor']} ({machine['cpu_count']} cores)")
+    return _block(case, repeat, gemm, step_gflop, steps, reports)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("cases", nargs="*", default=list(DEFAULT_CASES), help="config[@size][/steps] (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (default: 7)")
+    p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement in this process
+    args = p.parse_args()
+    cases = [Case.parse(c) for c in args.cases]
+    if args.measure:
+        import json
+
+        print(json.dumps(measure(args.measure, HERE / ".cache" / cases[0].slug, cases[0], args.repeat)))
+        return
     from dbunet import atomic
 
-    atomic.write_text(HERE / "README.md", "\n".join(lines))
-    print("\n".join(lines))
+    for case in cases:
+        block = run_case(case, args.repeat)
+        text = README.read_text() if README.is_file() else "# CPU benchmarks\n"
+        atomic.write_text(README, update_readme(text, case.slug, block))
+        print(block)
 
 
 if __name__ == "__main__":

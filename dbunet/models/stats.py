@@ -1,4 +1,4 @@
-"""Parameter counts and FLOPs per call of every component, at a preset's default size.
+"""Parameter counts and FLOPs per call of every component, at a preset's default size or a given one.
 
     python -m dbunet.models.stats [--config tiny sd15] [--markdown]
 
@@ -48,12 +48,16 @@ def _flops(fn) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def component_stats(config: ModelConfig) -> list[ComponentStats]:
+def component_stats(config: ModelConfig, height: int | None = None, width: int | None = None) -> list[ComponentStats]:
+    """One row per component; image size `height` x `width` (default: the preset's)."""
+    import dataclasses
+
     from dbunet.models.cascade import Cascade
 
     with torch.device("meta"):
         cascade = Cascade(config, config.text.vocab_size - 2, config.text.vocab_size - 1)
-    d = config.defaults
+    d = dataclasses.replace(config.defaults, height=height or config.defaults.height,
+                            width=width or config.defaults.width)
     f = config.vae.downscale
     h, w = d.height // f, d.width // f
     L, D, zc = config.text.max_length, config.text.hidden_size, config.vae.latent_channels

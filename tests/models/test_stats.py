@@ -13,3 +13,12 @@ def test_cli_prints_a_table(capsys):
     assert stats.main(["--config", "tiny", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "| dbunet |" in out and "GFLOPs/call" in out
+
+
+def test_size_scales_the_convolution_counts():
+    small = {r.component: r for r in stats.component_stats(tiny(), 64, 64)}
+    default = {r.component: r for r in stats.component_stats(tiny())}  # 128x128
+    # the VAE decoder is convolutions (4x the pixels: 4x the FLOPs) and one small mid-block attention (16x)
+    assert 4 < default["vae_decoder"].gflops / small["vae_decoder"].gflops < 4.1
+    assert "8x8 latent" in small["dbunet"].call and small["dbunet"].gflops < default["dbunet"].gflops
+    assert small["text_encoder"].gflops == default["text_encoder"].gflops
