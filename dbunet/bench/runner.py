@@ -50,7 +50,7 @@ class BenchReport:
     config: str
     results: dict[str, Timing]
     peak_rss_mb: float
-    calibration_ms: float = 0.0  # fixed GEMM time measured around the run (machine speed); 0: unknown
+    calibration_ms: float = 0.0  # fixed GEMM time measured during the run (machine speed); 0: unknown
     machine: dict = field(default_factory=lambda: Machine.current().to_dict())
     versions: dict = field(default_factory=tool_versions)
     settings: dict = field(default_factory=dict)
@@ -126,13 +126,14 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchR
     calls = _component_calls(pipe, request_options)
     calls["pipeline"] = lambda: pipe(PROMPT, seed=0, **request_options)
     results = {}
-    before = calibration_ms()
+    calibrations = [calibration_ms()]  # between components: the machine's pace drifts within seconds
     for i, name in enumerate(options.components, 1):
         results[name] = measure(calls[name], options.repeat, options.warmup)
+        calibrations.append(calibration_ms())
         if progress:
             progress("bench", i, len(options.components))
     settings = {"repeat": options.repeat, "warmup": options.warmup, "threads": options.threads,
                 "steps": request.steps, "size": [request.height, request.width]}
-    calibration = (before + calibration_ms()) / 2  # around the run: drift during it counts half
+    calibration = float(np.median(calibrations))
     return BenchReport(options.backend, precision, pipe.config.name, results, peak_rss_mb(), calibration,
                        settings=settings)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dbunet.bench.baseline import compare, load_report
+from dbunet.bench.baseline import compare, format_verdicts, load_report
 from dbunet.bench.runner import COMPONENTS, BenchOptions, run_bench
 from dbunet.bench.stats import Timing
 from dbunet.cli import bench as bench_cli
@@ -35,6 +35,7 @@ def test_smoke_report_schema(tiny_artifacts, tmp_path, capsys):
 _BENCH = """
 import sys, time
 from dbunet.cli import bench
+from dbunet.runtime.pipeline import GraphStages
 extra = float(sys.argv[1])
 if extra:
     original = GraphStages.denoise
@@ -68,6 +69,7 @@ def test_compare_flags_a_30_percent_slowdown_and_not_a_rerun(tiny_artifacts, tmp
     # the same build with every DB-UNet call made 30% slower
     extra = 0.3 * load_report(base).results["dbunet_step"].median_ms / 1000
     slowed = _bench(extra, *args, "--compare", str(base), "--tolerance", "0.10")
+    assert "Traceback" not in slowed.stderr, slowed.stderr  # a crash also exits non-zero
     assert slowed.returncode == bench_cli.EXIT_REGRESSION, slowed.stdout + slowed.stderr
     verdicts = slowed.stdout.split("verdict")[1].splitlines()  # the comparison table follows the timing table
     assert "REGRESSED" in next(line for line in verdicts if line.startswith("dbunet_step"))
@@ -91,6 +93,12 @@ def test_verdict_needs_both_tolerance_and_noise():
     assert not compare(steady, slow_machine)[0].regressed
     slow_machine.results["x"] = Timing([16.0, 16.1, 16.0, 16.2, 16.1])
     assert compare(steady, slow_machine)[0].regressed
+    # a machine running 20% faster lowers the expectation: +15% on the clock is +44% for this machine
+    fast_machine = report([11.5, 11.6, 11.5, 11.7, 11.6])
+    fast_machine.calibration_ms = 1.6
+    verdict = compare(steady, fast_machine)[0]
+    assert verdict.regressed and verdict.machine_speed == pytest.approx(0.8)
+    assert "20% faster" in format_verdicts([verdict], 0.1)
 
 
 def test_compare_refuses_a_baseline_of_other_settings():
