@@ -56,8 +56,9 @@ def _bench(extra_s: float, *argv) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(not os.environ.get("DBUNET_TIMING_TESTS"),
-                    reason="timing-sensitive (run-to-run drift on a shared 2-core host reaches 10-15%): "
-                           "set DBUNET_TIMING_TESTS=1 on a quiet machine")
+                    reason="timing-sensitive: on a shared 2-core VM the same build measured in separate processes "
+                           "spreads up to 1.3-1.4x even after the machine-speed calibration, as much as the 30% "
+                           "injected here; set DBUNET_TIMING_TESTS=1 on a quiet machine")
 def test_compare_flags_a_30_percent_slowdown_and_not_a_rerun(tiny_artifacts, tmp_path):
     base = tmp_path / "base.json"
     args = ["--artifacts", str(tiny_artifacts), "--repeat", "10", "--warmup", "3", "--components", "dbunet_step",
