@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dbunet import __version__
-from dbunet.bench.stats import Machine, Timing, calibration_ms, measure, peak_rss_mb
+from dbunet.bench.stats import Machine, Timing, calibration_ms, device_memory_mb, measure, peak_rss_mb
 from dbunet.errors import ConfigError
 from dbunet.manifest import tool_versions
 
@@ -54,12 +54,13 @@ class BenchReport:
     machine: dict = field(default_factory=lambda: Machine.current().to_dict())
     versions: dict = field(default_factory=tool_versions)
     settings: dict = field(default_factory=dict)
+    device_memory_mb: float | None = None  # GPU memory held after the run; None: no GPU in use
 
     def to_dict(self) -> dict:
         return {
             "schema": SCHEMA, "dbunet_version": __version__, "backend": self.backend, "precision": self.precision,
             "config": self.config, "machine": self.machine, "versions": self.versions, "settings": self.settings,
-            "peak_rss_mb": self.peak_rss_mb, "calibration_ms": self.calibration_ms, "results": {k: t.to_dict() for k, t in self.results.items()},
+            "peak_rss_mb": self.peak_rss_mb, "device_memory_mb": self.device_memory_mb, "calibration_ms": self.calibration_ms, "results": {k: t.to_dict() for k, t in self.results.items()},
         }
 
     @classmethod
@@ -67,7 +68,8 @@ class BenchReport:
         if d.get("schema") != SCHEMA:
             raise ConfigError(f"benchmark file schema {d.get('schema')} is not {SCHEMA}; record a new baseline")
         return cls(d["backend"], d["precision"], d["config"], {k: Timing.from_dict(v) for k, v in d["results"].items()},
-                   d["peak_rss_mb"], d.get("calibration_ms", 0.0), d["machine"], d["versions"], d.get("settings", {}))
+                   d["peak_rss_mb"], d.get("calibration_ms", 0.0), d["machine"], d["versions"], d.get("settings", {}),
+                   d.get("device_memory_mb"))
 
 
 def _pipeline(options: BenchOptions):
@@ -136,4 +138,4 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchR
                 "steps": request.steps, "size": [request.height, request.width]}
     calibration = float(np.median(calibrations))
     return BenchReport(options.backend, precision, pipe.config.name, results, peak_rss_mb(), calibration,
-                       settings=settings)
+                       settings=settings, device_memory_mb=device_memory_mb())

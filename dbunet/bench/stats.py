@@ -79,6 +79,39 @@ def calibration_ms(samples: int = 15) -> float:
     return measure(lambda: a @ b, samples, 3).median_ms
 
 
+def parse_compute_apps(csv_text: str, pid: int) -> float | None:
+    """MB of GPU memory `pid` holds, from `nvidia-smi --query-compute-apps=pid,used_memory
+    --format=csv,noheader,nounits`; None when the process is not listed (it holds no GPU memory)."""
+    used = []
+    for line in csv_text.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0].isdigit() and fields[0] == str(pid):
+            try:
+                used.append(float(fields[1]))
+            except ValueError:  # "[N/A]" where the driver withholds per-process figures
+                return None
+    return sum(used) if used else None
+
+
+def device_memory_mb() -> float | None:
+    """GPU memory this process holds now, by the NVIDIA driver; None without an NVIDIA GPU.
+
+    ONNX Runtime's CUDA arena and PyTorch's caching allocator keep what they grew to, so read after
+    the run this is the run's peak. Inside a PID namespace the driver may list host PIDs: then None."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_compute_apps(out.stdout, os.getpid()) if out.returncode == 0 else None
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
 
 def _table(report) -> str:
     lines = [f"{report.config} on {report.backend}/{report.precision}, {report.machine['processor']} "
-             f"({report.machine['cpu_count']} cores); peak RSS {report.peak_rss_mb:.0f} MB",
+             f"({report.machine['cpu_count']} cores); peak RSS {report.peak_rss_mb:.0f} MB"
+             + (f", GPU memory {report.device_memory_mb:.0f} MB" if report.device_memory_mb is not None else ""),
              f"{'component':<14} {'median':>9} {'p90':>9} {'min':>9} {'max':>9} {'cv':>6}"]
     for name, t in report.results.items():
         lines.append(f"{name:<14} {t.median_ms:9.2f} {t.p90_ms:9.2f} {t.min_ms:9.2f} {t.max_ms:9.2f} {t.cv:6.1%}")

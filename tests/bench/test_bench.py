@@ -28,6 +28,7 @@ def test_smoke_report_schema(tiny_artifacts, tmp_path, capsys):
         assert len(r["samples_ms"]) == 3 and r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["max_ms"]
         assert r["cv"] >= 0
     assert data["peak_rss_mb"] > 0 and data["machine"]["cpu_count"] >= 1 and "onnxruntime" in data["versions"]
+    assert "device_memory_mb" in data  # null here: the CPU provider holds no GPU memory
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "dbunet_step" in capsys.readouterr().out
 
@@ -100,6 +101,16 @@ def test_verdict_needs_both_tolerance_and_noise():
     verdict = compare(steady, fast_machine)[0]
     assert verdict.regressed and verdict.machine_speed == 1.0
     assert "0% slower" in format_verdicts([verdict], 0.1)
+
+
+def test_device_memory_is_read_for_this_process_only():
+    from dbunet.bench.stats import parse_compute_apps
+
+    listing = "4242, 1536\n77, 900\n4242, 512\n"  # nvidia-smi lists one row per process and context
+    assert parse_compute_apps(listing, 4242) == 2048.0
+    assert parse_compute_apps(listing, 5) is None
+    assert parse_compute_apps("4242, [N/A]\n", 4242) is None
+    assert parse_compute_apps("", 4242) is None
 
 
 def test_compare_refuses_a_baseline_of_other_settings():
