@@ -90,3 +90,24 @@ def test_run_command_imports_no_torch(tiny_artifacts, tmp_path):
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert "dbunet.runtime.pipeline" in imported and "onnxruntime" in imported
     assert not [m for m in imported if m.split(".")[0] in ("torch", "diffusers", "transformers")]
+
+
+def test_outputs_written_in_place_match_a_plain_run_and_never_alias(tiny_artifacts):
+    """Outputs bound to fresh numpy arrays (DB-UNet noise, text) and left to ONNX Runtime (the VAE
+    decoder's image size does not follow from its inputs) equal a plain InferenceSession.run."""
+    import onnxruntime as ort
+
+    from dbunet.export.graphs import sample_inputs
+    from dbunet.export.specs import default_sizes
+
+    pipe = Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32")
+    sizes = default_sizes(pipe.config, batch=2, boxes=3)
+    for name in ("dbunet", "text_encoder", "vae_decoder"):
+        graph = pipe.stages.graphs[name]
+        feeds = sample_inputs(graph.spec, sizes, pipe.config.text.vocab_size)
+        first, second = graph.run(feeds), graph.run(feeds)
+        plain = ort.InferenceSession(str(tiny_artifacts / "fp32" / f"{name}.onnx"),
+                                     providers=["CPUExecutionProvider"]).run(None, feeds)
+        for a, b, ref in zip(first, second, plain, strict=True):
+            np.testing.assert_array_equal(a, ref)
+            assert not np.shares_memory(a, b)  # a later call never overwrites an earlier result

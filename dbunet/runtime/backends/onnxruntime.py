@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dbunet.errors import ArtifactError, ConfigError
-from dbunet.iospec import GraphSpec
+from dbunet.iospec import GraphSpec, TensorSpec
 
 
 def _session_options(threads: int | None):
@@ -44,17 +44,33 @@ class OrtGraph:
         self._binding = self.session.io_binding()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        self.spec.check_feeds(feeds)
-        # I/O binding: inputs are bound in place (no copy on the CPU), outputs allocated by ORT
+        sizes = self.spec.check_feeds(feeds)
+        # I/O binding: inputs are bound in place; on the CPU each output whose shape follows from the
+        # inputs is written straight into a fresh numpy array (no copy, and no aliasing between calls)
         binding = self._binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         for t in self.spec.inputs:
             binding.bind_cpu_input(t.name, np.ascontiguousarray(feeds[t.name]))
+        outputs: list[np.ndarray | None] = []
         for t in self.spec.outputs:
-            binding.bind_output(t.name, self.device)
+            out = self._output_array(t, sizes)
+            if out is None:
+                binding.bind_output(t.name, self.device)
+            else:
+                binding.bind_output(t.name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
+            outputs.append(out)
         self.session.run_with_iobinding(binding)
-        return [np.asarray(v, dtype=np.float32) for v in binding.copy_outputs_to_cpu()]
+        allocated = binding.get_outputs() if any(o is None for o in outputs) else None
+        return [np.asarray(allocated[i].numpy() if out is None else out, dtype=np.float32)
+                for i, out in enumerate(outputs)]
+
+    def _output_array(self, t: TensorSpec, sizes: dict[str, int]) -> np.ndarray | None:
+        """An empty array for output `t`, or None where ONNX Runtime must allocate it (the CUDA
+        provider, or a dim the inputs do not determine, such as the VAE decoder's image size)."""
+        if self.device != "cpu" or any(isinstance(d, str) and d not in sizes for d in t.dims):
+            return None
+        return np.empty(t.shape(sizes), dtype=t.dtype)
 
     def close(self) -> None:
         self._binding = None
