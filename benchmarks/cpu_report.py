@@ -118,6 +118,11 @@ def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
         core = ov.Core()
         request = core.compile_model(core.read_model(str(_openvino_graph(graph))), "CPU").create_infer_request()
         return {"ms": med_ms(lambda: request.infer(feeds), repeat)}
+    if kind == "e2e":
+        from e2e import paired_runs  # benchmarks/ is this script's folder, first on sys.path
+
+        runs = paired_runs(cache, repeat, case.steps, case.size)
+        return {k: float(np.median(runs[k])) * 1000 for k in ("ort", "torch")}
     if kind in ("bench_ort", "bench_torch"):
         from dbunet.bench.baseline import save_report
         from dbunet.bench.runner import BenchOptions, run_bench
@@ -130,14 +135,20 @@ def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
     raise SystemExit(f"unknown measurement {kind}")
 
 
-def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict, reports: list) -> str:
+def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict, e2e: dict, reports: list) -> str:
     ort_r, torch_r = (r.results for r in reports)
     settings = reports[0].settings
     h, w = settings["size"]
+    _, sizes, _ = _step_inputs(case)
     lines = [
         f"## {case.config} at {h}x{w}", "",
         f"`python benchmarks/cpu_report.py {case}`; medians of {repeat} runs after 2 warm-up runs.", "",
-        f"### one DB-UNet step (CFG batch 2, {h // 8}x{w // 8} latents, 4 boxes, {step_gflop:.2f} GFLOP "
+        f"**End to end, ORT vs PyTorch eager: {e2e['ort']:.0f} ms vs {e2e['torch']:.0f} ms, "
+        f"{e2e['torch'] / e2e['ort']:.2f}x** (one image, {settings['steps']} denoising "
+        f"step{'s' if settings['steps'] != 1 else ''} and the preset's refiner steps; the two pipelines "
+        "alternate in one process, so the machine's drift hits both alike).", "",
+        f"### one DB-UNet step (CFG batch 2, {sizes['latent_height']}x{sizes['latent_width']} latents, 4 boxes, "
+        f"{step_gflop:.2f} GFLOP "
         "by torch.utils.flop_counter)", "",
         "| runtime | ms | GFLOP/s | share of the fp32 GEMM rate |", "|---|---|---|---|",
     ]
@@ -148,8 +159,8 @@ def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict,
         rate = step_gflop / ms * 1000
         lines.append(f"| {name} | {ms:.2f} | {rate:.1f} | {rate / gemm:.1%} |")
     lines += ["", f"fp32 GEMM rate (2048^3, best of numpy and torch, same run): {gemm:.0f} GFLOP/s.", "",
-              f"### whole pipeline ({settings['steps']} denoising step{'s' if settings['steps'] != 1 else ''}, "
-              "the preset's refiner steps) and per stage (dbunet-bench)", "",
+              "### per stage and whole pipeline (dbunet-bench: each backend in its own process, one after the "
+              "other)", "",
               "| component | ort ms | torch ms | torch / ort |", "|---|---|---|---|"]
     for c in ort_r:
         lines.append(f"| {c} | {ort_r[c].median_ms:.2f} | {torch_r[c].median_ms:.2f} | "
@@ -194,11 +205,12 @@ def run_case(case: Case, repeat: int) -> str:
                       if r.component == "dbunet")
     gemm = run("gemm")["gflops"]
     steps = {name: run(f"{name}_step")["ms"] for name in ("ort", "openvino", "torch")}
+    e2e = run("e2e")
     reports = [load_report(run(f"bench_{b}")["report"]) for b in ("ort", "torch")]
     machine = reports[0].machine
     plot_reports(reports, HERE / f"cpu_{case.slug}.png",
                  f"{case}: per-stage latency, {machine['processor']} ({machine['cpu_count']} cores)")
-    return _block(case, repeat, gemm, step_gflop, steps, reports)
+    return _block(case, repeat, gemm, step_gflop, steps, e2e, reports)
 
 
 def main() -> None:
