@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dbunet import atomic
 from dbunet.bench.runner import BenchReport
+from dbunet.bench.stats import Timing
 from dbunet.errors import ConfigError
 
 
@@ -70,6 +71,16 @@ def _check_comparable(baseline: BenchReport, current: BenchReport) -> None:
                           "compare with the same options or record a new baseline")
 
 
+def judge(component: str, base: Timing, current: Timing, tolerance: float, speed: float = 1.0) -> Verdict:
+    """The one regression rule (dbunet-bench --compare and the pytest `latency` marker): slower than
+    the baseline scaled by `speed` by more than `tolerance` AND by more than the larger noise."""
+    expected = base.median_ms * speed
+    noise = max(base.noise_ms, current.noise_ms)
+    diff = current.median_ms - expected
+    return Verdict(component, base.median_ms, current.median_ms, noise,
+                   diff > tolerance * expected and diff > noise, speed)
+
+
 def compare(baseline: BenchReport, current: BenchReport, tolerance: float = 0.10) -> list[Verdict]:
     """A component regressed when its median is slower than the baseline's (scaled by the machine's
     own slowdown, see machine_speed_ratio) by more than `tolerance` AND by more than the measured
@@ -80,14 +91,8 @@ def compare(baseline: BenchReport, current: BenchReport, tolerance: float = 0.10
     speed = machine_speed_ratio(baseline, current)
     verdicts = []
     for name, base in baseline.results.items():
-        cur = current.results.get(name)
-        if cur is None:
-            continue
-        expected = base.median_ms * speed
-        noise = max(base.noise_ms, cur.noise_ms)
-        diff = cur.median_ms - expected
-        verdicts.append(Verdict(name, base.median_ms, cur.median_ms, noise,
-                                diff > tolerance * expected and diff > noise, speed))
+        if name in current.results:
+            verdicts.append(judge(name, base, current.results[name], tolerance, speed))
     return verdicts
 
 

@@ -31,7 +31,7 @@ def latency(request):
     marker = request.node.get_closest_marker("latency")
     if marker is None or "baseline" not in marker.kwargs or "component" not in marker.kwargs:
         raise pytest.UsageError("the latency fixture needs @pytest.mark.latency(baseline=PATH, component=NAME)")
-    from dbunet.bench.baseline import load_report
+    from dbunet.bench.baseline import judge, load_report
     from dbunet.bench.stats import measure
 
     opts = marker.kwargs
@@ -47,12 +47,11 @@ def latency(request):
 
     def probe(fn):
         timing = measure(fn, int(opts.get("repeat", 10)), int(opts.get("warmup", 2)))
-        diff = timing.median_ms - baseline.median_ms
-        noise = max(baseline.noise_ms, timing.noise_ms)
-        if diff > tolerance * baseline.median_ms and diff > noise:
+        verdict = judge(component, baseline, timing, tolerance)
+        if verdict.regressed:
             pytest.fail(
                 f"{component}: median {timing.median_ms:.2f} ms vs baseline {baseline.median_ms:.2f} ms "
-                f"({diff / baseline.median_ms:+.0%}), beyond the {tolerance:.0%} tolerance and the {noise:.2f} ms noise",
+                f"({verdict.change:+.0%}), beyond the {tolerance:.0%} tolerance and the {verdict.noise_ms:.2f} ms noise",
                 pytrace=False,
             )
         return timing
