@@ -47,6 +47,10 @@ class GenerationResult:
     request: GenerationRequest
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     step_times: list[float] = field(default_factory=list)  # seconds per denoising step
+    # float intermediates, for comparisons finer than uint8 levels
+    latents: np.ndarray | None = None  # z_0 [1,C,h,w], before the VAE scaling
+    decoded: np.ndarray | None = None  # X1 [1,3,H,W], the VAE's image clipped to [-1, 1]
+    pixels: np.ndarray | None = None  # the final image [1,3,H,W] before quantisation (X1 if no refiner)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -103,6 +107,7 @@ def run_cascade(
 
     t0 = time.perf_counter()
     image = np.clip(stages.decode(latents / np.float32(config.vae.scaling_factor)), -1.0, 1.0).astype(np.float32)
+    decoded = image
     timings["vae"] = time.perf_counter() - t0
 
     # refiner: X1 forward-noised to strength s, then DDIM conditioned on z_dis (SPEC 3.3)
@@ -121,4 +126,4 @@ def run_cascade(
         image = x
     timings["refiner"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
-    return GenerationResult(to_uint8(image), req, timings, step_times)
+    return GenerationResult(to_uint8(image), req, timings, step_times, latents, decoded, image)

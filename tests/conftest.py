@@ -35,3 +35,42 @@ def tiny_artifacts(tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts")
     export(ExportOptions(out=out, fp16=True), report=lambda line: None)
     return out
+
+
+def make_sensitive(model) -> None:
+    """Make every conditioning path of a seeded tiny model loud enough to see in the float output.
+
+    Untrained, the tiny preset's boxes barely move the image (the box schedule changed it by 0.03 of
+    255 levels): every BoxConstraint gate is opened to tanh(3) ~ 1 and its output projection scaled
+    8x. Measured with the reference loop (6 steps): boxes on all steps instead of the first 30% move
+    the final latent by 2e-2 of its range, boxes off by 0.3, guidance 1 by 0.26, another negative
+    prompt by 0.11, the refiner the image by 2.0 -- against 6e-7 (FP32) and 1.8e-3 (FP16) between
+    the runtime and the reference.
+    """
+    import torch
+
+    from dbunet.models.box_constraint import BoxConstraint
+
+    with torch.no_grad():
+        for module in model.cascade.unet.modules():
+            if isinstance(module, BoxConstraint):
+                module.gamma.fill_(3.0)
+                module.proj.weight.mul_(8.0)
+                module.proj.bias.mul_(8.0)
+
+
+@pytest.fixture(scope="session")
+def sensitive_artifacts(tmp_path_factory):
+    """The sensitive tiny model (make_sensitive) exported FP32 and FP16 with what the runtime needs."""
+    from dbunet.export.exporter import ExportOptions, export
+    from dbunet.export.specs import COMPONENTS
+    from dbunet.models.cascade import create_preset_model, save_model
+
+    root = tmp_path_factory.mktemp("sensitive")
+    model = create_preset_model(tiny(), root / "model")
+    make_sensitive(model)
+    save_model(model, root / "model")
+    components = tuple(c for c in COMPONENTS if c != "vae_encoder")
+    export(ExportOptions(weights=root / "model", out=root / "artifacts", fp16=True, components=components),
+           report=lambda line: None)
+    return root / "artifacts"

@@ -1,22 +1,25 @@
 """The op table: every fused kernel beside its plain reference, with shapes and a bound per dtype.
 
 One table drives the correctness tests (interpreter on CPU, real kernels on GPU) and the op
-benchmark. Bounds are on max |kernel - reference| / max |reference|, the reference in fp32:
-  fp32  1e-4  same math in fp32 with IEEE dots; only the summation order differs.
-  fp16  2e-2  fp16 inputs round at 4.9e-4; the attention weights are cast to fp16 before the
-              value product, adding one more rounding of each weight.
+benchmark. Bounds are on max |kernel - reference| / max |reference|, the reference in fp32, about 8x the
+largest error measured over every case and 5 seeds each (Triton 3.9 interpreter, AMD EPYC CPU):
+  fp32  5e-6  measured <= 6.4e-7: same math with IEEE dots; only the summation order differs.
+  fp16  5e-3  measured <= 5.8e-4: fp16 inputs round at 4.9e-4, and the attention weights are cast to
+              fp16 before the value product (one more rounding of each weight).
+A wrong mask, a dropped scale or a lost token is off by 1e-2 or more.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+import zlib
 from dataclasses import dataclass
 
 import torch
 
 from dbunet.models import ops
 
-TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2}
+TOLERANCE = {torch.float32: 5e-6, torch.float16: 5e-3}
 
 
 @dataclass(frozen=True)
@@ -25,16 +28,25 @@ class Case:
     label: str
     make: Callable[[torch.Generator, torch.dtype, str], tuple]  # -> args for both implementations
 
+    @property
+    def seed(self) -> int:
+        """Stable across processes (Python's hash() of a str is salted per process)."""
+        return zlib.crc32(f"{self.op}/{self.label}".encode())
+
 
 def _randn(g, shape, dtype, device, scale=1.0):
     return (torch.randn(shape, generator=g) * scale).to(dtype=dtype, device=device)
 
 
-def _box_args(B, C, H, W, N, d):
+def _box_args(B, C, H, W, N, d, on_centres=False):
     def make(g, dtype, device):
         xy = torch.rand(B, N, 2, generator=g) * 0.8 - 0.1  # some boxes start outside [0,1]
         wh = torch.rand(B, N, 2, generator=g) * 0.7 - 0.05  # some are empty (x1 <= x0)
-        boxes = torch.cat([xy, xy + wh], -1).to(dtype=dtype, device=device)
+        boxes = torch.cat([xy, xy + wh], -1)
+        if on_centres:  # every edge exactly on a pixel centre (x + 0.5) / W, exact in binary for W, H = 2^k
+            cells = torch.randint(0, W, (B, N, 4), generator=g).sort(-1).values.float()
+            boxes = (cells[..., [0, 1, 3, 2]] + 0.5) / torch.tensor([W, H, W, H])
+        boxes = boxes.to(dtype=dtype, device=device)
         valid = (torch.rand(B, N, generator=g) > 0.2).to(dtype=dtype, device=device)  # some padding slots
         return (
             _randn(g, (B, C, H, W), dtype, device), _randn(g, (B, H * W, d), dtype, device),
@@ -64,6 +76,7 @@ CASES = [
     Case("box_constraint", "N=0 5x7", _box_args(2, 24, 5, 7, 0, 24)),
     Case("box_constraint", "N=1 9x9", _box_args(1, 32, 9, 9, 1, 32)),
     Case("box_constraint", "N=30 13x11", _box_args(2, 40, 13, 11, 30, 40)),
+    Case("box_constraint", "N=6 8x8 edges on pixel centres", _box_args(1, 16, 8, 8, 6, 16, on_centres=True)),
     Case("spatial_cross_attention", "P=35 C=24 h=2", _sca_args(2, 35, 24, 2)),
     Case("spatial_cross_attention", "P=64 C=40 h=4", _sca_args(1, 64, 40, 4)),
     Case("spatial_cross_attention", "P=99 C=20 h=1", _sca_args(1, 99, 20, 1)),

@@ -8,6 +8,7 @@ import numpy as np
 
 from dbunet.errors import InputError
 from dbunet.schedulers.schedule import NoiseSchedule
+from dbunet.schedulers.table import Update, make_row
 
 
 class Scheduler(abc.ABC):
@@ -48,6 +49,21 @@ class Scheduler(abc.ABC):
     @abc.abstractmethod
     def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
         """x_t -> x_{t-1} given the (guided) noise prediction at step `index`."""
+
+    @abc.abstractmethod
+    def update(self, index: int) -> Update:
+        """Step `index` as coefficients of the generic update (dbunet.schedulers.table); for a run from
+        index 0, as `step()` runs it (multistep samplers use the previous step's x0 from index 1 on)."""
+
+    def table(self, guidance_scale: float = 1.0, box_steps: int = 0, start: int = 0) -> np.ndarray:
+        """One float32 row per step from `start` on: [steps - start, len(ROW)]. Boxes steer the first
+        `box_steps` steps (box scale 1), then step aside (0)."""
+        if not self.num_inference_steps:
+            raise InputError(f"{self.name}: call set_timesteps before table()")
+        return np.stack([
+            make_row(float(self.timesteps[i]), self.update(i), guidance_scale, 1.0 if i < box_steps else 0.0)
+            for i in range(start, self.num_inference_steps)
+        ])
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
         """Forward-noise a clean sample to step `index` (q(x_t | x_0))."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from dbunet.schedulers.base import Scheduler
+from dbunet.schedulers.table import Update
 
 _F32 = np.float32
 
@@ -55,6 +56,20 @@ class DPMSolverScheduler(Scheduler):
         alpha = _F32(1) / _F32(np.sqrt(np.float64(sigma * sigma + _F32(1))))
         sigma_vp = sigma * alpha
         return alpha, sigma_vp, _log(alpha) - _log(sigma_vp)
+
+    def update(self, index: int) -> Update:
+        """Steps 1-4 of `step` as coefficients: x0 = (x - sigma_s eps) / alpha_s;
+        x_next = (sigma_t / sigma_s) x - c x0 - (c / 2r)(x0 - x0_prev), c = alpha_t (e^-h - 1)."""
+        self._require_timesteps(index)
+        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(index)
+        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(index + 1)
+        coef = np.float64(alpha_t * (_exp(-(lambda_t - lambda_s)) - _F32(1)))
+        u, v = -coef, 0.0
+        if 0 < index < self.num_inference_steps - 1:  # second order, as in step()
+            r = np.float64((lambda_s - self._alpha_sigma_lambda(index - 1)[2]) / (lambda_t - lambda_s))
+            u, v = -coef - 0.5 * coef / r, 0.5 * coef / r
+        return Update(c_in=1.0, d=1 / np.float64(alpha_s), e=-np.float64(sigma_s) / np.float64(alpha_s), clip=np.inf,
+                      p=np.float64(sigma_t) / np.float64(sigma_s), q=0.0, u=u, v=v)
 
     def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
         self._require_timesteps(index)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from dbunet.schedulers.base import Scheduler, spaced_timesteps
+from dbunet.schedulers.table import Update
 
 
 class EulerScheduler(Scheduler):
@@ -40,6 +41,13 @@ class EulerScheduler(Scheduler):
         self._require_timesteps(index)
         # EDM preconditioning c_in = 1 / sqrt(sigma^2 + 1)
         return (sample / ((self.sigmas[index] ** 2 + 1) ** 0.5)).astype(sample.dtype)
+
+    def update(self, index: int) -> Update:
+        """x_in = x / sqrt(sigma^2 + 1); x0 = x - sigma eps; x_next = x + (sigma_next - sigma) eps."""
+        self._require_timesteps(index)
+        sigma, sigma_next = np.float64(self.sigmas[index]), np.float64(self.sigmas[index + 1])
+        return Update(c_in=1 / np.sqrt(sigma**2 + 1), d=1.0, e=-sigma, clip=np.inf,
+                      p=1.0, q=sigma_next - sigma, u=0.0, v=0.0)
 
     def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
         self._require_timesteps(index)

@@ -35,6 +35,26 @@ def test_every_component_exported_and_passes_the_full_checker(tiny_artifacts):
         assert a.parity["passed"] and a.parity["max_rel"] <= TOLERANCE[a.precision]
 
 
+# Parity of the tiny preset's graphs as measured (max rel; AMD EPYC, onnxruntime 1.31.1). The export's own
+# tolerance (1e-4 / 3e-2) must hold for every model, sd15 included (its VAE decoder measures 1.4e-5 in fp32 at
+# 256x256); this table holds the tiny graphs to ~10x what they reach, so a regression shows long before that.
+MEASURED_PARITY = {
+    ("text_encoder", "fp32"): 5.9e-7, ("text_encoder", "fp16"): 1.3e-3,
+    ("dbunet", "fp32"): 1.0e-6, ("dbunet", "fp16"): 4.8e-3,
+    ("vae_decoder", "fp32"): 3.2e-6, ("vae_decoder", "fp16"): 9.6e-4,
+    ("refiner_encoder", "fp32"): 2.1e-7, ("refiner_encoder", "fp16"): 3.5e-4,
+    ("gae", "fp32"): 1.2e-6, ("gae", "fp16"): 6.2e-4,
+    ("refiner_unet", "fp32"): 1.2e-6, ("refiner_unet", "fp16"): 4.1e-3,
+}
+
+
+def test_tiny_parity_stays_near_its_measured_figures(tiny_artifacts):
+    for a in Manifest.read(tiny_artifacts).artifacts:
+        if (a.component, a.precision) in MEASURED_PARITY:
+            measured = MEASURED_PARITY[a.component, a.precision]
+            assert a.parity["max_rel"] <= 10 * measured, (a.component, a.precision, a.parity["max_rel"], measured)
+
+
 def test_custom_ops_are_single_nodes_with_local_functions(tiny_artifacts):
     model = onnx.load(str(tiny_artifacts / "fp32" / "dbunet.onnx"))
     custom = [n for n in model.graph.node if n.domain == "dbunet"]
@@ -103,7 +123,8 @@ def test_decomposed_export_has_only_standard_ops_and_the_same_numbers(tiny_artif
                           1024, seed=5)
     a = _session(tmp_path / "fp32" / "dbunet.onnx").run(None, feeds)[0]
     b = _session(tiny_artifacts / "fp32" / "dbunet.onnx").run(None, feeds)[0]
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # measured: bit-identical (ONNX Runtime inlines the functions into the same ops); 1e-6 ~ 10 ulps at |out| ~ 1
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_text_encoder_graph_matches_for_real_prompts(tiny_artifacts):
@@ -114,5 +135,6 @@ def test_text_encoder_graph_matches_for_real_prompts(tiny_artifacts):
     got = _session(tiny_artifacts / "fp32" / "text_encoder.onnx").run(None, {"input_ids": ids})
     with torch.no_grad():
         out = model.cascade.text_encoder(input_ids=torch.from_numpy(ids))
-    np.testing.assert_allclose(got[0], out.last_hidden_state.numpy(), atol=1e-4)
-    np.testing.assert_allclose(got[1], out.pooler_output.numpy(), atol=1e-4)
+    # measured: max abs 1.7e-6 (hidden states, |x| ~ 4) and 1.4e-6 (pooled)
+    np.testing.assert_allclose(got[0], out.last_hidden_state.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[1], out.pooler_output.numpy(), rtol=0, atol=1e-5)

@@ -51,9 +51,7 @@ def test_boxes_steer_the_output_and_box_scale_switches_them_off(unet):
 
 @torch.no_grad()
 def test_batch_elements_are_independent(unet):
-    both = _call(unet, 2, 8, 8, 3)
     g = torch.Generator().manual_seed(0)
-    torch.testing.assert_close(both[:1], both[:1])  # shape sanity
     # running sample 1 alone gives the same result as inside the batch
     D = unet.config.cross_attention_dim
     args = [torch.randn(2, 4, 8, 8, generator=g)]
@@ -62,7 +60,8 @@ def test_batch_elements_are_independent(unet):
             torch.cat([boxes, boxes + 0.4], -1), torch.randn(2, 3, D, generator=g), torch.ones(2, 3), torch.tensor(1.0))
     full = unet(args[0], *rest)
     single = unet(args[0][1:], *(r[1:] if r.dim() else r for r in rest))
-    torch.testing.assert_close(full[1:], single, rtol=1e-4, atol=1e-5)
+    # measured: max abs 1.0e-6 (|out| ~ 1.4; batched and single convolutions sum in another order)
+    torch.testing.assert_close(full[1:], single, rtol=0, atol=1e-5)
 
 
 def test_skip_wiring_matches_channel_plan():

@@ -18,7 +18,7 @@ from dbunet.plugins import launch, torch_ops
 
 pipe = TorchPipeline(load_model({model!r}))
 kwargs = dict(boxes=["0.1,0.1,0.6,0.8:a cat"], seed=3, steps=2, refiner_steps=1, height=64, width=64)
-reference = pipe("a cat", **kwargs).image
+reference = pipe("a cat", **kwargs)
 
 calls = {{}}
 for name in ("box_constraint", "spatial_cross_attention", "channel_cross_attention"):
@@ -28,9 +28,10 @@ for name in ("box_constraint", "spatial_cross_attention", "channel_cross_attenti
         return _fn(*args)
     setattr(launch, name, counted)
 torch_ops.use_triton_kernels("cpu")
-fused = pipe("a cat", **kwargs).image
-d = np.abs(fused.astype(int) - reference.astype(int))
-print(calls["box_constraint"], calls["spatial_cross_attention"], calls["channel_cross_attention"], d.mean(), d.max())
+fused = pipe("a cat", **kwargs)
+rel = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())
+print(calls["box_constraint"], calls["spatial_cross_attention"], calls["channel_cross_attention"],
+      rel(fused.latents, reference.latents), rel(fused.pixels, reference.pixels))
 """
 
 
@@ -39,7 +40,9 @@ def test_torch_pipeline_runs_on_the_kernels(tiny_model_dir):
     proc = subprocess.run([sys.executable, "-c", SCRIPT.format(model=str(tiny_model_dir))], capture_output=True,
                           text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    box, sca, cca, mean, worst = proc.stdout.split()
+    box, sca, cca, latents, pixels = proc.stdout.split()
     # per step one guided-batch UNet call: 4 BoxConstraints (3 encoder layers + mid), 3 DCA layers
     assert (int(box), int(sca), int(cca)) == (2 * 4, 2 * 3, 2 * 3)
-    assert float(mean) <= 1.0 and int(worst) <= 8, (mean, worst)
+    # FP32 kernels vs the PyTorch ops through 2 steps, the VAE and a refiner step, relative to the range:
+    # measured 1.4e-6 (latents) and 6.5e-6 (pixels); bounds ~7x
+    assert float(latents) <= 1e-5 and float(pixels) <= 5e-5, (latents, pixels)

@@ -1,0 +1,138 @@
+"""Apply known one-line bugs (mutants) one at a time and report which the test suite catches.
+
+    python tools/mutants.py                 # every mutant against its target tests
+    python tools/mutants.py --only cfg_sign box_edge_reference
+    python tools/mutants.py --full          # every mutant against the whole suite (slow)
+
+Each mutant edits a copy of the source tree (never the working tree), then runs pytest there with
+that copy first on PYTHONPATH, so subprocesses spawned by tests import the mutated code too. A mutant
+is caught when pytest fails. Its `tests` are where a failure is expected; a failure there implies
+the whole suite fails, so the targeted run is the cheap proof, and --full is the thorough one.
+A mutant whose original text is not found is an error, not a pass: after a refactor, update the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    what: str
+
+
+LOOP_TESTS = ("tests/test_reference_loop.py",)
+
+MUTANTS = [
+    Mutant("cfg_ignored", "dbunet/generation.py",
+           "eps = uncond + np.float32(req.guidance_scale) * (cond - uncond)", "eps = cond",
+           LOOP_TESTS, "classifier-free guidance ignored (eps = cond)"),
+    Mutant("cfg_sign", "dbunet/generation.py",
+           "eps = uncond + np.float32(req.guidance_scale) * (cond - uncond)",
+           "eps = uncond - np.float32(req.guidance_scale) * (cond - uncond)",
+           LOOP_TESTS, "classifier-free guidance with its sign flipped"),
+    Mutant("uncond_sees_boxes", "dbunet/generation.py",
+           "valid = np.concatenate([np.zeros_like(valid), valid])", "valid = np.concatenate([valid, valid])",
+           LOOP_TESTS, "the unconditional half of the batch sees the boxes"),
+    Mutant("box_fraction_ignored", "dbunet/request.py",
+           "return math.ceil(self.box_fraction * self.steps) if self.boxes else 0",
+           "return self.steps if self.boxes else 0",
+           LOOP_TESTS, "box_fraction ignored (boxes on at every step)"),
+    Mutant("scheduler_ignored", "dbunet/generation.py",
+           "sampler = make_scheduler(req.scheduler, config.schedule)",
+           'sampler = make_scheduler("ddim", config.schedule)',
+           LOOP_TESTS, "the scheduler option ignored (always DDIM)"),
+    Mutant("vae_scaling_dropped", "dbunet/generation.py",
+           "stages.decode(latents / np.float32(config.vae.scaling_factor))", "stages.decode(latents)",
+           LOOP_TESTS, "the VAE scaling factor dropped before decoding"),
+    Mutant("hash_first_file_only", "dbunet/runtime/pipeline.py",
+           "for rel in artifact.files:", "for rel in artifact.files[:1]:",
+           ("tests/runtime/test_artifact_checks.py",), "the runtime hashes only the first file of an artifact"),
+    Mutant("box_edge_reference", "dbunet/models/ops.py",
+           "(cx < b[..., 2:3])", "(cx <= b[..., 2:3])",
+           ("tests/test_box_edges.py",), "closed box edge (cx <= x1) in the PyTorch reference"),
+    Mutant("box_edge_onnx", "dbunet/export/onnx_functions.py",
+           "op.Less(cx, x1)", "op.LessOrEqual(cx, x1)",
+           ("tests/test_box_edges.py",), "closed box edge (cx <= x1) in the ONNX function"),
+    Mutant("box_edge_kernel", "dbunet/plugins/kernels.py",
+           "(cx[:, None] < x1[None, :])", "(cx[:, None] <= x1[None, :])",
+           ("tests/test_box_edges.py", "tests/plugins/test_kernels.py"), "closed box edge (cx <= x1) in the Triton kernel"),
+    Mutant("scratch_guard_removed", "dbunet/plugins/aot.py",
+           'raise BuildError(f"{name} needs {attr}={getattr(metadata, attr)}: TensorRT\'s AOT launch cannot provide it")',
+           "pass",
+           ("tests/plugins/test_aot.py",), "the check that a Triton kernel needs no scratch memory removed"),
+]
+
+
+def copy_tree(dest: Path) -> None:
+    ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", "dbunet-artifacts",
+                                    ".cache")
+    shutil.copytree(ROOT, dest, ignore=ignore, dirs_exist_ok=True)
+
+
+def run_tests(m: Mutant | None, tests: list[str], pytest_args: list[str]) -> tuple[bool, float, str]:
+    """pytest over `tests` in a copy of the tree with mutant `m` applied (None: unmutated). -> (failed, s, detail)"""
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name if m else 'none'}-") as tmp:
+        tree = Path(tmp)
+        copy_tree(tree)
+        if m is not None:
+            target = tree / m.file
+            source = target.read_text()
+            if source.count(m.old) != 1:
+                raise SystemExit(f"{m.name}: expected exactly one {m.old!r} in {m.file}, found "
+                                 f"{source.count(m.old)}; update the mutant table")
+            target.write_text(source.replace(m.old, m.new))
+        env = dict(os.environ, PYTHONPATH=str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests,
+                               *pytest_args], cwd=tree, env=env, capture_output=True, text=True)
+        failed = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        return proc.returncode != 0, time.perf_counter() - start, (failed[0] if failed else proc.stdout.strip()[-200:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run these mutants (default: all)")
+    p.add_argument("--full", action="store_true", help="run the whole suite for each mutant instead of its tests")
+    p.add_argument("--list", action="store_true", help="list the mutants and exit")
+    p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    args = p.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    if args.list or not chosen:
+        for m in MUTANTS:
+            print(f"{m.name:<24} {m.file:<34} {m.what}")
+        return 0 if chosen or args.list else 2
+    # a test that fails without any mutant would "catch" every mutant: check the baseline first
+    baseline = sorted({t for m in chosen for t in m.tests}) if not args.full else []
+    failed, seconds, detail = run_tests(None, baseline, args.pytest_args)
+    print(f"{'unmutated':<24} {'FAILS' if failed else 'passes':<8} {seconds:7.1f}  {detail if failed else ''}")
+    if failed:
+        print("the target tests fail without a mutant; fix them first")
+        return 2
+    missed = 0
+    print(f"{'mutant':<24} {'verdict':<8} {'seconds':>7}  first failure")
+    for m in chosen:
+        caught, seconds, detail = run_tests(m, [] if args.full else list(m.tests), args.pytest_args)
+        missed += not caught
+        print(f"{m.name:<24} {'caught' if caught else 'MISSED':<8} {seconds:7.1f}  {detail}", flush=True)
+    print(f"{len(chosen) - missed} of {len(chosen)} mutants caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
