@@ -65,13 +65,13 @@ def gemm_rate(repeat: int) -> float:
     return max(flops / med_ms(lambda: a @ a, repeat) / 1e6, flops / med_ms(lambda: ta @ ta, repeat) / 1e6)
 
 
-def _step_inputs(case: Case):
+def _step_inputs(case: Case, component: str = "dbunet"):
     from dbunet.config import preset
     from dbunet.export.graphs import sample_inputs
     from dbunet.export.specs import component_specs, default_sizes
 
     cfg = preset(case.config)
-    spec = component_specs(cfg)["dbunet"]
+    spec = component_specs(cfg)[component]
     sizes = default_sizes(cfg, batch=2, height=case.size, width=case.size, boxes=4)
     return spec, sizes, sample_inputs(spec, sizes, cfg.text.vocab_size)
 
@@ -101,6 +101,12 @@ def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
 
         run = OrtBackend("cpu").load(graph, spec).run
         return {"ms": med_ms(lambda: run(feeds), repeat)}
+    if kind == "ort_whole_step":  # the same UNet call inside the step graph, with guidance and the update
+        from dbunet.runtime.backends.onnxruntime import OrtBackend
+
+        spec, _, feeds = _step_inputs(case, "dbunet_step")
+        run = OrtBackend("cpu").load(cache / "fp32" / "dbunet_step.onnx", spec).run
+        return {"ms": med_ms(lambda: run(feeds), repeat)}
     if kind == "torch_step":
         import torch
 
@@ -123,6 +129,11 @@ def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
 
         runs = paired_runs(cache, repeat, case.steps, case.size)
         return {k: float(np.median(runs[k])) * 1000 for k in ("ort", "torch")}
+    if kind == "e2e_loops":
+        from e2e import paired_runs
+
+        runs = paired_runs(cache, repeat, case.steps, case.size, loops=True)
+        return {k: float(np.median(runs[k])) * 1000 for k in ("step_graphs", "per_call")}
     if kind in ("bench_ort", "bench_torch"):
         from dbunet.bench.baseline import save_report
         from dbunet.bench.runner import BenchOptions, run_bench
@@ -135,7 +146,8 @@ def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
     raise SystemExit(f"unknown measurement {kind}")
 
 
-def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict, e2e: dict, reports: list) -> str:
+def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict, e2e: dict, loops: dict,
+           reports: list) -> str:
     ort_r, torch_r = (r.results for r in reports)
     settings = reports[0].settings
     h, w = settings["size"]
@@ -147,6 +159,9 @@ def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict,
         f"{e2e['torch'] / e2e['ort']:.2f}x** (one image, {settings['steps']} denoising "
         f"step{'s' if settings['steps'] != 1 else ''} and the preset's refiner steps; the two pipelines "
         "alternate in one process, so the machine's drift hits both alike).", "",
+        f"**Whole-step graphs vs the per-call loop they replaced (both ORT fp32, alternating in one process): "
+        f"{loops['step_graphs']:.0f} ms vs {loops['per_call']:.0f} ms, {loops['per_call'] / loops['step_graphs']:.2f}x** "
+        "(per call: the UNet graph, then guidance and the sampler's numpy step() on the host).", "",
         f"### one DB-UNet step (CFG batch 2, {sizes['latent_height']}x{sizes['latent_width']} latents, 4 boxes, "
         f"{step_gflop:.2f} GFLOP "
         "by torch.utils.flop_counter)", "",
@@ -205,12 +220,16 @@ def run_case(case: Case, repeat: int) -> str:
                       if r.component == "dbunet")
     gemm = run("gemm")["gflops"]
     steps = {name: run(f"{name}_step")["ms"] for name in ("ort", "openvino", "torch")}
+    steps = {"ort (per-call UNet graph)": steps["ort"], "ort (whole-step graph: + guidance and update)":
+             run("ort_whole_step")["ms"], "openvino (per-call, functions inlined)": steps["openvino"],
+             "torch": steps["torch"]}
     e2e = run("e2e")
+    loops = run("e2e_loops")
     reports = [load_report(run(f"bench_{b}")["report"]) for b in ("ort", "torch")]
     machine = reports[0].machine
     plot_reports(reports, HERE / f"cpu_{case.slug}.png",
                  f"{case}: per-stage latency, {machine['processor']} ({machine['cpu_count']} cores)")
-    return _block(case, repeat, gemm, step_gflop, steps, e2e, reports)
+    return _block(case, repeat, gemm, step_gflop, steps, e2e, loops, reports)
 
 
 def main() -> None:

@@ -1,9 +1,14 @@
 """The cascade's orchestration, written once for every backend (torch-free).
 
-A backend supplies `Stages`: tokenize, run the text encoder, run one DB-UNet call, decode,
-condition the refiner and run one refiner UNet call. `run_cascade` does the rest: classifier-free
-guidance, the sampler, the box schedule, the refiner's SDEdit start, noise and timing. Arrays are
-numpy float32 in and out of every stage, so the sampler math is the same everywhere.
+A backend supplies `Stages`: tokenize, run the text encoder, run one whole denoising step, decode,
+condition the refiner and run one refiner step. `run_cascade` does the rest: the prompts and boxes,
+the box schedule, the sampler's coefficient table, the refiner's SDEdit start, noise and timing.
+Arrays are numpy float32 in and out of every stage.
+
+One step (SPEC 3.4) is UNet + guidance + sampler update. Backends that run step graphs take only the
+step's coefficient row: the loop hands rows over and swaps x / x0_prev, no numpy math per step. The
+PyTorch reference ignores the row's update and runs its sampler's own numpy `step()` (hence `Step`
+carries the sampler), so comparing a backend with it checks the tables too.
 """
 
 from __future__ import annotations
@@ -19,9 +24,40 @@ from dbunet.boxes import box_arrays
 from dbunet.config import ModelConfig
 from dbunet.noise import NoiseSource
 from dbunet.request import GenerationRequest
-from dbunet.schedulers import DDIMScheduler, make_scheduler
+from dbunet.schedulers import DDIMScheduler, Scheduler, make_scheduler
+from dbunet.schedulers.table import COLUMN
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int  # into sampler.timesteps
+    row: np.ndarray  # float32 coefficients (dbunet.schedulers.table.ROW): all a step graph needs
+    sampler: Scheduler  # for reference implementations that call sampler.step()
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the DB-UNet sees besides the sample; batch 2 = [unconditional; conditional] when guided."""
+
+    text: np.ndarray  # [B,L,D]
+    boxes: np.ndarray  # [B,N,4]
+    phrases: np.ndarray  # [B,N,D]
+    valid: np.ndarray  # [B,N]; 0 for padding, and for every box of the unconditional half
+
+
+def reference_denoise_step(step: Step, x: np.ndarray, cond: Conditioning,
+                           predict: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """x_next by the reference loop: predict(sample, timestep, box_scale) -> noise on the CFG batch, guidance
+    on the host, then the sampler's own numpy step() (not the row's update; the row gives g and box scale)."""
+    sampler, batch = step.sampler, cond.text.shape[0]
+    sample = np.concatenate([sampler.scale_model_input(x, step.index)] * batch)
+    timestep = np.full(batch, sampler.timesteps[step.index], dtype=np.float32)
+    eps = predict(sample, timestep, np.array(step.row[COLUMN["box_scale"]], dtype=np.float32))
+    if batch > 1:  # [unconditional; conditional]
+        eps = eps[:1] + np.float32(step.row[COLUMN["guidance"]]) * (eps[1:] - eps[:1])
+    return sampler.step(eps.astype(np.float32), step.index, x)
 
 
 class Stages(Protocol):
@@ -29,16 +65,15 @@ class Stages(Protocol):
 
     def encode_text(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # [n,L,D], pooled [n,D]
 
-    def denoise(
-        self, sample: np.ndarray, timestep: np.ndarray, text: np.ndarray, boxes: np.ndarray,
-        phrases: np.ndarray, valid: np.ndarray, box_scale: np.ndarray,
-    ) -> np.ndarray: ...  # noise prediction, like sample
+    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
+                     ) -> tuple[np.ndarray, np.ndarray]: ...  # (x_next, x0), each like x
 
     def decode(self, latents: np.ndarray) -> np.ndarray: ...  # scaled-back latents -> image [B,3,H,W]
 
     def refiner_condition(self, image: np.ndarray) -> np.ndarray: ...  # X1 -> z_dis
 
-    def refiner_denoise(self, sample: np.ndarray, timestep: np.ndarray, z_dis: np.ndarray) -> np.ndarray: ...
+    def refiner_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, z_dis: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -80,26 +115,21 @@ def run_cascade(
     if guided:  # the unconditional half sees no boxes
         coords, phrases = np.concatenate([coords, coords]), np.concatenate([phrases, phrases])
         valid = np.concatenate([np.zeros_like(valid), valid])
+    cond = Conditioning(text, coords, phrases, valid)
     timings["text"] = time.perf_counter() - t0
 
-    # denoise: z_T ~ N(0, sigma_0^2), one guided UNet call per step
+    # denoise: z_T ~ N(0, sigma_0^2), then one whole step per coefficient row
     sampler = make_scheduler(req.scheduler, config.schedule)
     sampler.set_timesteps(req.steps)
+    rows = sampler.table(req.guidance_scale, req.box_steps)
     f = config.vae.downscale
     shape = (1, config.vae.latent_channels, req.height // f, req.width // f)
     latents = noise.normal(shape) * np.float32(sampler.init_noise_sigma)
-    batch = text.shape[0]
+    x0 = np.zeros_like(latents)
     step_times = []
-    for i, t in enumerate(sampler.timesteps):
+    for i, row in enumerate(rows):
         t0 = time.perf_counter()
-        x = sampler.scale_model_input(latents, i)
-        x = np.concatenate([x] * batch) if batch > 1 else x
-        box_scale = np.array(1.0 if i < req.box_steps else 0.0, dtype=np.float32)
-        eps = stages.denoise(x, np.full(batch, t, dtype=np.float32), text, coords, phrases, valid, box_scale)
-        if guided:
-            uncond, cond = eps[:1], eps[1:]
-            eps = uncond + np.float32(req.guidance_scale) * (cond - uncond)
-        latents = sampler.step(eps.astype(np.float32), i, latents)
+        latents, x0 = stages.denoise_step(Step(i, row, sampler), latents, x0, cond)
         step_times.append(time.perf_counter() - t0)
         if progress:
             progress("denoise", i + 1, req.steps)
@@ -118,11 +148,11 @@ def run_cascade(
         refiner_sampler = DDIMScheduler(config.refiner.schedule)
         refiner_sampler.set_timesteps(total)
         x = refiner_sampler.add_noise(image, noise.normal(image.shape), start)
-        for i in range(start, total):
-            t = np.full(x.shape[0], refiner_sampler.timesteps[i], dtype=np.float32)
-            x = refiner_sampler.step(stages.refiner_denoise(x, t, z_dis).astype(np.float32), i, x)
+        x0 = np.zeros_like(x)
+        for k, row in enumerate(refiner_sampler.table(start=start)):
+            x, x0 = stages.refiner_step(Step(start + k, row, refiner_sampler), x, x0, z_dis)
             if progress:
-                progress("refiner", i - start + 1, total - start)
+                progress("refiner", k + 1, total - start)
         image = x
     timings["refiner"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all

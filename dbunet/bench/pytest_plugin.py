@@ -2,7 +2,7 @@
 
     @pytest.mark.latency(baseline="baseline.json", component="dbunet_step", tolerance=0.10)
     def test_unet_step_budget(latency, pipe):
-        latency(lambda: pipe.stages.denoise(*inputs))
+        latency(lambda: pipe.stages.denoise_step(*inputs))
 
 The `latency` fixture times the callable (repeat/warmup from the marker, default 10/2) and fails
 the test when its median is slower than the baseline component's by more than the tolerance and

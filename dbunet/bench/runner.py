@@ -11,7 +11,9 @@ import numpy as np
 from dbunet import __version__
 from dbunet.bench.stats import Machine, Timing, calibration_ms, device_memory_mb, measure, peak_rss_mb
 from dbunet.errors import ConfigError
+from dbunet.generation import Conditioning, Step
 from dbunet.manifest import tool_versions
+from dbunet.schedulers import DDIMScheduler, make_scheduler
 
 COMPONENTS = ("text_encoder", "dbunet_step", "vae_decode", "refiner_step", "pipeline")
 SCHEMA = 1
@@ -105,19 +107,27 @@ def _component_calls(pipe, request_options: dict) -> dict[str, Callable[[], obje
     _, pooled = stages.encode_text(stages.tokenize([b.phrase for b in req.boxes]))
     f = cfg.vae.downscale
     h, w = req.height // f, req.width // f
-    latents = rng.standard_normal((2, cfg.vae.latent_channels, h, w)).astype(np.float32)
-    boxes = np.array([[[b.x0, b.y0, b.x1, b.y1] for b in req.boxes]] * 2, dtype=np.float32)
-    phrases = np.stack([pooled, pooled]).astype(np.float32)
-    valid = np.array([[0.0] * len(req.boxes), [1.0] * len(req.boxes)], dtype=np.float32)
-    timestep = np.full(2, 500.0, dtype=np.float32)
-    scale = np.array(1.0, dtype=np.float32)
+    latents = rng.standard_normal((1, cfg.vae.latent_channels, h, w)).astype(np.float32)
+    cond = Conditioning(
+        text,
+        np.array([[[b.x0, b.y0, b.x1, b.y1] for b in req.boxes]] * 2, dtype=np.float32),
+        np.stack([pooled, pooled]).astype(np.float32),
+        np.array([[0.0] * len(req.boxes), [1.0] * len(req.boxes)], dtype=np.float32),
+    )
     image = np.clip(rng.standard_normal((1, 3, req.height, req.width)), -1, 1).astype(np.float32)
     z_dis = stages.refiner_condition(image)
+    # the first step of each loop: guided DDIM with boxes on, and the refiner's DDIM
+    sampler = make_scheduler("ddim", cfg.schedule)
+    sampler.set_timesteps(req.steps)
+    step = Step(0, sampler.table(req.guidance_scale, box_steps=1)[0], sampler)
+    refiner = DDIMScheduler(cfg.refiner.schedule)
+    refiner.set_timesteps(max(req.refiner_steps, 1))
+    refiner_step = Step(0, refiner.table()[0], refiner)
     return {
         "text_encoder": lambda: stages.encode_text(ids),
-        "dbunet_step": lambda: stages.denoise(latents, timestep, text, boxes, phrases, valid, scale),
-        "vae_decode": lambda: stages.decode(latents[:1]),
-        "refiner_step": lambda: stages.refiner_denoise(image, timestep[:1], z_dis),
+        "dbunet_step": lambda: stages.denoise_step(step, latents, latents, cond),
+        "vae_decode": lambda: stages.decode(latents),
+        "refiner_step": lambda: stages.refiner_step(refiner_step, image, image, z_dis),
     }
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from dbunet.cli.common import guarded
 
 DESCRIPTION = """Export every component of the cascade (text_encoder, dbunet, vae_decoder, vae_encoder,
-refiner_encoder, gae, refiner_unet) to ONNX, check each against its PyTorch reference, and write
-manifest.json. Without --weights the preset's seeded weights are created and kept in OUT/model/."""
+refiner_encoder, gae, refiner_unet) to ONNX, and the whole-step graphs the runtime's loops run
+(dbunet_step, refiner_step: UNet + guidance + sampler update in one graph); check each against its
+PyTorch reference, and write manifest.json. Without --weights the preset's seeded weights are created
+and kept in OUT/model/."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,7 +28,9 @@ def parser() -> argparse.ArgumentParser:
     graph.add_argument("--opset", type=int, default=18, help="ONNX opset, 18-20 (default: 18)")
     graph.add_argument("--decomposed", action="store_true",
                        help="inline the dbunet-domain ops into standard ONNX ops (no custom nodes)")
-    graph.add_argument("--components", nargs="+", help="export only these components")
+    graph.add_argument("--components", nargs="+", metavar="NAME",
+                       help="export only these (a run needs text_encoder, dbunet_step, vae_decoder, refiner_encoder, "
+                            "gae, refiner_step)")
     graph.add_argument("--ptx", nargs="*", metavar="TARGET", choices=["sm_87", "sm_89", "sm_90"],
                        help="also compile the fused Triton kernels to PTX for TensorRT plugins "
                             "(no GPU needed; no TARGET: sm_87 sm_89 sm_90)")

@@ -1,7 +1,8 @@
 """dbunet-export's work: model -> one ONNX file per component (+ FP16 copies) -> parity -> manifest.
 
 Layout of an artifacts directory:
-    fp32/<component>.onnx     fp16/<component>.onnx (with --fp16)
+    fp32/<component>.onnx     fp16/<component>.onnx (with --fp16); components include the whole-step
+                              graphs dbunet_step and refiner_step (UNet + guidance + sampler update)
     tokenizer.json            model/ (the source weights, when the model is a preset)
     manifest.json             written last; its absence means the export did not finish
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import torch
 
 from dbunet import atomic
@@ -28,6 +30,7 @@ from dbunet.export.graphs import GRAPHS, run_reference, sample_inputs
 from dbunet.export.onnx_export import check_model_file, save_onnx, trace_to_onnx
 from dbunet.export.parity import ParityResult, measure, require, run_onnx
 from dbunet.export.specs import COMPONENTS, component_specs, default_sizes
+from dbunet.export.step_graphs import STEP_MODULES, STEP_OF, compose_step
 from dbunet.manifest import MANIFEST, Artifact, Manifest, sha256_file, tool_versions
 from dbunet.models.cascade import Model, create_preset_model, load_model
 
@@ -110,7 +113,13 @@ def export_tokenizer(model: Model, out: Path) -> dict[str, str]:
     return {"file": "tokenizer.json", "sha256": sha256_file(target)}
 
 
-def export_component(model: Model, name: str, options: ExportOptions, out: Path, report: Report) -> list[Artifact]:
+UnetGraphs = dict[str, dict[str, onnx.ModelProto]]  # per-call UNet -> {precision: the graph written}
+
+
+def export_component(model: Model, name: str, options: ExportOptions, out: Path, report: Report,
+                     unet_graphs: UnetGraphs | None = None) -> list[Artifact]:
+    """Trace, write and check one per-call graph (and its FP16 copy); a UNet's graphs are kept in
+    `unet_graphs` for the step graph built around it."""
     config = model.config
     spec = component_specs(config)[name]
     sizes = default_sizes(config, options.batch, options.height, options.width)
@@ -124,21 +133,43 @@ def export_component(model: Model, name: str, options: ExportOptions, out: Path,
     artifact, result = save(graph, "fp32")
     report("  " + result.line())
     require([result])
-    artifacts = [artifact]
+    artifacts, written = [artifact], {"fp32": graph}
     if options.fp16:
         # the converter's defaults first; then with softmax and normalisation kept in fp32; then give up on fp16
         for block, note in ((None, ""), (fp16_convert.SAFER_BLOCK_LIST,
                                          "kept in fp32 against fp16 overflow: " + ", ".join(fp16_convert.SAFER_BLOCK_LIST))):
-            artifact, result = save(fp16_convert.to_fp16(graph, block), "fp16", note)
+            written["fp16"] = fp16_convert.to_fp16(graph, block)
+            artifact, result = save(written["fp16"], "fp16", note)
             report("  " + result.line())
             if result.passed:
                 break
         else:
             note = "fp16 overflowed even with softmax and normalisation in fp32: this component runs in fp32"
+            written["fp16"] = graph
             artifact, result = save(graph, "fp16", note, tolerance="fp32")
             require([result])
         if artifact.note:
             report(f"  note: {name}: {artifact.note}")
+        artifacts.append(artifact)
+    if unet_graphs is not None and name in STEP_OF.values():
+        unet_graphs[name] = written
+    return artifacts
+
+
+def export_step(model: Model, name: str, options: ExportOptions, out: Path, report: Report,
+                unet_graphs: dict[str, onnx.ModelProto]) -> list[Artifact]:
+    """A whole-step graph around each precision's UNet graph, checked against the PyTorch step."""
+    spec = component_specs(model.config)[name]
+    sizes = default_sizes(model.config, options.batch, options.height, options.width)
+    feeds = sample_inputs(spec, sizes, model.config.text.vocab_size)
+    reference = run_reference(STEP_MODULES[name](model.cascade).eval(), spec, feeds)
+    artifacts = []
+    for precision, unet in unet_graphs.items():
+        note = "the UNet in fp16; c_in scaling, guidance and the sampler update in fp32" if precision == "fp16" else ""
+        artifact, result = _save(compose_step(name, unet, spec), precision, note, name=name, spec=spec,
+                                 options=options, out=out, feeds=feeds, reference=reference)
+        report("  " + result.line())
+        require([result])
         artifacts.append(artifact)
     return artifacts
 
@@ -166,9 +197,18 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
     model, source = load_source_model(options, out)
     report(f"model {model.config.name}: {sum(p.numel() for p in model.cascade.parameters()) / 1e6:.2f} M parameters")
     artifacts: list[Artifact] = []
-    for i, name in enumerate(options.components, 1):
-        report(f"[{i}/{len(options.components)}] {name}")
-        artifacts += export_component(model, name, options, out, report)
+    unet_graphs: UnetGraphs = {}
+    components = sorted(options.components, key=COMPONENTS.index)  # a step graph after the UNet it wraps
+    for i, name in enumerate(components, 1):
+        report(f"[{i}/{len(components)}] {name}")
+        if name not in STEP_OF:
+            artifacts += export_component(model, name, options, out, report, unet_graphs)
+            continue
+        unet = STEP_OF[name]
+        if unet not in unet_graphs:  # its per-call graph is not wanted on disk: trace it, keep it in memory
+            with tempfile.TemporaryDirectory(prefix=".unet-", dir=out) as tmp:
+                export_component(model, unet, options, Path(tmp), lambda line: None, unet_graphs)
+        artifacts += export_step(model, name, options, out, report, unet_graphs.pop(unet))
     plugins = []
     if options.ptx_targets:
         from dbunet.plugins.aot import write_ptx

@@ -114,9 +114,21 @@ def sample_inputs(spec: GraphSpec, sizes: dict[str, int], vocab_size: int, seed:
             feeds[t.name] = np.array(1.0, dtype=np.float32)
         elif t.name == "timestep":
             feeds[t.name] = rng.uniform(0, 999, size=shape).astype(np.float32)
+        elif t.name == "coeffs":
+            feeds[t.name] = sample_row(spec.component)
         else:
             feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
+
+
+def sample_row(component: str) -> np.ndarray:
+    """A coefficient row of a mid-run step that exercises every term of the generic update (SPEC 3.4);
+    the refiner's clips x0 to [-1, 1] as its DDIM schedule does, the DB-UNet's guides at 7.5."""
+    from dbunet.schedulers.table import Update, make_row
+
+    guided = component == "dbunet_step"
+    update = Update(c_in=0.8, d=1.3, e=-0.6, clip=np.inf if guided else 1.0, p=0.3, q=0.2, u=0.6, v=-0.1)
+    return make_row(500.0, update, guidance=7.5 if guided else 1.0, box_scale=1.0)
 
 
 @torch.no_grad()

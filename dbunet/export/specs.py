@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dbunet.config import ModelConfig
 from dbunet.iospec import GraphSpec, TensorSpec
+from dbunet.schedulers.table import ROW
 
 F32, I64 = "float32", "int64"
-COMPONENTS = ("text_encoder", "dbunet", "vae_decoder", "vae_encoder", "refiner_encoder", "gae", "refiner_unet")
+# per-call graphs, then the whole-step graphs built around the two UNets (SPEC 3.4)
+COMPONENTS = ("text_encoder", "dbunet", "vae_decoder", "vae_encoder", "refiner_encoder", "gae", "refiner_unet",
+              "dbunet_step", "refiner_step")
 
 
 def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
@@ -14,6 +17,8 @@ def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
     z, S = config.vae.latent_channels, config.refiner.semantic_dim
     latent = ("batch", z, "latent_height", "latent_width")
     image = ("batch", 3, "height", "width")
+    one_latent = (1, z, "latent_height", "latent_width")  # the step's sample; "batch" is the CFG batch
+    row = (len(ROW),)
 
     def spec(name, inputs, outputs) -> GraphSpec:
         return GraphSpec(name, tuple(TensorSpec(*t) for t in inputs), tuple(TensorSpec(*t) for t in outputs))
@@ -33,6 +38,15 @@ def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
              [("code", F32, ("batch", config.refiner.code_dim)), ("z_dis", F32, ("batch", S))]),
         spec("refiner_unet", [("sample", F32, image), ("timestep", F32, ("batch",)), ("z_dis", F32, ("batch", S))],
              [("noise", F32, image)]),
+        # one whole step: text batch 2 ([negative; prompt]) guides with the row's scale, batch 1 does not
+        spec("dbunet_step",
+             [("x", F32, one_latent), ("x0_prev", F32, one_latent), ("coeffs", F32, row),
+              ("text", F32, ("batch", L, D)), ("boxes", F32, ("batch", "boxes", 4)),
+              ("box_phrases", F32, ("batch", "boxes", D)), ("box_valid", F32, ("batch", "boxes"))],
+             [("x_next", F32, one_latent), ("x0", F32, one_latent)]),
+        spec("refiner_step",
+             [("x", F32, image), ("x0_prev", F32, image), ("coeffs", F32, row), ("z_dis", F32, ("batch", S))],
+             [("x_next", F32, image), ("x0", F32, image)]),
     ]
     return {s.component: s for s in specs}
 

@@ -3,7 +3,9 @@
 prompt + boxes -> tokens -> text encoder -> DB-UNet denoise loop (CFG, sampler, boxes) -> VAE
 decode -> refiner (z_sem -> GAE -> z_dis; forward-noise to strength s; DDIM) -> uint8 image.
 The loop itself is dbunet.generation.run_cascade, shared with the torch-free runtime; this
-module only runs the PyTorch modules for each stage.
+module only runs the PyTorch modules for each stage. Its steps are the reference loop: a per-call
+UNet on the CFG batch, guidance on the host and the sampler's own numpy step(), never the coefficient
+table's update, so the runtime's step graphs are checked against it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from dbunet.config import ModelConfig
-from dbunet.generation import GenerationResult, Progress, run_cascade
+from dbunet.generation import Conditioning, GenerationResult, Progress, Step, reference_denoise_step, run_cascade
 from dbunet.models.cascade import Model, create_preset_model, load_model
 from dbunet.models.components import encode_text, tokenize
 from dbunet.request import GenerationRequest, build_request
@@ -43,9 +45,13 @@ class TorchStages:
         return self._np(hidden), self._np(pooled)
 
     @torch.no_grad()
-    def denoise(self, sample, timestep, text, boxes, phrases, valid, box_scale) -> np.ndarray:
-        args = (sample, timestep, text, boxes, phrases, valid, box_scale)
-        return self._np(self.cascade.unet(*(self._t(a) for a in args)))
+    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        def predict(sample, timestep, box_scale):
+            args = (sample, timestep, cond.text, cond.boxes, cond.phrases, cond.valid, box_scale)
+            return self._np(self.cascade.unet(*(self._t(a) for a in args)))
+
+        return reference_denoise_step(step, x, cond, predict), x0_prev  # the sampler keeps its own x0 history
 
     @torch.no_grad()
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -56,8 +62,11 @@ class TorchStages:
         return self._np(self.cascade.refiner.condition(self._t(image)))
 
     @torch.no_grad()
-    def refiner_denoise(self, sample, timestep, z_dis) -> np.ndarray:
-        return self._np(self.cascade.refiner.unet(self._t(sample), self._t(timestep), self._t(z_dis)))
+    def refiner_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, z_dis: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        timestep = np.full(x.shape[0], step.sampler.timesteps[step.index], dtype=np.float32)
+        eps = self._np(self.cascade.refiner.unet(self._t(x), self._t(timestep), self._t(z_dis)))
+        return step.sampler.step(eps, step.index, x), x0_prev
 
 
 class TorchPipeline:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dbunet.errors import ConfigError
-from dbunet.generation import GenerationResult, Progress, run_cascade
+from dbunet.generation import Conditioning, GenerationResult, Progress, Step, run_cascade
 from dbunet.manifest import Manifest, verify_file
 from dbunet.request import GenerationRequest, build_request
 from dbunet.runtime.backends.base import Backend, Graph
@@ -16,8 +16,9 @@ from dbunet.runtime.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
 
-# txt2img needs these; vae_encoder is exported for img2img and editing
-RUNTIME_COMPONENTS = ("text_encoder", "dbunet", "vae_decoder", "refiner_encoder", "gae", "refiner_unet")
+# txt2img needs these: the denoising loops run whole-step graphs. The per-call dbunet and refiner_unet
+# graphs (other consumers, debugging) and vae_encoder (img2img, editing) are exported but not loaded.
+RUNTIME_COMPONENTS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_encoder", "gae", "refiner_step")
 
 
 def make_backend(name: str, device: str = "auto", threads: int | None = None) -> Backend:
@@ -44,9 +45,11 @@ class GraphStages:
         hidden, pooled = self._run("text_encoder", input_ids=ids)
         return hidden, pooled
 
-    def denoise(self, sample, timestep, text, boxes, phrases, valid, box_scale) -> np.ndarray:
-        return self._run("dbunet", sample=sample, timestep=timestep, text=text, boxes=boxes,
-                         box_phrases=phrases, box_valid=valid, box_scale=box_scale)[0]
+    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        x_next, x0 = self._run("dbunet_step", x=x, x0_prev=x0_prev, coeffs=step.row, text=cond.text,
+                               boxes=cond.boxes, box_phrases=cond.phrases, box_valid=cond.valid)
+        return x_next, x0
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         return self._run("vae_decoder", latent=latents)[0]
@@ -55,8 +58,10 @@ class GraphStages:
         (z_sem,) = self._run("refiner_encoder", image=image)
         return self._run("gae", z_sem=z_sem)[1]
 
-    def refiner_denoise(self, sample, timestep, z_dis) -> np.ndarray:
-        return self._run("refiner_unet", sample=sample, timestep=timestep, z_dis=z_dis)[0]
+    def refiner_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, z_dis: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        x_next, x0 = self._run("refiner_step", x=x, x0_prev=x0_prev, coeffs=step.row, z_dis=z_dis)
+        return x_next, x0
 
 
 class Pipeline:

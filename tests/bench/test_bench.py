@@ -39,13 +39,13 @@ from dbunet.cli import bench
 from dbunet.runtime.pipeline import GraphStages
 extra = float(sys.argv[1])
 if extra:
-    original = GraphStages.denoise
+    original = GraphStages.denoise_step
     def slowed(self, *a):
         end = time.perf_counter() + extra
         while time.perf_counter() < end:  # busy: a sleep would add wake-up jitter of its own
             pass
         return original(self, *a)
-    GraphStages.denoise = slowed
+    GraphStages.denoise_step = slowed
 sys.exit(bench.main(sys.argv[2:]))
 """
 

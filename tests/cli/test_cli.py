@@ -88,7 +88,7 @@ def _other_version(art):
 @pytest.mark.parametrize(
     "damage,message",
     [
-        (lambda a: (a / "fp32" / "refiner_unet.onnx").unlink(), "missing artifact file"),
+        (lambda a: (a / "fp32" / "refiner_step.onnx").unlink(), "missing artifact file"),
         (_corrupt, "corrupted"),
         (lambda a: (a / "tokenizer.json").write_text("{}"), "corrupted"),
         (_other_version, "exported by dbunet 9.1.0"),

@@ -13,6 +13,7 @@ from dbunet.export.exporter import ExportOptions, export
 from dbunet.export.graphs import GRAPHS, run_reference, sample_inputs
 from dbunet.export.parity import TOLERANCE, measure
 from dbunet.export.specs import COMPONENTS, component_specs
+from dbunet.export.step_graphs import STEP_MODULES
 from dbunet.manifest import Manifest, sha256_file
 from dbunet.models.cascade import load_model
 
@@ -45,6 +46,8 @@ MEASURED_PARITY = {
     ("refiner_encoder", "fp32"): 2.1e-7, ("refiner_encoder", "fp16"): 3.5e-4,
     ("gae", "fp32"): 1.2e-6, ("gae", "fp16"): 6.2e-4,
     ("refiner_unet", "fp32"): 1.2e-6, ("refiner_unet", "fp16"): 4.1e-3,
+    ("dbunet_step", "fp32"): 1.5e-6, ("dbunet_step", "fp16"): 9.7e-4,
+    ("refiner_step", "fp32"): 1.7e-6, ("refiner_step", "fp16"): 2.1e-3,
 }
 
 
@@ -90,10 +93,10 @@ def test_dynamic_axes_really_work(tiny_artifacts, batch, height, width, boxes):
     cfg = model.config
     sizes = {"batch": batch, "height": height, "width": width, "latent_height": height // 8,
              "latent_width": width // 8, "boxes": boxes}
-    for name in ("dbunet", "refiner_unet", "vae_decoder"):
+    for name in ("dbunet", "refiner_unet", "vae_decoder", "dbunet_step", "refiner_step"):
         spec = component_specs(cfg)[name]
         feeds = sample_inputs(spec, sizes, cfg.text.vocab_size, seed=batch + boxes)
-        want = run_reference(GRAPHS[name](model.cascade).eval(), spec, feeds)
+        want = run_reference((GRAPHS | STEP_MODULES)[name](model.cascade).eval(), spec, feeds)
         got = _session(tiny_artifacts / "fp32" / f"{name}.onnx").run(None, feeds)
         assert got[0].shape == want[0].shape
         result = measure(name, "fp32", got, want)

@@ -47,7 +47,7 @@ def test_hash_mismatch_and_other_versions_are_refused(tiny_artifacts, tmp_path):
     with pytest.raises(ArtifactError, match="re-export"):
         Pipeline.from_artifacts(art)
     shutil.copy(tiny_artifacts / "manifest.json", art / "manifest.json")
-    with open(art / "fp32" / "dbunet.onnx", "r+b") as f:
+    with open(art / "fp32" / "dbunet_step.onnx", "r+b") as f:
         f.seek(1000)
         f.write(b"\x00\x01\x02")
     with pytest.raises(ArtifactError, match="corrupted"):
@@ -67,7 +67,7 @@ def test_run_command_imports_no_torch(tiny_artifacts, tmp_path):
 
 
 def test_outputs_written_in_place_match_a_plain_run_and_never_alias(tiny_artifacts):
-    """Outputs bound to fresh numpy arrays (DB-UNet noise, text) and left to ONNX Runtime (the VAE
+    """Outputs bound to fresh numpy arrays (the step's x_next and x0, text) and left to ONNX Runtime (the VAE
     decoder's image size does not follow from its inputs) equal a plain InferenceSession.run."""
     import onnxruntime as ort
 
@@ -76,7 +76,7 @@ def test_outputs_written_in_place_match_a_plain_run_and_never_alias(tiny_artifac
 
     pipe = Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32")
     sizes = default_sizes(pipe.config, batch=2, boxes=3)
-    for name in ("dbunet", "text_encoder", "vae_decoder"):
+    for name in ("dbunet_step", "text_encoder", "vae_decoder"):
         graph = pipe.stages.graphs[name]
         feeds = sample_inputs(graph.spec, sizes, pipe.config.text.vocab_size)
         first, second = graph.run(feeds), graph.run(feeds)
