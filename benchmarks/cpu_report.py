@@ -76,6 +76,41 @@ def _step_inputs(case: Case, component: str = "dbunet"):
     return spec, sizes, sample_inputs(spec, sizes, cfg.text.vocab_size)
 
 
+def step_pair(cache: Path, case: Case, repeat: int) -> dict:
+    """One guided DDIM step both ways, alternating in one process (medians): the per-call UNet graph followed
+    by guidance and the sampler's numpy step() on the host, and the whole-step graph doing all of it."""
+    import time
+
+    from dbunet.export.graphs import sample_row
+    from dbunet.runtime.backends.onnxruntime import OrtBackend
+    from dbunet.schedulers import DDIMScheduler
+
+    spec, _, feeds = _step_inputs(case)
+    step_spec, _, step_feeds = _step_inputs(case, "dbunet_step")
+    backend = OrtBackend("cpu")
+    per_call = backend.load(cache / "fp32" / "dbunet.onnx", spec).run
+    whole = backend.load(cache / "fp32" / "dbunet_step.onnx", step_spec).run
+    sampler = DDIMScheduler()
+    sampler.set_timesteps(30)
+    x = step_feeds["x"]
+
+    def host_loop_step():
+        eps = per_call(feeds)[0]
+        sampler.step(eps[:1] + np.float32(7.5) * (eps[1:] - eps[:1]), 10, x)
+
+    def graph_step():
+        whole({**step_feeds, "coeffs": sample_row("dbunet_step")})
+
+    times: dict[str, list[float]] = {"per_call": [], "whole_step": []}
+    for i in range(repeat + 2):  # 2 warm-up rounds
+        for name, fn in (("per_call", host_loop_step), ("whole_step", graph_step)):
+            start = time.perf_counter()
+            fn()
+            if i >= 2:
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
 def _openvino_graph(graph: Path) -> Path:
     """The same graph with its local functions inlined, next to it (so external data still resolves)."""
     import onnx
@@ -101,12 +136,8 @@ def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
 
         run = OrtBackend("cpu").load(graph, spec).run
         return {"ms": med_ms(lambda: run(feeds), repeat)}
-    if kind == "ort_whole_step":  # the same UNet call inside the step graph, with guidance and the update
-        from dbunet.runtime.backends.onnxruntime import OrtBackend
-
-        spec, _, feeds = _step_inputs(case, "dbunet_step")
-        run = OrtBackend("cpu").load(cache / "fp32" / "dbunet_step.onnx", spec).run
-        return {"ms": med_ms(lambda: run(feeds), repeat)}
+    if kind == "ort_step_pair":
+        return step_pair(cache, case, repeat)
     if kind == "torch_step":
         import torch
 
@@ -122,8 +153,11 @@ def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
         except ImportError:
             return {"ms": None}
         core = ov.Core()
-        request = core.compile_model(core.read_model(str(_openvino_graph(graph))), "CPU").create_infer_request()
-        return {"ms": med_ms(lambda: request.infer(feeds), repeat)}
+        compiled = core.compile_model(core.read_model(str(_openvino_graph(graph))), "CPU")
+        request = compiled.create_infer_request()
+        # OpenVINO picks bf16 by itself on CPUs with BF16 instructions: say which precision ran
+        precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        return {"ms": med_ms(lambda: request.infer(feeds), repeat), "precision": precision}
     if kind == "e2e":
         from e2e import paired_runs  # benchmarks/ is this script's folder, first on sys.path
 
@@ -146,6 +180,15 @@ def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
     raise SystemExit(f"unknown measurement {kind}")
 
 
+def cpu_line() -> str:
+    """The CPU model and the flags that decide low-precision paths (OpenVINO runs BF16 where it can)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", info, flags=re.M)
+    flags = set((re.search(r"^flags\s*:\s*(.+)$", info, flags=re.M) or re.match("()", "")).group(1).split())
+    wanted = [f for f in ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags]
+    return f"{model.group(1).strip() if model else 'unknown CPU'}; flags: {', '.join(wanted) or 'no AVX-512'}"
+
+
 def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict, e2e: dict, loops: dict,
            reports: list) -> str:
     ort_r, torch_r = (r.results for r in reports)
@@ -154,7 +197,7 @@ def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict,
     _, sizes, _ = _step_inputs(case)
     lines = [
         f"## {case.config} at {h}x{w}", "",
-        f"`python benchmarks/cpu_report.py {case}`; medians of {repeat} runs after 2 warm-up runs.", "",
+        f"`python benchmarks/cpu_report.py {case}`; medians of {repeat} runs after 2 warm-up runs. CPU: {cpu_line()}.", "",
         f"**End to end, ORT vs PyTorch eager: {e2e['ort']:.0f} ms vs {e2e['torch']:.0f} ms, "
         f"{e2e['torch'] / e2e['ort']:.2f}x** (one image, {settings['steps']} denoising "
         f"step{'s' if settings['steps'] != 1 else ''} and the preset's refiner steps; the two pipelines "
@@ -219,10 +262,13 @@ def run_case(case: Case, repeat: int) -> str:
     step_gflop = next(r.gflops for r in component_stats(preset(case.config), case.size, case.size)
                       if r.component == "dbunet")
     gemm = run("gemm")["gflops"]
-    steps = {name: run(f"{name}_step")["ms"] for name in ("ort", "openvino", "torch")}
-    steps = {"ort (per-call UNet graph)": steps["ort"], "ort (whole-step graph: + guidance and update)":
-             run("ort_whole_step")["ms"], "openvino (per-call, functions inlined)": steps["openvino"],
-             "torch": steps["torch"]}
+    single = {name: run(f"{name}_step") for name in ("ort", "openvino", "torch")}
+    pair = run("ort_step_pair")
+    openvino = f"openvino {single['openvino'].get('precision', '')} (per-call graph, functions inlined; its default precision)"
+    steps = {"ort fp32 (per-call UNet graph)": single["ort"]["ms"], openvino: single["openvino"]["ms"],
+             "torch fp32 eager": single["torch"]["ms"],
+             "ort fp32, paired in one process: per-call UNet graph + host guidance and DDIM step()": pair["per_call"],
+             "ort fp32, paired in one process: whole-step graph (UNet + guidance + update)": pair["whole_step"]}
     e2e = run("e2e")
     loops = run("e2e_loops")
     reports = [load_report(run(f"bench_{b}")["report"]) for b in ("ort", "torch")]

@@ -74,6 +74,22 @@ MUTANTS = [
            'helper.make_node("Identity", [raw], ["x0"], name=_P + "x0")',
            ("tests/export/test_step_graphs.py::test_refiner_step_graph_equals_the_numpy_loop",),
            "the step graph's x0 clip (the refiner's DDIM clips) dropped"),
+    Mutant("plugin_postponed_annotations", "dbunet/plugins/tensorrt_plugins.py",
+           "import math\nfrom typing import Any, List, Tuple, Union",
+           "from __future__ import annotations\n\nimport math\nfrom typing import Any, List, Tuple, Union",
+           ("tests/plugins/test_tensorrt_plugins.py",), "postponed annotations in the TensorRT plugin module"),
+    Mutant("plugin_aot_unannotated", "dbunet/plugins/tensorrt_plugins.py",
+           "def sca_aot(q: Desc, k: Desc, v: Desc, num_heads: int, outputs: Tuple[Desc], tactic: int) -> Aot:",
+           "def sca_aot(q, k, v, num_heads: int, outputs, tactic):",
+           ("tests/plugins/test_tensorrt_plugins.py",), "an aot_impl without its return annotation"),
+    Mutant("plugin_autotune_bare_list", "dbunet/plugins/tensorrt_plugins.py",
+           "def sca_tune(q: Desc, k: Desc, v: Desc, num_heads: int, outputs: Tuple[Desc]) -> Tuned:",
+           "def sca_tune(q: Desc, k: Desc, v: Desc, num_heads: int, outputs: Tuple[Desc]) -> list:",
+           ("tests/plugins/test_tensorrt_plugins.py",), "an autotune annotated to return a bare list"),
+    Mutant("kernel_config_spills", "dbunet/plugins/aot.py",
+           '"fp32": ({"BLOCK_P": 64, "BLOCK_D": 32, "BLOCK_C": 32}, 8, None),',
+           '"fp32": ({"BLOCK_P": 64, "BLOCK_D": 32, "BLOCK_C": 64}, 4, None),',
+           ("tests/plugins/test_aot.py",), "the box kernel's former fp32 blocks (255 registers, spills)"),
     Mutant("hash_first_file_only", "dbunet/runtime/pipeline.py",
            "for rel in artifact.files:", "for rel in artifact.files[:1]:",
            ("tests/runtime/test_artifact_checks.py",), "the runtime hashes only the first file of an artifact"),
@@ -129,21 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
     if args.list or not chosen:
         for m in MUTANTS:
-            print(f"{m.name:<24} {m.file:<34} {m.what}")
+            print(f"{m.name:<28} {m.file:<36} {m.what}")
         return 0 if chosen or args.list else 2
     # a test that fails without any mutant would "catch" every mutant: check the baseline first
     baseline = sorted({t for m in chosen for t in m.tests}) if not args.full else []
     failed, seconds, detail = run_tests(None, baseline, args.pytest_args)
-    print(f"{'unmutated':<24} {'FAILS' if failed else 'passes':<8} {seconds:7.1f}  {detail if failed else ''}")
+    print(f"{'unmutated':<28} {'FAILS' if failed else 'passes':<8} {seconds:7.1f}  {detail if failed else ''}")
     if failed:
         print("the target tests fail without a mutant; fix them first")
         return 2
     missed = 0
-    print(f"{'mutant':<24} {'verdict':<8} {'seconds':>7}  first failure")
+    print(f"{'mutant':<28} {'verdict':<8} {'seconds':>7}  first failure")
     for m in chosen:
         caught, seconds, detail = run_tests(m, [] if args.full else list(m.tests), args.pytest_args)
         missed += not caught
-        print(f"{m.name:<24} {'caught' if caught else 'MISSED':<8} {seconds:7.1f}  {detail}", flush=True)
+        print(f"{m.name:<28} {'caught' if caught else 'MISSED':<8} {seconds:7.1f}  {detail}", flush=True)
     print(f"{len(chosen) - missed} of {len(chosen)} mutants caught")
     return 1 if missed else 0
 

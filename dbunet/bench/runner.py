@@ -77,7 +77,9 @@ class BenchReport:
 def _pipeline(options: BenchOptions):
     """(pipeline with .stages/.config/__call__, precision) for the chosen backend."""
     if options.backend == "trt":
-        raise ConfigError("the TensorRT backend is not built yet in this version; use --backend ort or torch")
+        from dbunet.runtime.backends.tensorrt import TrtBackend
+
+        TrtBackend()  # says what is missing, in one line
     if options.backend == "torch":
         from dbunet.models.pipeline import TorchPipeline  # needs the export extra
 

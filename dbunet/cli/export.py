@@ -31,9 +31,11 @@ def parser() -> argparse.ArgumentParser:
     graph.add_argument("--components", nargs="+", metavar="NAME",
                        help="export only these (a run needs text_encoder, dbunet_step, vae_decoder, refiner_encoder, "
                             "gae, refiner_step)")
-    graph.add_argument("--ptx", nargs="*", metavar="TARGET", choices=["sm_87", "sm_89", "sm_90"],
-                       help="also compile the fused Triton kernels to PTX for TensorRT plugins "
-                            "(no GPU needed; no TARGET: sm_87 sm_89 sm_90)")
+    graph.add_argument("--ptx", nargs="*", metavar="TARGET[:CUDA]",
+                       help="also compile the fused Triton kernels to PTX for TensorRT plugins, of the PTX ISA the "
+                            "target's CUDA driver reads (no GPU needed). TARGET: sm_87, sm_89, sm_90, optionally "
+                            "with the CUDA release, e.g. sm_87:12.6 (defaults: sm_87 12.6 = JetPack 6, sm_89 and "
+                            "sm_90 12.8); no TARGET: all three")
     trace = p.add_argument_group("tracing and parity inputs (the graphs' sizes stay dynamic)")
     trace.add_argument("--height", type=int, help="image height (default: the preset's)")
     trace.add_argument("--width", type=int, help="image width (default: the preset's)")
@@ -62,7 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     manifest = export(options, report)
     n = len(manifest.artifacts)
     print(f"wrote {n} graphs, tokenizer.json and manifest.json to {args.out} in {time.perf_counter() - start:.1f}s")
+    if args.fp16:
+        _engines(args.out, report)
     return 0
+
+
+def _engines(out: Path, report) -> None:
+    """FP16 TensorRT engines for this machine's GPU, where TensorRT and cuda-python are installed."""
+    from dbunet.runtime.backends.tensorrt import missing_dependencies
+
+    missing = missing_dependencies()
+    if missing:
+        report(f"TensorRT engines: skipped ({' and '.join(missing)} not installed here); run dbunet-build on the target GPU")
+        return
+    from dbunet.engines.builder import build_engines
+
+    build_engines(out, report=report)
 
 
 if __name__ == "__main__":

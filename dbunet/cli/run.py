@@ -34,8 +34,9 @@ def parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("runtime")
     run.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"),
                      help="directory written by dbunet-export (default: dbunet-artifacts)")
-    run.add_argument("--backend", choices=["ort", "torch"], default="ort",
-                     help="ort: ONNX Runtime (default); torch: the PyTorch reference, for comparison")
+    run.add_argument("--backend", choices=["ort", "trt", "torch"], default="ort",
+                     help="ort: ONNX Runtime (default); trt: TensorRT engines from dbunet-build; torch: the PyTorch "
+                          "reference, for comparison")
     run.add_argument("--precision", choices=["fp32", "fp16"], help="default: the fastest on the device")
     run.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from dbunet.runtime import Pipeline
 
-        pipe = Pipeline.from_artifacts(args.artifacts, "ort", args.precision, args.device, args.threads)
+        pipe = Pipeline.from_artifacts(args.artifacts, args.backend, args.precision, args.device, args.threads)
         manifest, precision = pipe.manifest, pipe.precision
     result = pipe(args.prompt, progress=None if args.quiet else ProgressBar(), **options)
 

@@ -63,6 +63,10 @@ class ExportOptions:
         for name, v in (("height", self.height), ("width", self.width)):
             if v is not None and (v < 8 or v % 8):
                 raise ConfigError(f"{name} must be a positive multiple of 8, got {v}")
+        from dbunet.plugins.aot import PtxTarget
+
+        for target in self.ptx_targets:  # a bad target fails before any tracing
+            PtxTarget.parse(target)
 
 
 def resolve_config(name_or_file: str) -> ModelConfig:

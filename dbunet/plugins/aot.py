@@ -14,11 +14,76 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from dbunet.errors import BuildError
 
 TARGETS = {"sm_87": 87, "sm_89": 89, "sm_90": 90}
 SUPPORTED_TRITON = (">=3.3", "<3.10")  # the hidden-parameter layout checked here
+
+# A driver JIT-compiles PTX up to the ISA of its own CUDA release and refuses newer PTX. Triton writes the
+# newest ISA its bundled ptxas knows (3.9: 8.8 for sm_87/89, 9.4 for sm_90a), which no JetPack 6 Orin (CUDA
+# 12.6, ISA 8.5) or CUDA 13.0 driver (ISA 9.0) reads, so the ISA is pinned to the target's CUDA release.
+# From the PTX ISA release notes: the ISA each CUDA release introduced.
+CUDA_PTX_ISA = {
+    (12, 0): (8, 0), (12, 1): (8, 1), (12, 2): (8, 2), (12, 3): (8, 3), (12, 4): (8, 4), (12, 5): (8, 5),
+    (12, 6): (8, 5), (12, 8): (8, 7), (12, 9): (8, 8), (13, 0): (9, 0),
+}
+# What each target usually runs: Jetson Orin on JetPack 6 (CUDA 12.6); Ada and Hopper on 12.8+ drivers
+DEFAULT_CUDA = {"sm_87": "12.6", "sm_89": "12.8", "sm_90": "12.8"}
+
+
+def isa_for_cuda(cuda: str) -> tuple[int, int]:
+    """The newest PTX ISA a CUDA `major.minor` driver reads. Releases past the table read at least its last."""
+    try:
+        version = tuple(int(p) for p in cuda.split("."))[:2]
+        major, minor = version
+    except ValueError:
+        raise BuildError(f"CUDA version must look like 12.6, got {cuda!r}") from None
+    if version < min(CUDA_PTX_ISA):
+        raise BuildError(f"CUDA {cuda} is too old for the dbunet kernels: CUDA 12.0 or newer needed")
+    return CUDA_PTX_ISA[max(v for v in CUDA_PTX_ISA if v <= version)]
+
+
+@dataclass(frozen=True)
+class PtxTarget:
+    """`sm_87` or `sm_87:12.6`: a compute capability and the CUDA release whose driver will load the PTX."""
+
+    name: str
+    cuda: str
+
+    @classmethod
+    def parse(cls, text: str) -> PtxTarget:
+        name, _, cuda = text.partition(":")
+        if name not in TARGETS:
+            raise BuildError(f"unknown PTX target {name!r}; valid: {', '.join(TARGETS)} (optionally :CUDA, e.g. sm_87:12.6)")
+        target = cls(name, cuda or DEFAULT_CUDA[name])
+        target.isa  # validates the CUDA version
+        return target
+
+    @property
+    def cc(self) -> int:
+        return TARGETS[self.name]
+
+    @property
+    def isa(self) -> tuple[int, int]:
+        return isa_for_cuda(self.cuda)
+
+
+def ptx_isa(ptx: str) -> tuple[int, int]:
+    """The `.version` a PTX module declares."""
+    match = re.search(r"^\.version (\d+)\.(\d+)", ptx, flags=re.M)
+    if not match:
+        raise BuildError("no .version line in the PTX")
+    return int(match.group(1)), int(match.group(2))
+
+
+def require_driver_reads(ptx: str, driver_cuda: str, what: str) -> None:
+    """Refuse PTX newer than the running driver reads: a clear error now instead of a failed launch later."""
+    have, most = ptx_isa(ptx), isa_for_cuda(driver_cuda)
+    if have > most:
+        raise BuildError(f"{what}: PTX ISA {have[0]}.{have[1]} is newer than this CUDA {driver_cuda} driver reads "
+                         f"(up to {most[0]}.{most[1]}); export the PTX for it, e.g. --ptx sm_87:{driver_cuda}")
 
 # per kernel: parameter types in order (pointers typed by the I/O dtype), and the compile-time constants
 _KERNELS = {
@@ -31,6 +96,58 @@ _KERNELS = {
         "constants": {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DK": 128, "BLOCK_DV": 64},
     },
 }
+
+
+def _pow2(n: int, floor: int = 16) -> int:
+    """Block extents are powers of 2 of at least 16 (tl.dot's minimum)."""
+    return max(floor, 1 << max(0, (int(n) - 1).bit_length()))
+
+
+# Block sizes, warps and pipeline stages per kernel, dtype and head size, chosen with `ptxas -v` over a grid
+# of candidates (sm_87, PTX ISA 8.5): no register spills, <= 48 KB of shared memory (no opt-in launch
+# attribute needed, and two blocks fit an SM on sm_87, sm_89 and sm_90), <= 200 registers (headroom for the
+# other targets; two blocks per SM). tests/plugins/test_aot.py assembles every configuration below for the
+# oldest and newest target and fails on a spill. Stages None = Triton's default (3 on these targets).
+_BOX_CONFIG = {  # dtype -> (constants, warps, stages); BLOCK_N follows the box slots
+    "fp16": ({"BLOCK_P": 64, "BLOCK_D": 32, "BLOCK_C": 32}, 4, None),  # 157 registers, 8 KB shared
+    "fp32": ({"BLOCK_P": 64, "BLOCK_D": 32, "BLOCK_C": 32}, 8, None),  # 122 registers, 24 KB shared
+}
+_SCA_CONFIG = {  # (dtype, BLOCK_DK) -> (BLOCK_M, BLOCK_N, warps, stages); BLOCK_DV follows the value head size
+    ("fp16", 16): (64, 64, 4, None), ("fp16", 32): (64, 64, 4, None), ("fp16", 64): (64, 64, 4, None),
+    ("fp16", 128): (64, 64, 4, None), ("fp16", 256): (32, 32, 4, None), ("fp16", 512): (32, 16, 8, None),
+    ("fp32", 16): (64, 64, 4, None), ("fp32", 32): (64, 32, 8, None), ("fp32", 64): (64, 16, 8, None),
+    ("fp32", 128): (32, 16, 4, None), ("fp32", 256): (32, 16, 8, 1),
+    # fp32 at 512 (sd15's deepest level) stages 64 KB of q and k tiles whatever the tiling: it would need
+    # opt-in shared memory. Engines are FP16 (strongly typed FP16 graphs hand the plugins FP16), so it is
+    # refused rather than shipped unverified.
+}
+# head sizes (BLOCK_DK, BLOCK_DV) the models use: tiny (C 32/64, 4 heads) and sd15 (C 320/640/1280, 8 heads)
+SCA_HEAD_BLOCKS = ((16, 16), (32, 16), (32, 32), (128, 64), (256, 128), (512, 256))
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    constants: dict
+    num_warps: int
+    num_stages: int | None  # None: Triton's default
+
+
+def kernel_config(kernel: str, dtype: str, slots: int = 31, dk: int = 80, dv: int = 40) -> LaunchConfig:
+    """Constants, warps and stages for a kernel at a shape: `slots` = N + 1 box tokens (BoxConstraint),
+    `dk` / `dv` = query / value head sizes (SpatialCrossAttention). Defaults: 30 boxes, sd15's first level."""
+    if kernel == "box_constraint":
+        constants, warps, stages = _BOX_CONFIG[dtype]
+        return LaunchConfig({**constants, "BLOCK_N": _pow2(slots)}, warps, stages)
+    if kernel == "spatial_attention":
+        block_dk, block_dv = _pow2(dk), _pow2(dv)
+        if (dtype, block_dk) not in _SCA_CONFIG:
+            supported = max(b for d, b in _SCA_CONFIG if d == dtype)
+            raise BuildError(f"spatial attention in {dtype} supports head sizes up to {supported}, got {dk}"
+                             + (" (build FP16 engines: dbunet-build does)" if dtype == "fp32" else ""))
+        block_m, block_n, warps, stages = _SCA_CONFIG[dtype, block_dk]
+        return LaunchConfig({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_DK": block_dk, "BLOCK_DV": block_dv},
+                            warps, stages)
+    raise BuildError(f"no AOT kernel {kernel!r}; valid: {', '.join(_KERNELS)}")
 
 
 @dataclass(frozen=True)
@@ -53,8 +170,10 @@ def _kernel_fn(kernel: str):
     return getattr(kernels, f"{kernel}_kernel")
 
 
-def compile_ptx(kernel: str, dtype: str, cc: int, num_warps: int = 4, **constants) -> CompiledKernel:
-    """PTX of one kernel for one dtype ("fp16" or "fp32") and compute capability."""
+def compile_ptx(kernel: str, dtype: str, cc: int, num_warps: int = 4, isa: tuple[int, int] | None = None,
+                stages: int | None = None, **constants) -> CompiledKernel:
+    """PTX of one kernel for one dtype ("fp16" or "fp32") and compute capability, of PTX ISA `isa`
+    (default: the newest Triton's ptxas knows, which older drivers refuse)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -74,7 +193,9 @@ def compile_ptx(kernel: str, dtype: str, cc: int, num_warps: int = 4, **constant
     compiled = triton.compile(
         ASTSource(fn=fn, signature=signature, constexprs=consts),
         target=GPUTarget("cuda", cc, 32),
-        options={"num_warps": num_warps, "enable_fp_fusion": True},  # explicit: the default changes in 3.10
+        # fp fusion explicit: the default changes in 3.10
+        options={"num_warps": num_warps, "enable_fp_fusion": True, **({"ptx_version": isa[0] * 10 + isa[1]} if isa else {}),
+                 **({"num_stages": stages} if stages else {})},
     )
     name = compiled.metadata.name
     ptx = strip_hidden_params(compiled.asm["ptx"], name, len(names), compiled.metadata)
@@ -103,22 +224,56 @@ def strip_hidden_params(ptx: str, name: str, declared: int, metadata=None) -> st
 
 
 def write_ptx(out_dir, targets: tuple[str, ...], dtypes: tuple[str, ...] = ("fp16", "fp32")) -> list[dict]:
-    """Compile every AOT kernel for each target and dtype into `out_dir`; return manifest entries."""
-    from pathlib import Path
-
+    """Compile every AOT kernel for each target (`sm_87` or `sm_87:12.6`) and dtype into `out_dir`, of the
+    PTX ISA the target's CUDA driver reads; return manifest entries."""
     from dbunet import atomic
 
-    unknown = set(targets) - set(TARGETS)
-    if unknown:
-        raise BuildError(f"unknown PTX targets {sorted(unknown)}; valid: {', '.join(TARGETS)}")
+    parsed = [PtxTarget.parse(t) for t in targets]
     entries = []
     for kernel in _KERNELS:
         for dtype in dtypes:
-            for target in targets:
-                c = compile_ptx(kernel, dtype, TARGETS[target])
-                path = Path(out_dir) / f"{kernel}.{dtype}.{target}.ptx"
+            for target in parsed:
+                config = kernel_config(kernel, dtype)
+                c = compile_ptx(kernel, dtype, target.cc, config.num_warps, target.isa, config.num_stages,
+                                **config.constants)
+                path = Path(out_dir) / f"{kernel}.{dtype}.{target.name}.ptx"
                 atomic.write_text(path, c.ptx)
-                entries.append({"kernel": kernel, "dtype": dtype, "target": target, "file": path.name,
-                                "entry": c.name, "num_warps": c.num_warps, "shared_mem": c.shared_mem,
+                entries.append({"kernel": kernel, "dtype": dtype, "target": target.name, "cuda": target.cuda,
+                                "ptx_isa": ".".join(map(str, target.isa)), "file": path.name, "entry": c.name,
+                                "num_warps": c.num_warps, "shared_mem": c.shared_mem,
                                 "constants": {k: v for k, v in c.constants.items()}})
     return entries
+
+
+@dataclass(frozen=True)
+class PtxasReport:
+    registers: int
+    spill_bytes: int  # spill stores
+    stack_bytes: int  # stack frame per thread
+
+
+def ptxas_report(ptx: str) -> PtxasReport:
+    """Assemble PTX with the ptxas bundled with Triton (`-v`): registers, spills and stack per thread.
+    Triton ships two: `ptxas` (CUDA 12.9: PTX ISA <= 8.8) and `ptxas-blackwell` (CUDA 13: the 9.x ISAs)."""
+    import os
+    import subprocess
+    import tempfile
+
+    import triton
+
+    bindir = Path(os.path.dirname(triton.__file__)) / "backends" / "nvidia" / "bin"
+    tool = bindir / ("ptxas" if ptx_isa(ptx) <= (8, 8) else "ptxas-blackwell")
+    if not tool.is_file():
+        raise BuildError(f"Triton's {tool.name} is missing at {bindir}; cannot check register use")
+    target = re.search(r"^\.target (\S+)", ptx, flags=re.M)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        proc = subprocess.run([str(tool), "-v", "--gpu-name", target.group(1), str(src), "-o", os.devnull],
+                              capture_output=True, text=True)
+    if proc.returncode:
+        raise BuildError(f"ptxas refused the PTX: {proc.stderr.strip()[-300:]}")
+    numbers = {key: re.search(pattern, proc.stderr) for key, pattern in (
+        ("registers", r"Used (\d+) registers"), ("spill_bytes", r"(\d+) bytes spill stores"),
+        ("stack_bytes", r"(\d+) bytes stack frame"))}
+    return PtxasReport(**{k: int(m.group(1)) if m else 0 for k, m in numbers.items()})

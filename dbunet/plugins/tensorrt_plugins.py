@@ -14,12 +14,16 @@ local function (MatMul, Softmax, MatMul) with its own GEMM kernels instead.
 AOT implementations return PTX plus launch parameters, so engines need no Python at run time
 (C++ runtimes included). Written against the documented tensorrt.plugin API; see the README for
 what could be executed where (TensorRT cannot be installed in this project's environments).
+
+tensorrt.plugin validates the decorated functions when they are registered: it calls issubclass() on
+every parameter annotation (so this module must not postpone annotations: no `from __future__ import
+annotations`), requires the aot_impl return annotation Tuple[str | bytes, str | bytes,
+KernelLaunchParams, SymIntExprs], accepts AutoTuneCombination or List[AutoTuneCombination] from
+autotune, and checks each function's parameter names against (tensors..., attributes..., outputs[,
+tactic]). tests/plugins/tensorrt_stand_in.py enforces the same rules without TensorRT.
 """
 
-from __future__ import annotations
-
-import math
-from typing import Any
+from typing import Any, List, Tuple, Union
 
 from dbunet.errors import BuildError
 
@@ -90,56 +94,71 @@ def spatial_attention_launch(trtp, compiled, q, v, num_heads: int) -> tuple[Any,
     return launch, extra
 
 
-def _pow2(n: int, floor: int = 16) -> int:
-    return max(floor, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+def register_plugins(compute_capability: int | None = None, driver_cuda: str | None = None) -> tuple[str, ...]:
+    """Register every dbunet plugin with TensorRT (idempotent). Returns the plugin ids.
 
-
-def register_plugins(compute_capability: int | None = None) -> tuple[str, ...]:
-    """Register every dbunet plugin with TensorRT (idempotent). Returns the plugin ids."""
+    The PTX the AOT implementations return is compiled for `compute_capability` (default: the current
+    device's) at the PTX ISA a CUDA `driver_cuda` driver reads (e.g. "12.6"; default: Triton's newest),
+    and refused if that driver could not load it."""
     global _registered
     if _registered:
         return tuple(f"{NAMESPACE}::{p}" for p in PLUGINS)
     trt, trtp = _tensorrt()
-    from dbunet.plugins.aot import compile_ptx
+    from dbunet.plugins.aot import isa_for_cuda, kernel_config, require_driver_reads
+    from dbunet.plugins.aot import compile_ptx as _compile
+
+    isa = isa_for_cuda(driver_cuda) if driver_cuda else None
 
     def cc() -> int:
         return compute_capability or device_compute_capability()
 
+    def compile_ptx(kernel: str, dtype: str, cc_: int, **shape):
+        config = kernel_config(kernel, dtype, **shape)
+        compiled = _compile(kernel, dtype, cc_, config.num_warps, isa, config.num_stages, **config.constants)
+        if driver_cuda:
+            require_driver_reads(compiled.ptx, driver_cuda, f"{kernel} ({dtype}, sm_{cc_})")
+        return compiled
+
     same_type = lambda n: ", ".join(["FP32|FP16"] * n)  # noqa: E731 -- all I/O share one precision
+    # Annotations are evaluated here, as classes: tensorrt.plugin runs issubclass() on them
+    Desc = trtp.TensorDesc
+    Tuned = List[trtp.AutoTuneCombination]
+    Aot = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]
 
     # -- BoxConstraint: x, q, k, v, boxes, valid, gate -> out ------------------------------------
     @trtp.register(f"{NAMESPACE}::BoxConstraint")
-    def box_desc(x: trtp.TensorDesc, q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
-                 boxes: trtp.TensorDesc, valid: trtp.TensorDesc, gate: trtp.TensorDesc) -> trtp.TensorDesc:
+    def box_desc(x: Desc, q: Desc, k: Desc, v: Desc, boxes: Desc, valid: Desc, gate: Desc) -> Desc:
         return x.like()
 
     @trtp.autotune(f"{NAMESPACE}::BoxConstraint")
-    def box_tune(x, q, k, v, boxes, valid, gate, outputs) -> list:
+    def box_tune(x: Desc, q: Desc, k: Desc, v: Desc, boxes: Desc, valid: Desc, gate: Desc,
+                 outputs: Tuple[Desc]) -> Tuned:
         return [trtp.AutoTuneCombination(same_type(8))]
 
     @trtp.aot_impl(f"{NAMESPACE}::BoxConstraint")
-    def box_aot(x, q, k, v, boxes, valid, gate, outputs, tactic):
+    def box_aot(x: Desc, q: Desc, k: Desc, v: Desc, boxes: Desc, valid: Desc, gate: Desc,
+                outputs: Tuple[Desc], tactic: int) -> Aot:
         n_slots = _constant(k.shape_expr[1], "box slots (N+1)")
-        compiled = compile_ptx("box_constraint", _dtype_name(trt, x), cc(), BLOCK_N=_pow2(n_slots))
+        compiled = compile_ptx("box_constraint", _dtype_name(trt, x), cc(), slots=n_slots)
         launch, extra = box_constraint_launch(trtp, compiled, x, q, boxes)
-        return compiled.name.encode(), compiled.ptx.encode(), launch, extra
+        return compiled.name, compiled.ptx, launch, extra
 
     # -- SpatialCrossAttention: q, k, v (num_heads) -> out ----------------------------------------
     @trtp.register(f"{NAMESPACE}::SpatialCrossAttention")
-    def sca_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, num_heads: int) -> trtp.TensorDesc:
+    def sca_desc(q: Desc, k: Desc, v: Desc, num_heads: int) -> Desc:
         return v.like()
 
     @trtp.autotune(f"{NAMESPACE}::SpatialCrossAttention")
-    def sca_tune(q, k, v, num_heads: int, outputs) -> list:
+    def sca_tune(q: Desc, k: Desc, v: Desc, num_heads: int, outputs: Tuple[Desc]) -> Tuned:
         return [trtp.AutoTuneCombination(same_type(4))]
 
     @trtp.aot_impl(f"{NAMESPACE}::SpatialCrossAttention")
-    def sca_aot(q, k, v, num_heads: int, outputs, tactic):
+    def sca_aot(q: Desc, k: Desc, v: Desc, num_heads: int, outputs: Tuple[Desc], tactic: int) -> Aot:
         dk = _constant(q.shape_expr[2], "C_c") // num_heads
         dv = _constant(v.shape_expr[2], "C") // num_heads
-        compiled = compile_ptx("spatial_attention", _dtype_name(trt, q), cc(), BLOCK_DK=_pow2(dk), BLOCK_DV=_pow2(dv))
+        compiled = compile_ptx("spatial_attention", _dtype_name(trt, q), cc(), dk=dk, dv=dv)
         launch, extra = spatial_attention_launch(trtp, compiled, q, v, num_heads)
-        return compiled.name.encode(), compiled.ptx.encode(), launch, extra
+        return compiled.name, compiled.ptx, launch, extra
 
     _registered = True
     return tuple(f"{NAMESPACE}::{p}" for p in PLUGINS)

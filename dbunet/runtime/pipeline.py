@@ -26,7 +26,11 @@ def make_backend(name: str, device: str = "auto", threads: int | None = None) ->
         from dbunet.runtime.backends.onnxruntime import OrtBackend
 
         return OrtBackend(device, threads)
-    raise ConfigError(f"unknown runtime backend {name!r}; valid: ort")
+    if name == "trt":
+        from dbunet.runtime.backends.tensorrt import TrtBackend
+
+        return TrtBackend(device, threads)
+    raise ConfigError(f"unknown runtime backend {name!r}; valid: ort, trt")
 
 
 class GraphStages:

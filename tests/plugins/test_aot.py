@@ -16,11 +16,25 @@ _COMPILE_ALL = """
 import json
 from dbunet.plugins import aot
 out = {}
+def add(key, kernel, dtype, target, **shape):
+    t = aot.PtxTarget.parse(target)
+    config = aot.kernel_config(kernel, dtype, **shape)
+    c = aot.compile_ptx(kernel, dtype, t.cc, config.num_warps, t.isa, config.num_stages, **config.constants)
+    r = aot.ptxas_report(c.ptx)
+    out[key] = {"name": c.name, "ptx": c.ptx, "warps": c.num_warps, "shared": c.shared_mem, "isa": list(t.isa),
+                "registers": r.registers, "spill": r.spill_bytes, "stack": r.stack_bytes}
 for kernel in ("box_constraint", "spatial_attention"):
     for dtype in ("fp16", "fp32"):
-        for target, cc in aot.TARGETS.items():
-            c = aot.compile_ptx(kernel, dtype, cc)
-            out[f"{kernel}/{dtype}/{target}"] = {"name": c.name, "ptx": c.ptx, "warps": c.num_warps, "shared": c.shared_mem}
+        for target in aot.TARGETS:  # what --ptx writes: each target at its default CUDA release
+            add(f"{kernel}/{dtype}/{target}", kernel, dtype, target)
+        for target in ("sm_87", "sm_90:13.0"):  # every configuration the plugins compile, oldest and newest ISA
+            for slots in (16, 32):
+                if kernel == "box_constraint":
+                    add(f"{kernel}/{dtype}/{target}/N{slots}", kernel, dtype, target, slots=slots)
+            if kernel == "spatial_attention":
+                for dk, dv in aot.SCA_HEAD_BLOCKS:
+                    if (dtype, dk) != ("fp32", 512):  # refused by kernel_config: engines are FP16
+                        add(f"{kernel}/{dtype}/{target}/dk{dk}dv{dv}", kernel, dtype, target, dk=dk, dv=dv)
 print(json.dumps(out))
 """
 
@@ -29,21 +43,39 @@ print(json.dumps(out))
 def compiled():
     # a fresh process: this test session runs Triton's interpreter, which replaces the compiler
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_ALL], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_ALL], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
 
 def test_ptx_for_every_kernel_dtype_and_target(compiled):
-    assert len(compiled) == 2 * 2 * len(aot.TARGETS)
+    defaults = {k: c for k, c in compiled.items() if k.count("/") == 2}
+    assert len(defaults) == 2 * 2 * len(aot.TARGETS)
     for key, c in compiled.items():
-        kernel, _, target = key.split("/")
-        assert re.search(rf"^\.target {target}a?$", c["ptx"], flags=re.M), key
+        kernel, _, target = key.split("/")[:3]
+        name = target.split(":")[0]
+        assert re.search(rf"^\.target {name}a?$", c["ptx"], flags=re.M), key
+        # the PTX ISA the target's driver reads, not the newest Triton knows
+        assert aot.ptx_isa(c["ptx"]) == tuple(c["isa"]), key
         entry = c["ptx"].split(f".entry {c['name']}(")[1].split(")")[0]
         params = re.findall(rf"{c['name']}_param_(\d+)", entry)
         # inputs, int32 scalars, outputs: exactly TensorRT's AOT launch, nothing hidden after them
         assert len(params) == len(aot._KERNELS[kernel]["params"]), key
-        assert c["warps"] == 4
+
+
+def test_no_kernel_spills_and_two_blocks_fit_an_sm(compiled):
+    """ptxas -v on every configuration: no spills, no stack, <= 48 KB shared memory, <= 200 registers and room
+    for two blocks per SM by registers (64K per SM on sm_87, sm_89 and sm_90)."""
+    problems = []
+    for key, c in compiled.items():
+        threads = c["warps"] * 32
+        if c["spill"] or c["stack"]:
+            problems.append(f"{key}: {c['spill']} B spilled, {c['stack']} B stack ({c['registers']} registers)")
+        if c["shared"] > 48 * 1024:
+            problems.append(f"{key}: {c['shared']} B shared memory")
+        if c["registers"] > 200 or 2 * c["registers"] * threads > 65536:
+            problems.append(f"{key}: {c['registers']} registers x {threads} threads leave room for one block per SM")
+    assert not problems, "\n".join(problems)
 
 
 def test_hidden_parameters_are_only_stripped_when_unused():
@@ -75,12 +107,35 @@ def test_interpreter_mode_refuses_to_compile():
 
 def test_export_writes_ptx_listed_in_the_manifest(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "dbunet.cli.export", "--components", "gae", "--ptx", "sm_87",
+    proc = subprocess.run([sys.executable, "-m", "dbunet.cli.export", "--components", "gae", "--ptx", "sm_87:12.6",
                            "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "FP_FUSION" not in proc.stderr  # the fusion choice is explicit
     plugins = json.loads((tmp_path / "manifest.json").read_text())["plugins"]
-    assert {(p["kernel"], p["dtype"], p["target"]) for p in plugins} == {
-        (k, d, "sm_87") for k in ("box_constraint", "spatial_attention") for d in ("fp16", "fp32")}
+    assert {(p["kernel"], p["dtype"], p["target"], p["cuda"], p["ptx_isa"]) for p in plugins} == {
+        (k, d, "sm_87", "12.6", "8.5") for k in ("box_constraint", "spatial_attention") for d in ("fp16", "fp32")}
     for p in plugins:
-        assert ".target sm_87" in (tmp_path / p["file"]).read_text()
+        ptx = (tmp_path / p["file"]).read_text()
+        assert ".target sm_87" in ptx and aot.ptx_isa(ptx) == (8, 5)  # what JetPack 6's CUDA 12.6 driver reads
+
+
+@pytest.mark.parametrize("text,error", [("sm_86", "unknown PTX target"), ("sm_87:11.4", "too old"),
+                                        ("sm_87:twelve", "look like 12.6")])
+def test_bad_ptx_targets_are_refused_before_any_work(text, error):
+    with pytest.raises(Exception, match=error):
+        aot.PtxTarget.parse(text)
+
+
+def test_ptx_isa_per_cuda_release():
+    assert aot.isa_for_cuda("12.6") == (8, 5) and aot.isa_for_cuda("13.0") == (9, 0)
+    assert aot.isa_for_cuda("12.7") == (8, 5)  # between table rows: what the previous release introduced
+    assert aot.isa_for_cuda("13.3") == (9, 0)  # past the table: its newest, which such a driver reads
+    aot.require_driver_reads(".version 8.5\n", "12.6", "k")
+    with pytest.raises(Exception, match="newer than this CUDA 12.6 driver"):
+        aot.require_driver_reads(".version 8.7\n", "12.6", "k")
+
+
+def test_fp32_spatial_attention_beyond_its_shared_memory_is_refused():
+    with pytest.raises(Exception, match="fp32 supports head sizes up to 256.*FP16"):
+        aot.kernel_config("spatial_attention", "fp32", dk=320, dv=160)
+    assert aot.kernel_config("spatial_attention", "fp16", dk=320, dv=160).constants["BLOCK_DK"] == 512

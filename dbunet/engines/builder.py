@@ -1,0 +1,209 @@
+"""dbunet-build's work: one TensorRT engine per component and resolution, from the FP16 ONNX files.
+
+Networks are strongly typed: the exporter's FP16 files (FP16 where it is safe, FP32 where it kept ops
+against overflow, FP32 step updates) say each tensor's type, and TensorRT 11 removed the weak-typing
+precision flags (BuilderFlag.FP16) that 10.x still had; 10.x accepts the strongly-typed creation flag, so
+one path serves both. The dbunet ops run as AOT plugins (Triton PTX) where `tensorrt.plugin` has
+`aot_impl` (TensorRT >= 10.9); elsewhere (e.g. TensorRT 10.3 on JetPack 6) their local functions are
+inlined into standard ops before parsing. ChannelCrossAttention has no plugin and is always inlined.
+
+polygraphy's loaders do the TensorRT work (network from ONNX, config with profiles and timing cache,
+engine bytes); `engine_loader` assembles them without calling TensorRT, so the choices are testable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dbunet import atomic
+from dbunet.config import ModelConfig
+from dbunet.engines.cache import ENGINES_DIR, Device, EngineEntry, EngineKey, read_index, write_index
+from dbunet.engines.profiles import ENGINE_COMPONENTS, SIZE_FREE, Resolution, profile
+from dbunet.errors import BuildError, ConfigError
+from dbunet.manifest import Manifest, sha256_file, verify_file
+
+log = logging.getLogger(__name__)
+Report = Callable[[str], None]
+
+MIN_TENSORRT = (10, 0)  # strongly typed networks
+PLUGIN_OPS = ("BoxConstraint", "SpatialCrossAttention")  # the dbunet ops with a TensorRT plugin
+TIMING_CACHE = "timing.cache"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    resolutions: tuple[Resolution, ...] = ()  # () = the model's default size
+    max_boxes: int | None = None  # None = the model's maximum
+    workspace_mb: int | None = None  # None = TensorRT's default (the device's memory)
+    timing_cache: Path | None = None  # None = <artifacts>/engines/timing.cache
+    optimization_level: int | None = None  # builder optimization level 0-5; None = TensorRT's default (3)
+
+    def __post_init__(self) -> None:
+        if self.workspace_mb is not None and self.workspace_mb < 1:
+            raise ConfigError(f"workspace must be >= 1 MB, got {self.workspace_mb}")
+        if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
+            raise ConfigError(f"optimization level must lie in 0..5, got {self.optimization_level}")
+
+    def builder_options(self) -> dict:
+        """What goes into the engine key besides inputs and device."""
+        return {"strongly_typed": True, "workspace_mb": self.workspace_mb, "optimization_level": self.optimization_level}
+
+
+# -- what the installed TensorRT offers -----------------------------------------------------------------
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BuildError(f"TensorRT engines need the tensorrt package, which is not installed ({exc}); "
+                         "pip install 'dbunet[trt]' on the target machine") from None
+    if version_tuple(trt.__version__) < MIN_TENSORRT:
+        raise BuildError(f"TensorRT {trt.__version__} is too old: strongly typed networks need TensorRT >= 10.0")
+    return trt
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+
+
+def plugin_mode(trt) -> str:
+    """'aot' where tensorrt.plugin has AOT implementations (no Python needed when the engine runs);
+    'local-functions' elsewhere: 10.3 (JetPack 6) has no tensorrt.plugin, 10.7-10.8 only JIT plugins."""
+    try:
+        import tensorrt.plugin as trtp
+    except ImportError:
+        return "local-functions"
+    return "aot" if hasattr(trtp, "aot_impl") and hasattr(trtp, "KernelLaunchParams") else "local-functions"
+
+
+def strongly_typed_flag(trt) -> bool:
+    """Ask for the strongly typed flag where it exists (10.x); TensorRT 11 networks are strongly typed
+    without it. Refuse a TensorRT that has neither."""
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        return True
+    if version_tuple(trt.__version__) >= (11,):
+        return False
+    raise BuildError(f"TensorRT {trt.__version__} cannot build strongly typed networks")
+
+
+def current_device(trt) -> tuple[Device, str]:
+    """This machine's (Device, driver CUDA version 'major.minor'), via cuda-python."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python < 12.6
+        except ImportError:
+            raise BuildError("TensorRT engines need cuda-python, which is not installed; pip install 'dbunet[trt]'") from None
+    err, device = cudart.cudaGetDevice()
+    if int(err):
+        raise BuildError(f"no CUDA device to build engines on ({err}); engines are built on the target GPU")
+    err, props = cudart.cudaGetDeviceProperties(device)
+    err2, driver = cudart.cudaDriverGetVersion()
+    if int(err) or int(err2):
+        raise BuildError(f"cannot query the CUDA device ({err}, {err2})")
+    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+    return Device(trt.__version__, name, props.major * 10 + props.minor), f"{driver // 1000}.{(driver % 1000) // 10}"
+
+
+def plugin_identity(mode: str, cc: int, driver_cuda: str) -> dict[str, str]:
+    """What the plugin PTX depends on (kernel source, Triton, target, PTX ISA), hashed, per plugin."""
+    if mode != "aot":
+        return {"mode": "local-functions"}
+    import triton
+
+    from dbunet.plugins import aot, kernels
+
+    isa = aot.isa_for_cuda(driver_cuda)
+    source = Path(kernels.__file__).read_bytes() + Path(aot.__file__).read_bytes()
+    base = hashlib.sha256(source + f"{triton.__version__}/sm_{cc}/{isa}".encode()).hexdigest()
+    return {op: base for op in PLUGIN_OPS}
+
+
+# -- the ONNX TensorRT parses -----------------------------------------------------------------------------
+def prepare_onnx(path: Path, plugin_ops: tuple[str, ...]) -> bytes:
+    """The graph with every dbunet function inlined except those of ops that run as plugins."""
+    import onnx
+    from onnx import inliner
+
+    model = onnx.load(str(path))
+    inline = [(f.domain, f.name) for f in model.functions if f.domain == "dbunet" and f.name not in plugin_ops]
+    if inline:
+        model = inliner.inline_selected_functions(model, inline, exclude=False)
+    if model.ByteSize() > 2**31 - 1:
+        raise BuildError(f"{path}: over 2 GB after inlining; build from an FP16 export")
+    return model.SerializeToString()
+
+
+def engine_loader(onnx_bytes: bytes, shapes: dict, options: BuildOptions, timing_cache: Path, strongly_typed: bool):
+    """polygraphy's loader chain for one engine: built lazily, so nothing touches TensorRT until called."""
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxBytes, Profile
+
+    network = NetworkFromOnnxBytes(onnx_bytes, strongly_typed=strongly_typed)
+    profile_ = Profile()
+    for name, (lo, opt, hi) in shapes.items():
+        profile_.add(name, lo, opt, hi)
+    pools = None
+    if options.workspace_mb:
+        import tensorrt as trt
+
+        pools = {trt.MemoryPoolType.WORKSPACE: options.workspace_mb << 20}
+    config = CreateConfig(profiles=[profile_], load_timing_cache=str(timing_cache) if timing_cache.is_file() else None,
+                          memory_pool_limits=pools, builder_optimization_level=options.optimization_level)
+    return EngineBytesFromNetwork(network, config, save_timing_cache=str(timing_cache))
+
+
+# -- the build ----------------------------------------------------------------------------------------------
+def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(), report: Report = log.info) -> list[EngineEntry]:
+    """Build what is missing for every requested resolution; reuse engines whose key is unchanged."""
+    artifacts = Path(artifacts)
+    trt = import_tensorrt()  # first: on a machine without TensorRT that is the one thing to say
+    device, driver_cuda = current_device(trt)
+    manifest = Manifest.read(artifacts)
+    config: ModelConfig = manifest.config
+    mode = plugin_mode(trt)
+    typed = strongly_typed_flag(trt)
+    if mode == "aot":
+        from dbunet.plugins.tensorrt_plugins import register_plugins
+
+        register_plugins(device.compute_capability, driver_cuda)
+    plugins = plugin_identity(mode, device.compute_capability, driver_cuda)
+    plugin_path = f"aot plugins: {', '.join(PLUGIN_OPS)}" if mode == "aot" else "local functions (no AOT plugins)"
+    report(f"{device.describe()}, CUDA {driver_cuda} driver; dbunet ops as {plugin_path}")
+
+    resolutions = options.resolutions or (Resolution(config.defaults.height, config.defaults.width),)
+    max_boxes = config.unet.max_boxes if options.max_boxes is None else options.max_boxes
+    timing_cache = options.timing_cache or artifacts / ENGINES_DIR / TIMING_CACHE
+    index = read_index(artifacts)
+    for component in ENGINE_COMPONENTS:
+        artifact = manifest.find(component, "fp16")
+        for rel in artifact.files:
+            verify_file(artifacts, rel, artifact.sha256[rel])
+        for res in resolutions if component not in SIZE_FREE else resolutions[:1]:
+            label = "any" if component in SIZE_FREE else str(res)
+            shapes = profile(artifact.spec, config, res, max_boxes)
+            key = EngineKey(artifact.sha256[artifact.path], device, shapes, plugins, options.builder_options()).digest()
+            cached = next((e for e in index if e.key == key and (artifacts / e.file).is_file()
+                           and sha256_file(artifacts / e.file) == e.sha256), None)
+            if cached:
+                report(f"  {component:<16} {label:<9} cached ({cached.file})")
+                continue
+            start = time.perf_counter()
+            plan = engine_loader(prepare_onnx(artifacts / artifact.path, PLUGIN_OPS if mode == "aot" else ()),
+                                 shapes, options, timing_cache, typed)()
+            rel = f"{ENGINES_DIR}/{component}.{label}.{key[:16]}.plan"
+            atomic.write_bytes(artifacts / rel, bytes(plan))
+            entry = EngineEntry(component, label, key, rel, sha256_file(artifacts / rel), device, plugin_path,
+                                {k: list(v) for k, v in shapes.items()})
+            replaced = [e for e in index if (e.component, e.resolution, e.device) == (component, label, device)]
+            index = [e for e in index if e not in replaced] + [entry]
+            write_index(artifacts, index)  # after the plan: the index never names a half-written file
+            for old in replaced:
+                if old.file != rel and not any(e.file == old.file for e in index):
+                    (artifacts / old.file).unlink(missing_ok=True)
+            report(f"  {component:<16} {label:<9} built in {time.perf_counter() - start:.1f}s ({plugin_path})")
+    return index

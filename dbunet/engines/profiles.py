@@ -1,0 +1,61 @@
+"""Static optimization profiles, derived from the components' IO specs (dbunet.export.specs declares them).
+
+CUDA graphs need static shapes, so every engine of the denoising loops is built for one resolution:
+min = opt = max. The guided step always runs its CFG batch of 2 (with guidance scale 1 the runtime feeds
+the prompt twice: eps_u + 1 (eps_c - eps_u) = eps_c), and boxes are padded to `max_boxes` slots with
+validity 0, which change nothing (padding slots are masked out). Only the text encoder, which runs once
+per image outside the loops, keeps a range: its batch is 1 or 2 prompts, or one phrase per box.
+Torch-free and TensorRT-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dbunet.config import ModelConfig
+from dbunet.errors import ConfigError
+from dbunet.iospec import GraphSpec
+
+# what a txt2img run needs on TensorRT, and whether its shapes follow the image size
+ENGINE_COMPONENTS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_encoder", "gae", "refiner_step")
+SIZE_FREE = ("text_encoder", "gae")
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    height: int
+    width: int
+
+    @classmethod
+    def parse(cls, text: str) -> Resolution:
+        h, sep, w = text.lower().partition("x")
+        try:
+            return cls(int(h), int(w)) if sep else cls(int(h), int(h))
+        except ValueError:
+            raise ConfigError(f"resolution must look like 512x512, got {text!r}") from None
+
+    def __str__(self) -> str:
+        return f"{self.height}x{self.width}"
+
+
+def profile(spec: GraphSpec, config: ModelConfig, resolution: Resolution, max_boxes: int
+            ) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """{input name: (min, opt, max)} for one component at one resolution."""
+    f = config.vae.downscale
+    if resolution.height % f or resolution.width % f or min(resolution.height, resolution.width) < f:
+        raise ConfigError(f"resolution {resolution}: height and width must be positive multiples of {f}")
+    if not 0 <= max_boxes <= config.unet.max_boxes:
+        raise ConfigError(f"max boxes must lie in 0..{config.unet.max_boxes} (the model's maximum), got {max_boxes}")
+    sizes = {"batch": 2 if spec.component == "dbunet_step" else 1, "boxes": max_boxes,
+             "height": resolution.height, "width": resolution.width,
+             "latent_height": resolution.height // f, "latent_width": resolution.width // f}
+    shapes = {}
+    for t in spec.inputs:
+        fixed = t.shape(sizes)
+        if spec.component == "text_encoder":  # [negative; prompt], one prompt, or one phrase per box
+            shapes[t.name] = ((1, *fixed[1:]), (2, *fixed[1:]), (max(2, max_boxes), *fixed[1:]))
+        else:
+            shapes[t.name] = (fixed, fixed, fixed)
+    return shapes
