@@ -156,7 +156,7 @@ def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
         compiled = core.compile_model(core.read_model(str(_openvino_graph(graph))), "CPU")
         request = compiled.create_infer_request()
         # OpenVINO picks bf16 by itself on CPUs with BF16 instructions: say which precision ran
-        precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16" / "f32"
         return {"ms": med_ms(lambda: request.infer(feeds), repeat), "precision": precision}
     if kind == "e2e":
         from e2e import paired_runs  # benchmarks/ is this script's folder, first on sys.path

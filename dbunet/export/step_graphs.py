@@ -149,10 +149,12 @@ def compose_step(name: str, unet: onnx.ModelProto, spec: GraphSpec) -> onnx.Mode
     if unet_inputs != expected or [v.name for v in unet.graph.output] != ["noise"]:
         raise ExportError(f"{name}: the UNet graph takes {sorted(unet_inputs)} -> "
                           f"{[v.name for v in unet.graph.output]}, expected {sorted(expected)} -> ['noise']")
-    clash = {o for n in nodes[:body_start] for o in n.output} & {o for n in unet.graph.node for o in n.output}
+    _epilogue(nodes, c, eps)
+    body_end = body_start + len(unet.graph.node)
+    ours = {o for n in nodes[:body_start] + nodes[body_end:] for o in n.output} | {t.name for t in consts}
+    clash = ours & ({o for n in unet.graph.node for o in n.output} | {t.name for t in unet.graph.initializer})
     if clash:
         raise ExportError(f"{name}: tensor names clash between the step and its UNet: {sorted(clash)}")
-    _epilogue(nodes, c, eps)
 
     def value_info(t):
         return helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), list(t.dims))
