@@ -76,6 +76,35 @@ class Stages(Protocol):
                      ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+class WholeLoopStages(Stages, Protocol):
+    """Stages that can run a whole loop in one call (the TensorRT backend: one CUDA graph per loop).
+    run_cascade uses these when present; per-step timing is then the loop's time split evenly."""
+
+    def denoise_loop(self, steps: list[Step], x: np.ndarray, cond: Conditioning) -> np.ndarray: ...  # z_0
+
+    def refiner_loop(self, steps: list[Step], x: np.ndarray, z_dis: np.ndarray) -> np.ndarray: ...
+
+
+def _loop(one_step: Callable, whole_loop: Callable | None, steps: list[Step], x: np.ndarray, extra,
+          stage: str, progress: Progress | None) -> tuple[np.ndarray, list[float]]:
+    """Run `steps` from x (x0_prev starts at zero); return the result and seconds per step."""
+    if whole_loop is not None:
+        t0 = time.perf_counter()
+        x = whole_loop(steps, x, extra)
+        elapsed = time.perf_counter() - t0
+        if progress:
+            progress(stage, len(steps), len(steps))
+        return x, [elapsed / max(len(steps), 1)] * len(steps)
+    x0, times = np.zeros_like(x), []
+    for k, step in enumerate(steps):
+        t0 = time.perf_counter()
+        x, x0 = one_step(step, x, x0, extra)
+        times.append(time.perf_counter() - t0)
+        if progress:
+            progress(stage, k + 1, len(steps))
+    return x, times
+
+
 @dataclass
 class GenerationResult:
     image: np.ndarray  # uint8 [H, W, 3]
@@ -125,14 +154,9 @@ def run_cascade(
     f = config.vae.downscale
     shape = (1, config.vae.latent_channels, req.height // f, req.width // f)
     latents = noise.normal(shape) * np.float32(sampler.init_noise_sigma)
-    x0 = np.zeros_like(latents)
-    step_times = []
-    for i, row in enumerate(rows):
-        t0 = time.perf_counter()
-        latents, x0 = stages.denoise_step(Step(i, row, sampler), latents, x0, cond)
-        step_times.append(time.perf_counter() - t0)
-        if progress:
-            progress("denoise", i + 1, req.steps)
+    steps = [Step(i, row, sampler) for i, row in enumerate(rows)]
+    latents, step_times = _loop(stages.denoise_step, getattr(stages, "denoise_loop", None), steps, latents, cond,
+                                "denoise", progress)
     timings["denoise"] = sum(step_times)
 
     t0 = time.perf_counter()
@@ -148,12 +172,9 @@ def run_cascade(
         refiner_sampler = DDIMScheduler(config.refiner.schedule)
         refiner_sampler.set_timesteps(total)
         x = refiner_sampler.add_noise(image, noise.normal(image.shape), start)
-        x0 = np.zeros_like(x)
-        for k, row in enumerate(refiner_sampler.table(start=start)):
-            x, x0 = stages.refiner_step(Step(start + k, row, refiner_sampler), x, x0, z_dis)
-            if progress:
-                progress("refiner", k + 1, total - start)
-        image = x
+        steps = [Step(start + k, row, refiner_sampler) for k, row in enumerate(refiner_sampler.table(start=start))]
+        image, _ = _loop(stages.refiner_step, getattr(stages, "refiner_loop", None), steps, x, z_dis, "refiner",
+                         progress)
     timings["refiner"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     return GenerationResult(to_uint8(image), req, timings, step_times, latents, decoded, image)

@@ -37,6 +37,7 @@ class Mutant:
 
 
 LOOP_TESTS = ("tests/test_reference_loop.py",)
+TRT_TESTS = "tests/runtime/test_tensorrt_backend.py"
 
 MUTANTS = [
     # guidance lives in the step graph (what the runtime runs) and in the reference step (TorchPipeline)
@@ -106,6 +107,21 @@ MUTANTS = [
            'raise BuildError(f"{name} needs {attr}={getattr(metadata, attr)}: TensorRT\'s AOT launch cannot provide it")',
            "pass",
            ("tests/plugins/test_aot.py",), "the check that a Triton kernel needs no scratch memory removed"),
+    # the TensorRT backend, on the stand-ins for TensorRT and CUDA
+    Mutant("trt_loop_no_swap", "dbunet/runtime/backends/trt_engine.py",
+           "r.bind({name: state[name][i % 2], out: state[name][(i + 1) % 2]})",
+           "r.bind({name: state[name][0], out: state[name][1]})",
+           (TRT_TESTS,), "the whole-loop graph does not swap x / x0_prev between steps"),
+    Mutant("trt_loop_same_row", "dbunet/runtime/backends/trt_engine.py",
+           "r.cuda.copy(coeffs, table + i * row_bytes, row_bytes)", "r.cuda.copy(coeffs, table, row_bytes)",
+           (TRT_TESTS,), "every step of the loop graph reads the first coefficient row"),
+    Mutant("trt_private_regions", "dbunet/runtime/backends/trt_engine.py",
+           "        if needed > self.size:  # grow",
+           "        if True:  # grow",
+           (TRT_TESTS,), "each engine gets its own activation allocation instead of the shared region"),
+    Mutant("trt_stream_object", "dbunet/runtime/backends/trt_engine.py",
+           "self.context.execute_async_v3(int(self.cuda.stream))", "self.context.execute_async_v3(self.cuda.stream)",
+           (TRT_TESTS,), "the cuda-python stream handle passed to execute_async_v3 without int()"),
 ]
 
 

@@ -57,12 +57,13 @@ class BenchReport:
     versions: dict = field(default_factory=tool_versions)
     settings: dict = field(default_factory=dict)
     device_memory_mb: float | None = None  # GPU memory held after the run; None: no GPU in use
+    details: dict = field(default_factory=dict)  # backend-specific figures (TensorRT: per engine, graphs, memory)
 
     def to_dict(self) -> dict:
         return {
             "schema": SCHEMA, "dbunet_version": __version__, "backend": self.backend, "precision": self.precision,
             "config": self.config, "machine": self.machine, "versions": self.versions, "settings": self.settings,
-            "peak_rss_mb": self.peak_rss_mb, "device_memory_mb": self.device_memory_mb, "calibration_ms": self.calibration_ms, "results": {k: t.to_dict() for k, t in self.results.items()},
+            "peak_rss_mb": self.peak_rss_mb, "device_memory_mb": self.device_memory_mb, "calibration_ms": self.calibration_ms, "details": self.details, "results": {k: t.to_dict() for k, t in self.results.items()},
         }
 
     @classmethod
@@ -71,15 +72,11 @@ class BenchReport:
             raise ConfigError(f"benchmark file schema {d.get('schema')} is not {SCHEMA}; record a new baseline")
         return cls(d["backend"], d["precision"], d["config"], {k: Timing.from_dict(v) for k, v in d["results"].items()},
                    d["peak_rss_mb"], d.get("calibration_ms", 0.0), d["machine"], d["versions"], d.get("settings", {}),
-                   d.get("device_memory_mb"))
+                   d.get("device_memory_mb"), d.get("details", {}))
 
 
 def _pipeline(options: BenchOptions):
     """(pipeline with .stages/.config/__call__, precision) for the chosen backend."""
-    if options.backend == "trt":
-        from dbunet.runtime.backends.tensorrt import TrtBackend
-
-        TrtBackend()  # says what is missing, in one line
     if options.backend == "torch":
         from dbunet.models.pipeline import TorchPipeline  # needs the export extra
 
@@ -90,7 +87,7 @@ def _pipeline(options: BenchOptions):
         return TorchPipeline.from_artifacts(options.artifacts), "fp32"
     from dbunet.runtime import Pipeline
 
-    pipe = Pipeline.from_artifacts(options.artifacts, "ort", options.precision, threads=options.threads)
+    pipe = Pipeline.from_artifacts(options.artifacts, options.backend, options.precision, threads=options.threads)
     return pipe, pipe.precision
 
 
@@ -99,8 +96,9 @@ def _request_options(options: BenchOptions) -> dict:
     return {"boxes": list(BOXES), **{k: v for k, v in given.items() if v is not None}}
 
 
-def _component_calls(pipe, request_options: dict) -> dict[str, Callable[[], object]]:
-    """One representative call per component, inputs prepared once (guided batch of 2)."""
+def _component_calls(pipe, request_options: dict) -> tuple[dict[str, Callable[[], object]], tuple]:
+    """One representative call per component, inputs prepared once (guided batch of 2); and the inputs of
+    one whole denoising loop (steps, latents, conditioning)."""
     cfg, stages = pipe.config, pipe.stages
     req = pipe.request(PROMPT, **request_options)
     rng = np.random.default_rng(0)
@@ -125,19 +123,21 @@ def _component_calls(pipe, request_options: dict) -> dict[str, Callable[[], obje
     refiner = DDIMScheduler(cfg.refiner.schedule)
     refiner.set_timesteps(max(req.refiner_steps, 1))
     refiner_step = Step(0, refiner.table()[0], refiner)
+    loop = ([Step(i, row, sampler) for i, row in enumerate(sampler.table(req.guidance_scale, req.box_steps))],
+            latents, cond)
     return {
         "text_encoder": lambda: stages.encode_text(ids),
         "dbunet_step": lambda: stages.denoise_step(step, latents, latents, cond),
         "vae_decode": lambda: stages.decode(latents),
         "refiner_step": lambda: stages.refiner_step(refiner_step, image, image, z_dis),
-    }
+    }, loop
 
 
 def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchReport:
     pipe, precision = _pipeline(options)
     request_options = _request_options(options)
     request = pipe.request(PROMPT, **request_options)  # validates size and steps before any timing
-    calls = _component_calls(pipe, request_options)
+    calls, loop = _component_calls(pipe, request_options)
     calls["pipeline"] = lambda: pipe(PROMPT, seed=0, **request_options)
     results = {}
     calibrations = [calibration_ms()]  # between components: the machine's pace drifts within seconds
@@ -149,5 +149,12 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchR
     settings = {"repeat": options.repeat, "warmup": options.warmup, "threads": options.threads,
                 "steps": request.steps, "size": [request.height, request.width]}
     calibration = float(np.median(calibrations))
+    details = {}
+    if options.backend == "trt":
+        from dbunet.bench import tensorrt as trt_figures
+
+        details = {"engine_device_ms": trt_figures.engine_device_ms(pipe.stages, options.repeat),
+                   "host_overhead": trt_figures.host_overhead_ms(pipe.stages, *loop, options.repeat, options.warmup),
+                   "device_memory": trt_figures.device_memory(pipe.stages)}
     return BenchReport(options.backend, precision, pipe.config.name, results, peak_rss_mb(), calibration,
-                       settings=settings, device_memory_mb=device_memory_mb())
+                       settings=settings, device_memory_mb=device_memory_mb(), details=details)

@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                            args.height, args.width, args.repeat, args.warmup, args.threads)
     report = run_bench(options, ProgressBar())
     print(_table(report))
+    if report.backend == "trt" and report.details:
+        from dbunet.bench.tensorrt import format_figures
+
+        print(format_figures(report.details))
     for path in (args.json, args.record):
         if path:
             save_report(report, path)

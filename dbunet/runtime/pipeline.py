@@ -69,11 +69,10 @@ class GraphStages:
 
 
 class Pipeline:
-    def __init__(self, manifest: Manifest, directory: Path, backend: Backend, precision: str,
-                 graphs: dict[str, Graph], tokenizer: ClipTokenizer) -> None:
+    def __init__(self, manifest: Manifest, directory: Path, backend: Backend, precision: str, stages) -> None:
         self.manifest, self.directory, self.backend, self.precision = manifest, directory, backend, precision
         self.config = manifest.config
-        self.stages = GraphStages(graphs, tokenizer)
+        self.stages = stages
 
     @classmethod
     def from_artifacts(cls, directory: str | Path, backend: str | Backend = "ort", precision: str | None = None,
@@ -88,6 +87,10 @@ class Pipeline:
             raise ConfigError(f"precision {precision} was not exported to {directory}; available: {', '.join(sorted(available))}")
         tok = manifest.tokenizer
         tokenizer = ClipTokenizer(verify_file(directory, tok["file"], tok["sha256"]), manifest.config.text.max_length)
+        if hasattr(be, "stages"):  # backends that run their own compiled form (TensorRT engines)
+            stages = be.stages(manifest, directory, precision, tokenizer)
+            log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, be.name)
+            return cls(manifest, directory, be, precision, stages)
         graphs = {}
         for name in RUNTIME_COMPONENTS:
             artifact = manifest.find(name, precision)
@@ -95,7 +98,7 @@ class Pipeline:
                 verify_file(directory, rel, artifact.sha256[rel])
             graphs[name] = be.load(directory / artifact.path, artifact.spec)
         log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, be.name)
-        return cls(manifest, directory, be, precision, graphs, tokenizer)
+        return cls(manifest, directory, be, precision, GraphStages(graphs, tokenizer))
 
     def request(self, prompt: str, **options) -> GenerationRequest:
         return build_request(self.config, prompt, **options)
@@ -104,5 +107,8 @@ class Pipeline:
         return run_cascade(self.stages, self.config, self.request(prompt, **options), progress)
 
     def close(self) -> None:
-        for g in self.stages.graphs.values():
-            g.close()
+        if isinstance(self.stages, GraphStages):
+            for g in self.stages.graphs.values():
+                g.close()
+        else:
+            self.stages.close()

@@ -1,12 +1,28 @@
-"""TensorRT backend: engines built by dbunet-build, run with cuda-python (torch-free).
+"""TensorRT backend: the engines dbunet-build wrote, run with cuda-python on one stream (torch-free).
 
-Status: the engine builder (dbunet.engines) exists; the CUDA-graph executor that runs the engines is not
-in this version. Loading checks what a run needs and says what is missing in one line.
+Engines are looked up in the artifacts' engine index for this TensorRT version and GPU (another one is
+refused with a one-line error that says to run dbunet-build), loaded lazily per resolution, and share
+one activation region. The denoising loop and the refiner loop each run as one CUDA graph (see
+trt_engine.StepLoop); the other stages as one graph per engine and shape. Noise is drawn on the host,
+exactly as on every other backend, so one seed gives one image everywhere (within FP16 tolerance).
+
+The engines have static shapes: the guided batch of 2 (an unguided request feeds its prompt twice:
+eps_u + 1 (eps_c - eps_u) = eps_c) and the box slots the engines were built with (unused slots have
+validity 0 and change nothing).
 """
 
 from __future__ import annotations
 
-from dbunet.errors import ConfigError
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from dbunet.errors import ArtifactError, ConfigError, InputError
+from dbunet.generation import Conditioning, Step
+
+log = logging.getLogger(__name__)
 
 
 def missing_dependencies() -> list[str]:
@@ -34,5 +50,196 @@ class TrtBackend:
         if missing:
             raise ConfigError(f"--backend trt needs {' and '.join(missing)}, not installed here: on an NVIDIA GPU "
                               "machine, pip install 'dbunet[trt]' and run dbunet-build; or use --backend ort")
-        raise ConfigError("--backend trt: the CUDA-graph executor for TensorRT engines is not in this version yet "
-                          "(dbunet-build builds the engines); use --backend ort")
+        if device not in ("auto", "cuda"):
+            raise ConfigError(f"--backend trt runs on the GPU; device {device!r} is not possible (use --backend ort)")
+        import tensorrt as trt
+
+        from dbunet.engines.builder import current_device
+        from dbunet.errors import BuildError
+        from dbunet.runtime.backends.cuda import Cuda
+
+        self.trt = trt
+        try:
+            self.identity, self.driver_cuda = current_device(trt)
+        except BuildError as exc:
+            raise ConfigError(str(exc)) from None
+        self.cuda = Cuda()
+
+    def default_precision(self, available: set[str]) -> str:
+        if "fp16" not in available:
+            raise ConfigError("TensorRT engines are built from the FP16 export; run dbunet-export --fp16, then dbunet-build")
+        return "fp16"
+
+    def load(self, path: Path, spec):
+        raise ConfigError("the TensorRT backend runs engines, not ONNX files: use Pipeline.from_artifacts")
+
+    def stages(self, manifest, directory: Path, precision: str, tokenizer) -> TrtStages:
+        if precision != "fp16":
+            raise ConfigError(f"TensorRT engines are FP16 (strongly typed from the FP16 export); precision {precision} "
+                              "runs on --backend ort")
+        engines = TrtEngines(self, Path(directory))
+        cfg = manifest.config
+        default = f"{cfg.defaults.height}x{cfg.defaults.width}"
+        built = sorted({e.resolution for e in engines.index if e.resolution != "any" and e.device == self.identity})
+        # load one resolution's engines now, so the shared activation region is sized once for them
+        if built:
+            engines.preload(default if default in built else built[0])
+        return TrtStages(engines, tokenizer, cfg)
+
+
+class TrtEngines:
+    """Engines of one artifacts directory on this GPU, loaded on first use, one activation region."""
+
+    def __init__(self, backend: TrtBackend, directory: Path) -> None:
+        from dbunet.engines.cache import read_index
+        from dbunet.runtime.backends.trt_engine import ActivationRegion
+
+        self.backend, self.directory = backend, directory
+        self.index = read_index(directory)
+        if not self.index:
+            raise ArtifactError(f"no TensorRT engines in {directory}; run dbunet-build --artifacts {directory} on this machine")
+        trt = backend.trt
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.region = ActivationRegion(backend.cuda)
+        self.runners: dict[tuple[str, str], object] = {}
+
+    def entry(self, component: str, resolution: str):
+        from dbunet.engines.cache import find_engine
+
+        return find_engine(self.index, component, resolution, self.backend.identity)
+
+    def runner(self, component: str, resolution: str = "any"):
+        from dbunet.manifest import verify_file
+        from dbunet.runtime.backends.trt_engine import EngineRunner
+
+        key = (component, resolution)
+        if key not in self.runners:
+            entry = self.entry(component, resolution)
+            plan = verify_file(self.directory, entry.file, entry.sha256).read_bytes()
+            engine = self.runtime.deserialize_cuda_engine(plan)
+            if engine is None:
+                raise ArtifactError(f"TensorRT could not deserialize {entry.file} ({entry.plugin_path}); "
+                                    "run dbunet-build on this machine")
+            runner = EngineRunner(self.backend.trt, self.backend.cuda, engine, component)
+            self.region.attach(runner)
+            self.runners[key] = runner
+        return self.runners[key]
+
+    def preload(self, resolution: str) -> None:
+        from dbunet.engines.profiles import ENGINE_COMPONENTS, SIZE_FREE
+
+        for component in ENGINE_COMPONENTS:
+            self.runner(component, "any" if component in SIZE_FREE else resolution)
+
+    def set_graphs(self, enabled: bool) -> None:
+        for r in self.runners.values():
+            r.use_graphs = enabled
+            if not enabled:
+                r.drop_graphs()
+
+    def close(self) -> None:
+        for r in self.runners.values():
+            r.close()
+        self.runners.clear()
+        self.region.free()
+
+
+class TrtStages:
+    """The cascade's stages (dbunet.generation.Stages) on TensorRT engines, with whole-loop graphs."""
+
+    def __init__(self, engines: TrtEngines, tokenizer, config) -> None:
+        self.engines, self.tokenizer, self.config = engines, tokenizer, config
+        self.lock = threading.Lock()  # one stream and one set of buffers: calls take turns
+        self.use_graphs = True
+        self.last_issue_s = 0.0  # host time the last denoising loop took to issue (before waiting for it)
+
+    def set_graphs(self, enabled: bool) -> None:
+        """CUDA graphs on (the default) or off: off runs per-step launches (dbunet-bench compares the two)."""
+        self.use_graphs = enabled
+        self.engines.set_graphs(enabled)
+
+    def _runner(self, component: str, resolution: str = "any"):
+        runner = self.engines.runner(component, resolution)
+        runner.use_graphs = self.use_graphs
+        return runner
+
+    def tokenize(self, texts: list[str]) -> np.ndarray:
+        return self.tokenizer(texts)
+
+    def encode_text(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            hidden, pooled = self._runner("text_encoder").run({"input_ids": ids})
+        return hidden, pooled
+
+    # -- denoising --------------------------------------------------------------------------------------------
+    def _step_inputs(self, x: np.ndarray, cond: Conditioning) -> tuple[object, dict[str, np.ndarray]]:
+        resolution = runner_resolution(x, self.config.vae.downscale)
+        slots = self.engines.entry("dbunet_step", resolution).shapes["boxes"][0][1]  # min shape [2, slots, 4]
+        return self._runner("dbunet_step", resolution), static_conditioning(cond, slots)
+
+    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            runner, fixed = self._step_inputs(x, cond)
+            x_next, x0 = runner.run({"x": x, "x0_prev": x0_prev, "coeffs": step.row, **fixed})
+        return x_next, x0
+
+    def denoise_loop(self, steps: list[Step], x: np.ndarray, cond: Conditioning) -> np.ndarray:
+        from dbunet.runtime.backends.trt_engine import StepLoop
+
+        with self.lock:
+            runner, fixed = self._step_inputs(x, cond)
+            loop = StepLoop(runner)
+            z0 = loop.run(np.stack([s.row for s in steps]), x, fixed)
+            self.last_issue_s = loop.issue_s
+            return z0
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        f = self.config.vae.downscale
+        with self.lock:
+            runner = self._runner("vae_decoder", runner_resolution(latents, f))
+            return runner.run({"latent": latents})[0]
+
+    # -- refiner ------------------------------------------------------------------------------------------------
+    def refiner_condition(self, image: np.ndarray) -> np.ndarray:
+        with self.lock:
+            (z_sem,) = self._runner("refiner_encoder", runner_resolution(image, 1)).run({"image": image})
+            return self._runner("gae").run({"z_sem": z_sem})[1]
+
+    def refiner_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, z_dis: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            runner = self._runner("refiner_step", runner_resolution(x, 1))
+            x_next, x0 = runner.run({"x": x, "x0_prev": x0_prev, "coeffs": step.row, "z_dis": z_dis})
+        return x_next, x0
+
+    def refiner_loop(self, steps: list[Step], x: np.ndarray, z_dis: np.ndarray) -> np.ndarray:
+        from dbunet.runtime.backends.trt_engine import StepLoop
+
+        with self.lock:
+            runner = self._runner("refiner_step", runner_resolution(x, 1))
+            return StepLoop(runner).run(np.stack([s.row for s in steps]), x, {"z_dis": z_dis})
+
+    def close(self) -> None:
+        self.engines.close()
+
+
+def runner_resolution(x: np.ndarray, downscale: int) -> str:
+    """The image resolution an NCHW array belongs to ('HxW'), given its downscale from the image."""
+    return f"{x.shape[2] * downscale}x{x.shape[3] * downscale}"
+
+
+def static_conditioning(cond: Conditioning, slots: int) -> dict[str, np.ndarray]:
+    """The step engine's conditioning inputs at its static shapes: batch 2, `slots` box slots."""
+    n = cond.boxes.shape[1]
+    if n > slots:
+        raise InputError(f"{n} boxes, but the engines take at most {slots}; rebuild with dbunet-build --max-boxes {n}")
+    if cond.text.shape[0] == 1:  # unguided: the prompt twice; guidance 1 then gives eps_c
+        cond = Conditioning(*(np.concatenate([a, a]) for a in (cond.text, cond.boxes, cond.phrases, cond.valid)))
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        widths = [(0, 0)] * a.ndim
+        widths[1] = (0, slots - n)
+        return np.pad(a.astype(np.float32, copy=False), widths)
+
+    return {"text": cond.text, "boxes": pad(cond.boxes), "box_phrases": pad(cond.phrases), "box_valid": pad(cond.valid)}

@@ -1,0 +1,191 @@
+"""The TensorRT backend's control flow, on STAND-INS for TensorRT and the CUDA runtime (neither can exist on
+this machine; see trt_runtime_stand_in.py for the contract they enforce). The "engines" are the FP16 export's
+graphs run by ONNX Runtime on simulated device memory, built by the real dbunet-build code path; so an image
+from the stand-in backend must equal ONNX Runtime's FP16 image up to the engines' static padding, and every
+address, copy and captured graph the backend gets wrong shows up in the pixels or in the call record.
+Real-GPU checks of this code belong to the GPU verification work, not here."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from dbunet.engines import builder
+from dbunet.engines.cache import read_index, write_index
+from dbunet.engines.profiles import Resolution
+from dbunet.errors import ArtifactError, InputError
+from dbunet.generation import Conditioning
+from dbunet.runtime import Pipeline
+from tests.runtime.trt_runtime_stand_in import StandInCudart, make_plan, stand_in_tensorrt
+
+REQUEST = dict(steps=4, seed=3, height=64, width=64, refiner_steps=4, refiner_strength=0.5,
+               boxes=("0.1,0.1,0.6,0.7:a red cat", "0.5,0.2,0.9,0.9:a lamp"))
+
+
+def install(monkeypatch, version: str, capturable: bool = True) -> StandInCudart:
+    """Stand-in tensorrt and cuda-python modules; dbunet-build's loader writes stand-in plans."""
+    cudart = StandInCudart()
+    trt = stand_in_tensorrt(version, cudart)
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = cudart
+    cuda = types.ModuleType("cuda")
+    cuda.bindings = bindings
+    for name, module in {"tensorrt": trt, "tensorrt.plugin": None, "cuda": cuda, "cuda.bindings": bindings,
+                         "cuda.bindings.runtime": cudart}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+    def loader(onnx_bytes, shapes, options, timing_cache, strongly_typed):
+        # activation size differs per engine, so a shared region (the largest) and a sum differ
+        return lambda: make_plan(onnx_bytes, shapes, version, device_memory=len(onnx_bytes) // 64 * 4, capturable=capturable)
+
+    monkeypatch.setattr(builder, "engine_loader", loader)
+    return cudart
+
+
+@pytest.fixture
+def engines(monkeypatch, tiny_artifacts, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    cudart = install(monkeypatch, "10.8.0")
+    builder.build_engines(art, builder.BuildOptions((Resolution(64, 64),), max_boxes=4), report=lambda line: None)
+    return art, cudart
+
+
+@pytest.fixture(scope="module")
+def ort_fp16(tiny_artifacts):
+    pipe = Pipeline.from_artifacts(tiny_artifacts, "ort", "fp16", device="cpu")
+    return lambda **kw: pipe("a red cat and a lamp", **{**REQUEST, **kw})
+
+
+def step_engine(pipe):
+    return pipe.stages.engines.runners[("dbunet_step", "64x64")]
+
+
+def test_image_equals_onnx_runtime_on_the_same_graphs(engines, ort_fp16):
+    art, _ = engines
+    pipe = Pipeline.from_artifacts(art, "trt")
+    for kw in ({}, {"guidance_scale": 1.0}, {"boxes": ()}, {"scheduler": "dpm++"}):
+        got, want = pipe("a red cat and a lamp", **{**REQUEST, **kw}), ort_fp16(**kw)
+        # same FP16 graphs, same noise: the engines' padded box slots (validity 0) and the unguided request's
+        # doubled batch could only reorder arithmetic, and measured they do not (max difference 0), so equal
+        for name in ("latents", "decoded", "pixels"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{kw} {name}")
+
+
+def test_each_loop_is_one_graph_captured_once_and_buffers_are_reused(engines):
+    art, cudart = engines
+    pipe = Pipeline.from_artifacts(art, "trt")
+    first = pipe("a red cat and a lamp", **REQUEST)
+    step = step_engine(pipe)
+    assert step.context.executions == REQUEST["steps"]  # the first image runs directly, then captures
+    captured, mallocs, launches = cudart.counts["captures"], cudart.counts["malloc"], cudart.counts["launches"]
+    loops = [g for g in cudart.execs.values() if sum(node[0] == "execute" for node in g) == REQUEST["steps"]]
+    assert len(loops) == 2  # the denoising loop and the refiner loop (4 steps each here)
+    assert all([node[0] for node in g] == ["copy", "execute"] * REQUEST["steps"] for g in loops)  # row copy, engine
+
+    second = pipe("a red cat and a lamp", **REQUEST)
+    assert cudart.counts["captures"] == captured and cudart.counts["malloc"] == mallocs  # nothing new
+    # one launch per loop and one per other engine call: text (prompts, phrases), decoder, encoder, GAE
+    assert cudart.counts["launches"] - launches == 2 + 2 + 1 + 2
+    assert step.context.executions == 2 * REQUEST["steps"]  # all from the graph
+    np.testing.assert_array_equal(first.pixels, second.pixels)
+    pipe(**{**REQUEST, "steps": 6}, prompt="a red cat and a lamp")
+    assert cudart.counts["captures"] == captured + 1  # another step count: one more loop graph
+
+
+def test_graphs_off_runs_per_step_launches_with_the_same_result(engines):
+    art, cudart = engines
+    pipe = Pipeline.from_artifacts(art, "trt")
+    with_graphs = [pipe("a red cat and a lamp", **REQUEST).pixels for _ in range(2)]
+    pipe.stages.set_graphs(False)
+    captured, launches = cudart.counts["captures"], cudart.counts["launches"]
+    without = pipe("a red cat and a lamp", **REQUEST).pixels
+    assert cudart.counts["captures"] == captured and cudart.counts["launches"] == launches
+    np.testing.assert_array_equal(with_graphs[1], without)
+
+
+def test_a_loop_that_cannot_be_captured_falls_back_and_says_so_once(monkeypatch, tiny_artifacts, tmp_path, caplog,
+                                                                    ort_fp16):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    install(monkeypatch, "10.8.0", capturable=False)
+    builder.build_engines(art, builder.BuildOptions((Resolution(64, 64),), max_boxes=4), report=lambda line: None)
+    pipe = Pipeline.from_artifacts(art, "trt")
+    with caplog.at_level(logging.WARNING, logger="dbunet.runtime.backends.trt_engine"):
+        images = [pipe("a red cat and a lamp", **REQUEST).pixels for _ in range(2)]
+    fallbacks = [r for r in caplog.records if "capture failed" in r.getMessage()]
+    assert len({r.getMessage().split(":")[0] for r in fallbacks}) == len(fallbacks)  # once per engine
+    assert any(r.getMessage().startswith("dbunet_step") for r in fallbacks)
+    np.testing.assert_allclose(images[1], ort_fp16().pixels, rtol=0, atol=1e-5)
+
+
+def test_one_activation_region_sized_for_the_largest_engine(engines):
+    art, cudart = engines
+    pipe = Pipeline.from_artifacts(art, "trt")
+    pipe("a red cat and a lamp", **REQUEST)
+    runners = list(pipe.stages.engines.runners.values())
+    assert len(runners) == 6
+    sizes = [r.engine.header["device_memory"] for r in runners]
+    regions = {r.context.memory for r in runners}
+    assert regions == {(pipe.stages.engines.region.ptr, max(sizes))}  # every context shares one allocation
+    assert max(sizes) < sum(sizes)
+
+
+@pytest.mark.parametrize("version", ["10.0.1", "10.3.0", "11.4.0"])
+def test_device_memory_api_of_each_tensorrt_release(monkeypatch, tiny_artifacts, tmp_path, version, ort_fp16):
+    """10.0 has only device_memory_size and the device_memory setter; 11 only the _v2 size and set_device_memory."""
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    install(monkeypatch, version)
+    builder.build_engines(art, builder.BuildOptions((Resolution(64, 64),), max_boxes=4), report=lambda line: None)
+    got = Pipeline.from_artifacts(art, "trt")("a red cat and a lamp", **REQUEST)
+    np.testing.assert_allclose(got.pixels, ort_fp16().pixels, rtol=0, atol=1e-5)
+
+
+def test_engines_of_another_tensorrt_or_missing_ones_are_refused_in_one_line(engines, monkeypatch):
+    art, _ = engines
+    pipe = Pipeline.from_artifacts(art, "trt")
+    # 5 box phrases: the text encoder's batch range (1 to 4) says it first
+    with pytest.raises(InputError, match=r"takes input_ids of shape \(1, 77\) to \(4, 77\), not \(5, 77\)"):
+        pipe("x", **{**REQUEST, "boxes": ("0,0,0.5,0.5:a",) * 5})
+    cond = Conditioning(*(np.zeros(s, np.float32) for s in ((2, 77, 64), (2, 5, 4), (2, 5, 64), (2, 5))))
+    with pytest.raises(InputError, match="at most 4; rebuild with dbunet-build --max-boxes 5"):
+        pipe.stages.denoise_step(None, np.zeros((1, 4, 8, 8), np.float32), None, cond)
+    with pytest.raises(ArtifactError, match=r"no TensorRT engine for dbunet_step at 128x128 \(built: 64x64\)"):
+        Pipeline.from_artifacts(art, "trt")("x", **{**REQUEST, "height": 128, "width": 128})
+    install(monkeypatch, "10.9.0")  # the index says 10.8.0
+    with pytest.raises(ArtifactError, match="run dbunet-build on this machine"):
+        Pipeline.from_artifacts(art, "trt")("x", **REQUEST)
+    index = read_index(art)
+    for e in index:
+        e.device = type(e.device)("10.9.0", e.device.gpu, e.device.compute_capability)
+    write_index(art, index)  # an index that lies about the version: TensorRT itself refuses the plan
+    with pytest.raises(ArtifactError, match="could not deserialize"):
+        Pipeline.from_artifacts(art, "trt")("x", **REQUEST)
+    shutil.rmtree(art / "engines")
+    with pytest.raises(ArtifactError, match="no TensorRT engines in .*run dbunet-build"):
+        Pipeline.from_artifacts(art, "trt")
+
+
+def test_bench_reports_engine_times_graph_overhead_and_memory(engines):
+    from dbunet.bench.runner import BenchOptions, run_bench
+    from dbunet.bench.tensorrt import format_figures
+
+    art, cudart = engines
+    report = run_bench(BenchOptions(art, "trt", components=("dbunet_step", "vae_decode", "refiner_step"), steps=3, height=64, width=64,
+                                    repeat=2, warmup=1))
+    assert report.backend == "trt" and report.precision == "fp16" and "dbunet_step" in report.results
+    d = report.details
+    assert set(d["engine_device_ms"]) == {"text_encoder@any", "gae@any", "dbunet_step@64x64", "vae_decoder@64x64",
+                                          "refiner_encoder@64x64", "refiner_step@64x64"}
+    assert set(d["host_overhead"]) == {"graph", "per_step"}
+    for f in d["host_overhead"].values():
+        assert 0 < f["issue_ms_per_step"] <= f["wall_ms_per_step"]
+    largest = max(r.engine.header["device_memory"] for r in Pipeline.from_artifacts(art, "trt").stages.engines.runners.values())
+    assert d["device_memory"]["activation_region_mb"] * 2**20 == largest
+    assert "per_step" in format_figures(d) and "activations (shared)" in format_figures(d)
