@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -161,6 +162,13 @@ class SamplingDefaults:
     box_fraction: float = 0.3  # boxes on for the first 30% of steps (GLIGEN's scheduled sampling)
     refiner_steps: int = 10
     refiner_strength: float = 0.3
+    # the largest image a request may ask for: beyond it memory, not the user, would say no
+    max_height: int = 1024
+    max_width: int = 1024
+
+
+MAX_SIDE = 8192  # no config may allow more (a manifest is untrusted input)
+MAX_INT = 2**31 - 1  # bound on every integer a config holds
 
 
 @dataclass(frozen=True)
@@ -184,8 +192,12 @@ class ModelConfig:
                 f"dbunet.cross_attention_dim {self.unet.cross_attention_dim} != text hidden_size {self.text.hidden_size}"
             )
         f = self.vae.downscale
-        if self.defaults.height % f or self.defaults.width % f:
+        d = self.defaults
+        if d.height % f or d.width % f:
             raise ConfigError(f"default image size must be a multiple of {f}")
+        if not (f <= d.height <= d.max_height <= MAX_SIDE and f <= d.width <= d.max_width <= MAX_SIDE):
+            raise ConfigError(f"image sizes: need {f} <= default <= maximum <= {MAX_SIDE}, got height "
+                              f"{d.height}/{d.max_height}, width {d.width}/{d.max_width}")
 
     # -- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -210,11 +222,28 @@ def _convert(tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin is tuple:
         args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v) for v in value)
-        return tuple(_convert(a, v) for a, v in zip(args, value, strict=True))
+        try:
+            return tuple(_convert(a, v) for a, v in zip(args, value, strict=True))
+        except ValueError:
+            raise ConfigError(f"expected a list of {len(args)}, got {value!r}") from None
     if origin in (typing.Union, types.UnionType):
         return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_INT:
+            raise ConfigError(f"expected an integer within +-{MAX_INT}, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"expected a finite number, got {value!r}")
+        value = float(value)
+    elif tp is str and not isinstance(value, str):
+        raise ConfigError(f"expected a string, got {value!r}")
     return value
 
 
@@ -226,10 +255,15 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     unknown = set(data) - names
     if unknown:
         raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}; valid: {sorted(names)}")
-    kwargs = {k: _convert(hints[k], v) for k, v in data.items()}
+    kwargs = {}
+    for k, v in data.items():
+        try:
+            kwargs[k] = _convert(hints[k], v)
+        except ConfigError as exc:
+            raise ConfigError(f"{cls.__name__}.{k}: {exc}") from None
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise ConfigError(f"{cls.__name__}: {exc}") from None
 
 
@@ -263,7 +297,7 @@ def tiny() -> ModelConfig:
             unet_channels=(16, 32, 32),
             norm_num_groups=8,
         ),
-        defaults=SamplingDefaults(height=128, width=128, steps=8, refiner_steps=4),
+        defaults=SamplingDefaults(height=128, width=128, steps=8, refiner_steps=4, max_height=512, max_width=512),
     )
 
 

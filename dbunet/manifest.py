@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dbunet import __version__, atomic
@@ -20,6 +21,58 @@ from dbunet.iospec import GraphSpec
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 16 << 20  # a real one is a few KB; refuse to parse anything huge
+MAX_FILES = 16  # per artifact: the graph and its external data
+MAX_RANK = 8
+MAX_DIM = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+PRECISIONS = ("fp32", "fp16")
+
+
+def inside(directory: str | Path, relative: Any) -> Path:
+    """`relative` as a path inside `directory`, or ArtifactError. Manifests are untrusted input: no absolute
+    path, no '..', no backslash or NUL, and no symlink that resolves outside the directory."""
+    bad = (not isinstance(relative, str) or not relative or "\\" in relative or "\x00" in relative
+           or PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts)
+    if bad:
+        raise ArtifactError(f"the manifest names {relative!r}: not a relative path inside the artifacts directory; "
+                            "refusing to load it (re-run dbunet-export)")
+    root = Path(directory).resolve()
+    path = Path(directory) / relative
+    if not path.resolve().is_relative_to(root):
+        raise ArtifactError(f"{relative} resolves outside the artifacts directory (a symlink?); refusing to load it")
+    return path
+
+
+def _check_spec(io: Any, where: str) -> None:
+    if not isinstance(io, dict) or set(io) != {"inputs", "outputs"}:
+        raise ValueError(f"{where}: io must have inputs and outputs")
+    for t in (*io["inputs"], *io["outputs"]):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or t.get("dtype") not in ("float32", "float16", "int64"):
+            raise ValueError(f"{where}: bad tensor {t!r}")
+        dims = t.get("dims")
+        if not isinstance(dims, list) or len(dims) > MAX_RANK or not all(
+                (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM) or (isinstance(d, str) and d.isidentifier())
+                for d in dims):
+            raise ValueError(f"{where}: bad dims {dims!r}")
+
+
+def _check_artifact(a: Any) -> None:
+    """The shape of one artifact entry, before anything is built from it."""
+    if not isinstance(a, dict):
+        raise ValueError("an artifact entry is not an object")
+    where = f"artifact {a.get('component')!r}"
+    if not isinstance(a.get("component"), str) or a.get("precision") not in PRECISIONS:
+        raise ValueError(f"{where}: component must be a name and precision one of {PRECISIONS}")
+    files, hashes = a.get("files"), a.get("sha256")
+    if not isinstance(files, list) or not 1 <= len(files) <= MAX_FILES or not isinstance(hashes, dict):
+        raise ValueError(f"{where}: files must list 1 to {MAX_FILES} paths, with their sha256")
+    for f in files:
+        if not isinstance(hashes.get(f), str) or not _SHA256.fullmatch(hashes[f]):
+            raise ValueError(f"{where}: no valid sha256 for {f!r}")
+    if not isinstance(a.get("opset"), int) or isinstance(a.get("opset"), bool):
+        raise ValueError(f"{where}: opset must be an integer")
+    _check_spec(a.get("io"), where)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -106,32 +159,55 @@ class Manifest:
         directory = Path(directory)
         path = directory / MANIFEST
         if not directory.is_dir():
+            previous = directory.parent / f".{directory.name}.previous"
+            if previous.is_dir():
+                raise ArtifactError(f"an export into {directory} stopped while switching over; the previous artifacts "
+                                    f"are in {previous}: rename it back, or run dbunet-export again")
             raise ArtifactError(f"artifacts directory {directory} does not exist; run dbunet-export first")
         if not path.is_file():
             raise ArtifactError(f"{directory} has no {MANIFEST}: not an artifacts directory, or its export did not finish")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{path} is {path.stat().st_size} bytes, not a manifest dbunet-export writes; refusing to read it")
         try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{path} is not valid JSON ({exc}); re-run dbunet-export") from None
-        fmt, version = d.get("format_version"), d.get("dbunet_version", "?")
+            d = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ArtifactError(f"{path} is not valid JSON ({str(exc)[:80]}); re-run dbunet-export") from None
+        if not isinstance(d, dict):
+            raise ArtifactError(f"{path} is not a manifest (a JSON object expected); re-run dbunet-export")
+        fmt, version = d.get("format_version"), str(d.get("dbunet_version", "?"))
         if fmt != FORMAT_VERSION or not compatible_version(version):
             raise ArtifactError(
                 f"{directory} was exported by dbunet {version} (manifest format {fmt}); this is dbunet {__version__} "
                 f"(format {FORMAT_VERSION}): re-export with this version"
             )
         try:
-            return cls(
-                config=ModelConfig.from_dict(d["config"]), weights_sha256=d["weights_sha256"],
-                artifacts=[Artifact.from_dict(a) for a in d["artifacts"]], tokenizer=d["tokenizer"],
+            if not isinstance(d.get("artifacts"), list) or not isinstance(d.get("tokenizer"), dict):
+                raise ValueError("artifacts must be a list and tokenizer an object")
+            for a in d["artifacts"]:
+                _check_artifact(a)
+            tok = d["tokenizer"]
+            if not isinstance(tok.get("file"), str) or not isinstance(tok.get("sha256"), str) or not _SHA256.fullmatch(tok["sha256"]):
+                raise ValueError("tokenizer: needs a file and its sha256")
+            if not isinstance(d.get("tools", {}), dict) or not isinstance(d.get("plugins", []), list):
+                raise ValueError("tools must be an object and plugins a list")
+            if not isinstance(d.get("weights_source", ""), str):
+                raise ValueError("weights_source must be a string")
+            manifest = cls(
+                config=ModelConfig.from_dict(d["config"]), weights_sha256=str(d["weights_sha256"]),
+                artifacts=[Artifact.from_dict(a) for a in d["artifacts"]], tokenizer=tok,
                 tools=d.get("tools", {}), weights_source=d.get("weights_source", ""), plugins=d.get("plugins", []),
                 dbunet_version=version, format_version=fmt,
             )
-        except (KeyError, TypeError, ConfigError) as exc:
-            raise ArtifactError(f"{path} is malformed ({exc}); re-run dbunet-export") from None
+        except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
+            raise ArtifactError(f"{path} is malformed ({str(exc)[:200]}); re-run dbunet-export") from None
+        # every path it names stays inside the directory: checked here, before anything is loaded
+        for rel in [tok["file"], *(f for a in manifest.artifacts for f in a.files)]:
+            inside(directory, rel)
+        return manifest
 
 
 def verify_file(directory: str | Path, relative: str, expected_sha256: str) -> Path:
-    path = Path(directory) / relative
+    path = inside(directory, relative)
     if not path.is_file():
         raise ArtifactError(f"missing artifact file {path}; re-run dbunet-export")
     actual = sha256_file(path)
@@ -141,6 +217,23 @@ def verify_file(directory: str | Path, relative: str, expected_sha256: str) -> P
             f"{expected_sha256[:12]}...); re-run dbunet-export"
         )
     return path
+
+
+def verify_artifact(directory: str | Path, artifact: Artifact) -> Path:
+    """Check every file of an artifact (inside the directory, hash), and that the graph's external data
+    names only those files; return the graph's path. Nothing is loaded before this passes."""
+    from dbunet.onnx_refs import external_data_locations
+
+    for rel in artifact.files:
+        verify_file(directory, rel, artifact.sha256[rel])
+    graph = PurePosixPath(artifact.path)
+    own = {PurePosixPath(f) for f in artifact.files[1:]}
+    for location in external_data_locations(inside(directory, artifact.path).read_bytes(), artifact.path):
+        target = graph.parent / location
+        if ".." in PurePosixPath(location).parts or PurePosixPath(location).is_absolute() or target not in own:
+            raise ArtifactError(f"{artifact.path} reads external data from {location!r}, which is not one of its "
+                                "own files in the manifest; refusing to load it (re-run dbunet-export)")
+    return inside(directory, artifact.path)
 
 
 def tool_versions() -> dict[str, str]:

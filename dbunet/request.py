@@ -12,6 +12,11 @@ from dbunet.errors import InputError
 from dbunet.schedulers import SCHEDULERS
 
 
+MAX_PROMPT_CHARS = 10_000  # far beyond any text encoder's window; tokenizing more only costs time
+MAX_STEPS = 1000  # a sampler cannot take more steps than the training schedule has timesteps
+MAX_SIDE_UNSET = 0
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
@@ -27,14 +32,23 @@ class GenerationRequest:
     refiner_steps: int = 10  # refiner UNet calls; 0 skips the refiner
     refiner_strength: float = 0.3  # how far X1 is forward-noised before refining (SDEdit strength)
 
-    def validate(self, max_boxes: int, downscale: int) -> GenerationRequest:
+    def validate(self, max_boxes: int, downscale: int, max_height: int = MAX_SIDE_UNSET, max_width: int = MAX_SIDE_UNSET,
+                 max_steps: int = MAX_STEPS) -> GenerationRequest:
+        """Refuse, before any work starts, what would fail later or run the machine out of memory."""
         def bad(msg: str) -> InputError:
             return InputError(msg)
 
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise bad(f"steps must be an integer >= 1, got {self.steps!r}")
-        if not isinstance(self.refiner_steps, int) or self.refiner_steps < 0:
-            raise bad(f"refiner steps must be an integer >= 0, got {self.refiner_steps!r}")
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise bad("prompt and negative prompt must be strings")
+        if max(len(self.prompt), len(self.negative_prompt)) > MAX_PROMPT_CHARS:
+            raise bad(f"prompt of {max(len(self.prompt), len(self.negative_prompt))} characters; at most "
+                      f"{MAX_PROMPT_CHARS} (the text encoder reads its first tokens only)")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= max_steps:
+            raise bad(f"steps must be an integer in 1..{max_steps}, got {self.steps!r}")
+        if isinstance(self.refiner_steps, bool) or not isinstance(self.refiner_steps, int) or not 0 <= self.refiner_steps <= max_steps:
+            raise bad(f"refiner steps must be an integer in 0..{max_steps}, got {self.refiner_steps!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise bad(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
             raise bad(f"guidance scale must be a finite number >= 0, got {self.guidance_scale!r}")
         if not (math.isfinite(self.refiner_strength) and 0.0 <= self.refiner_strength <= 1.0):
@@ -43,9 +57,11 @@ class GenerationRequest:
             raise bad(f"box fraction must lie in [0, 1], got {self.box_fraction!r}")
         if self.scheduler not in SCHEDULERS:
             raise bad(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
-        for name, v in (("height", self.height), ("width", self.width)):
-            if not isinstance(v, int) or v < downscale or v % downscale:
+        for name, v, most in (("height", self.height, max_height), ("width", self.width, max_width)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < downscale or v % downscale:
                 raise bad(f"{name} must be a positive multiple of {downscale}, got {v!r}")
+            if most and v > most:
+                raise bad(f"{name} {v} is beyond this model's maximum of {most} (its config's defaults.max_{name})")
         if len(self.boxes) > max_boxes:
             raise bad(f"{len(self.boxes)} boxes given, the model supports at most {max_boxes}")
         if not all(isinstance(b, Box) for b in self.boxes):
@@ -79,4 +95,5 @@ def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequ
     if unknown:
         raise TypeError(f"unknown generation options {sorted(unknown)}; valid: {sorted(names - {'prompt'})}")
     req = GenerationRequest(prompt=prompt, **{**base, **options})
-    return req.validate(config.unet.max_boxes, config.vae.downscale)
+    return req.validate(config.unet.max_boxes, config.vae.downscale, d.max_height, d.max_width,
+                        config.schedule.num_train_timesteps)

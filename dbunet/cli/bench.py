@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from dbunet.cli.common import ProgressBar, guarded
+from dbunet.cli.common import Parser, ProgressBar, guarded
 
 DESCRIPTION = """Measure per-component latency (text encoder, one DB-UNet step, VAE decode, one refiner
 step, the whole pipeline): median, p90, min, max, coefficient of variation, peak RSS. Record a
@@ -20,7 +20,7 @@ EXIT_REGRESSION = 1
 def parser() -> argparse.ArgumentParser:
     from dbunet.bench.runner import COMPONENTS
 
-    p = argparse.ArgumentParser(prog="dbunet-bench", description=DESCRIPTION)
+    p = Parser(prog="dbunet-bench", description=DESCRIPTION)
     what = p.add_argument_group("what to measure")
     what.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"), help="default: dbunet-artifacts")
     what.add_argument("--backend", choices=["ort", "trt", "torch"], default="ort", help="default: ort")

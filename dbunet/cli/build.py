@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from dbunet.cli.common import guarded
+from dbunet.cli.common import Parser, guarded
 from dbunet.errors import ConfigError
 
 DESCRIPTION = """Build the FP16 TensorRT engines a run needs (text encoder, DB-UNet step, VAE decoder,
@@ -19,7 +19,7 @@ the artifacts directory over, run dbunet-build there. Each denoising engine is b
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dbunet-build", description=DESCRIPTION)
+    p = Parser(prog="dbunet-build", description=DESCRIPTION)
     p.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"), help="default: dbunet-artifacts")
     p.add_argument("--height", type=int, action="append", default=[],
                    help="image height; repeat --height/--width pairs for several resolutions (default: the model's)")

@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from dbunet.errors import DbunetError
+from dbunet.errors import DbunetError, InputError
 
 EXIT_USER_ERROR = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one `error:` line (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def check_output(path: Path) -> None:
+    """Refuse, before any work, an output file that could not be written."""
+    if path.is_dir():
+        raise InputError(f"--output {path} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"--output {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--output {path}: the folder {parent} is not writable")
 
 
 def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:

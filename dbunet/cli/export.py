@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from dbunet.cli.common import guarded
+from dbunet.cli.common import Parser, guarded
 
 DESCRIPTION = """Export every component of the cascade (text_encoder, dbunet, vae_decoder, vae_encoder,
 refiner_encoder, gae, refiner_unet) to ONNX, and the whole-step graphs the runtime's loops run
@@ -18,7 +18,7 @@ and kept in OUT/model/."""
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dbunet-export", description=DESCRIPTION)
+    p = Parser(prog="dbunet-export", description=DESCRIPTION)
     model = p.add_argument_group("model")
     model.add_argument("--config", default="tiny", help="preset (tiny, sd15) or a config JSON file (default: tiny)")
     model.add_argument("--weights", type=Path, help="a dbunet model folder, or a diffusers SD 1.x folder")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from dbunet.boxes import Box
-from dbunet.cli.common import ProgressBar, guarded, print_timings
+from dbunet.cli.common import Parser, check_output, ProgressBar, guarded, print_timings
 from dbunet.errors import InputError
 
 DESCRIPTION = """Generate an image with the DB-UNet cascade from an artifacts directory written by
@@ -15,7 +15,7 @@ dbunet-export. Unset sampling options take the model's defaults (from the manife
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dbunet-run", description=DESCRIPTION)
+    p = Parser(prog="dbunet-run", description=DESCRIPTION)
     what = p.add_argument_group("what to draw")
     what.add_argument("--prompt", required=True, help="the text prompt")
     what.add_argument("--negative-prompt", default="", help="what to steer away from (default: empty)")
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     options = _options(args)
     if args.output.suffix.lower() != ".png":
         raise InputError(f"--output must be a .png file, got {args.output}")
+    check_output(args.output)
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
     if args.backend == "torch":
         from dbunet.manifest import Manifest
         from dbunet.models.pipeline import TorchPipeline

@@ -25,7 +25,7 @@ from dbunet.config import ModelConfig
 from dbunet.engines.cache import ENGINES_DIR, Device, EngineEntry, EngineKey, read_index, write_index
 from dbunet.engines.profiles import ENGINE_COMPONENTS, SIZE_FREE, Resolution, profile
 from dbunet.errors import BuildError, ConfigError
-from dbunet.manifest import Manifest, sha256_file, verify_file
+from dbunet.manifest import Manifest, sha256_file, verify_artifact
 
 log = logging.getLogger(__name__)
 Report = Callable[[str], None]
@@ -181,8 +181,7 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(), repor
     index = read_index(artifacts)
     for component in ENGINE_COMPONENTS:
         artifact = manifest.find(component, "fp16")
-        for rel in artifact.files:
-            verify_file(artifacts, rel, artifact.sha256[rel])
+        verify_artifact(artifacts, artifact)
         for res in resolutions if component not in SIZE_FREE else resolutions[:1]:
             label = "any" if component in SIZE_FREE else str(res)
             shapes = profile(artifact.spec, config, res, max_boxes)

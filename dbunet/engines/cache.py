@@ -17,6 +17,7 @@ from typing import Any
 
 from dbunet import atomic
 from dbunet.errors import ArtifactError
+from dbunet.manifest import inside
 
 ENGINES_DIR = "engines"
 INDEX = "index.json"
@@ -72,8 +73,11 @@ def read_index(artifacts: Path) -> list[EngineEntry]:
         data = json.loads(path.read_text())
         if data.get("version") != INDEX_VERSION:
             raise ValueError(f"index version {data.get('version')}, expected {INDEX_VERSION}")
-        return [EngineEntry.from_dict(e) for e in data["engines"]]
-    except (ValueError, KeyError, TypeError) as exc:
+        entries = [EngineEntry.from_dict(e) for e in data["engines"]]
+        for e in entries:
+            inside(artifacts, e.file)  # untrusted like the manifest: no path may leave the directory
+        return entries
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{path} is malformed ({exc}); run dbunet-build again") from None
 
 

@@ -9,7 +9,6 @@ Layout of an artifacts directory:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -30,8 +29,9 @@ from dbunet.export.graphs import GRAPHS, run_reference, sample_inputs
 from dbunet.export.onnx_export import check_model_file, save_onnx, trace_to_onnx
 from dbunet.export.parity import ParityResult, measure, require, run_onnx
 from dbunet.export.specs import COMPONENTS, component_specs, default_sizes
+from dbunet.export.staging import staged
 from dbunet.export.step_graphs import STEP_MODULES, STEP_OF, compose_step
-from dbunet.manifest import MANIFEST, Artifact, Manifest, sha256_file, tool_versions
+from dbunet.manifest import Artifact, Manifest, sha256_file, tool_versions
 from dbunet.models.cascade import Model, create_preset_model, load_model
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,10 @@ class ExportOptions:
 
         for target in self.ptx_targets:  # a bad target fails before any tracing
             PtxTarget.parse(target)
+        from dbunet.export.onnx_export import SUPPORTED_OPSETS
+
+        if self.opset not in SUPPORTED_OPSETS:
+            raise ConfigError(f"opset {self.opset} not supported; valid: {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
 
 
 def resolve_config(name_or_file: str) -> ModelConfig:
@@ -76,8 +80,8 @@ def resolve_config(name_or_file: str) -> ModelConfig:
             raise ConfigError(f"config file {path} does not exist")
         try:
             return ModelConfig.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--config {path}: not valid JSON ({str(exc)[:80]})") from None
     return preset(name_or_file)
 
 
@@ -194,10 +198,17 @@ def _save(graph, precision: str, note: str = "", tolerance: str | None = None, *
 
 
 def export(options: ExportOptions, report: Report = log.info) -> Manifest:
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (out / MANIFEST).unlink()  # from here until the new manifest lands, the directory is incomplete
+    """Write the artifacts to a staging directory beside `options.out` and switch over when complete:
+    an interrupted export leaves the previous artifacts in place (dbunet.export.staging)."""
+    resolve_config(options.config)  # a bad config or weights path fails before anything is written
+    if options.weights is not None and not Path(options.weights).is_dir():
+        raise WeightsError(f"--weights {options.weights} is not a directory (a dbunet model folder or a diffusers "
+                           "SD 1.x folder)")
+    with staged(Path(options.out)) as stage:
+        return _export_into(options, stage, report)
+
+
+def _export_into(options: ExportOptions, out: Path, report: Report) -> Manifest:
     model, source = load_source_model(options, out)
     report(f"model {model.config.name}: {sum(p.numel() for p in model.cascade.parameters()) / 1e6:.2f} M parameters")
     artifacts: list[Artifact] = []

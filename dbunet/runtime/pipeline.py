@@ -9,7 +9,7 @@ import numpy as np
 
 from dbunet.errors import ConfigError
 from dbunet.generation import Conditioning, GenerationResult, Progress, Step, run_cascade
-from dbunet.manifest import Manifest, verify_file
+from dbunet.manifest import Manifest, verify_artifact, verify_file
 from dbunet.request import GenerationRequest, build_request
 from dbunet.runtime.backends.base import Backend, Graph
 from dbunet.runtime.tokenizer import ClipTokenizer
@@ -92,11 +92,10 @@ class Pipeline:
             log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, be.name)
             return cls(manifest, directory, be, precision, stages)
         graphs = {}
-        for name in RUNTIME_COMPONENTS:
-            artifact = manifest.find(name, precision)
-            for rel in artifact.files:
-                verify_file(directory, rel, artifact.sha256[rel])
-            graphs[name] = be.load(directory / artifact.path, artifact.spec)
+        artifacts = {name: manifest.find(name, precision) for name in RUNTIME_COMPONENTS}
+        paths = {name: verify_artifact(directory, a) for name, a in artifacts.items()}  # all checked, then loaded
+        for name, artifact in artifacts.items():
+            graphs[name] = be.load(paths[name], artifact.spec)
         log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, be.name)
         return cls(manifest, directory, be, precision, GraphStages(graphs, tokenizer))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from dbunet.errors import ArtifactError
 
 EOS = "<|endoftext|>"
+log = logging.getLogger(__name__)
 
 
 class ClipTokenizer:
@@ -27,5 +29,11 @@ class ClipTokenizer:
         self._tok.enable_padding(length=max_length, pad_id=eos, pad_token=EOS)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        """Token ids [len(texts), max_length] int64: BOS, tokens, EOS, EOS padding."""
-        return np.array([e.ids for e in self._tok.encode_batch(texts)], dtype=np.int64)
+        """Token ids [len(texts), max_length] int64: BOS, tokens, EOS, EOS padding. Longer texts are cut to
+        the text encoder's window (as SD 1.x does), with one warning."""
+        encodings = self._tok.encode_batch(texts)
+        cut = [t for t, e in zip(texts, encodings) if e.overflowing]
+        if cut:
+            log.warning("%d text(s) longer than the text encoder's %d tokens were truncated (first: %.40r...)",
+                        len(cut), self.max_length, cut[0])
+        return np.array([e.ids for e in encodings], dtype=np.int64)

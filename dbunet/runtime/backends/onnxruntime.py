@@ -41,15 +41,13 @@ class OrtGraph:
         except Exception as exc:  # a file that is no valid ONNX graph
             raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
-        self._binding = self.session.io_binding()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         sizes = self.spec.check_feeds(feeds)
         # I/O binding: inputs are bound in place; on the CPU each output whose shape follows from the
-        # inputs is written straight into a fresh numpy array (no copy, and no aliasing between calls)
-        binding = self._binding
-        binding.clear_binding_inputs()
-        binding.clear_binding_outputs()
+        # inputs is written straight into a fresh numpy array (no copy, and no aliasing between calls).
+        # One binding per call: a session runs calls from several threads at once, a binding does not.
+        binding = self.session.io_binding()
         for t in self.spec.inputs:
             binding.bind_cpu_input(t.name, np.ascontiguousarray(feeds[t.name]))
         outputs: list[np.ndarray | None] = []
@@ -73,7 +71,6 @@ class OrtGraph:
         return np.empty(t.shape(sizes), dtype=t.dtype)
 
     def close(self) -> None:
-        self._binding = None
         self.session = None
 
 
@@ -88,6 +85,8 @@ class OrtBackend:
             device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
         if device == "cuda" and "CUDAExecutionProvider" not in available:
             raise ConfigError(f"device 'cuda' needs onnxruntime-gpu; this onnxruntime offers {available}")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be cpu, cuda or auto, got {device!r}")
         self.device = device

@@ -1,0 +1,110 @@
+"""Export into a staging directory beside the target and switch over only when complete.
+
+A crash or `kill -9` at any point leaves the target as it was (the previous export, still usable) or as the
+new export, never a mix and never nothing: the new export is written to `.NAME.partial-PID` next to NAME,
+then the two directories are exchanged in one rename (Linux renameat2 RENAME_EXCHANGE; elsewhere two
+renames, with the previous export kept as `.NAME.previous` until the second lands). A lock file next to
+the target makes a second concurrent export fail at once instead of mixing files. Engines and the model
+folder of the previous export are carried over (hard links) so an unchanged model is neither re-created
+nor its engines rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from dbunet.errors import ExportError
+
+CARRY_OVER = ("model", "engines")  # reusable by the new export; everything else is written anew
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically; False where the system cannot (not Linux, old kernel, some FS)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(ctypes.get_errno(), f"exchanging {a} and {b}: {os.strerror(ctypes.get_errno())}")
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def check_target(out: Path) -> None:
+    """Refuse, before any work, a target that cannot become an artifacts directory."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a directory; give a directory for the artifacts")
+    ancestor = out.parent
+    while not ancestor.exists():  # the nearest existing folder decides: it must be a writable directory
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExportError(f"--out {out}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ExportError(f"--out {out}: {ancestor} is not writable")
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """Yield an empty staging directory; when the block succeeds, it becomes `out`."""
+    out = Path(out)
+    check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.parent / f".{out.name}.lock"
+    lock = open(lock_path, "a+")  # noqa: SIM115 (held for the whole export)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExportError(f"another dbunet-export is writing {out} right now; wait for it to finish") from None
+        for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by an export that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        previous = out.parent / f".{out.name}.previous"
+        if previous.is_dir() and not out.exists():  # a switch that stopped between its two renames
+            previous.rename(out)
+        shutil.rmtree(previous, ignore_errors=True)
+        stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+        stage.mkdir()
+        try:
+            for name in CARRY_OVER:
+                if (out / name).is_dir():
+                    _link_tree(out / name, stage / name)
+            yield stage
+            switch(stage, out)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    finally:
+        lock.close()
+
+
+def switch(stage: Path, out: Path) -> None:
+    """Make the complete `stage` the target: old-or-new at `out` at every instant (see the module doc)."""
+    if not out.exists():
+        stage.rename(out)
+        return
+    if _exchange(stage, out):
+        return  # stage now holds the previous export; the caller removes it
+    previous = out.parent / f".{out.name}.previous"
+    out.rename(previous)
+    stage.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)

@@ -1,0 +1,201 @@
+"""The whole command surface under bad input, as a table (ggml's op-test style): every case must end in
+exactly one `error:` line on stderr, exit status 2, no traceback, no output file, and an artifacts
+directory left exactly as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dbunet.cli import bench as bench_cli
+from dbunet.cli import build as build_cli
+from dbunet.cli import export as export_cli
+from dbunet.cli import run as run_cli
+
+Damage = Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    command: str  # run | export | bench | build
+    argv: tuple[str, ...]  # {art} = artifacts dir, {out} = output path, {tmp} = scratch dir
+    says: str  # a fragment the error line must contain
+    damage: Damage | None = None  # applied to a private copy of the artifacts first
+
+
+def _manifest_edit(edit: Callable[[dict], None]) -> Damage:
+    def damage(art: Path) -> None:
+        m = json.loads((art / "manifest.json").read_text())
+        edit(m)
+        (art / "manifest.json").write_text(json.dumps(m))
+    return damage
+
+
+def _first_file(m: dict) -> dict:
+    return next(a for a in m["artifacts"] if a["component"] == "text_encoder" and a["precision"] == "fp32")
+
+
+def _point_at(path: str) -> Callable[[dict], None]:
+    def edit(m: dict) -> None:
+        a = _first_file(m)
+        old = a["files"][0]
+        a["files"][0], a["sha256"][path] = path, a["sha256"].pop(old)
+    return edit
+
+
+def _symlink_out(art: Path) -> None:
+    target = art.parent / "elsewhere.onnx"
+    shutil.copy(art / "fp32" / "text_encoder.onnx", target)
+    (art / "fp32" / "text_encoder.onnx").unlink()
+    os.symlink(target, art / "fp32" / "text_encoder.onnx")
+
+
+def _truncate(rel: str) -> Damage:
+    def damage(art: Path) -> None:
+        data = (art / rel).read_bytes()
+        (art / rel).write_bytes(data[: len(data) // 2])
+    return damage
+
+
+RUN = ("--artifacts", "{art}", "--prompt", "a red cat", "--output", "{out}", "--quiet")
+CASES = [
+    # sampling options
+    Case("steps zero", "run", RUN + ("--steps", "0"), "steps must be"),
+    Case("steps negative", "run", RUN + ("--steps", "-3"), "steps must be"),
+    Case("steps not a number", "run", RUN + ("--steps", "many"), "invalid int value"),
+    Case("steps absurd", "run", RUN + ("--steps", "100000"), "1..1000"),
+    Case("height not a multiple", "run", RUN + ("--height", "100"), "multiple of 8"),
+    Case("height zero", "run", RUN + ("--height", "0"), "multiple of 8"),
+    Case("height negative", "run", RUN + ("--height", "-64"), "multiple of 8"),
+    Case("height beyond the model", "run", RUN + ("--height", "100000"), "beyond this model's maximum of 512"),
+    Case("width absurd", "run", RUN + ("--width", "99999999999999999992"), "beyond this model's maximum"),
+    Case("guidance nan", "run", RUN + ("--guidance-scale", "nan"), "guidance scale"),
+    Case("guidance inf", "run", RUN + ("--guidance-scale", "inf"), "guidance scale"),
+    Case("guidance negative", "run", RUN + ("--guidance-scale", "-1"), "guidance scale"),
+    Case("box fraction above 1", "run", RUN + ("--box-fraction", "2"), "box fraction"),
+    Case("box fraction nan", "run", RUN + ("--box-fraction", "nan"), "box fraction"),
+    Case("refiner strength negative", "run", RUN + ("--refiner-strength", "-0.5"), "refiner strength"),
+    Case("refiner steps negative", "run", RUN + ("--refiner-steps", "-1"), "refiner steps"),
+    Case("refiner steps absurd", "run", RUN + ("--refiner-steps", "5000"), "refiner steps"),
+    Case("seed negative", "run", RUN + ("--seed", "-1"), "seed must be"),
+    Case("unknown scheduler", "run", RUN + ("--scheduler", "lms"), "invalid choice"),
+    Case("threads zero", "run", RUN + ("--threads", "0"), "threads"),
+    Case("unknown device", "run", RUN + ("--device", "tpu"), "device must be"),
+    Case("unknown backend", "run", RUN + ("--backend", "jax"), "invalid choice"),
+    Case("missing prompt", "run", ("--artifacts", "{art}", "--output", "{out}"), "--prompt"),
+    Case("prompt absurdly long", "run", ("--artifacts", "{art}", "--prompt", "cat " * 5000, "--output", "{out}"),
+         "characters"),
+    # boxes
+    Case("box malformed", "run", RUN + ("--box", "0.1,0.1,0.5"), "malformed box"),
+    Case("box not numbers", "run", RUN + ("--box", "a,b,c,d:cat"), "coordinates must be numbers"),
+    Case("box out of range", "run", RUN + ("--box", "0.1,0.1,1.2,0.5:cat"), "[0, 1]"),
+    Case("box degenerate", "run", RUN + ("--box", "0.5,0.1,0.5,0.9:cat"), "x1 > x0"),
+    Case("box nan", "run", RUN + ("--box", "nan,0,1,1:cat"), "finite"),
+    Case("box without phrase", "run", RUN + ("--box", "0,0,1,1:  "), "phrase is empty"),
+    Case("too many boxes", "run", RUN + ("--box", "0,0,1,1:cat") * 31, "at most 30"),
+    # output paths
+    Case("output not png", "run", ("--artifacts", "{art}", "--prompt", "a cat", "--output", "{tmp}/o.jpg"), ".png"),
+    Case("output in a missing folder", "run", ("--artifacts", "{art}", "--prompt", "a cat", "--output",
+                                                "{tmp}/no/such/o.png"), "does not exist"),
+    Case("output is a directory", "run", ("--artifacts", "{art}", "--prompt", "a cat", "--output", "{tmp}/dir.png"),
+         "is a directory"),
+    # artifacts: missing, corrupt, truncated, foreign, hostile
+    Case("artifacts missing", "run", RUN[:1] + ("{tmp}/nothing",) + RUN[2:], "does not exist"),
+    Case("artifacts is a file", "run", RUN[:1] + ("{tmp}/a-file",) + RUN[2:], "does not exist"),
+    Case("manifest missing", "run", RUN, "no manifest.json", lambda a: (a / "manifest.json").unlink()),
+    Case("manifest not json", "run", RUN, "not valid JSON", lambda a: (a / "manifest.json").write_text("{oops")),
+    Case("manifest truncated", "run", RUN, "not valid JSON", _truncate("manifest.json")),
+    Case("manifest a list", "run", RUN, "not a manifest", lambda a: (a / "manifest.json").write_text("[1, 2]")),
+    Case("manifest foreign version", "run", RUN, "exported by dbunet 9.1.0",
+         _manifest_edit(lambda m: m.update(dbunet_version="9.1.0", format_version=7))),
+    Case("manifest config wrong type", "run", RUN, "malformed",
+         _manifest_edit(lambda m: m["config"]["text"].update(hidden_size="wide"))),
+    Case("manifest dims absurd", "run", RUN, "malformed",
+         _manifest_edit(lambda m: _first_file(m)["io"]["inputs"][0].update(dims=[10**12]))),
+    Case("manifest path with ..", "run", RUN, "not a relative path inside", _manifest_edit(_point_at("../x.onnx"))),
+    Case("manifest absolute path", "run", RUN, "not a relative path inside", _manifest_edit(_point_at("/etc/hostname"))),
+    Case("symlink leaving the directory", "run", RUN, "resolves outside", _symlink_out),
+    Case("graph truncated", "run", RUN, "corrupted", _truncate("fp32/vae_decoder.onnx")),
+    Case("graph missing", "run", RUN, "missing artifact file", lambda a: (a / "fp32" / "gae.onnx").unlink()),
+    Case("tokenizer replaced", "run", RUN, "corrupted", lambda a: (a / "tokenizer.json").write_text("{}")),
+    # dbunet-export
+    Case("export out is a file", "export", ("--out", "{tmp}/a-file", "--components", "gae"), "is a file"),
+    Case("export out under a file", "export", ("--out", "{tmp}/a-file/sub", "--components", "gae"), "not a directory"),
+    Case("export opset too old", "export", ("--out", "{out}", "--opset", "7"), "opset"),
+    Case("export unknown preset", "export", ("--out", "{out}", "--config", "sd99"), "sd99"),
+    Case("export config not json", "export", ("--out", "{out}", "--config", "{tmp}/a-file"), "config"),
+    Case("export odd height", "export", ("--out", "{out}", "--height", "100"), "multiple of 8"),
+    Case("export batch zero", "export", ("--out", "{out}", "--batch", "0"), "batch"),
+    Case("export unknown component", "export", ("--out", "{out}", "--components", "unet3"), "unet3"),
+    Case("export weights missing", "export", ("--out", "{out}", "--weights", "{tmp}/nothing"), "nothing"),
+    Case("export unknown ptx target", "export", ("--out", "{out}", "--ptx", "sm_10"), "sm_10"),
+    # dbunet-bench and dbunet-build
+    Case("bench repeat zero", "bench", ("--artifacts", "{art}", "--repeat", "0"), "repeat"),
+    Case("bench warmup negative", "bench", ("--artifacts", "{art}", "--warmup", "-1"), "warmup"),
+    Case("bench unknown component", "bench", ("--artifacts", "{art}", "--components", "unet9"), "invalid choice"),
+    Case("bench baseline missing", "bench", ("--artifacts", "{art}", "--compare", "{tmp}/nothing.json"), "nothing.json"),
+    Case("bench artifacts missing", "bench", ("--artifacts", "{tmp}/nothing",), "does not exist"),
+    Case("bench height beyond the model", "bench", ("--artifacts", "{art}", "--height", "4096", "--width", "64"),
+         "beyond this model's maximum"),
+    Case("build unpaired sizes", "build", ("--artifacts", "{art}", "--height", "64"), "error"),
+]
+MAINS = {"run": run_cli.main, "export": export_cli.main, "bench": bench_cli.main, "build": build_cli.main}
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def shared_artifacts(tiny_artifacts, tmp_path_factory):
+    art = tmp_path_factory.mktemp("bad-input") / "art"
+    shutil.copytree(tiny_artifacts, art)
+    return art
+
+
+def test_the_table_is_large_and_labels_are_unique():
+    assert len(CASES) >= 40 and len({c.label for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
+def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(case, shared_artifacts, tmp_path, capsys):
+    art = shared_artifacts
+    if case.damage is not None:
+        art = tmp_path / "art"
+        shutil.copytree(shared_artifacts, art, symlinks=True)
+        case.damage(art)
+    (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "dir.png").mkdir()
+    out = tmp_path / ("out.png" if case.command == "run" else "out")
+    argv = [a.format(art=art, out=out, tmp=tmp_path) for a in case.argv]
+    before_art, before_tmp = _snapshot(art), _snapshot(tmp_path)
+    try:
+        code = MAINS[case.command](argv)
+    except SystemExit as exc:  # argparse's errors end here
+        code = exc.code
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2, (code, stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    assert case.says in lines[0], lines[0]
+    assert _snapshot(art) == before_art
+    assert _snapshot(tmp_path) == before_tmp  # no output file, no half-written export, nothing beside it
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the subprocess check uses a Linux shell")
+def test_a_bad_input_from_the_shell_prints_no_traceback(shared_artifacts):
+    """The same through the installed entry point's process: Python prints nothing else on exit."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "dbunet.cli.run", "--artifacts", str(shared_artifacts), "--prompt",
+                           "x", "--steps", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")

@@ -1,0 +1,218 @@
+"""Reliability and security of the artifacts and the runtime: interrupted and concurrent exports, untrusted
+manifests and ONNX files, a Pipeline shared by threads."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from dbunet.errors import ArtifactError, DbunetError, ExportError
+from dbunet.manifest import Manifest, sha256_file
+from dbunet.onnx_refs import external_data_locations
+from dbunet.runtime import Pipeline
+
+REQUEST = dict(steps=3, refiner_steps=2, height=64, width=64, boxes=("0.1,0.1,0.6,0.7:a red cat",))
+
+
+# -- a Pipeline shared by threads ----------------------------------------------------------------------------
+def test_threads_sharing_one_pipeline_get_the_bytes_of_sequential_calls(tiny_artifacts):
+    pipe = Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32", threads=1)
+    seeds = list(range(6))
+    sequential = {s: pipe("a red cat", seed=s, **REQUEST).image for s in seeds}
+    results, errors = {}, []
+
+    def worker(seed: int) -> None:
+        try:
+            results[seed] = pipe("a red cat", seed=seed, **REQUEST).image
+        except Exception as exc:  # noqa: BLE001 (the failure is what this test looks for)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in seeds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for s in seeds:
+        np.testing.assert_array_equal(results[s], sequential[s])
+
+
+# -- untrusted manifests -----------------------------------------------------------------------------------------
+def _mutations(value, rng: random.Random):
+    """One random structural change somewhere inside a JSON value."""
+    junk = [None, True, -1, 0, 2**70, 1e308, float("nan"), "", "x" * 300, "../../etc/passwd", "/etc/hostname", [], {},
+            [1, "a"], {"a": 1}]
+    if isinstance(value, dict) and value:
+        key = rng.choice(sorted(value))
+        action = rng.random()
+        if action < 0.2:
+            del value[key]
+        elif action < 0.5:
+            value[key] = rng.choice(junk)
+        else:
+            value[key] = _mutations(value[key], rng)
+        return value
+    if isinstance(value, list) and value:
+        i = rng.randrange(len(value))
+        if rng.random() < 0.3:
+            del value[i]
+        else:
+            value[i] = _mutations(value[i], rng)
+        return value
+    return rng.choice(junk)
+
+
+def test_mutated_manifests_never_raise_anything_but_a_dbunet_error(tiny_artifacts, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    original = json.loads((art / "manifest.json").read_text())
+    rng = random.Random(1234)
+    outcomes = {"refused": 0, "loaded": 0}
+    for _ in range(300):
+        m = json.loads(json.dumps(original))
+        for _ in range(rng.randint(1, 3)):
+            m = _mutations(m, rng)
+        (art / "manifest.json").write_text(json.dumps(m))
+        try:
+            Manifest.read(art)
+            outcomes["loaded"] += 1
+        except DbunetError:
+            outcomes["refused"] += 1
+    for blob in (b"", b"\xff\xfe", b"[" * 100000, os.urandom(4096), b'{"format_version": 1}'):
+        (art / "manifest.json").write_bytes(blob)
+        with pytest.raises(DbunetError):
+            Manifest.read(art)
+    assert outcomes["refused"] > 100  # the mutations do reach the checks
+
+
+def test_a_graph_whose_external_data_points_elsewhere_is_refused_before_loading(tiny_artifacts, tmp_path, monkeypatch):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(os.urandom(1 << 16))
+    graph = art / "fp32" / "gae.onnx"
+    model = onnx.load(str(graph))
+    onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="gae.onnx.data", size_threshold=1024)
+    assert external_data_locations(graph.read_bytes()) == {"gae.onnx.data"}  # the walker agrees with onnx
+    hostile = onnx.load(str(graph), load_external_data=False)
+    for t in hostile.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = "../../secret.bin"
+    graph.write_bytes(hostile.SerializeToString())
+    assert external_data_locations(graph.read_bytes()) == {"../../secret.bin"}
+    m = json.loads((art / "manifest.json").read_text())
+    entry = next(a for a in m["artifacts"] if a["component"] == "gae" and a["precision"] == "fp32")
+    entry["files"] = ["fp32/gae.onnx"]
+    entry["sha256"] = {"fp32/gae.onnx": sha256_file(graph)}  # hashes that match: only the location betrays it
+    (art / "manifest.json").write_text(json.dumps(m))
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: pytest.fail("a session was created"))
+    with pytest.raises(ArtifactError, match=r"reads external data from '\.\./\.\./secret\.bin'"):
+        Pipeline.from_artifacts(art, "ort", "fp32")
+
+
+# -- interrupted and concurrent exports -------------------------------------------------------------------------
+EXPORT = [sys.executable, "-m", "dbunet.cli.export", "--components", "text_encoder", "gae", "--fp16"]
+
+
+def _export_killed_at(out: Path, marker: str) -> None:
+    """Run an export and SIGKILL it as soon as a progress line contains every word of `marker`."""
+    proc = subprocess.Popen([*EXPORT, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if all(word in line.split() for word in marker.split()):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"the export ended before {marker!r}"
+
+
+@pytest.mark.parametrize("marker", ["M parameters", "[1/2] text_encoder", "[2/2] gae", "gae fp16"])
+def test_kill_9_during_an_export_keeps_the_previous_artifacts(tiny_artifacts, tmp_path, marker):
+    out = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, out)
+    before = (out / "manifest.json").read_bytes()
+    _export_killed_at(out, marker)
+    components = {a.component for a in Manifest.read(out).artifacts}
+    if marker == "gae fp16":  # the last graph: the kill races the switch, so old or new are both right
+        assert (out / "manifest.json").read_bytes() == before or components == {"text_encoder", "gae"}
+    else:
+        assert (out / "manifest.json").read_bytes() == before  # still the old one
+    image = Pipeline.from_artifacts(out, "ort", "fp32")("a red cat", **REQUEST).image
+    assert image.shape == (64, 64, 3)
+    assert list(tmp_path.glob(".art.partial-*")) or marker == "gae fp16"  # what the killed export left ...
+    subprocess.run([*EXPORT, "--out", str(out)], check=True, capture_output=True, timeout=600)
+    assert not list(tmp_path.glob(".art.partial-*"))  # ... is cleared by the next export
+    assert {a.component for a in Manifest.read(out).artifacts} == {"text_encoder", "gae"}
+
+
+def test_a_first_export_killed_leaves_no_directory_at_all(tmp_path):
+    _export_killed_at(tmp_path / "art", "[2/2] gae")
+    assert not (tmp_path / "art").exists()
+
+
+def test_a_second_concurrent_export_fails_at_once(tmp_path):
+    from dbunet.export.exporter import ExportOptions, export
+
+    with open(tmp_path / ".art.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running export holds it
+        with pytest.raises(ExportError, match="another dbunet-export is writing"):
+            export(ExportOptions(out=tmp_path / "art", components=("gae",)))
+    assert not (tmp_path / "art").exists()
+
+
+def test_switch_without_an_atomic_exchange_recovers_the_previous_export(tmp_path, monkeypatch):
+    """Where renameat2 is missing the switch takes two renames; an export killed between them leaves the
+    previous artifacts as .NAME.previous, which the runtime names and the next export restores."""
+    from dbunet.export import staging
+
+    out, stage = tmp_path / "art", tmp_path / ".art.partial-1"
+    out.mkdir()
+    (out / "manifest.json").write_text("old")
+    stage.mkdir()
+    (stage / "manifest.json").write_text("new")
+    monkeypatch.setattr(staging, "_exchange", lambda a, b: False)
+    calls = []
+    real_rename = Path.rename
+
+    def rename_then_die(self, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies between the two renames
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        staging.switch(stage, out)
+    monkeypatch.setattr(Path, "rename", real_rename)
+    with pytest.raises(ArtifactError, match=r"previous artifacts are in .*\.art\.previous"):
+        Manifest.read(out)
+    with staging.staged(out) as new_stage:  # the next export restores it first
+        assert (out / "manifest.json").read_text() == "old"
+        (new_stage / "manifest.json").write_text("newer")
+    assert (out / "manifest.json").read_text() == "newer" and not (tmp_path / ".art.previous").exists()
+
+
+def test_exchange_swaps_two_directories_in_one_step(tmp_path):
+    from dbunet.export.staging import _exchange
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_text("a"), (b / "x").write_text("b")
+    if not _exchange(a, b):
+        pytest.skip("this kernel or filesystem has no RENAME_EXCHANGE; the two-rename path is tested above")
+    assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
