@@ -216,3 +216,16 @@ def test_exchange_swaps_two_directories_in_one_step(tmp_path):
     if not _exchange(a, b):
         pytest.skip("this kernel or filesystem has no RENAME_EXCHANGE; the two-rename path is tested above")
     assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
+
+
+def test_a_prompt_beyond_the_text_window_is_truncated_with_one_warning(tiny_artifacts, caplog):
+    """Accepted rather than refused (as SD 1.x pipelines do): the encoder reads its first 77 tokens."""
+    pipe = Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32")
+    long = "a red cat " + "on a sofa " * 40
+    with caplog.at_level("WARNING", logger="dbunet.runtime.tokenizer"):
+        image = pipe(long, seed=1, **REQUEST).image
+    warnings = [r for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warnings) == 1 and "77 tokens" in warnings[0].getMessage()
+    cut = pipe.stages.tokenizer([long])[0]
+    assert cut.shape == (77,)
+    np.testing.assert_array_equal(image, pipe(long[:len(long) - 5], seed=1, **REQUEST).image)  # the tail is not read
