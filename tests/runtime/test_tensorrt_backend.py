@@ -21,7 +21,7 @@ from dbunet.engines.profiles import Resolution
 from dbunet.errors import ArtifactError, InputError
 from dbunet.generation import Conditioning
 from dbunet.runtime import Pipeline
-from tests.runtime.trt_runtime_stand_in import StandInCudart, make_plan, stand_in_tensorrt
+from trt_runtime_stand_in import StandInCudart, make_plan, stand_in_tensorrt
 
 REQUEST = dict(steps=4, seed=3, height=64, width=64, refiner_steps=4, refiner_strength=0.5,
                boxes=("0.1,0.1,0.6,0.7:a red cat", "0.5,0.2,0.9,0.9:a lamp"))
