@@ -9,9 +9,9 @@ runtime in its own process (one runtime's idle worker threads slow whichever run
 process), medians throughout, and rewrites its own block of benchmarks/README.md (text outside the
 blocks is kept) and benchmarks/cpu_<case>.png.
 
-OpenVINO (`pip install openvino`) runs the same exported DB-UNet file with its local functions
-inlined (OpenVINO cannot read ONNX model-local functions of a custom domain); the weights stay in
-the same file or external-data file.
+OpenVINO runs through the runtime's own backend (`--backend openvino`: local functions inlined in
+memory at load time), once in FP32 and once in BF16 where the CPU has AVX512-BF16 or AMX; each figure
+says its precision.
 """
 
 from __future__ import annotations
@@ -111,20 +111,6 @@ def step_pair(cache: Path, case: Case, repeat: int) -> dict:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def _openvino_graph(graph: Path) -> Path:
-    """The same graph with its local functions inlined, next to it (so external data still resolves)."""
-    import onnx
-
-    from dbunet import atomic
-    from dbunet.export.onnx_export import decompose
-
-    out = graph.with_name(graph.stem + ".inlined.onnx")
-    if not out.is_file():
-        model = decompose(onnx.load(str(graph), load_external_data=False))
-        atomic.write_bytes(out, model.SerializeToString())
-    return out
-
-
 def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
     """One measurement, run in a fresh process by main()."""
     spec, _, feeds = _step_inputs(case)
@@ -147,17 +133,20 @@ def measure(kind: str, cache: Path, case: Case, repeat: int) -> dict:
         tensors = [torch.from_numpy(feeds[t.name]) for t in spec.inputs]
         with torch.no_grad():
             return {"ms": med_ms(lambda: unet(*tensors), repeat)}
-    if kind == "openvino_step":
+    if kind in ("openvino_step", "openvino_bf16_step"):
+        # the runtime's OpenVINO backend, with an explicit precision (OpenVINO alone picks BF16 where it can)
         try:
-            import openvino as ov
+            from dbunet.runtime.backends.openvino import OvBackend, has_bf16
         except ImportError:
             return {"ms": None}
-        core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(_openvino_graph(graph))), "CPU")
-        request = compiled.create_infer_request()
-        # OpenVINO picks bf16 by itself on CPUs with BF16 instructions: say which precision ran
-        precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16" / "f32"
-        return {"ms": med_ms(lambda: request.infer(feeds), repeat), "precision": precision}
+        precision = "bf16" if kind == "openvino_bf16_step" else "fp32"
+        if precision == "bf16" and not has_bf16():
+            return {"ms": None, "precision": "bf16 (not on this CPU)"}
+        backend = OvBackend("cpu", cache_dir=None)
+        backend.artifact_precision(precision)
+        run = backend.load(graph, spec).run
+        hint = backend.load(graph, spec).compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        return {"ms": med_ms(lambda: run(feeds), repeat), "precision": hint}
     if kind == "e2e":
         from e2e import paired_runs  # benchmarks/ is this script's folder, first on sys.path
 
@@ -212,7 +201,7 @@ def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict,
     ]
     for name, ms in steps.items():
         if ms is None:
-            lines.append(f"| {name} | not installed | | |")
+            lines.append(f"| {name} | not available here | | |")
             continue
         rate = step_gflop / ms * 1000
         lines.append(f"| {name} | {ms:.2f} | {rate:.1f} | {rate / gemm:.1%} |")
@@ -262,10 +251,11 @@ def run_case(case: Case, repeat: int) -> str:
     step_gflop = next(r.gflops for r in component_stats(preset(case.config), case.size, case.size)
                       if r.component == "dbunet")
     gemm = run("gemm")["gflops"]
-    single = {name: run(f"{name}_step") for name in ("ort", "openvino", "torch")}
+    single = {name: run(f"{name}_step") for name in ("ort", "openvino", "openvino_bf16", "torch")}
     pair = run("ort_step_pair")
-    openvino = f"openvino {single['openvino'].get('precision', '')} (per-call graph, functions inlined; its default precision)"
-    steps = {"ort fp32 (per-call UNet graph)": single["ort"]["ms"], openvino: single["openvino"]["ms"],
+    steps = {"ort fp32 (per-call UNet graph)": single["ort"]["ms"],
+             f"openvino {single['openvino']['precision']} (per-call graph, functions inlined)": single["openvino"]["ms"],
+             f"openvino {single['openvino_bf16'].get('precision', 'bf16')} (same graph)": single["openvino_bf16"]["ms"],
              "torch fp32 eager": single["torch"]["ms"],
              "ort fp32, paired in one process: per-call UNet graph + host guidance and DDIM step()": pair["per_call"],
              "ort fp32, paired in one process: whole-step graph (UNet + guidance + update)": pair["whole_step"]}

@@ -41,8 +41,8 @@ class BenchOptions:
             raise ConfigError(f"unknown components {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
         if self.repeat < 1 or self.warmup < 0:
             raise ConfigError(f"need repeat >= 1 and warmup >= 0, got {self.repeat}, {self.warmup}")
-        if self.backend not in ("ort", "torch", "trt"):
-            raise ConfigError(f"unknown backend {self.backend!r}; valid: ort, torch, trt")
+        if self.backend not in ("ort", "torch", "trt", "openvino"):
+            raise ConfigError(f"unknown backend {self.backend!r}; valid: ort, torch, trt, openvino")
 
 
 @dataclass

@@ -23,8 +23,9 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="dbunet-bench", description=DESCRIPTION)
     what = p.add_argument_group("what to measure")
     what.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"), help="default: dbunet-artifacts")
-    what.add_argument("--backend", choices=["ort", "trt", "torch"], default="ort", help="default: ort")
-    what.add_argument("--precision", choices=["fp32", "fp16"], help="default: the fastest on the device")
+    what.add_argument("--backend", choices=["ort", "trt", "openvino", "torch"], default="ort", help="default: ort")
+    what.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+                      help="default: the fastest on the device (bf16: OpenVINO only)")
     what.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS), metavar="NAME",
                       help=f"any of {', '.join(COMPONENTS)} (default: all)")
     what.add_argument("--steps", type=int, help="denoising steps of the pipeline run (default: the model's)")

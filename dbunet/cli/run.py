@@ -34,10 +34,12 @@ def parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("runtime")
     run.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"),
                      help="directory written by dbunet-export (default: dbunet-artifacts)")
-    run.add_argument("--backend", choices=["ort", "trt", "torch"], default="ort",
-                     help="ort: ONNX Runtime (default); trt: TensorRT engines from dbunet-build; torch: the PyTorch "
-                          "reference, for comparison")
-    run.add_argument("--precision", choices=["fp32", "fp16"], help="default: the fastest on the device")
+    run.add_argument("--backend", choices=["auto", "ort", "trt", "openvino", "torch"], default="auto",
+                     help="auto (default): TensorRT engines built for this GPU, else ONNX Runtime CUDA, else OpenVINO "
+                          "BF16 on a CPU with AMX, else ONNX Runtime FP32; ort: ONNX Runtime; trt: TensorRT engines "
+                          "from dbunet-build; openvino: OpenVINO on the CPU; torch: the PyTorch reference")
+    run.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+                     help="default: the fastest on the device (bf16: OpenVINO on a CPU with AVX512-BF16 or AMX)")
     run.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     out = p.add_argument_group("output")
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     check_output(args.output)
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
+    chosen = None
     if args.backend == "torch":
         from dbunet.manifest import Manifest
         from dbunet.models.pipeline import TorchPipeline
@@ -73,9 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from dbunet.runtime import Pipeline
 
-        pipe = Pipeline.from_artifacts(args.artifacts, args.backend, args.precision, args.device, args.threads)
+        backend = args.backend
+        if backend == "auto":
+            from dbunet.runtime.pipeline import choose_backend
+
+            backend, why = choose_backend(args.artifacts)
+        pipe = Pipeline.from_artifacts(args.artifacts, backend, args.precision, args.device, args.threads)
         manifest, precision = pipe.manifest, pipe.precision
+        chosen = f"backend: {backend} {precision} ({why})" if args.backend == "auto" else None
+        args.backend = backend
     result = pipe(args.prompt, progress=None if args.quiet else ProgressBar(), **options)
+    if chosen and not args.quiet:  # said after the run: a refused request stays one error line
+        print(chosen, file=sys.stderr)
 
     from dbunet.runtime.png import metadata, save_png
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dbunet.errors import ConfigError
+from dbunet.errors import ConfigError, DbunetError
 from dbunet.generation import Conditioning, GenerationResult, Progress, Step, run_cascade
 from dbunet.manifest import Manifest, verify_artifact, verify_file
 from dbunet.request import GenerationRequest, build_request
@@ -21,7 +21,45 @@ log = logging.getLogger(__name__)
 RUNTIME_COMPONENTS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_encoder", "gae", "refiner_step")
 
 
+BACKENDS = ("auto", "ort", "trt", "openvino")
+
+
+def choose_backend(directory: Path) -> tuple[str, str]:
+    """--backend auto: (backend, why). TensorRT engines built for this GPU, else ONNX Runtime's CUDA
+    provider, else OpenVINO BF16 where it is installed and the CPU has AMX, else ONNX Runtime FP32."""
+    from dbunet.runtime.backends.tensorrt import missing_dependencies
+
+    if not missing_dependencies():
+        try:
+            from dbunet.engines.cache import read_index
+            from dbunet.runtime.backends.tensorrt import TrtBackend
+
+            identity = TrtBackend().identity
+            if any(e.device == identity for e in read_index(directory)):
+                return "trt", f"TensorRT engines built for {identity.gpu}"
+        except DbunetError:
+            pass
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return "ort", "ONNX Runtime's CUDA provider"
+    from dbunet.runtime.backends.openvino import has_amx
+
+    if has_amx():
+        try:
+            import openvino  # noqa: F401
+
+            return "openvino", "OpenVINO, BF16 on this CPU's AMX"
+        except ImportError:
+            pass
+    return "ort", "ONNX Runtime on the CPU (FP32)"
+
+
 def make_backend(name: str, device: str = "auto", threads: int | None = None) -> Backend:
+    if name == "openvino":
+        from dbunet.runtime.backends.openvino import OvBackend
+
+        return OvBackend(device, threads)
     if name == "ort":
         from dbunet.runtime.backends.onnxruntime import OrtBackend
 
@@ -30,7 +68,7 @@ def make_backend(name: str, device: str = "auto", threads: int | None = None) ->
         from dbunet.runtime.backends.tensorrt import TrtBackend
 
         return TrtBackend(device, threads)
-    raise ConfigError(f"unknown runtime backend {name!r}; valid: ort, trt")
+    raise ConfigError(f"unknown runtime backend {name!r}; valid: {', '.join(BACKENDS)}")
 
 
 class GraphStages:
@@ -80,19 +118,24 @@ class Pipeline:
         """Check the manifest, every file's hash and version, then load one graph per stage."""
         directory = Path(directory)
         manifest = Manifest.read(directory)
+        if backend == "auto":
+            backend, why = choose_backend(directory)
+            log.info("backend auto: %s (%s)", backend, why)
         be = make_backend(backend, device, threads) if isinstance(backend, str) else backend
         available = manifest.precisions()
         precision = precision or be.default_precision(available)
-        if precision not in available:
-            raise ConfigError(f"precision {precision} was not exported to {directory}; available: {', '.join(sorted(available))}")
+        # the exported files a precision runs from (OpenVINO computes BF16 from the FP32 files)
+        files = be.artifact_precision(precision) if hasattr(be, "artifact_precision") else precision
+        if files not in available:
+            raise ConfigError(f"precision {files} was not exported to {directory}; available: {', '.join(sorted(available))}")
         tok = manifest.tokenizer
         tokenizer = ClipTokenizer(verify_file(directory, tok["file"], tok["sha256"]), manifest.config.text.max_length)
         if hasattr(be, "stages"):  # backends that run their own compiled form (TensorRT engines)
-            stages = be.stages(manifest, directory, precision, tokenizer)
+            stages = be.stages(manifest, directory, files, tokenizer)
             log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, be.name)
             return cls(manifest, directory, be, precision, stages)
         graphs = {}
-        artifacts = {name: manifest.find(name, precision) for name in RUNTIME_COMPONENTS}
+        artifacts = {name: manifest.find(name, files) for name in RUNTIME_COMPONENTS}
         paths = {name: verify_artifact(directory, a) for name, a in artifacts.items()}  # all checked, then loaded
         for name, artifact in artifacts.items():
             graphs[name] = be.load(paths[name], artifact.spec)

@@ -30,6 +30,7 @@ def test_run_writes_png_with_provenance(tiny_artifacts, tmp_path, capsys):
     assert json.loads(img.text["boxes"]) == ["0.1,0.1,0.6,0.8:a cat"]
     assert img.text["artifact_hash"] == manifest["weights_sha256"]
     assert "denoise (3 steps" in stderr and "total" in stderr  # the timing table
+    assert "backend: " in stderr  # --backend auto (the default) says what it chose
     assert "wrote" in stdout
 
 

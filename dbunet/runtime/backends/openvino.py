@@ -1,0 +1,151 @@
+"""OpenVINO backend: the same artifacts on Intel's CPU runtime, FP32 or BF16 (torch-free).
+
+OpenVINO's ONNX reader ignores model-local functions, so each graph's dbunet-domain nodes are inlined at
+load time, in memory (onnx's inliner), without a second export; graphs with external data are inlined
+into a temporary folder outside the artifacts directory that hard-links the original data file. The
+inference precision is always explicit: OpenVINO silently runs BF16 on CPUs that have it unless told
+otherwise, and a comparison that does not state its precision means nothing. `fp32` is the exact path;
+`bf16` needs AVX512-BF16 or AMX. Compiled models are cached in the user's cache folder (never in the
+artifacts directory), so a second load is fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from dbunet.errors import ArtifactError, ConfigError
+from dbunet.iospec import GraphSpec
+
+log = logging.getLogger(__name__)
+CUSTOM_DOMAIN = "dbunet"
+HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dbunet" / "openvino"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def has_bf16() -> bool:
+    flags = cpu_flags()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def has_amx() -> bool:
+    return "amx_bf16" in cpu_flags()
+
+
+def inlined_model(core, path: Path):
+    """The graph at `path` with its local functions inlined, read by OpenVINO; the file is not changed."""
+    try:
+        import onnx
+        from onnx import inliner
+    except ImportError:
+        raise ConfigError("--backend openvino needs the onnx package to inline dbunet's ops; "
+                          "pip install 'dbunet[openvino]'") from None
+    model = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
+    model = inliner.inline_local_functions(model)
+    keep = [i for i in model.opset_import if i.domain != CUSTOM_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    if not external:
+        return core.read_model(model.SerializeToString())
+    # OpenVINO reads external data only from inside the model file's folder, and refuses symlinks that leave
+    # it: a temporary folder holding hard links to the original data (a copy across filesystems)
+    with tempfile.TemporaryDirectory(prefix="dbunet-ov-") as tmp:
+        for t in model.graph.initializer:
+            for entry in t.external_data:
+                if entry.key == "location" and not (Path(tmp) / entry.value).exists():
+                    source, link = path.parent / entry.value, Path(tmp) / entry.value
+                    try:
+                        os.link(source, link)
+                    except OSError:
+                        log.warning("copying %s for OpenVINO (the temporary folder is on another filesystem)", source)
+                        shutil.copyfile(source, link)
+        graph = Path(tmp) / path.name
+        graph.write_bytes(model.SerializeToString())
+        return core.read_model(str(graph))
+
+
+class OvGraph:
+    def __init__(self, compiled, spec: GraphSpec) -> None:
+        self.compiled, self.spec = compiled, spec
+        self._local = threading.local()  # one infer request per thread: a request is not shared
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        self.spec.check_feeds(feeds)
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        # np.require keeps 0-d inputs 0-d (ascontiguousarray would make them 1-d, which OpenVINO refuses)
+        results = request.infer({t.name: np.require(feeds[t.name], requirements="C") for t in self.spec.inputs})
+        # outputs in graph order, which is the spec's; copied: the request reuses its buffers
+        return [np.array(results[port], dtype=np.float32) for port in self.compiled.outputs]
+
+    def close(self) -> None:
+        self.compiled = None
+
+
+class OvBackend:
+    name = "openvino"
+    device = "cpu"
+
+    def __init__(self, device: str = "auto", threads: int | None = None, cache_dir: Path | None | str = "default") -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ConfigError("--backend openvino needs openvino, not installed here: pip install 'dbunet[openvino]'") from None
+        if device not in ("auto", "cpu"):
+            raise ConfigError(f"--backend openvino runs on the CPU here; device {device!r} is not supported")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        self.core, self.threads = ov.Core(), threads
+        self.cache_dir = default_cache_dir() if cache_dir == "default" else cache_dir
+        self.precision = "fp32"  # set by Pipeline.from_artifacts through default_precision / artifact_precision
+
+    def default_precision(self, available: set[str]) -> str:
+        """BF16 where the CPU has AMX (the fast path), else FP32; FP16 files are not used on the CPU."""
+        return "bf16" if has_amx() else "fp32"
+
+    def artifact_precision(self, precision: str) -> str:
+        """The exported files a precision runs from: FP32 graphs, computed in FP32 or BF16."""
+        if precision not in HINTS:
+            raise ConfigError(f"--backend openvino computes in fp32 or bf16, not {precision}")
+        if precision == "bf16" and not has_bf16():
+            raise ConfigError("bf16 needs a CPU with AVX512-BF16 or AMX; this one has neither (use --precision fp32)")
+        self.precision = precision
+        return "fp32"
+
+    def load(self, path: Path, spec: GraphSpec) -> OvGraph:
+        config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision]}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        if self.cache_dir:
+            Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(self.cache_dir)
+        try:
+            compiled = self.core.compile_model(inlined_model(self.core, Path(path)), "CPU", config)
+        except RuntimeError as exc:
+            raise ArtifactError(f"{path}: OpenVINO cannot load it ({str(exc).splitlines()[0][:200]})") from None
+        return OvGraph(compiled, spec)

@@ -1,0 +1,108 @@
+"""--backend openvino on the same artifacts: FP32 parity with ONNX Runtime FP32, BF16 where the CPU has it,
+the artifacts directory untouched, and --backend auto's choice."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino", reason="openvino is not installed (pip install 'dbunet[openvino]')")
+
+from dbunet.errors import ConfigError  # noqa: E402
+from dbunet.runtime import Pipeline  # noqa: E402
+from dbunet.runtime.backends import openvino as ov_backend  # noqa: E402
+
+REQUEST = dict(steps=4, seed=11, height=64, width=64, refiner_steps=3,
+               boxes=("0.1,0.1,0.6,0.7:a red cat", "0.5,0.2,0.9,0.9:a lamp"))
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_artifacts, tmp_path_factory):
+    art = tmp_path_factory.mktemp("ov") / "art"
+    shutil.copytree(tiny_artifacts, art)
+    return art
+
+
+@pytest.fixture(scope="module")
+def ort_fp32(artifacts):
+    return Pipeline.from_artifacts(artifacts, "ort", "fp32")("a red cat and a lamp", **REQUEST)
+
+
+def test_fp32_image_matches_onnx_runtime_and_leaves_the_artifacts_alone(artifacts, ort_fp32, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    before = _snapshot(artifacts)
+    pipe = Pipeline.from_artifacts(artifacts, "openvino", "fp32")
+    got = pipe("a red cat and a lamp", **REQUEST)
+    assert pipe.precision == "fp32"
+    diff = np.abs(got.image.astype(int) - ort_fp32.image.astype(int))
+    # the acceptance bound: mean <= 1, max <= 8 uint8 levels; measured (tiny, AMD EPYC): mean 0.0002, max 1
+    assert diff.mean() <= 1 and diff.max() <= 8
+    # finer, in float: FP32 both, the same graphs with different kernels; measured max 7e-6
+    np.testing.assert_allclose(got.pixels, ort_fp32.pixels, rtol=0, atol=1e-4)
+    assert _snapshot(artifacts) == before  # the model cache lives in the user's cache folder
+    assert any((tmp_path / "cache" / "dbunet" / "openvino").iterdir())
+
+
+@pytest.mark.skipif(not ov_backend.has_bf16(), reason="this CPU has neither AVX512-BF16 nor AMX")
+def test_bf16_runs_and_stays_near_fp32(artifacts, ort_fp32, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pipe = Pipeline.from_artifacts(artifacts, "openvino", "bf16")
+    got = pipe("a red cat and a lamp", **REQUEST)
+    assert pipe.precision == "bf16"
+    assert pipe.stages.graphs["dbunet_step"].compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"
+    err = float(np.abs(got.pixels - ort_fp32.pixels).max())
+    # BF16 keeps 8 mantissa bits (relative rounding 2^-9 = 2e-3 per op, FP32 accumulation); through 4 denoising
+    # steps, the decoder and 3 refiner steps of the tiny model, measured on an AMD EPYC (AVX512-BF16): max 0.047
+    # of the [-1, 1] range, mean 0.0055 (uint8: max 6, mean 0.7). Bound: 4x those
+    assert err <= 0.2 and float(np.abs(got.pixels - ort_fp32.pixels).mean()) <= 0.022
+    assert err > 0  # it really ran in BF16 (FP32 here would be ~1e-6)
+
+
+def test_bf16_refused_on_a_cpu_without_it(artifacts, monkeypatch):
+    monkeypatch.setattr(ov_backend, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(ConfigError, match="bf16 needs a CPU with AVX512-BF16 or AMX"):
+        Pipeline.from_artifacts(artifacts, "openvino", "bf16")
+
+
+@pytest.mark.parametrize("flags,expected", [({"avx512f", "amx_bf16", "avx512_bf16"}, "openvino"),
+                                            ({"avx512f", "avx512_bf16"}, "ort"), ({"avx2"}, "ort")])
+def test_auto_picks_openvino_bf16_only_on_amx(artifacts, monkeypatch, flags, expected):
+    from dbunet.runtime.pipeline import choose_backend
+
+    monkeypatch.setattr(ov_backend, "cpu_flags", lambda: flags)
+    backend, why = choose_backend(artifacts)  # no TensorRT and no CUDA provider on this machine
+    assert backend == expected and why
+    if expected == "openvino":
+        assert Pipeline.from_artifacts(artifacts, "auto").precision == "bf16"
+
+
+def test_graphs_with_external_data_load_without_touching_the_directory(artifacts, ort_fp32, tmp_path, monkeypatch):
+    """OpenVINO reads external data only beside the model file: the inlined graph goes to a temporary folder
+    with links to the data, never into the artifacts directory."""
+    import json
+
+    import onnx
+
+    from dbunet.manifest import sha256_file
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    art = tmp_path / "art"
+    shutil.copytree(artifacts, art)
+    graph = art / "fp32" / "gae.onnx"
+    onnx.save_model(onnx.load(str(graph)), str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="gae.onnx.data", size_threshold=1024)
+    m = json.loads((art / "manifest.json").read_text())
+    entry = next(a for a in m["artifacts"] if a["component"] == "gae" and a["precision"] == "fp32")
+    entry["files"] = ["fp32/gae.onnx", "fp32/gae.onnx.data"]
+    entry["sha256"] = {f: sha256_file(art / f) for f in entry["files"]}
+    (art / "manifest.json").write_text(json.dumps(m))
+    before = _snapshot(art)
+    got = Pipeline.from_artifacts(art, "openvino", "fp32")("a red cat and a lamp", **REQUEST)
+    np.testing.assert_allclose(got.pixels, ort_fp32.pixels, rtol=0, atol=1e-4)
+    assert _snapshot(art) == before
