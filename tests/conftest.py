@@ -5,6 +5,8 @@ import os
 # triton, and triton fixes its interpreter mode for some library functions at import time.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from pathlib import Path
+
 import pytest
 
 from dbunet.config import tiny
@@ -74,3 +76,13 @@ def sensitive_artifacts(tmp_path_factory):
     export(ExportOptions(weights=root / "model", out=root / "artifacts", fp16=True, components=components),
            report=lambda line: None)
     return root / "artifacts"
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def snapshot():
+    """snapshot(dir) -> {relative path: (size, mtime_ns)} of everything under it: equal before and after = untouched."""
+    return _snapshot

@@ -150,10 +150,6 @@ CASES = [
 MAINS = {"run": run_cli.main, "export": export_cli.main, "bench": bench_cli.main, "build": build_cli.main}
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
-
-
 @pytest.fixture(scope="module")
 def shared_artifacts(tiny_artifacts, tmp_path_factory):
     art = tmp_path_factory.mktemp("bad-input") / "art"
@@ -166,7 +162,7 @@ def test_the_table_is_large_and_labels_are_unique():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
-def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(case, shared_artifacts, tmp_path, capsys):
+def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(case, shared_artifacts, tmp_path, capsys, snapshot):
     art = shared_artifacts
     if case.damage is not None:
         art = tmp_path / "art"
@@ -176,7 +172,7 @@ def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(case, shared_art
     (tmp_path / "dir.png").mkdir()
     out = tmp_path / ("out.png" if case.command == "run" else "out")
     argv = [a.format(art=art, out=out, tmp=tmp_path) for a in case.argv]
-    before_art, before_tmp = _snapshot(art), _snapshot(tmp_path)
+    before_art, before_tmp = snapshot(art), snapshot(tmp_path)
     try:
         code = MAINS[case.command](argv)
     except SystemExit as exc:  # argparse's errors end here
@@ -187,8 +183,8 @@ def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(case, shared_art
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert "Traceback" not in stderr
     assert case.says in lines[0], lines[0]
-    assert _snapshot(art) == before_art
-    assert _snapshot(tmp_path) == before_tmp  # no output file, no half-written export, nothing beside it
+    assert snapshot(art) == before_art
+    assert snapshot(tmp_path) == before_tmp  # no output file, no half-written export, nothing beside it
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the subprocess check uses a Linux shell")

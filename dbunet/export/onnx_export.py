@@ -79,33 +79,11 @@ def attach_functions(model: onnx.ModelProto, opset: int) -> None:
 
 
 def decompose(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The plain standard-op graph: every local function inlined, the custom domain gone.
+    """The plain standard-op graph: every local function inlined, the custom domain gone (weights over
+    2 GB included: see dbunet.onnx_inline). The argument is consumed."""
+    from dbunet.onnx_inline import inline_functions
 
-    onnx's inliner works on the serialized model, and protobuf cannot serialize past 2 GB (sd15's
-    DB-UNet in FP32 is 3.4 GB): the weights are lifted out of the graph while it inlines, and put back
-    by name after. Inlining renames only what is inside functions, never the main graph's initializers.
-    The argument is consumed: its weights move to the result (no second copy of 3.4 GB in memory).
-    """
-    from onnx import inliner
-
-    lifted = {}
-    for t in model.graph.initializer:
-        if t.raw_data:
-            lifted[t.name] = t.raw_data
-            t.ClearField("raw_data")
-    try:
-        model = inliner.inline_local_functions(model)
-    finally:
-        if lifted:  # into the result, or back into the argument when inlining failed
-            for t in model.graph.initializer:
-                if t.name in lifted:
-                    t.raw_data = lifted.pop(t.name)
-    if lifted:
-        raise ExportError(f"inlining lost initializers: {sorted(lifted)[:5]}")
-    keep = [i for i in model.opset_import if i.domain != onnx_functions.DOMAIN]
-    del model.opset_import[:]
-    model.opset_import.extend(keep)
-    return model
+    return inline_functions(model, onnx_functions.DOMAIN)
 
 
 def apply_declared_dims(model: onnx.ModelProto, spec: GraphSpec) -> None:

@@ -219,6 +219,7 @@ def test_tensorrt_backend_module_imports_without_torch():
     import subprocess
 
     code = ("import sys; import dbunet.runtime.backends.tensorrt, dbunet.runtime.backends.trt_engine, "
-            "dbunet.runtime.backends.cuda, dbunet.bench.tensorrt, dbunet.engines.cache, dbunet.engines.profiles; "
+            "dbunet.runtime.backends.cuda, dbunet.runtime.backends.openvino, dbunet.onnx_inline, dbunet.onnx_refs, "
+            "dbunet.bench.tensorrt, dbunet.engines.cache, dbunet.engines.profiles; "
             "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -18,10 +18,6 @@ REQUEST = dict(steps=4, seed=11, height=64, width=64, refiner_steps=3,
                boxes=("0.1,0.1,0.6,0.7:a red cat", "0.5,0.2,0.9,0.9:a lamp"))
 
 
-def _snapshot(root):
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
-
-
 @pytest.fixture(scope="module")
 def artifacts(tiny_artifacts, tmp_path_factory):
     art = tmp_path_factory.mktemp("ov") / "art"
@@ -34,9 +30,10 @@ def ort_fp32(artifacts):
     return Pipeline.from_artifacts(artifacts, "ort", "fp32")("a red cat and a lamp", **REQUEST)
 
 
-def test_fp32_image_matches_onnx_runtime_and_leaves_the_artifacts_alone(artifacts, ort_fp32, tmp_path, monkeypatch):
+def test_fp32_image_matches_onnx_runtime_and_leaves_the_artifacts_alone(artifacts, ort_fp32, tmp_path, monkeypatch,
+                                                                          snapshot):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    before = _snapshot(artifacts)
+    before = snapshot(artifacts)
     pipe = Pipeline.from_artifacts(artifacts, "openvino", "fp32")
     got = pipe("a red cat and a lamp", **REQUEST)
     assert pipe.precision == "fp32"
@@ -45,7 +42,7 @@ def test_fp32_image_matches_onnx_runtime_and_leaves_the_artifacts_alone(artifact
     assert diff.mean() <= 1 and diff.max() <= 8
     # finer, in float: FP32 both, the same graphs with different kernels; measured max 7e-6
     np.testing.assert_allclose(got.pixels, ort_fp32.pixels, rtol=0, atol=1e-4)
-    assert _snapshot(artifacts) == before  # the model cache lives in the user's cache folder
+    assert snapshot(artifacts) == before  # the model cache lives in the user's cache folder
     assert any((tmp_path / "cache" / "dbunet" / "openvino").iterdir())
 
 
@@ -82,7 +79,8 @@ def test_auto_picks_openvino_bf16_only_on_amx(artifacts, monkeypatch, flags, exp
         assert Pipeline.from_artifacts(artifacts, "auto").precision == "bf16"
 
 
-def test_graphs_with_external_data_load_without_touching_the_directory(artifacts, ort_fp32, tmp_path, monkeypatch):
+def test_graphs_with_external_data_load_without_touching_the_directory(artifacts, ort_fp32, tmp_path, monkeypatch,
+                                                                        snapshot):
     """OpenVINO reads external data only beside the model file: the inlined graph goes to a temporary folder
     with links to the data, never into the artifacts directory."""
     import json
@@ -102,7 +100,7 @@ def test_graphs_with_external_data_load_without_touching_the_directory(artifacts
     entry["files"] = ["fp32/gae.onnx", "fp32/gae.onnx.data"]
     entry["sha256"] = {f: sha256_file(art / f) for f in entry["files"]}
     (art / "manifest.json").write_text(json.dumps(m))
-    before = _snapshot(art)
+    before = snapshot(art)
     got = Pipeline.from_artifacts(art, "openvino", "fp32")("a red cat and a lamp", **REQUEST)
     np.testing.assert_allclose(got.pixels, ort_fp32.pixels, rtol=0, atol=1e-4)
-    assert _snapshot(art) == before
+    assert snapshot(art) == before

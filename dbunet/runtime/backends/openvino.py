@@ -25,7 +25,6 @@ from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec
 
 log = logging.getLogger(__name__)
-CUSTOM_DOMAIN = "dbunet"
 HINTS = {"fp32": "f32", "bf16": "bf16"}
 
 
@@ -59,15 +58,12 @@ def inlined_model(core, path: Path):
     """The graph at `path` with its local functions inlined, read by OpenVINO; the file is not changed."""
     try:
         import onnx
-        from onnx import inliner
     except ImportError:
         raise ConfigError("--backend openvino needs the onnx package to inline dbunet's ops; "
                           "pip install 'dbunet[openvino]'") from None
-    model = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
-    model = inliner.inline_local_functions(model)
-    keep = [i for i in model.opset_import if i.domain != CUSTOM_DOMAIN]
-    del model.opset_import[:]
-    model.opset_import.extend(keep)
+    from dbunet.onnx_inline import inline_functions
+
+    model = inline_functions(onnx.load(str(path), load_external_data=False))  # external weights stay where they are
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     if not external:
         return core.read_model(model.SerializeToString())
