@@ -105,6 +105,50 @@ class DBUNetConfig:
 
 
 @dataclass(frozen=True)
+class SDUNetConfig:
+    """A plain Stable Diffusion 1.x / 2.x UNet (diffusers UNet2DConditionModel fields; --arch sd1).
+
+    Only what such folders set is carried; dbunet.models.sd_folder refuses a folder whose UNet sets
+    anything else to a non-default value (an inpainting UNet's 9 input channels, class embeddings...)."""
+
+    in_channels: int = 4
+    out_channels: int = 4
+    sample_size: int = 64
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    up_block_types: tuple[str, ...] = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+    cross_attention_dim: int = 768
+    attention_head_dim: tuple[int, ...] = (8,)  # one value for every block, or one per block
+    norm_num_groups: int = 32
+    use_linear_projection: bool = False  # SD 2.x
+    upcast_attention: bool = False  # SD 2.1
+
+    max_boxes = 0  # no box conditioning (class attribute: shared code asks every denoiser config)
+
+    def __post_init__(self) -> None:
+        n = len(self.block_out_channels)
+        if not (len(self.down_block_types) == len(self.up_block_types) == n) or len(self.attention_head_dim) not in (1, n):
+            raise ConfigError(f"sd unet: {n} blocks need as many down and up block types and 1 or {n} head dims")
+        _check_groups("sd unet", self.block_out_channels, self.norm_num_groups)
+
+    def to_diffusers(self) -> dict[str, Any]:
+        heads = self.attention_head_dim
+        return {
+            "in_channels": self.in_channels, "out_channels": self.out_channels, "sample_size": self.sample_size,
+            "block_out_channels": list(self.block_out_channels), "layers_per_block": self.layers_per_block,
+            "down_block_types": list(self.down_block_types), "up_block_types": list(self.up_block_types),
+            "cross_attention_dim": self.cross_attention_dim,
+            "attention_head_dim": heads[0] if len(heads) == 1 else list(heads),
+            "norm_num_groups": self.norm_num_groups, "use_linear_projection": self.use_linear_projection,
+            "upcast_attention": self.upcast_attention,
+        }
+
+
+ARCHITECTURES = ("dbunet", "sd1")
+
+
+@dataclass(frozen=True)
 class RefinerConfig:
     """DiffuseGAE refiner (SPEC 3.3): semantic encoder, GAE, AdaGN conditional UNet in pixel space."""
 
@@ -173,16 +217,36 @@ MAX_INT = 2**31 - 1  # bound on every integer a config holds
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """A whole model. `arch` "dbunet": DB-UNet with boxes, then the refiner (SPEC 3). `arch` "sd1": a plain
+    Stable Diffusion 1.x/2.x folder's own UNet (`unet` is an SDUNetConfig): no boxes, no refiner stage
+    (`refiner` then keeps its defaults and nothing uses it)."""
+
     name: str
     text: TextEncoderConfig
     vae: VaeConfig
-    unet: DBUNetConfig
+    unet: DBUNetConfig | SDUNetConfig
     refiner: RefinerConfig
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     seed: int = 0  # seed of the deterministic initial weights
+    arch: str = "dbunet"
+
+    @property
+    def has_boxes(self) -> bool:
+        return self.arch == "dbunet"
+
+    @property
+    def has_refiner(self) -> bool:
+        return self.arch == "dbunet"
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        want = DBUNetConfig if self.arch == "dbunet" else SDUNetConfig
+        if not isinstance(self.unet, want):
+            raise ConfigError(f"arch {self.arch} needs a {want.__name__} as its unet, got {type(self.unet).__name__}")
+        if self.arch == "sd1" and self.defaults.refiner_steps:
+            raise ConfigError("arch sd1 has no refiner: defaults.refiner_steps must be 0")
         if self.unet.in_channels != self.vae.latent_channels:
             raise ConfigError(
                 f"dbunet.in_channels {self.unet.in_channels} != vae.latent_channels {self.vae.latent_channels}"
@@ -250,7 +314,9 @@ def _convert(tp: Any, value: Any) -> Any:
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = dict(typing.get_type_hints(cls))
+    if cls is ModelConfig:  # the denoiser's config class follows the architecture
+        hints["unet"] = SDUNetConfig if data.get("arch", "dbunet") == "sd1" else DBUNetConfig
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
@@ -306,7 +372,45 @@ def sd15() -> ModelConfig:
     return ModelConfig(name="sd15", text=TextEncoderConfig(), vae=VaeConfig(), unet=DBUNetConfig(), refiner=RefinerConfig())
 
 
-PRESETS = {"tiny": tiny, "sd15": sd15}
+def shapes() -> ModelConfig:
+    """The demo: a small cascade trained on generated shapes-in-boxes images (dbunet.train), 64x64
+    images on an 8x8 latent. Its trained weights ship in dbunet/presets/shapes/."""
+    return ModelConfig(
+        name="shapes",
+        text=TextEncoderConfig(
+            vocab_size=600, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4
+        ),
+        # scaling_factor: 1 / std of the trained VAE's latents, measured by dbunet.train after the VAE stage
+        vae=VaeConfig(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8, scaling_factor=0.39164),
+        unet=DBUNetConfig(
+            block_out_channels=(32, 64, 64),
+            layers_per_block=1,
+            num_attention_heads=4,
+            norm_num_groups=8,
+            cross_attention_dim=64,
+            dca_heads=4,
+            dca_max_tokens=64,
+            sample_size=8,
+            max_boxes=8,
+            box_hidden_dim=64,
+            box_gate_init=1.0,  # trained from scratch: no pretrained model to protect with a closed gate
+        ),
+        refiner=RefinerConfig(
+            encoder_channels=(16, 32, 32),
+            semantic_dim=128,
+            gae_widths=(128, 256),
+            gae_groups=8,
+            unet_channels=(16, 32, 32),
+            norm_num_groups=8,
+        ),
+        defaults=SamplingDefaults(
+            height=64, width=64, steps=20, guidance_scale=4.0, box_fraction=1.0, refiner_steps=6,
+            refiner_strength=0.3, max_height=256, max_width=256,
+        ),
+    )
+
+
+PRESETS = {"tiny": tiny, "sd15": sd15, "shapes": shapes}
 
 
 def preset(name: str) -> ModelConfig:

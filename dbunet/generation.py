@@ -22,6 +22,7 @@ import numpy as np
 
 from dbunet.boxes import box_arrays
 from dbunet.config import ModelConfig
+from dbunet.errors import InputError
 from dbunet.noise import NoiseSource
 from dbunet.request import GenerationRequest
 from dbunet.schedulers import DDIMScheduler, Scheduler, make_scheduler
@@ -123,9 +124,31 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round((x + 1.0) * 127.5).astype(np.uint8)
 
 
+def initial_latents(latents: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Caller-given starting latents (unit-variance noise, as diffusers' `latents=`), checked; None if not given."""
+    if latents is None:
+        return None
+    try:
+        array = np.asarray(latents, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"latents must be a float array of shape {shape}, got {type(latents).__name__}") from None
+    if array.shape == shape[1:]:
+        array = array[None]
+    if array.shape != shape:
+        raise InputError(f"latents of shape {tuple(array.shape)} do not fit this request: expected {shape} "
+                         "(1, latent channels, height / f, width / f)")
+    if not np.isfinite(array).all():
+        raise InputError("latents contain NaN or infinity")
+    return np.ascontiguousarray(array)
+
+
 def run_cascade(
-    stages: Stages, config: ModelConfig, req: GenerationRequest, progress: Progress | None = None
+    stages: Stages, config: ModelConfig, req: GenerationRequest, progress: Progress | None = None,
+    latents: np.ndarray | None = None,
 ) -> GenerationResult:
+    """The whole cascade for one request. `latents`: the starting noise z_T before the sampler's
+    init_noise_sigma scaling (as diffusers' pipelines take it); the seed still draws the same noise
+    for it first, so the refiner's noise does not depend on whether latents were given."""
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     noise = NoiseSource(req.seed)
@@ -153,7 +176,9 @@ def run_cascade(
     rows = sampler.table(req.guidance_scale, req.box_steps)
     f = config.vae.downscale
     shape = (1, config.vae.latent_channels, req.height // f, req.width // f)
-    latents = noise.normal(shape) * np.float32(sampler.init_noise_sigma)
+    given = initial_latents(latents, shape)
+    drawn = noise.normal(shape)  # drawn either way: the noise order stays the same
+    latents = (drawn if given is None else given) * np.float32(sampler.init_noise_sigma)
     steps = [Step(i, row, sampler) for i, row in enumerate(rows)]
     latents, step_times = _loop(stages.denoise_step, getattr(stages, "denoise_loop", None), steps, latents, cond,
                                 "denoise", progress)

@@ -39,6 +39,24 @@ def tiny_artifacts(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def sd1_folder(tmp_path_factory):
+    """A small random SD 1.x folder (tests/sd1_folder.py)."""
+    from sd1_folder import make_sd_folder
+
+    return make_sd_folder(tmp_path_factory.mktemp("sd1"))
+
+
+@pytest.fixture(scope="session")
+def sd1_artifacts(sd1_folder, tmp_path_factory):
+    """That folder exported with --arch sd1, FP32 and FP16."""
+    from dbunet.export.exporter import ExportOptions, export
+
+    out = tmp_path_factory.mktemp("sd1-artifacts")
+    export(ExportOptions(weights=sd1_folder, arch="sd1", out=out, fp16=True), report=lambda line: None)
+    return out
+
+
 def make_sensitive(model) -> None:
     """Make every conditioning path of a seeded tiny model loud enough to see in the float output.
 

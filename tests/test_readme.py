@@ -44,5 +44,5 @@ def test_main_job_exports_and_writes_a_png(tmp_path):
     subprocess.run("dbunet-export" + commands, shell=True, cwd=tmp_path, check=True, timeout=600,
                    capture_output=True, env=env)
     img = Image.open(tmp_path / "out.png")
-    assert img.size == (128, 128) and img.text["prompt"] == "a red cat on a sofa"
+    assert img.size == (64, 64) and img.text["prompt"] == "a red circle and a blue square"
     assert (tmp_path / "dbunet-artifacts" / "manifest.json").is_file()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from dbunet.errors import InputError
+from dbunet.errors import ConfigError, InputError
 from dbunet.schedulers import NoiseSchedule, make_scheduler
 from dbunet.schedulers.table import COLUMN, ROW, generic_update
 
@@ -19,6 +19,11 @@ SCHEDULES = {
     ),
     # the refiner's: DDIM clips x0 to [-1, 1]
     "clipped": NoiseSchedule(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=True),
+    # SD 2.x (768 px): a v-prediction model; and v with trailing spacing
+    "v-sd2": NoiseSchedule(prediction_type="v_prediction"),
+    "v-trailing": NoiseSchedule(prediction_type="v_prediction", timestep_spacing="trailing", steps_offset=0),
+    # a folder's config that names no spacing: DDIM leading, Euler and DPM-Solver linspace, as in diffusers
+    "unnamed-spacing": NoiseSchedule(timestep_spacing=None),
 }
 
 
@@ -153,3 +158,20 @@ def test_bad_step_counts_fail_before_sampling(bad):
 def test_unknown_scheduler_lists_valid_names():
     with pytest.raises(InputError, match="ddim, euler, dpm"):
         make_scheduler("pndm")
+
+
+def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
+    sd15_pndm = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
+                 "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
+                 "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+                 "clip_sample": False}
+    # SD 1.5's own file names no timestep_spacing: each sampler then takes its diffusers default
+    assert NoiseSchedule.from_diffusers(sd15_pndm) == NoiseSchedule(timestep_spacing=None)
+    v = NoiseSchedule.from_diffusers({**sd15_pndm, "prediction_type": "v_prediction", "timestep_spacing": "trailing"})
+    assert (v.prediction_type, v.timestep_spacing) == ("v_prediction", "trailing")
+    for bad, word in [({"prediction_type": "sample"}, "prediction_type"), ({"trained_betas": [0.1] * 1000}, "trained_betas"),
+                      ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+                      ({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule"), ({"thresholding": True}, "thresholding"),
+                      ({"use_karras_sigmas": True}, "use_karras_sigmas"), ({"mystery": 1}, "mystery")]:
+        with pytest.raises(ConfigError, match=f"cannot honour .*{word}"):
+            NoiseSchedule.from_diffusers({**sd15_pndm, **bad})

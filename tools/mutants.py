@@ -122,6 +122,25 @@ MUTANTS = [
     Mutant("trt_stream_object", "dbunet/runtime/backends/trt_engine.py",
            "self.context.execute_async_v3(int(self.cuda.stream))", "self.context.execute_async_v3(self.cuda.stream)",
            (TRT_TESTS,), "the cuda-python stream handle passed to execute_async_v3 without int()"),
+    # SD 1.x folders (--arch sd1) and the schedule options they bring
+    Mutant("v_prediction_as_epsilon", "dbunet/schedulers/base.py",
+           'if prediction_type == "epsilon":', 'if prediction_type in ("epsilon", "v_prediction"):',
+           ("tests/test_schedulers.py",), "a v-prediction model's output taken as noise in the coefficient table"),
+    Mutant("spacing_default_ignored", "dbunet/schedulers/base.py",
+           "return self.schedule.timestep_spacing or self.default_spacing",
+           'return self.schedule.timestep_spacing or "leading"',
+           ("tests/test_schedulers.py",), "a folder that names no timestep spacing gets 'leading' for every sampler"),
+    Mutant("sd1_clip_default", "dbunet/schedulers/schedule.py",
+           'values.setdefault("clip_sample", True)', 'values.setdefault("clip_sample", False)',
+           ("tests/test_sd1.py",), "DDIM's clip_sample default (diffusers: True) not applied to a folder's config"),
+    Mutant("latents_ignored", "dbunet/generation.py",
+           "latents = (drawn if given is None else given) * np.float32(sampler.init_noise_sigma)",
+           "latents = drawn * np.float32(sampler.init_noise_sigma)",
+           ("tests/runtime/test_latents.py",), "caller-given initial latents ignored"),
+    # the trained shapes model: a bug every graph-parity check passes but that moves the shapes
+    Mutant("boxes_transposed", "dbunet/boxes.py",
+           "coords[0, i] = (b.x0, b.y0, b.x1, b.y1)", "coords[0, i] = (b.y0, b.x0, b.y1, b.x1)",
+           ("tests/test_quality.py",), "box x and y swapped on their way into the graphs"),
 ]
 
 

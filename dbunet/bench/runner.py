@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,9 +93,10 @@ def _pipeline(options: BenchOptions):
     return pipe, pipe.precision
 
 
-def _request_options(options: BenchOptions) -> dict:
+def _request_options(options: BenchOptions, config) -> dict:
     given = {"steps": options.steps, "height": options.height, "width": options.width}
-    return {"boxes": list(BOXES), **{k: v for k, v in given.items() if v is not None}}
+    boxes = list(BOXES) if config.has_boxes else []  # a plain SD model (--arch sd1) takes none
+    return {"boxes": boxes, **{k: v for k, v in given.items() if v is not None}}
 
 
 def _component_calls(pipe, request_options: dict) -> tuple[dict[str, Callable[[], object]], tuple]:
@@ -104,18 +107,21 @@ def _component_calls(pipe, request_options: dict) -> tuple[dict[str, Callable[[]
     rng = np.random.default_rng(0)
     ids = stages.tokenize([req.negative_prompt, req.prompt])
     text, _ = stages.encode_text(ids)
-    _, pooled = stages.encode_text(stages.tokenize([b.phrase for b in req.boxes]))
+    if req.boxes:
+        _, pooled = stages.encode_text(stages.tokenize([b.phrase for b in req.boxes]))
+    else:
+        pooled = np.zeros((0, cfg.text.hidden_size), dtype=np.float32)
     f = cfg.vae.downscale
     h, w = req.height // f, req.width // f
     latents = rng.standard_normal((1, cfg.vae.latent_channels, h, w)).astype(np.float32)
     cond = Conditioning(
         text,
-        np.array([[[b.x0, b.y0, b.x1, b.y1] for b in req.boxes]] * 2, dtype=np.float32),
+        np.array([[[b.x0, b.y0, b.x1, b.y1] for b in req.boxes]] * 2, dtype=np.float32).reshape(2, -1, 4),
         np.stack([pooled, pooled]).astype(np.float32),
         np.array([[0.0] * len(req.boxes), [1.0] * len(req.boxes)], dtype=np.float32),
     )
     image = np.clip(rng.standard_normal((1, 3, req.height, req.width)), -1, 1).astype(np.float32)
-    z_dis = stages.refiner_condition(image)
+    z_dis = stages.refiner_condition(image) if cfg.has_refiner else None
     # the first step of each loop: guided DDIM with boxes on, and the refiner's DDIM
     sampler = make_scheduler("ddim", cfg.schedule)
     sampler.set_timesteps(req.steps)
@@ -135,9 +141,11 @@ def _component_calls(pipe, request_options: dict) -> tuple[dict[str, Callable[[]
 
 def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchReport:
     pipe, precision = _pipeline(options)
-    request_options = _request_options(options)
+    request_options = _request_options(options, pipe.config)
     request = pipe.request(PROMPT, **request_options)  # validates size and steps before any timing
     calls, loop = _component_calls(pipe, request_options)
+    if not pipe.config.has_refiner:  # --arch sd1: nothing to time there
+        options = dataclasses.replace(options, components=tuple(c for c in options.components if c != "refiner_step"))
     calls["pipeline"] = lambda: pipe(PROMPT, seed=0, **request_options)
     results = {}
     calibrations = [calibration_ms()]  # between components: the machine's pace drifts within seconds

@@ -20,8 +20,13 @@ and kept in OUT/model/."""
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="dbunet-export", description=DESCRIPTION)
     model = p.add_argument_group("model")
-    model.add_argument("--config", default="tiny", help="preset (tiny, sd15) or a config JSON file (default: tiny)")
+    model.add_argument("--config", default="shapes",
+                       help="preset (shapes: the trained demo; tiny: the seeded test model; sd15) or a config JSON "
+                            "file (default: shapes)")
     model.add_argument("--weights", type=Path, help="a dbunet model folder, or a diffusers SD 1.x folder")
+    model.add_argument("--arch", choices=["dbunet", "sd1"], default="dbunet",
+                       help="with an SD folder: dbunet (default) builds a DB-UNet taking its matching layers; sd1 "
+                            "deploys the folder's own UNet as it is (no boxes, no refiner)")
     graph = p.add_argument_group("graphs")
     graph.add_argument("--out", type=Path, default=Path("dbunet-artifacts"), help="output directory (default: dbunet-artifacts)")
     graph.add_argument("--fp16", action="store_true", help="also write an FP16 copy of every component")
@@ -48,12 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from dbunet.export.exporter import ExportOptions, export
-    from dbunet.export.specs import COMPONENTS
 
     options = ExportOptions(
         config=args.config, weights=args.weights, out=args.out, fp16=args.fp16, opset=args.opset,
         decomposed=args.decomposed, height=args.height, width=args.width, batch=args.batch,
-        components=tuple(args.components or COMPONENTS),
+        components=tuple(args.components) if args.components else None, arch=args.arch,
         ptx_targets=tuple(args.ptx or ("sm_87", "sm_89", "sm_90")) if args.ptx is not None else (),
     )
     start = time.perf_counter()

@@ -23,7 +23,7 @@ from pathlib import Path
 from dbunet import atomic
 from dbunet.config import ModelConfig
 from dbunet.engines.cache import ENGINES_DIR, Device, EngineEntry, EngineKey, read_index, write_index
-from dbunet.engines.profiles import ENGINE_COMPONENTS, SIZE_FREE, Resolution, profile
+from dbunet.engines.profiles import SIZE_FREE, Resolution, engine_components, profile
 from dbunet.errors import BuildError, ConfigError
 from dbunet.manifest import Manifest, sha256_file, verify_artifact
 
@@ -179,7 +179,7 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(), repor
     max_boxes = config.unet.max_boxes if options.max_boxes is None else options.max_boxes
     timing_cache = options.timing_cache or artifacts / ENGINES_DIR / TIMING_CACHE
     index = read_index(artifacts)
-    for component in ENGINE_COMPONENTS:
+    for component in engine_components(config):
         artifact = manifest.find(component, "fp16")
         verify_artifact(artifacts, artifact)
         for res in resolutions if component not in SIZE_FREE else resolutions[:1]:

@@ -19,6 +19,12 @@ from dbunet.iospec import GraphSpec
 # what a txt2img run needs on TensorRT, and whether its shapes follow the image size
 ENGINE_COMPONENTS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_encoder", "gae", "refiner_step")
 SIZE_FREE = ("text_encoder", "gae")
+REFINER_ENGINES = ("refiner_encoder", "gae", "refiner_step")
+
+
+def engine_components(config: ModelConfig) -> tuple[str, ...]:
+    """The engines a model needs: --arch sd1 has no refiner."""
+    return tuple(c for c in ENGINE_COMPONENTS if config.has_refiner or c not in REFINER_ENGINES)
 
 Shape = tuple[int, ...]
 

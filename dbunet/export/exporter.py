@@ -25,12 +25,12 @@ from dbunet import atomic
 from dbunet.config import ModelConfig, preset
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.export import fp16 as fp16_convert
-from dbunet.export.graphs import GRAPHS, run_reference, sample_inputs
+from dbunet.export.graphs import graph_module, run_reference, sample_inputs
 from dbunet.export.onnx_export import check_model_file, save_onnx, trace_to_onnx
 from dbunet.export.parity import ParityResult, measure, require, run_onnx
-from dbunet.export.specs import COMPONENTS, component_specs, default_sizes
+from dbunet.export.specs import COMPONENTS, component_specs, components_of, default_sizes
 from dbunet.export.staging import staged
-from dbunet.export.step_graphs import STEP_MODULES, STEP_OF, compose_step
+from dbunet.export.step_graphs import STEP_OF, compose_step, step_module
 from dbunet.manifest import Artifact, Manifest, sha256_file, tool_versions
 from dbunet.models.cascade import Model, create_preset_model, load_model
 
@@ -42,7 +42,7 @@ Report = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ExportOptions:
-    config: str = "tiny"  # preset name or a config JSON file
+    config: str = "tiny"  # preset name or a config JSON file (the API keeps the test model; dbunet-export: shapes)
     weights: Path | None = None  # a dbunet model folder or a diffusers SD 1.x folder
     out: Path = DEFAULT_ARTIFACTS
     fp16: bool = False
@@ -51,11 +51,16 @@ class ExportOptions:
     height: int | None = None  # size of the tracing/parity inputs (dims stay dynamic)
     width: int | None = None
     batch: int = 2
-    components: tuple[str, ...] = COMPONENTS
+    components: tuple[str, ...] | None = None  # None: every component of the architecture
+    arch: str = "dbunet"  # "sd1": a diffusers SD folder's own UNet (--weights), no boxes, no refiner
     ptx_targets: tuple[str, ...] = ()  # e.g. ("sm_87", "sm_89", "sm_90"): Triton kernels -> PTX for TensorRT
 
     def __post_init__(self) -> None:
-        unknown = set(self.components) - set(COMPONENTS)
+        unknown = set(self.components or ()) - set(COMPONENTS)
+        if self.arch not in ("dbunet", "sd1"):
+            raise ConfigError(f"arch must be dbunet or sd1, got {self.arch!r}")
+        if self.arch == "sd1" and self.weights is None:
+            raise ConfigError("--arch sd1 exports a Stable Diffusion folder's own UNet: give the folder with --weights")
         if unknown:
             raise ConfigError(f"unknown components {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
         if self.batch < 1:
@@ -98,10 +103,12 @@ def load_source_model(options: ExportOptions, out: Path) -> tuple[Model, str]:
     weights = Path(options.weights)
     if (weights / "config.json").is_file() and (weights / "model.safetensors").is_file():
         return load_model(weights), str(weights.resolve())
+    if options.arch == "sd1" and not (weights / "unet").is_dir():
+        raise WeightsError(f"--arch sd1: {weights} is not a diffusers Stable Diffusion folder with a unet/")
     if (weights / "vae").is_dir() and (weights / "text_encoder").is_dir():
         from dbunet.models.sd_folder import load_sd_folder
 
-        model, report = load_sd_folder(weights, resolve_config(options.config))
+        model, report = load_sd_folder(weights, resolve_config(options.config), arch=options.arch)
         log.info(report.summary())
         model_dir = out / "model"
         from dbunet.models.cascade import save_model
@@ -131,7 +138,7 @@ def export_component(model: Model, name: str, options: ExportOptions, out: Path,
     config = model.config
     spec = component_specs(config)[name]
     sizes = default_sizes(config, options.batch, options.height, options.width)
-    module = GRAPHS[name](model.cascade).eval()
+    module = graph_module(name, model.cascade, config.arch).eval()
     feeds = sample_inputs(spec, sizes, config.text.vocab_size)
     reference = run_reference(module, spec, feeds)
     args = tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs)
@@ -170,7 +177,7 @@ def export_step(model: Model, name: str, options: ExportOptions, out: Path, repo
     spec = component_specs(model.config)[name]
     sizes = default_sizes(model.config, options.batch, options.height, options.width)
     feeds = sample_inputs(spec, sizes, model.config.text.vocab_size)
-    reference = run_reference(STEP_MODULES[name](model.cascade).eval(), spec, feeds)
+    reference = run_reference(step_module(name, model.cascade, model.config.arch).eval(), spec, feeds)
     artifacts = []
     for precision, unet in unet_graphs.items():
         note = "the UNet in fp16; c_in scaling, guidance and the sampler update in fp32" if precision == "fp16" else ""
@@ -213,7 +220,12 @@ def _export_into(options: ExportOptions, out: Path, report: Report) -> Manifest:
     report(f"model {model.config.name}: {sum(p.numel() for p in model.cascade.parameters()) / 1e6:.2f} M parameters")
     artifacts: list[Artifact] = []
     unet_graphs: UnetGraphs = {}
-    components = sorted(options.components, key=COMPONENTS.index)  # a step graph after the UNet it wraps
+    available = components_of(model.config)
+    wanted = options.components or available
+    if set(wanted) - set(available):
+        raise ConfigError(f"a {model.config.arch} model has no {', '.join(sorted(set(wanted) - set(available)))}; "
+                          f"its components: {', '.join(available)}")
+    components = sorted(wanted, key=COMPONENTS.index)  # a step graph after the UNet it wraps
     for i, name in enumerate(components, 1):
         report(f"[{i}/{len(components)}] {name}")
         if name not in STEP_OF:

@@ -29,6 +29,17 @@ class DBUNetGraph(nn.Module):
         return self.unet(sample, timestep, text, boxes, box_phrases, box_valid, box_scale)
 
 
+class SDUNetGraph(nn.Module):
+    """--arch sd1: the folder's own UNet in the denoiser's role (sample, timestep, text -> noise or v)."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__()
+        self.unet = cascade.unet
+
+    def forward(self, sample, timestep, text) -> Tensor:
+        return self.unet(sample, timestep, text)
+
+
 class VaeDecoderGraph(nn.Module):
     """Latents already divided by the scaling factor -> image in about [-1, 1]."""
 
@@ -88,6 +99,12 @@ GRAPHS: dict[str, type[nn.Module]] = {
     "gae": GAEGraph,
     "refiner_unet": RefinerUNetGraph,
 }
+
+
+def graph_module(name: str, cascade: Cascade, arch: str) -> nn.Module:
+    if name == "dbunet" and arch == "sd1":
+        return SDUNetGraph(cascade)
+    return GRAPHS[name](cascade)
 
 
 def sample_inputs(spec: GraphSpec, sizes: dict[str, int], vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -64,7 +64,26 @@ class RefinerStepGraph(nn.Module):
         return sampler_update(c, x, eps, x0_prev)
 
 
+class SDUNetStepGraph(nn.Module):
+    """--arch sd1: the same step around a plain SD UNet (no box inputs)."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__()
+        self.unet = cascade.unet
+
+    def forward(self, x, x0_prev, coeffs, text) -> tuple[Tensor, Tensor]:
+        c = dict(zip(ROW, coeffs.unbind(0)))
+        n = text.shape[0]
+        eps = self.unet((c["c_in"] * x).expand(n, -1, -1, -1), c["timestep"].expand(n), text)
+        eps = eps[:1] + c["guidance"] * (eps[-1:] - eps[:1])
+        return sampler_update(c, x, eps, x0_prev)
+
+
 STEP_MODULES = {"dbunet_step": DBUNetStepGraph, "refiner_step": RefinerStepGraph}
+
+
+def step_module(name: str, cascade: Cascade, arch: str) -> nn.Module:
+    return SDUNetStepGraph(cascade) if (name, arch) == ("dbunet_step", "sd1") else STEP_MODULES[name](cascade)
 
 
 # -- composition in ONNX ---------------------------------------------------------------------------------
@@ -122,9 +141,11 @@ def compose_step(name: str, unet: onnx.ModelProto, spec: GraphSpec) -> onnx.Mode
             _node("Concat", [_P + "n", _P + "x_dims"], _P + "batch_shape", axis=0),
             helper.make_node("Expand", [_P + "x_in", _P + "batch_shape"], ["sample"], name=_P + "set_sample"),
             helper.make_node("Expand", [c["timestep"], _P + "n"], ["timestep"], name=_P + "set_timestep"),
-            helper.make_node("Identity", [c["box_scale"]], ["box_scale"], name=_P + "set_box_scale"),
         ]
-        expected = {"sample", "timestep", "text", "boxes", "box_phrases", "box_valid", "box_scale"}
+        expected = {"sample", "timestep", "text"}
+        if "box_scale" in unet_inputs:  # the DB-UNet; a plain SD UNet (--arch sd1) takes no boxes
+            nodes.append(helper.make_node("Identity", [c["box_scale"]], ["box_scale"], name=_P + "set_box_scale"))
+            expected |= {"boxes", "box_phrases", "box_valid", "box_scale"}
         body_start = len(nodes)
         nodes += list(unet.graph.node)
         # epilogue: guidance over the batch's first (unconditional) and last (conditional) halves

@@ -19,7 +19,7 @@ from torch import nn
 from dbunet import atomic
 from dbunet.config import ModelConfig
 from dbunet.errors import ConfigError, WeightsError
-from dbunet.models.components import build_text_encoder, build_vae, load_tokenizer
+from dbunet.models.components import build_sd_unet, build_text_encoder, build_vae, load_tokenizer
 from dbunet.models.dbunet import DBUNet
 from dbunet.models.refiner import Refiner
 from dbunet.tokenizer import BOS, EOS, learn_bpe, write_clip_tokenizer
@@ -38,8 +38,9 @@ class Cascade(nn.Module):
         self.config = config
         self.text_encoder = build_text_encoder(config.text, bos_token_id, eos_token_id)
         self.vae = build_vae(config.vae)
-        self.unet = DBUNet(config.unet)
-        self.refiner = Refiner(config.refiner)
+        self.unet = DBUNet(config.unet) if config.arch == "dbunet" else build_sd_unet(config.unet)
+        if config.has_refiner:
+            self.refiner = Refiner(config.refiner)
 
 
 class Model:
@@ -76,10 +77,26 @@ def build_model(config: ModelConfig, tokenizer_dir: str | Path, seed: int | None
     return Model(config, cascade.eval(), tokenizer, files)
 
 
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "presets"  # trained presets' model folders (dbunet.train)
+
+
+def shipped_model_dir(config: ModelConfig) -> Path | None:
+    """The trained weights shipped for this exact config (the shapes preset), if any."""
+    directory = SHIPPED_DIR / config.name
+    if not (directory / CONFIG_FILE).is_file():
+        return None
+    return directory if ModelConfig.from_json((directory / CONFIG_FILE).read_text()) == config else None
+
+
 def create_preset_model(config: ModelConfig, directory: str | Path) -> Model:
-    """Build a preset model with seeded weights and save it to `directory`."""
-    tok_dir = preset_tokenizer_dir(config, Path(directory) / TOKENIZER_DIR)
-    model = build_model(config, tok_dir)
+    """A preset model saved to `directory`: its shipped trained weights where the repository has them,
+    seeded initial weights otherwise."""
+    shipped = shipped_model_dir(config)
+    if shipped is not None:
+        model = load_model(shipped)
+    else:
+        tok_dir = preset_tokenizer_dir(config, Path(directory) / TOKENIZER_DIR)
+        model = build_model(config, tok_dir)
     save_model(model, directory)
     return model
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dbunet.config import TextEncoderConfig, VaeConfig
+from dbunet.config import SDUNetConfig, TextEncoderConfig, VaeConfig
 from dbunet.errors import WeightsError
 
 
@@ -27,6 +27,18 @@ def build_vae(cfg: VaeConfig):
         norm_num_groups=cfg.norm_num_groups,
         scaling_factor=cfg.scaling_factor,
     )
+
+
+def build_sd_unet(cfg: SDUNetConfig):
+    """A plain SD 1.x/2.x UNet2DConditionModel whose forward takes (sample, timestep, text) and returns the
+    prediction tensor: the call shape every denoiser graph of the exporter has."""
+    from diffusers import UNet2DConditionModel
+
+    class SDUNet(UNet2DConditionModel):
+        def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> Tensor:
+            return super().forward(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+    return SDUNet(**cfg.to_diffusers())
 
 
 def build_text_encoder(cfg: TextEncoderConfig, bos_token_id: int, eos_token_id: int):

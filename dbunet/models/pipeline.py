@@ -49,6 +49,8 @@ class TorchStages:
                      ) -> tuple[np.ndarray, np.ndarray]:
         def predict(sample, timestep, box_scale):
             args = (sample, timestep, cond.text, cond.boxes, cond.phrases, cond.valid, box_scale)
+            if not self.model.config.has_boxes:  # a plain SD UNet: sample, timestep, text
+                args = args[:3]
             return self._np(self.cascade.unet(*(self._t(a) for a in args)))
 
         return reference_denoise_step(step, x, cond, predict), x0_prev  # the sampler keeps its own x0 history
@@ -108,5 +110,8 @@ class TorchPipeline:
     def request(self, prompt: str, **options) -> GenerationRequest:
         return build_request(self.config, prompt, **options)
 
-    def __call__(self, prompt: str, progress: Progress | None = None, **options) -> GenerationResult:
-        return run_cascade(self.stages, self.config, self.request(prompt, **options), progress)
+    def __call__(self, prompt: str, progress: Progress | None = None, latents: np.ndarray | None = None,
+                 **options) -> GenerationResult:
+        """Generate one image. `latents`: optional starting noise [1, C, h, w] (before the sampler's
+        init_noise_sigma), as diffusers' pipelines take it; otherwise the seed draws it."""
+        return run_cascade(self.stages, self.config, self.request(prompt, **options), progress, latents)

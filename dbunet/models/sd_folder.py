@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from dbunet.config import DBUNetConfig, ModelConfig, TextEncoderConfig, VaeConfig, sd15
-from dbunet.errors import WeightsError
+from dbunet.config import DBUNetConfig, ModelConfig, SamplingDefaults, SDUNetConfig, TextEncoderConfig, VaeConfig, sd15
+from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import Model, build_model, load_state
 from dbunet.schedulers.schedule import NoiseSchedule
 
@@ -64,10 +64,7 @@ def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
     raise WeightsError(f"no weights in {folder}: expected {stem}.safetensors")
 
 
-def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> ModelConfig:
-    """The model config the folder implies; what the folder does not say comes from `base` (sd15)."""
-    root = Path(root)
-    base = base or sd15()
+def _text_and_vae_config(root: Path) -> tuple[TextEncoderConfig, VaeConfig]:
     te = _read_json(root / "text_encoder" / "config.json")
     vae = _read_json(root / "vae" / "config.json")
     text = TextEncoderConfig(
@@ -86,6 +83,14 @@ def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> 
         norm_num_groups=vae.get("norm_num_groups", 32),
         scaling_factor=vae.get("scaling_factor", 0.18215),
     )
+    return text, vae_cfg
+
+
+def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> ModelConfig:
+    """The model config the folder implies; what the folder does not say comes from `base` (sd15)."""
+    root = Path(root)
+    base = base or sd15()
+    text, vae_cfg = _text_and_vae_config(root)
     unet = dataclasses.replace(base.unet, in_channels=vae_cfg.latent_channels, cross_attention_dim=text.hidden_size)
     unet_json = root / "unet" / "config.json"
     if unet_json.is_file():
@@ -111,17 +116,86 @@ def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> 
     return dataclasses.replace(base, name=f"sd-folder:{root.name}", text=text, vae=vae_cfg, unet=unet, schedule=schedule)
 
 
-def load_sd_folder(root: str | Path, base: ModelConfig | None = None) -> tuple[Model, ImportReport]:
+# UNet2DConditionModel config keys that are bookkeeping only
+_UNET_BOOKKEEPING = {"_class_name", "_diffusers_version", "_name_or_path"}
+
+
+def sd_unet_config(unet: dict, source: str) -> SDUNetConfig:
+    """The folder's UNet config as an SDUNetConfig; any other key set to a non-default value is refused
+    (class or addition embeddings, an inpainting UNet's 9 channels are named in the error)."""
+    import inspect
+
+    from diffusers import UNet2DConditionModel
+
+    if unet.get("in_channels", 4) != 4:
+        raise ConfigError(f"{source}: a UNet with {unet['in_channels']} input channels (an inpainting or depth "
+                          "UNet) is not supported; text-to-image UNets take 4")
+    carried = {f.name for f in dataclasses.fields(SDUNetConfig)}
+    defaults = {k: p.default for k, p in inspect.signature(UNet2DConditionModel.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    differing = sorted(k for k, v in unet.items()
+                       if k not in carried and k not in _UNET_BOOKKEEPING
+                       and _normalise(v) != _normalise(defaults.get(k, _MISSING)))
+    if differing:
+        raise ConfigError(f"{source}: cannot honour {', '.join(f'{k}={unet[k]!r}' for k in differing)} "
+                          "(a plain SD 1.x/2.x UNet leaves them at their defaults)")
+    heads = unet.get("attention_head_dim", 8)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in unet.items() if k in carried}
+    kwargs["attention_head_dim"] = tuple(heads) if isinstance(heads, list | tuple) else (heads,)
+    try:
+        return SDUNetConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+_MISSING = object()
+
+
+def _normalise(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def sd1_config_from_folder(root: str | Path) -> ModelConfig:
+    """--arch sd1: the folder's own UNet, VAE, text encoder and scheduler, without boxes or refiner."""
+    root = Path(root)
+    text, vae = _text_and_vae_config(root)
+    unet_json = root / "unet" / "config.json"
+    if not unet_json.is_file():
+        raise WeightsError(f"--arch sd1 needs the folder's own UNet: {unet_json} is missing")
+    unet = sd_unet_config(_read_json(unet_json), str(unet_json))
+    if unet.cross_attention_dim != text.hidden_size:
+        raise ConfigError(f"{root}: the UNet attends to {unet.cross_attention_dim}-wide text, the text encoder "
+                          f"gives {text.hidden_size}")
+    if unet.out_channels != vae.latent_channels:
+        raise ConfigError(f"{root}: the UNet predicts {unet.out_channels} channels, the VAE has "
+                          f"{vae.latent_channels} latent channels")
+    sched_json = root / "scheduler" / "scheduler_config.json"
+    schedule = (NoiseSchedule.from_diffusers(_read_json(sched_json), str(sched_json)) if sched_json.is_file()
+                else NoiseSchedule())
+    side = unet.sample_size * vae.downscale
+    defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=7.5, refiner_steps=0,
+                                max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
+    return ModelConfig(name=f"sd1:{root.name}", text=text, vae=vae, unet=unet, refiner=sd15().refiner,
+                       schedule=schedule, defaults=defaults, arch="sd1")
+
+
+def load_sd_folder(root: str | Path, base: ModelConfig | None = None, arch: str = "dbunet"
+                   ) -> tuple[Model, ImportReport]:
+    """arch "dbunet": a DB-UNet taking the matching layers; arch "sd1": the folder's own UNet, as it is."""
     root = Path(root)
     if not root.is_dir():
         raise WeightsError(f"{root} is not a folder")
+    if arch == "sd1":
+        _check_padding(root / "tokenizer")
+        model = build_model(sd1_config_from_folder(root), root / "tokenizer")
+        _load_text_and_vae(model, root)
+        state = read_weights(root / "unet", "unet")
+        load_state(model.cascade.unet, state, strict=True, source=str(root / "unet"))
+        return model, ImportReport(sorted(state), [])
     config = config_from_sd_folder(root, base)
     model = build_model(config, root / "tokenizer")
     cascade = model.cascade
-    load_state(cascade.vae, read_weights(root / "vae", "vae"), strict=True, source=str(root / "vae"))
-    text_state = read_weights(root / "text_encoder", "text_encoder")
-    text_state.pop("text_model.embeddings.position_ids", None)  # a buffer older transformers saved
-    load_state(cascade.text_encoder, text_state, strict=True, source=str(root / "text_encoder"))
+    _load_text_and_vae(model, root)
 
     own = cascade.unet.state_dict()
     loaded: list[str] = []
@@ -133,3 +207,25 @@ def load_sd_folder(root: str | Path, base: ModelConfig | None = None) -> tuple[M
     report = ImportReport(loaded, sorted(set(own) - set(loaded)))
     log.info("imported %s: %s", root, report.summary())
     return model, report
+
+
+def _load_text_and_vae(model: Model, root: Path) -> None:
+    cascade = model.cascade
+    load_state(cascade.vae, read_weights(root / "vae", "vae"), strict=True, source=str(root / "vae"))
+    text_state = read_weights(root / "text_encoder", "text_encoder")
+    text_state.pop("text_model.embeddings.position_ids", None)  # a buffer older transformers saved
+    load_state(cascade.text_encoder, text_state, strict=True, source=str(root / "text_encoder"))
+
+
+def _check_padding(tokenizer_dir: Path) -> None:
+    """The runtime pads prompts with <|endoftext|>, as SD 1.x tokenizers do; SD 2.x tokenizers pad with "!",
+    which would change every padded position's text embedding. Refused rather than silently different."""
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = tokenizer_dir / name
+        if not path.is_file():
+            continue
+        pad = _read_json(path).get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        if pad is not None and pad != "<|endoftext|>":
+            raise ConfigError(f"{path}: the tokenizer pads with {pad!r}; dbunet pads with <|endoftext|> as SD 1.x "
+                              "does (SD 2.x tokenizers pad with '!'): not supported yet")

@@ -1,6 +1,6 @@
 """Parameter counts and FLOPs per call of every component, at a preset's default size or a given one.
 
-    python -m dbunet.models.stats [--config tiny sd15] [--markdown]
+    python -m dbunet.models.stats [--config shapes tiny sd15] [--markdown]
 
 Counted on the meta device (shapes only, no arithmetic), so sd15 takes seconds on a CPU.
 FLOPs are torch.utils.flop_counter's: 2 per multiply-add of matmuls, convolutions and
@@ -111,7 +111,7 @@ def format_table(name: str, rows: list[ComponentStats], markdown: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", nargs="+", default=["tiny", "sd15"], help="presets to report (default: both)")
+    parser.add_argument("--config", nargs="+", default=["shapes", "tiny", "sd15"], help="presets to report (default: all three)")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the README)")
     args = parser.parse_args(argv)
     for name in args.config:

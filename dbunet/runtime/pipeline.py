@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 # txt2img needs these: the denoising loops run whole-step graphs. The per-call dbunet and refiner_unet
 # graphs (other consumers, debugging) and vae_encoder (img2img, editing) are exported but not loaded.
 RUNTIME_COMPONENTS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_encoder", "gae", "refiner_step")
+REFINER_COMPONENTS = ("refiner_encoder", "gae", "refiner_step")  # absent for --arch sd1
 
 
 BACKENDS = ("auto", "ort", "trt", "openvino")
@@ -74,8 +75,8 @@ def make_backend(name: str, device: str = "auto", threads: int | None = None) ->
 class GraphStages:
     """Each cascade stage as a graph run (see dbunet.generation.Stages)."""
 
-    def __init__(self, graphs: dict[str, Graph], tokenizer: ClipTokenizer) -> None:
-        self.graphs, self.tokenizer = graphs, tokenizer
+    def __init__(self, graphs: dict[str, Graph], tokenizer: ClipTokenizer, boxes: bool = True) -> None:
+        self.graphs, self.tokenizer, self.boxes = graphs, tokenizer, boxes
 
     def _run(self, name: str, **feeds: np.ndarray) -> list[np.ndarray]:
         return self.graphs[name].run(feeds)
@@ -89,8 +90,10 @@ class GraphStages:
 
     def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
                      ) -> tuple[np.ndarray, np.ndarray]:
-        x_next, x0 = self._run("dbunet_step", x=x, x0_prev=x0_prev, coeffs=step.row, text=cond.text,
-                               boxes=cond.boxes, box_phrases=cond.phrases, box_valid=cond.valid)
+        feeds = dict(x=x, x0_prev=x0_prev, coeffs=step.row, text=cond.text)
+        if self.boxes:  # the DB-UNet's step; a plain SD UNet's (--arch sd1) takes no boxes
+            feeds |= dict(boxes=cond.boxes, box_phrases=cond.phrases, box_valid=cond.valid)
+        x_next, x0 = self._run("dbunet_step", **feeds)
         return x_next, x0
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -135,18 +138,23 @@ class Pipeline:
             log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, be.name)
             return cls(manifest, directory, be, precision, stages)
         graphs = {}
-        artifacts = {name: manifest.find(name, files) for name in RUNTIME_COMPONENTS}
+        cfg = manifest.config
+        wanted = [n for n in RUNTIME_COMPONENTS if cfg.has_refiner or n not in REFINER_COMPONENTS]
+        artifacts = {name: manifest.find(name, files) for name in wanted}
         paths = {name: verify_artifact(directory, a) for name, a in artifacts.items()}  # all checked, then loaded
         for name, artifact in artifacts.items():
             graphs[name] = be.load(paths[name], artifact.spec)
         log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, be.name)
-        return cls(manifest, directory, be, precision, GraphStages(graphs, tokenizer))
+        return cls(manifest, directory, be, precision, GraphStages(graphs, tokenizer, cfg.has_boxes))
 
     def request(self, prompt: str, **options) -> GenerationRequest:
         return build_request(self.config, prompt, **options)
 
-    def __call__(self, prompt: str, progress: Progress | None = None, **options) -> GenerationResult:
-        return run_cascade(self.stages, self.config, self.request(prompt, **options), progress)
+    def __call__(self, prompt: str, progress: Progress | None = None, latents: np.ndarray | None = None,
+                 **options) -> GenerationResult:
+        """Generate one image. `latents`: optional starting noise [1, C, h, w] (before the sampler's
+        init_noise_sigma), as diffusers' pipelines take it; otherwise the seed draws it."""
+        return run_cascade(self.stages, self.config, self.request(prompt, **options), progress, latents)
 
     def close(self) -> None:
         if isinstance(self.stages, GraphStages):

@@ -16,6 +16,7 @@ class Scheduler(abc.ABC):
     so a loop that starts part-way (img2img, the refiner) is plain slicing."""
 
     name: str = ""
+    default_spacing: str = "leading"  # diffusers' default for this sampler (used when the schedule names none)
 
     def __init__(self, schedule: NoiseSchedule | None = None) -> None:
         self.schedule = schedule or NoiseSchedule()
@@ -70,6 +71,10 @@ class Scheduler(abc.ABC):
         acp = self.alphas_cumprod[int(self.timesteps[index])]
         return (np.sqrt(acp) * original + np.sqrt(1 - acp) * noise).astype(original.dtype)
 
+    @property
+    def spacing(self) -> str:
+        return self.schedule.timestep_spacing or self.default_spacing
+
     def _require_timesteps(self, index: int) -> None:
         if not 0 <= index < self.num_inference_steps:
             raise InputError(
@@ -77,12 +82,26 @@ class Scheduler(abc.ABC):
             )
 
 
-def spaced_timesteps(schedule: NoiseSchedule, n: int) -> np.ndarray:
+def prediction_terms(prediction_type: str, k: float, alpha: float, sigma: float) -> tuple[float, float, float, float]:
+    """(d, e, f, g) with x0 = d x + e m and eps = f x + g m, for a model output m.
+
+    The model saw k x, a variance-preserving sample alpha x0 + sigma eps. An epsilon model predicts
+    eps; a v model (Salimans & Ho 2022; SD 2.x) predicts v = alpha eps - sigma x0, so
+    x0 = alpha (k x) - sigma v and eps = sigma (k x) + alpha v. Both are linear in (x, m), which is
+    what keeps every sampler a row of coefficients."""
+    if prediction_type == "epsilon":
+        return k / alpha, -sigma / alpha, 0.0, 1.0
+    if prediction_type == "v_prediction":
+        return alpha * k, -sigma, sigma * k, alpha
+    raise InputError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+
+
+def spaced_timesteps(schedule: NoiseSchedule, n: int, spacing: str) -> np.ndarray:
     """Timestep selection of diffusers' DDIM / Euler ("Common Diffusion Noise Schedules...", Table 2)."""
     T = schedule.num_train_timesteps
-    if schedule.timestep_spacing == "linspace":
+    if spacing == "linspace":
         return np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
-    if schedule.timestep_spacing == "leading":
+    if spacing == "leading":
         ratio = T // n
         return (np.arange(0, n) * ratio).round()[::-1].astype(np.int64) + schedule.steps_offset
     ratio = T / n  # trailing

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dbunet.schedulers.base import Scheduler, spaced_timesteps
+from dbunet.schedulers.base import Scheduler, prediction_terms, spaced_timesteps
 from dbunet.schedulers.table import Update
 
 
@@ -20,7 +20,7 @@ class DDIMScheduler(Scheduler):
         )
 
     def _set_timesteps(self, n: int) -> None:
-        self.timesteps = spaced_timesteps(self.schedule, n)
+        self.timesteps = spaced_timesteps(self.schedule, n, self.spacing)
 
     def _alphas(self, index: int) -> tuple[np.float32, np.float32]:
         # 1. previous timestep: t - T/n (the spacing of the schedule)
@@ -30,21 +30,26 @@ class DDIMScheduler(Scheduler):
         return self.alphas_cumprod[t], self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
 
     def update(self, index: int) -> Update:
-        """x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t), clipped; x_next = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps."""
+        """x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t), clipped; x_next = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps
+        (a v model's output converted to x0 and eps first: prediction_terms)."""
         self._require_timesteps(index)
         a_t, a_prev = (np.float64(a) for a in self._alphas(index))
         s = self.schedule
-        return Update(c_in=1.0, d=1 / np.sqrt(a_t), e=-np.sqrt(1 - a_t) / np.sqrt(a_t),
-                      clip=s.clip_sample_range if s.clip_sample else np.inf,
-                      p=0.0, q=np.sqrt(1 - a_prev), u=np.sqrt(a_prev), v=0.0)
+        d, e, f, g = prediction_terms(s.prediction_type, 1.0, np.sqrt(a_t), np.sqrt(1 - a_t))
+        return Update(c_in=1.0, d=d, e=e, clip=s.clip_sample_range if s.clip_sample else np.inf,
+                      p=np.sqrt(1 - a_prev) * f, q=np.sqrt(1 - a_prev) * g, u=np.sqrt(a_prev), v=0.0)
 
     def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
         self._require_timesteps(index)
         s = self.schedule
         a_t, a_prev = self._alphas(index)
         b_t = 1 - a_t
-        # 3. predicted x0 from the noise prediction (eq. 12, "predicted x0")
-        x0 = (sample - np.sqrt(b_t) * model_output) / np.sqrt(a_t)
+        # 3. predicted x0 and noise from the model output (eq. 12, "predicted x0"; v: Salimans & Ho 2022)
+        if s.prediction_type == "v_prediction":
+            x0 = np.sqrt(a_t) * sample - np.sqrt(b_t) * model_output
+            model_output = np.sqrt(a_t) * model_output + np.sqrt(b_t) * sample
+        else:
+            x0 = (sample - np.sqrt(b_t) * model_output) / np.sqrt(a_t)
         # 4. optional clipping of x0
         if s.clip_sample:
             x0 = np.clip(x0, -s.clip_sample_range, s.clip_sample_range)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dbunet.schedulers.base import Scheduler
+from dbunet.schedulers.base import Scheduler, prediction_terms
 from dbunet.schedulers.table import Update
 
 _F32 = np.float32
@@ -26,6 +26,7 @@ def _exp(x: np.float32) -> np.float32:
 
 class DPMSolverScheduler(Scheduler):
     name = "dpm++"
+    default_spacing = "linspace"
 
     def __init__(self, schedule=None) -> None:
         super().__init__(schedule)
@@ -38,9 +39,9 @@ class DPMSolverScheduler(Scheduler):
         s = self.schedule
         T = s.num_train_timesteps
         # DPM-Solver spaces n + 1 points and drops the last (diffusers' convention for this sampler).
-        if s.timestep_spacing == "linspace":
+        if self.spacing == "linspace":
             ts = np.linspace(0, T - 1, n + 1).round()[::-1][:-1].astype(np.int64)
-        elif s.timestep_spacing == "leading":
+        elif self.spacing == "leading":
             ratio = T // (n + 1)
             ts = (np.arange(0, n + 1) * ratio).round()[::-1][:-1].astype(np.int64) + s.steps_offset
         else:
@@ -68,15 +69,18 @@ class DPMSolverScheduler(Scheduler):
         if 0 < index < self.num_inference_steps - 1:  # second order, as in step()
             r = np.float64((lambda_s - self._alpha_sigma_lambda(index - 1)[2]) / (lambda_t - lambda_s))
             u, v = -coef - 0.5 * coef / r, 0.5 * coef / r
-        return Update(c_in=1.0, d=1 / np.float64(alpha_s), e=-np.float64(sigma_s) / np.float64(alpha_s), clip=np.inf,
-                      p=np.float64(sigma_t) / np.float64(sigma_s), q=0.0, u=u, v=v)
+        d, e, _, _ = prediction_terms(self.schedule.prediction_type, 1.0, np.float64(alpha_s), np.float64(sigma_s))
+        return Update(c_in=1.0, d=d, e=e, clip=np.inf, p=np.float64(sigma_t) / np.float64(sigma_s), q=0.0, u=u, v=v)
 
     def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
         self._require_timesteps(index)
         sample = sample.astype(np.float32)
         # 1. data prediction x0 = (x - sigma_s * eps) / alpha_s
         alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(index)
-        x0 = (sample - sigma_s * model_output) / alpha_s
+        if self.schedule.prediction_type == "v_prediction":  # x0 = alpha_s x - sigma_s v
+            x0 = alpha_s * sample - sigma_s * model_output
+        else:
+            x0 = (sample - sigma_s * model_output) / alpha_s
         # 2. step size in lambda; at the final sigma 0, lambda_t = inf and exp(-h) = 0 (x_t = x0)
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(index + 1)
         h = lambda_t - lambda_s

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from dbunet.schedulers.base import Scheduler, spaced_timesteps
+from dbunet.schedulers.base import Scheduler, prediction_terms, spaced_timesteps
 from dbunet.schedulers.table import Update
 
 
 class EulerScheduler(Scheduler):
     name = "euler"
+    default_spacing = "linspace"
 
     def __init__(self, schedule=None) -> None:
         super().__init__(schedule)
@@ -22,10 +23,10 @@ class EulerScheduler(Scheduler):
     def _set_timesteps(self, n: int) -> None:
         # Euler keeps float timesteps (diffusers: linspace is not rounded here).
         s = self.schedule
-        if s.timestep_spacing == "linspace":
+        if self.spacing == "linspace":
             ts = np.linspace(0, s.num_train_timesteps - 1, n, dtype=np.float32)[::-1].copy()
         else:
-            ts = spaced_timesteps(s, n).astype(np.float32)
+            ts = spaced_timesteps(s, n, self.spacing).astype(np.float32)
         sig = np.interp(ts, np.arange(len(self.train_sigmas)), self.train_sigmas)
         self.sigmas = np.concatenate([sig, [0.0]]).astype(np.float32)
         self.timesteps = ts
@@ -33,7 +34,7 @@ class EulerScheduler(Scheduler):
     @property
     def init_noise_sigma(self) -> float:
         smax = float(self.sigmas.max())
-        if self.schedule.timestep_spacing in ("linspace", "trailing"):
+        if self.spacing in ("linspace", "trailing"):
             return smax
         return (smax**2 + 1) ** 0.5
 
@@ -46,15 +47,20 @@ class EulerScheduler(Scheduler):
         """x_in = x / sqrt(sigma^2 + 1); x0 = x - sigma eps; x_next = x + (sigma_next - sigma) eps."""
         self._require_timesteps(index)
         sigma, sigma_next = np.float64(self.sigmas[index]), np.float64(self.sigmas[index + 1])
-        return Update(c_in=1 / np.sqrt(sigma**2 + 1), d=1.0, e=-sigma, clip=np.inf,
-                      p=1.0, q=sigma_next - sigma, u=0.0, v=0.0)
+        c_in = 1 / np.sqrt(sigma**2 + 1)  # the model sees c_in x = alpha x0 + sigma_vp eps, alpha = c_in
+        d, e, f, g = prediction_terms(self.schedule.prediction_type, c_in, c_in, sigma * c_in)
+        return Update(c_in=c_in, d=d, e=e, clip=np.inf, p=1.0 + (sigma_next - sigma) * f, q=(sigma_next - sigma) * g,
+                      u=0.0, v=0.0)
 
     def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
         self._require_timesteps(index)
         sample = sample.astype(np.float32)
         sigma = self.sigmas[index]
-        # 1. denoised estimate x0 = x - sigma * eps
-        x0 = sample - sigma * model_output
+        # 1. denoised estimate: x0 = x - sigma * eps (v model: x0 = -sigma / sqrt(sigma^2 + 1) v + x / (sigma^2 + 1))
+        if self.schedule.prediction_type == "v_prediction":
+            x0 = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
+        else:
+            x0 = sample - sigma * model_output
         # 2. ODE derivative d = (x - x0) / sigma
         d = (sample - x0) / sigma
         # 3. Euler step to the next sigma

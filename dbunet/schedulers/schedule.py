@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,6 +12,19 @@ from dbunet.errors import ConfigError
 
 BetaSchedule = Literal["linear", "scaled_linear"]
 TimestepSpacing = Literal["leading", "linspace", "trailing"]
+PredictionType = Literal["epsilon", "v_prediction"]
+
+# diffusers scheduler-config keys that change nothing here when they hold these values (anything else
+# in them would change the sampling, and is refused rather than silently ignored)
+_NEUTRAL = {"trained_betas": None, "rescale_betas_zero_snr": False, "thresholding": False,
+            "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+            "timestep_type": "discrete", "final_sigmas_type": "zero", "euler_at_final": False, "lower_order_final": True, "algorithm_type": "dpmsolver++",
+            "solver_order": 2, "solver_type": "midpoint", "interpolation_type": "linear", "sigma_min": None,
+            "sigma_max": None}
+# keys that are only bookkeeping, or belong to samplers dbunet replaces (PNDM's PRK steps, DDPM's variance)
+_IGNORED = {"_class_name", "_diffusers_version", "skip_prk_steps", "dynamic_thresholding_ratio",
+            "sample_max_value", "clip_sample_range_default", "lambda_min_clipped", "variance_type",
+            "use_lu_lambdas", "timestep_spacing_default"}
 
 
 @dataclass(frozen=True)
@@ -21,11 +35,14 @@ class NoiseSchedule:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: BetaSchedule = "scaled_linear"
-    timestep_spacing: TimestepSpacing = "leading"
+    # None: each sampler's own diffusers default (DDIM leading; Euler and DPM-Solver linspace), as
+    # diffusers does when a folder's scheduler config (SD 1.5's, say) does not name one
+    timestep_spacing: TimestepSpacing | None = "leading"
     steps_offset: int = 1
     set_alpha_to_one: bool = False  # DDIM: alpha_cumprod used past the last step
     clip_sample: bool = False  # DDIM: clamp the predicted x0 (useful in pixel space)
     clip_sample_range: float = 1.0
+    prediction_type: PredictionType = "epsilon"  # what the denoiser predicts: the noise, or v (SD 2.x)
 
     def __post_init__(self) -> None:
         if self.num_train_timesteps < 2:
@@ -36,7 +53,9 @@ class NoiseSchedule:
             )
         if self.beta_schedule not in ("linear", "scaled_linear"):
             raise ConfigError(f"beta_schedule must be 'linear' or 'scaled_linear', got {self.beta_schedule!r}")
-        if self.timestep_spacing not in ("leading", "linspace", "trailing"):
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConfigError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        if self.timestep_spacing not in ("leading", "linspace", "trailing", None):
             raise ConfigError(
                 f"timestep_spacing must be 'leading', 'linspace' or 'trailing', got {self.timestep_spacing!r}"
             )
@@ -53,15 +72,45 @@ class NoiseSchedule:
 
     def to_diffusers(self) -> dict:
         """The same schedule as a diffusers scheduler config (used by tests and by SD-folder import)."""
-        return {
+        spacing = {} if self.timestep_spacing is None else {"timestep_spacing": self.timestep_spacing}
+        return spacing | {
             "num_train_timesteps": self.num_train_timesteps,
             "beta_start": self.beta_start,
             "beta_end": self.beta_end,
             "beta_schedule": self.beta_schedule,
-            "timestep_spacing": self.timestep_spacing,
             "steps_offset": self.steps_offset,
-            "prediction_type": "epsilon",
+            "prediction_type": self.prediction_type,
+            "clip_sample": self.clip_sample,
+            "clip_sample_range": self.clip_sample_range,
+            "set_alpha_to_one": self.set_alpha_to_one,
         }
+
+    @classmethod
+    def from_diffusers(cls, config: dict, source: str = "scheduler config") -> NoiseSchedule:
+        """A diffusers scheduler config (any sampler's: DDIM, PNDM, Euler, DPM-Solver) as our schedule.
+
+        Every key either maps to a field, is bookkeeping, or holds a value that changes nothing here;
+        a setting we cannot honour (trained betas, zero-terminal-SNR rescaling, thresholding, a cosine
+        schedule, sample prediction, Karras sigmas) raises ConfigError naming it."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        refused = [f"{k}={v!r}" for k, v in config.items()
+                   if k in _NEUTRAL and v != _NEUTRAL[k]]
+        if config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
+            refused.append(f"prediction_type={config['prediction_type']!r} (epsilon and v_prediction are supported)")
+        if config.get("beta_schedule", "scaled_linear") not in ("linear", "scaled_linear"):
+            refused.append(f"beta_schedule={config['beta_schedule']!r} (linear and scaled_linear are supported)")
+        unknown = sorted(set(config) - fields - set(_NEUTRAL) - _IGNORED)
+        if unknown:
+            refused.append(f"unknown keys {unknown}")
+        if refused:
+            raise ConfigError(f"{source}: cannot honour {', '.join(refused)}")
+        values = {k: v for k, v in config.items() if k in fields}
+        # a key the folder leaves out takes diffusers' default, as from_config would give each sampler
+        values.setdefault("timestep_spacing", None)
+        values.setdefault("steps_offset", 0)
+        values.setdefault("clip_sample", True)  # DDIMScheduler's default (the only sampler here that clips)
+        values.setdefault("set_alpha_to_one", True)  # DDIMScheduler's default
+        return cls(**values)
 
 
 def _linspace_f32(start: float, end: float, n: int) -> np.ndarray:

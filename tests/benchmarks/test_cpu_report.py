@@ -1,22 +1,13 @@
 """The CPU report script's own logic: case names, and rewriting only its blocks of the page."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_report.py"
+from bench_scripts import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("cpu_report", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_script("cpu_report") as module:
+        yield module
 
 
 def test_case_names(report):

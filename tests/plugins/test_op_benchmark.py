@@ -1,21 +1,17 @@
 """The op benchmark's shapes and work counts (its timings need a GPU; the arithmetic does not)."""
 
-import importlib.util
-from pathlib import Path
-
+import pytest
 import torch
+from bench_scripts import benchmark_script
 
 
-def _bench():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ops.py"
-    spec = importlib.util.spec_from_file_location("ops_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def bench():
+    with benchmark_script("ops") as module:
+        yield module
 
 
-def test_sd15_cases_and_work_counts():
-    bench = _bench()
+def test_sd15_cases_and_work_counts(bench):
     cases = list(bench.sd15_cases(device="meta"))
     assert len(cases) == 9  # 3 ops x 3 latent sizes
     shapes = {(op, tag.split()[0]) for op, tag, _ in cases}

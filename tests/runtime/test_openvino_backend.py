@@ -104,3 +104,12 @@ def test_graphs_with_external_data_load_without_touching_the_directory(artifacts
     got = Pipeline.from_artifacts(art, "openvino", "fp32")("a red cat and a lamp", **REQUEST)
     np.testing.assert_allclose(got.pixels, ort_fp32.pixels, rtol=0, atol=1e-4)
     assert snapshot(art) == before
+
+
+def test_a_plain_sd1_model_runs_on_openvino(sd1_artifacts, tmp_path, monkeypatch):
+    """--arch sd1 artifacts (no refiner, no box inputs) on OpenVINO FP32 vs ONNX Runtime FP32, same latents."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    latents = np.random.default_rng(4).standard_normal((1, 4, 16, 16)).astype(np.float32)
+    want = Pipeline.from_artifacts(sd1_artifacts, "ort", "fp32")("a photo of a cat", steps=4, latents=latents)
+    got = Pipeline.from_artifacts(sd1_artifacts, "openvino", "fp32")("a photo of a cat", steps=4, latents=latents)
+    np.testing.assert_allclose(got.pixels, want.pixels, rtol=0, atol=1e-4)  # FP32 both, as for the DB-UNet

@@ -189,3 +189,25 @@ def test_bench_reports_engine_times_graph_overhead_and_memory(engines):
     largest = max(r.engine.header["device_memory"] for r in Pipeline.from_artifacts(art, "trt").stages.engines.runners.values())
     assert d["device_memory"]["activation_region_mb"] * 2**20 == largest
     assert "per_step" in format_figures(d) and "activations (shared)" in format_figures(d)
+
+
+def test_a_plain_sd1_model_runs_on_engines_without_box_inputs(monkeypatch, sd1_artifacts, tmp_path):
+    """--arch sd1: engines for text encoder, step and decoder only (no refiner), a step engine with no box
+    inputs, and the same bytes as ONNX Runtime FP16 on the same graphs, guided and unguided."""
+    art = tmp_path / "sd1"
+    shutil.copytree(sd1_artifacts, art)
+    install(monkeypatch, "10.8.0")
+    builder.build_engines(art, builder.BuildOptions((Resolution(64, 64),)), report=lambda line: None)
+    assert {e.component for e in read_index(art)} == {"text_encoder", "dbunet_step", "vae_decoder"}
+    pipe = Pipeline.from_artifacts(art, "trt")
+    step = next(e for e in read_index(art) if e.component == "dbunet_step")
+    assert set(step.shapes) == {"x", "x0_prev", "coeffs", "text"} and step.shapes["text"][0][0] == 2
+    ort = Pipeline.from_artifacts(sd1_artifacts, "ort", "fp16", device="cpu")
+    latents = np.random.default_rng(2).standard_normal((1, 4, 16, 16)).astype(np.float32)
+    for kw in ({}, {"guidance_scale": 1.0}, {"scheduler": "euler"}):
+        got = pipe("a photo of a cat", steps=4, latents=latents, **kw)
+        want = ort("a photo of a cat", steps=4, latents=latents, **kw)
+        np.testing.assert_array_equal(got.latents, want.latents, err_msg=str(kw))
+        np.testing.assert_array_equal(got.image, want.image, err_msg=str(kw))
+    with pytest.raises(InputError, match="no box conditioning"):
+        pipe("a photo of a cat", steps=2, boxes=["0.1,0.1,0.5,0.5:a cat"])

@@ -83,7 +83,7 @@ class TrtBackend:
         built = sorted({e.resolution for e in engines.index if e.resolution != "any" and e.device == self.identity})
         # load one resolution's engines now, so the shared activation region is sized once for them
         if built:
-            engines.preload(default if default in built else built[0])
+            engines.preload(default if default in built else built[0], cfg)
         return TrtStages(engines, tokenizer, cfg)
 
 
@@ -125,10 +125,10 @@ class TrtEngines:
             self.runners[key] = runner
         return self.runners[key]
 
-    def preload(self, resolution: str) -> None:
-        from dbunet.engines.profiles import ENGINE_COMPONENTS, SIZE_FREE
+    def preload(self, resolution: str, config) -> None:
+        from dbunet.engines.profiles import SIZE_FREE, engine_components
 
-        for component in ENGINE_COMPONENTS:
+        for component in engine_components(config):
             self.runner(component, "any" if component in SIZE_FREE else resolution)
 
     def set_graphs(self, enabled: bool) -> None:
@@ -174,6 +174,8 @@ class TrtStages:
     # -- denoising --------------------------------------------------------------------------------------------
     def _step_inputs(self, x: np.ndarray, cond: Conditioning) -> tuple[object, dict[str, np.ndarray]]:
         resolution = runner_resolution(x, self.config.vae.downscale)
+        if not self.config.has_boxes:  # a plain SD UNet's step (--arch sd1): text only
+            return self._runner("dbunet_step", resolution), static_conditioning(cond, None)
         slots = self.engines.entry("dbunet_step", resolution).shapes["boxes"][0][1]  # min shape [2, slots, 4]
         return self._runner("dbunet_step", resolution), static_conditioning(cond, slots)
 
@@ -229,8 +231,11 @@ def runner_resolution(x: np.ndarray, downscale: int) -> str:
     return f"{x.shape[2] * downscale}x{x.shape[3] * downscale}"
 
 
-def static_conditioning(cond: Conditioning, slots: int) -> dict[str, np.ndarray]:
-    """The step engine's conditioning inputs at its static shapes: batch 2, `slots` box slots."""
+def static_conditioning(cond: Conditioning, slots: int | None) -> dict[str, np.ndarray]:
+    """The step engine's conditioning inputs at its static shapes: batch 2, `slots` box slots (None: an
+    engine without box inputs)."""
+    if slots is None:
+        return {"text": cond.text if cond.text.shape[0] == 2 else np.concatenate([cond.text, cond.text])}
     n = cond.boxes.shape[1]
     if n > slots:
         raise InputError(f"{n} boxes, but the engines take at most {slots}; rebuild with dbunet-build --max-boxes {n}")

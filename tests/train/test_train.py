@@ -1,0 +1,69 @@
+"""Training machinery on a few steps (CI never trains for real): outputs, resume, refusals."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dbunet.config import shapes
+from dbunet.models.cascade import load_model
+from dbunet.train.__main__ import main
+from dbunet.train.trainer import StagePlan, Trainer, TrainPlan
+
+PLAN = TrainPlan(vae=StagePlan(4, 2, 1e-4, 1), unet=StagePlan(4, 2, 1e-4, 1), refiner=StagePlan(4, 2, 1e-4, 1),
+                 pool=8, checkpoint_every=2)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_smoke_run_writes_a_loadable_model_a_loss_log_and_curves(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["shapes", "--out", str(out), "--smoke", "--device", "cpu"]) == 0
+    model = load_model(out / "model")
+    assert model.config.name == "shapes"
+    rows = (out / "loss.csv").read_text().splitlines()
+    assert rows[0] == "stage,step,loss,parts,seconds" and len(rows) == 1 + 3 * 3
+    assert {r.split(",")[0] for r in rows[1:]} == {"vae", "unet", "refiner"}
+    assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "trained model in" in capsys.readouterr().out
+    # a second run into the same folder must say --resume rather than train over it
+    assert main(["shapes", "--out", str(out), "--smoke"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["shapes", "--out", str(tmp_path / "empty"), "--resume"]) == 2
+
+
+def _weights(directory):
+    return load_file(str(directory / "model" / "model.safetensors"))
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    Trainer(shapes(), whole, PLAN, torch.device("cpu"), lambda line: None).run()
+
+    broken = tmp_path / "broken"
+    original = Trainer._log
+
+    def crash_at_unet_step_3(self, stage, step, losses, seconds):
+        if (stage, step) == ("unet", 3):
+            raise Crash
+        original(self, stage, step, losses, seconds)
+
+    monkeypatch.setattr(Trainer, "_log", crash_at_unet_step_3)
+    with pytest.raises(Crash):
+        Trainer(shapes(), broken, PLAN, torch.device("cpu"), lambda line: None).run()
+    progress = json.loads((broken / "checkpoint" / "progress.json").read_text())
+    assert (progress["stage"], progress["step"]) == ("unet", 2)  # the last checkpoint before the crash
+    assert not (broken / "model").exists()  # no half-trained model published
+    monkeypatch.setattr(Trainer, "_log", original)
+    lines = []
+    Trainer(shapes(), broken, PLAN, torch.device("cpu"), lines.append).run()
+    assert any("resuming at step 2/4" in line for line in lines)
+
+    a, b = _weights(whole), _weights(broken)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    assert json.loads((whole / "model" / "config.json").read_text()) == json.loads((broken / "model" / "config.json").read_text())
