@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     out = p.add_argument_group("output")
     out.add_argument("--output", type=Path, default=Path("out.png"), help="PNG path (default: out.png)")
-    out.add_argument("--draw-boxes", action="store_true", help="overlay the boxes and their phrases")
+    out.add_argument("--draw-boxes", action="store_true", help="overlay the boxes, and their phrases where they fit inside the box")
     out.add_argument("--quiet", action="store_true", help="no progress bar or timing table")
     return p
 

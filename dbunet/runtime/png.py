@@ -22,7 +22,8 @@ def draw_boxes(image: np.ndarray, result: GenerationResult) -> Image.Image:
         color = PALETTE[i % len(PALETTE)]
         rect = (b.x0 * w, b.y0 * h, max(b.x0 * w, b.x1 * w - 1), max(b.y0 * h, b.y1 * h - 1))
         draw.rectangle(rect, outline=color, width=max(1, w // 128))
-        draw.text((rect[0] + 2, rect[1] + 1), b.phrase, fill=color)
+        if draw.textlength(b.phrase) <= rect[2] - rect[0] - 4:  # a label wider than its box would hide the image
+            draw.text((rect[0] + 2, rect[1] + 1), b.phrase, fill=color)
     return img
 
 
