@@ -91,7 +91,7 @@ MUTANTS = [
            '"fp32": ({"BLOCK_P": 64, "BLOCK_D": 32, "BLOCK_C": 32}, 8, None),',
            '"fp32": ({"BLOCK_P": 64, "BLOCK_D": 32, "BLOCK_C": 64}, 4, None),',
            ("tests/plugins/test_aot.py",), "the box kernel's former fp32 blocks (255 registers, spills)"),
-    Mutant("hash_first_file_only", "dbunet/runtime/pipeline.py",
+    Mutant("hash_first_file_only", "dbunet/manifest.py",
            "for rel in artifact.files:", "for rel in artifact.files[:1]:",
            ("tests/runtime/test_artifact_checks.py",), "the runtime hashes only the first file of an artifact"),
     Mutant("box_edge_reference", "dbunet/models/ops.py",
@@ -138,6 +138,7 @@ MUTANTS = [
            "latents = drawn * np.float32(sampler.init_noise_sigma)",
            ("tests/runtime/test_latents.py",), "caller-given initial latents ignored"),
     # the trained shapes model: a bug every graph-parity check passes but that moves the shapes
+    # (the reference loop catches it too; its target here is the quality test)
     Mutant("boxes_transposed", "dbunet/boxes.py",
            "coords[0, i] = (b.x0, b.y0, b.x1, b.y1)", "coords[0, i] = (b.y0, b.x0, b.y1, b.x1)",
            ("tests/test_quality.py",), "box x and y swapped on their way into the graphs"),
@@ -182,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         for m in MUTANTS:
             print(f"{m.name:<28} {m.file:<36} {m.what}")
         return 0 if chosen or args.list else 2
+    stale = [f"{m.name}: expected exactly one {m.old!r} in {m.file}, found {(ROOT / m.file).read_text().count(m.old)}"
+             for m in chosen if (ROOT / m.file).read_text().count(m.old) != 1]
+    if stale:  # before any run: a table out of date after a refactor should not cost a half-finished session
+        print("\n".join(stale) + "\nupdate the mutant table")
+        return 2
     # a test that fails without any mutant would "catch" every mutant: check the baseline first
     baseline = sorted({t for m in chosen for t in m.tests}) if not args.full else []
     failed, seconds, detail = run_tests(None, baseline, args.pytest_args)
