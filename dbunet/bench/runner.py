@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +143,7 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchR
     request = pipe.request(PROMPT, **request_options)  # validates size and steps before any timing
     calls, loop = _component_calls(pipe, request_options)
     if not pipe.config.has_refiner:  # --arch sd1: nothing to time there
-        options = dataclasses.replace(options, components=tuple(c for c in options.components if c != "refiner_step"))
+        options = replace(options, components=tuple(c for c in options.components if c != "refiner_step"))
     calls["pipeline"] = lambda: pipe(PROMPT, seed=0, **request_options)
     results = {}
     calibrations = [calibration_ms()]  # between components: the machine's pace drifts within seconds

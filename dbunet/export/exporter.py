@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from dbunet import atomic
-from dbunet.config import ModelConfig, preset
+from dbunet.config import ARCHITECTURES, ModelConfig, preset
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.export import fp16 as fp16_convert
 from dbunet.export.graphs import graph_module, run_reference, sample_inputs
@@ -57,8 +57,8 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         unknown = set(self.components or ()) - set(COMPONENTS)
-        if self.arch not in ("dbunet", "sd1"):
-            raise ConfigError(f"arch must be dbunet or sd1, got {self.arch!r}")
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
         if self.arch == "sd1" and self.weights is None:
             raise ConfigError("--arch sd1 exports a Stable Diffusion folder's own UNet: give the folder with --weights")
         if unknown:

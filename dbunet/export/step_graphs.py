@@ -18,6 +18,8 @@ the same step, for the parity report.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 import torch
@@ -39,6 +41,14 @@ def sampler_update(c: dict[str, Tensor], x: Tensor, eps: Tensor, x0_prev: Tensor
     return c["p"] * x + c["q"] * eps + c["u"] * x0 + c["v"] * x0_prev, x0
 
 
+def guided_step(c: dict[str, Tensor], x: Tensor, x0_prev: Tensor, n: int,
+                denoise: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """One CFG step: `denoise(sample, timestep)` over the batch of n conditionings, guidance, the update."""
+    eps = denoise((c["c_in"] * x).expand(n, -1, -1, -1), c["timestep"].expand(n))  # (n, C, h, w)
+    eps = eps[:1] + c["guidance"] * (eps[-1:] - eps[:1])  # n = 1: eps itself
+    return sampler_update(c, x, eps, x0_prev)
+
+
 class DBUNetStepGraph(nn.Module):
     def __init__(self, cascade: Cascade) -> None:
         super().__init__()
@@ -46,11 +56,8 @@ class DBUNetStepGraph(nn.Module):
 
     def forward(self, x, x0_prev, coeffs, text, boxes, box_phrases, box_valid) -> tuple[Tensor, Tensor]:
         c = dict(zip(ROW, coeffs.unbind(0)))
-        n = text.shape[0]
-        eps = self.unet((c["c_in"] * x).expand(n, -1, -1, -1), c["timestep"].expand(n), text, boxes, box_phrases,
-                        box_valid, c["box_scale"])  # (n, C, h, w)
-        eps = eps[:1] + c["guidance"] * (eps[-1:] - eps[:1])  # n = 1: eps itself
-        return sampler_update(c, x, eps, x0_prev)
+        return guided_step(c, x, x0_prev, text.shape[0],
+                           lambda s, t: self.unet(s, t, text, boxes, box_phrases, box_valid, c["box_scale"]))
 
 
 class RefinerStepGraph(nn.Module):
@@ -73,10 +80,7 @@ class SDUNetStepGraph(nn.Module):
 
     def forward(self, x, x0_prev, coeffs, text) -> tuple[Tensor, Tensor]:
         c = dict(zip(ROW, coeffs.unbind(0)))
-        n = text.shape[0]
-        eps = self.unet((c["c_in"] * x).expand(n, -1, -1, -1), c["timestep"].expand(n), text)
-        eps = eps[:1] + c["guidance"] * (eps[-1:] - eps[:1])
-        return sampler_update(c, x, eps, x0_prev)
+        return guided_step(c, x, x0_prev, text.shape[0], lambda s, t: self.unet(s, t, text))
 
 
 STEP_MODULES = {"dbunet_step": DBUNetStepGraph, "refiner_step": RefinerStepGraph}

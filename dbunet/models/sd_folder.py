@@ -118,6 +118,7 @@ def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> 
 
 # UNet2DConditionModel config keys that are bookkeeping only
 _UNET_BOOKKEEPING = {"_class_name", "_diffusers_version", "_name_or_path"}
+_MISSING = object()  # a key UNet2DConditionModel has no default for: never equal to a folder's value
 
 
 def sd_unet_config(unet: dict, source: str) -> SDUNetConfig:
@@ -146,9 +147,6 @@ def sd_unet_config(unet: dict, source: str) -> SDUNetConfig:
         return SDUNetConfig(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
-
-
-_MISSING = object()
 
 
 def _normalise(value):

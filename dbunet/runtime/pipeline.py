@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 # txt2img needs these: the denoising loops run whole-step graphs. The per-call dbunet and refiner_unet
 # graphs (other consumers, debugging) and vae_encoder (img2img, editing) are exported but not loaded.
 RUNTIME_COMPONENTS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_encoder", "gae", "refiner_step")
-REFINER_COMPONENTS = ("refiner_encoder", "gae", "refiner_step")  # absent for --arch sd1
+# absent for --arch sd1 (named here: the runtime never imports dbunet.export, where components_of lives)
+REFINER_COMPONENTS = ("refiner_encoder", "gae", "refiner_step")
 
 
 BACKENDS = ("auto", "ort", "trt", "openvino")

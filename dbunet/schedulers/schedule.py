@@ -18,7 +18,8 @@ PredictionType = Literal["epsilon", "v_prediction"]
 # in them would change the sampling, and is refused rather than silently ignored)
 _NEUTRAL = {"trained_betas": None, "rescale_betas_zero_snr": False, "thresholding": False,
             "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
-            "timestep_type": "discrete", "final_sigmas_type": "zero", "euler_at_final": False, "lower_order_final": True, "algorithm_type": "dpmsolver++",
+            "timestep_type": "discrete", "final_sigmas_type": "zero", "euler_at_final": False,
+            "lower_order_final": True, "algorithm_type": "dpmsolver++",
             "solver_order": 2, "solver_type": "midpoint", "interpolation_type": "linear", "sigma_min": None,
             "sigma_max": None}
 # keys that are only bookkeeping, or belong to samplers dbunet replaces (PNDM's PRK steps, DDPM's variance)

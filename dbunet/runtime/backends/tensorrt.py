@@ -234,13 +234,13 @@ def runner_resolution(x: np.ndarray, downscale: int) -> str:
 def static_conditioning(cond: Conditioning, slots: int | None) -> dict[str, np.ndarray]:
     """The step engine's conditioning inputs at its static shapes: batch 2, `slots` box slots (None: an
     engine without box inputs)."""
+    if cond.text.shape[0] == 1:  # unguided: the prompt twice; guidance 1 then gives eps_c
+        cond = Conditioning(*(np.concatenate([a, a]) for a in (cond.text, cond.boxes, cond.phrases, cond.valid)))
     if slots is None:
-        return {"text": cond.text if cond.text.shape[0] == 2 else np.concatenate([cond.text, cond.text])}
+        return {"text": cond.text}
     n = cond.boxes.shape[1]
     if n > slots:
         raise InputError(f"{n} boxes, but the engines take at most {slots}; rebuild with dbunet-build --max-boxes {n}")
-    if cond.text.shape[0] == 1:  # unguided: the prompt twice; guidance 1 then gives eps_c
-        cond = Conditioning(*(np.concatenate([a, a]) for a in (cond.text, cond.boxes, cond.phrases, cond.valid)))
 
     def pad(a: np.ndarray) -> np.ndarray:
         widths = [(0, 0)] * a.ndim
