@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dbunet import atomic
 from dbunet.generation import to_uint8
 from dbunet.train.data import BACKGROUND, COLORS, HELD_OUT_SEED, Layout, ShapesDataset
 
@@ -184,8 +185,6 @@ def gallery(pipe, layouts: list[Layout], path: Path, scale: int = 4, columns: in
     color, the prompt written under it."""
     from PIL import Image, ImageDraw
 
-    from dbunet import atomic
-
     tiles = []
     for i, layout in enumerate(layouts):
         result = pipe(layout.prompt, boxes=[b.spec() for b in layout.boxes] if boxes else [], seed=i)
@@ -241,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gallery:
         gallery(open_pipeline("ort:fp32", args.artifacts), layouts[:8], args.gallery)
     if args.json:
-        args.json.write_text(json.dumps({k: {s: v.__dict__ for s, v in r.items()} for k, r in rows.items()}, indent=1))
+        atomic.write_text(args.json, json.dumps({k: {s: v.__dict__ for s, v in r.items()} for k, r in rows.items()}, indent=1))
     return 0
 
 
