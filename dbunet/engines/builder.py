@@ -66,6 +66,20 @@ def import_tensorrt():
     return trt
 
 
+MIN_POLYGRAPHY = (0, 49, 9)  # 0.49.0 asks every network for EXPLICIT_BATCH, which TensorRT 11 removed
+
+
+def import_polygraphy():
+    try:
+        import polygraphy
+    except ImportError:
+        raise BuildError("dbunet-build needs polygraphy, which is not installed; pip install 'dbunet[trt]'") from None
+    if version_tuple(polygraphy.__version__) < MIN_POLYGRAPHY:
+        raise BuildError(f"polygraphy {polygraphy.__version__} asks every network for EXPLICIT_BATCH, which "
+                         f"TensorRT 11 removed: polygraphy >= {'.'.join(map(str, MIN_POLYGRAPHY))} needed")
+    return polygraphy
+
+
 def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
 
@@ -118,15 +132,20 @@ def plugin_identity(mode: str, cc: int, driver_cuda: str) -> dict[str, str]:
 
     from dbunet.plugins import aot, kernels
 
-    isa = aot.isa_for_cuda(driver_cuda)
+    isa = aot.target_isa(cc, driver_cuda)
     source = Path(kernels.__file__).read_bytes() + Path(aot.__file__).read_bytes()
     base = hashlib.sha256(source + f"{triton.__version__}/sm_{cc}/{isa}".encode()).hexdigest()
     return {op: base for op in PLUGIN_OPS}
 
 
 # -- the ONNX TensorRT parses -----------------------------------------------------------------------------
-def prepare_onnx(path: Path, plugin_ops: tuple[str, ...]) -> bytes:
-    """The graph with every dbunet function inlined except those of ops that run as plugins."""
+def prepare_onnx(path: Path, plugin_ops: tuple[str, ...], shapes: dict | None = None) -> bytes:
+    """The graph with every dbunet function inlined except those of ops that run as plugins, and every input
+    dimension that `shapes` ({input: (min, opt, max)}) fixes made static in the graph itself.
+
+    Static in the graph, not only in the profile: TensorRT builds a plugin's shape expressions from the
+    network, where a dynamic dimension is never a build-time constant even when min = max; the box-slot
+    count, which the BoxConstraint kernel is compiled for, must be one."""
     import onnx
     from onnx import inliner
 
@@ -134,6 +153,11 @@ def prepare_onnx(path: Path, plugin_ops: tuple[str, ...]) -> bytes:
     inline = [(f.domain, f.name) for f in model.functions if f.domain == "dbunet" and f.name not in plugin_ops]
     if inline:
         model = inliner.inline_selected_functions(model, inline, exclude=False)
+    for tensor in model.graph.input:
+        lo, _, hi = (shapes or {}).get(tensor.name, (None, None, None))
+        for axis, dim in enumerate(tensor.type.tensor_type.shape.dim):
+            if lo is not None and lo[axis] == hi[axis] and not dim.HasField("dim_value"):
+                dim.dim_value = int(lo[axis])  # replaces the dim_param (a oneof)
     if model.ByteSize() > 2**31 - 1:
         raise BuildError(f"{path}: over 2 GB after inlining; build from an FP16 export")
     return model.SerializeToString()
@@ -162,6 +186,7 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(), repor
     """Build what is missing for every requested resolution; reuse engines whose key is unchanged."""
     artifacts = Path(artifacts)
     trt = import_tensorrt()  # first: on a machine without TensorRT that is the one thing to say
+    import_polygraphy()
     device, driver_cuda = current_device(trt)
     manifest = Manifest.read(artifacts)
     config: ModelConfig = manifest.config
@@ -178,6 +203,7 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(), repor
     resolutions = options.resolutions or (Resolution(config.defaults.height, config.defaults.width),)
     max_boxes = config.unet.max_boxes if options.max_boxes is None else options.max_boxes
     timing_cache = options.timing_cache or artifacts / ENGINES_DIR / TIMING_CACHE
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)  # polygraphy locks the cache beside it after a build
     index = read_index(artifacts)
     for component in engine_components(config):
         artifact = manifest.find(component, "fp16")
@@ -192,7 +218,7 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(), repor
                 report(f"  {component:<16} {label:<9} cached ({cached.file})")
                 continue
             start = time.perf_counter()
-            plan = engine_loader(prepare_onnx(artifacts / artifact.path, PLUGIN_OPS if mode == "aot" else ()),
+            plan = engine_loader(prepare_onnx(artifacts / artifact.path, PLUGIN_OPS if mode == "aot" else (), shapes),
                                  shapes, options, timing_cache, typed)()
             rel = f"{ENGINES_DIR}/{component}.{label}.{key[:16]}.plan"
             atomic.write_bytes(artifacts / rel, bytes(plan))

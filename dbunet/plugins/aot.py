@@ -12,6 +12,7 @@ Verified with Triton 3.9.0 (see SUPPORTED_TRITON).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,10 @@ SUPPORTED_TRITON = (">=3.3", "<3.10")  # the hidden-parameter layout checked her
 # A driver JIT-compiles PTX up to the ISA of its own CUDA release and refuses newer PTX. Triton writes the
 # newest ISA its bundled ptxas knows (3.9: 8.8 for sm_87/89, 9.4 for sm_90a), which no JetPack 6 Orin (CUDA
 # 12.6, ISA 8.5) or CUDA 13.0 driver (ISA 9.0) reads, so the ISA is pinned to the target's CUDA release.
-# From the PTX ISA release notes: the ISA each CUDA release introduced.
+# But triton.compile assembles the PTX with its own bundled ptxas too, which refuses an ISA newer than its
+# CUDA release (Triton 3.6 bundles ptxas 12.8: ISA <= 8.7, so a CUDA 13.0 driver's 9.0 fails). A driver reads
+# any older ISA, so the ISA is the lower of the two; one table serves both, since a ptxas writes up to the
+# ISA of its CUDA release. From the PTX ISA release notes: the ISA each CUDA release introduced.
 CUDA_PTX_ISA = {
     (12, 0): (8, 0), (12, 1): (8, 1), (12, 2): (8, 2), (12, 3): (8, 3), (12, 4): (8, 4), (12, 5): (8, 5),
     (12, 6): (8, 5), (12, 8): (8, 7), (12, 9): (8, 8), (13, 0): (9, 0),
@@ -58,7 +62,7 @@ class PtxTarget:
         if name not in TARGETS:
             raise BuildError(f"unknown PTX target {name!r}; valid: {', '.join(TARGETS)} (optionally :CUDA, e.g. sm_87:12.6)")
         target = cls(name, cuda or DEFAULT_CUDA[name])
-        target.isa  # validates the CUDA version
+        isa_for_cuda(target.cuda)  # validates the CUDA version (the ptxas cap waits for the compile)
         return target
 
     @property
@@ -67,7 +71,42 @@ class PtxTarget:
 
     @property
     def isa(self) -> tuple[int, int]:
-        return isa_for_cuda(self.cuda)
+        """What both the target's driver and the installed Triton's ptxas accept (see CUDA_PTX_ISA)."""
+        return target_isa(self.cc, self.cuda)
+
+
+def target_isa(cc: int, driver_cuda: str) -> tuple[int, int]:
+    """The PTX ISA for compute capability `cc` under a CUDA `driver_cuda` driver, assembled by this Triton."""
+    return min(isa_for_cuda(driver_cuda), isa_for_cuda(triton_ptxas(cc).release))
+
+
+@dataclass(frozen=True)
+class Ptxas:
+    path: Path
+    release: str  # the CUDA release it belongs to, "12.8"
+
+
+@functools.lru_cache(maxsize=None)
+def triton_ptxas(cc: int) -> Ptxas:
+    """The ptxas triton.compile runs for `cc`: Triton bundles one per CUDA line and picks by architecture
+    (3.9: 12.9 below sm_90, 13.x from it; 3.6: 12.8 below sm_100)."""
+    import subprocess
+
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        path = Path(get_ptxas(cc).path)
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise BuildError(f"cannot find the ptxas this Triton uses ({exc}); supported Triton: "
+                         f"{','.join(SUPPORTED_TRITON)}") from None
+    try:
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=60).stdout
+    except OSError as exc:
+        raise BuildError(f"Triton's ptxas at {path} does not run ({exc})") from None
+    match = re.search(r"release (\d+\.\d+)", out)
+    if not match:
+        raise BuildError(f"cannot read the CUDA release of Triton's ptxas at {path}: {out.strip()[-200:]!r}")
+    return Ptxas(path, match.group(1))
 
 
 def ptx_isa(ptx: str) -> tuple[int, int]:
@@ -123,6 +162,17 @@ _SCA_CONFIG = {  # (dtype, BLOCK_DK) -> (BLOCK_M, BLOCK_N, warps, stages); BLOCK
 }
 # head sizes (BLOCK_DK, BLOCK_DV) the models use: tiny (C 32/64, 4 heads) and sd15 (C 320/640/1280, 8 heads)
 SCA_HEAD_BLOCKS = ((16, 16), (32, 16), (32, 32), (128, 64), (256, 128), (512, 256))
+
+
+def plugin_configurations() -> list[tuple[str, str, dict]]:
+    """(kernel, dtype, shape) for every launch configuration the plugins can compile: both box-slot blocks,
+    every head-size block (fp32 at 512 is refused by kernel_config)."""
+    configs = []
+    for dtype in ("fp16", "fp32"):
+        configs += [("box_constraint", dtype, {"slots": slots}) for slots in (16, 32)]
+        configs += [("spatial_attention", dtype, {"dk": dk, "dv": dv}) for dk, dv in SCA_HEAD_BLOCKS
+                    if (dtype, dk) != ("fp32", 512)]
+    return configs
 
 
 @dataclass(frozen=True)
@@ -253,19 +303,16 @@ class PtxasReport:
 
 
 def ptxas_report(ptx: str) -> PtxasReport:
-    """Assemble PTX with the ptxas bundled with Triton (`-v`): registers, spills and stack per thread.
-    Triton ships two: `ptxas` (CUDA 12.9: PTX ISA <= 8.8) and `ptxas-blackwell` (CUDA 13: the 9.x ISAs)."""
+    """Assemble PTX with the ptxas triton.compile uses for its target (`-v`): registers, spills and stack
+    per thread."""
     import os
     import subprocess
     import tempfile
 
-    import triton
-
-    bindir = Path(os.path.dirname(triton.__file__)) / "backends" / "nvidia" / "bin"
-    tool = bindir / ("ptxas" if ptx_isa(ptx) <= (8, 8) else "ptxas-blackwell")
-    if not tool.is_file():
-        raise BuildError(f"Triton's {tool.name} is missing at {bindir}; cannot check register use")
     target = re.search(r"^\.target (\S+)", ptx, flags=re.M)
+    if not target:
+        raise BuildError("no .target line in the PTX")
+    tool = triton_ptxas(int(re.sub(r"\D", "", target.group(1)))).path
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.ptx"
         src.write_text(ptx)

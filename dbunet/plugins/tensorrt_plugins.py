@@ -65,7 +65,7 @@ def _dtype_name(trt, desc) -> str:
 def _constant(expr, what: str) -> int:
     """A dim the kernel is specialised on (channels, head sizes) must be a build-time constant."""
     if hasattr(expr, "is_constant") and not expr.is_constant:
-        raise BuildError(f"{what} must be static for the dbunet plugins (channels are fixed by the model)")
+        raise BuildError(f"{what} must be a build-time constant for the dbunet plugins (dbunet-build makes the profile's fixed dims static in the graph)")
     return int(expr.constant_value() if hasattr(expr, "constant_value") else expr)
 
 
@@ -104,16 +104,15 @@ def register_plugins(compute_capability: int | None = None, driver_cuda: str | N
     if _registered:
         return tuple(f"{NAMESPACE}::{p}" for p in PLUGINS)
     trt, trtp = _tensorrt()
-    from dbunet.plugins.aot import isa_for_cuda, kernel_config, require_driver_reads
+    from dbunet.plugins.aot import kernel_config, require_driver_reads, target_isa
     from dbunet.plugins.aot import compile_ptx as _compile
-
-    isa = isa_for_cuda(driver_cuda) if driver_cuda else None
 
     def cc() -> int:
         return compute_capability or device_compute_capability()
 
     def compile_ptx(kernel: str, dtype: str, cc_: int, **shape):
         config = kernel_config(kernel, dtype, **shape)
+        isa = target_isa(cc_, driver_cuda) if driver_cuda else None
         compiled = _compile(kernel, dtype, cc_, config.num_warps, isa, config.num_stages, **config.constants)
         if driver_cuda:
             require_driver_reads(compiled.ptx, driver_cuda, f"{kernel} ({dtype}, sm_{cc_})")

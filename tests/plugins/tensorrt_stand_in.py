@@ -141,8 +141,8 @@ class StandIn:
     """One registry, with the decorators of `tensorrt.plugin` and the classes they use."""
 
     float16, float32 = float16, float32
-    TensorDesc, KernelLaunchParams, SymExprs, SymIntExprs, SymInt32 = (
-        TensorDesc, KernelLaunchParams, SymExprs, SymIntExprs, SymInt32)
+    TensorDesc, ShapeExpr, KernelLaunchParams, SymExprs, SymIntExprs, SymInt32 = (
+        TensorDesc, ShapeExpr, KernelLaunchParams, SymExprs, SymIntExprs, SymInt32)
     AutoTuneCombination = AutoTuneCombination
     cdiv = staticmethod(cdiv)
 

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,40 +13,21 @@ pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.
 
 from dbunet.plugins import aot
 
-_COMPILE_ALL = """
-import json
-from dbunet.plugins import aot
-out = {}
-def add(key, kernel, dtype, target, **shape):
-    t = aot.PtxTarget.parse(target)
-    config = aot.kernel_config(kernel, dtype, **shape)
-    c = aot.compile_ptx(kernel, dtype, t.cc, config.num_warps, t.isa, config.num_stages, **config.constants)
-    r = aot.ptxas_report(c.ptx)
-    out[key] = {"name": c.name, "ptx": c.ptx, "warps": c.num_warps, "shared": c.shared_mem, "isa": list(t.isa),
-                "registers": r.registers, "spill": r.spill_bytes, "stack": r.stack_bytes}
-for kernel in ("box_constraint", "spatial_attention"):
-    for dtype in ("fp16", "fp32"):
-        for target in aot.TARGETS:  # what --ptx writes: each target at its default CUDA release
-            add(f"{kernel}/{dtype}/{target}", kernel, dtype, target)
-        for target in ("sm_87", "sm_90:13.0"):  # every configuration the plugins compile, oldest and newest ISA
-            for slots in (16, 32):
-                if kernel == "box_constraint":
-                    add(f"{kernel}/{dtype}/{target}/N{slots}", kernel, dtype, target, slots=slots)
-            if kernel == "spatial_attention":
-                for dk, dv in aot.SCA_HEAD_BLOCKS:
-                    if (dtype, dk) != ("fp32", 512):  # refused by kernel_config: engines are FP16
-                        add(f"{kernel}/{dtype}/{target}/dk{dk}dv{dv}", kernel, dtype, target, dk=dk, dv=dv)
-print(json.dumps(out))
-"""
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def compiled():
-    # a fresh process: this test session runs Triton's interpreter, which replaces the compiler
+    """tools/ptx_check.py --json: every kernel configuration compiled by the installed Triton at the ISA dbunet
+    chooses and assembled by the ptxas Triton uses. A fresh process: this test session runs Triton's
+    interpreter, which replaces the compiler."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_ALL], capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "ptx_check.py"), "--json"], capture_output=True,
+                          text=True, env=env, timeout=900)
+    report = json.loads(proc.stdout)
+    failed = {k: r["error"] for k, r in report["rows"].items() if "error" in r}
+    assert proc.returncode == 0 and not failed, failed or proc.stderr[-3000:]
+    return report["rows"]
 
 
 def test_ptx_for_every_kernel_dtype_and_target(compiled):
@@ -55,8 +37,9 @@ def test_ptx_for_every_kernel_dtype_and_target(compiled):
         kernel, _, target = key.split("/")[:3]
         name = target.split(":")[0]
         assert re.search(rf"^\.target {name}a?$", c["ptx"], flags=re.M), key
-        # the PTX ISA the target's driver reads, not the newest Triton knows
-        assert aot.ptx_isa(c["ptx"]) == tuple(c["isa"]), key
+        # the PTX ISA the target's driver reads and this Triton's ptxas writes, not the newest Triton knows
+        t = aot.PtxTarget.parse(target)
+        assert aot.ptx_isa(c["ptx"]) == tuple(c["isa"]) == aot.target_isa(t.cc, t.cuda), key
         entry = c["ptx"].split(f".entry {c['name']}(")[1].split(")")[0]
         params = re.findall(rf"{c['name']}_param_(\d+)", entry)
         # inputs, int32 scalars, outputs: exactly TensorRT's AOT launch, nothing hidden after them
@@ -139,3 +122,22 @@ def test_fp32_spatial_attention_beyond_its_shared_memory_is_refused():
     with pytest.raises(Exception, match="fp32 supports head sizes up to 256.*FP16"):
         aot.kernel_config("spatial_attention", "fp32", dk=320, dv=160)
     assert aot.kernel_config("spatial_attention", "fp16", dk=320, dv=160).constants["BLOCK_DK"] == 512
+
+
+def test_isa_is_the_lower_of_the_driver_and_the_installed_ptxas(monkeypatch):
+    """Triton 3.6 (the GPU machine's) bundles ptxas 12.8, which refuses ISA 9.0: a CUDA 13.0 driver must get 8.7
+    there. tools/ptx_check.py run under Triton 3.6 assembles every configuration at that ISA (README)."""
+    ptxas = {"12.8": aot.Ptxas(Path("ptxas"), "12.8"), "13.4": aot.Ptxas(Path("ptxas-blackwell"), "13.4")}
+    monkeypatch.setattr(aot, "triton_ptxas", lambda cc: ptxas["12.8"])  # Triton 3.6, any target below sm_100
+    assert aot.target_isa(90, "13.0") == (8, 7) and aot.PtxTarget.parse("sm_90:13.0").isa == (8, 7)
+    assert aot.target_isa(87, "12.6") == (8, 5)  # the driver is the lower one: JetPack 6
+    monkeypatch.setattr(aot, "triton_ptxas", lambda cc: ptxas["13.4"])  # Triton 3.9 from sm_90
+    assert aot.target_isa(90, "13.0") == (9, 0) and aot.target_isa(90, "12.9") == (8, 8)
+
+
+def test_the_ptxas_triton_uses_is_found_and_read():
+    """The real lookup: Triton's own choice of ptxas for each target, and its CUDA release."""
+    for cc in aot.TARGETS.values():
+        ptxas = aot.triton_ptxas(cc)
+        assert ptxas.path.is_file() and re.fullmatch(r"\d+\.\d+", ptxas.release), ptxas
+        assert aot.isa_for_cuda(ptxas.release) >= (8, 5)

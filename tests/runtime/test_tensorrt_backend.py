@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -21,30 +19,17 @@ from dbunet.engines.profiles import Resolution
 from dbunet.errors import ArtifactError, InputError
 from dbunet.generation import Conditioning
 from dbunet.runtime import Pipeline
-from trt_runtime_stand_in import StandInCudart, make_plan, stand_in_tensorrt
+from trt_builder_stand_in import install as install_stand_ins
+from trt_runtime_stand_in import StandInCudart
 
 REQUEST = dict(steps=4, seed=3, height=64, width=64, refiner_steps=4, refiner_strength=0.5,
                boxes=("0.1,0.1,0.6,0.7:a red cat", "0.5,0.2,0.9,0.9:a lamp"))
 
 
 def install(monkeypatch, version: str, capturable: bool = True) -> StandInCudart:
-    """Stand-in tensorrt and cuda-python modules; dbunet-build's loader writes stand-in plans."""
-    cudart = StandInCudart()
-    trt = stand_in_tensorrt(version, cudart)
-    bindings = types.ModuleType("cuda.bindings")
-    bindings.runtime = cudart
-    cuda = types.ModuleType("cuda")
-    cuda.bindings = bindings
-    for name, module in {"tensorrt": trt, "tensorrt.plugin": None, "cuda": cuda, "cuda.bindings": bindings,
-                         "cuda.bindings.runtime": cudart}.items():
-        monkeypatch.setitem(sys.modules, name, module)
-
-    def loader(onnx_bytes, shapes, options, timing_cache, strongly_typed):
-        # activation size differs per engine, so a shared region (the largest) and a sum differ
-        return lambda: make_plan(onnx_bytes, shapes, version, device_memory=len(onnx_bytes) // 64 * 4, capturable=capturable)
-
-    monkeypatch.setattr(builder, "engine_loader", loader)
-    return cudart
+    """Stand-in tensorrt (runtime and builder) and cuda-python modules; dbunet-build runs through the real
+    polygraphy on them and writes stand-in plans."""
+    return install_stand_ins(monkeypatch, version, capturable)[1]
 
 
 @pytest.fixture
@@ -66,15 +51,25 @@ def step_engine(pipe):
     return pipe.stages.engines.runners[("dbunet_step", "64x64")]
 
 
-def test_image_equals_onnx_runtime_on_the_same_graphs(engines, ort_fp16):
+def test_image_matches_onnx_runtime_on_the_same_graphs(engines, ort_fp16):
     art, _ = engines
     pipe = Pipeline.from_artifacts(art, "trt")
     for kw in ({}, {"guidance_scale": 1.0}, {"boxes": ()}, {"scheduler": "dpm++"}):
         got, want = pipe("a red cat and a lamp", **{**REQUEST, **kw}), ort_fp16(**kw)
-        # same FP16 graphs, same noise: the engines' padded box slots (validity 0) and the unguided request's
-        # doubled batch could only reorder arithmetic, and measured they do not (max difference 0), so equal
-        for name in ("latents", "decoded", "pixels"):
-            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{kw} {name}")
+        # same FP16 graphs, same noise; but the engines' graphs have the profile's static dims, and ONNX Runtime
+        # (running them for the stand-in) then folds and fuses differently in FP16. Measured (4 steps, tiny):
+        # latents max 0.0174 / mean 0.0042 (range +-18), decoded and pixels max 0.0035 / mean 3.2e-4 (range
+        # +-1). Bounds 3x those; a wrong buffer, row or address moves the result by orders of magnitude more.
+        for name, bound in BOUNDS.items():
+            assert_close(getattr(got, name), getattr(want, name), *bound, what=(kw, name))
+
+
+BOUNDS = {"latents": (0.06, 0.015), "decoded": (0.01, 1e-3), "pixels": (0.01, 1e-3)}  # (max, mean), see above
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, most: float, mean: float, what=None) -> None:
+    diff = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
+    assert diff.max() <= most and diff.mean() <= mean, (what, diff.max(), diff.mean())
 
 
 def test_each_loop_is_one_graph_captured_once_and_buffers_are_reused(engines):
@@ -121,7 +116,7 @@ def test_a_loop_that_cannot_be_captured_falls_back_and_says_so_once(monkeypatch,
     fallbacks = [r for r in caplog.records if "capture failed" in r.getMessage()]
     assert len({r.getMessage().split(":")[0] for r in fallbacks}) == len(fallbacks)  # once per engine
     assert any(r.getMessage().startswith("dbunet_step") for r in fallbacks)
-    np.testing.assert_allclose(images[1], ort_fp16().pixels, rtol=0, atol=1e-5)
+    assert_close(images[1], ort_fp16().pixels, *BOUNDS["pixels"])
 
 
 def test_one_activation_region_sized_for_the_largest_engine(engines):
@@ -144,7 +139,7 @@ def test_device_memory_api_of_each_tensorrt_release(monkeypatch, tiny_artifacts,
     install(monkeypatch, version)
     builder.build_engines(art, builder.BuildOptions((Resolution(64, 64),), max_boxes=4), report=lambda line: None)
     got = Pipeline.from_artifacts(art, "trt")("a red cat and a lamp", **REQUEST)
-    np.testing.assert_allclose(got.pixels, ort_fp16().pixels, rtol=0, atol=1e-5)
+    assert_close(got.pixels, ort_fp16().pixels, *BOUNDS["pixels"])
 
 
 def test_engines_of_another_tensorrt_or_missing_ones_are_refused_in_one_line(engines, monkeypatch):
@@ -207,7 +202,9 @@ def test_a_plain_sd1_model_runs_on_engines_without_box_inputs(monkeypatch, sd1_a
     for kw in ({}, {"guidance_scale": 1.0}, {"scheduler": "euler"}):
         got = pipe("a photo of a cat", steps=4, latents=latents, **kw)
         want = ort("a photo of a cat", steps=4, latents=latents, **kw)
-        np.testing.assert_array_equal(got.latents, want.latents, err_msg=str(kw))
-        np.testing.assert_array_equal(got.image, want.image, err_msg=str(kw))
+        # the engines' static graphs fold differently in FP16 under ONNX Runtime (see BOUNDS); measured latents
+        # max 0.037 / mean 0.0078, image max 2 / mean 0.13 levels; bounds about 2-4x those
+        assert_close(got.latents, want.latents, 0.08, 0.025, what=kw)
+        assert_close(got.image, want.image, 4, 0.5, what=kw)
     with pytest.raises(InputError, match="no box conditioning"):
         pipe("a photo of a cat", steps=2, boxes=["0.1,0.1,0.5,0.5:a cat"])

@@ -260,6 +260,8 @@ def stand_in_tensorrt(version: str, cudart: StandInCudart) -> types.ModuleType:
     numpy_of = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16, trt.DataType.INT32: np.int32,
                 trt.DataType.INT64: np.int64, trt.DataType.BOOL: np.bool_}
     trt.nptype = lambda dt: numpy_of[dt]
+    trt.float32, trt.float16, trt.int32, trt.int64 = (trt.DataType.FLOAT, trt.DataType.HALF, trt.DataType.INT32,
+                                                      trt.DataType.INT64)
     trt_of = {np.dtype(t): d for d, t in numpy_of.items()}
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1) if v < (11, 0) else types.SimpleNamespace()
 

@@ -1,0 +1,146 @@
+"""dbunet-build through the REAL polygraphy, with a STAND-IN `tensorrt` module underneath it (TensorRT cannot be
+installed here; trt_builder_stand_in.py says what the stand-in enforces). Nothing of dbunet or polygraphy is
+replaced: the loader chain, the timing-cache lock and merge, the profiles, the engine cache and index all run
+for real, and the AOT path compiles the plugins' PTX with the installed Triton."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("polygraphy", reason="polygraphy is in the export extra")
+
+from dbunet.engines import builder
+from dbunet.engines.cache import Device, read_index
+from dbunet.engines.profiles import Resolution
+from trt_builder_stand_in import forget_tensorrt_in_polygraphy
+from trt_builder_stand_in import install as install_stand_ins
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def install(monkeypatch, version: str) -> types.ModuleType:
+    """The stand-ins, without tensorrt.plugin (the local-functions path, as on JetPack 6), on an Orin."""
+    trt, _ = install_stand_ins(monkeypatch, version)
+    monkeypatch.setattr(builder, "current_device", lambda trt_: (Device(version, "Orin", 87), "12.6"))
+    return trt
+
+
+@pytest.fixture
+def fresh(tiny_artifacts, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    yield art
+    forget_tensorrt_in_polygraphy()
+
+
+def test_first_build_writes_every_engine_the_timing_cache_and_the_index_and_a_second_reuses_them(fresh, monkeypatch):
+    trt = install(monkeypatch, "10.3.0")
+    assert not (fresh / "engines").exists()  # fresh artifacts: polygraphy's cache lock needs the folder made
+    options = builder.BuildOptions((Resolution(64, 64),), max_boxes=4)
+    index = builder.build_engines(fresh, options, report=lambda line: None)
+    assert len(index) == len(trt.builds) == 6 and not any("errors" in b for b in trt.builds)
+    cache = fresh / "engines" / builder.TIMING_CACHE
+    keys = {e.key for e in index}
+    assert cache.is_file() and {e.key for e in read_index(fresh)} == keys
+    for e in index:
+        assert (fresh / e.file).read_bytes().startswith(b"STANDIN-TRT-PLAN")
+    # the engines load in the runtime stand-in: the index and plans are what --backend trt reads
+    engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine((fresh / index[0].file).read_bytes())
+    assert engine is not None
+    # polygraphy merged each build's timing entries into the file: later builds find earlier layers there
+    assert sum(b["cache_hits"] for b in trt.builds[1:]) > 0
+
+    builds = len(trt.builds)
+    lines = []
+    assert {e.key for e in builder.build_engines(fresh, options, report=lines.append)} == keys
+    assert len(trt.builds) == builds and sum("cached" in line for line in lines) == 6  # nothing rebuilt
+    # another box count: only the engines that take boxes are rebuilt, from the saved timing cache
+    builder.build_engines(fresh, builder.BuildOptions((Resolution(64, 64),), max_boxes=2), report=lambda line: None)
+    rebuilt = trt.builds[builds:]
+    assert len(rebuilt) == 2 and all(b["cache_hits"] == b["layers"] for b in rebuilt)
+    assert not list(fresh.glob("engines/*.tmp")) and not list(fresh.glob("engines/.*"))
+
+
+def test_engines_graphs_make_the_profiles_static_dims_static(fresh, monkeypatch):
+    """The network TensorRT parses has the box axis (and every dim the profile fixes) as a constant."""
+    trt = install(monkeypatch, "10.3.0")
+    builder.build_engines(fresh, builder.BuildOptions((Resolution(64, 64),), max_boxes=4), report=lambda line: None)
+    step = next(b for b in trt.builds if "box_valid" in b["inputs"])
+    assert step["inputs"]["boxes"] == (2, 4, 4) and step["inputs"]["x"] == (1, 4, 8, 8)
+    text = next(b for b in trt.builds if "input_ids" in b["inputs"])
+    assert text["inputs"]["input_ids"] == (2, 77)  # a range (1..4 prompts): its opt, still dynamic
+
+
+def test_tensorrt_11_builds_strongly_typed_without_the_removed_flags(fresh, monkeypatch):
+    trt = install(monkeypatch, "11.4.0")
+    assert not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and not hasattr(trt.BuilderFlag, "FP16")
+    index = builder.build_engines(fresh, builder.BuildOptions((Resolution(64, 64),), max_boxes=4),
+                                  report=lambda line: None)
+    assert len(index) == 6 and not any("errors" in b for b in trt.builds)
+
+
+def test_polygraphy_releases_that_always_ask_for_explicit_batch_are_refused(monkeypatch):
+    """polygraphy 0.49.0 sets EXPLICIT_BATCH on every network; TensorRT 11 removed the flag (0.49.9 fixed it)."""
+    import polygraphy
+
+    monkeypatch.setattr(polygraphy, "__version__", "0.49.0")
+    with pytest.raises(builder.BuildError, match=r"polygraphy 0.49.0 .*>= 0.49.9"):
+        builder.import_polygraphy()
+    monkeypatch.setattr(polygraphy, "__version__", "0.49.9")
+    builder.import_polygraphy()
+
+
+_AOT_BUILD = """
+import json, sys, types
+sys.path[:0] = [{runtime!r}, {plugins!r}]
+from trt_builder_stand_in import add_builder_api
+from trt_runtime_stand_in import StandInCudart, stand_in_tensorrt
+from tensorrt_stand_in import StandIn
+from dbunet.engines import builder
+from dbunet.engines.cache import Device
+from dbunet.engines.profiles import Resolution
+
+cudart = StandInCudart()
+trt = add_builder_api(stand_in_tensorrt({version!r}, cudart), {version!r})
+trt.plugin = StandIn()
+sys.modules.update({{"tensorrt": trt, "tensorrt.plugin": trt.plugin}})
+builder.current_device = lambda trt_: (Device({version!r}, "NVIDIA H200", 90), "13.0")
+builder.build_engines({art!r}, builder.BuildOptions((Resolution(64, 64),), max_boxes=4), report=lambda line: None)
+print(json.dumps(trt.builds, default=list))
+"""
+
+
+@pytest.mark.parametrize("version", ["10.9.0", "11.4.0"])
+def test_aot_plugins_get_a_constant_box_slot_count_and_ptx_this_triton_assembles(fresh, version):
+    """The step engine's BoxConstraint and SpatialCrossAttention nodes go to our registered plugins; TensorRT
+    calls aot_impl with shape expressions from the network, so the slot count must be static there. A fresh
+    process: Triton's interpreter (this session's) cannot compile PTX."""
+    pytest.importorskip("triton", reason="the AOT plugins compile Triton kernels")
+    from dbunet.plugins import aot
+
+    script = _AOT_BUILD.format(runtime=str(HERE), plugins=str(HERE.parent / "plugins"), version=version, art=str(fresh))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    builds = json.loads(proc.stdout.strip().splitlines()[-1])
+    plugins = [p for b in builds for p in b.get("plugins", [])]
+    assert {p["op"] for p in plugins} == {"BoxConstraint", "SpatialCrossAttention"}
+    for p in plugins:
+        assert aot.ptx_isa(p["ptx"]) == aot.target_isa(90, "13.0") and ".target sm_90" in p["ptx"]
+        if p["op"] == "BoxConstraint":  # C, H, W, D, N for the 4 box slots the engines were built with
+            assert p["scalars"][4] == 4 and p["launch"]["grid_y"] == 2
+    assert index_files_exist(fresh)
+
+
+def index_files_exist(art: Path) -> bool:
+    index = read_index(art)
+    return len(index) == 6 and all((art / e.file).is_file() for e in index)

@@ -1,0 +1,94 @@
+"""Compile every plugin kernel configuration with the installed Triton at the PTX ISA dbunet chooses, and
+assemble each with the ptxas that Triton uses (`ptxas -v`): registers, spills, shared memory.
+
+    python tools/ptx_check.py                 # markdown table on stdout, exit 1 on any failure
+    python tools/ptx_check.py --json          # what tests/plugins/test_aot.py reads
+    /other/venv/bin/python tools/ptx_check.py # the same against another Triton (PYTHONPATH=. there)
+
+Run it in a side environment to check a Triton the project does not test with (the GPU machine has
+Triton 3.6, whose ptxas 12.8 refuses the ISA 9.0 a CUDA 13.0 driver would read). No GPU needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+# Every target at its default CUDA release with the default shape; every configuration for the oldest
+# target (Orin on JetPack 6) and for Hopper under the newest driver the table knows.
+DEFAULT_TARGETS = ("sm_87", "sm_89", "sm_90")
+SWEEP_TARGETS = ("sm_87", "sm_90:13.0")
+
+
+def check(kernel: str, dtype: str, target: str, **shape) -> dict:
+    from dbunet.errors import DbunetError
+    from dbunet.plugins import aot
+
+    t = aot.PtxTarget.parse(target)
+    row = {"kernel": kernel, "dtype": dtype, "target": target, "shape": shape}
+    try:
+        config = aot.kernel_config(kernel, dtype, **shape)
+        row["isa"] = list(t.isa)
+        c = aot.compile_ptx(kernel, dtype, t.cc, config.num_warps, t.isa, config.num_stages, **config.constants)
+        r = aot.ptxas_report(c.ptx)
+    except (DbunetError, RuntimeError, OSError) as exc:  # Triton's PTXASError is a RuntimeError
+        return {**row, "error": f"{type(exc).__name__}: {str(exc).strip()[-400:]}"}
+    return {**row, "name": c.name, "ptx": c.ptx, "warps": c.num_warps, "shared": c.shared_mem,
+            "registers": r.registers, "spill": r.spill_bytes, "stack": r.stack_bytes}
+
+
+def check_all() -> dict[str, dict]:
+    from dbunet.plugins import aot
+
+    out = {}
+    for kernel in aot._KERNELS:
+        for dtype in ("fp16", "fp32"):
+            for target in DEFAULT_TARGETS:
+                out[f"{kernel}/{dtype}/{target}"] = check(kernel, dtype, target)
+    for target in SWEEP_TARGETS:
+        for kernel, dtype, shape in aot.plugin_configurations():
+            tag = "".join(f"{k}{v}" for k, v in shape.items())
+            out[f"{kernel}/{dtype}/{target}/{tag}"] = check(kernel, dtype, target, **shape)
+    return out
+
+
+def environment() -> dict:
+    import triton
+
+    from dbunet.plugins import aot
+
+    return {"triton": triton.__version__, "python": sys.version.split()[0],
+            "ptxas": {f"sm_{cc}": aot.triton_ptxas(cc).release for cc in sorted(aot.TARGETS.values())}}
+
+
+def table(env: dict, rows: dict[str, dict]) -> str:
+    lines = [f"Triton {env['triton']} (Python {env['python']}), ptxas per target: "
+             + ", ".join(f"{k} {v}" for k, v in env["ptxas"].items()), "",
+             "| configuration | ISA | result |", "|---|---|---|"]
+    for key, r in rows.items():
+        isa = ".".join(map(str, r.get("isa", []))) or "-"
+        result = r["error"].splitlines()[0][:120] if "error" in r else (
+            f"{r['registers']} registers, {r['spill']} B spilled, {r['shared']} B shared")
+        lines.append(f"| {key} | {isa} | {result} |")
+    failed = sum("error" in r for r in rows.values())
+    lines += ["", f"{len(rows) - failed} of {len(rows)} assembled"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print JSON (environment and every row, PTX included)")
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        parser.error("unset TRITON_INTERPRET: the interpreter replaces the compiler")
+    env, rows = environment(), check_all()
+    print(json.dumps({"environment": env, "rows": rows}) if args.json else table(env, rows))
+    return 1 if any("error" in r for r in rows.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
