@@ -31,3 +31,7 @@ class ArtifactError(DbunetError):
 
 class AccuracyError(DbunetError):
     """A compiled component does not match its reference within tolerance."""
+
+
+class CudaError(DbunetError):
+    """A CUDA runtime call failed, or cuda-python is missing or does not fit the driver."""

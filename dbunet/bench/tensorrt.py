@@ -25,12 +25,16 @@ def engine_device_ms(stages, repeat: int) -> dict[str, float]:
         if not runner.bound:  # loaded but not called: no shapes or buffers to run it on
             continue
         times = []
-        for _ in range(repeat):
-            start, end = cuda.event(), cuda.event()
-            cuda.record(start)
-            runner.enqueue()
-            cuda.record(end)
-            times.append(cuda.elapsed_ms(start, end))
+        start, end = cuda.event(), cuda.event()  # one pair, reused: events are device resources
+        try:
+            for _ in range(repeat):
+                cuda.record(start)
+                runner.enqueue()
+                cuda.record(end)
+                times.append(cuda.elapsed_ms(start, end))
+        finally:
+            cuda.destroy_event(start)
+            cuda.destroy_event(end)
         figures[f"{component}@{resolution}"] = float(np.median(times))
     return figures
 

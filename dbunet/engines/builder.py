@@ -106,22 +106,10 @@ def strongly_typed_flag(trt) -> bool:
 
 def current_device(trt) -> tuple[Device, str]:
     """This machine's (Device, driver CUDA version 'major.minor'), via cuda-python."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6
-        except ImportError:
-            raise BuildError("TensorRT engines need cuda-python, which is not installed; pip install 'dbunet[trt]'") from None
-    err, device = cudart.cudaGetDevice()
-    if int(err):
-        raise BuildError(f"no CUDA device to build engines on ({err}); engines are built on the target GPU")
-    err, props = cudart.cudaGetDeviceProperties(device)
-    err2, driver = cudart.cudaDriverGetVersion()
-    if int(err) or int(err2):
-        raise BuildError(f"cannot query the CUDA device ({err}, {err2})")
-    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
-    return Device(trt.__version__, name, props.major * 10 + props.minor), f"{driver // 1000}.{(driver % 1000) // 10}"
+    from dbunet.cuda_runtime import current_device as cuda_device
+
+    info = cuda_device()
+    return Device(trt.__version__, info.name, info.compute_capability), info.driver_cuda
 
 
 def plugin_identity(mode: str, cc: int, driver_cuda: str) -> dict[str, str]:

@@ -43,15 +43,9 @@ def _tensorrt():
 
 def device_compute_capability() -> int:
     """The current CUDA device's compute capability as an int (e.g. 90), via cuda-python."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        from cuda import cudart  # cuda-python < 12.6
-    err, device = cudart.cudaGetDevice()
-    err2, props = cudart.cudaGetDeviceProperties(device)
-    if int(err) or int(err2):
-        raise BuildError(f"no CUDA device for TensorRT plugin compilation ({err}, {err2})")
-    return props.major * 10 + props.minor
+    from dbunet.cuda_runtime import current_device
+
+    return current_device().compute_capability
 
 
 def _dtype_name(trt, desc) -> str:

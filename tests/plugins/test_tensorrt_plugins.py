@@ -75,7 +75,7 @@ def test_channels_must_be_build_time_constants(stand_in, monkeypatch):
     monkeypatch.setattr(aot, "compile_ptx", lambda *a, **k: aot.CompiledKernel("k", ".version 8.7", 4, 0, {"BLOCK_M": 64}, "sm_90"))
     tp.register_plugins(compute_capability=90)
     q = Desc((2, 1024, ShapeExpr(640, constant=False)), float16)
-    with pytest.raises(Exception, match="C_c must be static"):
+    with pytest.raises(Exception, match="C_c must be a build-time constant"):
         stand_in.plugins["dbunet::SpatialCrossAttention"].aot_impl(q, q, q, 8, (q,), 0)
 
 

@@ -5,7 +5,8 @@ calls it makes, in which order, with which addresses. They are not TensorRT: an 
 ONNX graph run by ONNX Runtime on simulated device memory. What they enforce is the published contract
 of the real libraries, so that code which would fail on a GPU fails here too:
 
-CUDA runtime (cuda-python): calls return (error, *results); device memory is only what cudaMalloc gave
+CUDA runtime (cuda-python): calls return (error, *results); a failing call leaves its error pending until
+cudaGetLastError reads it (TensorRT's next enqueue fails while one is pending); device memory is only what cudaMalloc gave
 (out-of-range copies fail); a copy's kind must match its pointers; during stream capture, cudaMalloc,
 cudaFree, cudaStreamSynchronize and copies from pageable host memory are not permitted (they fail and
 invalidate the capture); a captured graph replays the calls with the arguments they had at capture.
@@ -22,6 +23,7 @@ stream handle and fails when an input shape or a tensor address is missing; acti
 from __future__ import annotations
 
 import ctypes
+import inspect
 import enum
 import json
 import threading
@@ -34,10 +36,12 @@ PLAN_MAGIC = b"STANDIN-TRT-PLAN\0"
 
 
 # -- CUDA runtime ----------------------------------------------------------------------------------------------
-class cudaError_t(enum.IntEnum):
+class cudaError_t(enum.IntEnum):  # values as cuda.bindings.runtime has them (test_cuda_layer checks)
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
+    cudaErrorInsufficientDriver = 35
+    cudaErrorNoDevice = 100
     cudaErrorIllegalState = 401
     cudaErrorStreamCaptureUnsupported = 900
     cudaErrorStreamCaptureInvalidated = 901
@@ -81,12 +85,14 @@ class StandInCudart(types.SimpleNamespace):
 
     def __init__(self, total_memory: int = 8 << 30) -> None:
         super().__init__()
+        self.last_error = cudaError_t.cudaSuccess  # what cudaGetLastError returns (and clears)
         self.allocations: dict[int, np.ndarray] = {}
         self.next_address, self.total = 0x7F0000000000, total_memory
         self.captures: dict[int, Capture] = {}  # stream handle -> capture in progress
         self.graphs: dict[int, list] = {}
         self.execs: dict[int, list] = {}
         self.counts = {"malloc": 0, "captures": 0, "launches": 0}
+        self.events: set[int] = set()  # created and not yet destroyed
         self._handles = 0
 
     def _handle(self) -> Handle:
@@ -121,13 +127,13 @@ class StandInCudart(types.SimpleNamespace):
         self.counts["malloc"] += 1
         return (cudaError_t.cudaSuccess, ptr)
 
-    def cudaFree(self, ptr):
+    def cudaFree(self, devPtr):
         err = self._unsafe_during_capture()
         if err:
             return (err,)
-        if int(ptr) not in self.allocations:
+        if int(devPtr) not in self.allocations:
             return (cudaError_t.cudaErrorInvalidValue,)
-        del self.allocations[int(ptr)]
+        del self.allocations[int(devPtr)]
         return (cudaError_t.cudaSuccess,)
 
     def cudaMemGetInfo(self):
@@ -199,8 +205,8 @@ class StandInCudart(types.SimpleNamespace):
         self.execs[int(exec_)] = list(self.graphs[int(graph)])
         return (cudaError_t.cudaSuccess, exec_)
 
-    def cudaGraphLaunch(self, exec_, stream):
-        nodes = self.execs.get(int(exec_))
+    def cudaGraphLaunch(self, graphExec, stream):
+        nodes = self.execs.get(int(graphExec))
         if nodes is None:
             return (cudaError_t.cudaErrorInvalidValue,)
         self.counts["launches"] += 1
@@ -213,15 +219,17 @@ class StandInCudart(types.SimpleNamespace):
                 return (err,)
         return (cudaError_t.cudaSuccess,)
 
-    def cudaGraphExecDestroy(self, exec_):
-        return (cudaError_t.cudaSuccess,) if self.execs.pop(int(exec_), None) is not None else (cudaError_t.cudaErrorInvalidValue,)
+    def cudaGraphExecDestroy(self, graphExec):
+        return (cudaError_t.cudaSuccess,) if self.execs.pop(int(graphExec), None) is not None else (cudaError_t.cudaErrorInvalidValue,)
 
     def cudaGraphDestroy(self, graph):
         return (cudaError_t.cudaSuccess,) if self.graphs.pop(int(graph), None) is not None else (cudaError_t.cudaErrorInvalidValue,)
 
     # events and device
     def cudaEventCreate(self):
-        return (cudaError_t.cudaSuccess, self._handle())
+        event = self._handle()
+        self.events.add(int(event))
+        return (cudaError_t.cudaSuccess, event)
 
     def cudaEventRecord(self, event, stream):
         return (cudaError_t.cudaSuccess,)
@@ -232,14 +240,49 @@ class StandInCudart(types.SimpleNamespace):
     def cudaEventElapsedTime(self, start, end):
         return (cudaError_t.cudaSuccess, 0.0)
 
+    def cudaEventDestroy(self, event):
+        if int(event) not in self.events:
+            return (cudaError_t.cudaErrorInvalidValue,)
+        self.events.remove(int(event))
+        return (cudaError_t.cudaSuccess,)
+
     def cudaGetDevice(self):
         return (cudaError_t.cudaSuccess, 0)
 
     def cudaGetDeviceProperties(self, device):
+        if not isinstance(device, int):  # the binding's parameter is a C int
+            raise TypeError("an integer is required")
         return (cudaError_t.cudaSuccess, types.SimpleNamespace(name=b"Stand-in GPU\x00", major=8, minor=7))
 
     def cudaDriverGetVersion(self):
         return (cudaError_t.cudaSuccess, 12060)
+
+    def cudaRuntimeGetVersion(self):
+        return (cudaError_t.cudaSuccess, 12060)
+
+    # the per-thread error state: every failing call sets it; these read it
+    def cudaGetLastError(self):
+        err, self.last_error = self.last_error, cudaError_t.cudaSuccess
+        return (err,)
+
+    def cudaPeekAtLastError(self):
+        return (self.last_error,)
+
+
+def _recording_errors(fn):
+    def call(self, *args):
+        result = fn(self, *args)
+        if result[0] != cudaError_t.cudaSuccess:
+            self.last_error = cudaError_t(result[0])
+        return result
+
+    call.__name__, call.__wrapped__ = fn.__name__, fn
+    return call
+
+
+for _name, _fn in list(vars(StandInCudart).items()):
+    if _name.startswith("cuda") and inspect.isfunction(_fn) and _name not in ("cudaGetLastError", "cudaPeekAtLastError"):
+        setattr(StandInCudart, _name, _recording_errors(_fn))
 
 
 # -- TensorRT runtime -------------------------------------------------------------------------------------------
@@ -368,6 +411,10 @@ def stand_in_tensorrt(version: str, cudart: StandInCudart) -> types.ModuleType:
         def execute_async_v3(self, stream_handle):
             if type(stream_handle) is not int:  # the binding's parameter is an int; cuda-python handles need int()
                 raise TypeError(f"execute_async_v3(): incompatible function arguments: stream_handle {type(stream_handle)}")
+            if cudart.last_error != cudaError_t.cudaSuccess:
+                # TensorRT checks the CUDA error state around its launches: an error left pending by an earlier
+                # call (a failed capture) fails this enqueue. trtexec clears it with cudaGetLastError.
+                return False
             if set(self.shapes) != set(self.engine.inputs):
                 return False
             if set(self.addresses) != set(self.engine.inputs + self.engine.outputs):

@@ -1,10 +1,8 @@
 """The few CUDA runtime calls the TensorRT backend needs, through cuda-python (torch-free).
 
-cuda-python returns a tuple per call, (error, *results); `call` checks the error and unwraps the result.
-Everything runs on one stream; host arrays are numpy and are copied synchronously with respect to the
-host (pageable memory), device buffers are raw pointers from cudaMalloc.
-
-cuda-python >= 12.6 exposes the runtime API as `cuda.bindings.runtime`; older releases as `cuda.cudart`.
+Calls go through dbunet.cuda_runtime (checked, one-line errors). Everything runs on one stream; host arrays
+are numpy and are copied synchronously with respect to the host (pageable memory), device buffers are raw
+pointers from cudaMalloc.
 """
 
 from __future__ import annotations
@@ -14,22 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from dbunet.errors import ConfigError, DbunetError
+from dbunet.cuda_runtime import check, import_cudart
+from dbunet.errors import CudaError
 
-
-class CudaError(DbunetError):
-    """A CUDA runtime call failed."""
-
-
-def import_cudart():
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6
-        except ImportError:
-            raise ConfigError("--backend trt needs cuda-python, which is not installed; pip install 'dbunet[trt]'") from None
-    return cudart
+__all__ = ["Cuda", "CudaError", "DeviceMemory", "GraphExec"]
 
 
 class Cuda:
@@ -40,11 +26,7 @@ class Cuda:
         self.stream = self.call("cudaStreamCreateWithFlags", self.rt.cudaStreamNonBlocking)
 
     def call(self, name: str, *args: Any) -> Any:
-        result = getattr(self.rt, name)(*args)
-        err, rest = result[0], result[1:]
-        if err != self.rt.cudaError_t.cudaSuccess:
-            raise CudaError(f"{name} failed: {err!r}")
-        return rest[0] if len(rest) == 1 else (rest or None)
+        return check(self.rt, name, getattr(self.rt, name)(*args))
 
     # -- memory ------------------------------------------------------------------------------------------
     def malloc(self, nbytes: int) -> int:
@@ -90,10 +72,14 @@ class Cuda:
             raise
 
     def abort_capture(self) -> None:
-        """End a capture that failed part-way, discarding what it recorded; the stream is usable again."""
+        """After a capture failed part-way, as trtexec does: end it (a graph TensorRT's failure still returns is
+        destroyed, unused), wait for the stream, and clear the error the failure left pending, which the next
+        CUDA or TensorRT call would report as its own. Results are not checked: the capture may have ended."""
         err, graph = self.rt.cudaStreamEndCapture(self.stream)[:2]
         if err == self.rt.cudaError_t.cudaSuccess and graph is not None:
             self.rt.cudaGraphDestroy(graph)
+        self.rt.cudaStreamSynchronize(self.stream)
+        self.rt.cudaGetLastError()
 
     # -- timing ------------------------------------------------------------------------------------------
     def event(self) -> Any:
@@ -105,6 +91,9 @@ class Cuda:
     def elapsed_ms(self, start: Any, end: Any) -> float:
         self.call("cudaEventSynchronize", end)
         return float(self.call("cudaEventElapsedTime", start, end))
+
+    def destroy_event(self, event: Any) -> None:
+        self.call("cudaEventDestroy", event)
 
     def close(self) -> None:
         if self.stream is not None:

@@ -71,13 +71,14 @@ class ActivationRegion:
 
 
 def capture(cuda: Cuda, record: Callable[[], None]) -> GraphExec:
+    """`record`'s calls as one instantiated graph; on any failure the stream is left usable, no error pending."""
     cuda.begin_capture()
     try:
         record()
+        return cuda.end_capture()
     except BaseException:
         cuda.abort_capture()
         raise
-    return cuda.end_capture()
 
 
 class EngineRunner:
