@@ -153,7 +153,10 @@ class DBUNet(nn.Module):
         box_valid: Tensor,
         box_scale: Tensor,
     ) -> Tensor:
-        temb = self.time_embedding(timestep_embedding(timestep.expand(sample.shape[0]), self.config.block_out_channels[0]))
+        emb = timestep_embedding(timestep.expand(sample.shape[0]), self.config.block_out_channels[0])  # fp32 always
+        if emb.dtype != sample.dtype:  # an FP16 module on the GPU (traced FP32 graphs get no extra Cast)
+            emb = emb.to(sample.dtype)
+        temb = self.time_embedding(emb)
         text = encoder_hidden_states
         box = BoxInputs(boxes, box_phrases, box_valid, box_scale)
 

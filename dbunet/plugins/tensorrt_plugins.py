@@ -23,6 +23,7 @@ autotune, and checks each function's parameter names against (tensors..., attrib
 tactic]). tests/plugins/tensorrt_stand_in.py enforces the same rules without TensorRT.
 """
 
+import functools
 from typing import Any, List, Tuple, Union
 
 from dbunet.errors import BuildError
@@ -88,6 +89,21 @@ def spatial_attention_launch(trtp, compiled, q, v, num_heads: int) -> tuple[Any,
     return launch, extra
 
 
+@functools.lru_cache(maxsize=64)  # TensorRT calls aot_impl per node and tactic; most nodes share a shape
+def plugin_kernel(kernel: str, dtype: str, cc: int, driver_cuda: str | None = None, **shape):
+    """The PTX an AOT implementation returns: the kernel configuration for `shape`, at the ISA both a CUDA
+    `driver_cuda` driver and this Triton's ptxas accept (None: Triton's newest), refused if that driver could
+    not load it. The GPU check (tools/gpu_check.py) launches exactly this."""
+    from dbunet.plugins.aot import compile_ptx, kernel_config, require_driver_reads, target_isa
+
+    config = kernel_config(kernel, dtype, **shape)
+    isa = target_isa(cc, driver_cuda) if driver_cuda else None
+    compiled = compile_ptx(kernel, dtype, cc, config.num_warps, isa, config.num_stages, **config.constants)
+    if driver_cuda:
+        require_driver_reads(compiled.ptx, driver_cuda, f"{kernel} ({dtype}, sm_{cc})")
+    return compiled
+
+
 def register_plugins(compute_capability: int | None = None, driver_cuda: str | None = None) -> tuple[str, ...]:
     """Register every dbunet plugin with TensorRT (idempotent). Returns the plugin ids.
 
@@ -98,19 +114,11 @@ def register_plugins(compute_capability: int | None = None, driver_cuda: str | N
     if _registered:
         return tuple(f"{NAMESPACE}::{p}" for p in PLUGINS)
     trt, trtp = _tensorrt()
-    from dbunet.plugins.aot import kernel_config, require_driver_reads, target_isa
-    from dbunet.plugins.aot import compile_ptx as _compile
-
     def cc() -> int:
         return compute_capability or device_compute_capability()
 
     def compile_ptx(kernel: str, dtype: str, cc_: int, **shape):
-        config = kernel_config(kernel, dtype, **shape)
-        isa = target_isa(cc_, driver_cuda) if driver_cuda else None
-        compiled = _compile(kernel, dtype, cc_, config.num_warps, isa, config.num_stages, **config.constants)
-        if driver_cuda:
-            require_driver_reads(compiled.ptx, driver_cuda, f"{kernel} ({dtype}, sm_{cc_})")
-        return compiled
+        return plugin_kernel(kernel, dtype, cc_, driver_cuda, **shape)
 
     same_type = lambda n: ", ".join(["FP32|FP16"] * n)  # noqa: E731 -- all I/O share one precision
     # Annotations are evaluated here, as classes: tensorrt.plugin runs issubclass() on them

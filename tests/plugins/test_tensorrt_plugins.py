@@ -28,7 +28,9 @@ def stand_in(monkeypatch):
     trtp = StandIn()
     monkeypatch.setattr(tp, "_tensorrt", lambda: (trtp, trtp))
     monkeypatch.setattr(tp, "_registered", False)
-    return trtp
+    tp.plugin_kernel.cache_clear()  # these tests replace aot.compile_ptx: no PTX from another test
+    yield trtp
+    tp.plugin_kernel.cache_clear()
 
 
 def test_our_registration_passes_tensorrts_validation_and_launches_as_computed(stand_in, monkeypatch):

@@ -1,0 +1,61 @@
+"""tools/gpu_check.py, the prepared GPU check: on this machine (no GPU) every check is skipped with its reason
+and the report is written; the launch arithmetic it shares with the TensorRT plugins is checked here too."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def test_runs_here_and_reports_every_check(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--out", str(tmp_path), "--quick"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    import gpu_check
+
+    assert list(report["checks"]) == list(gpu_check.CHECKS)
+    gpu = report["environment"]["gpu"]
+    for name, result in report["checks"].items():
+        if gpu is None:  # this machine: skipped, and the reason says what is missing
+            assert result["status"] == "skipped" and result["reason"], (name, result)
+        else:
+            assert result["status"] == "passed", (name, result)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert all(f"| {name} |" in table for name in gpu_check.CHECKS)
+
+
+def test_concrete_launch_matches_what_the_plugins_compute_under_tensorrt():
+    """The AOT check launches with the plugins' own launch functions over concrete numbers; the same shapes give
+    the launch the plugin stand-in records (tests/plugins/test_tensorrt_plugins.py)."""
+    import gpu_check
+    from dbunet.plugins import aot
+    from dbunet.plugins.tensorrt_plugins import box_constraint_launch, spatial_attention_launch
+
+    compiled = aot.CompiledKernel("k", "", 4, 1024, {"BLOCK_P": 64, "BLOCK_M": 32}, "sm_90")
+
+    class T:
+        def __init__(self, *shape):
+            self.shape = shape
+
+    launch, scalars = box_constraint_launch(gpu_check.ConcreteShapes, compiled, gpu_check.Desc(T(2, 320, 45, 37)),
+                                            gpu_check.Desc(T(2, 45 * 37, 320)), gpu_check.Desc(T(2, 30, 4)))
+    assert (launch.grid_x, launch.grid_y, launch.block_x, launch.shared_mem) == (-(-45 * 37 // 64), 2, 128, 1024)
+    assert scalars == (320, 45, 37, 320, 30)
+    launch, scalars = spatial_attention_launch(gpu_check.ConcreteShapes, compiled, gpu_check.Desc(T(2, 99, 80)),
+                                               gpu_check.Desc(T(2, 99, 40)), 4)
+    assert (launch.grid_x, launch.grid_y) == (-(-99 // 32), 8) and scalars == (99, 80, 40, 4, 20, 10)
+
+
+def test_unknown_check_names_are_refused():
+    import gpu_check
+
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--out", "/nonexistent/never", "--only", "no_such_check"])

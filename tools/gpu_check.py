@@ -1,0 +1,550 @@
+"""The prepared GPU check: everything a CUDA machine without TensorRT can verify, in one process.
+
+    PYTHONPATH=. python tools/gpu_check.py --out DIR [--quick]
+
+Writes DIR/gpu_check.json and DIR/gpu_check.md. Each check passes, fails (with its error) or is skipped with the
+reason its requirement is missing, so the same command runs on a CPU machine (every check skipped; CI runs it)
+and on a GPU (every check should pass). Exit 1 when a check failed, else 0. Sized for one device session
+(under 8 minutes on an H100/H200, start-up of torch.compile included); --quick shortens the timings.
+
+  op_table       the Triton kernels (TRITON_INTERPRET=0) against their references, FP32 and FP16, every case
+  aot_ptx        the PTX exactly as the TensorRT plugins return it (ISA pinned for this driver and this Triton),
+                 loaded with the CUDA driver API and launched with TensorRT's argument order (inputs, int32
+                 scalars, outputs) and the launch parameters aot_impl computes, against the op table's reference
+  cuda_layer     --backend trt's CUDA layer on the device: allocations, copies of every kind, a thread-local
+                 capture of copies and a kernel standing in for execute_async_v3, instantiate, launch, events,
+                 the failed-capture fallback; StepLoop's whole-loop graph against per-step launches
+  torch_step     the DB-UNet guided step at the sd15 preset, 512x512, FP16 on CUDA: eager, torch.compile,
+                 eager with the Triton kernels (TorchPipeline's denoise_step calls this module; its VAE needs
+                 diffusers, which the GPU machine lacks, so the step is timed on its own)
+  fused_ops      fused BoxConstraint / SCA vs eager vs torch.compile at sd15 shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class Skip(Exception):
+    """A requirement of the check is missing here: the message says which."""
+
+
+# -- requirements ------------------------------------------------------------------------------------------------
+def need_torch_cuda():
+    try:
+        import torch
+    except ImportError:
+        raise Skip("torch is not installed") from None
+    if not torch.cuda.is_available():
+        raise Skip("no CUDA device (torch.cuda.is_available() is False)")
+    return torch
+
+
+def need_triton():
+    try:
+        import triton
+    except ImportError:
+        raise Skip("triton is not installed") from None
+    return triton
+
+
+def need_cuda_bindings():
+    from dbunet.cuda_runtime import current_device
+    from dbunet.errors import CudaError
+
+    try:
+        return current_device()
+    except CudaError as exc:
+        raise Skip(str(exc)) from None
+
+
+def gpu_timing(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
+    """Median milliseconds of `fn` by CUDA events, after warm-up."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+# -- op_table ----------------------------------------------------------------------------------------------------
+def check_op_table(args) -> dict:
+    torch = need_torch_cuda()
+    need_triton()
+    from dbunet.plugins.table import CASES, TOLERANCE, fused, max_rel_error, reference_fp32
+
+    worst, failures = {}, []
+    for dtype in (torch.float32, torch.float16):
+        for case in CASES:
+            inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
+            got = fused(case.op)(*inputs)
+            want = reference_fp32(case.op, tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in inputs))
+            err = max_rel_error(got.cpu(), want) if torch.isfinite(got).all() else float("inf")
+            key = f"{case.op}/{str(dtype).split('.')[-1]}"
+            worst[key] = max(worst.get(key, 0.0), err)
+            if err > TOLERANCE[dtype]:
+                failures.append(f"{case.op} [{case.label}] {dtype}: {err:.2e} > {TOLERANCE[dtype]:.0e}")
+    if failures:
+        raise AssertionError("; ".join(failures))
+    return {"cases": 2 * len(CASES), "max_rel_error": worst}
+
+
+# -- aot_ptx -----------------------------------------------------------------------------------------------------
+class ConcreteLaunch:
+    """tensorrt.plugin's KernelLaunchParams with concrete numbers, so the plugins' own launch functions
+    (box_constraint_launch, spatial_attention_launch) compute the launch for real shapes."""
+
+    def __init__(self) -> None:
+        self.grid_x = self.grid_y = self.grid_z = self.block_x = self.block_y = self.block_z = 1
+        self.shared_mem = 0
+
+
+class ConcreteShapes:
+    KernelLaunchParams = ConcreteLaunch
+    SymInt32 = int
+
+    class SymIntExprs:
+        from_tuple = staticmethod(tuple)
+
+    @staticmethod
+    def cdiv(a: int, b: int) -> int:
+        return -(-int(a) // int(b))
+
+
+class Desc:
+    def __init__(self, tensor) -> None:
+        self.shape_expr = tuple(int(d) for d in tensor.shape)
+
+
+def launch_ptx(driver, compiled, launch, pointers_in, scalars, pointers_out, stream: int) -> None:
+    """cuModuleLoadData + cuLaunchKernel with TensorRT's AOT argument order: inputs, int32 scalars, outputs."""
+    import numpy as np
+
+    def ok(result):
+        err = result[0]
+        if int(err):
+            raise RuntimeError(f"CUDA driver: {err!r}")
+        return result[1] if len(result) > 1 else None
+
+    image = np.frombuffer(compiled.ptx.encode() + b"\0", dtype=np.uint8)  # NUL-terminated PTX text
+    module = ok(driver.cuModuleLoadData(image.ctypes.data))
+    try:
+        function = ok(driver.cuModuleGetFunction(module, compiled.name.encode()))
+        values = ([np.array([p], dtype=np.uint64) for p in pointers_in] + [np.array([s], dtype=np.int32) for s in scalars]
+                  + [np.array([p], dtype=np.uint64) for p in pointers_out])
+        params = np.array([v.ctypes.data for v in values], dtype=np.uint64)
+        ok(driver.cuLaunchKernel(function, launch.grid_x, launch.grid_y, launch.grid_z, launch.block_x,
+                                 launch.block_y, launch.block_z, launch.shared_mem, stream, params.ctypes.data, 0))
+        ok(driver.cuStreamSynchronize(stream))
+    finally:
+        driver.cuModuleUnload(module)
+
+
+def check_aot_ptx(args) -> dict:
+    torch = need_torch_cuda()
+    need_triton()
+    device = need_cuda_bindings()
+    from cuda.bindings import driver
+
+    from dbunet.plugins import aot
+    from dbunet.plugins.table import CASES, TOLERANCE, max_rel_error, reference_fp32
+    from dbunet.plugins.tensorrt_plugins import box_constraint_launch, plugin_kernel, spatial_attention_launch
+
+    cc = device.compute_capability
+    if cc not in aot.TARGETS.values():
+        raise Skip(f"sm_{cc} is not a PTX target of the plugins ({', '.join(aot.TARGETS)})")
+    torch.cuda.init()
+    stream = torch.cuda.current_stream().cuda_stream
+    results, failures = {}, []
+    for dtype, name in ((torch.float16, "fp16"), (torch.float32, "fp32")):
+        for case in CASES:
+            if case.op == "channel_cross_attention":
+                continue  # no plugin: TensorRT runs its local function
+            inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
+            if case.op == "box_constraint":
+                x, q, k, v, boxes, valid, gate = inputs
+                compiled = plugin_kernel("box_constraint", name, cc, device.driver_cuda, slots=k.shape[1])
+                launch, scalars = box_constraint_launch(ConcreteShapes, compiled, Desc(x), Desc(q), Desc(boxes))
+                tensors_in, out = [t.contiguous() for t in (x, q, k, v, boxes, valid, gate.reshape(1))], torch.empty_like(x)
+            else:
+                q, k, v, heads = inputs
+                compiled = plugin_kernel("spatial_attention", name, cc, device.driver_cuda,
+                                         dk=q.shape[2] // heads, dv=v.shape[2] // heads)
+                launch, scalars = spatial_attention_launch(ConcreteShapes, compiled, Desc(q), Desc(v), heads)
+                tensors_in, out = [t.contiguous() for t in (q, k, v)], torch.empty_like(v)
+            launch_ptx(driver, compiled, launch, [t.data_ptr() for t in tensors_in], scalars, [out.data_ptr()], stream)
+            want = reference_fp32(case.op, tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in inputs))
+            err = max_rel_error(out.cpu(), want) if torch.isfinite(out).all() else float("inf")
+            key = f"{case.op}/{name}"
+            results[key] = max(results.get(key, 0.0), err)
+            if err > TOLERANCE[dtype]:
+                failures.append(f"{case.op} [{case.label}] {name}: {err:.2e}")
+    if failures:
+        raise AssertionError("; ".join(failures))
+    isa = aot.target_isa(cc, device.driver_cuda)
+    return {"target": f"sm_{cc}", "driver_cuda": device.driver_cuda, "ptx_isa": f"{isa[0]}.{isa[1]}",
+            "ptxas": aot.triton_ptxas(cc).release, "max_rel_error": results}
+
+
+# -- cuda_layer --------------------------------------------------------------------------------------------------
+class TorchEngine:
+    """A stand-in for a TensorRT step engine on the real GPU (TensorRT is not installed there): the TensorRT
+    calls EngineRunner and StepLoop make, with an enqueue that launches real kernels on the given stream over
+    the bound device addresses. x0 = c0 x + c1 cond; x_next = c2 x + c3 x0 + c4 x0_prev."""
+
+    INPUTS, OUTPUTS = ("x", "x0_prev", "coeffs", "cond"), ("x_next", "x0")
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.num_io_tensors = 6
+
+    def get_tensor_name(self, i: int) -> str:
+        return (*self.INPUTS, *self.OUTPUTS)[i]
+
+    def get_tensor_mode(self, name: str):
+        return "in" if name in self.INPUTS else "out"
+
+    def get_tensor_dtype(self, name: str):
+        return "float32"
+
+    def get_tensor_profile_shape(self, name: str, index: int):
+        return [self.shape_of(name)] * 3
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return (5,) if name == "coeffs" else self.shape
+
+    device_memory_size_v2 = 256
+
+    def create_execution_context(self, strategy):
+        return TorchContext(self)
+
+
+class TorchContext:
+    def __init__(self, engine: TorchEngine) -> None:
+        self.engine, self.addresses = engine, {}
+        self.views = {}  # (name, address) -> tensor: made on the direct run, reused inside captures
+
+    def set_device_memory(self, ptr: int, size: int) -> None:
+        self.memory = (ptr, size)
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        return tuple(shape) == self.engine.shape_of(name)
+
+    def get_tensor_shape(self, name: str):
+        return self.engine.shape_of(name)
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = int(ptr)
+        return True
+
+    def execute_async_v3(self, stream: int) -> bool:
+        import torch
+
+        t = {}
+        for n, p in self.addresses.items():
+            if (n, p) not in self.views:
+                self.views[n, p] = tensor_at(p, self.engine.shape_of(n))
+            t[n] = self.views[n, p]
+        c = t["coeffs"]
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):  # kernels only: nothing allocates in a capture
+            torch.mul(t["x"], c[0:1], out=t["x0"])
+            torch.addcmul(t["x0"], t["cond"], c[1:2], out=t["x0"])
+            torch.mul(t["x"], c[2:3], out=t["x_next"])
+            torch.addcmul(t["x_next"], t["x0"], c[3:4], out=t["x_next"])
+            torch.addcmul(t["x_next"], t["x0_prev"], c[4:5], out=t["x_next"])
+        return True
+
+
+def tensor_at(ptr: int, shape: tuple[int, ...]):
+    """A float32 torch view of device memory at `ptr` (no copy), through the CUDA array interface."""
+    import torch
+
+    class View:
+        __cuda_array_interface__ = {"shape": shape, "typestr": "<f4", "data": (ptr, False), "version": 3,
+                                    "strides": None}
+
+    return torch.as_tensor(View(), device="cuda")
+
+
+class TorchTrt:
+    """The two TensorRT names EngineRunner reads from the module."""
+
+    class TensorIOMode:
+        INPUT = "in"
+
+    class ExecutionContextAllocationStrategy:
+        USER_MANAGED = "user"
+
+    @staticmethod
+    def nptype(dtype):
+        import numpy as np
+
+        return np.float32
+
+
+def check_cuda_layer(args) -> dict:
+    torch = need_torch_cuda()
+    need_cuda_bindings()
+    import numpy as np
+
+    from dbunet.errors import CudaError
+    from dbunet.runtime.backends.cuda import Cuda
+    from dbunet.runtime.backends.trt_engine import ActivationRegion, EngineRunner, StepLoop, capture
+
+    torch.cuda.init()
+    cuda = Cuda()
+    facts = {}
+    try:
+        host = np.arange(4096, dtype=np.float32)
+        a, b = cuda.malloc(host.nbytes), cuda.malloc(host.nbytes)
+        cuda.upload(a, host)  # host to device
+        cuda.copy(b, a, host.nbytes)  # device to device
+        assert np.array_equal(cuda.download(b, host.shape, host.dtype), host), "copies round trip"
+        facts["memory_in_use_mb"] = round(cuda.memory_in_use() / 2**20, 1)
+
+        # a thread-local capture of a copy and a kernel on our stream, instantiated and launched twice
+        src, dst = tensor_at(a, host.shape), tensor_at(b, host.shape)
+
+        def record() -> None:
+            cuda.copy(b, a, host.nbytes)
+            with torch.cuda.stream(torch.cuda.ExternalStream(int(cuda.stream))):
+                torch.mul(dst, 2.0, out=dst)
+
+        graph = capture(cuda, record)
+        for _ in range(2):
+            graph.launch()
+        assert np.array_equal(cuda.download(b, host.shape, host.dtype), host * 2), "graph replays copy + kernel"
+        graph.destroy()
+        start, end = cuda.event(), cuda.event()
+        cuda.record(start)
+        torch.cuda.synchronize()
+        graph = capture(cuda, record)
+        cuda.record(start)
+        for _ in range(100):
+            graph.launch()
+        cuda.record(end)
+        facts["graph_launch_us"] = round(cuda.elapsed_ms(start, end) * 10, 2)  # ms per 100 -> us per launch
+        cuda.destroy_event(start)
+        cuda.destroy_event(end)
+        graph.destroy()
+
+        # a capture that fails (cudaMalloc is not permitted in one) leaves the stream usable, no error pending
+        try:
+            capture(cuda, lambda: cuda.malloc(1024))
+            raise AssertionError("cudaMalloc inside a capture was accepted")
+        except CudaError as exc:
+            facts["failed_capture"] = str(exc)[:120]
+        assert int(cuda.rt.cudaPeekAtLastError()[0]) == 0, "an error is still pending after the failed capture"
+        cuda.copy(b, a, host.nbytes)
+        assert np.array_equal(cuda.download(b, host.shape, host.dtype), host), "stream usable after the failure"
+        cuda.free(a)
+        cuda.free(b)
+
+        # StepLoop: one graph for the whole loop against per-step launches, on the real device
+        shape = (2, 4, 64, 64)
+        rng = np.random.default_rng(0)
+        rows = rng.uniform(0.2, 0.9, (20, 5)).astype(np.float32)
+        x = rng.standard_normal(shape).astype(np.float32)
+        cond = {"cond": rng.standard_normal(shape).astype(np.float32)}
+        latents = {}
+        for label, graphs in (("graph", True), ("per_step", False)):
+            runner = EngineRunner(TorchTrt, cuda, TorchEngine(shape), "step")
+            region = ActivationRegion(cuda)
+            region.attach(runner)
+            runner.use_graphs = graphs
+            loop = StepLoop(runner)
+            for _ in range(2):  # the first run records directly and captures; the second replays
+                latents[label] = loop.run(rows, x, cond)
+            facts[f"{label}_issue_ms"] = round(loop.issue_s * 1000, 3)
+            runner.close()
+            region.free()
+        want = x
+        x0_prev = np.zeros_like(x)
+        for c in rows:  # the same update on the host, in float64
+            x0 = c[0] * want + c[1] * cond["cond"]
+            want, x0_prev = c[2] * want + c[3] * x0 + c[4] * x0_prev, x0
+        assert np.array_equal(latents["graph"], latents["per_step"]), "whole-loop graph differs from per-step"
+        err = float(np.abs(latents["graph"] - want).max() / np.abs(want).max())
+        assert err < 1e-5, f"loop result off the host computation by {err:.1e}"
+        facts["loop_rel_error"] = err
+    finally:
+        cuda.close()
+    return facts
+
+
+# -- torch_step and fused_ops ------------------------------------------------------------------------------------
+def check_torch_step(args) -> dict:
+    torch = need_torch_cuda()
+    need_triton()
+    from dbunet.config import sd15
+    from dbunet.models.dbunet import DBUNet
+    from dbunet.plugins.torch_ops import use_triton_kernels
+
+    cfg = sd15()
+    side = 512 // cfg.vae.downscale
+    boxes = 4
+    with torch.device("cuda"):  # initialised on the device: seconds instead of a minute on the host
+        unet = DBUNet(cfg.unet).to(torch.float16).eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, device="cuda", dtype=torch.float16)
+
+    latent = rnd(1, cfg.unet.in_channels, side, side)
+    text = rnd(2, 77, cfg.unet.cross_attention_dim)
+    box = torch.tensor([[0.1, 0.1, 0.6, 0.7]], device="cuda", dtype=torch.float16).expand(2, boxes, 4).contiguous()
+    phrases, valid = rnd(2, boxes, cfg.unet.cross_attention_dim), torch.ones(2, boxes, device="cuda", dtype=torch.float16)
+    t, scale = torch.tensor([500.0], device="cuda"), torch.tensor(1.0, device="cuda", dtype=torch.float16)
+
+    def guided_step(model):  # what TorchStages.denoise_step runs: batch 2 (CFG), then the guidance
+        def step():
+            eps_u, eps_c = model(latent.expand(2, -1, -1, -1), t, text, box, phrases, valid, scale).chunk(2)
+            return eps_u + 7.5 * (eps_c - eps_u)
+        return step
+
+    repeat = 5 if args.quick else 20
+    figures = {"latent": f"{side}x{side}", "boxes": boxes, "dtype": "fp16", "batch": 2}
+    with torch.no_grad():
+        eager = guided_step(unet)
+        reference = eager()
+        figures["eager_ms"] = gpu_timing(eager, repeat)
+        started = time.perf_counter()
+        compiled = guided_step(torch.compile(unet, dynamic=False))
+        compiled()
+        figures["compile_s"] = round(time.perf_counter() - started, 1)
+        figures["compile_ms"] = gpu_timing(compiled, repeat)
+        use_triton_kernels("cuda")  # for the rest of the process: torch.library has no unregister
+        fused = guided_step(unet)
+        out = fused()
+        figures["eager_triton_ms"] = gpu_timing(fused, repeat)
+    rel = float((out.float() - reference.float()).abs().max() / reference.float().abs().max())
+    figures["triton_vs_reference_max_rel"] = rel
+    assert torch.isfinite(out).all() and rel < 5e-2, f"Triton kernels change the step by {rel:.2e}"
+    figures["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return figures
+
+
+def check_fused_ops(args) -> dict:
+    torch = need_torch_cuda()
+    need_triton()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from ops import sd15_cases
+
+    from dbunet.plugins.table import REFERENCES, fused
+
+    repeat = 10 if args.quick else 50
+    rows = {}
+    for op, tag, make in sd15_cases():
+        if op == "channel_cross_attention":
+            continue  # no TensorRT plugin; benchmarks/ops.py times it
+        a = make(torch.float16)
+        ref = REFERENCES[op]
+        times = {"eager_ms": gpu_timing(lambda: ref(*a), repeat),
+                 "compile_ms": gpu_timing(lambda f=torch.compile(ref, dynamic=False): f(*a), repeat),
+                 "fused_ms": gpu_timing(lambda: fused(op)(*a), repeat)}
+        rows[f"{op} {tag}"] = {k: round(v, 4) for k, v in times.items()}
+    return {"dtype": "fp16", "batch": 2, "repeat": repeat, "ops": rows}
+
+
+CHECKS: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "op_table": check_op_table,
+    "aot_ptx": check_aot_ptx,
+    "cuda_layer": check_cuda_layer,
+    "torch_step": check_torch_step,
+    "fused_ops": check_fused_ops,
+}
+
+
+def environment() -> dict:
+    env = {"python": platform.python_version(), "machine": platform.machine()}
+    for name in ("torch", "triton", "numpy", "onnxruntime", "cupy"):
+        try:
+            env[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 -- absent or broken: reported, not fatal
+            env[name] = None
+    from dbunet.cuda_runtime import bindings_version
+
+    env["cuda_bindings"] = bindings_version()
+    try:
+        import torch
+
+        env["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        env["torch_cuda"] = torch.version.cuda
+    except ImportError:
+        env["gpu"] = None
+    return env
+
+
+def run(args) -> dict:
+    results = {}
+    for name, check in CHECKS.items():
+        if args.only and name not in args.only:
+            continue
+        started = time.perf_counter()
+        try:
+            entry = {"status": "passed", "figures": check(args)}
+        except Skip as exc:
+            entry = {"status": "skipped", "reason": str(exc)}
+        except Exception as exc:  # noqa: BLE001 -- a failed check is reported and the next one runs
+            entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                     "traceback": traceback.format_exc()[-4000:]}
+        entry["seconds"] = round(time.perf_counter() - started, 2)
+        results[name] = entry
+        print(f"{name:<12} {entry['status']:<8} {entry['seconds']:7.1f}s  "
+              f"{entry.get('reason') or entry.get('error') or ''}"[:300], flush=True)
+    return results
+
+
+def markdown(env: dict, results: dict) -> str:
+    lines = [f"GPU check on {env.get('gpu') or 'no GPU'} (Python {env['python']}, torch {env.get('torch')}, "
+             f"Triton {env.get('triton')}, cuda-bindings {env.get('cuda_bindings')})", "",
+             "| check | status | seconds | figures or reason |", "|---|---|---|---|"]
+    for name, r in results.items():
+        detail = r.get("reason") or r.get("error") or json.dumps(r.get("figures"), default=str)
+        lines.append(f"| {name} | {r['status']} | {r['seconds']} | {detail.replace('|', '/')[:600]} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--quick", action="store_true", help="fewer timing repeats")
+    parser.add_argument("--only", nargs="*", choices=list(CHECKS), help="run only these checks")
+    args = parser.parse_args(argv)
+    if "triton" not in sys.modules:  # the real compiler, not the interpreter (set before triton is imported)
+        os.environ["TRITON_INTERPRET"] = "0"
+    elif os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        parser.error("triton was imported in interpreter mode (TRITON_INTERPRET=1): run this in its own process")
+    args.out.mkdir(parents=True, exist_ok=True)
+    from dbunet import atomic
+
+    env = environment()
+    results = run(args)
+    report = {"environment": env, "checks": results}
+    atomic.write_text(args.out / "gpu_check.json", json.dumps(report, indent=2, default=str))
+    atomic.write_text(args.out / "gpu_check.md", markdown(env, results))
+    return 1 if any(r["status"] == "failed" for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
