@@ -5,9 +5,13 @@ import os
 # triton, and triton fixes its interpreter mode for some library functions at import time.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# tests/stand_ins: the stand-ins for what cannot exist here (TensorRT, a CUDA device), importable by every test
+sys.path.insert(0, str(Path(__file__).resolve().parent / "stand_ins"))
 
 from dbunet.config import tiny
 

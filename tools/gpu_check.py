@@ -87,26 +87,42 @@ def gpu_timing(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+class Tally:
+    """Worst error per op and dtype against the op table's fp32 reference; every case beyond its bound."""
+
+    def __init__(self) -> None:
+        self.worst, self.failures = {}, []
+
+    def add(self, case, dtype, got, inputs) -> None:
+        import torch
+
+        from dbunet.plugins.table import TOLERANCE, max_rel_error, reference_fp32
+
+        want = reference_fp32(case.op, tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in inputs))
+        err = max_rel_error(got.cpu(), want) if torch.isfinite(got).all() else float("inf")
+        key = f"{case.op}/{str(dtype).split('.')[-1]}"
+        self.worst[key] = max(self.worst.get(key, 0.0), err)
+        if err > TOLERANCE[dtype]:
+            self.failures.append(f"{case.op} [{case.label}] {key}: {err:.2e} > {TOLERANCE[dtype]:.0e}")
+
+    def result(self) -> dict:
+        if self.failures:
+            raise AssertionError("; ".join(self.failures))
+        return self.worst
+
+
 # -- op_table ----------------------------------------------------------------------------------------------------
 def check_op_table(args) -> dict:
     torch = need_torch_cuda()
     need_triton()
-    from dbunet.plugins.table import CASES, TOLERANCE, fused, max_rel_error, reference_fp32
+    from dbunet.plugins.table import CASES, fused
 
-    worst, failures = {}, []
+    tally = Tally()
     for dtype in (torch.float32, torch.float16):
         for case in CASES:
             inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
-            got = fused(case.op)(*inputs)
-            want = reference_fp32(case.op, tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in inputs))
-            err = max_rel_error(got.cpu(), want) if torch.isfinite(got).all() else float("inf")
-            key = f"{case.op}/{str(dtype).split('.')[-1]}"
-            worst[key] = max(worst.get(key, 0.0), err)
-            if err > TOLERANCE[dtype]:
-                failures.append(f"{case.op} [{case.label}] {dtype}: {err:.2e} > {TOLERANCE[dtype]:.0e}")
-    if failures:
-        raise AssertionError("; ".join(failures))
-    return {"cases": 2 * len(CASES), "max_rel_error": worst}
+            tally.add(case, dtype, fused(case.op)(*inputs), inputs)
+    return {"cases": 2 * len(CASES), "max_rel_error": tally.result()}
 
 
 # -- aot_ptx -----------------------------------------------------------------------------------------------------
@@ -167,7 +183,7 @@ def check_aot_ptx(args) -> dict:
     from cuda.bindings import driver
 
     from dbunet.plugins import aot
-    from dbunet.plugins.table import CASES, TOLERANCE, max_rel_error, reference_fp32
+    from dbunet.plugins.table import CASES
     from dbunet.plugins.tensorrt_plugins import box_constraint_launch, plugin_kernel, spatial_attention_launch
 
     cc = device.compute_capability
@@ -175,7 +191,7 @@ def check_aot_ptx(args) -> dict:
         raise Skip(f"sm_{cc} is not a PTX target of the plugins ({', '.join(aot.TARGETS)})")
     torch.cuda.init()
     stream = torch.cuda.current_stream().cuda_stream
-    results, failures = {}, []
+    tally = Tally()
     for dtype, name in ((torch.float16, "fp16"), (torch.float32, "fp32")):
         for case in CASES:
             if case.op == "channel_cross_attention":
@@ -193,17 +209,10 @@ def check_aot_ptx(args) -> dict:
                 launch, scalars = spatial_attention_launch(ConcreteShapes, compiled, Desc(q), Desc(v), heads)
                 tensors_in, out = [t.contiguous() for t in (q, k, v)], torch.empty_like(v)
             launch_ptx(driver, compiled, launch, [t.data_ptr() for t in tensors_in], scalars, [out.data_ptr()], stream)
-            want = reference_fp32(case.op, tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in inputs))
-            err = max_rel_error(out.cpu(), want) if torch.isfinite(out).all() else float("inf")
-            key = f"{case.op}/{name}"
-            results[key] = max(results.get(key, 0.0), err)
-            if err > TOLERANCE[dtype]:
-                failures.append(f"{case.op} [{case.label}] {name}: {err:.2e}")
-    if failures:
-        raise AssertionError("; ".join(failures))
+            tally.add(case, dtype, out, inputs)
     isa = aot.target_isa(cc, device.driver_cuda)
     return {"target": f"sm_{cc}", "driver_cuda": device.driver_cuda, "ptx_isa": f"{isa[0]}.{isa[1]}",
-            "ptxas": aot.triton_ptxas(cc).release, "max_rel_error": results}
+            "ptxas": aot.triton_ptxas(cc).release, "max_rel_error": tally.result()}
 
 
 # -- cuda_layer --------------------------------------------------------------------------------------------------
@@ -323,7 +332,7 @@ def check_cuda_layer(args) -> dict:
         facts["memory_in_use_mb"] = round(cuda.memory_in_use() / 2**20, 1)
 
         # a thread-local capture of a copy and a kernel on our stream, instantiated and launched twice
-        src, dst = tensor_at(a, host.shape), tensor_at(b, host.shape)
+        dst = tensor_at(b, host.shape)
 
         def record() -> None:
             cuda.copy(b, a, host.nbytes)

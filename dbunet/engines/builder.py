@@ -169,6 +169,17 @@ def engine_loader(onnx_bytes: bytes, shapes: dict, options: BuildOptions, timing
     return EngineBytesFromNetwork(network, config, save_timing_cache=str(timing_cache))
 
 
+def build_plan(loader, what: str) -> bytes:
+    """Run polygraphy's loader chain; TensorRT's refusal (polygraphy raises after TensorRT logged why) is one line."""
+    from polygraphy.exception import PolygraphyException
+
+    try:
+        return bytes(loader())
+    except PolygraphyException as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "see TensorRT's log above"
+        raise BuildError(f"TensorRT could not build {what}: {reason}") from None
+
+
 # -- the build ----------------------------------------------------------------------------------------------
 def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(), report: Report = log.info) -> list[EngineEntry]:
     """Build what is missing for every requested resolution; reuse engines whose key is unchanged."""
@@ -206,10 +217,11 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(), repor
                 report(f"  {component:<16} {label:<9} cached ({cached.file})")
                 continue
             start = time.perf_counter()
-            plan = engine_loader(prepare_onnx(artifacts / artifact.path, PLUGIN_OPS if mode == "aot" else (), shapes),
-                                 shapes, options, timing_cache, typed)()
+            plan = build_plan(engine_loader(prepare_onnx(artifacts / artifact.path, PLUGIN_OPS if mode == "aot" else (),
+                                                         shapes), shapes, options, timing_cache, typed),
+                              f"the {component} engine at {label}")
             rel = f"{ENGINES_DIR}/{component}.{label}.{key[:16]}.plan"
-            atomic.write_bytes(artifacts / rel, bytes(plan))
+            atomic.write_bytes(artifacts / rel, plan)
             entry = EngineEntry(component, label, key, rel, sha256_file(artifacts / rel), device, plugin_path,
                                 {k: list(v) for k, v in shapes.items()})
             replaced = [e for e in index if (e.component, e.resolution, e.device) == (component, label, device)]

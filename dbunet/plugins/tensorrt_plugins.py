@@ -20,7 +20,7 @@ every parameter annotation (so this module must not postpone annotations: no `fr
 annotations`), requires the aot_impl return annotation Tuple[str | bytes, str | bytes,
 KernelLaunchParams, SymIntExprs], accepts AutoTuneCombination or List[AutoTuneCombination] from
 autotune, and checks each function's parameter names against (tensors..., attributes..., outputs[,
-tactic]). tests/plugins/tensorrt_stand_in.py enforces the same rules without TensorRT.
+tactic]). tests/stand_ins/trt_plugin_stand_in.py enforces the same rules without TensorRT.
 """
 
 import functools
@@ -60,7 +60,8 @@ def _dtype_name(trt, desc) -> str:
 def _constant(expr, what: str) -> int:
     """A dim the kernel is specialised on (channels, head sizes) must be a build-time constant."""
     if hasattr(expr, "is_constant") and not expr.is_constant:
-        raise BuildError(f"{what} must be a build-time constant for the dbunet plugins (dbunet-build makes the profile's fixed dims static in the graph)")
+        raise BuildError(f"{what} must be a build-time constant for the dbunet plugins "
+                         "(dbunet-build makes the profile's fixed dims static in the graph)")
     return int(expr.constant_value() if hasattr(expr, "constant_value") else expr)
 
 

@@ -3,7 +3,6 @@ module (version, creation flags, optional `tensorrt.plugin`) decides which path 
 single TensorRT call (polygraphy's EngineBytesFromNetwork) is replaced by a recorder, and everything
 around it is real: polygraphy's loader objects, the ONNX files, the cache, the index, atomic writes."""
 
-import json
 import sys
 import types
 
@@ -126,24 +125,19 @@ def test_engine_key_changes_with_every_input_and_only_then():
 
 @pytest.fixture
 def stand_in_build(monkeypatch, tiny_artifacts, tmp_path):
-    """build_engines on a copy of the tiny artifacts with TensorRT 10.3 stood in (the local-functions path,
-    which needs no plugin registration) and the engine bytes recorded instead of built."""
+    """build_engines on a copy of the tiny artifacts through the real polygraphy, with TensorRT 10.3 stood in
+    underneath it (tests/stand_ins: the local-functions path of JetPack 6, no plugin registration) on an Orin.
+    Returns the artifacts and the stand-in's record of every build TensorRT was asked for."""
     import shutil
+
+    from trt_builder_stand_in import forget_tensorrt_in_polygraphy, install
 
     art = tmp_path / "art"
     shutil.copytree(tiny_artifacts, art)
-    _stand_in_tensorrt(monkeypatch, "10.3.0", plugin=None)
-    monkeypatch.setattr(builder, "current_device", lambda trt: (Device("10.3.0", "Orin", 87), "12.6"))
-    calls = []
-
-    def fake_loader(onnx_bytes, shapes, options, timing_cache, strongly_typed):
-        def build():
-            calls.append(shapes)
-            return b"plan:" + json.dumps(shapes, default=list).encode()
-        return build
-
-    monkeypatch.setattr(builder, "engine_loader", fake_loader)
-    return art, calls
+    trt, _ = install(monkeypatch, "10.3.0")
+    monkeypatch.setattr(builder, "current_device", lambda trt_: (Device("10.3.0", "Orin", 87), "12.6"))
+    yield art, trt.builds
+    forget_tensorrt_in_polygraphy()
 
 
 def test_build_writes_every_engine_once_and_reuses_unchanged_ones(stand_in_build):
@@ -153,7 +147,7 @@ def test_build_writes_every_engine_once_and_reuses_unchanged_ones(stand_in_build
     # size-free components once, the others once per resolution
     assert len(calls) == len(index) == 2 + 4 * 2
     assert {e.component for e in index} == set(ENGINE_COMPONENTS)
-    assert all((art / e.file).read_bytes().startswith(b"plan:") for e in index)
+    assert all((art / e.file).read_bytes().startswith(b"STANDIN-TRT-PLAN") for e in index)
     assert all(e.plugin_path.startswith("local functions") for e in index)
     assert "local functions" in lines[0]
     builder.build_engines(art, builder.BuildOptions((Resolution(64, 64), Resolution(128, 96))), lines.append)
@@ -166,21 +160,18 @@ def test_build_writes_every_engine_once_and_reuses_unchanged_ones(stand_in_build
 
 def test_a_failed_build_leaves_the_index_naming_only_complete_engines(stand_in_build, monkeypatch):
     art, calls = stand_in_build
-
-    def failing(onnx_bytes, shapes, options, timing_cache, strongly_typed):
-        def build():
-            if "x" in shapes and shapes["x"][0][1] == 3:  # the refiner step
-                raise RuntimeError("builder ran out of memory")
-            calls.append(shapes)
-            return b"plan"
-        return build
-
-    monkeypatch.setattr(builder, "engine_loader", failing)
-    with pytest.raises(RuntimeError):
+    trt = sys.modules["tensorrt"]
+    # TensorRT runs out of memory on the refiner step (input x of 3 channels): build_serialized_network
+    # returns None, polygraphy raises, dbunet-build says so in one line
+    monkeypatch.setattr(trt, "fail_build", lambda inputs: inputs.get("x", (0, 0))[1] == 3)
+    with pytest.raises(BuildError, match=r"TensorRT could not build the refiner_step engine at 64x64"):
         builder.build_engines(art, builder.BuildOptions((Resolution(64, 64),)))
     index = read_index(art)
-    assert len(index) == len(calls) == 5 and all((art / e.file).is_file() for e in index)
-    assert sorted(p.name for p in (art / "engines").iterdir()) == sorted(["index.json", *(e.file.split("/")[1] for e in index)])
+    built = [b for b in calls if "errors" not in b]
+    assert len(index) == len(built) == 5 and all((art / e.file).is_file() for e in index)
+    # polygraphy's lock file (empty, left in place by its LockFile) sits beside the timing cache
+    files = {e.file.split("/")[1] for e in index} | {"index.json", builder.TIMING_CACHE, f"{builder.TIMING_CACHE}.lock"}
+    assert {p.name for p in (art / "engines").iterdir()} == files
 
 
 def test_runtime_refuses_engines_from_another_tensorrt_or_gpu(stand_in_build):

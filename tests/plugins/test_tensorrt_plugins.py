@@ -1,5 +1,5 @@
 """TensorRT plugin registration. TensorRT cannot be installed here: the real test skips without it;
-a stand-in for `tensorrt.plugin` (tests/plugins/tensorrt_stand_in.py) enforces the rules TensorRT applies
+a stand-in for `tensorrt.plugin` (tests/stand_ins/trt_plugin_stand_in.py) enforces the rules TensorRT applies
 at registration and records what we register, so these tests check our code against TensorRT's contract:
 signatures, annotations, and the launch grid and scalars our AOT implementations compute."""
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from dbunet.plugins import tensorrt_plugins as tp
-from tensorrt_stand_in import KernelLaunchParams, ShapeExpr, StandIn, SymIntExprs, TensorDesc, float16, float32
+from trt_plugin_stand_in import KernelLaunchParams, ShapeExpr, StandIn, SymIntExprs, TensorDesc, float16, float32
 
 
 def Desc(shape, dtype=float32):
@@ -24,7 +24,7 @@ def test_registers_with_real_tensorrt():
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    """tensorrt.plugin's stand-in (tests/plugins/tensorrt_stand_in.py): TensorRT cannot be installed here."""
+    """tensorrt.plugin's stand-in (tests/stand_ins/trt_plugin_stand_in.py): TensorRT cannot be installed here."""
     trtp = StandIn()
     monkeypatch.setattr(tp, "_tensorrt", lambda: (trtp, trtp))
     monkeypatch.setattr(tp, "_registered", False)

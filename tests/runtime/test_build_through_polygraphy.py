@@ -101,10 +101,10 @@ def test_polygraphy_releases_that_always_ask_for_explicit_batch_are_refused(monk
 
 _AOT_BUILD = """
 import json, sys, types
-sys.path[:0] = [{runtime!r}, {plugins!r}]
+sys.path.insert(0, {stand_ins!r})
 from trt_builder_stand_in import add_builder_api
 from trt_runtime_stand_in import StandInCudart, stand_in_tensorrt
-from tensorrt_stand_in import StandIn
+from trt_plugin_stand_in import StandIn
 from dbunet.engines import builder
 from dbunet.engines.cache import Device
 from dbunet.engines.profiles import Resolution
@@ -127,7 +127,7 @@ def test_aot_plugins_get_a_constant_box_slot_count_and_ptx_this_triton_assembles
     pytest.importorskip("triton", reason="the AOT plugins compile Triton kernels")
     from dbunet.plugins import aot
 
-    script = _AOT_BUILD.format(runtime=str(HERE), plugins=str(HERE.parent / "plugins"), version=version, art=str(fresh))
+    script = _AOT_BUILD.format(stand_ins=str(HERE.parent / "stand_ins"), version=version, art=str(fresh))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -285,6 +285,8 @@ def add_builder_api(trt: types.ModuleType, version: str, capturable: bool = True
         def build_serialized_network(self, network: Network, config: Config):
             return build(network, config)
 
+    trt.fail_build = lambda inputs: False  # tests set it to make a build fail as out of memory does
+
     def build(network: Network, config: Config):
         errors = []
         weak = [f.name for f in config.flags if f.name in WEAK_TYPING_FLAGS]
@@ -303,6 +305,9 @@ def add_builder_api(trt: types.ModuleType, version: str, capturable: bool = True
             trt.builds.append({"errors": errors})
             return None  # TensorRT logs and returns None; polygraphy raises on it
         fixed = {t.name: profile.shapes[t.name][1] if t.name in profile.shapes else t.shape for t in network.inputs}
+        if trt.fail_build(fixed):
+            trt.builds.append({"errors": ["out of device memory"], "inputs": fixed})
+            return None
         plugins = [call_aot_impl(node, descs) for node, descs in plugin_descs(network, fixed)]
         layers = sorted({hashlib.sha256(n.SerializeToString()).hexdigest()[:16] for n in network.model.graph.node})
         cache = config.cache if config.cache is not None else TimingCache({})
@@ -342,7 +347,8 @@ def add_builder_api(trt: types.ModuleType, version: str, capturable: bool = True
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         outputs = plugin.desc(*descs, **{k: attrs[k] for k in plugin.attrs})
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        named = dict(zip(plugin.tensors, descs)) | {k: attrs[k] for k in plugin.attrs} | {"outputs": outputs, "tactic": 0}
+        named = {**dict(zip(plugin.tensors, descs)), **{k: attrs[k] for k in plugin.attrs},
+                 "outputs": outputs, "tactic": 0}
         params = inspect.signature(plugin.aot_impl).parameters
         name, ptx, launch, extra = plugin.aot_impl(**{p: named[p] for p in params})
         return {"op": node.op_type, "kernel": name, "ptx": ptx if isinstance(ptx, str) else ptx.decode(),
@@ -368,5 +374,6 @@ def add_builder_api(trt: types.ModuleType, version: str, capturable: bool = True
         return {n: (r.shape, r.dtype) for n, r in zip(unique, results)}
 
     trt.Builder, trt.OnnxParser = Builder, Parser
-    trt.IBuilderConfig, trt.INetworkDefinition, trt.ITimingCache, trt.IHostMemory = Config, Network, TimingCache, HostMemory
+    trt.IBuilderConfig, trt.INetworkDefinition = Config, Network
+    trt.ITimingCache, trt.IHostMemory = TimingCache, HostMemory
     return trt
