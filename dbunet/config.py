@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from dbunet.bounds import check_bounds
 from dbunet.errors import ConfigError
 from dbunet.schedulers.schedule import NoiseSchedule
 
@@ -38,6 +39,9 @@ class TextEncoderConfig:
     hidden_act: str = "quick_gelu"
 
     def __post_init__(self) -> None:
+        check_bounds("text", self, {"vocab_size": (2, 1 << 20), "hidden_size": (1, 1 << 14),
+                                    "intermediate_size": (1, 1 << 16), "num_hidden_layers": (1, 128),
+                                    "num_attention_heads": (1, 256), "max_length": (3, 1024)})
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"text encoder: hidden_size {self.hidden_size} not divisible by {self.num_attention_heads} heads"
@@ -57,6 +61,9 @@ class VaeConfig:
     scaling_factor: float = 0.18215
 
     def __post_init__(self) -> None:
+        check_bounds("vae", self, {"block_out_channels": (1, 4096), "layers_per_block": (1, 16),
+                                   "latent_channels": (1, 64), "norm_num_groups": (1, 1024),
+                                   "scaling_factor": (1e-4, 1e4)}, counts={"block_out_channels": (1, 6)})
         _check_groups("vae", self.block_out_channels, self.norm_num_groups)
 
     @property
@@ -83,6 +90,12 @@ class DBUNetConfig:
     box_gate_init: float = 0.0  # GLIGEN initialises the gate at 0 (a no-op until trained)
 
     def __post_init__(self) -> None:
+        check_bounds("dbunet", self, {"in_channels": (1, 64), "block_out_channels": (1, 8192), "layers_per_block": (1, 16),
+                                      "num_attention_heads": (1, 256), "norm_num_groups": (1, 1024),
+                                      "cross_attention_dim": (1, 1 << 14), "dca_heads": (1, 256),
+                                      "dca_max_tokens": (1, 1 << 20), "sample_size": (1, 1024), "max_boxes": (0, 256),
+                                      "box_fourier_freqs": (1, 64), "box_hidden_dim": (1, 1 << 14),
+                                      "box_gate_init": (-100, 100)})
         if len(self.block_out_channels) != 3:
             raise ConfigError(f"DB-UNet has exactly 3 levels, got block_out_channels={self.block_out_channels}")
         _check_groups("dbunet", self.block_out_channels, self.norm_num_groups)
@@ -127,6 +140,10 @@ class SDUNetConfig:
     max_boxes = 0  # no box conditioning (class attribute: shared code asks every denoiser config)
 
     def __post_init__(self) -> None:
+        check_bounds("sd unet", self, {"in_channels": (1, 64), "out_channels": (1, 64), "sample_size": (1, 1024),
+                                       "block_out_channels": (1, 8192), "layers_per_block": (1, 16),
+                                       "cross_attention_dim": (1, 1 << 14), "attention_head_dim": (1, 1024),
+                                       "norm_num_groups": (1, 1024)}, counts={"block_out_channels": (1, 8)})
         n = len(self.block_out_channels)
         if not (len(self.down_block_types) == len(self.up_block_types) == n) or len(self.attention_head_dim) not in (1, n):
             raise ConfigError(f"sd unet: {n} blocks need as many down and up block types and 1 or {n} head dims")
@@ -174,6 +191,11 @@ class RefinerConfig:
     )
 
     def __post_init__(self) -> None:
+        check_bounds("refiner", self, {"encoder_channels": (1, 8192), "semantic_dim": (1, 1 << 14),
+                                       "gae_widths": (1, 1 << 15), "gae_groups": (1, 1024), "code_dim": (1, 1 << 14),
+                                       "unet_channels": (1, 8192), "norm_num_groups": (1, 1024)},
+                     counts={"encoder_channels": (1, 8), "gae_widths": (1, 16), "unet_channels": (1, 8),
+                             "attribute_groups": (1, 256)})
         _check_groups("refiner encoder", self.encoder_channels, self.norm_num_groups)
         _check_groups("refiner unet", self.unet_channels, self.norm_num_groups)
         _check_groups("gae", self.gae_widths, self.gae_groups)

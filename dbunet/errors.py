@@ -35,3 +35,7 @@ class AccuracyError(DbunetError):
 
 class CudaError(DbunetError):
     """A CUDA runtime call failed, or cuda-python is missing or does not fit the driver."""
+
+
+class NonFiniteError(DbunetError):
+    """A stage produced NaN or infinity: the run ends without writing an image."""

@@ -22,10 +22,10 @@ import numpy as np
 
 from dbunet.boxes import box_arrays
 from dbunet.config import ModelConfig
-from dbunet.errors import InputError
+from dbunet.errors import InputError, NonFiniteError
 from dbunet.noise import NoiseSource
-from dbunet.request import GenerationRequest
-from dbunet.schedulers import DDIMScheduler, Scheduler, make_scheduler
+from dbunet.request import GenerationRequest, plan_schedules
+from dbunet.schedulers import Scheduler
 from dbunet.schedulers.table import COLUMN
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -142,6 +142,13 @@ def initial_latents(latents: np.ndarray | None, shape: tuple[int, ...]) -> np.nd
     return np.ascontiguousarray(array)
 
 
+def require_finite(array: np.ndarray, stage: str, settings: str) -> None:
+    """Never an image from NaN or infinity (they quantise to black): the run ends here, naming the stage."""
+    if not np.isfinite(array).all():
+        raise NonFiniteError(f"the {stage} produced NaN or infinity ({settings}); no image was written. "
+                             "A lower precision may overflow where FP32 does not: try --precision fp32")
+
+
 def run_cascade(
     stages: Stages, config: ModelConfig, req: GenerationRequest, progress: Progress | None = None,
     latents: np.ndarray | None = None,
@@ -171,9 +178,7 @@ def run_cascade(
     timings["text"] = time.perf_counter() - t0
 
     # denoise: z_T ~ N(0, sigma_0^2), then one whole step per coefficient row
-    sampler = make_scheduler(req.scheduler, config.schedule)
-    sampler.set_timesteps(req.steps)
-    rows = sampler.table(req.guidance_scale, req.box_steps)
+    sampler, rows, refiner_sampler, refiner_rows, start = plan_schedules(config, req)
     f = config.vae.downscale
     shape = (1, config.vae.latent_channels, req.height // f, req.width // f)
     given = initial_latents(latents, shape)
@@ -183,23 +188,24 @@ def run_cascade(
     latents, step_times = _loop(stages.denoise_step, getattr(stages, "denoise_loop", None), steps, latents, cond,
                                 "denoise", progress)
     timings["denoise"] = sum(step_times)
+    require_finite(latents, "denoising loop", f"{req.scheduler}, {req.steps} steps, guidance {req.guidance_scale:g}")
 
     t0 = time.perf_counter()
-    image = np.clip(stages.decode(latents / np.float32(config.vae.scaling_factor)), -1.0, 1.0).astype(np.float32)
+    image = stages.decode(latents / np.float32(config.vae.scaling_factor))
+    require_finite(image, "VAE decoder", f"scaling factor {config.vae.scaling_factor:g}")
+    image = np.clip(image, -1.0, 1.0).astype(np.float32)
     decoded = image
     timings["vae"] = time.perf_counter() - t0
 
     # refiner: X1 forward-noised to strength s, then DDIM conditioned on z_dis (SPEC 3.3)
     t0 = time.perf_counter()
-    total, start = req.refiner_schedule()
-    if total:
+    if refiner_sampler is not None:
         z_dis = stages.refiner_condition(image)
-        refiner_sampler = DDIMScheduler(config.refiner.schedule)
-        refiner_sampler.set_timesteps(total)
         x = refiner_sampler.add_noise(image, noise.normal(image.shape), start)
-        steps = [Step(start + k, row, refiner_sampler) for k, row in enumerate(refiner_sampler.table(start=start))]
+        steps = [Step(start + k, row, refiner_sampler) for k, row in enumerate(refiner_rows)]
         image, _ = _loop(stages.refiner_step, getattr(stages, "refiner_loop", None), steps, x, z_dis, "refiner",
                          progress)
+        require_finite(image, "refiner", f"{len(steps)} steps")
     timings["refiner"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     return GenerationResult(to_uint8(image), req, timings, step_times, latents, decoded, image)

@@ -14,6 +14,7 @@ from dbunet.schedulers import SCHEDULERS
 
 MAX_PROMPT_CHARS = 10_000  # far beyond any text encoder's window; tokenizing more only costs time
 MAX_STEPS = 1000  # a sampler cannot take more steps than the training schedule has timesteps
+MAX_GUIDANCE = 100.0  # far past any useful guidance; larger scales overflow float32 in the guided update
 MAX_SIDE_UNSET = 0
 
 
@@ -49,11 +50,11 @@ class GenerationRequest:
             raise bad(f"refiner steps must be an integer in 0..{max_steps}, got {self.refiner_steps!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise bad(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise bad(f"guidance scale must be a finite number >= 0, got {self.guidance_scale!r}")
-        if not (math.isfinite(self.refiner_strength) and 0.0 <= self.refiner_strength <= 1.0):
+        if not _number(self.guidance_scale) or not 0 <= self.guidance_scale <= MAX_GUIDANCE:
+            raise bad(f"guidance scale must be a number in 0..{MAX_GUIDANCE:g}, got {self.guidance_scale!r}")
+        if not (_number(self.refiner_strength) and 0.0 <= self.refiner_strength <= 1.0):
             raise bad(f"refiner strength must lie in [0, 1], got {self.refiner_strength!r}")
-        if not (math.isfinite(self.box_fraction) and 0.0 <= self.box_fraction <= 1.0):
+        if not (_number(self.box_fraction) and 0.0 <= self.box_fraction <= 1.0):
             raise bad(f"box fraction must lie in [0, 1], got {self.box_fraction!r}")
         if self.scheduler not in SCHEDULERS:
             raise bad(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
@@ -73,12 +74,42 @@ class GenerationRequest:
         """How many leading denoising steps run with box_scale = 1."""
         return math.ceil(self.box_fraction * self.steps) if self.boxes else 0
 
-    def refiner_schedule(self) -> tuple[int, int]:
-        """(schedule length, first index): `refiner_steps` calls covering the last `strength` of it."""
+    def refiner_schedule(self, most: int = MAX_STEPS) -> tuple[int, int]:
+        """(schedule length, first index): `refiner_steps` calls covering the last `strength` of it, refused
+        when that length is beyond `most` (the refiner's training timesteps)."""
         if self.refiner_steps == 0 or self.refiner_strength == 0:
             return 0, 0
-        total = max(self.refiner_steps, round(self.refiner_steps / self.refiner_strength))
+        if self.refiner_steps > most * self.refiner_strength:  # steps / strength > most, without overflow
+            raise InputError(f"refiner strength {self.refiner_strength:g} with {self.refiner_steps} refiner steps needs "
+                             f"a schedule of {self.refiner_steps} / {self.refiner_strength:g} steps; the refiner's has "
+                             f"{most}: use a strength of at least {self.refiner_steps / most:.3g} or fewer refiner steps")
+        total = min(most, max(self.refiner_steps, round(self.refiner_steps / self.refiner_strength)))
         return total, total - self.refiner_steps
+
+
+def _number(value) -> bool:
+    """A real, finite number (not a bool, not a string)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def plan_schedules(config: ModelConfig, req: GenerationRequest):
+    """Both samplers with their coefficient tables, built now (numpy, milliseconds): a request a schedule cannot
+    take is refused before any model runs. Returns (sampler, rows, refiner sampler or None, refiner rows, start)."""
+    from dbunet.schedulers import DDIMScheduler, make_scheduler
+
+    sampler = make_scheduler(req.scheduler, config.schedule)
+    rows = sampler.plan(req.steps, req.guidance_scale, req.box_steps)
+    if not config.has_refiner:
+        return sampler, rows, None, None, 0
+    total, start = req.refiner_schedule(config.refiner.schedule.num_train_timesteps)
+    if not total:
+        return sampler, rows, None, None, 0
+    refiner = DDIMScheduler(config.refiner.schedule)
+    try:
+        return sampler, rows, refiner, refiner.plan(total, start=start), start
+    except InputError as exc:
+        raise InputError(f"the refiner's {exc} (refiner steps {req.refiner_steps}, strength "
+                         f"{req.refiner_strength:g})") from None
 
 
 def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequest:
@@ -100,5 +131,7 @@ def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequ
                          "remove the boxes")
     if req.refiner_steps and req.refiner_strength and not config.has_refiner:
         raise InputError(f"this model ({config.arch}) has no refiner; leave refiner_steps at 0")
-    return req.validate(config.unet.max_boxes, config.vae.downscale, d.max_height, d.max_width,
-                        config.schedule.num_train_timesteps)
+    req = req.validate(config.unet.max_boxes, config.vae.downscale, d.max_height, d.max_width,
+                       config.schedule.num_train_timesteps)
+    plan_schedules(config, req)
+    return req

@@ -65,6 +65,26 @@ def _truncate(rel: str) -> Damage:
     return damage
 
 
+def _nan_weights(component: str) -> Damage:
+    """Weights that make NaN (corrupt, or an overflow), with the manifest's hash updated: every check passes."""
+    def damage(art: Path) -> None:
+        import hashlib
+
+        import numpy as np
+        import onnx
+        from onnx import numpy_helper
+
+        m = json.loads((art / "manifest.json").read_text())
+        a = next(a for a in m["artifacts"] if a["component"] == component and a["precision"] == "fp32")
+        model = onnx.load(str(art / a["files"][0]))
+        init = next(i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.dims)
+        init.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(init), np.nan), init.name))
+        onnx.save(model, str(art / a["files"][0]))
+        a["sha256"][a["files"][0]] = hashlib.sha256((art / a["files"][0]).read_bytes()).hexdigest()
+        (art / "manifest.json").write_text(json.dumps(m))
+    return damage
+
+
 RUN = ("--artifacts", "{art}", "--prompt", "a red cat", "--output", "{out}", "--quiet")
 CASES = [
     # sampling options
@@ -86,6 +106,16 @@ CASES = [
     Case("refiner steps negative", "run", RUN + ("--refiner-steps", "-1"), "refiner steps"),
     Case("refiner steps absurd", "run", RUN + ("--refiner-steps", "5000"), "refiner steps"),
     Case("seed negative", "run", RUN + ("--seed", "-1"), "seed must be"),
+    # values the schedule cannot take: refused up front, named, never an IndexError or a black image
+    Case("ddim steps past the schedule", "run", RUN + ("--steps", "1000"), "ddim takes at most 999 steps"),
+    Case("dpm++ steps past the schedule", "run", RUN + ("--steps", "1000", "--scheduler", "dpm++"),
+         "dpm++ takes at most 998 steps"),
+    Case("guidance overflowing float32", "run", RUN + ("--guidance-scale", "1e300"), "guidance scale must be"),
+    Case("guidance past the documented range", "run", RUN + ("--guidance-scale", "101"), "0..100"),
+    Case("refiner schedule past its end", "run", RUN + ("--refiner-steps", "1000", "--refiner-strength", "1"),
+         "the refiner's ddim takes at most"),
+    Case("refiner strength tiny", "run", RUN + ("--refiner-strength", "0.001"), "use a strength of at least"),
+    Case("refiner strength denormal", "run", RUN + ("--refiner-strength", "1e-320"), "use a strength of at least"),
     Case("unknown scheduler", "run", RUN + ("--scheduler", "lms"), "invalid choice"),
     Case("threads zero", "run", RUN + ("--threads", "0"), "threads"),
     Case("unknown device", "run", RUN + ("--device", "tpu"), "device must be"),
@@ -120,6 +150,24 @@ CASES = [
          _manifest_edit(lambda m: m["config"]["text"].update(hidden_size="wide"))),
     Case("manifest dims absurd", "run", RUN, "malformed",
          _manifest_edit(lambda m: _first_file(m)["io"]["inputs"][0].update(dims=[10**12]))),
+    # schema-valid but absurd config values: refused before anything is allocated
+    Case("manifest text length absurd", "run", RUN, "text.max_length",
+         _manifest_edit(lambda m: m["config"]["text"].update(max_length=2**31 - 1))),
+    Case("manifest latent channels absurd", "run", RUN, "latent_channels",
+         _manifest_edit(lambda m: (m["config"]["vae"].update(latent_channels=2**20),
+                                   m["config"]["unet"].update(in_channels=2**20)))),
+    Case("manifest timesteps absurd", "run", RUN, "num_train_timesteps",
+         _manifest_edit(lambda m: m["config"]["schedule"].update(num_train_timesteps=2**31 - 1))),
+    Case("manifest steps offset absurd", "run", RUN, "steps_offset",
+         _manifest_edit(lambda m: m["config"]["schedule"].update(steps_offset=2**31 - 1))),
+    Case("manifest vae without blocks", "run", RUN, "block_out_channels",
+         _manifest_edit(lambda m: m["config"]["vae"].update(block_out_channels=[]))),
+    Case("manifest scaling factor zero", "run", RUN, "scaling_factor",
+         _manifest_edit(lambda m: m["config"]["vae"].update(scaling_factor=0))),
+    # an image from NaN would quantise to black: the run ends with the stage named, nothing written
+    Case("denoiser makes NaN", "run", RUN, "the denoising loop produced NaN", _nan_weights("dbunet_step")),
+    Case("decoder makes NaN", "run", RUN, "the VAE decoder produced NaN", _nan_weights("vae_decoder")),
+    Case("refiner makes NaN", "run", RUN, "the refiner produced NaN", _nan_weights("refiner_step")),
     Case("manifest path with ..", "run", RUN, "not a relative path inside", _manifest_edit(_point_at("../x.onnx"))),
     Case("manifest absolute path", "run", RUN, "not a relative path inside", _manifest_edit(_point_at("/etc/hostname"))),
     Case("symlink leaving the directory", "run", RUN, "resolves outside", _symlink_out),

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if backend == "auto":
             from dbunet.runtime.pipeline import choose_backend
 
-            backend, why = choose_backend(args.artifacts)
+            backend, why = choose_backend(args.artifacts, args.precision, args.device)
         pipe = Pipeline.from_artifacts(args.artifacts, backend, args.precision, args.device, args.threads)
         manifest, precision = pipe.manifest, pipe.precision
         chosen = f"backend: {backend} {precision} ({why})" if args.backend == "auto" else None

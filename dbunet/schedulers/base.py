@@ -8,7 +8,7 @@ import numpy as np
 
 from dbunet.errors import InputError
 from dbunet.schedulers.schedule import NoiseSchedule
-from dbunet.schedulers.table import Update, make_row
+from dbunet.schedulers.table import COLUMN, Update, make_row
 
 
 class Scheduler(abc.ABC):
@@ -55,6 +55,27 @@ class Scheduler(abc.ABC):
     def update(self, index: int) -> Update:
         """Step `index` as coefficients of the generic update (dbunet.schedulers.table); for a run from
         index 0, as `step()` runs it (multistep samplers use the previous step's x0 from index 1 on)."""
+
+    def plan(self, steps: int, guidance_scale: float = 1.0, box_steps: int = 0, start: int = 0) -> np.ndarray:
+        """set_timesteps(steps) and its table, refused when the schedule cannot take that many steps: an index past
+        the training schedule, or coefficients that are not finite (repeated timesteps), which would make NaN
+        latents. The refusal names the most steps this sampler takes with this schedule."""
+        if self._usable(steps, guidance_scale, box_steps, start) is None:
+            most = next((n for n in range(steps - 1, 0, -1) if self._usable(n, 1.0, 0, 0) is not None), 0)
+            s = self.schedule
+            raise InputError(f"{self.name} takes at most {most} steps with this schedule ({s.num_train_timesteps} "
+                             f"training timesteps, {self.spacing} spacing, steps_offset {s.steps_offset}), got {steps}")
+        return self._usable(steps, guidance_scale, box_steps, start)
+
+    def _usable(self, steps: int, guidance_scale: float, box_steps: int, start: int) -> np.ndarray | None:
+        try:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # judged below, not warned about
+                self.set_timesteps(steps)
+                rows = self.table(guidance_scale, box_steps, start)
+        except IndexError:
+            return None
+        finite = np.delete(rows, COLUMN["clip"], axis=1)  # clip is inf where the schedule does not clip
+        return rows if np.isfinite(finite).all() else None
 
     def table(self, guidance_scale: float = 1.0, box_steps: int = 0, start: int = 0) -> np.ndarray:
         """One float32 row per step from `start` on: [steps - start, len(ROW)]. Boxes steer the first

@@ -28,6 +28,9 @@ _IGNORED = {"_class_name", "_diffusers_version", "skip_prk_steps", "dynamic_thre
             "use_lu_lambdas", "timestep_spacing_default"}
 
 
+MAX_TRAIN_TIMESTEPS = 10_000  # the tables are this long; diffusers' models use 1000
+
+
 @dataclass(frozen=True)
 class NoiseSchedule:
     """Field names and meanings follow diffusers' scheduler configs, so a config dict converts 1:1."""
@@ -46,8 +49,12 @@ class NoiseSchedule:
     prediction_type: PredictionType = "epsilon"  # what the denoiser predicts: the noise, or v (SD 2.x)
 
     def __post_init__(self) -> None:
-        if self.num_train_timesteps < 2:
-            raise ConfigError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
+        if not 2 <= self.num_train_timesteps <= MAX_TRAIN_TIMESTEPS:
+            raise ConfigError(f"num_train_timesteps must lie in 2..{MAX_TRAIN_TIMESTEPS}, got {self.num_train_timesteps}")
+        if not 0 <= self.steps_offset < self.num_train_timesteps:
+            raise ConfigError(f"steps_offset must lie in 0..{self.num_train_timesteps - 1}, got {self.steps_offset}")
+        if not 0 < self.clip_sample_range <= 1e4:
+            raise ConfigError(f"clip_sample_range must lie in (0, 1e4], got {self.clip_sample_range}")
         if not 0 < self.beta_start < self.beta_end < 1:
             raise ConfigError(
                 f"need 0 < beta_start < beta_end < 1, got beta_start={self.beta_start}, beta_end={self.beta_end}"

@@ -3,6 +3,7 @@ the artifacts directory untouched, and --backend auto's choice."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -67,16 +68,50 @@ def test_bf16_refused_on_a_cpu_without_it(artifacts, monkeypatch):
         Pipeline.from_artifacts(artifacts, "openvino", "bf16")
 
 
-@pytest.mark.parametrize("flags,expected", [({"avx512f", "amx_bf16", "avx512_bf16"}, "openvino"),
-                                            ({"avx512f", "avx512_bf16"}, "ort"), ({"avx2"}, "ort")])
-def test_auto_picks_openvino_bf16_only_on_amx(artifacts, monkeypatch, flags, expected):
-    from dbunet.runtime.pipeline import choose_backend
+AMX = {"avx512f", "amx_bf16", "avx512_bf16"}
+AVX512_BF16 = {"avx512f", "avx512_bf16"}
+AVX2 = {"avx2", "fma"}
+
+
+@pytest.mark.parametrize("flags,large,expected", [
+    (AMX, True, "openvino"), (AVX512_BF16, True, "openvino"), (AVX2, True, "ort"),  # BF16 needs the CPU for it
+    (AMX, False, "ort"), (AVX512_BF16, False, "ort"),  # a small model runs faster on ONNX Runtime FP32
+])
+def test_auto_picks_openvino_bf16_where_the_cpu_and_the_model_gain(artifacts, monkeypatch, flags, large, expected):
+    from dbunet.runtime import pipeline
 
     monkeypatch.setattr(ov_backend, "cpu_flags", lambda: flags)
-    backend, why = choose_backend(artifacts)  # no TensorRT and no CUDA provider on this machine
+    if large:  # the tiny model stands in for one past the size where BF16 pays off
+        monkeypatch.setattr(pipeline, "BF16_MIN_WORK", 1.0)
+    backend, why = pipeline.choose_backend(artifacts)  # no TensorRT and no CUDA provider on this machine
     assert backend == expected and why
     if expected == "openvino":
         assert Pipeline.from_artifacts(artifacts, "auto").precision == "bf16"
+
+
+@pytest.mark.parametrize("flags", [AMX, AVX512_BF16, AVX2], ids=["amx", "avx512-bf16", "avx2"])
+def test_auto_never_makes_an_explicit_option_fail(artifacts, monkeypatch, flags):
+    """--precision fp16 or --device without --backend: never handed to OpenVINO, whatever the CPU."""
+    from dbunet.runtime import pipeline
+
+    monkeypatch.setattr(ov_backend, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(pipeline, "BF16_MIN_WORK", 1.0)
+    assert pipeline.choose_backend(artifacts, "fp16")[0] == "ort"
+    assert pipeline.choose_backend(artifacts, "fp32")[0] == "ort"
+    assert pipeline.choose_backend(artifacts, None, "cpu")[0] == ("openvino" if flags != AVX2 else "ort")
+    assert pipeline.choose_backend(artifacts, None, "tpu")[0] == "ort"  # whose error names the valid devices
+    with pytest.raises(ConfigError, match="device must be cpu, cuda or auto"):
+        Pipeline.from_artifacts(artifacts, "auto", device="tpu")
+    assert Pipeline.from_artifacts(artifacts, "auto", "fp16").precision == "fp16"
+
+
+def test_the_size_model_puts_the_measured_models_on_either_side():
+    from dbunet.config import sd15, shapes
+    from dbunet.runtime.pipeline import BF16_MIN_WORK, denoiser_work
+
+    at_256 = sd15()
+    at_256 = type(at_256)(**{**vars(at_256), "defaults": type(at_256.defaults)(height=256, width=256)})
+    assert denoiser_work(shapes()) < BF16_MIN_WORK < denoiser_work(at_256)
 
 
 def test_graphs_with_external_data_load_without_touching_the_directory(artifacts, ort_fp32, tmp_path, monkeypatch,
@@ -113,3 +148,38 @@ def test_a_plain_sd1_model_runs_on_openvino(sd1_artifacts, tmp_path, monkeypatch
     want = Pipeline.from_artifacts(sd1_artifacts, "ort", "fp32")("a photo of a cat", steps=4, latents=latents)
     got = Pipeline.from_artifacts(sd1_artifacts, "openvino", "fp32")("a photo of a cat", steps=4, latents=latents)
     np.testing.assert_allclose(got.pixels, want.pixels, rtol=0, atol=1e-4)  # FP32 both, as for the DB-UNet
+
+
+def test_compiled_models_are_cached_per_precision_and_checked_before_use(artifacts, ort_fp32, tmp_path, monkeypatch):
+    """The cache folder names everything that changes a compiled model; blobs that are not the ones recorded
+    (another model's, copied in) are thrown away, not loaded."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "dbunet" / "openvino"
+    Pipeline.from_artifacts(artifacts, "openvino", "fp32")
+    folders = sorted(p.name for p in root.iterdir())
+    assert folders and all("-fp32-ov" in f for f in folders)  # one folder per graph and precision
+    for f in root.iterdir():
+        record = json.loads((f / ov_backend.CACHE_RECORD).read_text())
+        assert record and set(record) == {p.name for p in f.iterdir()} - {ov_backend.CACHE_RECORD}
+    if ov_backend.has_bf16():
+        Pipeline.from_artifacts(artifacts, "openvino", "bf16")
+        assert {p.name.split("-")[1] for p in root.iterdir()} == {"fp32", "bf16"}  # never one key for both
+    # another model's blobs copied over this one's: refused, compiled anew, and the image is right
+    decoder = next(f for f in root.iterdir() if f.name.endswith(folders[0].split("-", 1)[1]) and f.name != folders[0])
+    victim = root / folders[0]
+    for blob in victim.iterdir():
+        if blob.name != ov_backend.CACHE_RECORD:
+            donor = next(b for b in decoder.iterdir() if b.name != ov_backend.CACHE_RECORD)
+            shutil.copyfile(donor, blob)
+    got = Pipeline.from_artifacts(artifacts, "openvino", "fp32")("a red cat and a lamp", **REQUEST)
+    np.testing.assert_allclose(got.pixels, ort_fp32.pixels, rtol=0, atol=1e-4)
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_speed_not_the_run(artifacts, ort_fp32, tmp_path, monkeypatch,
+                                                                        caplog):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    got = Pipeline.from_artifacts(artifacts, "openvino", "fp32")("a red cat and a lamp", **REQUEST)
+    np.testing.assert_allclose(got.pixels, ort_fp32.pixels, rtol=0, atol=1e-4)
+    assert any("cache is off" in r.getMessage() for r in caplog.records)

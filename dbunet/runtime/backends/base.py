@@ -24,7 +24,7 @@ class Backend(Protocol):
     name: str
     device: str  # "cpu" or "cuda"
 
-    def load(self, path: Path, spec: GraphSpec) -> Graph: ...
+    def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> Graph: ...  # identity: the sha256
 
     def default_precision(self, available: set[str]) -> str:
         """The fastest precision on this backend's device among those exported."""

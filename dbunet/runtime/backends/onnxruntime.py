@@ -93,7 +93,8 @@ class OrtBackend:
         self.threads = threads
         self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
 
-    def load(self, path: Path, spec: GraphSpec) -> OrtGraph:
+    def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> OrtGraph:
+        """`identity` (the graph's verified sha256) is for backends that cache compiled forms; ONNX Runtime does not."""
         return OrtGraph(path, spec, self.providers, self.threads)
 
     def default_precision(self, available: set[str]) -> str:

@@ -121,8 +121,9 @@ class OvBackend:
         self.precision = "fp32"  # set by Pipeline.from_artifacts through default_precision / artifact_precision
 
     def default_precision(self, available: set[str]) -> str:
-        """BF16 where the CPU has AMX (the fast path), else FP32; FP16 files are not used on the CPU."""
-        return "bf16" if has_amx() else "fp32"
+        """BF16 where the CPU computes it (AMX, AVX512-BF16): what --backend auto picks OpenVINO for; else FP32.
+        FP16 files are not used on the CPU."""
+        return "bf16" if has_bf16() else "fp32"
 
     def artifact_precision(self, precision: str) -> str:
         """The exported files a precision runs from: FP32 graphs, computed in FP32 or BF16."""
@@ -133,15 +134,96 @@ class OvBackend:
         self.precision = precision
         return "fp32"
 
-    def load(self, path: Path, spec: GraphSpec) -> OvGraph:
+    def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> OvGraph:
+        """Compile the graph at `path`; `identity` is its verified sha256 (computed here when not given)."""
         config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision]}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
+        folder = None
         if self.cache_dir:
-            Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
-            config["CACHE_DIR"] = str(self.cache_dir)
+            from dbunet.manifest import sha256_file
+
+            folder = usable_cache(cache_folder(Path(self.cache_dir), identity or sha256_file(path), self.precision))
+            if folder is not None:
+                config["CACHE_DIR"] = str(folder)
         try:
             compiled = self.core.compile_model(inlined_model(self.core, Path(path)), "CPU", config)
         except RuntimeError as exc:
             raise ArtifactError(f"{path}: OpenVINO cannot load it ({str(exc).splitlines()[0][:200]})") from None
+        if folder is not None:
+            record_cache(folder)
         return OvGraph(compiled, spec)
+
+
+# -- the compiled-model cache ---------------------------------------------------------------------------------
+# OpenVINO names its blobs by its own hash of the model and some of the compile options; that hash was seen to
+# leave out the inference precision (an FP32 blob loaded for a BF16 run: a black image), and it trusts any blob
+# found under its name. So each compiled model gets a folder of its own, named by everything that changes its
+# content, and a record of the blobs' sha256 written after compiling; a folder whose files differ from the
+# record is emptied and compiled anew.
+CACHE_RECORD = "dbunet-cache.json"
+
+
+def cache_folder(root: Path, identity: str, precision: str) -> Path:
+    """root / <artifact sha256>-<precision>-ov<OpenVINO version>-cpu<CPU model and flags>."""
+    import hashlib
+
+    import openvino as ov
+
+    cpu = hashlib.sha256((cpu_model() + " " + " ".join(sorted(cpu_flags()))).encode()).hexdigest()[:12]
+    version = ov.__version__.split("-")[0]
+    return root / f"{identity[:32]}-{precision}-ov{version}-cpu{cpu}"
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+
+
+def usable_cache(folder: Path) -> Path | None:
+    """The folder, made and checked against its record; None (compile without a cache, said once) where the
+    cache location cannot be written."""
+    import json
+
+    from dbunet.manifest import sha256_file
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        record_path = folder / CACHE_RECORD
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        blobs = {p.name for p in folder.iterdir() if p.name != CACHE_RECORD and not p.name.startswith(".")}
+        if not isinstance(record, dict) or blobs != set(record) or any(
+                sha256_file(folder / name) != record[name] for name in blobs):
+            if blobs:
+                log.warning("OpenVINO cache %s does not match its record: compiling anew", folder)
+            for name in blobs | {CACHE_RECORD}:
+                (folder / name).unlink(missing_ok=True)
+        return folder
+    except (OSError, ValueError) as exc:
+        _warn_once(f"OpenVINO's compiled-model cache is off: {folder.parent} cannot be used ({exc})")
+        return None
+
+
+def record_cache(folder: Path) -> None:
+    import json
+
+    from dbunet import atomic
+    from dbunet.manifest import sha256_file
+
+    try:
+        blobs = {p.name: sha256_file(p) for p in folder.iterdir() if p.name != CACHE_RECORD and not p.name.startswith(".")}
+        atomic.write_text(folder / CACHE_RECORD, json.dumps(blobs, sort_keys=True))
+    except OSError as exc:
+        _warn_once(f"OpenVINO's compiled-model cache could not be recorded in {folder} ({exc})")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)

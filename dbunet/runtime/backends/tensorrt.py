@@ -66,7 +66,7 @@ class TrtBackend:
             raise ConfigError("TensorRT engines are built from the FP16 export; run dbunet-export --fp16, then dbunet-build")
         return "fp16"
 
-    def load(self, path: Path, spec):
+    def load(self, path: Path, spec, identity: str | None = None):
         raise ConfigError("the TensorRT backend runs engines, not ONNX files: use Pipeline.from_artifacts")
 
     def stages(self, manifest, directory: Path, precision: str, tokenizer) -> TrtStages:
