@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
 from dataclasses import dataclass, field
@@ -27,6 +28,45 @@ MAX_RANK = 8
 MAX_DIM = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 PRECISIONS = ("fp32", "fp16")
+
+
+# -- what is verified is what is loaded -------------------------------------------------------------------
+# An export switches its directory over in one rename; a run that checked files by path and then opened the path
+# again could verify one export and load the other. A pinned directory is reached through an open descriptor
+# (/proc/self/fd/N on Linux): every check and every load of a run goes to the same directory, whatever is renamed
+# meanwhile. Messages show the name the user gave.
+_PINNED: dict[str, str] = {}  # "/proc/self/fd/N" -> the directory as the user named it
+
+
+class PinnedDirectory:
+    """An artifacts directory held open: `path` reaches it while the object lives; close() lets it go."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.fd: int | None = None
+        self.path = self.directory
+        if Path("/proc/self/fd").is_dir() and self.directory.is_dir():
+            try:
+                self.fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                return  # unreadable: the manifest check says so in one line
+            self.path = Path(f"/proc/self/fd/{self.fd}")
+            _PINNED[str(self.path)] = str(self.directory)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            _PINNED.pop(str(self.path), None)
+            os.close(self.fd)
+            self.fd, self.path = None, self.directory
+
+
+def shown(path: str | Path) -> str:
+    """A path as the user named it (a pinned directory's descriptor path replaced by its name)."""
+    text = str(path)
+    for pinned, name in _PINNED.items():
+        if text == pinned or text.startswith(pinned + "/"):
+            return name + text[len(pinned):]
+    return text
 
 
 def inside(directory: str | Path, relative: Any) -> Path:
@@ -165,19 +205,21 @@ class Manifest:
                                     f"are in {previous}: rename it back, or run dbunet-export again")
             raise ArtifactError(f"artifacts directory {directory} does not exist; run dbunet-export first")
         if not path.is_file():
-            raise ArtifactError(f"{directory} has no {MANIFEST}: not an artifacts directory, or its export did not finish")
+            raise ArtifactError(f"{shown(directory)} has no {MANIFEST}: not an artifacts directory, or its export did not "
+                            "finish")
         if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ArtifactError(f"{path} is {path.stat().st_size} bytes, not a manifest dbunet-export writes; refusing to read it")
+            raise ArtifactError(f"{shown(path)} is {path.stat().st_size} bytes, not a manifest dbunet-export writes; "
+                                "refusing to read it")
         try:
             d = json.loads(path.read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise ArtifactError(f"{path} is not valid JSON ({str(exc)[:80]}); re-run dbunet-export") from None
+            raise ArtifactError(f"{shown(path)} is not valid JSON ({str(exc)[:80]}); re-run dbunet-export") from None
         if not isinstance(d, dict):
-            raise ArtifactError(f"{path} is not a manifest (a JSON object expected); re-run dbunet-export")
+            raise ArtifactError(f"{shown(path)} is not a manifest (a JSON object expected); re-run dbunet-export")
         fmt, version = d.get("format_version"), str(d.get("dbunet_version", "?"))
         if fmt != FORMAT_VERSION or not compatible_version(version):
             raise ArtifactError(
-                f"{directory} was exported by dbunet {version} (manifest format {fmt}); this is dbunet {__version__} "
+                f"{shown(directory)} was exported by dbunet {version} (manifest format {fmt}); this is dbunet {__version__} "
                 f"(format {FORMAT_VERSION}): re-export with this version"
             )
         try:
@@ -199,7 +241,7 @@ class Manifest:
                 dbunet_version=version, format_version=fmt,
             )
         except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
-            raise ArtifactError(f"{path} is malformed ({str(exc)[:200]}); re-run dbunet-export") from None
+            raise ArtifactError(f"{shown(path)} is malformed ({str(exc)[:200]}); re-run dbunet-export") from None
         # every path it names stays inside the directory: checked here, before anything is loaded
         for rel in [tok["file"], *(f for a in manifest.artifacts for f in a.files)]:
             inside(directory, rel)
@@ -209,11 +251,11 @@ class Manifest:
 def verify_file(directory: str | Path, relative: str, expected_sha256: str) -> Path:
     path = inside(directory, relative)
     if not path.is_file():
-        raise ArtifactError(f"missing artifact file {path}; re-run dbunet-export")
+        raise ArtifactError(f"missing artifact file {shown(path)}; re-run dbunet-export")
     actual = sha256_file(path)
     if actual != expected_sha256:
         raise ArtifactError(
-            f"{path} is corrupted or was changed after export (sha256 {actual[:12]}..., manifest says "
+            f"{shown(path)} is corrupted or was changed after export (sha256 {actual[:12]}..., manifest says "
             f"{expected_sha256[:12]}...); re-run dbunet-export"
         )
     return path

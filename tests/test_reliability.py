@@ -229,3 +229,49 @@ def test_a_prompt_beyond_the_text_window_is_truncated_with_one_warning(tiny_arti
     cut = pipe.stages.tokenizer([long])[0]
     assert cut.shape == (77,)
     np.testing.assert_array_equal(image, pipe(long[:len(long) - 5], seed=1, **REQUEST).image)  # the tail is not read
+
+
+def test_what_was_verified_is_what_is_loaded_when_an_export_switches_the_directory(tiny_artifacts, tmp_path,
+                                                                                  monkeypatch):
+    """An export's switch between a run's checks and its loads: the run keeps the export it verified (the
+    directory is pinned), never graphs of one export loaded under the other's checks."""
+    import hashlib
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from dbunet.runtime import Pipeline, pipeline
+
+    art, other = tmp_path / "art", tmp_path / "other"
+    shutil.copytree(tiny_artifacts, art)
+    shutil.copytree(tiny_artifacts, other)
+    # the other export: a different decoder (its weights scaled), hash updated: a valid export of its own
+    m = json.loads((other / "manifest.json").read_text())
+    a = next(a for a in m["artifacts"] if a["component"] == "vae_decoder" and a["precision"] == "fp32")
+    model = onnx.load(str(other / a["files"][0]))
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 4:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 0.5, init.name))
+    onnx.save(model, str(other / a["files"][0]))
+    a["sha256"][a["files"][0]] = hashlib.sha256((other / a["files"][0]).read_bytes()).hexdigest()
+    (other / "manifest.json").write_text(json.dumps(m))
+
+    request = dict(steps=3, height=64, width=64, refiner_steps=0, seed=5)
+    want = Pipeline.from_artifacts(art, "ort", "fp32")("a red cat", **request).image
+    assert not np.array_equal(want, Pipeline.from_artifacts(other, "ort", "fp32")("a red cat", **request).image)
+
+    verify, seen = pipeline.verify_artifact, []
+
+    def verify_then_switch(directory, artifact):
+        path = verify(directory, artifact)
+        seen.append(artifact.component)
+        if len(seen) == 6:  # every graph checked: now the export's switch happens
+            art.rename(tmp_path / "old")
+            other.rename(art)
+        return path
+
+    monkeypatch.setattr(pipeline, "verify_artifact", verify_then_switch)
+    got = Pipeline.from_artifacts(art, "ort", "fp32")("a red cat", **request).image
+    assert len(seen) == 6 and np.array_equal(got, want)

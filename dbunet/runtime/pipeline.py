@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 
 import numpy as np
 
 from dbunet.errors import ConfigError, DbunetError
 from dbunet.generation import Conditioning, GenerationResult, Progress, Step, run_cascade
-from dbunet.manifest import Manifest, verify_artifact, verify_file
+from dbunet.manifest import Manifest, PinnedDirectory, verify_artifact, verify_file
 from dbunet.request import GenerationRequest, build_request
 from dbunet.runtime.backends.base import Backend, Graph
 from dbunet.runtime.tokenizer import ClipTokenizer
@@ -143,8 +144,21 @@ class Pipeline:
     @classmethod
     def from_artifacts(cls, directory: str | Path, backend: str | Backend = "ort", precision: str | None = None,
                        device: str = "auto", threads: int | None = None) -> Pipeline:
-        """Check the manifest, every file's hash and version, then load one graph per stage."""
-        directory = Path(directory)
+        """Check the manifest, every file's hash and version, then load one graph per stage; all of it through
+        one pinned directory, so what was verified is what is loaded even if an export switches it meanwhile."""
+        pinned = PinnedDirectory(directory)
+        try:
+            pipe = cls._load(pinned.path, backend, precision, device, threads)
+        except BaseException:
+            pinned.close()
+            raise
+        pipe.pinned, pipe.directory = pinned, Path(directory)  # engines load lazily (TensorRT): pinned meanwhile
+        weakref.finalize(pipe, pinned.close)
+        return pipe
+
+    @classmethod
+    def _load(cls, directory: Path, backend: str | Backend, precision: str | None, device: str,
+              threads: int | None) -> Pipeline:
         manifest = Manifest.read(directory)
         if backend == "auto":
             backend, why = choose_backend(directory, precision, device)
@@ -187,3 +201,5 @@ class Pipeline:
                 g.close()
         else:
             self.stages.close()
+        if getattr(self, "pinned", None) is not None:
+            self.pinned.close()

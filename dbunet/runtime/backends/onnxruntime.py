@@ -10,6 +10,7 @@ import numpy as np
 
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec, TensorSpec
+from dbunet.manifest import shown
 
 
 def _session_options(threads: int | None):
@@ -39,7 +40,7 @@ class OrtGraph:
         try:
             self.session = ort.InferenceSession(str(path), _session_options(threads), providers=providers)
         except Exception as exc:  # a file that is no valid ONNX graph
-            raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
+            raise ArtifactError(f"{shown(path)}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec
+from dbunet.manifest import shown
 
 log = logging.getLogger(__name__)
 HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -149,7 +150,7 @@ class OvBackend:
         try:
             compiled = self.core.compile_model(inlined_model(self.core, Path(path)), "CPU", config)
         except RuntimeError as exc:
-            raise ArtifactError(f"{path}: OpenVINO cannot load it ({str(exc).splitlines()[0][:200]})") from None
+            raise ArtifactError(f"{shown(path)}: OpenVINO cannot load it ({str(exc).splitlines()[0][:200]})") from None
         if folder is not None:
             record_cache(folder)
         return OvGraph(compiled, spec)
