@@ -60,6 +60,16 @@ class GraphSpec:
             if any(isinstance(d, str) for d in t.dims)
         }
 
+    def mismatches(self, inputs: list[tuple[str, str, int]], outputs: list[tuple[str, str, int]]) -> list[str]:
+        """What a loaded graph's (name, dtype, rank) inputs and outputs, in order, disagree with: checked when a
+        backend loads a graph, so a graph that is not the declared one fails there, not at its first run."""
+        problems = []
+        for kind, declared, found in (("inputs", self.inputs, inputs), ("outputs", self.outputs, outputs)):
+            want = [(t.name, t.dtype, len(t.dims)) for t in declared]
+            if want != list(found):
+                problems.append(f"{kind} {found} where the manifest declares {want}")
+        return problems
+
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
         """Validate names, dtypes, ranks, fixed dims and symbolic-dim consistency; return the sizes."""
         problems: list[str] = []

@@ -85,6 +85,29 @@ def _nan_weights(component: str) -> Damage:
     return damage
 
 
+def _graph_swapped(component: str, donor: str) -> Damage:
+    """Another valid graph in place of one, its hash updated in the manifest: only the graph's own IO betrays it."""
+    def damage(art: Path) -> None:
+        import hashlib
+
+        m = json.loads((art / "manifest.json").read_text())
+        a = next(a for a in m["artifacts"] if a["component"] == component and a["precision"] == "fp32")
+        shutil.copyfile(art / "fp32" / f"{donor}.onnx", art / a["files"][0])
+        a["sha256"][a["files"][0]] = hashlib.sha256((art / a["files"][0]).read_bytes()).hexdigest()
+        (art / "manifest.json").write_text(json.dumps(m))
+    return damage
+
+
+def _tokenizer_too_large(art: Path) -> None:
+    """A tokenizer whose ids run past the text encoder's embedding table (hash updated)."""
+    import hashlib
+
+    m = json.loads((art / "manifest.json").read_text())
+    m["config"]["text"]["vocab_size"] = 100  # the tiny tokenizer has more ids than that
+    m["tokenizer"]["sha256"] = hashlib.sha256((art / m["tokenizer"]["file"]).read_bytes()).hexdigest()
+    (art / "manifest.json").write_text(json.dumps(m))
+
+
 RUN = ("--artifacts", "{art}", "--prompt", "a red cat", "--output", "{out}", "--quiet")
 CASES = [
     # sampling options
@@ -168,6 +191,13 @@ CASES = [
     Case("denoiser makes NaN", "run", RUN, "the denoising loop produced NaN", _nan_weights("dbunet_step")),
     Case("decoder makes NaN", "run", RUN, "the VAE decoder produced NaN", _nan_weights("vae_decoder")),
     Case("refiner makes NaN", "run", RUN, "the refiner produced NaN", _nan_weights("refiner_step")),
+    # checked at load, not at the first inference: a graph that is not the declared one, ids past the vocabulary
+    Case("graph swapped for another", "run", RUN, "is not the graph its manifest declares",
+         _graph_swapped("gae", "refiner_encoder")),
+    Case("manifest outputs renamed", "run", RUN, "is not the graph its manifest declares",
+         _manifest_edit(lambda m: next(a for a in m["artifacts"] if a["component"] == "gae"
+                                       and a["precision"] == "fp32")["io"]["outputs"][0].update(name="z_other"))),
+    Case("tokenizer past the vocabulary", "run", RUN, "token ids, the text encoder only 100", _tokenizer_too_large),
     Case("manifest path with ..", "run", RUN, "not a relative path inside", _manifest_edit(_point_at("../x.onnx"))),
     Case("manifest absolute path", "run", RUN, "not a relative path inside", _manifest_edit(_point_at("/etc/hostname"))),
     Case("symlink leaving the directory", "run", RUN, "resolves outside", _symlink_out),

@@ -171,7 +171,8 @@ class Pipeline:
         if files not in available:
             raise ConfigError(f"precision {files} was not exported to {directory}; available: {', '.join(sorted(available))}")
         tok = manifest.tokenizer
-        tokenizer = ClipTokenizer(verify_file(directory, tok["file"], tok["sha256"]), manifest.config.text.max_length)
+        tokenizer = ClipTokenizer(verify_file(directory, tok["file"], tok["sha256"]), manifest.config.text.max_length,
+                                  manifest.config.text.vocab_size)
         if hasattr(be, "stages"):  # backends that run their own compiled form (TensorRT engines)
             stages = be.stages(manifest, directory, files, tokenizer)
             log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, be.name)

@@ -14,16 +14,24 @@ log = logging.getLogger(__name__)
 
 
 class ClipTokenizer:
-    def __init__(self, path: str | Path, max_length: int) -> None:
+    def __init__(self, path: str | Path, max_length: int, vocab_size: int | None = None) -> None:
+        """`vocab_size`: the text encoder's embedding rows; a tokenizer that can emit larger ids is refused (ONNX
+        Runtime crashes on such an id, OpenVINO reads past the table silently)."""
         from tokenizers import Tokenizer
+
+        from dbunet.manifest import shown
 
         try:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as exc:
-            raise ArtifactError(f"{path}: cannot read tokenizer ({exc})") from None
+            raise ArtifactError(f"{shown(path)}: cannot read tokenizer ({exc})") from None
         eos = self._tok.token_to_id(EOS)
         if eos is None:
-            raise ArtifactError(f"{path}: no {EOS} token; not a CLIP tokenizer")
+            raise ArtifactError(f"{shown(path)}: no {EOS} token; not a CLIP tokenizer")
+        ids = self._tok.get_vocab_size(with_added_tokens=True)
+        if vocab_size is not None and ids > vocab_size:
+            raise ArtifactError(f"{shown(path)} has {ids} token ids, the text encoder only {vocab_size}: they do not "
+                                "belong together; re-run dbunet-export")
         self.max_length = max_length
         self._tok.enable_truncation(max_length)
         self._tok.enable_padding(length=max_length, pad_id=eos, pad_token=EOS)

@@ -32,6 +32,9 @@ def _session_options(threads: int | None):
     return opts
 
 
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
+
+
 class OrtGraph:
     def __init__(self, path: Path, spec: GraphSpec, providers: list[str], threads: int | None) -> None:
         import onnxruntime as ort
@@ -42,6 +45,12 @@ class OrtGraph:
         except Exception as exc:  # a file that is no valid ONNX graph
             raise ArtifactError(f"{shown(path)}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        found = [[(t.name, ORT_TYPES.get(t.type, t.type), len(t.shape)) for t in ts]
+                 for ts in (self.session.get_inputs(), self.session.get_outputs())]
+        problems = spec.mismatches(*found)
+        if problems:
+            raise ArtifactError(f"{shown(path)} is not the graph its manifest declares: {'; '.join(problems)}; "
+                                "re-run dbunet-export")
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         sizes = self.spec.check_feeds(feeds)

@@ -27,6 +27,7 @@ from dbunet.manifest import shown
 
 log = logging.getLogger(__name__)
 HINTS = {"fp32": "f32", "bf16": "bf16"}
+OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64"}
 
 
 def default_cache_dir() -> Path:
@@ -153,6 +154,17 @@ class OvBackend:
             raise ArtifactError(f"{shown(path)}: OpenVINO cannot load it ({str(exc).splitlines()[0][:200]})") from None
         if folder is not None:
             record_cache(folder)
+        def described(ports, declared):  # a port has several names: the declared one where it is among them
+            names = [t.name for t in declared] + [None] * len(ports)
+            return [(names[i] if names[i] in port.get_names() else port.get_any_name(),
+                     OV_TYPES.get(port.get_element_type().get_type_name(), "?"),
+                     port.get_partial_shape().rank.get_length()) for i, port in enumerate(ports)]
+
+        found = [described(compiled.inputs, spec.inputs), described(compiled.outputs, spec.outputs)]
+        problems = spec.mismatches(*found)
+        if problems:
+            raise ArtifactError(f"{shown(path)} is not the graph its manifest declares: {'; '.join(problems)}; "
+                                "re-run dbunet-export")
         return OvGraph(compiled, spec)
 
 
