@@ -10,6 +10,28 @@ import numpy as np
 from dbunet.errors import InputError
 
 
+MAX_PHRASE_CHARS = 1000  # a box phrase is a few words; the text encoder reads 77 tokens of it at most
+
+
+def as_boxes(boxes) -> tuple[Box, ...]:
+    """What the API takes for `boxes`: None or nothing, one Box or 'x0,y0,x1,y1:phrase', or a list of either."""
+    if boxes is None:
+        return ()
+    if isinstance(boxes, Box | str):
+        boxes = (boxes,)
+    if not isinstance(boxes, list | tuple):
+        raise InputError(f"boxes must be a list of Box or 'x0,y0,x1,y1:phrase' strings, got {type(boxes).__name__}")
+    out = []
+    for b in boxes:
+        if isinstance(b, str):
+            out.append(Box.parse(b))
+        elif isinstance(b, Box):
+            out.append(b)
+        else:
+            raise InputError(f"a box must be a Box or an 'x0,y0,x1,y1:phrase' string, got {type(b).__name__} {b!r}")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Box:
     x0: float
@@ -20,7 +42,12 @@ class Box:
 
     def __post_init__(self) -> None:
         coords = (self.x0, self.y0, self.x1, self.y1)
-        if not all(isinstance(c, int | float) and math.isfinite(c) for c in coords):
+        if not isinstance(self.phrase, str):
+            raise InputError(f"box phrase must be a string, got {type(self.phrase).__name__} {self.phrase!r}")
+        if len(self.phrase) > MAX_PHRASE_CHARS:
+            raise InputError(f"box phrase of {len(self.phrase)} characters; at most {MAX_PHRASE_CHARS} (the text "
+                             "encoder reads its first tokens only)")
+        if not all(isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in coords):
             raise InputError(f"box {self}: coordinates must be finite numbers")
         if not all(0.0 <= c <= 1.0 for c in coords):
             raise InputError(f"box {self.spec()}: coordinates must lie in [0, 1] (normalized x0,y0,x1,y1)")

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from dbunet.boxes import Box
+from dbunet.boxes import Box, as_boxes
 from dbunet.config import ModelConfig
 from dbunet.errors import InputError
 from dbunet.schedulers import SCHEDULERS
@@ -120,7 +120,7 @@ def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequ
         box_fraction=d.box_fraction, refiner_steps=d.refiner_steps, refiner_strength=d.refiner_strength,
     )
     if "boxes" in options:
-        options["boxes"] = tuple(b if isinstance(b, Box) else Box.parse(b) for b in options["boxes"])
+        options["boxes"] = as_boxes(options["boxes"])
     names = {f.name for f in dataclasses.fields(GenerationRequest)}
     unknown = set(options) - names
     if unknown:

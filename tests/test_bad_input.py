@@ -160,6 +160,11 @@ CASES = [
                                                 "{tmp}/no/such/o.png"), "does not exist"),
     Case("output is a directory", "run", ("--artifacts", "{art}", "--prompt", "a cat", "--output", "{tmp}/dir.png"),
          "is a directory"),
+    Case("output name past 255 bytes", "run", ("--artifacts", "{art}", "--prompt", "a cat", "--output",
+                                               "{tmp}/" + "n" * 300 + ".png"), "longer than the 255 bytes"),
+    # resources without bounds
+    Case("threads oversubscribed", "run", RUN + ("--threads", "10000"), "more than twice this machine's"),
+    Case("box phrase huge", "run", RUN + ("--box", "0,0,1,1:" + "cat " * 1000), "at most 1000"),
     # artifacts: missing, corrupt, truncated, foreign, hostile
     Case("artifacts missing", "run", RUN[:1] + ("{tmp}/nothing",) + RUN[2:], "does not exist"),
     Case("artifacts is a file", "run", RUN[:1] + ("{tmp}/a-file",) + RUN[2:], "does not exist"),

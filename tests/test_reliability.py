@@ -275,3 +275,101 @@ def test_what_was_verified_is_what_is_loaded_when_an_export_switches_the_directo
     monkeypatch.setattr(pipeline, "verify_artifact", verify_then_switch)
     got = Pipeline.from_artifacts(art, "ort", "fp32")("a red cat", **request).image
     assert len(seen) == 6 and np.array_equal(got, want)
+
+
+def _run_cli(*argv: str, cwd=None, fsize: int | None = None) -> subprocess.CompletedProcess:
+    """A dbunet command in its own process; `fsize` caps the size of any file it writes (RLIMIT_FSIZE: a real
+    'File too large' from the kernel, as a full disk gives its own error mid-write)."""
+    import resource
+    import signal
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=600, cwd=cwd,
+                          preexec_fn=limit if fsize else None)
+
+
+def test_an_output_the_disk_refuses_is_one_line_with_the_path_and_nothing_left(tiny_artifacts, tmp_path):
+    out = tmp_path / "out.png"
+    proc = _run_cli("dbunet.cli.run", "--artifacts", str(tiny_artifacts), "--prompt", "a cat", "--backend", "ort",
+                    "--steps", "2", "--output", str(out), "--quiet", fsize=1000)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert str(out) in lines[0] and "too large" in lines[0].lower()
+    assert list(tmp_path.iterdir()) == []  # neither the image nor its temporary file
+
+
+def test_an_export_the_disk_refuses_keeps_the_previous_artifacts(tiny_artifacts, tmp_path, snapshot):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    before = snapshot(art)
+    proc = _run_cli("dbunet.cli.export", "--config", "tiny", "--out", str(art), "--components", "gae", fsize=50_000)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert snapshot(art) == before  # and no half export beside it (the lock file stays, as after any export)
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["art"], [".art.lock", "art"])
+
+
+def test_export_to_dot_from_inside_the_artifacts(tiny_artifacts, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    proc = _run_cli("dbunet.cli.export", "--config", "tiny", "--out", ".", "--components", "gae", cwd=art)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((art / "manifest.json").read_text())
+    assert {a["component"] for a in m["artifacts"]} == {"gae"}  # the export replaced the directory's contents
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]  # no half export beside it
+
+
+def test_an_output_of_another_user_in_a_sticky_folder_is_refused_up_front(tiny_artifacts, tmp_path, monkeypatch,
+                                                                          capsys):
+    from dbunet.cli import run as run_cli
+
+    sticky = tmp_path / "shared"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "out.png").write_bytes(b"someone else's")
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(sticky / "out.png").st_uid + 1)  # we are not its owner
+    assert run_cli.main(["--artifacts", str(tiny_artifacts), "--prompt", "a cat", "--output",
+                         str(sticky / "out.png"), "--quiet"]) == 2
+    assert "belongs to another user in a sticky folder" in capsys.readouterr().err
+    assert (sticky / "out.png").read_bytes() == b"someone else's"
+
+
+def test_api_box_and_option_types(tiny_artifacts):
+    from dbunet.boxes import Box
+    from dbunet.errors import InputError
+    from dbunet.runtime import Pipeline
+
+    pipe = Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32")
+    req = pipe.request("a cat", boxes=None)
+    assert req.boxes == ()
+    one = Box.parse("0.1,0.1,0.5,0.5:a cat")
+    assert pipe.request("a cat", boxes=one).boxes == (one,) == pipe.request("a cat", boxes="0.1,0.1,0.5,0.5:a cat").boxes
+    for bad, says in ((lambda: dict(boxes=[Box(0.1, 0.1, 0.5, 0.5, 5)]), "phrase must be a string"),
+                      (lambda: dict(boxes=[(0.1, 0.1, 0.5, 0.5)]), "a box must be a Box"),
+                      (lambda: dict(boxes=7), "boxes must be"), (lambda: dict(guidance_scale="7"), "guidance scale"),
+                      (lambda: dict(steps=2.5), "steps must be"),
+                      (lambda: dict(boxes=[Box(True, 0.1, 0.5, 0.5, "cat")]), "finite numbers")):
+        with pytest.raises(InputError, match=says):  # the Box itself, or the request, refuses: one clear error
+            pipe.request("a cat", **bad())
+
+
+def test_threads_past_twice_the_cores_need_insisting(tiny_artifacts, monkeypatch):
+    from dbunet.errors import ConfigError
+    from dbunet.runtime import Pipeline
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.raises(ConfigError, match="more than twice this machine's 2 cores"):
+        Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32", threads=5)
+    monkeypatch.setenv("DBUNET_FORCE_THREADS", "1")
+    assert Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32", threads=5)
+
+
+def test_an_output_name_near_the_limit_is_written(tiny_artifacts, tmp_path):
+    """A 250-byte name fits the file system; the temporary file beside it must fit too."""
+    out = tmp_path / ("n" * 246 + ".png")
+    proc = _run_cli("dbunet.cli.run", "--artifacts", str(tiny_artifacts), "--prompt", "a cat", "--backend", "ort",
+                    "--steps", "2", "--refiner-steps", "0", "--output", str(out), "--quiet")
+    assert proc.returncode == 0 and out.is_file(), proc.stderr[-1000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ class Parser(argparse.ArgumentParser):
 
 def check_output(path: Path) -> None:
     """Refuse, before any work, an output file that could not be written."""
+    if len(os.fsencode(path.name)) > 255:
+        raise InputError(f"--output {path}: the file name is longer than the 255 bytes a file system allows")
     if path.is_dir():
         raise InputError(f"--output {path} is a directory; give a file name")
     parent = path.parent if str(path.parent) else Path(".")
@@ -32,6 +35,9 @@ def check_output(path: Path) -> None:
         raise InputError(f"--output {path}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"--output {path}: the folder {parent} is not writable")
+    if path.exists() and parent.stat().st_mode & stat.S_ISVTX and os.geteuid() not in (0, path.stat().st_uid):
+        raise InputError(f"--output {path} belongs to another user in a sticky folder (like /tmp): it cannot be "
+                         "replaced; choose another name")
 
 
 def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
@@ -43,6 +49,10 @@ def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
             return main(argv)
         except DbunetError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except OSError as exc:  # the machine said no (disk full, read-only, permissions): which file, and why
+            where = exc.filename or ""
+            print(f"error: {where + ': ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -211,7 +211,8 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
     if options.weights is not None and not Path(options.weights).is_dir():
         raise WeightsError(f"--weights {options.weights} is not a directory (a dbunet model folder or a diffusers "
                            "SD 1.x folder)")
-    with staged(Path(options.out)) as stage:
+    # resolved: `--out .` names a directory, and two spellings of one directory (a symlink) share one lock
+    with staged(Path(options.out).resolve()) as stage:
         return _export_into(options, stage, report)
 
 

@@ -50,5 +50,8 @@ def save_png(path: str | Path, result: GenerationResult, meta: dict[str, str], w
     info = PngImagePlugin.PngInfo()
     for key, value in meta.items():
         info.add_itxt(key, value)  # iTXt: UTF-8, so any prompt survives
-    atomic.write_with(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info))
+    try:
+        atomic.write_with(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info))
+    except OSError as exc:  # disk full, read-only: said with the file the user named (not the temporary one)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     return path

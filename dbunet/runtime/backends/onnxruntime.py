@@ -11,6 +11,7 @@ import numpy as np
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec, TensorSpec
 from dbunet.manifest import shown
+from dbunet.runtime.backends.base import check_threads
 
 
 def _session_options(threads: int | None):
@@ -95,8 +96,7 @@ class OrtBackend:
             device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
         if device == "cuda" and "CUDAExecutionProvider" not in available:
             raise ConfigError(f"device 'cuda' needs onnxruntime-gpu; this onnxruntime offers {available}")
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}")
+        check_threads(threads)
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be cpu, cuda or auto, got {device!r}")
         self.device = device

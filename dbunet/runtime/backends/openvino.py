@@ -24,6 +24,7 @@ import numpy as np
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec
 from dbunet.manifest import shown
+from dbunet.runtime.backends.base import check_threads
 
 log = logging.getLogger(__name__)
 HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -116,8 +117,7 @@ class OvBackend:
             raise ConfigError("--backend openvino needs openvino, not installed here: pip install 'dbunet[openvino]'") from None
         if device not in ("auto", "cpu"):
             raise ConfigError(f"--backend openvino runs on the CPU here; device {device!r} is not supported")
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}")
+        check_threads(threads)
         self.core, self.threads = ov.Core(), threads
         self.cache_dir = default_cache_dir() if cache_dir == "default" else cache_dir
         self.precision = "fp32"  # set by Pipeline.from_artifacts through default_precision / artifact_precision
