@@ -222,6 +222,10 @@ CASES = [
     Case("export unknown ptx target", "export", ("--out", "{out}", "--ptx", "sm_10"), "sm_10"),
     # dbunet-bench and dbunet-build
     Case("bench repeat zero", "bench", ("--artifacts", "{art}", "--repeat", "0"), "repeat"),
+    Case("bench tolerance nan", "bench", ("--artifacts", "{art}", "--tolerance", "nan"), "--tolerance"),
+    Case("bench tolerance negative", "bench", ("--artifacts", "{art}", "--tolerance", "-1"), "--tolerance"),
+    Case("bench json into a directory", "bench", ("--artifacts", "{art}", "--json", "{tmp}/dir.png"),
+         "is a directory"),
     Case("bench warmup negative", "bench", ("--artifacts", "{art}", "--warmup", "-1"), "warmup"),
     Case("bench unknown component", "bench", ("--artifacts", "{art}", "--components", "unet9"), "invalid choice"),
     Case("bench baseline missing", "bench", ("--artifacts", "{art}", "--compare", "{tmp}/nothing.json"), "nothing.json"),

@@ -373,3 +373,58 @@ def test_an_output_name_near_the_limit_is_written(tiny_artifacts, tmp_path):
     proc = _run_cli("dbunet.cli.run", "--artifacts", str(tiny_artifacts), "--prompt", "a cat", "--backend", "ort",
                     "--steps", "2", "--refiner-steps", "0", "--output", str(out), "--quiet")
     assert proc.returncode == 0 and out.is_file(), proc.stderr[-1000:]
+
+
+def test_an_engines_index_nested_past_the_parser_is_malformed_not_a_crash(tmp_path):
+    from dbunet.engines.cache import read_index
+    from dbunet.errors import ArtifactError
+
+    (tmp_path / "engines").mkdir()
+    (tmp_path / "engines" / "index.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError, match="malformed"):
+        read_index(tmp_path)
+
+
+def test_sigterm_during_an_export_leaves_nothing_half_written(tiny_artifacts, tmp_path):
+    out = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, out)
+    before = (out / "manifest.json").read_bytes()
+    proc = subprocess.Popen([*EXPORT, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "[2/2] gae" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in rest, rest
+    assert (out / "manifest.json").read_bytes() == before
+    assert not list(tmp_path.glob(".art.partial-*")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_atomic_writes_read_the_umask_without_changing_it(tmp_path, monkeypatch):
+    """Reading the umask by setting it races other threads (their files take the temporary 0 mask)."""
+    from dbunet import atomic
+
+    calls = []
+    real = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real(mask))
+    old = real(0o027)
+    try:
+        atomic.write_text(tmp_path / "f.txt", "x")
+        assert oct((tmp_path / "f.txt").stat().st_mode & 0o777) == oct(0o666 & ~0o027)
+    finally:
+        real(old)
+    assert calls == []  # never set, so never wrong for a thread writing meanwhile
+
+
+def test_two_spellings_of_one_export_directory_share_its_lock(tmp_path):
+    """A symlink to the target is the same directory: its export waits on the same lock (fails at once here)."""
+    from dbunet.export.exporter import ExportOptions, export
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with open(tmp_path / ".real.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # an export of tmp_path/real is running
+        with pytest.raises(ExportError, match="another dbunet-export is writing"):
+            export(ExportOptions(out=tmp_path / "alias", components=("gae",)))
+    assert not list(tmp_path.glob(".*partial*"))

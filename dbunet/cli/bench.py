@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
-from dbunet.cli.common import Parser, ProgressBar, guarded
+from dbunet.cli.common import Parser, ProgressBar, check_output, guarded
+from dbunet.errors import InputError
 
 DESCRIPTION = """Measure per-component latency (text encoder, one DB-UNet step, VAE decode, one refiner
 step, the whole pipeline): median, p90, min, max, coefficient of variation, peak RSS. Record a
@@ -55,9 +57,20 @@ def _table(report) -> str:
     return "\n".join(lines)
 
 
+def check_bench_options(args) -> None:
+    """What would fail only after the measurement is refused before it: a tolerance that is not a fraction
+    (nan passes every slowdown), report paths that cannot be written."""
+    if not (math.isfinite(args.tolerance) and 0 <= args.tolerance <= 10):
+        raise InputError(f"--tolerance must be a fraction in 0..10 (0.10 = 10% slower allowed), got {args.tolerance}")
+    for flag, path in (("--json", args.json), ("--record", args.record), ("--plot", args.plot)):
+        if path is not None:
+            check_output(Path(path), flag)
+
+
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    check_bench_options(args)
     from dbunet.bench.baseline import compare, format_verdicts, load_report, save_report
     from dbunet.bench.runner import BenchOptions, run_bench
 

@@ -24,20 +24,33 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
-def check_output(path: Path) -> None:
+def check_output(path: Path, flag: str = "--output") -> None:
     """Refuse, before any work, an output file that could not be written."""
     if len(os.fsencode(path.name)) > 255:
-        raise InputError(f"--output {path}: the file name is longer than the 255 bytes a file system allows")
+        raise InputError(f"{flag} {path}: the file name is longer than the 255 bytes a file system allows")
     if path.is_dir():
-        raise InputError(f"--output {path} is a directory; give a file name")
+        raise InputError(f"{flag} {path} is a directory; give a file name")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise InputError(f"--output {path}: the folder {parent} does not exist")
+        raise InputError(f"{flag} {path}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"--output {path}: the folder {parent} is not writable")
+        raise InputError(f"{flag} {path}: the folder {parent} is not writable")
     if path.exists() and parent.stat().st_mode & stat.S_ISVTX and os.geteuid() not in (0, path.stat().st_uid):
-        raise InputError(f"--output {path} belongs to another user in a sticky folder (like /tmp): it cannot be "
+        raise InputError(f"{flag} {path} belongs to another user in a sticky folder (like /tmp): it cannot be "
                          "replaced; choose another name")
+
+
+def terminate_like_interrupt() -> None:
+    """SIGTERM (a service manager, `kill`) unwinds like Ctrl-C: temporary files and half exports are removed by
+    the code that made them, instead of being left behind by an abrupt exit."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 
 def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
@@ -45,6 +58,7 @@ def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
+        terminate_like_interrupt()
         try:
             return main(argv)
         except DbunetError as exc:
@@ -55,7 +69,7 @@ def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
             print(f"error: {where + ': ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            print("error: interrupted; nothing half-written was kept", file=sys.stderr)
             return 130
 
     return wrapper

@@ -77,8 +77,8 @@ def read_index(artifacts: Path) -> list[EngineEntry]:
         for e in entries:
             inside(artifacts, e.file)  # untrusted like the manifest: no path may leave the directory
         return entries
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ArtifactError(f"{path} is malformed ({exc}); run dbunet-build again") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise ArtifactError(f"{path} is malformed ({str(exc)[:200]}); run dbunet-build again") from None
 
 
 def write_index(artifacts: Path, entries: list[EngineEntry]) -> None:

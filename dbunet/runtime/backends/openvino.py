@@ -29,6 +29,7 @@ from dbunet.runtime.backends.base import check_threads
 log = logging.getLogger(__name__)
 HINTS = {"fp32": "f32", "bf16": "bf16"}
 OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64"}
+SHAPE_CACHE = 16  # compiled shapes the CPU plugin keeps per model (an LRU)
 
 
 def default_cache_dir() -> Path:
@@ -138,7 +139,9 @@ class OvBackend:
 
     def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> OvGraph:
         """Compile the graph at `path`; `identity` is its verified sha256 (computed here when not given)."""
-        config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision]}
+        # the CPU plugin keeps kernels per input shape, 5000 by default: ~1.6 MB per image size seen, without end
+        # (tiny VAE decoder, 143 sizes: +214 MB); capped, +52 MB and slowing. See README's OpenVINO section.
+        config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision], "CPU_RUNTIME_CACHE_CAPACITY": str(SHAPE_CACHE)}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         folder = None
