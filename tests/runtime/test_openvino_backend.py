@@ -183,3 +183,18 @@ def test_a_cache_folder_that_cannot_be_written_costs_speed_not_the_run(artifacts
     got = Pipeline.from_artifacts(artifacts, "openvino", "fp32")("a red cat and a lamp", **REQUEST)
     np.testing.assert_allclose(got.pixels, ort_fp32.pixels, rtol=0, atol=1e-4)
     assert any("cache is off" in r.getMessage() for r in caplog.records)
+
+
+def test_a_graph_that_is_not_the_declared_one_is_refused_at_load(artifacts, tmp_path, monkeypatch):
+    """OpenVINO would run a graph whose outputs disagree with the manifest; the load refuses it in one line."""
+    from dbunet.errors import ArtifactError
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    art = tmp_path / "art"
+    shutil.copytree(artifacts, art)
+    m = json.loads((art / "manifest.json").read_text())
+    gae = next(a for a in m["artifacts"] if a["component"] == "gae" and a["precision"] == "fp32")
+    gae["io"]["outputs"][0]["name"] = "z_other"
+    (art / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="is not the graph its manifest declares"):
+        Pipeline.from_artifacts(art, "openvino", "fp32")
