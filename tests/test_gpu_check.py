@@ -59,3 +59,20 @@ def test_unknown_check_names_are_refused():
 
     with pytest.raises(SystemExit):
         gpu_check.main(["--out", "/nonexistent/never", "--only", "no_such_check"])
+
+
+def test_the_guided_step_it_times_runs_on_the_cpu_in_fp16_and_fp32():
+    """The step the torch_step check times, on the tiny preset on the CPU: shapes, dtypes and the FP16 module
+    (its time embedding is cast to the sample's dtype) work before a GPU ever sees them."""
+    import torch
+
+    import gpu_check
+    from dbunet.config import tiny
+    from dbunet.models.dbunet import DBUNet
+
+    cfg = tiny()
+    for dtype in (torch.float32, torch.float16):
+        unet = DBUNet(cfg.unet).to(dtype).eval()
+        with torch.no_grad():
+            out = gpu_check.guided_step_of(cfg, 8, 4, "cpu", dtype)(unet)()
+        assert out.shape == (1, cfg.unet.in_channels, 8, 8) and out.dtype == dtype and torch.isfinite(out).all()
