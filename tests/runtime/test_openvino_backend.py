@@ -198,3 +198,40 @@ def test_a_graph_that_is_not_the_declared_one_is_refused_at_load(artifacts, tmp_
     (art / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="is not the graph its manifest declares"):
         Pipeline.from_artifacts(art, "openvino", "fp32")
+
+
+_MANY_SIZES = """
+import resource, sys
+import numpy as np
+from pathlib import Path
+from dbunet.manifest import Manifest
+from dbunet.runtime.backends.openvino import OvBackend
+art = Path(sys.argv[1])
+a = Manifest.read(art).find("vae_decoder", "fp32")
+backend = OvBackend("cpu", cache_dir=None)
+backend.artifact_precision("fp32")
+graph = backend.load(art / a.path, a.spec, "x")
+def rss_mb():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+sizes = [(h, w) for h in range(8, 20) for w in range(8, 20)]
+for i, (h, w) in enumerate(sizes):
+    graph.run({"latent": np.zeros((1, 4, h, w), np.float32)})
+    if i == 10:
+        start = rss_mb()
+print(rss_mb() - start)
+"""
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
+def test_memory_does_not_grow_with_every_image_size(artifacts):
+    """OpenVINO kept ~1.6 MB per distinct input shape (kernels per shape, oneDNN primitives): 144 decoder sizes
+    grew a process ~214 MB. With both caches capped it was ~10-15 MB here; the bound leaves room for noise."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    proc = subprocess.run([sys.executable, "-c", _MANY_SIZES, str(artifacts)], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    grown = float(proc.stdout.strip().splitlines()[-1])
+    assert grown < 80, f"{grown:.0f} MB over 144 image sizes"

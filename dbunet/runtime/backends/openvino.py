@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 HINTS = {"fp32": "f32", "bf16": "bf16"}
 OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64"}
 SHAPE_CACHE = 16  # compiled shapes the CPU plugin keeps per model (an LRU)
+PRIMITIVE_CACHE = 64  # oneDNN primitives kept per process (an LRU; the default 1024 grows without end)
 
 
 def default_cache_dir() -> Path:
@@ -112,6 +113,9 @@ class OvBackend:
     device = "cpu"
 
     def __init__(self, device: str = "auto", threads: int | None = None, cache_dir: Path | None | str = "default") -> None:
+        # oneDNN (inside OpenVINO's CPU plugin) keeps 1024 primitives per process by default, ~1.6 MB per image size
+        # seen, without end; read when its cache is first used, so set before the first compile (a user's wins)
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE))
         try:
             import openvino as ov
         except ImportError:
@@ -139,8 +143,8 @@ class OvBackend:
 
     def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> OvGraph:
         """Compile the graph at `path`; `identity` is its verified sha256 (computed here when not given)."""
-        # the CPU plugin keeps kernels per input shape, 5000 by default: ~1.6 MB per image size seen, without end
-        # (tiny VAE decoder, 143 sizes: +214 MB); capped, +52 MB and slowing. See README's OpenVINO section.
+        # the CPU plugin keeps kernels per input shape (5000 by default) besides oneDNN's primitives: both capped,
+        # the tiny VAE decoder over 399 image sizes grows 22 MB instead of ~1.6 MB per size (README, OpenVINO)
         config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision], "CPU_RUNTIME_CACHE_CAPACITY": str(SHAPE_CACHE)}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
