@@ -55,10 +55,6 @@ def has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def has_amx() -> bool:
-    return "amx_bf16" in cpu_flags()
-
-
 def inlined_model(core, path: Path):
     """The graph at `path` with its local functions inlined, read by OpenVINO; the file is not changed."""
     try:
