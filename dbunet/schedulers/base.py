@@ -60,12 +60,13 @@ class Scheduler(abc.ABC):
         """set_timesteps(steps) and its table, refused when the schedule cannot take that many steps: an index past
         the training schedule, or coefficients that are not finite (repeated timesteps), which would make NaN
         latents. The refusal names the most steps this sampler takes with this schedule."""
-        if self._usable(steps, guidance_scale, box_steps, start) is None:
+        rows = self._usable(steps, guidance_scale, box_steps, start)
+        if rows is None:
             most = next((n for n in range(steps - 1, 0, -1) if self._usable(n, 1.0, 0, 0) is not None), 0)
             s = self.schedule
             raise InputError(f"{self.name} takes at most {most} steps with this schedule ({s.num_train_timesteps} "
                              f"training timesteps, {self.spacing} spacing, steps_offset {s.steps_offset}), got {steps}")
-        return self._usable(steps, guidance_scale, box_steps, start)
+        return rows
 
     def _usable(self, steps: int, guidance_scale: float, box_steps: int, start: int) -> np.ndarray | None:
         try:
