@@ -1,5 +1,5 @@
 """The two figures behind --backend auto's CPU rule: ONNX Runtime FP32 against OpenVINO BF16 for one model, in
-one process, alternating, medians (dbunet.runtime.pipeline.BF16_MIN_WORK sits between the models measured).
+one process, alternating, medians (dbunet.backends.BF16_MIN_WORK sits between the models measured).
 
     python benchmarks/auto_choice.py --artifacts DIR --image        # a whole image at the model's default size
     python benchmarks/auto_choice.py --artifacts DIR --step 256     # one guided DB-UNet step at 256x256

@@ -186,13 +186,15 @@ def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict,
     _, sizes, _ = _step_inputs(case)
     lines = [
         f"## {case.config} at {h}x{w}", "",
-        f"`python benchmarks/cpu_report.py {case}`; medians of {repeat} runs after 2 warm-up runs. CPU: {cpu_line()}.", "",
+        f"`python benchmarks/cpu_report.py {case}`; medians of {repeat} runs after 2 warm-up runs. "
+        f"CPU: {cpu_line()}.", "",
         f"**End to end, ORT vs PyTorch eager: {e2e['ort']:.0f} ms vs {e2e['torch']:.0f} ms, "
         f"{e2e['torch'] / e2e['ort']:.2f}x** (one image, {settings['steps']} denoising "
         f"step{'s' if settings['steps'] != 1 else ''} and the preset's refiner steps; the two pipelines "
         "alternate in one process, so the machine's drift hits both alike).", "",
         f"**Whole-step graphs vs the per-call loop they replaced (both ORT fp32, alternating in one process): "
-        f"{loops['step_graphs']:.0f} ms vs {loops['per_call']:.0f} ms, {loops['per_call'] / loops['step_graphs']:.2f}x** "
+        f"{loops['step_graphs']:.0f} ms vs {loops['per_call']:.0f} ms, "
+        f"{loops['per_call'] / loops['step_graphs']:.2f}x** "
         "(per call: the UNet graph, then guidance and the sampler's numpy step() on the host).", "",
         f"### one DB-UNet step (CFG batch 2, {sizes['latent_height']}x{sizes['latent_width']} latents, 4 boxes, "
         f"{step_gflop:.2f} GFLOP "
@@ -253,8 +255,9 @@ def run_case(case: Case, repeat: int) -> str:
     gemm = run("gemm")["gflops"]
     single = {name: run(f"{name}_step") for name in ("ort", "openvino", "openvino_bf16", "torch")}
     pair = run("ort_step_pair")
+    inlined = f"openvino {single['openvino']['precision']} (per-call graph, functions inlined)"
     steps = {"ort fp32 (per-call UNet graph)": single["ort"]["ms"],
-             f"openvino {single['openvino']['precision']} (per-call graph, functions inlined)": single["openvino"]["ms"],
+             inlined: single["openvino"]["ms"],
              f"openvino {single['openvino_bf16'].get('precision', 'bf16')} (same graph)": single["openvino_bf16"]["ms"],
              "torch fp32 eager": single["torch"]["ms"],
              "ort fp32, paired in one process: per-call UNet graph + host guidance and DDIM step()": pair["per_call"],

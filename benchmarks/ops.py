@@ -31,14 +31,17 @@ def sd15_cases(batch: int = 2, boxes: int = 30, device: str = "cuda"):
         tag = f"{side}x{side} C={C}"
         yield "box_constraint", tag, lambda d, C=C, side=side, P=P: (
             torch.randn(batch, C, side, side, device=device, dtype=d), torch.randn(batch, P, C, device=device, dtype=d),
-            torch.randn(batch, boxes + 1, C, device=device, dtype=d), torch.randn(batch, boxes + 1, C, device=device, dtype=d),
-            torch.rand(batch, boxes, 4, device=device, dtype=d).sort(-1).values, torch.ones(batch, boxes, device=device, dtype=d),
+            torch.randn(batch, boxes + 1, C, device=device, dtype=d),
+            torch.randn(batch, boxes + 1, C, device=device, dtype=d),
+            torch.rand(batch, boxes, 4, device=device, dtype=d).sort(-1).values,
+            torch.ones(batch, boxes, device=device, dtype=d),
             torch.tensor(0.5, device=device, dtype=d))
         yield "spatial_cross_attention", f"{tag} P={tokens}", lambda d, C=C, P=tokens: (
             torch.randn(batch, P, 2 * C, device=device, dtype=d), torch.randn(batch, P, 2 * C, device=device, dtype=d),
             torch.randn(batch, P, C, device=device, dtype=d), cfg.dca_heads)
         yield "channel_cross_attention", f"{tag} P={tokens}", lambda d, C=C, P=tokens: (
-            torch.randn(batch, P, C, device=device, dtype=d) / P**0.5, torch.randn(batch, P, 2 * C, device=device, dtype=d) / P**0.5,
+            torch.randn(batch, P, C, device=device, dtype=d) / P**0.5,
+            torch.randn(batch, P, 2 * C, device=device, dtype=d) / P**0.5,
             torch.randn(batch, P, 2 * C, device=device, dtype=d))
 
 
@@ -77,7 +80,8 @@ def main() -> int:
         print("no CUDA GPU: the op benchmark needs one (the kernels' CPU interpreter is for testing only)")
         return 0
     dtype = DTYPES[args.dtype]
-    header = ["op", "shape", "eager ms", "compile ms", "fused ms", "fused GFLOP/s", "fused GB/s", "vs eager", "vs compile"]
+    header = ["op", "shape", "eager ms", "compile ms", "fused ms", "fused GFLOP/s",
+              "fused GB/s", "vs eager", "vs compile"]
     rows = []
     for op, tag, make in sd15_cases():
         a = make(dtype)
@@ -94,7 +98,7 @@ def main() -> int:
     else:
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         for r in [header, *rows]:
-            print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+            print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
     return 0
 
 

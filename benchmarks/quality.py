@@ -50,7 +50,7 @@ def largest_blob(mask: np.ndarray) -> np.ndarray | None:
     seen = np.zeros_like(mask)
     best: list[tuple[int, int]] = []
     h, w = mask.shape
-    for y0, x0 in zip(*np.nonzero(mask)):
+    for y0, x0 in zip(*np.nonzero(mask), strict=True):
         if seen[y0, x0]:
             continue
         seen[y0, x0] = True
@@ -67,7 +67,7 @@ def largest_blob(mask: np.ndarray) -> np.ndarray | None:
     if not best:
         return None
     out = np.zeros_like(mask)
-    ys, xs = zip(*best)
+    ys, xs = zip(*best, strict=True)
     out[list(ys), list(xs)] = True
     return out
 
@@ -173,7 +173,8 @@ def table(rows: dict[str, dict[str, Summary]]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         f, b = r["final"], r["before_refiner"]
-        lines.append(f"| {name.rsplit(' ', 1)[0]} | {name.rsplit(' ', 1)[1]} | {f.iou:.3f} | {f.color:.1%} | {f.shape:.1%} "
+        backend, precision = name.rsplit(" ", 1)
+        lines.append(f"| {backend} | {precision} | {f.iou:.3f} | {f.color:.1%} | {f.shape:.1%} "
                      f"| {b.iou:.3f}, {b.color:.1%}, {b.shape:.1%} | {b.purity:.1f} -> {f.purity:.1f} "
                      f"| {b.ambiguous:.3f} -> {f.ambiguous:.3f} "
                      f"| {f.seconds:.2f} |")
@@ -217,14 +218,16 @@ def gallery(pipe, layouts: list[Layout], path: Path, scale: int = 4, columns: in
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--artifacts", type=Path, required=True, help="a shapes export (dbunet-export --config shapes --fp16)")
+    p.add_argument("--artifacts", type=Path, required=True,
+                   help="a shapes export (dbunet-export --config shapes --fp16)")
     p.add_argument("--layouts", type=int, default=64, help="held-out layouts (default: 64)")
     p.add_argument("--backends", nargs="+", default=["torch", "ort:fp32", "ort:fp16"],
                    help="torch and/or BACKEND:PRECISION (default: torch ort:fp32 ort:fp16)")
     p.add_argument("--ablation", default="ort:fp32", help="the backend also run with boxes off (default: ort:fp32)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--json", type=Path, help="also write the figures here")
-    p.add_argument("--gallery", type=Path, help="also draw the first 8 layouts (ort:fp32, boxes outlined) into this PNG")
+    p.add_argument("--gallery", type=Path,
+                   help="also draw the first 8 layouts (ort:fp32, boxes outlined) into this PNG")
     args = p.parse_args(argv)
     layouts = held_out_layouts(args.layouts)
     options = {"steps": args.steps} if args.steps else {}
@@ -240,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gallery:
         gallery(open_pipeline("ort:fp32", args.artifacts), layouts[:8], args.gallery)
     if args.json:
-        atomic.write_text(args.json, json.dumps({k: {s: v.__dict__ for s, v in r.items()} for k, r in rows.items()}, indent=1))
+        atomic.write_text(args.json,
+                          json.dumps({k: {s: v.__dict__ for s, v in r.items()} for k, r in rows.items()}, indent=1))
     return 0
 
 

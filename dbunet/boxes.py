@@ -9,7 +9,6 @@ import numpy as np
 
 from dbunet.errors import InputError
 
-
 MAX_PHRASE_CHARS = 1000  # a box phrase is a few words; the text encoder reads 77 tokens of it at most
 
 

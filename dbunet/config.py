@@ -90,8 +90,9 @@ class DBUNetConfig:
     box_gate_init: float = 0.0  # GLIGEN initialises the gate at 0 (a no-op until trained)
 
     def __post_init__(self) -> None:
-        check_bounds("dbunet", self, {"in_channels": (1, 64), "block_out_channels": (1, 8192), "layers_per_block": (1, 16),
-                                      "num_attention_heads": (1, 256), "norm_num_groups": (1, 1024),
+        check_bounds("dbunet", self, {"in_channels": (1, 64), "block_out_channels": (1, 8192),
+                                      "layers_per_block": (1, 16), "num_attention_heads": (1, 256),
+                                      "norm_num_groups": (1, 1024),
                                       "cross_attention_dim": (1, 1 << 14), "dca_heads": (1, 256),
                                       "dca_max_tokens": (1, 1 << 20), "sample_size": (1, 1024), "max_boxes": (0, 256),
                                       "box_fourier_freqs": (1, 64), "box_hidden_dim": (1, 1 << 14),
@@ -145,7 +146,8 @@ class SDUNetConfig:
                                        "cross_attention_dim": (1, 1 << 14), "attention_head_dim": (1, 1024),
                                        "norm_num_groups": (1, 1024)}, counts={"block_out_channels": (1, 8)})
         n = len(self.block_out_channels)
-        if not (len(self.down_block_types) == len(self.up_block_types) == n) or len(self.attention_head_dim) not in (1, n):
+        same_count = len(self.down_block_types) == len(self.up_block_types) == n
+        if not same_count or len(self.attention_head_dim) not in (1, n):
             raise ConfigError(f"sd unet: {n} blocks need as many down and up block types and 1 or {n} head dims")
         _check_groups("sd unet", self.block_out_channels, self.norm_num_groups)
 
@@ -275,7 +277,8 @@ class ModelConfig:
             )
         if self.unet.cross_attention_dim != self.text.hidden_size:
             raise ConfigError(
-                f"dbunet.cross_attention_dim {self.unet.cross_attention_dim} != text hidden_size {self.text.hidden_size}"
+                f"dbunet.cross_attention_dim {self.unet.cross_attention_dim} != "
+                f"text hidden_size {self.text.hidden_size}"
             )
         f = self.vae.downscale
         d = self.defaults
@@ -391,7 +394,8 @@ def tiny() -> ModelConfig:
 
 def sd15() -> ModelConfig:
     """Stable Diffusion 1.5 scale: text dim 768, channels 320/640/1280, 512x512 images."""
-    return ModelConfig(name="sd15", text=TextEncoderConfig(), vae=VaeConfig(), unet=DBUNetConfig(), refiner=RefinerConfig())
+    return ModelConfig(name="sd15", text=TextEncoderConfig(), vae=VaeConfig(), unet=DBUNetConfig(),
+                       refiner=RefinerConfig())
 
 
 def shapes() -> ModelConfig:
@@ -403,7 +407,8 @@ def shapes() -> ModelConfig:
             vocab_size=600, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4
         ),
         # scaling_factor: 1 / std of the trained VAE's latents, measured by dbunet.train after the VAE stage
-        vae=VaeConfig(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8, scaling_factor=0.39164),
+        vae=VaeConfig(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
+                      scaling_factor=0.39164),
         unet=DBUNetConfig(
             block_out_channels=(32, 64, 64),
             layers_per_block=1,

@@ -62,6 +62,8 @@ def reference_denoise_step(step: Step, x: np.ndarray, cond: Conditioning,
 
 
 class Stages(Protocol):
+    whole_loops: bool  # True: also a WholeLoopStages, and run_cascade runs each loop in one call
+
     def tokenize(self, texts: list[str]) -> np.ndarray: ...  # int64 [n, L]
 
     def encode_text(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # [n,L,D], pooled [n,D]
@@ -76,10 +78,12 @@ class Stages(Protocol):
     def refiner_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, z_dis: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def close(self) -> None: ...
+
 
 class WholeLoopStages(Stages, Protocol):
-    """Stages that can run a whole loop in one call (the TensorRT backend: one CUDA graph per loop).
-    run_cascade uses these when present; per-step timing is then the loop's time split evenly."""
+    """Stages that can run a whole loop in one call (the TensorRT backend: one CUDA graph per loop), and say so
+    with `whole_loops = True`; run_cascade then uses these, and per-step timing is the loop's time split evenly."""
 
     def denoise_loop(self, steps: list[Step], x: np.ndarray, cond: Conditioning) -> np.ndarray: ...  # z_0
 
@@ -116,6 +120,24 @@ class GenerationResult:
     latents: np.ndarray | None = None  # z_0 [1,C,h,w], before the VAE scaling
     decoded: np.ndarray | None = None  # X1 [1,3,H,W], the VAE's image clipped to [-1, 1]
     pixels: np.ndarray | None = None  # the final image [1,3,H,W] before quantisation (X1 if no refiner)
+
+
+def build_conditioning(stages: Stages, config: ModelConfig, req: GenerationRequest) -> Conditioning:
+    """The text and boxes a denoising step sees: [negative; prompt] when guided (guidance scale != 1), one
+    pooled embedding per box phrase, and no boxes for the unconditional half."""
+    guided = req.guidance_scale != 1.0
+    prompts = [req.negative_prompt, req.prompt] if guided else [req.prompt]
+    text, _ = stages.encode_text(stages.tokenize(prompts))
+    coords, valid = box_arrays(req.boxes)
+    if req.boxes:
+        _, pooled = stages.encode_text(stages.tokenize([b.phrase for b in req.boxes]))
+        phrases = pooled[None].astype(np.float32)  # (1, N, D)
+    else:
+        phrases = np.zeros((1, 0, config.text.hidden_size), dtype=np.float32)
+    if guided:
+        coords, phrases = np.concatenate([coords, coords]), np.concatenate([phrases, phrases])
+        valid = np.concatenate([np.zeros_like(valid), valid])
+    return Conditioning(text, coords, phrases, valid)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -159,22 +181,9 @@ def run_cascade(
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     noise = NoiseSource(req.seed)
-    guided = req.guidance_scale != 1.0
 
-    # text: [negative; prompt] for classifier-free guidance, and one pooled embedding per box phrase
     t0 = time.perf_counter()
-    prompts = [req.negative_prompt, req.prompt] if guided else [req.prompt]
-    text, _ = stages.encode_text(stages.tokenize(prompts))
-    coords, valid = box_arrays(req.boxes)
-    if req.boxes:
-        _, pooled = stages.encode_text(stages.tokenize([b.phrase for b in req.boxes]))
-        phrases = pooled[None].astype(np.float32)  # (1, N, D)
-    else:
-        phrases = np.zeros((1, 0, config.text.hidden_size), dtype=np.float32)
-    if guided:  # the unconditional half sees no boxes
-        coords, phrases = np.concatenate([coords, coords]), np.concatenate([phrases, phrases])
-        valid = np.concatenate([np.zeros_like(valid), valid])
-    cond = Conditioning(text, coords, phrases, valid)
+    cond = build_conditioning(stages, config, req)
     timings["text"] = time.perf_counter() - t0
 
     # denoise: z_T ~ N(0, sigma_0^2), then one whole step per coefficient row
@@ -185,7 +194,8 @@ def run_cascade(
     drawn = noise.normal(shape)  # drawn either way: the noise order stays the same
     latents = (drawn if given is None else given) * np.float32(sampler.init_noise_sigma)
     steps = [Step(i, row, sampler) for i, row in enumerate(rows)]
-    latents, step_times = _loop(stages.denoise_step, getattr(stages, "denoise_loop", None), steps, latents, cond,
+    whole = stages.whole_loops
+    latents, step_times = _loop(stages.denoise_step, stages.denoise_loop if whole else None, steps, latents, cond,
                                 "denoise", progress)
     timings["denoise"] = sum(step_times)
     require_finite(latents, "denoising loop", f"{req.scheduler}, {req.steps} steps, guidance {req.guidance_scale:g}")
@@ -203,7 +213,7 @@ def run_cascade(
         z_dis = stages.refiner_condition(image)
         x = refiner_sampler.add_noise(image, noise.normal(image.shape), start)
         steps = [Step(start + k, row, refiner_sampler) for k, row in enumerate(refiner_rows)]
-        image, _ = _loop(stages.refiner_step, getattr(stages, "refiner_loop", None), steps, x, z_dis, "refiner",
+        image, _ = _loop(stages.refiner_step, stages.refiner_loop if whole else None, steps, x, z_dis, "refiner",
                          progress)
         require_finite(image, "refiner", f"{len(steps)} steps")
     timings["refiner"] = time.perf_counter() - t0

@@ -86,7 +86,7 @@ class GraphSpec:
             if a.ndim != len(spec.dims):
                 problems.append(f"{spec.name}: rank {a.ndim} {a.shape}, expected dims {spec.dims}")
                 continue
-            for axis, (dim, size) in enumerate(zip(spec.dims, a.shape)):
+            for axis, (dim, size) in enumerate(zip(spec.dims, a.shape, strict=True)):
                 if isinstance(dim, int) and dim != size:
                     problems.append(f"{spec.name}: axis {axis} is {size}, expected {dim}")
                 elif isinstance(dim, str) and sizes.setdefault(dim, size) != size:

@@ -28,6 +28,7 @@ MAX_RANK = 8
 MAX_DIM = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 PRECISIONS = ("fp32", "fp16")
+DTYPES = ("float32", "float16", "int64")
 
 
 # -- what is verified is what is loaded -------------------------------------------------------------------
@@ -88,11 +89,12 @@ def _check_spec(io: Any, where: str) -> None:
     if not isinstance(io, dict) or set(io) != {"inputs", "outputs"}:
         raise ValueError(f"{where}: io must have inputs and outputs")
     for t in (*io["inputs"], *io["outputs"]):
-        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or t.get("dtype") not in ("float32", "float16", "int64"):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or t.get("dtype") not in DTYPES:
             raise ValueError(f"{where}: bad tensor {t!r}")
         dims = t.get("dims")
         if not isinstance(dims, list) or len(dims) > MAX_RANK or not all(
-                (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM) or (isinstance(d, str) and d.isidentifier())
+                (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM)
+                or (isinstance(d, str) and d.isidentifier())
                 for d in dims):
             raise ValueError(f"{where}: bad dims {dims!r}")
 
@@ -153,8 +155,9 @@ class Artifact:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Artifact:
-        return cls(d["component"], d["precision"], d["files"], d["sha256"], GraphSpec.from_dict(d["component"], d["io"]),
-                   d["opset"], d.get("decomposed", False), d.get("note", ""), d.get("parity", {}))
+        spec = GraphSpec.from_dict(d["component"], d["io"])
+        return cls(d["component"], d["precision"], d["files"], d["sha256"], spec, d["opset"],
+                   d.get("decomposed", False), d.get("note", ""), d.get("parity", {}))
 
 
 @dataclass
@@ -205,8 +208,8 @@ class Manifest:
                                     f"are in {previous}: rename it back, or run dbunet-export again")
             raise ArtifactError(f"artifacts directory {directory} does not exist; run dbunet-export first")
         if not path.is_file():
-            raise ArtifactError(f"{shown(directory)} has no {MANIFEST}: not an artifacts directory, or its export did not "
-                            "finish")
+            raise ArtifactError(f"{shown(directory)} has no {MANIFEST}: not an artifacts directory, or its export "
+                                "did not finish")
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise ArtifactError(f"{shown(path)} is {path.stat().st_size} bytes, not a manifest dbunet-export writes; "
                                 "refusing to read it")
@@ -219,8 +222,8 @@ class Manifest:
         fmt, version = d.get("format_version"), str(d.get("dbunet_version", "?"))
         if fmt != FORMAT_VERSION or not compatible_version(version):
             raise ArtifactError(
-                f"{shown(directory)} was exported by dbunet {version} (manifest format {fmt}); this is dbunet {__version__} "
-                f"(format {FORMAT_VERSION}): re-export with this version"
+                f"{shown(directory)} was exported by dbunet {version} (manifest format {fmt}); "
+                f"this is dbunet {__version__} (format {FORMAT_VERSION}): re-export with this version"
             )
         try:
             if not isinstance(d.get("artifacts"), list) or not isinstance(d.get("tokenizer"), dict):
@@ -228,7 +231,8 @@ class Manifest:
             for a in d["artifacts"]:
                 _check_artifact(a)
             tok = d["tokenizer"]
-            if not isinstance(tok.get("file"), str) or not isinstance(tok.get("sha256"), str) or not _SHA256.fullmatch(tok["sha256"]):
+            sha = tok.get("sha256")
+            if not isinstance(tok.get("file"), str) or not isinstance(sha, str) or not _SHA256.fullmatch(sha):
                 raise ValueError("tokenizer: needs a file and its sha256")
             if not isinstance(d.get("tools", {}), dict) or not isinstance(d.get("plugins", []), list):
                 raise ValueError("tools must be an object and plugins a list")

@@ -11,7 +11,6 @@ from dbunet.config import ModelConfig
 from dbunet.errors import InputError
 from dbunet.schedulers import SCHEDULERS
 
-
 MAX_PROMPT_CHARS = 10_000  # far beyond any text encoder's window; tokenizing more only costs time
 MAX_STEPS = 1000  # a sampler cannot take more steps than the training schedule has timesteps
 MAX_GUIDANCE = 100.0  # far past any useful guidance; larger scales overflow float32 in the guided update
@@ -33,8 +32,8 @@ class GenerationRequest:
     refiner_steps: int = 10  # refiner UNet calls; 0 skips the refiner
     refiner_strength: float = 0.3  # how far X1 is forward-noised before refining (SDEdit strength)
 
-    def validate(self, max_boxes: int, downscale: int, max_height: int = MAX_SIDE_UNSET, max_width: int = MAX_SIDE_UNSET,
-                 max_steps: int = MAX_STEPS) -> GenerationRequest:
+    def validate(self, max_boxes: int, downscale: int, max_height: int = MAX_SIDE_UNSET,
+                 max_width: int = MAX_SIDE_UNSET, max_steps: int = MAX_STEPS) -> GenerationRequest:
         """Refuse, before any work starts, what would fail later or run the machine out of memory."""
         def bad(msg: str) -> InputError:
             return InputError(msg)
@@ -46,7 +45,8 @@ class GenerationRequest:
                       f"{MAX_PROMPT_CHARS} (the text encoder reads its first tokens only)")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= max_steps:
             raise bad(f"steps must be an integer in 1..{max_steps}, got {self.steps!r}")
-        if isinstance(self.refiner_steps, bool) or not isinstance(self.refiner_steps, int) or not 0 <= self.refiner_steps <= max_steps:
+        refiner_steps = self.refiner_steps
+        if isinstance(refiner_steps, bool) or not isinstance(refiner_steps, int) or not 0 <= refiner_steps <= max_steps:
             raise bad(f"refiner steps must be an integer in 0..{max_steps}, got {self.refiner_steps!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise bad(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
@@ -80,9 +80,10 @@ class GenerationRequest:
         if self.refiner_steps == 0 or self.refiner_strength == 0:
             return 0, 0
         if self.refiner_steps > most * self.refiner_strength:  # steps / strength > most, without overflow
-            raise InputError(f"refiner strength {self.refiner_strength:g} with {self.refiner_steps} refiner steps needs "
-                             f"a schedule of {self.refiner_steps} / {self.refiner_strength:g} steps; the refiner's has "
-                             f"{most}: use a strength of at least {self.refiner_steps / most:.3g} or fewer refiner steps")
+            raise InputError(f"refiner strength {self.refiner_strength:g} with {self.refiner_steps} refiner steps "
+                             f"needs a schedule of {self.refiner_steps} / {self.refiner_strength:g} steps; the "
+                             f"refiner's has {most}: use a strength of at least {self.refiner_steps / most:.3g} or "
+                             "fewer refiner steps")
         total = min(most, max(self.refiner_steps, round(self.refiner_steps / self.refiner_strength)))
         return total, total - self.refiner_steps
 

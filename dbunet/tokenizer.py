@@ -40,7 +40,7 @@ the the the a a a of of of and and with with in in on on photo photo of a cat a 
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars = keep[:]
     extra = 0
     for b in range(256):
@@ -48,7 +48,7 @@ def bytes_to_unicode() -> dict[int, str]:
             keep.append(b)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(keep, map(chr, chars)))
+    return dict(zip(keep, map(chr, chars), strict=True))
 
 
 def learn_bpe(vocab_size: int, words: list[str] | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -74,7 +74,7 @@ def learn_bpe(vocab_size: int, words: list[str] | None = None) -> tuple[dict[str
     while len(merges) < budget:
         pairs: Counter[tuple[str, str]] = Counter()
         for word, freq in corpus.items():
-            for pair in zip(word[:-1], word[1:]):
+            for pair in zip(word[:-1], word[1:], strict=True):
                 pairs[pair] += freq
         if not pairs:
             break

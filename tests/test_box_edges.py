@@ -48,14 +48,14 @@ def test_onnx_function_masks_are_half_open():
     arrays = _inputs()
     graph = helper.make_graph(
         [helper.make_node("BoxConstraint", names, ["out"], domain="dbunet")], "box",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in zip(names, arrays)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in zip(names, arrays, strict=True)],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 1, H, W))],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     attach_functions(model, 18)
     onnx.checker.check_model(model, full_check=True)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, dict(zip(names, arrays)))
+    (out,) = session.run(None, dict(zip(names, arrays, strict=True)))
     np.testing.assert_array_equal(_mask(out), EXPECTED)
 
 

@@ -30,7 +30,8 @@ def test_tiny_default_size_is_small():
 @pytest.mark.parametrize(
     "change,match",
     [
-        (lambda c: dataclasses.replace(c, unet=dataclasses.replace(c.unet, cross_attention_dim=32)), "cross_attention_dim"),
+        (lambda c: dataclasses.replace(c, unet=dataclasses.replace(c.unet, cross_attention_dim=32)),
+         "cross_attention_dim"),
         (lambda c: dataclasses.replace(c.refiner, code_dim=99), "attribute groups cover"),
         (lambda c: dataclasses.replace(c.vae, norm_num_groups=7), "divisible"),
         (lambda c: dataclasses.replace(c.unet, block_out_channels=(32, 64)), "exactly 3 levels"),

@@ -36,6 +36,7 @@ def test_concrete_launch_matches_what_the_plugins_compute_under_tensorrt():
     """The AOT check launches with the plugins' own launch functions over concrete numbers; the same shapes give
     the launch the plugin stand-in records (tests/plugins/test_tensorrt_plugins.py)."""
     import gpu_check
+
     from dbunet.plugins import aot
     from dbunet.plugins.tensorrt_plugins import box_constraint_launch, spatial_attention_launch
 
@@ -64,9 +65,9 @@ def test_unknown_check_names_are_refused():
 def test_the_guided_step_it_times_runs_on_the_cpu_in_fp16_and_fp32():
     """The step the torch_step check times, on the tiny preset on the CPU: shapes, dtypes and the FP16 module
     (its time embedding is cast to the sample's dtype) work before a GPU ever sees them."""
+    import gpu_check
     import torch
 
-    import gpu_check
     from dbunet.config import tiny
     from dbunet.models.dbunet import DBUNet
 

@@ -7,10 +7,10 @@ far beyond these bounds. Errors are max |a - b| / max |reference| per tensor.
 
 import numpy as np
 import pytest
+from reference_loop import ReferenceCascade
 
 from dbunet.models.pipeline import TorchPipeline
 from dbunet.runtime import Pipeline
-from reference_loop import ReferenceCascade
 
 BOXES = [(0.1, 0.2, 0.6, 0.9, "a red cat"), (0.5, 0.1, 0.9, 0.5, "a lamp")]
 REQUEST = dict(seed=11, steps=6, negative_prompt="blurry", refiner_steps=3)
@@ -83,7 +83,8 @@ def test_unguided_boxless_run_without_refiner_matches(reference, pipelines, back
 
 @pytest.mark.parametrize(
     "change",
-    [dict(box_fraction=1.0), dict(boxes=()), dict(guidance_scale=1.0), dict(negative_prompt=""), dict(scheduler="dpm++")],
+    [dict(box_fraction=1.0), dict(boxes=()), dict(guidance_scale=1.0),
+     dict(negative_prompt=""), dict(scheduler="dpm++")],
     ids=["box schedule", "boxes off", "no guidance", "negative prompt", "scheduler"],
 )
 def test_every_conditioning_path_moves_the_output_far_beyond_the_bounds(reference, change):

@@ -346,7 +346,8 @@ def test_api_box_and_option_types(tiny_artifacts):
     req = pipe.request("a cat", boxes=None)
     assert req.boxes == ()
     one = Box.parse("0.1,0.1,0.5,0.5:a cat")
-    assert pipe.request("a cat", boxes=one).boxes == (one,) == pipe.request("a cat", boxes="0.1,0.1,0.5,0.5:a cat").boxes
+    parsed = pipe.request("a cat", boxes="0.1,0.1,0.5,0.5:a cat").boxes
+    assert pipe.request("a cat", boxes=one).boxes == (one,) == parsed
     for bad, says in ((lambda: dict(boxes=[Box(0.1, 0.1, 0.5, 0.5, 5)]), "phrase must be a string"),
                       (lambda: dict(boxes=[(0.1, 0.1, 0.5, 0.5)]), "a box must be a Box"),
                       (lambda: dict(boxes=7), "boxes must be"), (lambda: dict(guidance_scale="7"), "guidance scale"),

@@ -97,7 +97,8 @@ def test_matches_diffusers_over_full_run(name, schedule_name, steps):
     # 9.4e-5 at |x| ~ 4, 1.3x its rounding); exact agreement where both round alike. A flat 1e-5 held on a CPU
     # whose kernels round as numpy does, not here. A wrong coefficient is off by >= 1e-3 relative.
     bound = max(1e-5, 8 * rounding)
-    assert worst <= bound, f"{name}/{schedule_name}/{steps}: max abs diff {worst:.3g} > {bound:.3g} at |x| <= {largest:.3g}"
+    assert worst <= bound, (f"{name}/{schedule_name}/{steps}: max abs diff {worst:.3g} > {bound:.3g} "
+                            f"at |x| <= {largest:.3g}")
 
 
 @pytest.mark.parametrize("schedule_name", list(SCHEDULES))
@@ -142,7 +143,7 @@ def test_add_noise_matches_diffusers(name):
     ours.set_timesteps(10)
     ref.set_timesteps(10)
     rng = np.random.default_rng(1)
-    x0, noise = rng.standard_normal((2, 3, 4, 4)).astype(np.float32), rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    x0, noise = rng.standard_normal((2, 2, 3, 4, 4)).astype(np.float32)
     for i in (0, 3, 9):
         got = ours.add_noise(x0, noise, i)
         want = ref.add_noise(torch.from_numpy(x0), torch.from_numpy(noise), ref.timesteps[i : i + 1]).numpy()
@@ -169,9 +170,11 @@ def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
     assert NoiseSchedule.from_diffusers(sd15_pndm) == NoiseSchedule(timestep_spacing=None)
     v = NoiseSchedule.from_diffusers({**sd15_pndm, "prediction_type": "v_prediction", "timestep_spacing": "trailing"})
     assert (v.prediction_type, v.timestep_spacing) == ("v_prediction", "trailing")
-    for bad, word in [({"prediction_type": "sample"}, "prediction_type"), ({"trained_betas": [0.1] * 1000}, "trained_betas"),
+    for bad, word in [({"prediction_type": "sample"}, "prediction_type"),
+                      ({"trained_betas": [0.1] * 1000}, "trained_betas"),
                       ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
-                      ({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule"), ({"thresholding": True}, "thresholding"),
+                      ({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule"),
+                      ({"thresholding": True}, "thresholding"),
                       ({"use_karras_sigmas": True}, "use_karras_sigmas"), ({"mystery": 1}, "mystery")]:
         with pytest.raises(ConfigError, match=f"cannot honour .*{word}"):
             NoiseSchedule.from_diffusers({**sd15_pndm, **bad})

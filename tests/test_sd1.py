@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+from sd1_folder import SIZE, make_sd_folder
 
 from dbunet.errors import ConfigError, InputError
 from dbunet.export.exporter import ExportOptions, export
 from dbunet.manifest import Manifest
 from dbunet.runtime import Pipeline
-from sd1_folder import SIZE, make_sd_folder
 
 STEPS, GUIDANCE = 8, 7.5
 PROMPT = "a photo of a red cat on a table"

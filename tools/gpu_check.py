@@ -23,6 +23,7 @@ and on a GPU (every check should pass). Exit 1 when a check failed, else 0. Size
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -166,7 +167,8 @@ def launch_ptx(driver, compiled, launch, pointers_in, scalars, pointers_out, str
     module = ok(driver.cuModuleLoadData(image.ctypes.data))
     try:
         function = ok(driver.cuModuleGetFunction(module, compiled.name.encode()))
-        values = ([np.array([p], dtype=np.uint64) for p in pointers_in] + [np.array([s], dtype=np.int32) for s in scalars]
+        values = ([np.array([p], dtype=np.uint64) for p in pointers_in]
+                  + [np.array([s], dtype=np.int32) for s in scalars]
                   + [np.array([p], dtype=np.uint64) for p in pointers_out])
         params = np.array([v.ctypes.data for v in values], dtype=np.uint64)
         ok(driver.cuLaunchKernel(function, launch.grid_x, launch.grid_y, launch.grid_z, launch.block_x,
@@ -201,7 +203,8 @@ def check_aot_ptx(args) -> dict:
                 x, q, k, v, boxes, valid, gate = inputs
                 compiled = plugin_kernel("box_constraint", name, cc, device.driver_cuda, slots=k.shape[1])
                 launch, scalars = box_constraint_launch(ConcreteShapes, compiled, Desc(x), Desc(q), Desc(boxes))
-                tensors_in, out = [t.contiguous() for t in (x, q, k, v, boxes, valid, gate.reshape(1))], torch.empty_like(x)
+                tensors_in = [t.contiguous() for t in (x, q, k, v, boxes, valid, gate.reshape(1))]
+                out = torch.empty_like(x)
             else:
                 q, k, v, heads = inputs
                 compiled = plugin_kernel("spatial_attention", name, cc, device.driver_cuda,
@@ -480,9 +483,9 @@ def check_fused_ops(args) -> dict:
             continue  # no TensorRT plugin; benchmarks/ops.py times it
         a = make(torch.float16)
         ref = REFERENCES[op]
-        times = {"eager_ms": gpu_timing(lambda: ref(*a), repeat),
-                 "compile_ms": gpu_timing(lambda f=torch.compile(ref, dynamic=False): f(*a), repeat),
-                 "fused_ms": gpu_timing(lambda: fused(op)(*a), repeat)}
+        compiled, kernel = torch.compile(ref, dynamic=False), fused(op)
+        times = {name: gpu_timing(functools.partial(f, *a), repeat)
+                 for name, f in (("eager_ms", ref), ("compile_ms", compiled), ("fused_ms", kernel))}
         rows[f"{op} {tag}"] = {k: round(v, 4) for k, v in times.items()}
     return {"dtype": "fp16", "batch": 2, "repeat": repeat, "ops": rows}
 

@@ -102,9 +102,11 @@ MUTANTS = [
            ("tests/test_box_edges.py",), "closed box edge (cx <= x1) in the ONNX function"),
     Mutant("box_edge_kernel", "dbunet/plugins/kernels.py",
            "(cx[:, None] < x1[None, :])", "(cx[:, None] <= x1[None, :])",
-           ("tests/test_box_edges.py", "tests/plugins/test_kernels.py"), "closed box edge (cx <= x1) in the Triton kernel"),
+           ("tests/test_box_edges.py", "tests/plugins/test_kernels.py"),
+           "closed box edge (cx <= x1) in the Triton kernel"),
     Mutant("scratch_guard_removed", "dbunet/plugins/aot.py",
-           'raise BuildError(f"{name} needs {attr}={getattr(metadata, attr)}: TensorRT\'s AOT launch cannot provide it")',
+           'raise BuildError(f"{name} needs {attr}={getattr(metadata, attr)}: '
+           'TensorRT\'s AOT launch cannot provide it")',
            "pass",
            ("tests/plugins/test_aot.py",), "the check that a Triton kernel needs no scratch memory removed"),
     # the TensorRT backend, on the stand-ins for TensorRT and CUDA
@@ -125,10 +127,12 @@ MUTANTS = [
     # the GPU path against the real libraries: polygraphy, cuda-bindings, Triton's ptxas
     Mutant("timing_cache_folder_missing", "dbunet/engines/builder.py",
            "    timing_cache.parent.mkdir(parents=True, exist_ok=True)", "    pass",
-           ("tests/runtime/test_build_through_polygraphy.py",), "engines/ not made before polygraphy locks the timing cache"),
+           ("tests/runtime/test_build_through_polygraphy.py",),
+           "engines/ not made before polygraphy locks the timing cache"),
     Mutant("engine_graph_box_axis_dynamic", "dbunet/engines/builder.py",
            "if lo is not None and lo[axis] == hi[axis]", "if lo is not None and False",
-           ("tests/runtime/test_build_through_polygraphy.py",), "the profile's fixed dims left dynamic in the engines' graphs"),
+           ("tests/runtime/test_build_through_polygraphy.py",),
+           "the profile's fixed dims left dynamic in the engines' graphs"),
     Mutant("isa_ignores_triton_ptxas", "dbunet/plugins/aot.py",
            "return min(isa_for_cuda(driver_cuda), isa_for_cuda(triton_ptxas(cc).release))",
            "return isa_for_cuda(driver_cuda)",
@@ -139,7 +143,8 @@ MUTANTS = [
            (TRT_TESTS,), "a failed capture's error left pending for the next enqueue"),
     # never a wrong image: finiteness, planned schedules, cache keys, the pinned directory
     Mutant("nonfinite_image_written", "dbunet/generation.py",
-           "    if not np.isfinite(array).all():\n        raise NonFiniteError", "    if False:\n        raise NonFiniteError",
+           "    if not np.isfinite(array).all():\n        raise NonFiniteError",
+           "    if False:\n        raise NonFiniteError",
            ("tests/test_bad_input.py",), "an image quantised from NaN written (black PNG, exit 0)"),
     Mutant("schedule_not_checked", "dbunet/schedulers/base.py",
            'return rows if np.isfinite(finite).all() else None', "return rows",

@@ -100,7 +100,8 @@ def format_verdicts(verdicts: list[Verdict], tolerance: float) -> str:
     lines = [f"{'component':<14} {'baseline ms':>12} {'current ms':>11} {'change':>8} {'noise ms':>9}  verdict"]
     for v in verdicts:
         verdict = "REGRESSED" if v.regressed else "ok"
-        lines.append(f"{v.component:<14} {v.baseline_ms:12.2f} {v.current_ms:11.2f} {v.change:+8.1%} {v.noise_ms:9.2f}  {verdict}")
+        lines.append(f"{v.component:<14} {v.baseline_ms:12.2f} {v.current_ms:11.2f} {v.change:+8.1%} "
+                     f"{v.noise_ms:9.2f}  {verdict}")
     speed = verdicts[0].machine_speed if verdicts else 1.0
     lines.append(f"(regressed = slower by more than {tolerance:.0%} and by more than the noise, after allowing "
                  f"for the machine running {speed - 1:.0%} slower than at the baseline)")

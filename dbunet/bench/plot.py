@@ -23,8 +23,8 @@ def plot_reports(reports: list[BenchReport], path: str | Path, title: str = "") 
     for i, r in enumerate(reports):
         xs = [j + i * width for j in range(len(components))]
         med = [r.results[c].median_ms for c in components]
-        err = [[m - r.results[c].min_ms for m, c in zip(med, components)],
-               [r.results[c].p90_ms - m for m, c in zip(med, components)]]
+        err = [[m - r.results[c].min_ms for m, c in zip(med, components, strict=True)],
+               [r.results[c].p90_ms - m for m, c in zip(med, components, strict=True)]]
         ax.bar(xs, med, width, yerr=err, capsize=3, label=f"{r.backend}/{r.precision}")
     ax.set_xticks([j + width * (len(reports) - 1) / 2 for j in range(len(components))], components)
     ax.set_ylabel("ms per call (median; bars: min to p90)")

@@ -51,7 +51,8 @@ def latency(request):
         if verdict.regressed:
             pytest.fail(
                 f"{component}: median {timing.median_ms:.2f} ms vs baseline {baseline.median_ms:.2f} ms "
-                f"({verdict.change:+.0%}), beyond the {tolerance:.0%} tolerance and the {verdict.noise_ms:.2f} ms noise",
+                f"({verdict.change:+.0%}), beyond the {tolerance:.0%} tolerance and the "
+                f"{verdict.noise_ms:.2f} ms noise",
                 pytrace=False,
             )
         return timing

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dbunet import __version__
+from dbunet import __version__, backends
 from dbunet.bench.stats import Machine, Timing, calibration_ms, device_memory_mb, measure, peak_rss_mb
 from dbunet.errors import ConfigError
-from dbunet.generation import Conditioning, Step
+from dbunet.generation import Step, build_conditioning
 from dbunet.manifest import tool_versions
 from dbunet.schedulers import DDIMScheduler, make_scheduler
 
@@ -25,7 +25,7 @@ Progress = Callable[[str, int, int], None]
 @dataclass
 class BenchOptions:
     artifacts: Path = Path("dbunet-artifacts")
-    backend: str = "ort"  # ort | torch | trt
+    backend: str = backends.DEFAULT  # a name in dbunet.backends (auto: the report names the one chosen)
     precision: str | None = None  # None: the backend's default
     components: tuple[str, ...] = COMPONENTS
     steps: int | None = None  # pipeline denoising steps (None: the model's default)
@@ -41,8 +41,8 @@ class BenchOptions:
             raise ConfigError(f"unknown components {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
         if self.repeat < 1 or self.warmup < 0:
             raise ConfigError(f"need repeat >= 1 and warmup >= 0, got {self.repeat}, {self.warmup}")
-        if self.backend not in ("ort", "torch", "trt", "openvino"):
-            raise ConfigError(f"unknown backend {self.backend!r}; valid: ort, torch, trt, openvino")
+        if self.backend != backends.AUTO:
+            backends.info(self.backend)  # an unknown name: ConfigError listing the valid ones
 
 
 @dataclass
@@ -63,7 +63,9 @@ class BenchReport:
         return {
             "schema": SCHEMA, "dbunet_version": __version__, "backend": self.backend, "precision": self.precision,
             "config": self.config, "machine": self.machine, "versions": self.versions, "settings": self.settings,
-            "peak_rss_mb": self.peak_rss_mb, "device_memory_mb": self.device_memory_mb, "calibration_ms": self.calibration_ms, "details": self.details, "results": {k: t.to_dict() for k, t in self.results.items()},
+            "peak_rss_mb": self.peak_rss_mb, "device_memory_mb": self.device_memory_mb,
+            "calibration_ms": self.calibration_ms, "details": self.details,
+            "results": {k: t.to_dict() for k, t in self.results.items()},
         }
 
     @classmethod
@@ -77,17 +79,7 @@ class BenchReport:
 
 def _pipeline(options: BenchOptions):
     """(pipeline with .stages/.config/__call__, precision) for the chosen backend."""
-    if options.backend == "torch":
-        from dbunet.models.pipeline import TorchPipeline  # needs the export extra
-
-        if options.threads:
-            import torch
-
-            torch.set_num_threads(options.threads)
-        return TorchPipeline.from_artifacts(options.artifacts), "fp32"
-    from dbunet.runtime import Pipeline
-
-    pipe = Pipeline.from_artifacts(options.artifacts, options.backend, options.precision, threads=options.threads)
+    pipe = backends.open_pipeline(options.artifacts, options.backend, options.precision, threads=options.threads)
     return pipe, pipe.precision
 
 
@@ -104,20 +96,9 @@ def _component_calls(pipe, request_options: dict) -> tuple[dict[str, Callable[[]
     req = pipe.request(PROMPT, **request_options)
     rng = np.random.default_rng(0)
     ids = stages.tokenize([req.negative_prompt, req.prompt])
-    text, _ = stages.encode_text(ids)
-    if req.boxes:
-        _, pooled = stages.encode_text(stages.tokenize([b.phrase for b in req.boxes]))
-    else:
-        pooled = np.zeros((0, cfg.text.hidden_size), dtype=np.float32)
+    cond = build_conditioning(stages, cfg, req)  # guided: the timed step is the CFG batch of 2
     f = cfg.vae.downscale
-    h, w = req.height // f, req.width // f
-    latents = rng.standard_normal((1, cfg.vae.latent_channels, h, w)).astype(np.float32)
-    cond = Conditioning(
-        text,
-        np.array([[[b.x0, b.y0, b.x1, b.y1] for b in req.boxes]] * 2, dtype=np.float32).reshape(2, -1, 4),
-        np.stack([pooled, pooled]).astype(np.float32),
-        np.array([[0.0] * len(req.boxes), [1.0] * len(req.boxes)], dtype=np.float32),
-    )
+    latents = rng.standard_normal((1, cfg.vae.latent_channels, req.height // f, req.width // f)).astype(np.float32)
     image = np.clip(rng.standard_normal((1, 3, req.height, req.width)), -1, 1).astype(np.float32)
     z_dis = stages.refiner_condition(image) if cfg.has_refiner else None
     # the first step of each loop: guided DDIM with boxes on, and the refiner's DDIM
@@ -156,11 +137,11 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchR
                 "steps": request.steps, "size": [request.height, request.width]}
     calibration = float(np.median(calibrations))
     details = {}
-    if options.backend == "trt":
+    if pipe.backend_name == "trt":
         from dbunet.bench import tensorrt as trt_figures
 
         details = {"engine_device_ms": trt_figures.engine_device_ms(pipe.stages, options.repeat),
                    "host_overhead": trt_figures.host_overhead_ms(pipe.stages, *loop, options.repeat, options.warmup),
                    "device_memory": trt_figures.device_memory(pipe.stages)}
-    return BenchReport(options.backend, precision, pipe.config.name, results, peak_rss_mb(), calibration,
+    return BenchReport(pipe.backend_name, precision, pipe.config.name, results, peak_rss_mb(), calibration,
                        settings=settings, device_memory_mb=device_memory_mb(), details=details)

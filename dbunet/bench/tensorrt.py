@@ -47,7 +47,7 @@ def host_overhead_ms(stages, steps: list[Step], latents: np.ndarray, cond: Condi
         stages.set_graphs(enabled)
         issue = []
 
-        def loop() -> None:
+        def loop(issue: list[float] = issue) -> None:
             stages.denoise_loop(steps, latents, cond)
             issue.append(stages.last_issue_s * 1000.0)
 
@@ -74,6 +74,6 @@ def format_figures(figures: dict) -> str:
     for label, f in figures["host_overhead"].items():
         lines.append(f"  {label:<28} {f['issue_ms_per_step']:8.3f} / {f['wall_ms_per_step']:8.3f}")
     m = figures["device_memory"]
-    lines.append(f"device memory: {m['in_use_mb']:.0f} MB in use; activations (shared) {m['activation_region_mb']:.0f} MB, "
-                 f"I/O buffers {m['io_buffers_mb']:.1f} MB")
+    lines.append(f"device memory: {m['in_use_mb']:.0f} MB in use; activations (shared) "
+                 f"{m['activation_region_mb']:.0f} MB, I/O buffers {m['io_buffers_mb']:.1f} MB")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from dbunet import backends
 from dbunet.cli.common import Parser, ProgressBar, check_output, guarded
 from dbunet.errors import InputError
 
@@ -25,8 +26,8 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="dbunet-bench", description=DESCRIPTION)
     what = p.add_argument_group("what to measure")
     what.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"), help="default: dbunet-artifacts")
-    what.add_argument("--backend", choices=["ort", "trt", "openvino", "torch"], default="ort", help="default: ort")
-    what.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+    what.add_argument("--backend", choices=backends.CHOICES, default=backends.DEFAULT, help=backends.describe())
+    what.add_argument("--precision", choices=backends.PRECISIONS,
                       help="default: the fastest on the device (bf16: OpenVINO only)")
     what.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS), metavar="NAME",
                       help=f"any of {', '.join(COMPONENTS)} (default: all)")

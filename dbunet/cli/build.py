@@ -41,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     from dbunet.engines.profiles import Resolution
 
     if len(args.height) != len(args.width):
-        raise ConfigError(f"give --height and --width in pairs; got {len(args.height)} heights and {len(args.width)} widths")
-    options = BuildOptions(tuple(Resolution(h, w) for h, w in zip(args.height, args.width)), args.max_boxes,
-                           args.workspace, args.timing_cache, args.optimization_level)
+        raise ConfigError(f"give --height and --width in pairs; got {len(args.height)} heights and "
+                          f"{len(args.width)} widths")
+    resolutions = tuple(Resolution(h, w) for h, w in zip(args.height, args.width, strict=True))
+    options = BuildOptions(resolutions, args.max_boxes, args.workspace, args.timing_cache, args.optimization_level)
     start = time.perf_counter()
     entries = build_engines(args.artifacts, options, lambda line: print(line, file=sys.stderr, flush=True))
     print(f"{len(entries)} engines in {args.artifacts}/engines ({time.perf_counter() - start:.1f}s)")

@@ -102,7 +102,8 @@ def print_timings(timings: dict[str, float], step_times: list[float], stream=Non
     rows = [("text encoder", timings.get("text", 0.0))]
     if step_times:
         per = sorted(step_times)[len(step_times) // 2]
-        rows.append((f"denoise ({len(step_times)} steps, {per * 1000:.1f} ms/step median)", timings.get("denoise", 0.0)))
+        label = f"denoise ({len(step_times)} steps, {per * 1000:.1f} ms/step median)"
+        rows.append((label, timings.get("denoise", 0.0)))
     rows += [("VAE decode", timings.get("vae", 0.0)), ("refiner", timings.get("refiner", 0.0)),
              ("total", timings.get("total", 0.0))]
     width = max(len(r[0]) for r in rows)

@@ -28,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
                        help="with an SD folder: dbunet (default) builds a DB-UNet taking its matching layers; sd1 "
                             "deploys the folder's own UNet as it is (no boxes, no refiner)")
     graph = p.add_argument_group("graphs")
-    graph.add_argument("--out", type=Path, default=Path("dbunet-artifacts"), help="output directory (default: dbunet-artifacts)")
+    graph.add_argument("--out", type=Path, default=Path("dbunet-artifacts"),
+                       help="output directory (default: dbunet-artifacts)")
     graph.add_argument("--fp16", action="store_true", help="also write an FP16 copy of every component")
     graph.add_argument("--opset", type=int, default=18, help="ONNX opset, 18-20 (default: 18)")
     graph.add_argument("--decomposed", action="store_true",
@@ -79,7 +80,8 @@ def _engines(out: Path, report) -> None:
 
     missing = missing_dependencies()
     if missing:
-        report(f"TensorRT engines: skipped ({' and '.join(missing)} not installed here); run dbunet-build on the target GPU")
+        report(f"TensorRT engines: skipped ({' and '.join(missing)} not installed here); "
+               "run dbunet-build on the target GPU")
         return
     from dbunet.engines.builder import build_engines
 

@@ -6,9 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from dbunet import backends
 from dbunet.boxes import Box
-from dbunet.cli.common import Parser, check_output, ProgressBar, guarded, print_timings
+from dbunet.cli.common import Parser, ProgressBar, check_output, guarded, print_timings
 from dbunet.errors import InputError
+from dbunet.schedulers import SCHEDULERS
 
 DESCRIPTION = """Generate an image with the DB-UNet cascade from an artifacts directory written by
 dbunet-export. Unset sampling options take the model's defaults (from the manifest)."""
@@ -23,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
                       help="a layout box in normalized coordinates and what goes in it; repeatable")
     how = p.add_argument_group("sampling")
     how.add_argument("--steps", type=int, help="denoising steps")
-    how.add_argument("--scheduler", choices=["ddim", "euler", "dpm++"], help="sampler (default: ddim)")
+    how.add_argument("--scheduler", choices=SCHEDULERS, help="sampler (default: the model's, ddim for the presets)")
     how.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
     how.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     how.add_argument("--height", type=int, help="image height, a multiple of 8")
@@ -34,17 +36,15 @@ def parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("runtime")
     run.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"),
                      help="directory written by dbunet-export (default: dbunet-artifacts)")
-    run.add_argument("--backend", choices=["auto", "ort", "trt", "openvino", "torch"], default="auto",
-                     help="auto (default): TensorRT engines built for this GPU, else ONNX Runtime CUDA, else OpenVINO "
-                          "BF16 on a CPU with AMX, else ONNX Runtime FP32; ort: ONNX Runtime; trt: TensorRT engines "
-                          "from dbunet-build; openvino: OpenVINO on the CPU; torch: the PyTorch reference")
-    run.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+    run.add_argument("--backend", choices=backends.CHOICES, default=backends.DEFAULT, help=backends.describe())
+    run.add_argument("--precision", choices=backends.PRECISIONS,
                      help="default: the fastest on the device (bf16: OpenVINO on a CPU with AVX512-BF16 or AMX)")
     run.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     out = p.add_argument_group("output")
     out.add_argument("--output", type=Path, default=Path("out.png"), help="PNG path (default: out.png)")
-    out.add_argument("--draw-boxes", action="store_true", help="overlay the boxes, and their phrases where they fit inside the box")
+    out.add_argument("--draw-boxes", action="store_true",
+                     help="overlay the boxes, and their phrases where they fit inside the box")
     out.add_argument("--quiet", action="store_true", help="no progress bar or timing table")
     return p
 
@@ -66,37 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     check_output(args.output)
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
-    chosen = None
-    if args.backend == "torch":
-        from dbunet.manifest import Manifest
-        from dbunet.models.pipeline import TorchPipeline
-
-        pipe = TorchPipeline.from_artifacts(args.artifacts, "cpu" if args.device == "auto" else args.device)
-        manifest, precision = Manifest.read(args.artifacts), "fp32"
-    else:
-        from dbunet.runtime import Pipeline
-
-        backend = args.backend
-        if backend == "auto":
-            from dbunet.runtime.pipeline import choose_backend
-
-            backend, why = choose_backend(args.artifacts, args.precision, args.device)
-        pipe = Pipeline.from_artifacts(args.artifacts, backend, args.precision, args.device, args.threads)
-        manifest, precision = pipe.manifest, pipe.precision
-        chosen = f"backend: {backend} {precision} ({why})" if args.backend == "auto" else None
-        args.backend = backend
+    pipe = backends.open_pipeline(args.artifacts, args.backend, args.precision, args.device, args.threads)
+    chosen = f"backend: {pipe.backend_name} {pipe.precision} ({pipe.chosen_because})" if pipe.chosen_because else None
     result = pipe(args.prompt, progress=None if args.quiet else ProgressBar(), **options)
     if chosen and not args.quiet:  # said after the run: a refused request stays one error line
         print(chosen, file=sys.stderr)
 
     from dbunet.runtime.png import metadata, save_png
 
-    meta = metadata(result, manifest.weights_sha256, args.backend, precision)
+    meta = metadata(result, pipe.manifest.weights_sha256, pipe.backend_name, pipe.precision)
     save_png(args.output, result, meta, with_boxes=args.draw_boxes)
     if not args.quiet:
         print_timings(result.timings, result.step_times)
     print(f"wrote {args.output} ({result.image.shape[1]}x{result.image.shape[0]}, seed {result.request.seed}, "
-          f"{args.backend}/{precision})")
+          f"{pipe.backend_name}/{pipe.precision})")
     return 0
 
 

@@ -51,7 +51,8 @@ class BuildOptions:
 
     def builder_options(self) -> dict:
         """What goes into the engine key besides inputs and device."""
-        return {"strongly_typed": True, "workspace_mb": self.workspace_mb, "optimization_level": self.optimization_level}
+        return {"strongly_typed": True, "workspace_mb": self.workspace_mb,
+                "optimization_level": self.optimization_level}
 
 
 # -- what the installed TensorRT offers -----------------------------------------------------------------
@@ -181,7 +182,8 @@ def build_plan(loader, what: str) -> bytes:
 
 
 # -- the build ----------------------------------------------------------------------------------------------
-def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(), report: Report = log.info) -> list[EngineEntry]:
+def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(),  # noqa: B008 -- frozen dataclass
+                  report: Report = log.info) -> list[EngineEntry]:
     """Build what is missing for every requested resolution; reuse engines whose key is unchanged."""
     artifacts = Path(artifacts)
     trt = import_tensorrt()  # first: on a machine without TensorRT that is the one thing to say

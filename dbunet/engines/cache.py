@@ -83,7 +83,8 @@ def read_index(artifacts: Path) -> list[EngineEntry]:
 
 def write_index(artifacts: Path, entries: list[EngineEntry]) -> None:
     """Atomically; written after every engine it lists, so it never names a missing or half-written file."""
-    data = {"version": INDEX_VERSION, "engines": [asdict(e) for e in sorted(entries, key=lambda e: (e.component, e.resolution))]}
+    data = {"version": INDEX_VERSION,
+            "engines": [asdict(e) for e in sorted(entries, key=lambda e: (e.component, e.resolution))]}
     atomic.write_text(Path(artifacts) / ENGINES_DIR / INDEX, json.dumps(data, indent=2))
 
 

@@ -75,7 +75,8 @@ class ExportOptions:
         from dbunet.export.onnx_export import SUPPORTED_OPSETS
 
         if self.opset not in SUPPORTED_OPSETS:
-            raise ConfigError(f"opset {self.opset} not supported; valid: {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
+            valid = f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
+            raise ConfigError(f"opset {self.opset} not supported; valid: {valid}")
 
 
 def resolve_config(name_or_file: str) -> ModelConfig:
@@ -151,8 +152,8 @@ def export_component(model: Model, name: str, options: ExportOptions, out: Path,
     artifacts, written = [artifact], {"fp32": graph}
     if options.fp16:
         # the converter's defaults first; then with softmax and normalisation kept in fp32; then give up on fp16
-        for block, note in ((None, ""), (fp16_convert.SAFER_BLOCK_LIST,
-                                         "kept in fp32 against fp16 overflow: " + ", ".join(fp16_convert.SAFER_BLOCK_LIST))):
+        safer = "kept in fp32 against fp16 overflow: " + ", ".join(fp16_convert.SAFER_BLOCK_LIST)
+        for block, note in ((None, ""), (fp16_convert.SAFER_BLOCK_LIST, safer)):
             written["fp16"] = fp16_convert.to_fp16(graph, block)
             artifact, result = save(written["fp16"], "fp16", note)
             report("  " + result.line())

@@ -106,7 +106,7 @@ def apply_declared_dims(model: onnx.ModelProto, spec: GraphSpec) -> None:
         if len(dims) != len(want.dims):
             problems.append(f"{v.name}: rank {len(dims)}, declared {want.dims}")
             continue
-        for axis, (d, w) in enumerate(zip(dims, want.dims)):
+        for axis, (d, w) in enumerate(zip(dims, want.dims, strict=True)):
             if isinstance(w, str):
                 d.dim_param = w
             elif d.HasField("dim_value") and d.dim_value != w:

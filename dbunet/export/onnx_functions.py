@@ -47,7 +47,8 @@ def BoxConstraint(x: T, q: T, k: T, v: T, boxes: TBox, valid: TBox, gate: T) -> 
     masks = op.Reshape(op.And(inside, is_valid), op.Concat(bn, pixels, axis=0))  # (B, N, P); N may be 0
     # the null token (index 0) is visible everywhere
     null_shape = op.Concat(op.Slice(op.Shape(masks), [0], [1]), [1], op.Slice(op.Shape(masks), [2], [3]), axis=0)
-    visible = op.Concat(op.Expand(op.Cast(op.Constant(value_ints=[1]), to=BOOL.dtype), null_shape), masks, axis=1)  # (B, N+1, P)
+    # (B, N+1, P)
+    visible = op.Concat(op.Expand(op.Cast(op.Constant(value_ints=[1]), to=BOOL.dtype), null_shape), masks, axis=1)
     # 3. masked softmax over the tokens, then V
     d = op.Cast(op.Slice(op.Shape(q), [2], [3]), to=FLOAT.dtype)
     logits = op.MatMul(k, op.Transpose(q, perm=[0, 2, 1]))  # (B, N+1, P)

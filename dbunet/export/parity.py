@@ -62,7 +62,7 @@ def measure(component: str, precision: str, got: list[np.ndarray], want: list[np
     finite = all(np.isfinite(g).all() for g in got)
     max_abs = max(float(d.max()) for d in diffs)
     mean_abs = float(np.mean([d.mean() for d in diffs]))
-    max_rel = max(float(d.max()) / max(float(np.abs(w).max()), 1e-12) for d, w in zip(diffs, want))
+    max_rel = max(float(d.max()) / max(float(np.abs(w).max()), 1e-12) for d, w in zip(diffs, want, strict=True))
     return ParityResult(component, precision, max_abs, mean_abs, max_rel, TOLERANCE[precision], finite)
 
 

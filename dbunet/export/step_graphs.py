@@ -55,7 +55,7 @@ class DBUNetStepGraph(nn.Module):
         self.unet = cascade.unet
 
     def forward(self, x, x0_prev, coeffs, text, boxes, box_phrases, box_valid) -> tuple[Tensor, Tensor]:
-        c = dict(zip(ROW, coeffs.unbind(0)))
+        c = dict(zip(ROW, coeffs.unbind(0), strict=True))
         return guided_step(c, x, x0_prev, text.shape[0],
                            lambda s, t: self.unet(s, t, text, boxes, box_phrases, box_valid, c["box_scale"]))
 
@@ -66,7 +66,7 @@ class RefinerStepGraph(nn.Module):
         self.unet = cascade.refiner.unet
 
     def forward(self, x, x0_prev, coeffs, z_dis) -> tuple[Tensor, Tensor]:
-        c = dict(zip(ROW, coeffs.unbind(0)))
+        c = dict(zip(ROW, coeffs.unbind(0), strict=True))
         eps = self.unet(c["c_in"] * x, c["timestep"].expand(x.shape[0]), z_dis)
         return sampler_update(c, x, eps, x0_prev)
 
@@ -79,7 +79,7 @@ class SDUNetStepGraph(nn.Module):
         self.unet = cascade.unet
 
     def forward(self, x, x0_prev, coeffs, text) -> tuple[Tensor, Tensor]:
-        c = dict(zip(ROW, coeffs.unbind(0)))
+        c = dict(zip(ROW, coeffs.unbind(0), strict=True))
         return guided_step(c, x, x0_prev, text.shape[0], lambda s, t: self.unet(s, t, text))
 
 

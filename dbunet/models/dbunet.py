@@ -54,7 +54,8 @@ class ResCrossAttentionDownBlock(nn.Module):
         )
         self.boxes = nn.ModuleList(
             [
-                BoxConstraint(out_ch, cfg.cross_attention_dim, cfg.box_hidden_dim, cfg.box_fourier_freqs, cfg.box_gate_init)
+                BoxConstraint(out_ch, cfg.cross_attention_dim, cfg.box_hidden_dim, cfg.box_fourier_freqs,
+                              cfg.box_gate_init)
                 for _ in range(n)
             ]
         )
@@ -62,7 +63,7 @@ class ResCrossAttentionDownBlock(nn.Module):
 
     def forward(self, h: Tensor, temb: Tensor, text: Tensor, box: BoxInputs) -> tuple[Tensor, list[Tensor]]:
         skips = []
-        for resnet, attn, dca, box_layer in zip(self.resnets, self.attentions, self.dcas, self.boxes):
+        for resnet, attn, dca, box_layer in zip(self.resnets, self.attentions, self.dcas, self.boxes, strict=True):
             h = resnet(h, temb)
             h = attn(h)
             h = dca(h, text)
@@ -82,7 +83,8 @@ class MidBlock(nn.Module):
         g = cfg.norm_num_groups
         self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, temb_dim, g), ResnetBlock2D(ch, ch, temb_dim, g)])
         self.attentions = nn.ModuleList([Transformer2DModel(ch, cfg.num_attention_heads, g, cfg.cross_attention_dim)])
-        self.box = BoxConstraint(ch, cfg.cross_attention_dim, cfg.box_hidden_dim, cfg.box_fourier_freqs, cfg.box_gate_init)
+        self.box = BoxConstraint(ch, cfg.cross_attention_dim, cfg.box_hidden_dim, cfg.box_fourier_freqs,
+                                 cfg.box_gate_init)
 
     def forward(self, h: Tensor, temb: Tensor, text: Tensor, box: BoxInputs) -> Tensor:
         h = self.resnets[0](h, temb)
@@ -104,7 +106,7 @@ class UpBlock(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample2D(out_ch)]) if up else None
 
     def forward(self, h: Tensor, skips: list[Tensor], temb: Tensor, text: Tensor, next_size) -> Tensor:
-        for resnet, attn in zip(self.resnets, self.attentions):
+        for resnet, attn in zip(self.resnets, self.attentions, strict=True):
             h = resnet(torch.cat([h, skips.pop()], dim=1), temb)
             h = attn(h, text)
         if self.upsamplers is not None:
@@ -168,7 +170,7 @@ class DBUNet(nn.Module):
 
         h = self.mid_block(h, temb, text, box)
 
-        for i, block in enumerate(self.up_blocks):
+        for block in self.up_blocks:
             n = len(block.resnets)
             block_skips, skips = skips[-n:], skips[:-n]
             next_size = skips[-1].shape[-2:] if skips else None

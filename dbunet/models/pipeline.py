@@ -25,6 +25,8 @@ from dbunet.request import GenerationRequest, build_request
 class TorchStages:
     """Each cascade stage as a call into the PyTorch modules (numpy in, numpy out)."""
 
+    whole_loops = False
+
     def __init__(self, model: Model, device: torch.device) -> None:
         self.model, self.device = model, device
         self.cascade = model.cascade
@@ -70,8 +72,14 @@ class TorchStages:
         eps = self._np(self.cascade.refiner.unet(self._t(x), self._t(timestep), self._t(z_dis)))
         return step.sampler.step(eps, step.index, x), x0_prev
 
+    def close(self) -> None:
+        pass  # the modules go with the pipeline
+
 
 class TorchPipeline:
+    precision = "fp32"
+    manifest = None  # set by from_artifacts
+
     def __init__(self, model: Model, device: str | torch.device = "cpu") -> None:
         self.model = model
         self.config: ModelConfig = model.config
@@ -94,17 +102,21 @@ class TorchPipeline:
         source = Path(manifest.weights_source)
         source = source if source.is_absolute() else directory / source
         if not (source / "config.json").is_file():
-            raise ArtifactError(f"the PyTorch reference needs the exported model's weights at {source}; they are missing")
+            raise ArtifactError(f"the PyTorch reference needs the exported model's weights at {source}; "
+                                "they are missing")
         pipe = cls.from_pretrained(source, device)
         if pipe.model.weights_sha256() != manifest.weights_sha256:
-            raise ArtifactError(f"weights at {source} differ from those the artifacts at {directory} were exported from")
+            raise ArtifactError(f"weights at {source} differ from those the artifacts at {directory} "
+                                "were exported from")
+        pipe.manifest = manifest
         return pipe
 
     @classmethod
     def from_config(cls, config: ModelConfig, directory: str | Path, device: str = "cpu") -> TorchPipeline:
         """Load the model saved in `directory`, creating it there from `config`'s seed if absent."""
         directory = Path(directory)
-        model = load_model(directory) if (directory / "config.json").is_file() else create_preset_model(config, directory)
+        saved = (directory / "config.json").is_file()
+        model = load_model(directory) if saved else create_preset_model(config, directory)
         return cls(model, device)
 
     def request(self, prompt: str, **options) -> GenerationRequest:

@@ -33,7 +33,7 @@ class SemanticEncoder(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         h = self.conv_in(image)
-        for block, down in zip(self.blocks, self.downsamplers):
+        for block, down in zip(self.blocks, self.downsamplers, strict=True):
             h = down(block(h))
         h = F.silu(self.norm_out(h)).mean(dim=(2, 3))  # global pool: (B, C)
         return self.proj_out(h)
@@ -73,7 +73,7 @@ class GAE(nn.Module):
         widths, g = cfg.gae_widths, cfg.gae_groups
         dims = [cfg.semantic_dim, *widths]
         self.encoder = nn.Sequential(
-            *[MLPBlock(a, b, g) for a, b in zip(dims[:-1], dims[1:])],
+            *[MLPBlock(a, b, g) for a, b in zip(dims[:-1], dims[1:], strict=True)],
             BottleneckBlock(widths[-1], g),
             BottleneckBlock(widths[-1], g),
             nn.Linear(widths[-1], cfg.code_dim),
@@ -83,7 +83,7 @@ class GAE(nn.Module):
             nn.Linear(cfg.code_dim, widths[-1]),
             BottleneckBlock(widths[-1], g),
             BottleneckBlock(widths[-1], g),
-            *[MLPBlock(a, b, g) for a, b in zip(rdims[:-2], rdims[1:-1])],
+            *[MLPBlock(a, b, g) for a, b in zip(rdims[:-2], rdims[1:-1], strict=True)],
             nn.Linear(rdims[-2], cfg.semantic_dim),
         )
 
@@ -159,13 +159,13 @@ class ConditionalUNet(nn.Module):
         temb = self.time_embedding(timestep_embedding(timestep.expand(sample.shape[0]), self.base_channels))
         h = self.conv_in(sample)
         skips = []
-        for block, down in zip(self.down, self.downsamplers):
+        for block, down in zip(self.down, self.downsamplers, strict=True):
             h = block(h, temb, z_dis)
             skips.append(h)
             h = down(h)
         for block in self.mid:
             h = block(h, temb, z_dis)
-        for i, (block, up) in enumerate(zip(self.up, self.upsamplers)):
+        for block, up in zip(self.up, self.upsamplers, strict=True):
             h = block(torch.cat([h, skips.pop()], dim=1), temb, z_dis)
             if skips:
                 h = up(h, skips[-1].shape[-2:])

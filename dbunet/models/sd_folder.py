@@ -113,7 +113,8 @@ def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> 
         s = _read_json(sched_json)
         fields = {f.name for f in dataclasses.fields(NoiseSchedule)}
         schedule = dataclasses.replace(schedule, **{k: v for k, v in s.items() if k in fields})
-    return dataclasses.replace(base, name=f"sd-folder:{root.name}", text=text, vae=vae_cfg, unet=unet, schedule=schedule)
+    return dataclasses.replace(base, name=f"sd-folder:{root.name}", text=text, vae=vae_cfg, unet=unet,
+                               schedule=schedule)
 
 
 # UNet2DConditionModel config keys that are bookkeeping only

@@ -19,7 +19,6 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_fl
 
 from dbunet.config import ModelConfig, preset
 
-
 _CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 if _CPU_SDPA not in flop_registry:  # counted on meta (math path, bmm) but not on the CPU kernel
 
@@ -90,7 +89,8 @@ def component_stats(config: ModelConfig, height: int | None = None, width: int |
                        f"{d.height}x{d.width} image"),
         ComponentStats("gae", _params(ref.gae), _flops(lambda: ref.gae(z_sem)), "encode + decode one code"),
         ComponentStats("refiner_unet", _params(ref.unet),
-                       _flops(lambda: ref.unet(image, torch.zeros(1, **meta), z_sem)), f"one step, {d.height}x{d.width}"),
+                       _flops(lambda: ref.unet(image, torch.zeros(1, **meta), z_sem)),
+                       f"one step, {d.height}x{d.width}"),
     ]
     return rows
 
@@ -111,7 +111,8 @@ def format_table(name: str, rows: list[ComponentStats], markdown: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", nargs="+", default=["shapes", "tiny", "sd15"], help="presets to report (default: all three)")
+    parser.add_argument("--config", nargs="+", default=["shapes", "tiny", "sd15"],
+                        help="presets to report (default: all three)")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the README)")
     args = parser.parse_args(argv)
     for name in args.config:

@@ -60,7 +60,8 @@ class PtxTarget:
     def parse(cls, text: str) -> PtxTarget:
         name, _, cuda = text.partition(":")
         if name not in TARGETS:
-            raise BuildError(f"unknown PTX target {name!r}; valid: {', '.join(TARGETS)} (optionally :CUDA, e.g. sm_87:12.6)")
+            raise BuildError(f"unknown PTX target {name!r}; valid: {', '.join(TARGETS)} "
+                             "(optionally :CUDA, e.g. sm_87:12.6)")
         target = cls(name, cuda or DEFAULT_CUDA[name])
         isa_for_cuda(target.cuda)  # validates the CUDA version (the ptxas cap waits for the compile)
         return target
@@ -86,7 +87,7 @@ class Ptxas:
     release: str  # the CUDA release it belongs to, "12.8"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_ptxas(cc: int) -> Ptxas:
     """The ptxas triton.compile runs for `cc`: Triton bundles one per CUDA line and picks by architecture
     (3.9: 12.9 below sm_90, 13.x from it; 3.6: 12.8 below sm_100)."""
@@ -238,13 +239,14 @@ def compile_ptx(kernel: str, dtype: str, cc: int, num_warps: int = 4, isa: tuple
     names = [n for n in fn.arg_names if n not in consts]
     if len(names) != len(spec["params"]):
         raise BuildError(f"{kernel}: kernel takes {names}, the AOT table lists {len(spec['params'])} parameters")
-    signature = {n: t.replace("T", dtype) for n, t in zip(names, spec["params"])}
+    signature = {n: t.replace("T", dtype) for n, t in zip(names, spec["params"], strict=True)}
     signature |= {n: "constexpr" for n in consts}
     compiled = triton.compile(
         ASTSource(fn=fn, signature=signature, constexprs=consts),
         target=GPUTarget("cuda", cc, 32),
         # fp fusion explicit: the default changes in 3.10
-        options={"num_warps": num_warps, "enable_fp_fusion": True, **({"ptx_version": isa[0] * 10 + isa[1]} if isa else {}),
+        options={"num_warps": num_warps, "enable_fp_fusion": True,
+                 **({"ptx_version": isa[0] * 10 + isa[1]} if isa else {}),
                  **({"num_stages": stages} if stages else {})},
     )
     name = compiled.metadata.name

@@ -40,8 +40,10 @@ def box_constraint_kernel(
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
-        q = tl.load(q_ptr + b * P * D + offs_p[:, None] * D + offs_d[None, :], mask=p_ok[:, None] & d_ok[None, :], other=0.0)
-        k = tl.load(k_ptr + b * (N + 1) * D + offs_n[None, :] * D + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        q = tl.load(q_ptr + b * P * D + offs_p[:, None] * D + offs_d[None, :],
+                    mask=p_ok[:, None] & d_ok[None, :], other=0.0)
+        k = tl.load(k_ptr + b * (N + 1) * D + offs_n[None, :] * D + offs_d[:, None],
+                    mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         if IEEE:
             logits += tl.dot(q, k, input_precision="ieee")
         else:
@@ -58,7 +60,8 @@ def box_constraint_kernel(
     x1 = tl.minimum(tl.maximum(tl.load(boxes_ptr + box + 2, mask=is_box, other=0.0).to(tl.float32), 0.0), 1.0)
     y1 = tl.minimum(tl.maximum(tl.load(boxes_ptr + box + 3, mask=is_box, other=0.0).to(tl.float32), 0.0), 1.0)
     valid = tl.load(valid_ptr + b * N + offs_n - 1, mask=is_box, other=0.0).to(tl.float32) > 0.0
-    inside = (cx[:, None] >= x0[None, :]) & (cx[:, None] < x1[None, :]) & (cy[:, None] >= y0[None, :]) & (cy[:, None] < y1[None, :])
+    inside = ((cx[:, None] >= x0[None, :]) & (cx[:, None] < x1[None, :])
+              & (cy[:, None] >= y0[None, :]) & (cy[:, None] < y1[None, :]))
     visible = (inside & (valid & is_box)[None, :]) | (offs_n == 0)[None, :]  # the null token is always visible
     logits = tl.where(visible, logits, float("-inf"))
 
@@ -72,7 +75,8 @@ def box_constraint_kernel(
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         c_ok = offs_c < C
-        v = tl.load(v_ptr + b * (N + 1) * C + offs_n[:, None] * C + offs_c[None, :], mask=n_ok[:, None] & c_ok[None, :], other=0.0)
+        v = tl.load(v_ptr + b * (N + 1) * C + offs_n[:, None] * C + offs_c[None, :],
+                    mask=n_ok[:, None] & c_ok[None, :], other=0.0)
         if IEEE:
             o = tl.dot(w.to(v.dtype), v, input_precision="ieee")
         else:
@@ -103,7 +107,8 @@ def spatial_attention_kernel(
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     m_ok, dk_ok, dv_ok = offs_m < P, offs_dk < DK, offs_dv < DV
-    q = tl.load(q_ptr + b * P * CQ + offs_m[:, None] * CQ + h * DK + offs_dk[None, :], mask=m_ok[:, None] & dk_ok[None, :], other=0.0)
+    q = tl.load(q_ptr + b * P * CQ + offs_m[:, None] * CQ + h * DK + offs_dk[None, :],
+                mask=m_ok[:, None] & dk_ok[None, :], other=0.0)
     scale = 1.0 / tl.sqrt(DK.to(tl.float32))
 
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -112,7 +117,8 @@ def spatial_attention_kernel(
     for n0 in range(0, P, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < P
-        k = tl.load(k_ptr + b * P * CQ + offs_n[None, :] * CQ + h * DK + offs_dk[:, None], mask=n_ok[None, :] & dk_ok[:, None], other=0.0)
+        k = tl.load(k_ptr + b * P * CQ + offs_n[None, :] * CQ + h * DK + offs_dk[:, None],
+                    mask=n_ok[None, :] & dk_ok[:, None], other=0.0)
         if IEEE:
             s = tl.dot(q, k, input_precision="ieee") * scale
         else:
@@ -122,7 +128,8 @@ def spatial_attention_kernel(
         alpha = tl.exp(row_max - new_max)
         p = tl.exp(s - new_max[:, None])
         row_sum = row_sum * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + b * P * CV + offs_n[:, None] * CV + h * DV + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        v = tl.load(v_ptr + b * P * CV + offs_n[:, None] * CV + h * DV + offs_dv[None, :],
+                    mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
@@ -159,8 +166,10 @@ def channel_attention_weights_kernel(
         for p0 in range(0, P, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
             p_ok = offs_p < P
-            qt = tl.load(q_ptr + b * P * C + offs_p[None, :] * C + offs_c[:, None], mask=c_ok[:, None] & p_ok[None, :], other=0.0)
-            kt = tl.load(k_ptr + b * P * CC + offs_p[:, None] * CC + offs_cc[None, :], mask=p_ok[:, None] & cc_ok[None, :], other=0.0)
+            qt = tl.load(q_ptr + b * P * C + offs_p[None, :] * C + offs_c[:, None],
+                         mask=c_ok[:, None] & p_ok[None, :], other=0.0)
+            kt = tl.load(k_ptr + b * P * CC + offs_p[:, None] * CC + offs_cc[None, :],
+                         mask=p_ok[:, None] & cc_ok[None, :], other=0.0)
             if IEEE:
                 gram += tl.dot(qt, kt, input_precision="ieee")
             else:
@@ -169,7 +178,8 @@ def channel_attention_weights_kernel(
         new_max = tl.maximum(row_max, tl.max(gram, axis=1))
         row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(gram - new_max[:, None]), axis=1)
         row_max = new_max
-        tl.store(attn_ptr + b * C * CC + offs_c[:, None] * CC + offs_cc[None, :], gram, mask=c_ok[:, None] & cc_ok[None, :])
+        tl.store(attn_ptr + b * C * CC + offs_c[:, None] * CC + offs_cc[None, :], gram,
+                 mask=c_ok[:, None] & cc_ok[None, :])
     for cc0 in range(0, CC, BLOCK_CC):
         offs_cc = cc0 + tl.arange(0, BLOCK_CC)
         ptrs = attn_ptr + b * C * CC + offs_c[:, None] * CC + offs_cc[None, :]
@@ -196,8 +206,10 @@ def channel_attention_apply_kernel(
     for cc0 in range(0, CC, BLOCK_CC):
         offs_cc = cc0 + tl.arange(0, BLOCK_CC)
         cc_ok = offs_cc < CC
-        v = tl.load(v_ptr + b * P * CC + offs_p[:, None] * CC + offs_cc[None, :], mask=p_ok[:, None] & cc_ok[None, :], other=0.0)
-        a = tl.load(attn_ptr + b * C * CC + offs_c[None, :] * CC + offs_cc[:, None], mask=c_ok[None, :] & cc_ok[:, None], other=0.0)
+        v = tl.load(v_ptr + b * P * CC + offs_p[:, None] * CC + offs_cc[None, :],
+                    mask=p_ok[:, None] & cc_ok[None, :], other=0.0)
+        a = tl.load(attn_ptr + b * C * CC + offs_c[None, :] * CC + offs_cc[:, None],
+                    mask=c_ok[None, :] & cc_ok[:, None], other=0.0)
         if IEEE:
             acc += tl.dot(v.to(tl.float32), a, input_precision="ieee")
         else:

@@ -11,8 +11,8 @@ A wrong mask, a dropped scale or a lost token is off by 1e-2 or more.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch

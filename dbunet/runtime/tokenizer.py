@@ -40,7 +40,7 @@ class ClipTokenizer:
         """Token ids [len(texts), max_length] int64: BOS, tokens, EOS, EOS padding. Longer texts are cut to
         the text encoder's window (as SD 1.x does), with one warning."""
         encodings = self._tok.encode_batch(texts)
-        cut = [t for t, e in zip(texts, encodings) if e.overflowing]
+        cut = [t for t, e in zip(texts, encodings, strict=True) if e.overflowing]
         if cut:
             log.warning("%d text(s) longer than the text encoder's %d tokens were truncated (first: %.40r...)",
                         len(cut), self.max_length, cut[0])

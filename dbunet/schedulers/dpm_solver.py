@@ -52,7 +52,8 @@ class DPMSolverScheduler(Scheduler):
         self._previous_x0 = None
 
     def _alpha_sigma_lambda(self, index: int) -> tuple[np.float32, np.float32, np.float32]:
-        """VP coefficients of sigma_i: alpha = 1/sqrt(sigma^2+1), sigma_vp = sigma*alpha, lambda = log(alpha/sigma_vp)."""
+        """VP coefficients of sigma_i: alpha = 1/sqrt(sigma^2+1), sigma_vp = sigma*alpha,
+        lambda = log(alpha/sigma_vp)."""
         sigma = self.sigmas[index]
         alpha = _F32(1) / _F32(np.sqrt(np.float64(sigma * sigma + _F32(1))))
         sigma_vp = sigma * alpha

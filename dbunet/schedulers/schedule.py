@@ -50,7 +50,8 @@ class NoiseSchedule:
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_train_timesteps <= MAX_TRAIN_TIMESTEPS:
-            raise ConfigError(f"num_train_timesteps must lie in 2..{MAX_TRAIN_TIMESTEPS}, got {self.num_train_timesteps}")
+            raise ConfigError(f"num_train_timesteps must lie in 2..{MAX_TRAIN_TIMESTEPS}, "
+                              f"got {self.num_train_timesteps}")
         if not 0 <= self.steps_offset < self.num_train_timesteps:
             raise ConfigError(f"steps_offset must lie in 0..{self.num_train_timesteps - 1}, got {self.steps_offset}")
         if not 0 < self.clip_sample_range <= 1e4:

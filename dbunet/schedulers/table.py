@@ -42,7 +42,8 @@ def make_row(timestep: float, update: Update, guidance: float = 1.0, box_scale: 
     return np.array([timestep, c_in, guidance, box_scale, d, e, clip, p, q, u, v], dtype=np.float32)
 
 
-def generic_update(row: np.ndarray, x: np.ndarray, eps: np.ndarray, x0_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def generic_update(row: np.ndarray, x: np.ndarray, eps: np.ndarray,
+                   x0_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(x_next, x0) from one row, in float32: what every step graph computes after its UNet call."""
     c = {name: np.float32(row[i]) for name, i in COLUMN.items()}
     x0 = np.clip(c["d"] * x + c["e"] * eps, -c["clip"], c["clip"])

@@ -79,7 +79,7 @@ def sample_layout(rng: np.random.Generator, max_shapes: int = MAX_SHAPES) -> Lay
                 break
         if len(placed) == count:
             kinds = rng.choice(SHAPES, size=count)
-            return Layout(tuple(Shape(str(c), str(k), b) for c, k, b in zip(colors, kinds, placed)))
+            return Layout(tuple(Shape(str(c), str(k), b) for c, k, b in zip(colors, kinds, placed, strict=True)))
 
 
 def render(layout: Layout, size: int) -> np.ndarray:

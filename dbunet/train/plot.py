@@ -27,7 +27,7 @@ def plot_losses(csv_path: Path, png_path: Path) -> Path:
 
     losses = read_losses(csv_path)
     fig, axes = plt.subplots(1, max(1, len(losses)), figsize=(4.2 * max(1, len(losses)), 3.2), squeeze=False)
-    for ax, (stage, (steps, values)) in zip(axes[0], losses.items()):
+    for ax, (stage, (steps, values)) in zip(axes[0], losses.items(), strict=True):
         ax.plot(steps, values, color="0.75", linewidth=0.6, label="per step")
         window = max(1, len(values) // 50)
         if window > 1:

@@ -135,7 +135,8 @@ class Trainer:
         if ema is not None:
             shadow = {k: v.cpu().contiguous() for k, v in ema.shadow.items()}
             atomic.write_with(self.ckpt / "ema.safetensors", lambda p: save_file(shadow, str(p)))
-        progress = {"stage": stage, "step": step, "config": self.config.to_dict(), "plan": dataclasses.asdict(self.plan)}
+        progress = {"stage": stage, "step": step, "config": self.config.to_dict(),
+                    "plan": dataclasses.asdict(self.plan)}
         atomic.write_text(self.ckpt / "progress.json", json.dumps(progress, indent=1))
 
     def _log(self, stage: str, step: int, losses: dict[str, float], seconds: float) -> None:
@@ -165,7 +166,8 @@ class Trainer:
         model_dir = self.out / "model"
         partial = self.out / ".model.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        save_model(Model(self.config, self.cascade.cpu().eval(), self.model.tokenizer, self.model.tokenizer_files), partial)
+        save_model(Model(self.config, self.cascade.cpu().eval(), self.model.tokenizer, self.model.tokenizer_files),
+                   partial)
         shutil.rmtree(model_dir, ignore_errors=True)
         partial.rename(model_dir)
         try:
@@ -177,7 +179,8 @@ class Trainer:
         return model_dir
 
     def _loop(self, name: str, start: int, params: list[torch.nn.Parameter], modules: list[torch.nn.Module],
-              step_fn: Callable[[int, torch.Generator], dict[str, torch.Tensor]], ema_module: torch.nn.Module | None = None
+              step_fn: Callable[[int, torch.Generator], dict[str, torch.Tensor]],
+              ema_module: torch.nn.Module | None = None
               ) -> None:
         plan = self.plan.stage(name)
         optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=0.0)

@@ -36,7 +36,7 @@ def test_smoke_report_schema(tiny_artifacts, tmp_path, capsys):
 _BENCH = """
 import sys, time
 from dbunet.cli import bench
-from dbunet.runtime.pipeline import GraphStages
+from dbunet.runtime.stages import GraphStages
 extra = float(sys.argv[1])
 if extra:
     original = GraphStages.denoise_step

@@ -20,7 +20,8 @@ def _run(argv, capsys):
 
 def test_run_writes_png_with_provenance(tiny_artifacts, tmp_path, capsys):
     out = tmp_path / "cat.png"
-    code, stdout, stderr = _run(["--artifacts", str(tiny_artifacts), "--prompt", "a cat", "--box", "0.1,0.1,0.6,0.8:a cat",
+    code, stdout, stderr = _run(["--artifacts", str(tiny_artifacts), "--prompt", "a cat",
+                                 "--box", "0.1,0.1,0.6,0.8:a cat",
                                  "--steps", "3", "--seed", "5", "--draw-boxes", "--output", str(out)], capsys)
     assert code == 0, stderr
     img = Image.open(out)
@@ -122,6 +123,7 @@ def test_export_rejects_bad_options(tmp_path, capsys):
 
 def test_help_explains_the_commands():
     for module in ("dbunet.cli.run", "dbunet.cli.export"):
-        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                             text=True, check=True).stdout
         assert "--artifacts" in out or "--out" in out
         assert "default" in out

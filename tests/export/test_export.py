@@ -61,7 +61,8 @@ def test_tiny_parity_stays_near_its_measured_figures(tiny_artifacts):
 def test_custom_ops_are_single_nodes_with_local_functions(tiny_artifacts):
     model = onnx.load(str(tiny_artifacts / "fp32" / "dbunet.onnx"))
     custom = [n for n in model.graph.node if n.domain == "dbunet"]
-    counts = {t: sum(n.op_type == t for n in custom) for t in ("BoxConstraint", "ChannelCrossAttention", "SpatialCrossAttention")}
+    ops = ("BoxConstraint", "ChannelCrossAttention", "SpatialCrossAttention")
+    counts = {t: sum(n.op_type == t for n in custom) for t in ops}
     cfg = tiny().unet
     encoder_layers = 3 * cfg.layers_per_block
     assert counts == {"BoxConstraint": encoder_layers + 1, "ChannelCrossAttention": encoder_layers,
@@ -122,7 +123,8 @@ def test_decomposed_export_has_only_standard_ops_and_the_same_numbers(tiny_artif
     assert all(n.domain in ("", "ai.onnx") for n in plain.graph.node) and not plain.functions
     onnx.checker.check_model(plain, full_check=True)
     spec = component_specs(tiny())["dbunet"]
-    feeds = sample_inputs(spec, {"batch": 2, "latent_height": 11, "latent_width": 13, "boxes": 4, "height": 88, "width": 104},
+    sizes = {"batch": 2, "latent_height": 11, "latent_width": 13, "boxes": 4, "height": 88, "width": 104}
+    feeds = sample_inputs(spec, sizes,
                           1024, seed=5)
     a = _session(tmp_path / "fp32" / "dbunet.onnx").run(None, feeds)[0]
     b = _session(tiny_artifacts / "fp32" / "dbunet.onnx").run(None, feeds)[0]
@@ -159,5 +161,8 @@ def test_decompose_never_hands_the_weights_to_the_inliner(tiny_artifacts, monkey
     monkeypatch.setattr(inliner, "inline_local_functions", lambda m, *a: seen.append(m.ByteSize()) or real(m, *a))
     got = decompose(source)
     assert seen and seen[0] < weights / 5  # the graph without its weights (measured: 0.7 MB of 8.4)
-    assert {t.name: t.raw_data for t in got.graph.initializer} == {t.name: t.raw_data for t in expected.graph.initializer}
+    def weights(model):
+        return {t.name: t.raw_data for t in model.graph.initializer}
+
+    assert weights(got) == weights(expected)
     assert [n.op_type for n in got.graph.node] == [n.op_type for n in expected.graph.node]

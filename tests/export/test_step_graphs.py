@@ -49,7 +49,8 @@ def test_refiner_step_graph_equals_the_numpy_loop(tiny_artifacts):
     cfg = Pipeline.from_artifacts(tiny_artifacts, precision="fp32").config
     spec = component_specs(cfg)["refiner_step"]
     feeds = sample_inputs(spec, default_sizes(cfg, batch=1), cfg.text.vocab_size, seed=5)
-    per_call, step = _session(tiny_artifacts / "fp32/refiner_unet.onnx"), _session(tiny_artifacts / "fp32/refiner_step.onnx")
+    per_call = _session(tiny_artifacts / "fp32/refiner_unet.onnx")
+    step = _session(tiny_artifacts / "fp32/refiner_step.onnx")
     sampler = DDIMScheduler(cfg.refiner.schedule)  # clips x0 to [-1, 1]
     sampler.set_timesteps(13)
     x = sampler.add_noise(np.clip(feeds["x"], -1, 1), feeds["x0_prev"], 9)
@@ -91,7 +92,8 @@ def test_fp16_step_graph_keeps_its_update_in_fp32(tiny_artifacts):
 
 def test_artifacts_without_the_per_call_unets_run(tiny_artifacts, tmp_path):
     components = ("text_encoder", "vae_decoder", "refiner_encoder", "gae", "dbunet_step", "refiner_step")
-    export(ExportOptions(out=tmp_path, weights=tiny_artifacts / "model", components=components), report=lambda line: None)
+    export(ExportOptions(out=tmp_path, weights=tiny_artifacts / "model", components=components),
+           report=lambda line: None)
     assert not (tmp_path / "fp32" / "dbunet.onnx").exists() and not list(tmp_path.glob("**/.unet-*"))
     request = dict(boxes=["0.1,0.1,0.6,0.8:a cat"], seed=2, steps=3, refiner_steps=2)
     lean = Pipeline.from_artifacts(tmp_path, precision="fp32")("a cat", **request)

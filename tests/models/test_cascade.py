@@ -19,7 +19,8 @@ def test_save_load_round_trip_is_bitwise(tiny_model, tmp_path):
     assert loaded.config == tiny_model.config
     # a second save writes the same bytes
     save_model(loaded, tmp_path / "again")
-    assert (tmp_path / "copy" / "model.safetensors").read_bytes() == (tmp_path / "again" / "model.safetensors").read_bytes()
+    copy, again = (tmp_path / name / "model.safetensors" for name in ("copy", "again"))
+    assert copy.read_bytes() == again.read_bytes()
     assert not list(tmp_path.glob("**/*.tmp"))  # atomic writes leave no temp files
 
 

@@ -69,7 +69,8 @@ def reference_dca(m: DualCrossAttention, f, text):
         txt = linear(text[b], m.text_proj)
         ta = m.text_attn
         n0 = layer_norm(tok, m.norm_tokens)
-        t_txt = linear(multi_head(linear(n0, ta.to_q), linear(txt, ta.to_k), linear(txt, ta.to_v), m.heads), ta.to_out[0])
+        heads = multi_head(linear(n0, ta.to_q), linear(txt, ta.to_k), linear(txt, ta.to_v), m.heads)
+        t_txt = linear(heads, ta.to_out[0])
         # steps 3-4: T_c and the channel attention: (softmax(Q^T K / sqrt(C_c)) V^T)^T
         t_c = torch.cat([n0, t_txt], dim=1)
         Q, K, V = ds_conv(n0, (Hp, Wp), m.cca_q), ds_conv(t_c, (Hp, Wp), m.cca_k), ds_conv(t_c, (Hp, Wp), m.cca_v)
@@ -113,7 +114,8 @@ def test_custom_op_cores_against_einsum():
     qs, ks, vs = torch.randn(2, 10, 8, dtype=torch.float64), torch.randn(2, 10, 8, dtype=torch.float64), q
     got = ops.spatial_cross_attention(qs, ks, vs, 2)
     want = torch.cat(
-        [torch.softmax(qs[..., h * 4 : h * 4 + 4] @ ks[..., h * 4 : h * 4 + 4].transpose(1, 2) / 2.0, -1) @ vs[..., h * 2 : h * 2 + 2]
+        [torch.softmax(qs[..., h * 4 : h * 4 + 4] @ ks[..., h * 4 : h * 4 + 4].transpose(1, 2) / 2.0, -1)
+         @ vs[..., h * 2 : h * 2 + 2]
          for h in range(2)], dim=-1)
     torch.testing.assert_close(got, want)
 

@@ -4,7 +4,8 @@ from dbunet.models import stats
 
 def test_stats_cover_every_component_with_counted_flops():
     rows = {r.component: r for r in stats.component_stats(tiny())}
-    assert set(rows) == {"text_encoder", "dbunet", "vae_decoder", "vae_encoder", "refiner_encoder", "gae", "refiner_unet"}
+    assert set(rows) == {"text_encoder", "dbunet", "vae_decoder", "vae_encoder",
+                         "refiner_encoder", "gae", "refiner_unet"}
     assert all(r.params > 0 for r in rows.values())
     assert rows["dbunet"].gflops > 0.1 and rows["refiner_unet"].gflops > 0.1
 

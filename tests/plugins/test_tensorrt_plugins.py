@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from dbunet.plugins import tensorrt_plugins as tp
+
 from trt_plugin_stand_in import KernelLaunchParams, ShapeExpr, StandIn, SymIntExprs, TensorDesc, float16, float32
 
 
@@ -74,7 +75,8 @@ def test_our_registration_passes_tensorrts_validation_and_launches_as_computed(s
 def test_channels_must_be_build_time_constants(stand_in, monkeypatch):
     from dbunet.plugins import aot
 
-    monkeypatch.setattr(aot, "compile_ptx", lambda *a, **k: aot.CompiledKernel("k", ".version 8.7", 4, 0, {"BLOCK_M": 64}, "sm_90"))
+    compiled = aot.CompiledKernel("k", ".version 8.7", 4, 0, {"BLOCK_M": 64}, "sm_90")
+    monkeypatch.setattr(aot, "compile_ptx", lambda *a, **k: compiled)
     tp.register_plugins(compute_capability=90)
     q = Desc((2, 1024, ShapeExpr(640, constant=False)), float16)
     with pytest.raises(Exception, match="C_c must be a build-time constant"):
@@ -129,8 +131,8 @@ def test_kernel_parameter_order_matches_the_launch():
     from dbunet.plugins import kernels
 
     box = kernels.box_constraint_kernel.arg_names
-    assert box[:13] == ["x_ptr", "q_ptr", "k_ptr", "v_ptr", "boxes_ptr", "valid_ptr", "gate_ptr", "C", "H", "W", "D", "N",
-                        "out_ptr"]
+    assert box[:13] == ["x_ptr", "q_ptr", "k_ptr", "v_ptr", "boxes_ptr", "valid_ptr", "gate_ptr",
+                        "C", "H", "W", "D", "N", "out_ptr"]
     sca = kernels.spatial_attention_kernel.arg_names
     assert sca[:10] == ["q_ptr", "k_ptr", "v_ptr", "P", "CQ", "CV", "HEADS", "DK", "DV", "out_ptr"]
 

@@ -20,6 +20,7 @@ pytest.importorskip("polygraphy", reason="polygraphy is in the export extra")
 from dbunet.engines import builder
 from dbunet.engines.cache import Device, read_index
 from dbunet.engines.profiles import Resolution
+
 from trt_builder_stand_in import forget_tensorrt_in_polygraphy
 from trt_builder_stand_in import install as install_stand_ins
 
@@ -129,7 +130,8 @@ def test_aot_plugins_get_a_constant_box_slot_count_and_ptx_this_triton_assembles
 
     script = _AOT_BUILD.format(stand_ins=str(HERE.parent / "stand_ins"), version=version, art=str(fresh))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     builds = json.loads(proc.stdout.strip().splitlines()[-1])
     plugins = [p for b in builds for p in b.get("plugins", [])]

@@ -13,6 +13,7 @@ import pytest
 
 from dbunet import cuda_runtime
 from dbunet.errors import CudaError
+
 from trt_runtime_stand_in import StandInCudart, cudaError_t, cudaMemcpyKind, cudaStreamCaptureMode
 
 rt = pytest.importorskip("cuda.bindings.runtime", reason="cuda-bindings is in the dev extra")
@@ -87,7 +88,8 @@ def test_stream_creation_without_a_driver_is_one_clear_error():
 
 
 def test_a_driver_older_than_cuda_python_is_named(monkeypatch):
-    """JetPack 6 reports CUDA 12.6 from its driver; cuda-python 13 answers every call with cudaErrorInsufficientDriver."""
+    """JetPack 6 reports CUDA 12.6 from its driver; cuda-python 13 answers every call with
+    cudaErrorInsufficientDriver."""
     monkeypatch.setattr(rt, "cudaDriverGetVersion", lambda: (rt.cudaError_t.cudaSuccess, 12060))
     with pytest.raises(CudaError, match=r"driver \(CUDA 12\.6\) is too old for cuda-python .*built for CUDA 13\.\d.*"
                                         r"trt-cuda12"):

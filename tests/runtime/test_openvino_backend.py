@@ -78,7 +78,7 @@ AVX2 = {"avx2", "fma"}
     (AMX, False, "ort"), (AVX512_BF16, False, "ort"),  # a small model runs faster on ONNX Runtime FP32
 ])
 def test_auto_picks_openvino_bf16_where_the_cpu_and_the_model_gain(artifacts, monkeypatch, flags, large, expected):
-    from dbunet.runtime import pipeline
+    from dbunet import backends as pipeline
 
     monkeypatch.setattr(ov_backend, "cpu_flags", lambda: flags)
     if large:  # the tiny model stands in for one past the size where BF16 pays off
@@ -92,7 +92,7 @@ def test_auto_picks_openvino_bf16_where_the_cpu_and_the_model_gain(artifacts, mo
 @pytest.mark.parametrize("flags", [AMX, AVX512_BF16, AVX2], ids=["amx", "avx512-bf16", "avx2"])
 def test_auto_never_makes_an_explicit_option_fail(artifacts, monkeypatch, flags):
     """--precision fp16 or --device without --backend: never handed to OpenVINO, whatever the CPU."""
-    from dbunet.runtime import pipeline
+    from dbunet import backends as pipeline
 
     monkeypatch.setattr(ov_backend, "cpu_flags", lambda: flags)
     monkeypatch.setattr(pipeline, "BF16_MIN_WORK", 1.0)
@@ -106,8 +106,8 @@ def test_auto_never_makes_an_explicit_option_fail(artifacts, monkeypatch, flags)
 
 
 def test_the_size_model_puts_the_measured_models_on_either_side():
+    from dbunet.backends import BF16_MIN_WORK, denoiser_work
     from dbunet.config import sd15, shapes
-    from dbunet.runtime.pipeline import BF16_MIN_WORK, denoiser_work
 
     at_256 = sd15()
     at_256 = type(at_256)(**{**vars(at_256), "defaults": type(at_256.defaults)(height=256, width=256)})

@@ -19,6 +19,7 @@ from dbunet.engines.profiles import Resolution
 from dbunet.errors import ArtifactError, InputError
 from dbunet.generation import Conditioning
 from dbunet.runtime import Pipeline
+
 from trt_builder_stand_in import install as install_stand_ins
 from trt_runtime_stand_in import StandInCudart
 
@@ -172,7 +173,8 @@ def test_bench_reports_engine_times_graph_overhead_and_memory(engines):
     from dbunet.bench.tensorrt import format_figures
 
     art, cudart = engines
-    report = run_bench(BenchOptions(art, "trt", components=("dbunet_step", "vae_decode", "refiner_step"), steps=3, height=64, width=64,
+    report = run_bench(BenchOptions(art, "trt", components=("dbunet_step", "vae_decode", "refiner_step"),
+                                    steps=3, height=64, width=64,
                                     repeat=2, warmup=1))
     assert report.backend == "trt" and report.precision == "fp16" and "dbunet_step" in report.results
     d = report.details
@@ -182,7 +184,8 @@ def test_bench_reports_engine_times_graph_overhead_and_memory(engines):
     assert not cudart.events  # every CUDA event the timing created was destroyed
     for f in d["host_overhead"].values():
         assert 0 < f["issue_ms_per_step"] <= f["wall_ms_per_step"]
-    largest = max(r.engine.header["device_memory"] for r in Pipeline.from_artifacts(art, "trt").stages.engines.runners.values())
+    runners = Pipeline.from_artifacts(art, "trt").stages.engines.runners.values()
+    largest = max(r.engine.header["device_memory"] for r in runners)
     assert d["device_memory"]["activation_region_mb"] * 2**20 == largest
     assert "per_step" in format_figures(d) and "activations (shared)" in format_figures(d)
 

@@ -196,7 +196,8 @@ def add_builder_api(trt: types.ModuleType, version: str, capturable: bool = True
 
         def set_shape(self, name, min, opt, max) -> None:  # noqa: A002 -- TensorRT's parameter names
             lo, mid, hi = (tuple(int(d) for d in s) for s in (min, opt, max))
-            if not (len(lo) == len(mid) == len(hi)) or any(not a <= b <= c for a, b, c in zip(lo, mid, hi)):
+            same_rank = len(lo) == len(mid) == len(hi)
+            if not same_rank or any(not a <= b <= c for a, b, c in zip(lo, mid, hi, strict=True)):
                 raise ValueError(f"set_shape({name}): need min <= opt <= max of one rank, got {lo}, {mid}, {hi}")
             self.shapes[name] = (lo, mid, hi)
 
@@ -299,7 +300,8 @@ def add_builder_api(trt: types.ModuleType, version: str, capturable: bool = True
                 if -1 in t.shape:
                     errors.append(f"{t.name}: dynamic input without a profile shape")
                 continue
-            if any(d != -1 and d != s for lo in shape for d, s in zip(t.shape, lo)) or len(shape[0]) != len(t.shape):
+            if len(shape[0]) != len(t.shape) or any(
+                    d != -1 and d != s for lo in shape for d, s in zip(t.shape, lo, strict=True)):
                 errors.append(f"{t.name}: profile {shape} contradicts the network's static dims {t.shape}")
         if errors:
             trt.builds.append({"errors": errors})
@@ -326,7 +328,7 @@ def add_builder_api(trt: types.ModuleType, version: str, capturable: bool = True
         if not network.plugin_nodes:
             return []
         wanted = [name for node in network.plugin_nodes for name in node.input]
-        changed = {t.name: tuple(s if d != -1 else (2 * s or 1) for d, s in zip(t.shape, fixed[t.name]))
+        changed = {t.name: tuple(s if d != -1 else (2 * s or 1) for d, s in zip(t.shape, fixed[t.name], strict=True))
                    for t in network.inputs}
         at, moved = tensor_shapes(network.model, wanted, fixed), tensor_shapes(network.model, wanted, changed)
         trtp = trt.plugin
@@ -335,7 +337,7 @@ def add_builder_api(trt: types.ModuleType, version: str, capturable: bool = True
             descs = []
             for name in node.input:
                 dtype = trt.float16 if at[name][1] == np.float16 else trt.float32  # TensorDesc.dtype: a trt.DataType
-                exprs = [trtp.ShapeExpr(a, constant=a == b) for a, b in zip(at[name][0], moved[name][0])]
+                exprs = [trtp.ShapeExpr(a, constant=a == b) for a, b in zip(at[name][0], moved[name][0], strict=True)]
                 descs.append(trtp.TensorDesc(exprs, dtype))
             out.append((node, descs))
         return out
@@ -347,7 +349,7 @@ def add_builder_api(trt: types.ModuleType, version: str, capturable: bool = True
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         outputs = plugin.desc(*descs, **{k: attrs[k] for k in plugin.attrs})
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        named = {**dict(zip(plugin.tensors, descs)), **{k: attrs[k] for k in plugin.attrs},
+        named = {**dict(zip(plugin.tensors, descs, strict=True)), **{k: attrs[k] for k in plugin.attrs},
                  "outputs": outputs, "tactic": 0}
         params = inspect.signature(plugin.aot_impl).parameters
         name, ptx, launch, extra = plugin.aot_impl(**{p: named[p] for p in params})
@@ -371,7 +373,7 @@ def add_builder_api(trt: types.ModuleType, version: str, capturable: bool = True
         np_of = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
         feeds = {i.name: np.zeros(feeds_shapes[i.name], dtype=np_of[i.type]) for i in session.get_inputs()}
         results = session.run(unique, feeds)
-        return {n: (r.shape, r.dtype) for n, r in zip(unique, results)}
+        return {n: (r.shape, r.dtype) for n, r in zip(unique, results, strict=True)}
 
     trt.Builder, trt.OnnxParser = Builder, Parser
     trt.IBuilderConfig, trt.INetworkDefinition = Config, Network

@@ -201,7 +201,8 @@ class StandIn:
                     used.append(pname)
                 continue
             if pname == "outputs":
-                if typing.get_origin(ann) is not tuple or not all(issubclass(a, TensorDesc) for a in typing.get_args(ann)):
+                descs = all(issubclass(a, TensorDesc) for a in typing.get_args(ann))
+                if typing.get_origin(ann) is not tuple or not descs:
                     raise ValueError(f"'outputs' should be of type Tuple[TensorDesc]. Received {ann}.")
             elif pname == "tactic":
                 if not issubclass(ann, int):

@@ -6,8 +6,8 @@ ONNX graph run by ONNX Runtime on simulated device memory. What they enforce is 
 of the real libraries, so that code which would fail on a GPU fails here too:
 
 CUDA runtime (cuda-python): calls return (error, *results); a failing call leaves its error pending until
-cudaGetLastError reads it (TensorRT's next enqueue fails while one is pending); device memory is only what cudaMalloc gave
-(out-of-range copies fail); a copy's kind must match its pointers; during stream capture, cudaMalloc,
+cudaGetLastError reads it (TensorRT's next enqueue fails while one is pending); device memory is only what
+cudaMalloc gave (out-of-range copies fail); a copy's kind must match its pointers; during stream capture, cudaMalloc,
 cudaFree, cudaStreamSynchronize and copies from pageable host memory are not permitted (they fail and
 invalidate the capture); a captured graph replays the calls with the arguments they had at capture.
 
@@ -23,8 +23,8 @@ stream handle and fails when an input shape or a tensor address is missing; acti
 from __future__ import annotations
 
 import ctypes
-import inspect
 import enum
+import inspect
 import json
 import threading
 import types
@@ -220,10 +220,12 @@ class StandInCudart(types.SimpleNamespace):
         return (cudaError_t.cudaSuccess,)
 
     def cudaGraphExecDestroy(self, graphExec):
-        return (cudaError_t.cudaSuccess,) if self.execs.pop(int(graphExec), None) is not None else (cudaError_t.cudaErrorInvalidValue,)
+        found = self.execs.pop(int(graphExec), None) is not None
+        return (cudaError_t.cudaSuccess if found else cudaError_t.cudaErrorInvalidValue,)
 
     def cudaGraphDestroy(self, graph):
-        return (cudaError_t.cudaSuccess,) if self.graphs.pop(int(graph), None) is not None else (cudaError_t.cudaErrorInvalidValue,)
+        found = self.graphs.pop(int(graph), None) is not None
+        return (cudaError_t.cudaSuccess if found else cudaError_t.cudaErrorInvalidValue,)
 
     # events and device
     def cudaEventCreate(self):
@@ -281,7 +283,8 @@ def _recording_errors(fn):
 
 
 for _name, _fn in list(vars(StandInCudart).items()):
-    if _name.startswith("cuda") and inspect.isfunction(_fn) and _name not in ("cudaGetLastError", "cudaPeekAtLastError"):
+    reads_error = _name in ("cudaGetLastError", "cudaPeekAtLastError")
+    if _name.startswith("cuda") and inspect.isfunction(_fn) and not reads_error:
         setattr(StandInCudart, _name, _recording_errors(_fn))
 
 
@@ -306,7 +309,8 @@ def stand_in_tensorrt(version: str, cudart: StandInCudart) -> types.ModuleType:
     trt.float32, trt.float16, trt.int32, trt.int64 = (trt.DataType.FLOAT, trt.DataType.HALF, trt.DataType.INT32,
                                                       trt.DataType.INT64)
     trt_of = {np.dtype(t): d for d, t in numpy_of.items()}
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1) if v < (11, 0) else types.SimpleNamespace()
+    # TensorRT 11 builds every network strongly typed and removed the flag
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(**({"STRONGLY_TYPED": 1} if v < (11, 0) else {}))
 
     class Logger:
         WARNING, ERROR, INFO = 2, 1, 3
@@ -322,7 +326,7 @@ def stand_in_tensorrt(version: str, cudart: StandInCudart) -> types.ModuleType:
             self.header = header
             self.inputs = [i.name for i in self.session.get_inputs()]
             self.outputs = [o.name for o in self.session.get_outputs()]
-            types_ = {**{i.name: i.type for i in self.session.get_inputs()}, **{o.name: o.type for o in self.session.get_outputs()}}
+            types_ = {t.name: t.type for t in (*self.session.get_inputs(), *self.session.get_outputs())}
             onnx_np = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
             self.dtypes = {n: trt_of[np.dtype(onnx_np[t])] for n, t in types_.items()}
             self.contexts, self.shape_cache = [], {}
@@ -339,7 +343,9 @@ def stand_in_tensorrt(version: str, cudart: StandInCudart) -> types.ModuleType:
             return (self.inputs + self.outputs)[i]
 
         def get_tensor_mode(self, name):
-            return trt.TensorIOMode.INPUT if name in self.inputs else trt.TensorIOMode.OUTPUT if name in self.outputs else trt.TensorIOMode.NONE
+            if name in self.inputs:
+                return trt.TensorIOMode.INPUT
+            return trt.TensorIOMode.OUTPUT if name in self.outputs else trt.TensorIOMode.NONE
 
         def get_tensor_dtype(self, name):
             return self.dtypes[name]
@@ -382,7 +388,7 @@ def stand_in_tensorrt(version: str, cudart: StandInCudart) -> types.ModuleType:
                 return False
             lo, _, hi = self.engine.header["shapes"][name]
             shape = tuple(shape)
-            if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True)):
                 return False
             self.shapes[name] = shape
             return True
@@ -399,7 +405,7 @@ def stand_in_tensorrt(version: str, cudart: StandInCudart) -> types.ModuleType:
             if key not in self.engine.shape_cache:  # shape inference, the stand-in's way: run once on zeros
                 feeds = {n: np.zeros(s, dtype=trt.nptype(self.engine.dtypes[n])) for n, s in self.shapes.items()}
                 outs = self.engine.session.run(None, feeds)
-                self.engine.shape_cache[key] = {n: o.shape for n, o in zip(self.engine.outputs, outs)}
+                self.engine.shape_cache[key] = {n: o.shape for n, o in zip(self.engine.outputs, outs, strict=True)}
             return self.engine.shape_cache[key]
 
         def set_tensor_address(self, name, ptr):
@@ -410,7 +416,8 @@ def stand_in_tensorrt(version: str, cudart: StandInCudart) -> types.ModuleType:
 
         def execute_async_v3(self, stream_handle):
             if type(stream_handle) is not int:  # the binding's parameter is an int; cuda-python handles need int()
-                raise TypeError(f"execute_async_v3(): incompatible function arguments: stream_handle {type(stream_handle)}")
+                raise TypeError("execute_async_v3(): incompatible function arguments: "
+                                f"stream_handle {type(stream_handle)}")
             if cudart.last_error != cudaError_t.cudaSuccess:
                 # TensorRT checks the CUDA error state around its launches: an error left pending by an earlier
                 # call (a failed capture) fails this enqueue. trtexec clears it with cudaGetLastError.
@@ -443,7 +450,7 @@ def stand_in_tensorrt(version: str, cudart: StandInCudart) -> types.ModuleType:
                     return cudaError_t.cudaErrorInvalidValue
                 feeds[n] = raw.view(dtype).reshape(shapes[n]).copy()
             outs = self.engine.session.run(None, feeds)
-            for n, out in zip(self.engine.outputs, outs):
+            for n, out in zip(self.engine.outputs, outs, strict=True):
                 out = np.ascontiguousarray(out, dtype=trt.nptype(self.engine.dtypes[n]))
                 raw = cudart.locate(addresses[n], out.nbytes)
                 if raw is None:

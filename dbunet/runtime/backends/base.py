@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from dbunet.iospec import GraphSpec
+
+if TYPE_CHECKING:
+    from dbunet.generation import Stages
+    from dbunet.manifest import Manifest
+    from dbunet.runtime.stages import GraphStages
+    from dbunet.runtime.tokenizer import ClipTokenizer
 
 
 class Graph(Protocol):
@@ -21,13 +27,46 @@ class Graph(Protocol):
 
 
 class Backend(Protocol):
+    """What Pipeline.from_artifacts asks of a backend (names and factories: dbunet.backends)."""
+
     name: str
     device: str  # "cpu" or "cuda"
 
-    def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> Graph: ...  # identity: the sha256
-
     def default_precision(self, available: set[str]) -> str:
         """The fastest precision on this backend's device among those exported."""
+
+    def artifact_precision(self, precision: str) -> str:
+        """The exported files a precision runs from (OpenVINO computes BF16 from the FP32 graphs)."""
+
+    def stages(self, manifest: Manifest, directory: Path, precision: str, tokenizer: ClipTokenizer) -> Stages:
+        """The cascade's stages over the verified artifacts of `precision` (the files artifact_precision names).
+        Stages with `whole_loops` run each denoising loop in one call (TensorRT: one CUDA graph)."""
+
+
+class GraphBackend:
+    """A backend that runs exported ONNX graphs: `load` one graph, and the stages are graph runs."""
+
+    name: str
+    device: str
+
+    def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> Graph:  # identity: the sha256
+        raise NotImplementedError
+
+    def artifact_precision(self, precision: str) -> str:
+        return precision
+
+    def stages(self, manifest: Manifest, directory: Path, precision: str, tokenizer: ClipTokenizer) -> GraphStages:
+        """Every graph the cascade needs, all verified (inside the directory, hash, external data) before
+        the first is loaded."""
+        from dbunet.manifest import verify_artifact
+        from dbunet.runtime.stages import REFINER_COMPONENTS, RUNTIME_COMPONENTS, GraphStages
+
+        cfg = manifest.config
+        wanted = [n for n in RUNTIME_COMPONENTS if cfg.has_refiner or n not in REFINER_COMPONENTS]
+        artifacts = {name: manifest.find(name, precision) for name in wanted}
+        paths = {name: verify_artifact(directory, a) for name, a in artifacts.items()}
+        graphs = {name: self.load(paths[name], a.spec, a.sha256[a.path]) for name, a in artifacts.items()}
+        return GraphStages(graphs, tokenizer, cfg.has_boxes)
 
 
 def check_threads(threads: int | None) -> None:

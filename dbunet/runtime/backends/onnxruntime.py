@@ -11,7 +11,7 @@ import numpy as np
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec, TensorSpec
 from dbunet.manifest import shown
-from dbunet.runtime.backends.base import check_threads
+from dbunet.runtime.backends.base import GraphBackend, check_threads
 
 
 def _session_options(threads: int | None):
@@ -85,7 +85,7 @@ class OrtGraph:
         self.session = None
 
 
-class OrtBackend:
+class OrtBackend(GraphBackend):
     name = "ort"
 
     def __init__(self, device: str = "auto", threads: int | None = None) -> None:
@@ -101,7 +101,8 @@ class OrtBackend:
             raise ConfigError(f"device must be cpu, cuda or auto, got {device!r}")
         self.device = device
         self.threads = threads
-        self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self.providers = ["CUDAExecutionProvider"] if device == "cuda" else []
+        self.providers.append("CPUExecutionProvider")
 
     def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> OrtGraph:
         """`identity` (the graph's verified sha256) is for backends that cache compiled forms; ONNX Runtime does not."""

@@ -24,7 +24,7 @@ import numpy as np
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec
 from dbunet.manifest import shown
-from dbunet.runtime.backends.base import check_threads
+from dbunet.runtime.backends.base import GraphBackend, check_threads
 
 log = logging.getLogger(__name__)
 HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -104,18 +104,20 @@ class OvGraph:
         self.compiled = None
 
 
-class OvBackend:
+class OvBackend(GraphBackend):
     name = "openvino"
     device = "cpu"
 
-    def __init__(self, device: str = "auto", threads: int | None = None, cache_dir: Path | None | str = "default") -> None:
+    def __init__(self, device: str = "auto", threads: int | None = None,
+                 cache_dir: Path | None | str = "default") -> None:
         # oneDNN (inside OpenVINO's CPU plugin) keeps 1024 primitives per process by default, ~1.6 MB per image size
         # seen, without end; read when its cache is first used, so set before the first compile (a user's wins)
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE))
         try:
             import openvino as ov
         except ImportError:
-            raise ConfigError("--backend openvino needs openvino, not installed here: pip install 'dbunet[openvino]'") from None
+            raise ConfigError("--backend openvino needs openvino, not installed here: "
+                              "pip install 'dbunet[openvino]'") from None
         if device not in ("auto", "cpu"):
             raise ConfigError(f"--backend openvino runs on the CPU here; device {device!r} is not supported")
         check_threads(threads)
@@ -230,7 +232,8 @@ def record_cache(folder: Path) -> None:
     from dbunet.manifest import sha256_file
 
     try:
-        blobs = {p.name: sha256_file(p) for p in folder.iterdir() if p.name != CACHE_RECORD and not p.name.startswith(".")}
+        blobs = {p.name: sha256_file(p) for p in folder.iterdir()
+                 if p.name != CACHE_RECORD and not p.name.startswith(".")}
         atomic.write_text(folder / CACHE_RECORD, json.dumps(blobs, sort_keys=True))
     except OSError as exc:
         _warn_once(f"OpenVINO's compiled-model cache could not be recorded in {folder} ({exc})")

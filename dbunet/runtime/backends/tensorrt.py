@@ -63,17 +63,19 @@ class TrtBackend:
 
     def default_precision(self, available: set[str]) -> str:
         if "fp16" not in available:
-            raise ConfigError("TensorRT engines are built from the FP16 export; run dbunet-export --fp16, then dbunet-build")
+            raise ConfigError("TensorRT engines are built from the FP16 export; "
+                              "run dbunet-export --fp16, then dbunet-build")
         return "fp16"
 
-    def load(self, path: Path, spec, identity: str | None = None):
-        raise ConfigError("the TensorRT backend runs engines, not ONNX files: use Pipeline.from_artifacts")
+    def artifact_precision(self, precision: str) -> str:
+        return precision
 
     def stages(self, manifest, directory: Path, precision: str, tokenizer) -> TrtStages:
         if precision != "fp16":
             raise ConfigError(f"TensorRT engines are FP16 (strongly typed from the FP16 export); precision {precision} "
                               "runs on --backend ort")
-        engines = TrtEngines(self, Path(directory))
+        specs = {a.component: a.spec for a in manifest.artifacts if a.precision == precision}
+        engines = TrtEngines(self, Path(directory), specs)
         cfg = manifest.config
         default = f"{cfg.defaults.height}x{cfg.defaults.width}"
         built = sorted({e.resolution for e in engines.index if e.resolution != "any" and e.device == self.identity})
@@ -86,14 +88,15 @@ class TrtBackend:
 class TrtEngines:
     """Engines of one artifacts directory on this GPU, loaded on first use, one activation region."""
 
-    def __init__(self, backend: TrtBackend, directory: Path) -> None:
+    def __init__(self, backend: TrtBackend, directory: Path, specs: dict | None = None) -> None:
         from dbunet.engines.cache import read_index
         from dbunet.runtime.backends.trt_engine import ActivationRegion
 
-        self.backend, self.directory = backend, directory
+        self.backend, self.directory, self.specs = backend, directory, specs or {}
         self.index = read_index(directory)
         if not self.index:
-            raise ArtifactError(f"no TensorRT engines in {directory}; run dbunet-build --artifacts {directory} on this machine")
+            raise ArtifactError(f"no TensorRT engines in {directory}; "
+                                f"run dbunet-build --artifacts {directory} on this machine")
         trt = backend.trt
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.region = ActivationRegion(backend.cuda)
@@ -116,7 +119,7 @@ class TrtEngines:
             if engine is None:
                 raise ArtifactError(f"TensorRT could not deserialize {entry.file} ({entry.plugin_path}); "
                                     "run dbunet-build on this machine")
-            runner = EngineRunner(self.backend.trt, self.backend.cuda, engine, component)
+            runner = EngineRunner(self.backend.trt, self.backend.cuda, engine, component, self.specs.get(component))
             self.region.attach(runner)
             self.runners[key] = runner
         return self.runners[key]
@@ -142,6 +145,8 @@ class TrtEngines:
 
 class TrtStages:
     """The cascade's stages (dbunet.generation.Stages) on TensorRT engines, with whole-loop graphs."""
+
+    whole_loops = True
 
     def __init__(self, engines: TrtEngines, tokenizer, config) -> None:
         self.engines, self.tokenizer, self.config = engines, tokenizer, config

@@ -10,7 +10,8 @@ Runtime, Runtime.deserialize_cuda_engine, ICudaEngine.num_io_tensors / get_tenso
 get_tensor_dtype, ICudaEngine.create_execution_context(ExecutionContextAllocationStrategy.USER_MANAGED),
 ICudaEngine.device_memory_size (10.0; removed in 11) or device_memory_size_v2 (10.1),
 IExecutionContext.device_memory (setter; 10.0, superseded in 10.1) or set_device_memory(ptr, size) (10.1),
-ICudaEngine.get_tensor_profile_shape, IExecutionContext.set_input_shape / get_tensor_shape / set_tensor_address / execute_async_v3, nptype.
+ICudaEngine.get_tensor_profile_shape, IExecutionContext.set_input_shape / get_tensor_shape /
+set_tensor_address / execute_async_v3, nptype.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dbunet.errors import ArtifactError, InputError
+from dbunet.iospec import GraphSpec
 from dbunet.runtime.backends.cuda import Cuda, CudaError, DeviceMemory, GraphExec
 
 log = logging.getLogger(__name__)
@@ -82,8 +84,10 @@ def capture(cuda: Cuda, record: Callable[[], None]) -> GraphExec:
 
 
 class EngineRunner:
-    def __init__(self, trt, cuda: Cuda, engine, name: str) -> None:
-        self.cuda, self.engine, self.name = cuda, engine, name
+    """One engine as a dbunet.runtime.backends.base.Graph: run(feeds) -> outputs in order, close()."""
+
+    def __init__(self, trt, cuda: Cuda, engine, name: str, spec: GraphSpec | None = None) -> None:
+        self.cuda, self.engine, self.name, self.spec = cuda, engine, name, spec
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]

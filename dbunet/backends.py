@@ -1,0 +1,148 @@
+"""The backends, in one place: their names, what each runs on, the default, how `auto` chooses, and
+`open_pipeline()`, which every front end (dbunet-run, dbunet-bench, the Python API) calls.
+
+Factories are named by import path and imported only when chosen: listing the backends imports no
+runtime library, and only `torch` (the PyTorch reference, from the export extra) ever imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    summary: str  # one line for --help and the README
+    factory: str  # "module:attribute", imported when the backend is chosen
+    reference: bool = False  # the PyTorch reference: a whole pipeline of its own, not a graph runtime
+
+
+REGISTRY: dict[str, BackendInfo] = {b.name: b for b in (
+    BackendInfo("ort", "ONNX Runtime: FP32 on the CPU, FP16 on its CUDA provider where onnxruntime-gpu is installed",
+                "dbunet.runtime.backends.onnxruntime:OrtBackend"),
+    BackendInfo("openvino", "OpenVINO on the CPU, FP32 or BF16 (CPUs with AVX512-BF16 or AMX); extra `openvino`",
+                "dbunet.runtime.backends.openvino:OvBackend"),
+    BackendInfo("trt", "TensorRT engines from dbunet-build, CUDA graphs; extra `trt`",
+                "dbunet.runtime.backends.tensorrt:TrtBackend"),
+    BackendInfo("torch", "the PyTorch reference the graphs were exported from (FP32; extra `export`)",
+                "dbunet.models.pipeline:TorchPipeline", reference=True),
+)}
+AUTO = "auto"
+DEFAULT = AUTO  # the CLI's and the API's default alike
+CHOICES = (AUTO, *REGISTRY)
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")  # what a run may compute in (bf16: OpenVINO, from the FP32 files)
+
+
+def describe() -> str:
+    """The --backend help text, from the registry."""
+    return "; ".join([f"{AUTO} (default): the fastest available here (see dbunet.backends.choose_backend)",
+                      *(f"{b.name}: {b.summary}" for b in REGISTRY.values())])
+
+
+def info(name: str) -> BackendInfo:
+    from dbunet.errors import ConfigError
+
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown backend {name!r}; valid: {', '.join(CHOICES)}")
+    return REGISTRY[name]
+
+
+def factory(name: str) -> Any:
+    module, attribute = info(name).factory.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def make_backend(name: str, device: str = "auto", threads: int | None = None):
+    """A graph runtime (dbunet.runtime.backends.base.Backend) by name."""
+    from dbunet.errors import ConfigError
+
+    if info(name).reference:
+        raise ConfigError(f"backend {name} is a whole pipeline, not a graph runtime: use open_pipeline()")
+    return factory(name)(device, threads)
+
+
+# --backend auto on a CPU: OpenVINO BF16 beats ONNX Runtime FP32 only where the denoiser's work per step is large
+# enough for BF16's faster GEMMs to outweigh OpenVINO's per-call overhead. Measured (benchmarks/auto_choice.py):
+# the `shapes` model (64x64, work 1.5e5), a whole image, ORT FP32 0.121 s vs OpenVINO BF16 0.153 s (AMD EPYC,
+# AVX512-BF16; on an Intel AMX CPU 0.23 s vs 0.56 s); the sd15 preset at 256x256 (work 3.2e8), one guided step,
+# 1.067 s vs 0.570 s (the same AMD). The threshold sits between the two, on a log scale.
+BF16_MIN_WORK = 1e7
+
+
+def denoiser_work(config) -> float:
+    """A size model of one denoising step at the model's default size: latent pixels x sum over levels of
+    channels^2 / 4^level (the convolutions' and projections' share, which BF16 speeds up)."""
+    f = config.vae.downscale
+    pixels = (config.defaults.height // f) * (config.defaults.width // f)
+    return pixels * sum(c * c / 4**level for level, c in enumerate(config.unet.block_out_channels))
+
+
+def choose_backend(directory: Path, precision: str | None = None, device: str = "auto") -> tuple[str, str]:
+    """--backend auto: (backend, why). The request decides first: an explicit precision or device is never
+    handed to a backend that cannot serve it. Then: TensorRT engines built for this GPU, else ONNX Runtime's
+    CUDA provider, else on the CPU OpenVINO BF16 where it is installed, the CPU computes BF16 and the model is
+    large enough to gain (BF16_MIN_WORK), else ONNX Runtime."""
+    from dbunet.errors import DbunetError
+    from dbunet.manifest import Manifest
+    from dbunet.runtime.backends.tensorrt import missing_dependencies
+
+    if precision == "bf16":
+        return "openvino", "bf16 is computed by OpenVINO"
+    if device not in DEVICES:
+        return "ort", f"device {device!r}"  # ONNX Runtime says which devices there are
+    if device != "cpu" and precision in (None, "fp16") and not missing_dependencies():
+        try:
+            from dbunet.engines.cache import read_index
+
+            identity = factory("trt")().identity
+            if any(e.device == identity for e in read_index(directory)):
+                return "trt", f"TensorRT engines built for {identity.gpu}"
+        except DbunetError:
+            pass
+    import onnxruntime
+
+    if device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()):
+        return "ort", "ONNX Runtime's CUDA provider"
+    if precision is None and importlib.util.find_spec("openvino") is not None:
+        from dbunet.runtime.backends.openvino import has_bf16
+
+        work = denoiser_work(Manifest.read(directory).config)
+        if has_bf16() and work >= BF16_MIN_WORK:
+            return "openvino", f"OpenVINO BF16: faster than ONNX Runtime FP32 for a model this size ({work:.1e})"
+    return "ort", f"ONNX Runtime on the CPU ({(precision or 'fp32').upper()})"
+
+
+def open_pipeline(directory: str | Path, backend: str = DEFAULT, precision: str | None = None,
+                  device: str = "auto", threads: int | None = None):
+    """The cascade from an artifacts directory on a backend by name (`auto`: choose_backend). Returns a
+    pipeline: call it with a prompt; `.backend_name`, `.precision` and `.chosen_because` say what runs."""
+    directory = Path(directory)
+    why = ""
+    if backend == AUTO:
+        backend, why = choose_backend(directory, precision, device)
+        log.info("backend auto: %s (%s)", backend, why)
+    if info(backend).reference:
+        if precision not in (None, "fp32"):
+            from dbunet.errors import ConfigError
+
+            raise ConfigError(f"the PyTorch reference runs in FP32; precision {precision} needs another backend")
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        pipe = factory(backend).from_artifacts(directory, "cpu" if device == "auto" else device)
+    else:
+        from dbunet.runtime.pipeline import Pipeline
+
+        pipe = Pipeline.from_artifacts(directory, make_backend(backend, device, threads), precision)
+    pipe.backend_name, pipe.chosen_because = backend, why
+    return pipe

@@ -1,0 +1,59 @@
+"""The cascade's stages (dbunet.generation.Stages) as runs of exported graphs, for the backends that load
+ONNX graphs (ONNX Runtime, OpenVINO); the TensorRT backend runs engines through its own stages."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dbunet.generation import Conditioning, Step
+from dbunet.runtime.backends.base import Graph
+from dbunet.runtime.tokenizer import ClipTokenizer
+
+# txt2img needs these: the denoising loops run whole-step graphs. The per-call dbunet and refiner_unet
+# graphs (other consumers, debugging) and vae_encoder (img2img, editing) are exported but not loaded.
+RUNTIME_COMPONENTS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_encoder", "gae", "refiner_step")
+# absent for --arch sd1 (named here: the runtime never imports dbunet.export, where components_of lives)
+REFINER_COMPONENTS = ("refiner_encoder", "gae", "refiner_step")
+
+
+class GraphStages:
+    """Each cascade stage as a graph run (see dbunet.generation.Stages)."""
+
+    whole_loops = False
+
+    def __init__(self, graphs: dict[str, Graph], tokenizer: ClipTokenizer, boxes: bool = True) -> None:
+        self.graphs, self.tokenizer, self.boxes = graphs, tokenizer, boxes
+
+    def _run(self, name: str, **feeds: np.ndarray) -> list[np.ndarray]:
+        return self.graphs[name].run(feeds)
+
+    def tokenize(self, texts: list[str]) -> np.ndarray:
+        return self.tokenizer(texts)
+
+    def encode_text(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hidden, pooled = self._run("text_encoder", input_ids=ids)
+        return hidden, pooled
+
+    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        feeds = dict(x=x, x0_prev=x0_prev, coeffs=step.row, text=cond.text)
+        if self.boxes:  # the DB-UNet's step; a plain SD UNet's (--arch sd1) takes no boxes
+            feeds |= dict(boxes=cond.boxes, box_phrases=cond.phrases, box_valid=cond.valid)
+        x_next, x0 = self._run("dbunet_step", **feeds)
+        return x_next, x0
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        return self._run("vae_decoder", latent=latents)[0]
+
+    def refiner_condition(self, image: np.ndarray) -> np.ndarray:
+        (z_sem,) = self._run("refiner_encoder", image=image)
+        return self._run("gae", z_sem=z_sem)[1]
+
+    def refiner_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, z_dis: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        x_next, x0 = self._run("refiner_step", x=x, x0_prev=x0_prev, coeffs=step.row, z_dis=z_dis)
+        return x_next, x0
+
+    def close(self) -> None:
+        for g in self.graphs.values():
+            g.close()
