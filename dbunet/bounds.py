@@ -3,8 +3,11 @@ value such as 2^31-1 text tokens or 2^20 latent channels must be refused before 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+import types
+import typing
+from typing import Any, Literal
 
 from dbunet.errors import ConfigError
 
@@ -22,3 +25,28 @@ def check_bounds(owner: str, obj: Any, ranges: dict[str, Range], counts: dict[st
         for v in value if isinstance(value, tuple) else (value,):
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
                 raise ConfigError(f"{owner}.{name}: {v!r} is outside {lo:g}..{hi:g}")
+
+
+def choices(annotation: Any) -> tuple | None:
+    """The allowed values of a Literal annotation (None among them for `Literal[...] | None`); None if the
+    annotation is not a Literal."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        found = [choices(a) for a in typing.get_args(annotation)]
+        if any(f is not None for f in found):
+            return tuple(v for f, a in zip(found, typing.get_args(annotation), strict=True)
+                         for v in (f if f is not None else (None,) if a is type(None) else ()))
+    return None
+
+
+def check_choices(owner: str, obj: Any) -> None:
+    """Every dataclass field annotated with a Literal holds one of its values (read from the annotation, so
+    the choices are written once)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        allowed = choices(hints[f.name])
+        value = getattr(obj, f.name)
+        if allowed is not None and value not in allowed:
+            shown = ", ".join(repr(v) for v in allowed)
+            raise ConfigError(f"{owner}.{f.name} must be one of {shown}, got {value!r}")

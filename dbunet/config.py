@@ -13,9 +13,9 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from dbunet.bounds import check_bounds
+from dbunet.bounds import check_bounds, check_choices
 from dbunet.errors import ConfigError
 from dbunet.schedulers.schedule import NoiseSchedule
 
@@ -73,7 +73,7 @@ class VaeConfig:
 
 @dataclass(frozen=True)
 class DBUNetConfig:
-    """DB-UNet (SPEC 3.2): three levels; DCA and BoxConstraint in every encoder layer."""
+    """DB-UNet (docs/architecture.md 3.2): three levels; DCA and BoxConstraint in every encoder layer."""
 
     in_channels: int = 4
     block_out_channels: tuple[int, int, int] = (320, 640, 1280)
@@ -110,7 +110,8 @@ class DBUNetConfig:
             raise ConfigError("dbunet: layers_per_block >= 1, max_boxes >= 0, dca_max_tokens >= 1 required")
 
     def dca_pool(self, level: int) -> int:
-        """Pool factor k of DCA at `level`: the smallest power of 2 keeping P <= dca_max_tokens (SPEC 3.2 step 1)."""
+        """Pool factor k of DCA at `level`: the smallest power of 2 keeping P <= dca_max_tokens
+        (docs/architecture.md 3.2)."""
         side = -(-self.sample_size // 2**level)
         k = 1
         while (-(-side // k)) ** 2 > self.dca_max_tokens:
@@ -164,12 +165,13 @@ class SDUNetConfig:
         }
 
 
-ARCHITECTURES = ("dbunet", "sd1")
+Architecture = Literal["dbunet", "sd1"]
+ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
 
 
 @dataclass(frozen=True)
 class RefinerConfig:
-    """DiffuseGAE refiner (SPEC 3.3): semantic encoder, GAE, AdaGN conditional UNet in pixel space."""
+    """DiffuseGAE refiner (docs/architecture.md 3.3): semantic encoder, GAE, AdaGN conditional UNet in pixel space."""
 
     encoder_channels: tuple[int, ...] = (64, 128, 256, 512)
     semantic_dim: int = 512
@@ -241,9 +243,9 @@ MAX_INT = 2**31 - 1  # bound on every integer a config holds
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A whole model. `arch` "dbunet": DB-UNet with boxes, then the refiner (SPEC 3). `arch` "sd1": a plain
-    Stable Diffusion 1.x/2.x folder's own UNet (`unet` is an SDUNetConfig): no boxes, no refiner stage
-    (`refiner` then keeps its defaults and nothing uses it)."""
+    """A whole model. `arch` "dbunet": DB-UNet with boxes, then the refiner (docs/architecture.md 3).
+    `arch` "sd1": a plain Stable Diffusion 1.x/2.x folder's own UNet (`unet` is an SDUNetConfig): no boxes,
+    no refiner stage (`refiner` then keeps its defaults and nothing uses it)."""
 
     name: str
     text: TextEncoderConfig
@@ -253,7 +255,7 @@ class ModelConfig:
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     seed: int = 0  # seed of the deterministic initial weights
-    arch: str = "dbunet"
+    arch: Architecture = "dbunet"
 
     @property
     def has_boxes(self) -> bool:
@@ -264,8 +266,7 @@ class ModelConfig:
         return self.arch == "dbunet"
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ConfigError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        check_choices("config", self)  # arch
         want = DBUNetConfig if self.arch == "dbunet" else SDUNetConfig
         if not isinstance(self.unet, want):
             raise ConfigError(f"arch {self.arch} needs a {want.__name__} as its unet, got {type(self.unet).__name__}")

@@ -5,7 +5,7 @@ condition the refiner and run one refiner step. `run_cascade` does the rest: the
 the box schedule, the sampler's coefficient table, the refiner's SDEdit start, noise and timing.
 Arrays are numpy float32 in and out of every stage.
 
-One step (SPEC 3.4) is UNet + guidance + sampler update. Backends that run step graphs take only the
+One step (docs/architecture.md 3.4) is UNet + guidance + sampler update. Backends that run step graphs take only the
 step's coefficient row: the loop hands rows over and swaps x / x0_prev, no numpy math per step. The
 PyTorch reference ignores the row's update and runs its sampler's own numpy `step()` (hence `Step`
 carries the sampler), so comparing a backend with it checks the tables too.
@@ -207,7 +207,7 @@ def run_cascade(
     decoded = image
     timings["vae"] = time.perf_counter() - t0
 
-    # refiner: X1 forward-noised to strength s, then DDIM conditioned on z_dis (SPEC 3.3)
+    # refiner: X1 forward-noised to strength s, then DDIM conditioned on z_dis (docs/architecture.md 3.3)
     t0 = time.perf_counter()
     if refiner_sampler is not None:
         z_dis = stages.refiner_condition(image)

@@ -10,12 +10,11 @@ import hashlib
 import json
 import os
 import platform
-import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dbunet import __version__, atomic
+from dbunet import __version__, atomic, schemas
 from dbunet.config import ModelConfig
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec
@@ -23,12 +22,6 @@ from dbunet.iospec import GraphSpec
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 MAX_MANIFEST_BYTES = 16 << 20  # a real one is a few KB; refuse to parse anything huge
-MAX_FILES = 16  # per artifact: the graph and its external data
-MAX_RANK = 8
-MAX_DIM = 1 << 20
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-PRECISIONS = ("fp32", "fp16")
-DTYPES = ("float32", "float16", "int64")
 
 
 # -- what is verified is what is loaded -------------------------------------------------------------------
@@ -85,38 +78,6 @@ def inside(directory: str | Path, relative: Any) -> Path:
     return path
 
 
-def _check_spec(io: Any, where: str) -> None:
-    if not isinstance(io, dict) or set(io) != {"inputs", "outputs"}:
-        raise ValueError(f"{where}: io must have inputs and outputs")
-    for t in (*io["inputs"], *io["outputs"]):
-        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or t.get("dtype") not in DTYPES:
-            raise ValueError(f"{where}: bad tensor {t!r}")
-        dims = t.get("dims")
-        if not isinstance(dims, list) or len(dims) > MAX_RANK or not all(
-                (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM)
-                or (isinstance(d, str) and d.isidentifier())
-                for d in dims):
-            raise ValueError(f"{where}: bad dims {dims!r}")
-
-
-def _check_artifact(a: Any) -> None:
-    """The shape of one artifact entry, before anything is built from it."""
-    if not isinstance(a, dict):
-        raise ValueError("an artifact entry is not an object")
-    where = f"artifact {a.get('component')!r}"
-    if not isinstance(a.get("component"), str) or a.get("precision") not in PRECISIONS:
-        raise ValueError(f"{where}: component must be a name and precision one of {PRECISIONS}")
-    files, hashes = a.get("files"), a.get("sha256")
-    if not isinstance(files, list) or not 1 <= len(files) <= MAX_FILES or not isinstance(hashes, dict):
-        raise ValueError(f"{where}: files must list 1 to {MAX_FILES} paths, with their sha256")
-    for f in files:
-        if not isinstance(hashes.get(f), str) or not _SHA256.fullmatch(hashes[f]):
-            raise ValueError(f"{where}: no valid sha256 for {f!r}")
-    if not isinstance(a.get("opset"), int) or isinstance(a.get("opset"), bool):
-        raise ValueError(f"{where}: opset must be an integer")
-    _check_spec(a.get("io"), where)
-
-
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -133,7 +94,7 @@ def compatible_version(version: str) -> bool:
 @dataclass
 class Artifact:
     component: str
-    precision: str  # "fp32" or "fp16"
+    precision: str  # one of schemas.PRECISIONS
     files: list[str]  # relative paths: the .onnx first, then any external data
     sha256: dict[str, str]
     spec: GraphSpec
@@ -226,20 +187,15 @@ class Manifest:
                 f"this is dbunet {__version__} (format {FORMAT_VERSION}): re-export with this version"
             )
         try:
-            if not isinstance(d.get("artifacts"), list) or not isinstance(d.get("tokenizer"), dict):
-                raise ValueError("artifacts must be a list and tokenizer an object")
+            wrong = schemas.problem(d, schemas.MANIFEST)
+            if wrong:
+                raise ValueError(wrong)
             for a in d["artifacts"]:
-                _check_artifact(a)
+                if set(a["sha256"]) != set(a["files"]):
+                    raise ValueError(f"artifact {a['component']!r}: sha256 must name exactly its files")
             tok = d["tokenizer"]
-            sha = tok.get("sha256")
-            if not isinstance(tok.get("file"), str) or not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-                raise ValueError("tokenizer: needs a file and its sha256")
-            if not isinstance(d.get("tools", {}), dict) or not isinstance(d.get("plugins", []), list):
-                raise ValueError("tools must be an object and plugins a list")
-            if not isinstance(d.get("weights_source", ""), str):
-                raise ValueError("weights_source must be a string")
             manifest = cls(
-                config=ModelConfig.from_dict(d["config"]), weights_sha256=str(d["weights_sha256"]),
+                config=ModelConfig.from_dict(d["config"]), weights_sha256=d["weights_sha256"],
                 artifacts=[Artifact.from_dict(a) for a in d["artifacts"]], tokenizer=tok,
                 tools=d.get("tools", {}), weights_source=d.get("weights_source", ""), plugins=d.get("plugins", []),
                 dbunet_version=version, format_version=fmt,

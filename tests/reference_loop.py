@@ -1,4 +1,4 @@
-"""An independent reference for the cascade loop, written from SPEC.md (3.3, 3.4, 5) and the README.
+"""An independent reference for the cascade loop, written from docs/architecture.md (3.3, 3.4, 5) and the README.
 
 It shares no orchestration code with `dbunet/`: it reads manifest.json as plain JSON, tokenizes with
 transformers' CLIPTokenizer from the exported model's vocab.json + merges.txt, runs each exported
@@ -8,7 +8,7 @@ schedulers as the outside oracle for the samplers. What the documents specify is
 - noise: numpy Philox seeded with the seed; the initial latent is drawn first, then the refiner's
   forward noise (README "Noise"); z_T is scaled by the sampler's initial sigma;
 - text: [negative prompt; prompt] for classifier-free guidance, a single prompt when the scale is 1;
-  each box phrase is encoded alone and its pooled embedding is its phrase embedding (SPEC 3.2);
+  each box phrase is encoded alone and its pooled embedding is its phrase embedding (docs/architecture.md 3.2);
 - guidance: eps = eps_u + g (eps_c - eps_u); the unconditional half sees no boxes (validity 0);
 - box schedule: box_scale = 1 for the first ceil(box_fraction * steps) steps, 0 after; no boxes -> 0;
 - VAE: latents are divided by the scaling factor before decoding; the image is clipped to [-1, 1];

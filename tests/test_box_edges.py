@@ -1,4 +1,4 @@
-"""Box masks are half-open, [x0, x1) x [y0, y1) over pixel centres (SPEC 3.2), in every implementation.
+"""Box masks are half-open, [x0, x1) x [y0, y1) over pixel centres (docs/architecture.md 3.2), in every implementation.
 
 A box whose edges lie exactly on pixel centres tells a half-open test from a closed one: on a 4x4 map
 the centres are 0.125, 0.375, 0.625, 0.875, all exact in binary.

@@ -1,7 +1,10 @@
-"""The README's main-job command does what the README says (its install step is CI's own command)."""
+"""The README against the code: the main-job command does what the README says (its install step is CI's own
+command), the synopsis is the parsers' usage, every command block parses and every option it names exists."""
 
+import importlib
 import os
 import re
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -9,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from dbunet.cli import synopsis
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -46,3 +51,59 @@ def test_main_job_exports_and_writes_a_png(tmp_path):
     img = Image.open(tmp_path / "out.png")
     assert img.size == (64, 64) and img.text["prompt"] == "a red circle and a blue square"
     assert (tmp_path / "dbunet-artifacts" / "manifest.json").is_file()
+
+
+TEXT = synopsis.README.read_text()
+PROGRAMS = {"dbunet-export": "dbunet.cli.export", "dbunet-run": "dbunet.cli.run", "dbunet-build": "dbunet.cli.build",
+            "dbunet-bench": "dbunet.cli.bench", "python -m dbunet.train": "dbunet.train.__main__"}
+
+
+def _split(command: str) -> tuple[str, list[str]] | None:
+    """(program, arguments) if `command` runs one of ours."""
+    for program in PROGRAMS:
+        if command == program or command.startswith(program + " "):
+            return program, shlex.split(command[len(program):])
+    return None
+
+
+def _block_commands() -> list[tuple[str, list[str]]]:
+    """Each command in the README's shell blocks (a `&&` chain gives one per command)."""
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", TEXT, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("  #", 1)[0].split("&&"):
+                if (command := _split(part.strip())) is not None:
+                    found.append(command)
+    return found
+
+
+def _inline_commands() -> list[tuple[str, list[str]]]:
+    """Commands quoted in the prose (`dbunet-build --max-boxes 8`): often partial, so only their options count."""
+    return [c for span in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", TEXT) if (c := _split(span)) is not None]
+
+
+def _parser(program: str):
+    return importlib.import_module(PROGRAMS[program]).parser()
+
+
+def test_the_readme_synopsis_is_the_parsers_usage():
+    assert synopsis.readme_block(TEXT) == synopsis.synopsis(), (
+        "the README's synopsis differs from the commands' parsers: run python -m dbunet.cli.synopsis --write")
+
+
+def test_the_readme_shows_every_command():
+    assert {program for program, _ in _block_commands() + _inline_commands()} == set(PROGRAMS)
+
+
+@pytest.mark.parametrize("program,args", _block_commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v)[:50])
+def test_every_command_block_in_the_readme_parses(program, args):
+    _parser(program).parse_args(args)  # SystemExit (exit 2, "error: ...") if an option is gone or misspelled
+
+
+def test_every_option_the_readme_names_exists():
+    unknown = []
+    for program, args in _block_commands() + _inline_commands():
+        known = _parser(program)._option_string_actions
+        unknown += [f"{program} {a}" for a in args if a.startswith("--") and a.split("=")[0] not in known]
+    assert not unknown, unknown
+

@@ -242,7 +242,8 @@ def test_what_was_verified_is_what_is_loaded_when_an_export_switches_the_directo
     import onnx
     from onnx import numpy_helper
 
-    from dbunet.runtime import Pipeline, pipeline
+    from dbunet import manifest
+    from dbunet.runtime import Pipeline
 
     art, other = tmp_path / "art", tmp_path / "other"
     shutil.copytree(tiny_artifacts, art)
@@ -262,7 +263,7 @@ def test_what_was_verified_is_what_is_loaded_when_an_export_switches_the_directo
     want = Pipeline.from_artifacts(art, "ort", "fp32")("a red cat", **request).image
     assert not np.array_equal(want, Pipeline.from_artifacts(other, "ort", "fp32")("a red cat", **request).image)
 
-    verify, seen = pipeline.verify_artifact, []
+    verify, seen = manifest.verify_artifact, []
 
     def verify_then_switch(directory, artifact):
         path = verify(directory, artifact)
@@ -272,7 +273,7 @@ def test_what_was_verified_is_what_is_loaded_when_an_export_switches_the_directo
             other.rename(art)
         return path
 
-    monkeypatch.setattr(pipeline, "verify_artifact", verify_then_switch)
+    monkeypatch.setattr(manifest, "verify_artifact", verify_then_switch)
     got = Pipeline.from_artifacts(art, "ort", "fp32")("a red cat", **request).image
     assert len(seen) == 6 and np.array_equal(got, want)
 

@@ -18,25 +18,8 @@ from dbunet.generation import Conditioning, Step
 
 
 def engine_device_ms(stages, repeat: int) -> dict[str, float]:
-    """Median device milliseconds of one enqueue per engine the benchmark's calls used."""
-    cuda = stages.engines.backend.cuda
-    figures = {}
-    for (component, resolution), runner in stages.engines.runners.items():
-        if not runner.bound:  # loaded but not called: no shapes or buffers to run it on
-            continue
-        times = []
-        start, end = cuda.event(), cuda.event()  # one pair, reused: events are device resources
-        try:
-            for _ in range(repeat):
-                cuda.record(start)
-                runner.enqueue()
-                cuda.record(end)
-                times.append(cuda.elapsed_ms(start, end))
-        finally:
-            cuda.destroy_event(start)
-            cuda.destroy_event(end)
-        figures[f"{component}@{resolution}"] = float(np.median(times))
-    return figures
+    """Median device milliseconds of one enqueue per engine the benchmark's calls used (the backend times them)."""
+    return {name: float(np.median(times)) for name, times in stages.engine_device_ms(repeat).items()}
 
 
 def host_overhead_ms(stages, steps: list[Step], latents: np.ndarray, cond: Conditioning, repeat: int,
@@ -60,11 +43,7 @@ def host_overhead_ms(stages, steps: list[Step], latents: np.ndarray, cond: Condi
 
 
 def device_memory(stages) -> dict[str, Any]:
-    engines = stages.engines
-    return {"in_use_mb": engines.backend.cuda.memory_in_use() / 2**20,
-            "activation_region_mb": engines.region.size / 2**20,
-            "io_buffers_mb": sum(r.memory.nbytes for r in engines.runners.values()) / 2**20,
-            "engines": sorted(f"{c}@{r}" for c, r in engines.runners)}
+    return stages.memory_figures()
 
 
 def format_figures(figures: dict) -> str:

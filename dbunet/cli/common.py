@@ -7,7 +7,6 @@ import functools
 import os
 import stat
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,25 +75,30 @@ def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
 
 
 class ProgressBar:
-    """A one-line bar per stage on a terminal; one line per stage when stderr is a file or pipe."""
+    """A tqdm bar per stage on a terminal; silent when stderr is a file or a pipe (logs stay clean)."""
 
-    def __init__(self, stream=None, width: int = 30) -> None:
-        self.stream, self.width = stream or sys.stderr, width
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._stage, self._start = None, 0.0
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self._stage: str | None = None
+        self._bar = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
         if stage != self._stage:
-            self._stage, self._start = stage, time.perf_counter()
-        elapsed = time.perf_counter() - self._start
-        if self.tty:
-            fill = int(self.width * done / max(total, 1))
-            bar = "#" * fill + "." * (self.width - fill)
-            end = "\n" if done == total else ""
-            self.stream.write(f"\r{stage:<8} [{bar}] {done}/{total} {elapsed:5.1f}s{end}")
-        elif done == total:
-            self.stream.write(f"{stage:<8} {done}/{total} done in {elapsed:.2f}s\n")
-        self.stream.flush()
+            self.close()
+            self._stage = stage
+            # disable=None: tqdm turns itself off when the stream is not a terminal
+            self._bar = tqdm(total=total, desc=f"{stage:<8}", file=self.stream, disable=None, leave=True,
+                             bar_format="{desc} {bar:30} {n_fmt}/{total_fmt} {elapsed}")
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar, self._stage = None, None
 
 
 def print_timings(timings: dict[str, float], step_times: list[float], stream=None) -> None:

@@ -1,4 +1,4 @@
-"""TensorRT engines built from the exported FP16 graphs (SPEC section 4), on the target device.
+"""TensorRT engines built from the exported FP16 graphs (docs/architecture.md 4), on the target device.
 
     profiles.py  static shapes per component and resolution, derived from the IO specs
     cache.py     the content-addressed engine key and the engines index (engines/index.json)

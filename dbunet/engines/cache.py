@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbunet import atomic
+from dbunet import atomic, schemas
 from dbunet.errors import ArtifactError
 from dbunet.manifest import inside
 
@@ -71,8 +71,11 @@ def read_index(artifacts: Path) -> list[EngineEntry]:
         return []
     try:
         data = json.loads(path.read_text())
-        if data.get("version") != INDEX_VERSION:
-            raise ValueError(f"index version {data.get('version')}, expected {INDEX_VERSION}")
+        wrong = schemas.problem(data, schemas.ENGINES_INDEX)
+        if wrong:
+            raise ValueError(wrong)
+        if data["version"] != INDEX_VERSION:
+            raise ValueError(f"index version {data['version']}, expected {INDEX_VERSION}")
         entries = [EngineEntry.from_dict(e) for e in data["engines"]]
         for e in entries:
             inside(artifacts, e.file)  # untrusted like the manifest: no path may leave the directory

@@ -139,7 +139,7 @@ def sample_inputs(spec: GraphSpec, sizes: dict[str, int], vocab_size: int, seed:
 
 
 def sample_row(component: str) -> np.ndarray:
-    """A coefficient row of a mid-run step that exercises every term of the generic update (SPEC 3.4);
+    """A coefficient row of a mid-run step that exercises every term of the generic update (docs/architecture.md 3.4);
     the refiner's clips x0 to [-1, 1] as its DDIM schedule does, the DB-UNet's guides at 7.5."""
     from dbunet.schedulers.table import Update, make_row
 

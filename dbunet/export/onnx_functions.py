@@ -26,7 +26,7 @@ TBox = TypeVar("TBox", bound=Union[FLOAT, FLOAT16, DOUBLE])
 
 @onnxscript.script(dbunet_opset, default_opset=op)
 def BoxConstraint(x: T, q: T, k: T, v: T, boxes: TBox, valid: TBox, gate: T) -> T:
-    """x + gate * masked attention over [null; N box tokens]; see ops.box_constraint (SPEC 3.2)."""
+    """x + gate * masked attention over [null; N box tokens]; see ops.box_constraint (docs/architecture.md 3.2)."""
     shape = op.Shape(x)  # (B, C, H, W)
     height = op.Cast(op.Gather(shape, 2), to=FLOAT.dtype)
     width = op.Cast(op.Gather(shape, 3), to=FLOAT.dtype)
@@ -62,7 +62,7 @@ def BoxConstraint(x: T, q: T, k: T, v: T, boxes: TBox, valid: TBox, gate: T) -> 
 
 @onnxscript.script(dbunet_opset, default_opset=op)
 def ChannelCrossAttention(q: T, k: T, v: T) -> T:
-    """(softmax(Q^T K / sqrt(C_c)) V^T)^T: q [B,P,C], k and v [B,P,C_c] -> [B,P,C] (SPEC 3.2 DCA step 4)."""
+    """(softmax(Q^T K / sqrt(C_c)) V^T)^T: q [B,P,C], k and v [B,P,C_c] -> [B,P,C] (architecture.md 3.2)."""
     cc = op.Cast(op.Slice(op.Shape(k), [2], [3]), to=FLOAT.dtype)
     gram = op.MatMul(op.Transpose(q, perm=[0, 2, 1]), k)  # (B, C, C_c)
     attn = op.Softmax(op.Div(gram, op.CastLike(op.Sqrt(cc), gram)), axis=-1)

@@ -7,7 +7,7 @@ from dbunet.iospec import GraphSpec, TensorSpec
 from dbunet.schedulers.table import ROW
 
 F32, I64 = "float32", "int64"
-# per-call graphs, then the whole-step graphs built around the two UNets (SPEC 3.4)
+# per-call graphs, then the whole-step graphs built around the two UNets (docs/architecture.md 3.4)
 COMPONENTS = ("text_encoder", "dbunet", "vae_decoder", "vae_encoder", "refiner_encoder", "gae", "refiner_unet",
               "dbunet_step", "refiner_step")
 # --arch sd1 (a plain SD UNet): no refiner; "dbunet" / "dbunet_step" are the denoiser's graphs whatever the

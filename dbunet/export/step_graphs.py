@@ -1,4 +1,4 @@
-"""Whole-step graphs (SPEC 3.4): a per-call UNet graph wrapped in its step's FP32 prologue and epilogue.
+"""Whole-step graphs (docs/architecture.md 3.4): a per-call UNet graph wrapped in its step's FP32 prologue and epilogue.
 
     dbunet_step   x, x0_prev, coeffs, text, boxes, box_phrases, box_valid -> x_next, x0
     refiner_step  x, x0_prev, coeffs, z_dis                                -> x_next, x0

@@ -1,4 +1,4 @@
-"""BoxConstraint (SPEC 3.2, our design after GLIGEN): each pixel attends to the grounding tokens of
+"""BoxConstraint (docs/architecture.md 3.2, our design after GLIGEN): each pixel attends to the grounding tokens of
 the boxes that cover it, plus a null token it always sees; a gated residual adds the result."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DB-UNet (SPEC 3.2; patent steps 4-6): the denoiser with dual cross-attention and box constraint.
+"""DB-UNet (docs/architecture.md 3.2; patent steps 4-6): the denoiser with dual cross-attention and box constraint.
 
     conv_in -> 3 ResCrossAttentionDownBlocks (ResNet, self-attention, DCA(text), Box) -> middle
     (ResNet, self+cross attention, ResNet, Box) -> 3 up blocks with skips (ResNet, self+cross

@@ -1,4 +1,4 @@
-"""DualCrossAttention (SPEC 3.2; the patent's DCA, after Ates et al. 2023, arXiv 2303.17696).
+"""DualCrossAttention (docs/architecture.md 3.2; the patent's DCA, after Ates et al. 2023, arXiv 2303.17696).
 
 Feature map F [B,C,H,W] and text [B,L,D] in; F plus the dual attention's update out. The two
 attention cores are the custom ops `channel_cross_attention` and `spatial_cross_attention`.

@@ -4,9 +4,9 @@ Each op is opaque to tracing, so the exporter emits one node per op, and each is
 what one fused kernel computes (the layer norms and depthwise-separable projections around
 them stay ordinary graph ops that every backend already fuses):
 
-  dbunet::box_constraint            masked grounding attention + gated residual (SPEC 3.2, box steps 2-4)
-  dbunet::channel_cross_attention   CCA, a C x C_c attention over channels (SPEC 3.2, DCA step 4)
-  dbunet::spatial_cross_attention   SCA, multi-head attention over the P tokens (SPEC 3.2, DCA step 5)
+  dbunet::box_constraint            masked grounding attention + gated residual
+  dbunet::channel_cross_attention   DCA's channel cross-attention, C x C_c over channels
+  dbunet::spatial_cross_attention   DCA's spatial cross-attention over the P tokens
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DiffuseGAE refiner (SPEC 3.3; patent step 7, after Diff-AE and GAE).
+"""DiffuseGAE refiner (docs/architecture.md 3.3; patent step 7, after Diff-AE and GAE).
 
     X1 -> SemanticEncoder -> z_sem -> GAE.encode -> 100-dim code (named attribute groups)
        -> GAE.decode -> z_dis -> ConditionalUNet (AdaGN) denoises X1 forward-noised to strength s.

@@ -1,4 +1,4 @@
-"""Triton kernels for BoxConstraint, SCA and CCA (SPEC 3.2), FP16 or FP32 in, FP32 accumulation.
+"""Triton kernels for BoxConstraint, SCA and CCA (docs/architecture.md 3.2), FP16 or FP32 in, FP32 accumulation.
 
 Every kernel computes exactly what its PyTorch reference in dbunet.models.ops computes; the op
 table in dbunet.plugins.table pairs each with that reference. Shapes are ragged-safe: every load

@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 
+from dbunet.bounds import check_choices
 from dbunet.errors import ConfigError
 
 BetaSchedule = Literal["linear", "scaled_linear"]
@@ -60,14 +61,7 @@ class NoiseSchedule:
             raise ConfigError(
                 f"need 0 < beta_start < beta_end < 1, got beta_start={self.beta_start}, beta_end={self.beta_end}"
             )
-        if self.beta_schedule not in ("linear", "scaled_linear"):
-            raise ConfigError(f"beta_schedule must be 'linear' or 'scaled_linear', got {self.beta_schedule!r}")
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ConfigError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
-        if self.timestep_spacing not in ("leading", "linspace", "trailing", None):
-            raise ConfigError(
-                f"timestep_spacing must be 'leading', 'linspace' or 'trailing', got {self.timestep_spacing!r}"
-            )
+        check_choices("schedule", self)  # beta_schedule, prediction_type, timestep_spacing
 
     def alphas_cumprod(self) -> np.ndarray:
         """float32 cumulative product of (1 - beta), computed in float32 as diffusers does."""

@@ -1,4 +1,4 @@
-"""Samplers as coefficient tables: one float32 row per step drives one generic update (SPEC 3.4).
+"""Samplers as coefficient tables: one float32 row per step drives one generic update (docs/architecture.md 3.4).
 
 DDIM, Euler and DPM-Solver++(2M) are all linear in the current sample x, the guided noise prediction
 eps and the previous step's data prediction x0_prev:

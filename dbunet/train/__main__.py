@@ -7,6 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+from dbunet.cli.common import Parser, guarded
+from dbunet.errors import InputError
+
 DESCRIPTION = """Train every component of a demo preset on the shapes generator, in stages: the VAE, then the
 text encoder and DB-UNet (diffusion loss with guidance and box dropout), then the DiffuseGAE refiner.
 Seeded and resumable: DIR/checkpoint/ is written every few hundred steps; DIR/loss.csv logs every step;
@@ -15,7 +18,7 @@ loss curves in DIR/losses.png."""
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dbunet.train", description=DESCRIPTION)
+    p = Parser(prog="python -m dbunet.train", description=DESCRIPTION)
     p.add_argument("preset", choices=["shapes"], help="the preset to train (shapes: the generator's dataset)")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, loss log, trained model)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -25,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     import torch
@@ -34,12 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoint = args.out / "checkpoint" / "progress.json"
     if checkpoint.is_file() and not args.resume:
-        print(f"error: {args.out} holds a run already; pass --resume to continue it, or choose another --out",
-              file=sys.stderr)
-        return 2
+        raise InputError(f"{args.out} holds a run already; pass --resume to continue it, or choose another --out")
     if args.resume and not checkpoint.is_file():
-        print(f"error: nothing to resume in {args.out} (no checkpoint/progress.json)", file=sys.stderr)
-        return 2
+        raise InputError(f"nothing to resume in {args.out} (no checkpoint/progress.json)")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     plan = TrainPlan.smoke() if args.smoke else TrainPlan()

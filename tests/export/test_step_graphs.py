@@ -1,4 +1,4 @@
-"""Whole-step graphs (SPEC 3.4): N steps of the exported step graph equal the numpy loop over the
+"""Whole-step graphs (docs/architecture.md 3.4): N steps of the exported step graph equal the numpy loop over the
 per-call graph, the update stays FP32 inside the FP16 graph, and the runtime needs no per-call UNet."""
 
 import numpy as np

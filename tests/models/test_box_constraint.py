@@ -1,4 +1,4 @@
-"""BoxConstraint: masks against hand-built ones, locality, padding, edge cases (SPEC 3.2)."""
+"""BoxConstraint: masks against hand-built ones, locality, padding, edge cases (docs/architecture.md 3.2)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""DualCrossAttention against a direct, loop-level re-computation of SPEC.md 3.2 in float64."""
+"""DualCrossAttention against a direct, loop-level re-computation of docs/architecture.md 3.2 in float64."""
 
 import math
 

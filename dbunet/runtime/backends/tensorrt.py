@@ -223,6 +223,37 @@ class TrtStages:
             runner = self._runner("refiner_step", runner_resolution(x, 1))
             return StepLoop(runner).run(np.stack([s.row for s in steps]), x, {"z_dis": z_dis})
 
+    # -- figures for dbunet-bench ---------------------------------------------------------------------------
+    def engine_device_ms(self, repeat: int) -> dict[str, list[float]]:
+        """Device milliseconds of `repeat` enqueues of each engine, timed with CUDA events, on the shapes and
+        buffers its last call left bound ('component@resolution' -> times; engines never called are left out)."""
+        cuda, figures = self.engines.backend.cuda, {}
+        with self.lock:
+            for (component, resolution), runner in self.engines.runners.items():
+                if not runner.bound:
+                    continue
+                times = []
+                start, end = cuda.event(), cuda.event()  # one pair, reused: events are device resources
+                try:
+                    for _ in range(repeat):
+                        cuda.record(start)
+                        runner.enqueue()
+                        cuda.record(end)
+                        times.append(cuda.elapsed_ms(start, end))
+                finally:
+                    cuda.destroy_event(start)
+                    cuda.destroy_event(end)
+                figures[f"{component}@{resolution}"] = times
+        return figures
+
+    def memory_figures(self) -> dict:
+        """Device memory: in use, the shared activation region, the engines' I/O buffers (MB), engines loaded."""
+        engines = self.engines
+        return {"in_use_mb": engines.backend.cuda.memory_in_use() / 2**20,
+                "activation_region_mb": engines.region.size / 2**20,
+                "io_buffers_mb": sum(r.memory.nbytes for r in engines.runners.values()) / 2**20,
+                "engines": sorted(f"{c}@{r}" for c, r in engines.runners)}
+
     def close(self) -> None:
         self.engines.close()
 

@@ -1,0 +1,1 @@
+"""The PyTorch reference models: DB-UNet, VAE, text encoder, DiffuseGAE refiner, and TorchPipeline."""

@@ -1,0 +1,1 @@
+"""The backends that run exported graphs (ONNX Runtime, OpenVINO) or engines (TensorRT); registry: dbunet.backends."""

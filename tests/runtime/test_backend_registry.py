@@ -1,0 +1,48 @@
+"""One registry of backends: the CLI's choices and defaults, the bench's and the API's all come from it."""
+
+import inspect
+
+import numpy as np
+import pytest
+
+from dbunet import backends
+from dbunet.cli import bench, run
+from dbunet.errors import ConfigError
+from dbunet.runtime import Pipeline
+
+
+def _option(parser, flag):
+    return next(a for a in parser._actions if flag in a.option_strings)
+
+
+def test_cli_bench_and_api_share_choices_and_default():
+    for parser in (run.parser(), bench.parser()):
+        action = _option(parser, "--backend")
+        assert tuple(action.choices) == backends.CHOICES and action.default == backends.DEFAULT
+        assert tuple(_option(parser, "--precision").choices) == backends.PRECISIONS
+    for api in (backends.open_pipeline, Pipeline.from_artifacts):
+        assert inspect.signature(api).parameters["backend"].default == backends.DEFAULT
+
+
+def test_unknown_backend_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="valid: auto, ort, openvino, trt, torch"):
+        backends.info("onnx")
+
+
+def test_open_pipeline_auto_and_the_reference_give_the_same_image(tiny_artifacts):
+    request = dict(steps=2, refiner_steps=1, seed=3, boxes=["0.1,0.1,0.6,0.6:a cat"])
+    auto = backends.open_pipeline(tiny_artifacts)
+    assert auto.backend_name in ("ort", "openvino") and auto.chosen_because
+    torch_pipe = backends.open_pipeline(tiny_artifacts, "torch")
+    assert (torch_pipe.backend_name, torch_pipe.precision, torch_pipe.chosen_because) == ("torch", "fp32", "")
+    ort = backends.open_pipeline(tiny_artifacts, "ort", "fp32")
+    # FP32 graphs vs the FP32 PyTorch reference: within a few uint8 levels (the reference-loop tests bound it)
+    diff = np.abs(ort("a cat", **request).image.astype(int) - torch_pipe("a cat", **request).image.astype(int))
+    assert diff.max() <= 2
+
+
+def test_the_reference_refuses_other_precisions_and_graph_runtimes_refuse_it(tiny_artifacts):
+    with pytest.raises(ConfigError, match="runs in FP32"):
+        backends.open_pipeline(tiny_artifacts, "torch", "fp16")
+    with pytest.raises(ConfigError, match="use open_pipeline"):
+        Pipeline.from_artifacts(tiny_artifacts, "torch")
