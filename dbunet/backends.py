@@ -61,6 +61,12 @@ def factory(name: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
+def name_of(backend: Any) -> str:
+    """The registry's name for a backend object (the classes carry none of their own)."""
+    path = f"{type(backend).__module__}:{type(backend).__qualname__}"
+    return next((b.name for b in REGISTRY.values() if b.factory == path), type(backend).__name__)
+
+
 def make_backend(name: str, device: str = "auto", threads: int | None = None):
     """A graph runtime (dbunet.runtime.backends.base.Backend) by name."""
     from dbunet.errors import ConfigError

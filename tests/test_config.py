@@ -49,3 +49,17 @@ def test_unknown_fields_and_presets_are_named():
         ModelConfig.from_dict(data)
     with pytest.raises(ConfigError, match="valid: tiny, sd15"):
         preset("sdxl")
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda d: d.update(arch="sdxl"), "config.arch"),
+    (lambda d: d["schedule"].update(beta_schedule="cosine"), "schedule.beta_schedule"),
+    (lambda d: d["schedule"].update(prediction_type="sample"), "schedule.prediction_type"),
+    (lambda d: d["schedule"].update(timestep_spacing="karras"), "schedule.timestep_spacing"),
+])
+def test_a_choice_outside_its_literal_is_refused_by_name(edit, field):
+    """The choices are read from the Literal annotations (dbunet.bounds.check_choices), not restated."""
+    data = preset("tiny").to_dict()
+    edit(data)
+    with pytest.raises(ConfigError, match=f"{field} must be one of"):
+        ModelConfig.from_dict(data)

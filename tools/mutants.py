@@ -156,6 +156,13 @@ MUTANTS = [
     Mutant("artifacts_not_pinned", "dbunet/manifest.py",
            'if Path("/proc/self/fd").is_dir() and self.directory.is_dir():', "if False:",
            ("tests/test_reliability.py",), "verified by path, loaded by path again (two exports mixed)"),
+    # one place per fact: the manifest's JSON Schema, the Literal choices read from the annotations
+    Mutant("manifest_schema_skipped", "dbunet/manifest.py",
+           "wrong = schemas.problem(d, schemas.MANIFEST)", "wrong = None",
+           ("tests/test_bad_input.py",), "a manifest read without its JSON Schema (absurd dims reach the loader)"),
+    Mutant("literal_choices_unchecked", "dbunet/bounds.py",
+           "if allowed is not None and value not in allowed:", "if False:",
+           ("tests/test_schedulers.py", "tests/test_config.py"), "a schedule or arch outside its Literal accepted"),
     # SD 1.x folders (--arch sd1) and the schedule options they bring
     Mutant("v_prediction_as_epsilon", "dbunet/schedulers/base.py",
            'if prediction_type == "epsilon":', 'if prediction_type in ("epsilon", "v_prediction"):',

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dbunet.backends import AUTO, DEFAULT, choose_backend, make_backend
+from dbunet.backends import AUTO, DEFAULT, choose_backend, make_backend, name_of
 from dbunet.errors import ConfigError
 from dbunet.generation import GenerationResult, Progress, run_cascade
 from dbunet.manifest import Manifest, PinnedDirectory, verify_file
@@ -57,7 +57,7 @@ class Pipeline:
         tokenizer = ClipTokenizer(verify_file(directory, tok["file"], tok["sha256"]), manifest.config.text.max_length,
                                   manifest.config.text.vocab_size)
         stages = be.stages(manifest, directory, files, tokenizer)
-        log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, be.name)
+        log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, name_of(be))
         return cls(manifest, directory, be, precision, stages)
 
     def request(self, prompt: str, **options) -> GenerationRequest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,10 +99,10 @@ class NoiseSchedule:
         fields = {f.name for f in dataclasses.fields(cls)}
         refused = [f"{k}={v!r}" for k, v in config.items()
                    if k in _NEUTRAL and v != _NEUTRAL[k]]
-        if config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
-            refused.append(f"prediction_type={config['prediction_type']!r} (epsilon and v_prediction are supported)")
-        if config.get("beta_schedule", "scaled_linear") not in ("linear", "scaled_linear"):
-            refused.append(f"beta_schedule={config['beta_schedule']!r} (linear and scaled_linear are supported)")
+        for key, kind in (("prediction_type", PredictionType), ("beta_schedule", BetaSchedule)):
+            supported = typing.get_args(kind)
+            if key in config and config[key] not in supported:
+                refused.append(f"{key}={config[key]!r} ({' and '.join(supported)} are supported)")
         unknown = sorted(set(config) - fields - set(_NEUTRAL) - _IGNORED)
         if unknown:
             refused.append(f"unknown keys {unknown}")

@@ -24,9 +24,10 @@ def test_cli_bench_and_api_share_choices_and_default():
         assert inspect.signature(api).parameters["backend"].default == backends.DEFAULT
 
 
-def test_unknown_backend_names_the_valid_ones():
+def test_unknown_backend_names_the_valid_ones_and_objects_are_named_by_the_registry():
     with pytest.raises(ConfigError, match="valid: auto, ort, openvino, trt, torch"):
         backends.info("onnx")
+    assert backends.name_of(backends.make_backend("ort", "cpu")) == "ort"
 
 
 def test_open_pipeline_auto_and_the_reference_give_the_same_image(tiny_artifacts):

@@ -27,9 +27,8 @@ class Graph(Protocol):
 
 
 class Backend(Protocol):
-    """What Pipeline.from_artifacts asks of a backend (names and factories: dbunet.backends)."""
+    """What Pipeline.from_artifacts asks of a backend (its name and factory: dbunet.backends)."""
 
-    name: str
     device: str  # "cpu" or "cuda"
 
     def default_precision(self, available: set[str]) -> str:
@@ -46,7 +45,6 @@ class Backend(Protocol):
 class GraphBackend:
     """A backend that runs exported ONNX graphs: `load` one graph, and the stages are graph runs."""
 
-    name: str
     device: str
 
     def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> Graph:  # identity: the sha256

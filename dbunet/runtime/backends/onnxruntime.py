@@ -86,7 +86,6 @@ class OrtGraph:
 
 
 class OrtBackend(GraphBackend):
-    name = "ort"
 
     def __init__(self, device: str = "auto", threads: int | None = None) -> None:
         import onnxruntime as ort

@@ -105,7 +105,6 @@ class OvGraph:
 
 
 class OvBackend(GraphBackend):
-    name = "openvino"
     device = "cpu"
 
     def __init__(self, device: str = "auto", threads: int | None = None,

@@ -42,7 +42,6 @@ def missing_dependencies() -> list[str]:
 
 
 class TrtBackend:
-    name = "trt"
     device = "cuda"
 
     def __init__(self, device: str = "auto", threads: int | None = None) -> None:
