@@ -439,6 +439,7 @@ def shapes() -> ModelConfig:
 
 
 PRESETS = {"tiny": tiny, "sd15": sd15, "shapes": shapes}
+DEFAULT_PRESET = "shapes"  # the trained demo: dbunet-export without --config
 
 
 def preset(name: str) -> ModelConfig:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from dbunet.cli.common import Parser, guarded
+from dbunet.config import ARCHITECTURES, DEFAULT_PRESET
 
 DESCRIPTION = """Export every component of the cascade (text_encoder, dbunet, vae_decoder, vae_encoder,
 refiner_encoder, gae, refiner_unet) to ONNX, and the whole-step graphs the runtime's loops run
@@ -20,11 +21,11 @@ and kept in OUT/model/."""
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="dbunet-export", description=DESCRIPTION)
     model = p.add_argument_group("model")
-    model.add_argument("--config", default="shapes",
+    model.add_argument("--config", default=DEFAULT_PRESET,
                        help="preset (shapes: the trained demo; tiny: the seeded test model; sd15) or a config JSON "
-                            "file (default: shapes)")
+                            f"file (default: {DEFAULT_PRESET})")
     model.add_argument("--weights", type=Path, help="a dbunet model folder, or a diffusers SD 1.x folder")
-    model.add_argument("--arch", choices=["dbunet", "sd1"], default="dbunet",
+    model.add_argument("--arch", choices=ARCHITECTURES, default=ARCHITECTURES[0],
                        help="with an SD folder: dbunet (default) builds a DB-UNet taking its matching layers; sd1 "
                             "deploys the folder's own UNet as it is (no boxes, no refiner)")
     graph = p.add_argument_group("graphs")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
-from dbunet.config import ModelConfig, preset
+from dbunet.config import PRESETS, ModelConfig, preset
 
 _CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 if _CPU_SDPA not in flop_registry:  # counted on meta (math path, bmm) but not on the CPU kernel
@@ -111,8 +111,7 @@ def format_table(name: str, rows: list[ComponentStats], markdown: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", nargs="+", default=["shapes", "tiny", "sd15"],
-                        help="presets to report (default: all three)")
+    parser.add_argument("--config", nargs="+", default=list(PRESETS), help="presets to report (default: all)")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the README)")
     args = parser.parse_args(argv)
     for name in args.config:
