@@ -13,8 +13,9 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from dbunet import architectures
 from dbunet.bounds import check_bounds, check_choices
 from dbunet.errors import ConfigError
 from dbunet.schedulers.schedule import NoiseSchedule
@@ -165,8 +166,8 @@ class SDUNetConfig:
         }
 
 
-Architecture = Literal["dbunet", "sd1"]
-ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
+ARCHITECTURES = architectures.NAMES
+UNET_CONFIGS = {"DBUNetConfig": DBUNetConfig, "SDUNetConfig": SDUNetConfig}  # dbunet.architectures names them
 
 
 @dataclass(frozen=True)
@@ -255,23 +256,28 @@ class ModelConfig:
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     seed: int = 0  # seed of the deterministic initial weights
-    arch: Architecture = "dbunet"
+    arch: str = architectures.DEFAULT  # a name in dbunet.architectures
+
+    @property
+    def architecture(self) -> architectures.Architecture:
+        return architectures.get(self.arch)
 
     @property
     def has_boxes(self) -> bool:
-        return self.arch == "dbunet"
+        return self.architecture.boxes
 
     @property
     def has_refiner(self) -> bool:
-        return self.arch == "dbunet"
+        return self.architecture.refiner
 
     def __post_init__(self) -> None:
-        check_choices("config", self)  # arch
-        want = DBUNetConfig if self.arch == "dbunet" else SDUNetConfig
+        check_choices("config", self)
+        arch = architectures.get(self.arch, "config.arch")
+        want = UNET_CONFIGS[arch.unet_config]
         if not isinstance(self.unet, want):
             raise ConfigError(f"arch {self.arch} needs a {want.__name__} as its unet, got {type(self.unet).__name__}")
-        if self.arch == "sd1" and self.defaults.refiner_steps:
-            raise ConfigError("arch sd1 has no refiner: defaults.refiner_steps must be 0")
+        if not arch.refiner and self.defaults.refiner_steps:
+            raise ConfigError(f"arch {self.arch} has no refiner: defaults.refiner_steps must be 0")
         if self.unet.in_channels != self.vae.latent_channels:
             raise ConfigError(
                 f"dbunet.in_channels {self.unet.in_channels} != vae.latent_channels {self.vae.latent_channels}"
@@ -342,7 +348,9 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
         raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
     hints = dict(typing.get_type_hints(cls))
     if cls is ModelConfig:  # the denoiser's config class follows the architecture
-        hints["unet"] = SDUNetConfig if data.get("arch", "dbunet") == "sd1" else DBUNetConfig
+        arch = data.get("arch", architectures.DEFAULT)
+        hints["unet"] = UNET_CONFIGS[architectures.get(arch, "config.arch").unet_config] if isinstance(arch, str) \
+            else DBUNetConfig
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:

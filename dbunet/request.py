@@ -128,7 +128,7 @@ def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequ
         raise TypeError(f"unknown generation options {sorted(unknown)}; valid: {sorted(names - {'prompt'})}")
     req = GenerationRequest(prompt=prompt, **{**base, **options})
     if req.boxes and not config.has_boxes:
-        raise InputError(f"this model ({config.arch}: a plain Stable Diffusion UNet) has no box conditioning; "
+        raise InputError(f"this model ({config.arch}: {config.architecture.summary}) has no box conditioning; "
                          "remove the boxes")
     if req.refiner_steps and req.refiner_strength and not config.has_refiner:
         raise InputError(f"this model ({config.arch}) has no refiner; leave refiner_steps at 0")

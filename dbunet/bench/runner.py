@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from dbunet import __version__, backends
+from dbunet.architectures.base import BENCH_COMPONENTS
 from dbunet.bench.stats import Machine, Timing, calibration_ms, device_memory_mb, measure, peak_rss_mb
 from dbunet.errors import ConfigError
 from dbunet.generation import Step, build_conditioning
 from dbunet.manifest import tool_versions
 from dbunet.schedulers import DDIMScheduler, make_scheduler
 
-COMPONENTS = ("text_encoder", "dbunet_step", "vae_decode", "refiner_step", "pipeline")
-SCHEMA = 1
+COMPONENTS = BENCH_COMPONENTS  # any architecture's; a run times those of its model's architecture
+SCHEMA = 2  # 2: the decoder's component is "vae_decoder", as the graph is named
 PROMPT = "a red cat on a sofa"
 BOXES = ("0.1,0.3,0.6,0.9:a red cat", "0.5,0.1,0.9,0.5:a lamp")
 Progress = Callable[[str, int, int], None]
@@ -113,7 +114,7 @@ def _component_calls(pipe, request_options: dict) -> tuple[dict[str, Callable[[]
     return {
         "text_encoder": lambda: stages.encode_text(ids),
         "dbunet_step": lambda: stages.denoise_step(step, latents, latents, cond),
-        "vae_decode": lambda: stages.decode(latents),
+        "vae_decoder": lambda: stages.decode(latents),
         "refiner_step": lambda: stages.refiner_step(refiner_step, image, image, z_dis),
     }, loop
 
@@ -123,8 +124,8 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchR
     request_options = _request_options(options, pipe.config)
     request = pipe.request(PROMPT, **request_options)  # validates size and steps before any timing
     calls, loop = _component_calls(pipe, request_options)
-    if not pipe.config.has_refiner:  # --arch sd1: nothing to time there
-        options = replace(options, components=tuple(c for c in options.components if c != "refiner_step"))
+    timed = pipe.config.architecture.bench_components  # e.g. no refiner_step without a refiner
+    options = replace(options, components=tuple(c for c in options.components if c in timed))
     calls["pipeline"] = lambda: pipe(PROMPT, seed=0, **request_options)
     results = {}
     calibrations = [calibration_ms()]  # between components: the machine's pace drifts within seconds

@@ -16,15 +16,14 @@ from dbunet.config import ModelConfig
 from dbunet.errors import ConfigError
 from dbunet.iospec import GraphSpec
 
-# what a txt2img run needs on TensorRT, and whether its shapes follow the image size
-ENGINE_COMPONENTS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_encoder", "gae", "refiner_step")
+# engines whose shapes do not follow the image size
 SIZE_FREE = ("text_encoder", "gae")
-REFINER_ENGINES = ("refiner_encoder", "gae", "refiner_step")
 
 
 def engine_components(config: ModelConfig) -> tuple[str, ...]:
-    """The engines a model needs: --arch sd1 has no refiner."""
-    return tuple(c for c in ENGINE_COMPONENTS if config.has_refiner or c not in REFINER_ENGINES)
+    """The engines a model needs: the graphs its architecture's runs load."""
+    return config.architecture.run_graphs
+
 
 Shape = tuple[int, ...]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from dbunet import atomic
-from dbunet.config import ARCHITECTURES, ModelConfig, preset
+from dbunet import architectures, atomic
+from dbunet.config import ModelConfig, preset
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.export import fp16 as fp16_convert
 from dbunet.export.graphs import graph_module, run_reference, sample_inputs
@@ -52,15 +52,15 @@ class ExportOptions:
     width: int | None = None
     batch: int = 2
     components: tuple[str, ...] | None = None  # None: every component of the architecture
-    arch: str = "dbunet"  # "sd1": a diffusers SD folder's own UNet (--weights), no boxes, no refiner
+    arch: str = architectures.DEFAULT  # a name in dbunet.architectures
     ptx_targets: tuple[str, ...] = ()  # e.g. ("sm_87", "sm_89", "sm_90"): Triton kernels -> PTX for TensorRT
 
     def __post_init__(self) -> None:
         unknown = set(self.components or ()) - set(COMPONENTS)
-        if self.arch not in ARCHITECTURES:
-            raise ConfigError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
-        if self.arch == "sd1" and self.weights is None:
-            raise ConfigError("--arch sd1 exports a Stable Diffusion folder's own UNet: give the folder with --weights")
+        arch = architectures.get(self.arch)
+        if arch.needs_folder and self.weights is None:
+            raise ConfigError(f"--arch {arch.name} exports {arch.summary} from a diffusers folder: give the folder "
+                              "with --weights")
         if unknown:
             raise ConfigError(f"unknown components {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
         if self.batch < 1:
@@ -104,8 +104,9 @@ def load_source_model(options: ExportOptions, out: Path) -> tuple[Model, str]:
     weights = Path(options.weights)
     if (weights / "config.json").is_file() and (weights / "model.safetensors").is_file():
         return load_model(weights), str(weights.resolve())
-    if options.arch == "sd1" and not (weights / "unet").is_dir():
-        raise WeightsError(f"--arch sd1: {weights} is not a diffusers Stable Diffusion folder with a unet/")
+    needs = architectures.get(options.arch).needs_folder
+    if needs and not (weights / needs).is_dir():
+        raise WeightsError(f"--arch {options.arch}: {weights} is not a diffusers folder with a {needs}/")
     if (weights / "vae").is_dir() and (weights / "text_encoder").is_dir():
         from dbunet.models.sd_folder import load_sd_folder
 

@@ -101,10 +101,12 @@ GRAPHS: dict[str, type[nn.Module]] = {
 }
 
 
+# exporter hooks: an architecture's own wrapper for a graph, where it differs from the DB-UNet cascade's
+ARCH_GRAPHS: dict[tuple[str, str], type[nn.Module]] = {("sd1", "dbunet"): SDUNetGraph}
+
+
 def graph_module(name: str, cascade: Cascade, arch: str) -> nn.Module:
-    if name == "dbunet" and arch == "sd1":
-        return SDUNetGraph(cascade)
-    return GRAPHS[name](cascade)
+    return ARCH_GRAPHS.get((arch, name), GRAPHS[name])(cascade)
 
 
 def sample_inputs(spec: GraphSpec, sizes: dict[str, int], vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+from dbunet.architectures.base import GRAPHS
 from dbunet.config import ModelConfig
 from dbunet.iospec import GraphSpec, TensorSpec
 from dbunet.schedulers.table import ROW
 
 F32, I64 = "float32", "int64"
-# per-call graphs, then the whole-step graphs built around the two UNets (docs/architecture.md 3.4)
-COMPONENTS = ("text_encoder", "dbunet", "vae_decoder", "vae_encoder", "refiner_encoder", "gae", "refiner_unet",
-              "dbunet_step", "refiner_step")
-# --arch sd1 (a plain SD UNet): no refiner; "dbunet" / "dbunet_step" are the denoiser's graphs whatever the
-# architecture (the runtime and engine builder address the denoiser by that role), without box inputs here
-SD1_COMPONENTS = ("text_encoder", "dbunet", "vae_decoder", "vae_encoder", "dbunet_step")
+# every graph the exporter can write, in export order (declared with the architectures)
+COMPONENTS = GRAPHS
 
 
 def components_of(config: ModelConfig) -> tuple[str, ...]:
-    return COMPONENTS if config.arch == "dbunet" else SD1_COMPONENTS
+    return config.architecture.graphs
 
 
 def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
@@ -55,10 +52,9 @@ def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
              [("x", F32, image), ("x0_prev", F32, image), ("coeffs", F32, row), ("z_dis", F32, ("batch", S))],
              [("x_next", F32, image), ("x0", F32, image)]),
     ]
-    if config.arch == "sd1":
-        box_inputs = {"boxes", "box_phrases", "box_valid", "box_scale"}
-        specs = [GraphSpec(s.component, tuple(t for t in s.inputs if t.name not in box_inputs), s.outputs)
-                 for s in specs if s.component in SD1_COMPONENTS]
+    arch = config.architecture
+    specs = [GraphSpec(s.component, tuple(t for t in s.inputs if t.name in arch.graph_inputs((t.name,))), s.outputs)
+             for s in specs if s.component in arch.graphs]
     return {s.component: s for s in specs}
 
 

@@ -86,8 +86,12 @@ class SDUNetStepGraph(nn.Module):
 STEP_MODULES = {"dbunet_step": DBUNetStepGraph, "refiner_step": RefinerStepGraph}
 
 
+# exporter hooks: an architecture's own step graph, where it differs from the DB-UNet cascade's
+ARCH_STEP_MODULES: dict[tuple[str, str], type[nn.Module]] = {("sd1", "dbunet_step"): SDUNetStepGraph}
+
+
 def step_module(name: str, cascade: Cascade, arch: str) -> nn.Module:
-    return SDUNetStepGraph(cascade) if (name, arch) == ("dbunet_step", "sd1") else STEP_MODULES[name](cascade)
+    return ARCH_STEP_MODULES.get((arch, name), STEP_MODULES[name])(cascade)
 
 
 # -- composition in ONNX ---------------------------------------------------------------------------------

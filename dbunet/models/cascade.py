@@ -30,6 +30,10 @@ TOKENIZER_DIR = "tokenizer"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
 
 
+# each architecture's denoiser (dbunet.architectures names them; the modules live here, with torch)
+UNET_BUILDERS = {"dbunet": DBUNet, "sd1": build_sd_unet}
+
+
 class Cascade(nn.Module):
     """Every trainable part of the cascade, under the names its checkpoint keys use."""
 
@@ -38,7 +42,7 @@ class Cascade(nn.Module):
         self.config = config
         self.text_encoder = build_text_encoder(config.text, bos_token_id, eos_token_id)
         self.vae = build_vae(config.vae)
-        self.unet = DBUNet(config.unet) if config.arch == "dbunet" else build_sd_unet(config.unet)
+        self.unet = UNET_BUILDERS[config.arch](config.unet)
         if config.has_refiner:
             self.refiner = Refiner(config.refiner)
 

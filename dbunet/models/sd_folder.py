@@ -180,17 +180,27 @@ def sd1_config_from_folder(root: str | Path) -> ModelConfig:
 
 def load_sd_folder(root: str | Path, base: ModelConfig | None = None, arch: str = "dbunet"
                    ) -> tuple[Model, ImportReport]:
-    """arch "dbunet": a DB-UNet taking the matching layers; arch "sd1": the folder's own UNet, as it is."""
+    """A diffusers folder as a model of `arch`: "dbunet" builds a DB-UNet taking the matching layers, "sd1"
+    deploys the folder's own UNet as it is (FOLDER_IMPORTS: the hook per architecture)."""
     root = Path(root)
     if not root.is_dir():
         raise WeightsError(f"{root} is not a folder")
-    if arch == "sd1":
-        _check_padding(root / "tokenizer")
-        model = build_model(sd1_config_from_folder(root), root / "tokenizer")
-        _load_text_and_vae(model, root)
-        state = read_weights(root / "unet", "unet")
-        load_state(model.cascade.unet, state, strict=True, source=str(root / "unet"))
-        return model, ImportReport(sorted(state), [])
+    if arch not in FOLDER_IMPORTS:
+        raise ConfigError(f"--arch {arch} cannot be imported from a diffusers folder; "
+                          f"valid: {', '.join(FOLDER_IMPORTS)}")
+    return FOLDER_IMPORTS[arch](root, base)
+
+
+def _as_sd1(root: Path, base: ModelConfig | None) -> tuple[Model, ImportReport]:
+    _check_padding(root / "tokenizer")
+    model = build_model(sd1_config_from_folder(root), root / "tokenizer")
+    _load_text_and_vae(model, root)
+    state = read_weights(root / "unet", "unet")
+    load_state(model.cascade.unet, state, strict=True, source=str(root / "unet"))
+    return model, ImportReport(sorted(state), [])
+
+
+def _into_dbunet(root: Path, base: ModelConfig | None) -> tuple[Model, ImportReport]:
     config = config_from_sd_folder(root, base)
     model = build_model(config, root / "tokenizer")
     cascade = model.cascade
@@ -206,6 +216,9 @@ def load_sd_folder(root: str | Path, base: ModelConfig | None = None, arch: str 
     report = ImportReport(loaded, sorted(set(own) - set(loaded)))
     log.info("imported %s: %s", root, report.summary())
     return model, report
+
+
+FOLDER_IMPORTS = {"dbunet": _into_dbunet, "sd1": _as_sd1}
 
 
 def _load_text_and_vae(model: Model, root: Path) -> None:

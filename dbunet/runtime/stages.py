@@ -9,11 +9,14 @@ from dbunet.generation import Conditioning, Step
 from dbunet.runtime.backends.base import Graph
 from dbunet.runtime.tokenizer import ClipTokenizer
 
-# txt2img needs these: the denoising loops run whole-step graphs. The per-call dbunet and refiner_unet
-# graphs (other consumers, debugging) and vae_encoder (img2img, editing) are exported but not loaded.
-RUNTIME_COMPONENTS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_encoder", "gae", "refiner_step")
-# absent for --arch sd1 (named here: the runtime never imports dbunet.export, where components_of lives)
-REFINER_COMPONENTS = ("refiner_encoder", "gae", "refiner_step")
+
+def conditioning_feeds(cond: Conditioning, boxes: bool) -> dict[str, np.ndarray]:
+    """The step graph's conditioning inputs, by the names every backend's step graph (and engine) takes: the
+    text, and the box inputs where the architecture has them (dbunet.architectures)."""
+    feeds = {"text": cond.text}
+    if boxes:
+        feeds |= {"boxes": cond.boxes, "box_phrases": cond.phrases, "box_valid": cond.valid}
+    return feeds
 
 
 class GraphStages:
@@ -36,10 +39,8 @@ class GraphStages:
 
     def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
                      ) -> tuple[np.ndarray, np.ndarray]:
-        feeds = dict(x=x, x0_prev=x0_prev, coeffs=step.row, text=cond.text)
-        if self.boxes:  # the DB-UNet's step; a plain SD UNet's (--arch sd1) takes no boxes
-            feeds |= dict(boxes=cond.boxes, box_phrases=cond.phrases, box_valid=cond.valid)
-        x_next, x0 = self._run("dbunet_step", **feeds)
+        feeds = conditioning_feeds(cond, self.boxes)
+        x_next, x0 = self._run("dbunet_step", x=x, x0_prev=x0_prev, coeffs=step.row, **feeds)
         return x_next, x0
 
     def decode(self, latents: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from dbunet.bench import runner
 from dbunet.bench.baseline import compare, format_verdicts, load_report
 from dbunet.bench.runner import COMPONENTS, BenchOptions, run_bench
 from dbunet.bench.stats import Timing
@@ -21,7 +22,7 @@ def test_smoke_report_schema(tiny_artifacts, tmp_path, capsys):
     assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--repeat", "3", "--warmup", "1", "--steps", "2",
                            "--height", "96", "--json", str(out), "--plot", str(tmp_path / "p.png")]) == 0
     data = json.loads(out.read_text())
-    assert data["schema"] == 1 and data["backend"] == "ort" and data["precision"] == "fp32"
+    assert data["schema"] == runner.SCHEMA == 2 and data["backend"] == "ort" and data["precision"] == "fp32"
     assert set(data["results"]) == set(COMPONENTS)
     assert data["settings"]["size"] == [96, 128] and data["settings"]["steps"] == 2
     for r in data["results"].values():
@@ -63,7 +64,7 @@ def _bench(extra_s: float, *argv) -> subprocess.CompletedProcess:
 def test_compare_flags_a_30_percent_slowdown_and_not_a_rerun(tiny_artifacts, tmp_path):
     base = tmp_path / "base.json"
     args = ["--artifacts", str(tiny_artifacts), "--repeat", "10", "--warmup", "3", "--components", "dbunet_step",
-            "vae_decode"]
+            "vae_decoder"]
     assert _bench(0, *args, "--record", str(base)).returncode == 0
     rerun = _bench(0, *args, "--compare", str(base), "--tolerance", "0.10")
     assert rerun.returncode == 0 and "REGRESSED" not in rerun.stdout, rerun.stdout
@@ -75,7 +76,7 @@ def test_compare_flags_a_30_percent_slowdown_and_not_a_rerun(tiny_artifacts, tmp
     assert slowed.returncode == bench_cli.EXIT_REGRESSION, slowed.stdout + slowed.stderr
     verdicts = slowed.stdout.split("verdict")[1].splitlines()  # the comparison table follows the timing table
     assert "REGRESSED" in next(line for line in verdicts if line.startswith("dbunet_step"))
-    assert "ok" in next(line for line in verdicts if line.startswith("vae_decode"))
+    assert "ok" in next(line for line in verdicts if line.startswith("vae_decoder"))
 
 
 def test_verdict_needs_both_tolerance_and_noise():
@@ -142,7 +143,7 @@ def test_latency_marker_in_a_users_suite(pytester, tiny_artifacts, tmp_path):
     baseline = tmp_path / "base.json"
     from dbunet.bench.baseline import save_report
 
-    save_report(run_bench(BenchOptions(tiny_artifacts, components=("vae_decode",), repeat=3, warmup=1)), baseline)
+    save_report(run_bench(BenchOptions(tiny_artifacts, components=("vae_decoder",), repeat=3, warmup=1)), baseline)
     pytester.makepyfile(f"""
         import time
         import pytest
@@ -153,18 +154,18 @@ def test_latency_marker_in_a_users_suite(pytester, tiny_artifacts, tmp_path):
         z = np.zeros((1, 4, 16, 16), dtype=np.float32)
 
         # a generous budget: this checks the plugin's flow, not how steady this machine is
-        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decode", repeat=5, tolerance=1.0)
+        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decoder", repeat=5, tolerance=1.0)
         def test_within_budget(latency):
             latency(lambda: pipe.stages.decode(z))
 
-        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decode", repeat=5)
+        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decoder", repeat=5)
         def test_over_budget(latency):
             latency(lambda: (pipe.stages.decode(z), time.sleep(0.2)))
 
-        @pytest.mark.latency(baseline="missing.json", component="vae_decode")
+        @pytest.mark.latency(baseline="missing.json", component="vae_decoder")
         def test_no_baseline(latency):
             latency(lambda: None)
     """)
     result = pytester.runpytest()  # the plugin comes in through its pytest11 entry point
     result.assert_outcomes(passed=1, failed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*vae_decode: median*beyond the 10% tolerance*"])  # +200 ms on ~15 ms
+    result.stdout.fnmatch_lines(["*vae_decoder: median*beyond the 10% tolerance*"])  # +200 ms on ~15 ms

@@ -9,9 +9,10 @@ import types
 import onnx
 import pytest
 
+from dbunet.architectures import DBUNET
 from dbunet.engines import builder
 from dbunet.engines.cache import Device, EngineKey, find_engine, read_index
-from dbunet.engines.profiles import ENGINE_COMPONENTS, Resolution, profile
+from dbunet.engines.profiles import Resolution, profile
 from dbunet.errors import ArtifactError, BuildError
 from dbunet.manifest import Manifest
 
@@ -146,7 +147,7 @@ def test_build_writes_every_engine_once_and_reuses_unchanged_ones(stand_in_build
     index = builder.build_engines(art, builder.BuildOptions((Resolution(64, 64), Resolution(128, 96))), lines.append)
     # size-free components once, the others once per resolution
     assert len(calls) == len(index) == 2 + 4 * 2
-    assert {e.component for e in index} == set(ENGINE_COMPONENTS)
+    assert {e.component for e in index} == set(DBUNET.run_graphs)
     assert all((art / e.file).read_bytes().startswith(b"STANDIN-TRT-PLAN") for e in index)
     assert all(e.plugin_path.startswith("local functions") for e in index)
     assert "local functions" in lines[0]

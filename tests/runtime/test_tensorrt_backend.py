@@ -173,7 +173,7 @@ def test_bench_reports_engine_times_graph_overhead_and_memory(engines):
     from dbunet.bench.tensorrt import format_figures
 
     art, cudart = engines
-    report = run_bench(BenchOptions(art, "trt", components=("dbunet_step", "vae_decode", "refiner_step"),
+    report = run_bench(BenchOptions(art, "trt", components=("dbunet_step", "vae_decoder", "refiner_step"),
                                     steps=3, height=64, width=64,
                                     repeat=2, warmup=1))
     assert report.backend == "trt" and report.precision == "fp16" and "dbunet_step" in report.results

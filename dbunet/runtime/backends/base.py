@@ -57,11 +57,10 @@ class GraphBackend:
         """Every graph the cascade needs, all verified (inside the directory, hash, external data) before
         the first is loaded."""
         from dbunet.manifest import verify_artifact
-        from dbunet.runtime.stages import REFINER_COMPONENTS, RUNTIME_COMPONENTS, GraphStages
+        from dbunet.runtime.stages import GraphStages
 
         cfg = manifest.config
-        wanted = [n for n in RUNTIME_COMPONENTS if cfg.has_refiner or n not in REFINER_COMPONENTS]
-        artifacts = {name: manifest.find(name, precision) for name in wanted}
+        artifacts = {name: manifest.find(name, precision) for name in cfg.architecture.run_graphs}
         paths = {name: verify_artifact(directory, a) for name, a in artifacts.items()}
         graphs = {name: self.load(paths[name], a.spec, a.sha256[a.path]) for name, a in artifacts.items()}
         return GraphStages(graphs, tokenizer, cfg.has_boxes)

@@ -21,6 +21,7 @@ import numpy as np
 
 from dbunet.errors import ArtifactError, ConfigError, InputError
 from dbunet.generation import Conditioning, Step
+from dbunet.runtime.stages import conditioning_feeds
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ def static_conditioning(cond: Conditioning, slots: int | None) -> dict[str, np.n
     if cond.text.shape[0] == 1:  # unguided: the prompt twice; guidance 1 then gives eps_c
         cond = Conditioning(*(np.concatenate([a, a]) for a in (cond.text, cond.boxes, cond.phrases, cond.valid)))
     if slots is None:
-        return {"text": cond.text}
+        return conditioning_feeds(cond, boxes=False)
     n = cond.boxes.shape[1]
     if n > slots:
         raise InputError(f"{n} boxes, but the engines take at most {slots}; rebuild with dbunet-build --max-boxes {n}")
@@ -278,4 +279,4 @@ def static_conditioning(cond: Conditioning, slots: int | None) -> dict[str, np.n
         widths[1] = (0, slots - n)
         return np.pad(a.astype(np.float32, copy=False), widths)
 
-    return {"text": cond.text, "boxes": pad(cond.boxes), "box_phrases": pad(cond.phrases), "box_valid": pad(cond.valid)}
+    return conditioning_feeds(Conditioning(cond.text, pad(cond.boxes), pad(cond.phrases), pad(cond.valid)), boxes=True)

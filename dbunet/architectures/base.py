@@ -1,0 +1,49 @@
+"""What an architecture declares (see dbunet.architectures)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# every graph the exporter can write, in export order: a step graph after the per-call UNet it wraps
+# (docs/architecture.md 4); the denoiser's graphs are "dbunet" / "dbunet_step" whatever the architecture,
+# as the runtime and the engine builder address the denoiser by that role
+GRAPHS = ("text_encoder", "dbunet", "vae_decoder", "vae_encoder", "refiner_encoder", "gae", "refiner_unet",
+          "dbunet_step", "refiner_step")
+REFINER_GRAPHS = ("refiner_encoder", "gae", "refiner_unet", "refiner_step")
+BOX_INPUTS = ("boxes", "box_phrases", "box_valid", "box_scale")
+# what dbunet-bench can time: one call of a stage, and the whole pipeline
+BENCH_COMPONENTS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_step", "pipeline")
+# the graphs a txt2img run loads (whole-step graphs; the per-call UNets and the VAE encoder are exported for
+# other consumers and debugging) and the TensorRT engines built for them
+RUN_GRAPHS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_encoder", "gae", "refiner_step")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    summary: str  # one line: what a model of this architecture is
+    boxes: bool  # the denoiser takes layout boxes (BOX_INPUTS)
+    refiner: bool  # the DiffuseGAE refiner stage follows the base image
+    unet_config: str  # the dbunet.config class of its denoiser
+    needs_folder: str = ""  # a folder (--weights) it can only be exported from, and the subfolder it must hold
+
+    def _keep(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(n for n in names if self.refiner or n not in REFINER_GRAPHS)
+
+    @property
+    def graphs(self) -> tuple[str, ...]:
+        """Every graph the exporter writes for it."""
+        return self._keep(GRAPHS)
+
+    @property
+    def run_graphs(self) -> tuple[str, ...]:
+        """The graphs a run loads, and the TensorRT engines built for them."""
+        return self._keep(RUN_GRAPHS)
+
+    @property
+    def bench_components(self) -> tuple[str, ...]:
+        return self._keep(BENCH_COMPONENTS)
+
+    def graph_inputs(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The inputs of a graph that this architecture's denoiser takes (no box inputs without boxes)."""
+        return tuple(n for n in names if self.boxes or n not in BOX_INPUTS)
