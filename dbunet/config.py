@@ -38,11 +38,17 @@ class TextEncoderConfig:
     num_attention_heads: int = 12
     max_length: int = 77
     hidden_act: str = "quick_gelu"
+    # SDXL's encoders: the text embedding is the penultimate hidden state (-2: before the last layer and the
+    # final layer norm), and the second encoder's pooled output goes through its projection (projection_dim)
+    hidden_layer: int = -1  # -1: the last hidden state, after the final layer norm
+    projection_dim: int = 0  # 0: no projection (CLIPTextModel); > 0: CLIPTextModelWithProjection's text_embeds
+    pad_token: str = "<|endoftext|>"  # SD 1.x and SDXL's first tokenizer pad with EOS, SDXL's second with "!"
 
     def __post_init__(self) -> None:
         check_bounds("text", self, {"vocab_size": (2, 1 << 20), "hidden_size": (1, 1 << 14),
                                     "intermediate_size": (1, 1 << 16), "num_hidden_layers": (1, 128),
-                                    "num_attention_heads": (1, 256), "max_length": (3, 1024)})
+                                    "num_attention_heads": (1, 256), "max_length": (3, 1024),
+                                    "hidden_layer": (-self.num_hidden_layers, -1), "projection_dim": (0, 1 << 14)})
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"text encoder: hidden_size {self.hidden_size} not divisible by {self.num_attention_heads} heads"
@@ -60,6 +66,7 @@ class VaeConfig:
     latent_channels: int = 4
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
+    force_upcast: bool = False  # the VAE overflows in fp16 (SDXL's): its fp16 export stays fp32
 
     def __post_init__(self) -> None:
         check_bounds("vae", self, {"block_out_channels": (1, 4096), "layers_per_block": (1, 16),
@@ -166,8 +173,40 @@ class SDUNetConfig:
         }
 
 
+@dataclass(frozen=True)
+class SDXLUNetConfig(SDUNetConfig):
+    """An SDXL UNet: an SD UNet whose timestep embedding adds the micro-conditioning ("text_time": the pooled
+    text embedding and six size numbers, each through a sinusoidal embedding of addition_time_embed_dim)."""
+
+    block_out_channels: tuple[int, ...] = (320, 640, 1280)
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    sample_size: int = 128
+    cross_attention_dim: int = 2048
+    attention_head_dim: tuple[int, ...] = (5, 10, 20)
+    transformer_layers_per_block: tuple[int, ...] = (1, 2, 10)
+    use_linear_projection: bool = True
+    addition_time_embed_dim: int = 256
+    projection_class_embeddings_input_dim: int = 2816  # 6 * addition_time_embed_dim + the pooled embedding
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bounds("sdxl unet", self, {"transformer_layers_per_block": (1, 64), "addition_time_embed_dim": (1, 4096),
+                                         "projection_class_embeddings_input_dim": (1, 1 << 16)})
+        if len(self.transformer_layers_per_block) not in (1, len(self.block_out_channels)):
+            raise ConfigError("sdxl unet: transformer_layers_per_block needs 1 value or one per block")
+
+    def to_diffusers(self) -> dict[str, Any]:
+        layers = self.transformer_layers_per_block
+        return {**super().to_diffusers(), "addition_embed_type": "text_time",
+                "addition_time_embed_dim": self.addition_time_embed_dim,
+                "projection_class_embeddings_input_dim": self.projection_class_embeddings_input_dim,
+                "transformer_layers_per_block": layers[0] if len(layers) == 1 else list(layers)}
+
+
 ARCHITECTURES = architectures.NAMES
-UNET_CONFIGS = {"DBUNetConfig": DBUNetConfig, "SDUNetConfig": SDUNetConfig}  # dbunet.architectures names them
+# the denoiser config classes dbunet.architectures names
+UNET_CONFIGS = {"DBUNetConfig": DBUNetConfig, "SDUNetConfig": SDUNetConfig, "SDXLUNetConfig": SDXLUNetConfig}
 
 
 @dataclass(frozen=True)
@@ -257,6 +296,14 @@ class ModelConfig:
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     seed: int = 0  # seed of the deterministic initial weights
     arch: str = architectures.DEFAULT  # a name in dbunet.architectures
+    text_2: TextEncoderConfig | None = None  # SDXL's second text encoder (with projection)
+    # SDXL pipelines' force_zeros_for_empty_prompt: an empty negative prompt is all-zero embeddings, not encoded
+    zero_empty_negative: bool = False
+
+    @property
+    def text_width(self) -> int:
+        """The width of the text embedding the denoiser attends to (both encoders' hidden states, concatenated)."""
+        return self.text.hidden_size + (self.text_2.hidden_size if self.text_2 else 0)
 
     @property
     def architecture(self) -> architectures.Architecture:
@@ -282,11 +329,20 @@ class ModelConfig:
             raise ConfigError(
                 f"dbunet.in_channels {self.unet.in_channels} != vae.latent_channels {self.vae.latent_channels}"
             )
-        if self.unet.cross_attention_dim != self.text.hidden_size:
+        if self.unet.cross_attention_dim != self.text_width:
             raise ConfigError(
                 f"dbunet.cross_attention_dim {self.unet.cross_attention_dim} != "
-                f"text hidden_size {self.text.hidden_size}"
+                f"text hidden_size {self.text_width}"
             )
+        if (self.text_2 is not None) != (arch.text_encoders == 2):
+            raise ConfigError(f"arch {self.arch} takes {arch.text_encoders} text encoder(s): text_2 "
+                              f"{'missing' if self.text_2 is None else 'given'}")
+        if arch.micro_conditioning:
+            want = 6 * self.unet.addition_time_embed_dim + self.text_2.projection_dim
+            if self.text_2.projection_dim < 1 or self.unet.projection_class_embeddings_input_dim != want:
+                raise ConfigError(f"sdxl: projection_class_embeddings_input_dim must be 6 x addition_time_embed_dim "
+                                  f"+ text_2.projection_dim = {want}, got "
+                                  f"{self.unet.projection_class_embeddings_input_dim}")
         f = self.vae.downscale
         d = self.defaults
         if d.height % f or d.width % f:
@@ -327,6 +383,11 @@ def _convert(tp: Any, value: Any) -> Any:
         except ValueError:
             raise ConfigError(f"expected a list of {len(args)}, got {value!r}") from None
     if origin in (typing.Union, types.UnionType):
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(arms) < len(typing.get_args(tp)):
+            return None
+        if len(arms) == 1:  # Optional[X]
+            return _convert(arms[0], value)
         return value
     if tp is bool:
         if not isinstance(value, bool):

@@ -46,6 +46,10 @@ class Conditioning:
     boxes: np.ndarray  # [B,N,4]
     phrases: np.ndarray  # [B,N,D]
     valid: np.ndarray  # [B,N]; 0 for padding, and for every box of the unconditional half
+    # SDXL's micro-conditioning (None for the other architectures): the pooled text embedding of the second
+    # encoder [B,P] and (original size, crop top-left, target size) [B,6]
+    text_embeds: np.ndarray | None = None
+    time_ids: np.ndarray | None = None
 
 
 def reference_denoise_step(step: Step, x: np.ndarray, cond: Conditioning,
@@ -67,6 +71,11 @@ class Stages(Protocol):
     def tokenize(self, texts: list[str]) -> np.ndarray: ...  # int64 [n, L]
 
     def encode_text(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # [n,L,D], pooled [n,D]
+
+    # the second text encoder (architectures with text_encoders == 2: SDXL); others need not have these
+    def tokenize_2(self, texts: list[str]) -> np.ndarray: ...
+
+    def encode_text_2(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # [n,L,D2], text_embeds [n,P]
 
     def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
                      ) -> tuple[np.ndarray, np.ndarray]: ...  # (x_next, x0), each like x
@@ -122,12 +131,28 @@ class GenerationResult:
     pixels: np.ndarray | None = None  # the final image [1,3,H,W] before quantisation (X1 if no refiner)
 
 
+def encode_prompts(stages: Stages, config: ModelConfig, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(text embedding [n,L,W], pooled [n,P]) of each text: one encoder's, or (SDXL) both encoders' hidden
+    states concatenated along the width, with the second encoder's pooled projection."""
+    hidden, pooled = stages.encode_text(stages.tokenize(texts))
+    if config.architecture.text_encoders == 2:
+        hidden_2, pooled = stages.encode_text_2(stages.tokenize_2(texts))
+        hidden = np.concatenate([hidden, hidden_2], axis=-1)
+    return hidden.astype(np.float32), pooled.astype(np.float32)
+
+
 def build_conditioning(stages: Stages, config: ModelConfig, req: GenerationRequest) -> Conditioning:
     """The text and boxes a denoising step sees: [negative; prompt] when guided (guidance scale != 1), one
-    pooled embedding per box phrase, and no boxes for the unconditional half."""
+    pooled embedding per box phrase, and no boxes for the unconditional half; SDXL's micro-conditioning."""
     guided = req.guidance_scale != 1.0
     prompts = [req.negative_prompt, req.prompt] if guided else [req.prompt]
-    text, _ = stages.encode_text(stages.tokenize(prompts))
+    text, pooled = encode_prompts(stages, config, prompts)
+    if guided and config.zero_empty_negative and not req.negative_prompt:  # SDXL's force_zeros_for_empty_prompt
+        text[0], pooled[0] = 0.0, 0.0
+    micro = {}
+    if config.architecture.micro_conditioning:  # original size, crop top-left, target size: the request's size
+        sizes = np.array([req.height, req.width, 0, 0, req.height, req.width], dtype=np.float32)
+        micro = {"text_embeds": pooled, "time_ids": np.stack([sizes] * len(prompts))}
     coords, valid = box_arrays(req.boxes)
     if req.boxes:
         _, pooled = stages.encode_text(stages.tokenize([b.phrase for b in req.boxes]))
@@ -137,7 +162,7 @@ def build_conditioning(stages: Stages, config: ModelConfig, req: GenerationReque
     if guided:
         coords, phrases = np.concatenate([coords, coords]), np.concatenate([phrases, phrases])
         valid = np.concatenate([np.zeros_like(valid), valid])
-    return Conditioning(text, coords, phrases, valid)
+    return Conditioning(text, coords, phrases, valid, **micro)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

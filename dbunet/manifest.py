@@ -130,6 +130,7 @@ class Manifest:
     tools: dict[str, str]
     weights_source: str = ""  # the model folder TorchPipeline can load, relative to the manifest if inside
     plugins: list[dict[str, Any]] = field(default_factory=list)  # PTX of the fused kernels, per target
+    tokenizer_2: dict[str, str] | None = None  # SDXL's second text encoder's tokenizer, like `tokenizer`
     dbunet_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -148,6 +149,7 @@ class Manifest:
             "format_version": self.format_version, "dbunet_version": self.dbunet_version,
             "config": self.config.to_dict(), "weights_sha256": self.weights_sha256,
             "weights_source": self.weights_source, "tokenizer": self.tokenizer, "tools": self.tools,
+            **({"tokenizer_2": self.tokenizer_2} if self.tokenizer_2 else {}),
             "plugins": self.plugins,
             "artifacts": [a.to_dict() for a in self.artifacts],
         }
@@ -197,13 +199,15 @@ class Manifest:
             manifest = cls(
                 config=ModelConfig.from_dict(d["config"]), weights_sha256=d["weights_sha256"],
                 artifacts=[Artifact.from_dict(a) for a in d["artifacts"]], tokenizer=tok,
+                tokenizer_2=d.get("tokenizer_2"),
                 tools=d.get("tools", {}), weights_source=d.get("weights_source", ""), plugins=d.get("plugins", []),
                 dbunet_version=version, format_version=fmt,
             )
         except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise ArtifactError(f"{shown(path)} is malformed ({str(exc)[:200]}); re-run dbunet-export") from None
         # every path it names stays inside the directory: checked here, before anything is loaded
-        for rel in [tok["file"], *(f for a in manifest.artifacts for f in a.files)]:
+        tokenizer_files = [t["file"] for t in (tok, manifest.tokenizer_2) if t]
+        for rel in [*tokenizer_files, *(f for a in manifest.artifacts for f in a.files)]:
             inside(directory, rel)
         return manifest
 

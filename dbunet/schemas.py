@@ -55,6 +55,9 @@ ARTIFACT = {
     },
 }
 
+TOKENIZER = {"type": "object", "required": ["file", "sha256"], "additionalProperties": False,
+             "properties": {"file": RELATIVE_PATH, "sha256": SHA256}}
+
 MANIFEST = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "dbunet artifacts manifest",
@@ -67,8 +70,8 @@ MANIFEST = {
         "config": {"type": "object"},  # its fields and bounds: dbunet.config.ModelConfig.from_dict
         "weights_sha256": SHA256,
         "weights_source": {"type": "string"},
-        "tokenizer": {"type": "object", "required": ["file", "sha256"], "additionalProperties": False,
-                      "properties": {"file": RELATIVE_PATH, "sha256": SHA256}},
+        "tokenizer": TOKENIZER,
+        "tokenizer_2": TOKENIZER,  # SDXL's second tokenizer
         "tools": {"type": "object", "additionalProperties": {"type": "string"}},
         "plugins": {"type": "array", "items": {"type": "object"}},
         "artifacts": {"type": "array", "minItems": 1, "items": ARTIFACT},

@@ -51,14 +51,30 @@ def sd1_folder(tmp_path_factory):
     return make_sd_folder(tmp_path_factory.mktemp("sd1"))
 
 
-@pytest.fixture(scope="session")
-def sd1_artifacts(sd1_folder, tmp_path_factory):
-    """That folder exported with --arch sd1, FP32 and FP16."""
+def _export_folder(folder, arch: str, out):
+    """A diffusers folder exported with --arch `arch`, FP32 and FP16."""
     from dbunet.export.exporter import ExportOptions, export
 
-    out = tmp_path_factory.mktemp("sd1-artifacts")
-    export(ExportOptions(weights=sd1_folder, arch="sd1", out=out, fp16=True), report=lambda line: None)
+    export(ExportOptions(weights=folder, arch=arch, out=out, fp16=True), report=lambda line: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def sd1_artifacts(sd1_folder, tmp_path_factory):
+    return _export_folder(sd1_folder, "sd1", tmp_path_factory.mktemp("sd1-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def sdxl_folder(tmp_path_factory):
+    """A small random SDXL base folder (tests/sdxl_folder.py)."""
+    from sdxl_folder import make_sdxl_folder
+
+    return make_sdxl_folder(tmp_path_factory.mktemp("sdxl"))
+
+
+@pytest.fixture(scope="session")
+def sdxl_artifacts(sdxl_folder, tmp_path_factory):
+    return _export_folder(sdxl_folder, "sdxl", tmp_path_factory.mktemp("sdxl-artifacts"))
 
 
 def make_sensitive(model) -> None:
@@ -86,15 +102,15 @@ def make_sensitive(model) -> None:
 @pytest.fixture(scope="session")
 def sensitive_artifacts(tmp_path_factory):
     """The sensitive tiny model (make_sensitive) exported FP32 and FP16 with what the runtime needs."""
+    from dbunet.architectures import DBUNET
     from dbunet.export.exporter import ExportOptions, export
-    from dbunet.export.specs import COMPONENTS
     from dbunet.models.cascade import create_preset_model, save_model
 
     root = tmp_path_factory.mktemp("sensitive")
     model = create_preset_model(tiny(), root / "model")
     make_sensitive(model)
     save_model(model, root / "model")
-    components = tuple(c for c in COMPONENTS if c != "vae_encoder")
+    components = tuple(c for c in DBUNET.graphs if c != "vae_encoder")
     export(ExportOptions(weights=root / "model", out=root / "artifacts", fp16=True, components=components),
            report=lambda line: None)
     return root / "artifacts"

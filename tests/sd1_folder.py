@@ -14,11 +14,13 @@ def make_sd_folder(root, prediction_type="epsilon", seed=0):
     torch.manual_seed(seed)
     vocab, merges = learn_bpe(1024)
     tok_dir = write_clip_tokenizer(root / "_tok", vocab, merges)
-    tokenizer = CLIPTokenizer(vocab_file=str(tok_dir / "vocab.json"), merges_file=str(tok_dir / "merges.txt"),
+    tokenizer = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"),
                               model_max_length=77)
+    assert len(tokenizer) == 1024, "the tokenizer did not read its vocabulary"
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, bos_token_id=1022, eos_token_id=1023, pad_token_id=1023))
+        max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos))
     vae = AutoencoderKL(block_out_channels=(16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=8,
                         layers_per_block=1, scaling_factor=0.5)

@@ -52,7 +52,7 @@ def test_unknown_fields_and_presets_are_named():
 
 
 @pytest.mark.parametrize("edit,field", [
-    (lambda d: d.update(arch="sdxl"), "config.arch"),
+    (lambda d: d.update(arch="sd3"), "config.arch"),
     (lambda d: d["schedule"].update(beta_schedule="cosine"), "schedule.beta_schedule"),
     (lambda d: d["schedule"].update(prediction_type="sample"), "schedule.prediction_type"),
     (lambda d: d["schedule"].update(timestep_spacing="karras"), "schedule.timestep_spacing"),

@@ -226,7 +226,7 @@ def test_a_prompt_beyond_the_text_window_is_truncated_with_one_warning(tiny_arti
         image = pipe(long, seed=1, **REQUEST).image
     warnings = [r for r in caplog.records if "truncated" in r.getMessage()]
     assert len(warnings) == 1 and "77 tokens" in warnings[0].getMessage()
-    cut = pipe.stages.tokenizer([long])[0]
+    cut = pipe.stages.tokenize([long])[0]
     assert cut.shape == (77,)
     np.testing.assert_array_equal(image, pipe(long[:len(long) - 5], seed=1, **REQUEST).image)  # the tail is not read
 

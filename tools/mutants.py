@@ -163,6 +163,17 @@ MUTANTS = [
     Mutant("literal_choices_unchecked", "dbunet/bounds.py",
            "if allowed is not None and value not in allowed:", "if False:",
            ("tests/test_schedulers.py", "tests/test_config.py"), "a schedule or arch outside its Literal accepted"),
+    # SDXL's conditioning (--arch sdxl), against diffusers' StableDiffusionXLPipeline
+    Mutant("sdxl_empty_negative_encoded", "dbunet/generation.py",
+           "if guided and config.zero_empty_negative and not req.negative_prompt:", "if False:",
+           ("tests/test_sdxl.py",), "an empty negative prompt encoded despite force_zeros_for_empty_prompt"),
+    Mutant("sdxl_time_ids_transposed", "dbunet/generation.py",
+           "[req.height, req.width, 0, 0, req.height, req.width]",
+           "[req.width, req.height, 0, 0, req.width, req.height]",
+           ("tests/test_sdxl.py",), "SDXL's size numbers as (width, height)"),
+    Mutant("sdxl_last_hidden_state", "dbunet/models/sdxl_folder.py",
+           "hidden_layer=-2,", "hidden_layer=-1,",
+           ("tests/test_sdxl.py",), "SDXL's text embedding from the last hidden state, not the penultimate"),
     # SD 1.x folders (--arch sd1) and the schedule options they bring
     Mutant("v_prediction_as_epsilon", "dbunet/schedulers/base.py",
            'if prediction_type == "epsilon":', 'if prediction_type in ("epsilon", "v_prediction"):',

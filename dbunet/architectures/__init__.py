@@ -14,9 +14,10 @@ from __future__ import annotations
 from dbunet.architectures.base import Architecture
 from dbunet.architectures.dbunet import DBUNET
 from dbunet.architectures.sd1 import SD1
+from dbunet.architectures.sdxl import SDXL
 from dbunet.errors import ConfigError
 
-REGISTRY: dict[str, Architecture] = {a.name: a for a in (DBUNET, SD1)}
+REGISTRY: dict[str, Architecture] = {a.name: a for a in (DBUNET, SD1, SDXL)}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT = DBUNET.name
 
@@ -27,4 +28,4 @@ def get(name: str, owner: str = "arch") -> Architecture:
     return REGISTRY[name]
 
 
-__all__ = ["DBUNET", "DEFAULT", "NAMES", "REGISTRY", "SD1", "Architecture", "get"]
+__all__ = ["DBUNET", "DEFAULT", "NAMES", "REGISTRY", "SD1", "SDXL", "Architecture", "get"]

@@ -24,10 +24,11 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--config", default=DEFAULT_PRESET,
                        help="preset (shapes: the trained demo; tiny: the seeded test model; sd15) or a config JSON "
                             f"file (default: {DEFAULT_PRESET})")
-    model.add_argument("--weights", type=Path, help="a dbunet model folder, or a diffusers SD 1.x folder")
+    model.add_argument("--weights", type=Path, help="a dbunet model folder, or a diffusers SD 1.x/2.x or SDXL folder")
     model.add_argument("--arch", choices=ARCHITECTURES, default=ARCHITECTURES[0],
-                       help="with an SD folder: dbunet (default) builds a DB-UNet taking its matching layers; sd1 "
-                            "deploys the folder's own UNet as it is (no boxes, no refiner)")
+                       help="with a diffusers folder: dbunet (default) builds a DB-UNet taking an SD folder's matching "
+                            "layers; sd1 deploys an SD 1.x/2.x folder's own UNet as it is, sdxl an SDXL base folder's "
+                            "(no boxes, no refiner)")
     graph = p.add_argument_group("graphs")
     graph.add_argument("--out", type=Path, default=Path("dbunet-artifacts"),
                        help="output directory (default: dbunet-artifacts)")
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest = export(options, report)
     n = len(manifest.artifacts)
-    print(f"wrote {n} graphs, tokenizer.json and manifest.json to {args.out} in {time.perf_counter() - start:.1f}s")
+    tokenizers = ", ".join(t["file"] for t in (manifest.tokenizer, manifest.tokenizer_2) if t)
+    print(f"wrote {n} graphs, {tokenizers} and manifest.json to {args.out} in {time.perf_counter() - start:.1f}s")
     if args.fp16:
         _engines(args.out, report)
     return 0

@@ -17,7 +17,7 @@ from dbunet.errors import ConfigError
 from dbunet.iospec import GraphSpec
 
 # engines whose shapes do not follow the image size
-SIZE_FREE = ("text_encoder", "gae")
+SIZE_FREE = ("text_encoder", "text_encoder_2", "gae")
 
 
 def engine_components(config: ModelConfig) -> tuple[str, ...]:
@@ -59,7 +59,8 @@ def profile(spec: GraphSpec, config: ModelConfig, resolution: Resolution, max_bo
     shapes = {}
     for t in spec.inputs:
         fixed = t.shape(sizes)
-        if spec.component == "text_encoder":  # [negative; prompt], one prompt, or one phrase per box
+        # the text encoders: [negative; prompt], one prompt, or one phrase per box
+        if spec.component in ("text_encoder", "text_encoder_2"):
             shapes[t.name] = ((1, *fixed[1:]), (2, *fixed[1:]), (max(2, max_boxes), *fixed[1:]))
         else:
             shapes[t.name] = (fixed, fixed, fixed)

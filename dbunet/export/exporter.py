@@ -121,13 +121,13 @@ def load_source_model(options: ExportOptions, out: Path) -> tuple[Model, str]:
                        "or a diffusers Stable Diffusion 1.x folder (vae/, text_encoder/, tokenizer/)")
 
 
-def export_tokenizer(model: Model, out: Path) -> dict[str, str]:
+def export_tokenizer(tokenizer, out: Path, name: str = "tokenizer.json") -> dict[str, str]:
     """tokenizer.json for the `tokenizers` library: the runtime's only text dependency."""
     with tempfile.TemporaryDirectory() as tmp:
-        model.tokenizer.save_pretrained(tmp)
-        target = out / "tokenizer.json"
+        tokenizer.save_pretrained(tmp)
+        target = out / name
         atomic.write_bytes(target, (Path(tmp) / "tokenizer.json").read_bytes())
-    return {"file": "tokenizer.json", "sha256": sha256_file(target)}
+    return {"file": name, "sha256": sha256_file(target)}
 
 
 UnetGraphs = dict[str, dict[str, onnx.ModelProto]]  # per-call UNet -> {precision: the graph written}
@@ -151,7 +151,16 @@ def export_component(model: Model, name: str, options: ExportOptions, out: Path,
     report("  " + result.line())
     require([result])
     artifacts, written = [artifact], {"fp32": graph}
-    if options.fp16:
+    if options.fp16 and name in ("vae_decoder", "vae_encoder") and config.vae.force_upcast:
+        # SDXL's VAE overflows in fp16 (its config says force_upcast, as diffusers reads it): its fp16 copy is
+        # the fp32 graph, and the note says why
+        note = "kept in fp32: this VAE overflows in fp16 (force_upcast in its config)"
+        written["fp16"] = graph
+        artifact, result = save(graph, "fp16", note, tolerance="fp32")
+        require([result])
+        report(f"  note: {name}: {note}")
+        artifacts.append(artifact)
+    elif options.fp16:
         # the converter's defaults first; then with softmax and normalisation kept in fp32; then give up on fp16
         safer = "kept in fp32 against fp16 overflow: " + ", ".join(fp16_convert.SAFER_BLOCK_LIST)
         for block, note in ((None, ""), (fp16_convert.SAFER_BLOCK_LIST, safer)):
@@ -250,7 +259,9 @@ def _export_into(options: ExportOptions, out: Path, report: Report) -> Manifest:
             p["sha256"] = sha256_file(out / p["file"])
     manifest = Manifest(
         config=model.config, weights_sha256=model.weights_sha256(), artifacts=artifacts,
-        tokenizer=export_tokenizer(model, out), tools=tool_versions(), weights_source=source, plugins=plugins,
+        tokenizer=export_tokenizer(model.tokenizer, out), tools=tool_versions(), weights_source=source,
+        plugins=plugins,
+        tokenizer_2=export_tokenizer(model.tokenizer_2, out, "tokenizer_2.json") if model.tokenizer_2 else None,
     )
     manifest.write(out)
     return manifest

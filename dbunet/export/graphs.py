@@ -8,16 +8,26 @@ from torch import Tensor, nn
 
 from dbunet.iospec import GraphSpec
 from dbunet.models.cascade import Cascade
+from dbunet.models.components import encode_text
 
 
 class TextEncoderGraph(nn.Module):
-    def __init__(self, cascade: Cascade) -> None:
+    """input_ids -> (the hidden state the denoiser reads, the pooled embedding); see models.components.encode_text."""
+
+    def __init__(self, cascade: Cascade, second: bool = False) -> None:
         super().__init__()
-        self.text_encoder = cascade.text_encoder
+        self.text_encoder = cascade.text_encoder_2 if second else cascade.text_encoder
+        self.hidden_layer = (cascade.config.text_2 if second else cascade.config.text).hidden_layer
 
     def forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.text_encoder(input_ids=input_ids)
-        return out.last_hidden_state, out.pooler_output
+        return encode_text(self.text_encoder, input_ids, self.hidden_layer)
+
+
+class SecondTextEncoderGraph(TextEncoderGraph):
+    """SDXL's second encoder: penultimate hidden state and the projected pooled embedding (text_embeds)."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__(cascade, second=True)
 
 
 class DBUNetGraph(nn.Module):
@@ -38,6 +48,17 @@ class SDUNetGraph(nn.Module):
 
     def forward(self, sample, timestep, text) -> Tensor:
         return self.unet(sample, timestep, text)
+
+
+class SDXLUNetGraph(nn.Module):
+    """--arch sdxl: the folder's UNet with its micro-conditioning inputs."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__()
+        self.unet = cascade.unet
+
+    def forward(self, sample, timestep, text, text_embeds, time_ids) -> Tensor:
+        return self.unet(sample, timestep, text, text_embeds, time_ids)
 
 
 class VaeDecoderGraph(nn.Module):
@@ -92,6 +113,7 @@ class RefinerUNetGraph(nn.Module):
 
 GRAPHS: dict[str, type[nn.Module]] = {
     "text_encoder": TextEncoderGraph,
+    "text_encoder_2": SecondTextEncoderGraph,
     "dbunet": DBUNetGraph,
     "vae_decoder": VaeDecoderGraph,
     "vae_encoder": VaeEncoderGraph,
@@ -102,7 +124,8 @@ GRAPHS: dict[str, type[nn.Module]] = {
 
 
 # exporter hooks: an architecture's own wrapper for a graph, where it differs from the DB-UNet cascade's
-ARCH_GRAPHS: dict[tuple[str, str], type[nn.Module]] = {("sd1", "dbunet"): SDUNetGraph}
+ARCH_GRAPHS: dict[tuple[str, str], type[nn.Module]] = {("sd1", "dbunet"): SDUNetGraph,
+                                                        ("sdxl", "dbunet"): SDXLUNetGraph}
 
 
 def graph_module(name: str, cascade: Cascade, arch: str) -> nn.Module:

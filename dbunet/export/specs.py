@@ -18,6 +18,10 @@ def components_of(config: ModelConfig) -> tuple[str, ...]:
 
 def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
     L, D = config.text.max_length, config.text.hidden_size
+    W = config.text_width  # what the denoiser attends to (SDXL: both encoders' widths)
+    second = config.text_2 or config.text  # SDXL's second encoder (absent elsewhere: its spec is dropped)
+    micro = [("text_embeds", F32, ("batch", second.projection_dim or second.hidden_size)),
+             ("time_ids", F32, ("batch", 6))]  # SDXL's micro-conditioning (dropped elsewhere)
     z, S = config.vae.latent_channels, config.refiner.semantic_dim
     latent = ("batch", z, "latent_height", "latent_width")
     image = ("batch", 3, "height", "width")
@@ -30,8 +34,11 @@ def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
     specs = [
         spec("text_encoder", [("input_ids", I64, ("batch", L))],
              [("last_hidden_state", F32, ("batch", L, D)), ("pooled", F32, ("batch", D))]),
+        spec("text_encoder_2", [("input_ids", I64, ("batch", second.max_length))],
+             [("last_hidden_state", F32, ("batch", second.max_length, second.hidden_size)),
+              ("pooled", F32, ("batch", second.projection_dim or second.hidden_size))]),
         spec("dbunet",
-             [("sample", F32, latent), ("timestep", F32, ("batch",)), ("text", F32, ("batch", L, D)),
+             [("sample", F32, latent), ("timestep", F32, ("batch",)), ("text", F32, ("batch", L, W)), *micro,
               ("boxes", F32, ("batch", "boxes", 4)), ("box_phrases", F32, ("batch", "boxes", D)),
               ("box_valid", F32, ("batch", "boxes")), ("box_scale", F32, ())],
              [("noise", F32, latent)]),
@@ -45,7 +52,7 @@ def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
         # one whole step: text batch 2 ([negative; prompt]) guides with the row's scale, batch 1 does not
         spec("dbunet_step",
              [("x", F32, one_latent), ("x0_prev", F32, one_latent), ("coeffs", F32, row),
-              ("text", F32, ("batch", L, D)), ("boxes", F32, ("batch", "boxes", 4)),
+              ("text", F32, ("batch", L, W)), *micro, ("boxes", F32, ("batch", "boxes", 4)),
               ("box_phrases", F32, ("batch", "boxes", D)), ("box_valid", F32, ("batch", "boxes"))],
              [("x_next", F32, one_latent), ("x0", F32, one_latent)]),
         spec("refiner_step",

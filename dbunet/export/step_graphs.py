@@ -83,11 +83,24 @@ class SDUNetStepGraph(nn.Module):
         return guided_step(c, x, x0_prev, text.shape[0], lambda s, t: self.unet(s, t, text))
 
 
+class SDXLUNetStepGraph(nn.Module):
+    """--arch sdxl: the step around an SDXL UNet; its micro-conditioning rides with the text (batch 1 or 2)."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__()
+        self.unet = cascade.unet
+
+    def forward(self, x, x0_prev, coeffs, text, text_embeds, time_ids) -> tuple[Tensor, Tensor]:
+        c = dict(zip(ROW, coeffs.unbind(0), strict=True))
+        return guided_step(c, x, x0_prev, text.shape[0], lambda s, t: self.unet(s, t, text, text_embeds, time_ids))
+
+
 STEP_MODULES = {"dbunet_step": DBUNetStepGraph, "refiner_step": RefinerStepGraph}
 
 
 # exporter hooks: an architecture's own step graph, where it differs from the DB-UNet cascade's
-ARCH_STEP_MODULES: dict[tuple[str, str], type[nn.Module]] = {("sd1", "dbunet_step"): SDUNetStepGraph}
+ARCH_STEP_MODULES: dict[tuple[str, str], type[nn.Module]] = {("sd1", "dbunet_step"): SDUNetStepGraph,
+                                                              ("sdxl", "dbunet_step"): SDXLUNetStepGraph}
 
 
 def step_module(name: str, cascade: Cascade, arch: str) -> nn.Module:
@@ -154,6 +167,8 @@ def compose_step(name: str, unet: onnx.ModelProto, spec: GraphSpec) -> onnx.Mode
         if "box_scale" in unet_inputs:  # the DB-UNet; a plain SD UNet (--arch sd1) takes no boxes
             nodes.append(helper.make_node("Identity", [c["box_scale"]], ["box_scale"], name=_P + "set_box_scale"))
             expected |= {"boxes", "box_phrases", "box_valid", "box_scale"}
+        if "time_ids" in unet_inputs:  # SDXL: its micro-conditioning comes in with the text, batch for batch
+            expected |= {"text_embeds", "time_ids"}
         body_start = len(nodes)
         nodes += list(unet.graph.node)
         # epilogue: guidance over the batch's first (unconditional) and last (conditional) halves

@@ -19,7 +19,7 @@ from torch import nn
 from dbunet import atomic
 from dbunet.config import ModelConfig
 from dbunet.errors import ConfigError, WeightsError
-from dbunet.models.components import build_sd_unet, build_text_encoder, build_vae, load_tokenizer
+from dbunet.models.components import build_sd_unet, build_sdxl_unet, build_text_encoder, build_vae, load_tokenizer
 from dbunet.models.dbunet import DBUNet
 from dbunet.models.refiner import Refiner
 from dbunet.tokenizer import BOS, EOS, learn_bpe, write_clip_tokenizer
@@ -27,11 +27,12 @@ from dbunet.tokenizer import BOS, EOS, learn_bpe, write_clip_tokenizer
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
+TOKENIZER_2_DIR = "tokenizer_2"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
 
 
 # each architecture's denoiser (dbunet.architectures names them; the modules live here, with torch)
-UNET_BUILDERS = {"dbunet": DBUNet, "sd1": build_sd_unet}
+UNET_BUILDERS = {"dbunet": DBUNet, "sd1": build_sd_unet, "sdxl": build_sdxl_unet}
 
 
 class Cascade(nn.Module):
@@ -41,6 +42,8 @@ class Cascade(nn.Module):
         super().__init__()
         self.config = config
         self.text_encoder = build_text_encoder(config.text, bos_token_id, eos_token_id)
+        if config.text_2 is not None:  # SDXL's second encoder (same vocabulary, its own weights)
+            self.text_encoder_2 = build_text_encoder(config.text_2, bos_token_id, eos_token_id)
         self.vae = build_vae(config.vae)
         self.unet = UNET_BUILDERS[config.arch](config.unet)
         if config.has_refiner:
@@ -50,9 +53,11 @@ class Cascade(nn.Module):
 class Model:
     """A config, its cascade and its tokenizer: everything TorchPipeline and the exporter need."""
 
-    def __init__(self, config: ModelConfig, cascade: Cascade, tokenizer, tokenizer_files: dict[str, bytes]) -> None:
+    def __init__(self, config: ModelConfig, cascade: Cascade, tokenizer, tokenizer_files: dict[str, bytes],
+                 tokenizer_2=None, tokenizer_2_files: dict[str, bytes] | None = None) -> None:
         self.config, self.cascade, self.tokenizer = config, cascade, tokenizer
         self.tokenizer_files = tokenizer_files  # vocab.json / merges.txt bytes, saved with the weights
+        self.tokenizer_2, self.tokenizer_2_files = tokenizer_2, tokenizer_2_files or {}  # SDXL's second
 
     def weights_sha256(self) -> str:
         h = hashlib.sha256()
@@ -67,18 +72,28 @@ def preset_tokenizer_dir(config: ModelConfig, directory: str | Path) -> Path:
     return write_clip_tokenizer(directory, vocab, merges)
 
 
+def _tokenizer_files(directory: Path) -> dict[str, bytes]:
+    return {name: (directory / name).read_bytes() for name in TOKENIZER_FILES if (directory / name).is_file()}
+
+
 def build_model(config: ModelConfig, tokenizer_dir: str | Path, seed: int | None = None) -> Model:
-    """Deterministic initial weights: the same config and seed give bitwise the same model."""
+    """Deterministic initial weights: the same config and seed give bitwise the same model. A second text
+    encoder's tokenizer (SDXL) is read from tokenizer_2/ beside `tokenizer_dir`."""
     tokenizer_dir = Path(tokenizer_dir)
-    tokenizer = load_tokenizer(tokenizer_dir, config.text.max_length)
-    files = {name: (tokenizer_dir / name).read_bytes() for name in TOKENIZER_FILES if (tokenizer_dir / name).is_file()}
+    tokenizer = load_tokenizer(tokenizer_dir, config.text.max_length, config.text.pad_token)
+    files = _tokenizer_files(tokenizer_dir)
+    tokenizer_2 = files_2 = None
+    if config.text_2 is not None:
+        tokenizer_2_dir = tokenizer_dir.parent / TOKENIZER_2_DIR
+        tokenizer_2 = load_tokenizer(tokenizer_2_dir, config.text_2.max_length, config.text_2.pad_token)
+        files_2 = _tokenizer_files(tokenizer_2_dir)
     bos, eos = tokenizer.convert_tokens_to_ids(BOS), tokenizer.convert_tokens_to_ids(EOS)
     if max(bos, eos) >= config.text.vocab_size:
         raise ConfigError(f"tokenizer ids reach {max(bos, eos)}, text encoder vocab_size is {config.text.vocab_size}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed if seed is None else seed)
         cascade = Cascade(config, bos, eos)
-    return Model(config, cascade.eval(), tokenizer, files)
+    return Model(config, cascade.eval(), tokenizer, files, tokenizer_2, files_2)
 
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "presets"  # trained presets' model folders (dbunet.train)
@@ -115,6 +130,8 @@ def save_model(model: Model, directory: str | Path) -> Path:
     )
     for name, data in model.tokenizer_files.items():
         atomic.write_bytes(directory / TOKENIZER_DIR / name, data)
+    for name, data in model.tokenizer_2_files.items():
+        atomic.write_bytes(directory / TOKENIZER_2_DIR / name, data)
     atomic.write_text(directory / CONFIG_FILE, model.config.to_json())
     return directory
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from dbunet.config import SDUNetConfig, TextEncoderConfig, VaeConfig
@@ -41,8 +40,22 @@ def build_sd_unet(cfg: SDUNetConfig):
     return SDUNet(**cfg.to_diffusers())
 
 
+def build_sdxl_unet(cfg):
+    """An SDXL UNet2DConditionModel called as (sample, timestep, text, text_embeds, time_ids) -> prediction."""
+    from diffusers import UNet2DConditionModel
+
+    class SDXLUNet(UNet2DConditionModel):
+        def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, text_embeds: Tensor,
+                    time_ids: Tensor) -> Tensor:
+            added = {"text_embeds": text_embeds, "time_ids": time_ids}
+            return super().forward(sample, timestep, encoder_hidden_states, added_cond_kwargs=added,
+                                   return_dict=False)[0]
+
+    return SDXLUNet(**cfg.to_diffusers())
+
+
 def build_text_encoder(cfg: TextEncoderConfig, bos_token_id: int, eos_token_id: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=cfg.vocab_size,
@@ -55,11 +68,12 @@ def build_text_encoder(cfg: TextEncoderConfig, bos_token_id: int, eos_token_id: 
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,  # pooled output is read at the first EOS
         pad_token_id=eos_token_id,
+        projection_dim=cfg.projection_dim or 512,
     )
-    return CLIPTextModel(config)
+    return CLIPTextModelWithProjection(config) if cfg.projection_dim else CLIPTextModel(config)
 
 
-def load_tokenizer(directory: str | Path, max_length: int = 77):
+def load_tokenizer(directory: str | Path, max_length: int = 77, pad_token: str = "<|endoftext|>"):
     """A CLIP tokenizer from vocab.json + merges.txt (or tokenizer.json) in `directory`."""
     from transformers import CLIPTokenizer
 
@@ -72,6 +86,7 @@ def load_tokenizer(directory: str | Path, max_length: int = 77):
     else:
         raise WeightsError(f"no tokenizer in {directory}: expected vocab.json + merges.txt or tokenizer.json")
     tok.model_max_length = max_length
+    tok.pad_token = pad_token  # EOS for SD 1.x and SDXL's first tokenizer, "!" for SDXL's second
     return tok
 
 
@@ -81,8 +96,10 @@ def tokenize(tokenizer, texts: list[str], max_length: int = 77) -> np.ndarray:
     return np.asarray(enc["input_ids"], dtype=np.int64)
 
 
-@torch.no_grad()
-def encode_text(text_encoder, ids: Tensor) -> tuple[Tensor, Tensor]:
-    """(last hidden state [B,L,D], pooled embedding at the first EOS [B,D])."""
-    out = text_encoder(input_ids=ids)
-    return out.last_hidden_state, out.pooler_output
+def encode_text(text_encoder, ids: Tensor, hidden_layer: int = -1) -> tuple[Tensor, Tensor]:
+    """(hidden state [B,L,D]: the last, after the final layer norm, or hidden_states[hidden_layer] (SDXL: -2);
+    pooled [B,P]: the embedding at the first EOS, through the projection where the encoder has one)."""
+    out = text_encoder(input_ids=ids, output_hidden_states=hidden_layer != -1)
+    hidden = out.last_hidden_state if hidden_layer == -1 else out.hidden_states[hidden_layer]
+    pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
+    return hidden, pooled

@@ -43,7 +43,16 @@ class TorchStages:
 
     @torch.no_grad()
     def encode_text(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hidden, pooled = encode_text(self.cascade.text_encoder, self._t(ids))
+        hidden, pooled = encode_text(self.cascade.text_encoder, self._t(ids), self.model.config.text.hidden_layer)
+        return self._np(hidden), self._np(pooled)
+
+    def tokenize_2(self, texts: list[str]) -> np.ndarray:
+        return tokenize(self.model.tokenizer_2, texts, self.model.config.text_2.max_length)
+
+    @torch.no_grad()
+    def encode_text_2(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        layer = self.model.config.text_2.hidden_layer
+        hidden, pooled = encode_text(self.cascade.text_encoder_2, self._t(ids), layer)
         return self._np(hidden), self._np(pooled)
 
     @torch.no_grad()
@@ -51,8 +60,8 @@ class TorchStages:
                      ) -> tuple[np.ndarray, np.ndarray]:
         def predict(sample, timestep, box_scale):
             args = (sample, timestep, cond.text, cond.boxes, cond.phrases, cond.valid, box_scale)
-            if not self.model.config.has_boxes:  # a plain SD UNet: sample, timestep, text
-                args = args[:3]
+            if not self.model.config.has_boxes:  # a plain SD UNet: sample, timestep, text (SDXL: and its own)
+                args = args[:3] if cond.time_ids is None else (*args[:3], cond.text_embeds, cond.time_ids)
             return self._np(self.cascade.unet(*(self._t(a) for a in args)))
 
         return reference_denoise_step(step, x, cond, predict), x0_prev  # the sampler keeps its own x0 history

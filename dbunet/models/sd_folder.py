@@ -28,6 +28,7 @@ _WEIGHT_NAMES = {
     "vae": "diffusion_pytorch_model",
     "unet": "diffusion_pytorch_model",
     "text_encoder": "model",
+    "text_encoder_2": "model",
 }
 
 
@@ -162,6 +163,7 @@ def sd1_config_from_folder(root: str | Path) -> ModelConfig:
     if not unet_json.is_file():
         raise WeightsError(f"--arch sd1 needs the folder's own UNet: {unet_json} is missing")
     unet = sd_unet_config(_read_json(unet_json), str(unet_json))
+    text = dataclasses.replace(text, pad_token=pad_token_of(root / "tokenizer"))  # SD 2.x pads with "!"
     if unet.cross_attention_dim != text.hidden_size:
         raise ConfigError(f"{root}: the UNet attends to {unet.cross_attention_dim}-wide text, the text encoder "
                           f"gives {text.hidden_size}")
@@ -192,7 +194,6 @@ def load_sd_folder(root: str | Path, base: ModelConfig | None = None, arch: str 
 
 
 def _as_sd1(root: Path, base: ModelConfig | None) -> tuple[Model, ImportReport]:
-    _check_padding(root / "tokenizer")
     model = build_model(sd1_config_from_folder(root), root / "tokenizer")
     _load_text_and_vae(model, root)
     state = read_weights(root / "unet", "unet")
@@ -218,7 +219,26 @@ def _into_dbunet(root: Path, base: ModelConfig | None) -> tuple[Model, ImportRep
     return model, report
 
 
-FOLDER_IMPORTS = {"dbunet": _into_dbunet, "sd1": _as_sd1}
+def _as_sdxl(root: Path, base: ModelConfig | None) -> tuple[Model, ImportReport]:
+    from dbunet.models.sdxl_folder import import_sdxl
+
+    return import_sdxl(root)
+
+
+FOLDER_IMPORTS = {"dbunet": _into_dbunet, "sd1": _as_sd1, "sdxl": _as_sdxl}
+
+
+def pad_token_of(tokenizer_dir: Path) -> str:
+    """The token a folder's tokenizer pads with: <|endoftext|> (SD 1.x, SDXL's first) or "!" (SD 2.x, SDXL's
+    second); the runtime pads the same way."""
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = tokenizer_dir / name
+        if path.is_file():
+            pad = _read_json(path).get("pad_token")
+            pad = pad.get("content") if isinstance(pad, dict) else pad
+            if pad is not None:
+                return pad
+    return "<|endoftext|>"
 
 
 def _load_text_and_vae(model: Model, root: Path) -> None:
@@ -227,17 +247,3 @@ def _load_text_and_vae(model: Model, root: Path) -> None:
     text_state = read_weights(root / "text_encoder", "text_encoder")
     text_state.pop("text_model.embeddings.position_ids", None)  # a buffer older transformers saved
     load_state(cascade.text_encoder, text_state, strict=True, source=str(root / "text_encoder"))
-
-
-def _check_padding(tokenizer_dir: Path) -> None:
-    """The runtime pads prompts with <|endoftext|>, as SD 1.x tokenizers do; SD 2.x tokenizers pad with "!",
-    which would change every padded position's text embedding. Refused rather than silently different."""
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = tokenizer_dir / name
-        if not path.is_file():
-            continue
-        pad = _read_json(path).get("pad_token")
-        pad = pad.get("content") if isinstance(pad, dict) else pad
-        if pad is not None and pad != "<|endoftext|>":
-            raise ConfigError(f"{path}: the tokenizer pads with {pad!r}; dbunet pads with <|endoftext|> as SD 1.x "
-                              "does (SD 2.x tokenizers pad with '!'): not supported yet")

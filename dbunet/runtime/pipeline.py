@@ -53,10 +53,11 @@ class Pipeline:
         if files not in available:
             raise ConfigError(f"precision {files} was not exported to {directory}; "
                               f"available: {', '.join(sorted(available))}")
-        tok = manifest.tokenizer
-        tokenizer = ClipTokenizer(verify_file(directory, tok["file"], tok["sha256"]), manifest.config.text.max_length,
-                                  manifest.config.text.vocab_size)
-        stages = be.stages(manifest, directory, files, tokenizer)
+        cfg = manifest.config
+        tokenizers = [ClipTokenizer(verify_file(directory, tok["file"], tok["sha256"]), text.max_length,
+                                    text.vocab_size, text.pad_token)
+                      for tok, text in ((manifest.tokenizer, cfg.text), (manifest.tokenizer_2, cfg.text_2)) if tok]
+        stages = be.stages(manifest, directory, files, tokenizers)
         log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, name_of(be))
         return cls(manifest, directory, be, precision, stages)
 

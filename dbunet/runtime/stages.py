@@ -14,6 +14,8 @@ def conditioning_feeds(cond: Conditioning, boxes: bool) -> dict[str, np.ndarray]
     """The step graph's conditioning inputs, by the names every backend's step graph (and engine) takes: the
     text, and the box inputs where the architecture has them (dbunet.architectures)."""
     feeds = {"text": cond.text}
+    if cond.time_ids is not None:  # SDXL
+        feeds |= {"text_embeds": cond.text_embeds, "time_ids": cond.time_ids}
     if boxes:
         feeds |= {"boxes": cond.boxes, "box_phrases": cond.phrases, "box_valid": cond.valid}
     return feeds
@@ -24,18 +26,25 @@ class GraphStages:
 
     whole_loops = False
 
-    def __init__(self, graphs: dict[str, Graph], tokenizer: ClipTokenizer, boxes: bool = True) -> None:
-        self.graphs, self.tokenizer, self.boxes = graphs, tokenizer, boxes
+    def __init__(self, graphs: dict[str, Graph], tokenizers: list[ClipTokenizer], boxes: bool = True) -> None:
+        self.graphs, self.tokenizers, self.boxes = graphs, tokenizers, boxes
 
     def _run(self, name: str, **feeds: np.ndarray) -> list[np.ndarray]:
         return self.graphs[name].run(feeds)
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
-        return self.tokenizer(texts)
+        return self.tokenizers[0](texts)
 
     def encode_text(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         hidden, pooled = self._run("text_encoder", input_ids=ids)
         return hidden, pooled
+
+    def tokenize_2(self, texts: list[str]) -> np.ndarray:
+        return self.tokenizers[1](texts)
+
+    def encode_text_2(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hidden, text_embeds = self._run("text_encoder_2", input_ids=ids)
+        return hidden, text_embeds
 
     def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
                      ) -> tuple[np.ndarray, np.ndarray]:

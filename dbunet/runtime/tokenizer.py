@@ -1,4 +1,5 @@
-"""CLIP tokenization from tokenizer.json with the `tokenizers` library (as SD 1.x pads: with EOS)."""
+"""CLIP tokenization from tokenizer.json with the `tokenizers` library, padded as the model's tokenizer pads
+(SD 1.x and SDXL's first tokenizer: with EOS; SD 2.x and SDXL's second: with "!")."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 class ClipTokenizer:
-    def __init__(self, path: str | Path, max_length: int, vocab_size: int | None = None) -> None:
+    def __init__(self, path: str | Path, max_length: int, vocab_size: int | None = None, pad_token: str = EOS) -> None:
         """`vocab_size`: the text encoder's embedding rows; a tokenizer that can emit larger ids is refused (ONNX
         Runtime crashes on such an id, OpenVINO reads past the table silently)."""
         from tokenizers import Tokenizer
@@ -34,7 +35,10 @@ class ClipTokenizer:
                                 "belong together; re-run dbunet-export")
         self.max_length = max_length
         self._tok.enable_truncation(max_length)
-        self._tok.enable_padding(length=max_length, pad_id=eos, pad_token=EOS)
+        pad = self._tok.token_to_id(pad_token)
+        if pad is None:
+            raise ArtifactError(f"{shown(path)}: no {pad_token!r} token to pad with")
+        self._tok.enable_padding(length=max_length, pad_id=pad, pad_token=pad_token)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         """Token ids [len(texts), max_length] int64: BOS, tokens, EOS, EOS padding. Longer texts are cut to

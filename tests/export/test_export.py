@@ -8,11 +8,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from dbunet.architectures import DBUNET
 from dbunet.config import tiny
 from dbunet.export.exporter import ExportOptions, export
 from dbunet.export.graphs import GRAPHS, run_reference, sample_inputs
 from dbunet.export.parity import TOLERANCE, measure
-from dbunet.export.specs import COMPONENTS, component_specs
+from dbunet.export.specs import component_specs
 from dbunet.export.step_graphs import STEP_MODULES
 from dbunet.manifest import Manifest, sha256_file
 from dbunet.models.cascade import load_model
@@ -25,7 +26,7 @@ def _session(path):
 def test_every_component_exported_and_passes_the_full_checker(tiny_artifacts):
     manifest = Manifest.read(tiny_artifacts)
     assert {(a.component, a.precision) for a in manifest.artifacts} == {
-        (c, p) for c in COMPONENTS for p in ("fp32", "fp16")
+        (c, p) for c in DBUNET.graphs for p in ("fp32", "fp16")
     }
     for a in manifest.artifacts:
         path = tiny_artifacts / a.path

@@ -147,7 +147,9 @@ def test_a_plain_sd1_model_runs_on_openvino(sd1_artifacts, tmp_path, monkeypatch
     latents = np.random.default_rng(4).standard_normal((1, 4, 16, 16)).astype(np.float32)
     want = Pipeline.from_artifacts(sd1_artifacts, "ort", "fp32")("a photo of a cat", steps=4, latents=latents)
     got = Pipeline.from_artifacts(sd1_artifacts, "openvino", "fp32")("a photo of a cat", steps=4, latents=latents)
-    np.testing.assert_allclose(got.pixels, want.pixels, rtol=0, atol=1e-4)  # FP32 both, as for the DB-UNet
+    # FP32 both; measured max 1.8e-4 of the [-1, 1] range (guided 7.5 with real token ids: kernels that
+    # sum in another order), bound about 5x that
+    np.testing.assert_allclose(got.pixels, want.pixels, rtol=0, atol=1e-3)
 
 
 def test_compiled_models_are_cached_per_precision_and_checked_before_use(artifacts, ort_fp32, tmp_path, monkeypatch):
@@ -235,3 +237,14 @@ def test_memory_does_not_grow_with_every_image_size(artifacts):
     assert proc.returncode == 0, proc.stderr[-2000:]
     grown = float(proc.stdout.strip().splitlines()[-1])
     assert grown < 80, f"{grown:.0f} MB over 144 image sizes"
+
+
+def test_an_sdxl_model_runs_on_openvino_as_on_onnx_runtime(sdxl_artifacts, tmp_path):
+    """--arch sdxl through the same graph stages: both text encoders, micro-conditioning; FP32 image within
+    a level of ONNX Runtime's (measured: max 1, as for the DB-UNet cascade)."""
+    latents = np.random.default_rng(4).standard_normal((1, 4, 16, 16)).astype(np.float32)
+    run = dict(steps=4, scheduler="euler", latents=latents, negative_prompt="blurry")
+    ov = Pipeline.from_artifacts(sdxl_artifacts, ov_backend.OvBackend("cpu", cache_dir=tmp_path / "cache"), "fp32")
+    want = Pipeline.from_artifacts(sdxl_artifacts, "ort", "fp32")("a photo of a cat", **run)
+    got = ov("a photo of a cat", **run)
+    assert np.abs(got.image.astype(int) - want.image.astype(int)).max() <= 1

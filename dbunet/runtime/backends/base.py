@@ -37,8 +37,9 @@ class Backend(Protocol):
     def artifact_precision(self, precision: str) -> str:
         """The exported files a precision runs from (OpenVINO computes BF16 from the FP32 graphs)."""
 
-    def stages(self, manifest: Manifest, directory: Path, precision: str, tokenizer: ClipTokenizer) -> Stages:
-        """The cascade's stages over the verified artifacts of `precision` (the files artifact_precision names).
+    def stages(self, manifest: Manifest, directory: Path, precision: str, tokenizers: list[ClipTokenizer]) -> Stages:
+        """The cascade's stages over the verified artifacts of `precision` (the files artifact_precision names);
+        one tokenizer per text encoder.
         Stages with `whole_loops` run each denoising loop in one call (TensorRT: one CUDA graph)."""
 
 
@@ -53,7 +54,8 @@ class GraphBackend:
     def artifact_precision(self, precision: str) -> str:
         return precision
 
-    def stages(self, manifest: Manifest, directory: Path, precision: str, tokenizer: ClipTokenizer) -> GraphStages:
+    def stages(self, manifest: Manifest, directory: Path, precision: str,
+               tokenizers: list[ClipTokenizer]) -> GraphStages:
         """Every graph the cascade needs, all verified (inside the directory, hash, external data) before
         the first is loaded."""
         from dbunet.manifest import verify_artifact
@@ -63,7 +65,7 @@ class GraphBackend:
         artifacts = {name: manifest.find(name, precision) for name in cfg.architecture.run_graphs}
         paths = {name: verify_artifact(directory, a) for name, a in artifacts.items()}
         graphs = {name: self.load(paths[name], a.spec, a.sha256[a.path]) for name, a in artifacts.items()}
-        return GraphStages(graphs, tokenizer, cfg.has_boxes)
+        return GraphStages(graphs, tokenizers, cfg.has_boxes)
 
 
 def check_threads(threads: int | None) -> None:

@@ -70,7 +70,7 @@ class TrtBackend:
     def artifact_precision(self, precision: str) -> str:
         return precision
 
-    def stages(self, manifest, directory: Path, precision: str, tokenizer) -> TrtStages:
+    def stages(self, manifest, directory: Path, precision: str, tokenizers) -> TrtStages:
         if precision != "fp16":
             raise ConfigError(f"TensorRT engines are FP16 (strongly typed from the FP16 export); precision {precision} "
                               "runs on --backend ort")
@@ -82,7 +82,7 @@ class TrtBackend:
         # load one resolution's engines now, so the shared activation region is sized once for them
         if built:
             engines.preload(default if default in built else built[0], cfg)
-        return TrtStages(engines, tokenizer, cfg)
+        return TrtStages(engines, tokenizers, cfg)
 
 
 class TrtEngines:
@@ -148,8 +148,8 @@ class TrtStages:
 
     whole_loops = True
 
-    def __init__(self, engines: TrtEngines, tokenizer, config) -> None:
-        self.engines, self.tokenizer, self.config = engines, tokenizer, config
+    def __init__(self, engines: TrtEngines, tokenizers, config) -> None:
+        self.engines, self.tokenizers, self.config = engines, tokenizers, config
         self.lock = threading.Lock()  # one stream and one set of buffers: calls take turns
         self.use_graphs = True
         self.last_issue_s = 0.0  # host time the last denoising loop took to issue (before waiting for it)
@@ -165,12 +165,20 @@ class TrtStages:
         return runner
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
-        return self.tokenizer(texts)
+        return self.tokenizers[0](texts)
 
     def encode_text(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self.lock:
             hidden, pooled = self._runner("text_encoder").run({"input_ids": ids})
         return hidden, pooled
+
+    def tokenize_2(self, texts: list[str]) -> np.ndarray:
+        return self.tokenizers[1](texts)
+
+    def encode_text_2(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            hidden, text_embeds = self._runner("text_encoder_2").run({"input_ids": ids})
+        return hidden, text_embeds
 
     # -- denoising --------------------------------------------------------------------------------------------
     def _step_inputs(self, x: np.ndarray, cond: Conditioning) -> tuple[object, dict[str, np.ndarray]]:
@@ -267,7 +275,9 @@ def static_conditioning(cond: Conditioning, slots: int | None) -> dict[str, np.n
     """The step engine's conditioning inputs at its static shapes: batch 2, `slots` box slots (None: an
     engine without box inputs)."""
     if cond.text.shape[0] == 1:  # unguided: the prompt twice; guidance 1 then gives eps_c
-        cond = Conditioning(*(np.concatenate([a, a]) for a in (cond.text, cond.boxes, cond.phrases, cond.valid)))
+        cond = Conditioning(*(None if a is None else np.concatenate([a, a])
+                              for a in (cond.text, cond.boxes, cond.phrases, cond.valid, cond.text_embeds,
+                                        cond.time_ids)))
     if slots is None:
         return conditioning_feeds(cond, boxes=False)
     n = cond.boxes.shape[1]
@@ -279,4 +289,6 @@ def static_conditioning(cond: Conditioning, slots: int | None) -> dict[str, np.n
         widths[1] = (0, slots - n)
         return np.pad(a.astype(np.float32, copy=False), widths)
 
-    return conditioning_feeds(Conditioning(cond.text, pad(cond.boxes), pad(cond.phrases), pad(cond.valid)), boxes=True)
+    padded = Conditioning(cond.text, pad(cond.boxes), pad(cond.phrases), pad(cond.valid), cond.text_embeds,
+                          cond.time_ids)
+    return conditioning_feeds(padded, boxes=True)

@@ -1,0 +1,90 @@
+"""An SDXL base folder (diffusers' StableDiffusionXLPipeline layout) as a dbunet model of arch "sdxl": its own
+UNet, VAE, both text encoders and tokenizers, deployed as they are (dbunet.architectures.sdxl)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from dbunet.config import ModelConfig, SamplingDefaults, SDXLUNetConfig, TextEncoderConfig, sd15
+from dbunet.errors import ConfigError, WeightsError
+from dbunet.models.cascade import TOKENIZER_2_DIR, TOKENIZER_DIR, Model, build_model, load_state
+from dbunet.models.sd_folder import (
+    ImportReport,
+    _read_json,
+    _text_and_vae_config,
+    pad_token_of,
+    read_weights,
+    sd_unet_config,
+)
+from dbunet.schedulers import NoiseSchedule
+
+# the UNet config keys an SDXL base UNet sets beyond a plain SD UNet's, carried by SDXLUNetConfig
+_SDXL_KEYS = ("transformer_layers_per_block", "addition_embed_type", "addition_time_embed_dim",
+              "projection_class_embeddings_input_dim")
+SCHEDULERS = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpm++"}
+
+
+def _text_config(root: Path, folder: str, tokenizer: str) -> TextEncoderConfig:
+    te = _read_json(root / folder / "config.json")
+    return TextEncoderConfig(
+        vocab_size=te["vocab_size"], hidden_size=te["hidden_size"], intermediate_size=te["intermediate_size"],
+        num_hidden_layers=te["num_hidden_layers"], num_attention_heads=te["num_attention_heads"],
+        max_length=te.get("max_position_embeddings", 77), hidden_act=te.get("hidden_act", "quick_gelu"),
+        hidden_layer=-2,  # SDXL reads the penultimate hidden state of both encoders
+        projection_dim=te.get("projection_dim", 0) if folder == "text_encoder_2" else 0,
+        pad_token=pad_token_of(root / tokenizer),
+    )
+
+
+def sdxl_config_from_folder(root: str | Path) -> ModelConfig:
+    root = Path(root)
+    _, vae = _text_and_vae_config(root)
+    # SDXL pipelines decode in fp32 where the VAE's config says force_upcast (diffusers' default: true);
+    # SD 1.x pipelines ignore the flag, so only this architecture reads it
+    upcast = _read_json(root / "vae" / "config.json").get("force_upcast", True)
+    vae = dataclasses.replace(vae, force_upcast=bool(upcast))
+    text, text_2 = _text_config(root, "text_encoder", "tokenizer"), _text_config(root, "text_encoder_2", "tokenizer_2")
+    unet_json = root / "unet" / "config.json"
+    u = _read_json(unet_json)
+    if u.get("addition_embed_type") != "text_time":
+        raise ConfigError(f"{unet_json}: not an SDXL base UNet (addition_embed_type {u.get('addition_embed_type')!r}, "
+                          "expected 'text_time')")
+    plain = sd_unet_config({k: v for k, v in u.items() if k not in _SDXL_KEYS}, str(unet_json))
+    layers = u.get("transformer_layers_per_block", 1)
+    unet = SDXLUNetConfig(
+        **dataclasses.asdict(plain), addition_time_embed_dim=u["addition_time_embed_dim"],
+        projection_class_embeddings_input_dim=u["projection_class_embeddings_input_dim"],
+        transformer_layers_per_block=tuple(layers) if isinstance(layers, list) else (layers,))
+    sched_json = root / "scheduler" / "scheduler_config.json"
+    sched = _read_json(sched_json) if sched_json.is_file() else {}
+    schedule = NoiseSchedule.from_diffusers(sched, str(sched_json)) if sched else NoiseSchedule()
+    side = unet.sample_size * vae.downscale
+    defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=5.0, refiner_steps=0,
+                                scheduler=SCHEDULERS.get(sched.get("_class_name"), "euler"),
+                                max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
+    index = root / "model_index.json"
+    zeros = bool(_read_json(index).get("force_zeros_for_empty_prompt", True)) if index.is_file() else True
+    try:
+        return ModelConfig(name=f"sdxl:{root.name}", text=text, vae=vae, unet=unet, refiner=sd15().refiner,
+                           schedule=schedule, defaults=defaults, arch="sdxl", text_2=text_2,
+                           zero_empty_negative=zeros)
+    except ConfigError as exc:
+        raise ConfigError(f"{root}: {exc}") from None
+
+
+def import_sdxl(root: Path) -> tuple[Model, ImportReport]:
+    """The folder's own weights, every tensor (strict)."""
+    for sub in ("unet", "vae", "text_encoder", "text_encoder_2", TOKENIZER_DIR, TOKENIZER_2_DIR):
+        if not (root / sub).is_dir():
+            raise WeightsError(f"--arch sdxl: {root} has no {sub}/ (an SDXL base folder has unet, vae, text_encoder, "
+                               "text_encoder_2, tokenizer, tokenizer_2)")
+    model = build_model(sdxl_config_from_folder(root), root / TOKENIZER_DIR)
+    cascade, loaded = model.cascade, []
+    for name, module in (("unet", cascade.unet), ("vae", cascade.vae), ("text_encoder", cascade.text_encoder),
+                         ("text_encoder_2", cascade.text_encoder_2)):
+        state = read_weights(root / name, name)
+        state.pop("text_model.embeddings.position_ids", None)  # a buffer older transformers saved
+        load_state(module, state, strict=True, source=str(root / name))
+        loaded += [f"{name}.{k}" for k in state]
+    return model, ImportReport(sorted(loaded), [])

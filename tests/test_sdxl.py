@@ -1,0 +1,120 @@
+"""--arch sdxl: an SDXL base folder through the exporter and the torch-free runtime, against diffusers' own
+StableDiffusionXLPipeline on the same folder (a small random one made here, tests/sdxl_folder.py: two CLIP
+encoders, "!" padding on the second tokenizer, a text_time UNet, force_zeros_for_empty_prompt).
+
+Same initial latents, prompt, sampler, 8 steps, guidance 5: the runtime's uint8 image must equal diffusers'
+within mean 1 / max 8 levels in FP32 (measured in the comments below), and the PyTorch reference exactly.
+"""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
+from sdxl_folder import SIZE
+
+from dbunet.errors import InputError
+from dbunet.manifest import Manifest
+from dbunet.runtime import Pipeline
+
+STEPS, GUIDANCE = 8, 5.0
+PROMPT = "a photo of a red cat on a table"
+SAMPLERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "dpm++": DPMSolverMultistepScheduler}
+
+
+def _latents(seed=5):
+    return np.random.default_rng(seed).standard_normal((1, 4, SIZE // 4, SIZE // 4)).astype(np.float32)
+
+
+def diffusers_image(folder, sampler: str, latents: np.ndarray, negative_prompt=None) -> np.ndarray:
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    height, width = latents.shape[2] * 4, latents.shape[3] * 4
+    out = pipe(PROMPT, negative_prompt=negative_prompt, height=height, width=width, num_inference_steps=STEPS,
+               guidance_scale=GUIDANCE, latents=torch.from_numpy(latents), output_type="np")
+    return (out.images[0] * 255).round().astype(np.uint8)
+
+
+def _ours(artifacts, precision, sampler, latents, **options):
+    pipe = Pipeline.from_artifacts(artifacts, "ort", precision)
+    size = dict(height=latents.shape[2] * 4, width=latents.shape[3] * 4)
+    return pipe(PROMPT, scheduler=sampler, steps=STEPS, guidance_scale=GUIDANCE, latents=latents, **size,
+                **options).image
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
+def test_fp32_runtime_equals_diffusers_sdxl_pipeline(sdxl_folder, sdxl_artifacts, sampler):
+    latents = _latents()
+    want = diffusers_image(sdxl_folder, sampler, latents)
+    got = _ours(sdxl_artifacts, "fp32", sampler, latents)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    # measured (AMD EPYC, diffusers 0.42, ORT 1.31 CPU): mean <= 0.0014, max 1 level for the three samplers;
+    # the reference's std is 40-46 levels, so a wrong conditioning or step moves it by far more than 8
+    assert want.std() > 10, "the reference image is flat: the comparison would prove nothing"
+    assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())
+
+
+# FP16 graphs (the VAE stays FP32: force_upcast), measured against diffusers' FP32 image: Euler and DPM++ mean
+# 0.26 / max 2 levels; DDIM mean 2.8 / max 31 (its x0 divides eps by sqrt(alpha) ~ 0.07 at the first steps, and
+# the test UNet's output is amplified 20x). Bounds about 2-6x those.
+FP16_BOUNDS = {"ddim": (6.0, 64), "euler": (1.5, 16), "dpm++": (1.5, 16)}
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
+def test_fp16_runtime_stays_near_diffusers_and_finite(sdxl_folder, sdxl_artifacts, sampler):
+    latents = _latents()
+    want = diffusers_image(sdxl_folder, sampler, latents)
+    pipe = Pipeline.from_artifacts(sdxl_artifacts, "ort", "fp16")
+    result = pipe(PROMPT, scheduler=sampler, steps=STEPS, guidance_scale=GUIDANCE, latents=latents)
+    assert np.isfinite(result.pixels).all()  # (a non-finite image would have raised already: never an image)
+    diff = np.abs(result.image.astype(int) - want.astype(int))
+    mean, most = FP16_BOUNDS[sampler]
+    assert diff.mean() <= mean and diff.max() <= most, (sampler, diff.mean(), diff.max())
+
+
+def test_pytorch_reference_equals_diffusers(sdxl_folder, sdxl_artifacts):
+    from dbunet.backends import open_pipeline
+
+    latents = _latents()
+    want = diffusers_image(sdxl_folder, "euler", latents)
+    got = open_pipeline(sdxl_artifacts, "torch")(PROMPT, scheduler="euler", steps=STEPS, guidance_scale=GUIDANCE,
+                                                 latents=latents).image
+    diff = np.abs(got.astype(int) - want.astype(int))
+    # measured: mean 8e-5, max 1 level (one pixel rounds the other way: the reference runs the sampler's
+    # numpy step(), diffusers its torch one)
+    assert diff.mean() <= 0.01 and diff.max() <= 1, (diff.mean(), diff.max())
+
+
+def test_a_wide_image_gets_its_own_size_numbers(sdxl_folder, sdxl_artifacts):
+    """time_ids are (height, width) pairs: a 64x96 image tells the UNet so, as diffusers does."""
+    latents = np.random.default_rng(7).standard_normal((1, 4, SIZE // 4, 24)).astype(np.float32)
+    want = diffusers_image(sdxl_folder, "euler", latents)
+    got = _ours(sdxl_artifacts, "fp32", "euler", latents)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert want.shape == (64, 96, 3) and diff.mean() <= 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
+def test_a_negative_prompt_is_encoded_and_an_empty_one_is_zeros(sdxl_folder, sdxl_artifacts):
+    latents = _latents()
+    want = diffusers_image(sdxl_folder, "euler", latents, negative_prompt="blurry")
+    got = _ours(sdxl_artifacts, "fp32", "euler", latents, negative_prompt="blurry")
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 8
+    zeros = _ours(sdxl_artifacts, "fp32", "euler", latents)
+    assert np.abs(got.astype(int) - zeros.astype(int)).mean() > 2  # the negative prompt is not ignored
+
+
+def test_manifest_graphs_micro_conditioning_and_refusals(sdxl_artifacts):
+    manifest = Manifest.read(sdxl_artifacts)
+    cfg = manifest.config
+    assert cfg.arch == "sdxl" and cfg.text_2.pad_token == "!" and cfg.zero_empty_negative
+    assert {a.component for a in manifest.artifacts} == {"text_encoder", "text_encoder_2", "dbunet", "vae_decoder",
+                                                         "vae_encoder", "dbunet_step"}
+    step = manifest.find("dbunet_step", "fp32").spec
+    assert [t.name for t in step.inputs] == ["x", "x0_prev", "coeffs", "text", "text_embeds", "time_ids"]
+    assert manifest.find("vae_decoder", "fp16").note.startswith("kept in fp32")
+    assert manifest.tokenizer_2 is not None
+    pipe = Pipeline.from_artifacts(sdxl_artifacts, "ort", "fp32")
+    with pytest.raises(InputError, match="no box conditioning"):
+        pipe(PROMPT, boxes=["0.1,0.1,0.5,0.5:a cat"], steps=1)
+    with pytest.raises(InputError, match="no refiner"):
+        pipe(PROMPT, refiner_steps=3, steps=1)
