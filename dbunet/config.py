@@ -507,7 +507,20 @@ def shapes() -> ModelConfig:
     )
 
 
-PRESETS = {"tiny": tiny, "sd15": sd15, "shapes": shapes}
+def sdxl() -> ModelConfig:
+    """SDXL base at its real sizes, seeded random weights (--arch sdxl): for export and runtime benchmarks."""
+    clip_l = TextEncoderConfig(hidden_layer=-2)
+    clip_g = TextEncoderConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                               hidden_act="gelu", hidden_layer=-2, projection_dim=1280, pad_token="!")
+    defaults = SamplingDefaults(height=1024, width=1024, steps=30, guidance_scale=5.0, scheduler="euler",
+                                refiner_steps=0, max_height=2048, max_width=2048)
+    return ModelConfig(name="sdxl", text=clip_l, vae=VaeConfig(scaling_factor=0.13025, force_upcast=True),
+                       unet=SDXLUNetConfig(), refiner=RefinerConfig(), defaults=defaults, arch="sdxl",
+                       text_2=clip_g, zero_empty_negative=True,
+                       schedule=NoiseSchedule(timestep_spacing="leading", steps_offset=1))
+
+
+PRESETS = {"tiny": tiny, "sd15": sd15, "shapes": shapes, "sdxl": sdxl}
 DEFAULT_PRESET = "shapes"  # the trained demo: dbunet-export without --config
 
 

@@ -151,7 +151,7 @@ def build_conditioning(stages: Stages, config: ModelConfig, req: GenerationReque
         text[0], pooled[0] = 0.0, 0.0
     micro = {}
     if config.architecture.micro_conditioning:  # original size, crop top-left, target size: the request's size
-        sizes = np.array([req.height, req.width, 0, 0, req.height, req.width], dtype=np.float32)
+        sizes = np.array(req.size_numbers, dtype=np.float32)
         micro = {"text_embeds": pooled, "time_ids": np.stack([sizes] * len(prompts))}
     coords, valid = box_arrays(req.boxes)
     if req.boxes:

@@ -15,6 +15,7 @@ MAX_PROMPT_CHARS = 10_000  # far beyond any text encoder's window; tokenizing mo
 MAX_STEPS = 1000  # a sampler cannot take more steps than the training schedule has timesteps
 MAX_GUIDANCE = 100.0  # far past any useful guidance; larger scales overflow float32 in the guided update
 MAX_SIDE_UNSET = 0
+MAX_MICRO = 8192  # SDXL's size numbers are pixels: no image is larger
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class GenerationRequest:
     box_fraction: float = 0.3  # boxes steer the first fraction of the steps, then step aside
     refiner_steps: int = 10  # refiner UNet calls; 0 skips the refiner
     refiner_strength: float = 0.3  # how far X1 is forward-noised before refining (SDEdit strength)
+    # SDXL's micro-conditioning, (height, width) and (top, left) in pixels: None is the image's own size
+    original_size: tuple[int, int] | None = None
+    crop_top_left: tuple[int, int] = (0, 0)
+    target_size: tuple[int, int] | None = None
 
     def validate(self, max_boxes: int, downscale: int, max_height: int = MAX_SIDE_UNSET,
                  max_width: int = MAX_SIDE_UNSET, max_steps: int = MAX_STEPS) -> GenerationRequest:
@@ -63,11 +68,23 @@ class GenerationRequest:
                 raise bad(f"{name} must be a positive multiple of {downscale}, got {v!r}")
             if most and v > most:
                 raise bad(f"{name} {v} is beyond this model's maximum of {most} (its config's defaults.max_{name})")
+        for name, pair, least in (("original size", self.original_size, 1), ("crop top-left", self.crop_top_left, 0),
+                                  ("target size", self.target_size, 1)):
+            if pair is not None and not (isinstance(pair, tuple) and len(pair) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and least <= v <= MAX_MICRO for v in pair)):
+                raise bad(f"{name} must be two integers in {least}..{MAX_MICRO} (height, width or top, left), "
+                          f"got {pair!r}")
         if len(self.boxes) > max_boxes:
             raise bad(f"{len(self.boxes)} boxes given, the model supports at most {max_boxes}")
         if not all(isinstance(b, Box) for b in self.boxes):
             raise bad("boxes must be dbunet.boxes.Box objects (Box.parse('x0,y0,x1,y1:phrase') makes one)")
         return self
+
+    @property
+    def size_numbers(self) -> list[int]:
+        """SDXL's time_ids: original size, crop top-left, target size (the image's size where not given)."""
+        size = (self.height, self.width)
+        return [*(self.original_size or size), *self.crop_top_left, *(self.target_size or size)]
 
     @property
     def box_steps(self) -> int:
@@ -122,6 +139,9 @@ def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequ
     )
     if "boxes" in options:
         options["boxes"] = as_boxes(options["boxes"])
+    for name in ("original_size", "crop_top_left", "target_size"):
+        if isinstance(options.get(name), str | list):
+            options[name] = parse_pair(options[name], name.replace("_", " "))
     names = {f.name for f in dataclasses.fields(GenerationRequest)}
     unknown = set(options) - names
     if unknown:
@@ -130,9 +150,28 @@ def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequ
     if req.boxes and not config.has_boxes:
         raise InputError(f"this model ({config.arch}: {config.architecture.summary}) has no box conditioning; "
                          "remove the boxes")
+    given = (req.original_size, req.target_size, req.crop_top_left != (0, 0))
+    if any(given) and not config.architecture.micro_conditioning:
+        raise InputError(f"this model ({config.arch}) has no micro-conditioning: original size, crop top-left and "
+                         "target size are SDXL's")
     if req.refiner_steps and req.refiner_strength and not config.has_refiner:
         raise InputError(f"this model ({config.arch}) has no refiner; leave refiner_steps at 0")
     req = req.validate(config.unet.max_boxes, config.vae.downscale, d.max_height, d.max_width,
                        config.schedule.num_train_timesteps)
     plan_schedules(config, req)
     return req
+
+
+def parse_pair(value, name: str) -> tuple[int, int]:
+    """'1024x768' or '16,32' (or a pair of integers) as (first, second); InputError otherwise."""
+    if isinstance(value, list):
+        value = tuple(value)
+    if isinstance(value, str):
+        parts = value.lower().replace("x", ",").split(",")
+        try:
+            value = tuple(int(p) for p in parts)
+        except ValueError:
+            raise InputError(f"{name} must look like 1024x1024 or 0,0, got {value!r}") from None
+    if not (isinstance(value, tuple) and len(value) == 2):
+        raise InputError(f"{name} must be two integers, got {value!r}")
+    return value

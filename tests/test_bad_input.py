@@ -165,6 +165,8 @@ CASES = [
     # resources without bounds
     Case("threads oversubscribed", "run", RUN + ("--threads", "10000"), "more than twice this machine's"),
     Case("box phrase huge", "run", RUN + ("--box", "0,0,1,1:" + "cat " * 1000), "at most 1000"),
+    Case("sdxl size numbers on a dbunet model", "run", RUN + ("--target-size", "64x64"), "no micro-conditioning"),
+    Case("size numbers malformed", "run", RUN + ("--original-size", "64xx"), "must look like 1024x1024"),
     # artifacts: missing, corrupt, truncated, foreign, hostile
     Case("artifacts missing", "run", RUN[:1] + ("{tmp}/nothing",) + RUN[2:], "does not exist"),
     Case("artifacts is a file", "run", RUN[:1] + ("{tmp}/a-file",) + RUN[2:], "does not exist"),

@@ -48,7 +48,7 @@ def test_unknown_fields_and_presets_are_named():
     with pytest.raises(ConfigError, match="unknown fields"):
         ModelConfig.from_dict(data)
     with pytest.raises(ConfigError, match="valid: tiny, sd15"):
-        preset("sdxl")
+        preset("sd3")
 
 
 @pytest.mark.parametrize("edit,field", [

@@ -115,6 +115,8 @@ def create_preset_model(config: ModelConfig, directory: str | Path) -> Model:
         model = load_model(shipped)
     else:
         tok_dir = preset_tokenizer_dir(config, Path(directory) / TOKENIZER_DIR)
+        if config.text_2 is not None:  # the second encoder shares the vocabulary (its padding is in its config)
+            preset_tokenizer_dir(config, Path(directory) / TOKENIZER_2_DIR)
         model = build_model(config, tok_dir)
     save_model(model, directory)
     return model

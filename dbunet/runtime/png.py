@@ -38,6 +38,8 @@ def metadata(result: GenerationResult, artifact_hash: str, backend: str, precisi
         "scheduler": req.scheduler,
         "guidance_scale": repr(req.guidance_scale),
         "refiner": f"{req.refiner_steps} steps at strength {req.refiner_strength}",
+        **({"size_numbers": json.dumps(req.size_numbers)} if req.original_size or req.target_size
+           or req.crop_top_left != (0, 0) else {}),
         "artifact_hash": artifact_hash,
         "backend": f"{backend}/{precision}",
         "software": "dbunet",

@@ -112,7 +112,7 @@ def test_missing_artifacts_directory(tmp_path, capsys):
 
 
 def test_export_rejects_bad_options(tmp_path, capsys):
-    assert export_cli.main(["--config", "sdxl", "--out", str(tmp_path)]) == 2
+    assert export_cli.main(["--config", "sd3", "--out", str(tmp_path)]) == 2
     assert "valid: tiny, sd15" in capsys.readouterr().err
     assert export_cli.main(["--opset", "12", "--out", str(tmp_path), "--components", "gae"]) == 2
     assert "opset 12 not supported" in capsys.readouterr().err

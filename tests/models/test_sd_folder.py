@@ -102,3 +102,21 @@ def test_refuses_pickled_weights(sd_folder, tmp_path):
     (root / "vae" / "diffusion_pytorch_model.bin").unlink()
     with pytest.raises(WeightsError, match="expected diffusion_pytorch_model.safetensors"):
         load_sd_folder(root, base=tiny())
+
+
+def test_the_sdxl_preset_has_sdxl_base_sizes():
+    """The `sdxl` preset (random weights at SDXL's sizes, for benchmarks): its UNet, built on the meta device
+    (no memory), has SDXL base's 2,567,463,684 parameters; both text encoders attend at 768 + 1280 = 2048."""
+    import torch
+
+    from dbunet.config import preset
+    from dbunet.models.components import build_sdxl_unet, build_text_encoder
+
+    cfg = preset("sdxl")
+    with torch.device("meta"):
+        unet = build_sdxl_unet(cfg.unet)
+        clip_g = build_text_encoder(cfg.text_2, 49406, 49407)
+    assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
+    assert cfg.text_width == unet.config.cross_attention_dim == 2048
+    assert clip_g.config.projection_dim == 1280 and cfg.unet.projection_class_embeddings_input_dim == 6 * 256 + 1280
+    assert sum(p.numel() for p in clip_g.parameters()) == 694_659_840  # OpenCLIP ViT-bigG's text tower
