@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbunet import architectures
+from dbunet import architectures, schemas
 from dbunet.bounds import check_bounds, check_choices
 from dbunet.errors import ConfigError
 from dbunet.schedulers.schedule import NoiseSchedule
@@ -278,7 +278,7 @@ class SamplingDefaults:
 
 
 MAX_SIDE = 8192  # no config may allow more (a manifest is untrusted input)
-MAX_INT = 2**31 - 1  # bound on every integer a config holds
+MAX_INT = schemas.MAX_INT  # bound on every integer a config holds (its JSON Schema says so)
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,7 @@ class ModelConfig:
     name: str
     text: TextEncoderConfig
     vae: VaeConfig
-    unet: DBUNetConfig | SDUNetConfig
+    unet: DBUNetConfig | SDUNetConfig | SDXLUNetConfig  # the class dbunet.architectures names for `arch`
     refiner: RefinerConfig
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
@@ -360,6 +360,16 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Checked against the JSON Schema generated from these dataclasses, then built (and bounded) by them."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected an object, got {type(data).__name__}")
+        arch = architectures.get(data.get("arch", architectures.DEFAULT), "config.arch")
+        schema = schemas.dataclass_schema(cls)  # with the unet schema of the architecture's config class
+        schema = {**schema, "properties": {**schema["properties"],
+                                           "unet": schemas.dataclass_schema(UNET_CONFIGS[arch.unet_config])}}
+        wrong = schemas.problem(data, schema)
+        if wrong:
+            raise ConfigError(f"config {wrong}")
         return _from_dict(cls, data)
 
     @classmethod
@@ -368,54 +378,30 @@ class ModelConfig:
 
 
 def _convert(tp: Any, value: Any) -> Any:
-    """Rebuild a value of annotated type `tp` from its JSON form (lists become tuples)."""
+    """Rebuild a value of annotated type `tp` from its JSON form, already checked against the schema generated
+    from the same annotations (dbunet.schemas): lists become tuples, objects dataclasses, integers floats where
+    a float is declared."""
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value)
-    origin = typing.get_origin(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v) for v in value)
-        try:
-            return tuple(_convert(a, v) for a, v in zip(args, value, strict=True))
-        except ValueError:
-            raise ConfigError(f"expected a list of {len(args)}, got {value!r}") from None
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        return tuple(_convert(a, v) for a, v in zip(kinds, value, strict=True))
     if origin in (typing.Union, types.UnionType):
-        arms = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None and len(arms) < len(typing.get_args(tp)):
-            return None
-        if len(arms) == 1:  # Optional[X]
-            return _convert(arms[0], value)
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"expected true or false, got {value!r}")
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_INT:
-            raise ConfigError(f"expected an integer within +-{MAX_INT}, got {value!r}")
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        arms = [a for a in args if a is not type(None)]
+        return _convert(arms[0], value) if value is not None and len(arms) == 1 else value
+    if tp is float:
+        if not math.isfinite(value):  # JSON Schema has no word for NaN and infinity, which Python's JSON reads
             raise ConfigError(f"expected a finite number, got {value!r}")
-        value = float(value)
-    elif tp is str and not isinstance(value, str):
-        raise ConfigError(f"expected a string, got {value!r}")
+        return float(value)
     return value
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
     hints = dict(typing.get_type_hints(cls))
     if cls is ModelConfig:  # the denoiser's config class follows the architecture
-        arch = data.get("arch", architectures.DEFAULT)
-        hints["unet"] = UNET_CONFIGS[architectures.get(arch, "config.arch").unet_config] if isinstance(arch, str) \
-            else DBUNetConfig
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}; valid: {sorted(names)}")
+        hints["unet"] = UNET_CONFIGS[architectures.get(data.get("arch", architectures.DEFAULT),
+                                                       "config.arch").unet_config]
     kwargs = {}
     for k, v in data.items():
         try:

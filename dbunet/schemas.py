@@ -1,16 +1,21 @@
 """The JSON documents dbunet writes and later reads back as untrusted input, declared once as JSON Schema and
-checked with `jsonschema`: the artifacts manifest (manifest.json) and the engines index (engines/index.json).
-The model config inside a manifest is checked by its dataclasses (dbunet.config), which carry its bounds.
+checked with `jsonschema`: the artifacts manifest (manifest.json), the engines index (engines/index.json), and
+the model config, whose schema is generated from its dataclasses' type hints (`dataclass_schema`), so the
+dataclasses stay the one declaration; their value bounds are checked by the dataclasses themselves.
 
 `python -m dbunet.schemas DIR` writes the schemas as files, for tools outside dbunet.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 MAX_FILES = 16  # per artifact: the graph and its external data
 MAX_RANK = 8
@@ -108,13 +113,57 @@ ENGINES_INDEX = {
 }
 
 SCHEMAS = {"manifest": MANIFEST, "engines-index": ENGINES_INDEX}
+MAX_INT = 2**31 - 1  # bound on every integer a config holds
+
+
+def type_schema(tp: Any) -> dict:
+    """The JSON Schema of a value annotated `tp`: dataclasses, tuples, Literal, unions, int, float, bool, str."""
+    if dataclasses.is_dataclass(tp):
+        return dataclass_schema(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": type_schema(args[0])}
+        return {"type": "array", "prefixItems": [type_schema(a) for a in args], "items": False,
+                "minItems": len(args)}
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin in (typing.Union, types.UnionType):
+        arms = [type_schema(a) for a in args]
+        if all("enum" in a or a == {"type": "null"} for a in arms):  # Literal[...] | None: one list of choices
+            return {"enum": [v for a in arms for v in a.get("enum", [None])]}
+        return {"anyOf": arms}
+    simple = {bool: {"type": "boolean"}, str: {"type": "string"}, float: {"type": "number"},
+              int: {"type": "integer", "minimum": -MAX_INT, "maximum": MAX_INT}, type(None): {"type": "null"}}
+    if tp in simple:
+        return simple[tp]
+    raise TypeError(f"no JSON Schema for {tp!r}")
+
+
+@functools.cache
+def dataclass_schema(cls: type) -> dict:
+    """An object with the dataclass's fields (all optional: they have defaults or the constructor says so),
+    nothing else."""
+    hints = typing.get_type_hints(cls)
+    return {"type": "object", "additionalProperties": False,
+            "properties": {f.name: type_schema(hints[f.name]) for f in dataclasses.fields(cls)}}
+
+
+@functools.cache
+def _validator():
+    """Draft 2020-12, with Python tuples as arrays (a config's to_dict() holds tuples before it is JSON)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine("array", lambda _, value: isinstance(value, list | tuple))
+    return jsonschema.validators.extend(base, type_checker=checker)
 
 
 def problem(document: Any, schema: dict) -> str | None:
     """None if `document` follows `schema`; else the most relevant violation, in one line with its place."""
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator()(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(document))
     if error is None:
         return None
@@ -131,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = Path(args[0])
     folder.mkdir(parents=True, exist_ok=True)
-    for name, schema in SCHEMAS.items():
+    from dbunet.config import ModelConfig  # the config's schema is generated from its dataclasses
+
+    for name, schema in {**SCHEMAS, "model-config": dataclass_schema(ModelConfig)}.items():
         atomic.write_text(folder / f"{name}.schema.json", json.dumps(schema, indent=2) + "\n")
         print(f"wrote {folder / f'{name}.schema.json'}")
     return 0
