@@ -155,8 +155,8 @@ def build_conditioning(stages: Stages, config: ModelConfig, req: GenerationReque
         micro = {"text_embeds": pooled, "time_ids": np.stack([sizes] * len(prompts))}
     coords, valid = box_arrays(req.boxes)
     if req.boxes:
-        _, pooled = stages.encode_text(stages.tokenize([b.phrase for b in req.boxes]))
-        phrases = pooled[None].astype(np.float32)  # (1, N, D)
+        _, phrase_pooled = stages.encode_text(stages.tokenize([b.phrase for b in req.boxes]))
+        phrases = phrase_pooled[None].astype(np.float32)  # (1, N, D)
     else:
         phrases = np.zeros((1, 0, config.text.hidden_size), dtype=np.float32)
     if guided:

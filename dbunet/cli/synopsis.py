@@ -11,6 +11,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from dbunet import atomic
+
 # every command a user can type, in the order a user meets them
 COMMANDS = ("dbunet.cli.export", "dbunet.cli.run", "dbunet.cli.build", "dbunet.cli.bench", "dbunet.train.__main__")
 WIDTH = 116  # the README's code blocks stay within the linter's 120 columns
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         head, rest = text.split(START, 1)
         tail = rest.split(END, 1)[1]
-        README.write_text(f"{head}{START}\n{synopsis()}\n{END}{tail}")
+        atomic.write_text(README, f"{head}{START}\n{synopsis()}\n{END}{tail}")
         print(f"wrote the synopsis into {README}")
     else:
         print(synopsis())

@@ -151,26 +151,22 @@ def export_component(model: Model, name: str, options: ExportOptions, out: Path,
     report("  " + result.line())
     require([result])
     artifacts, written = [artifact], {"fp32": graph}
-    if options.fp16 and name in ("vae_decoder", "vae_encoder") and config.vae.force_upcast:
-        # SDXL's VAE overflows in fp16 (its config says force_upcast, as diffusers reads it): its fp16 copy is
-        # the fp32 graph, and the note says why
-        note = "kept in fp32: this VAE overflows in fp16 (force_upcast in its config)"
-        written["fp16"] = graph
-        artifact, result = save(graph, "fp16", note, tolerance="fp32")
-        require([result])
-        report(f"  note: {name}: {note}")
-        artifacts.append(artifact)
-    elif options.fp16:
-        # the converter's defaults first; then with softmax and normalisation kept in fp32; then give up on fp16
+    if options.fp16:
+        # the converter's defaults first; then with softmax and normalisation kept in fp32; then give up on fp16.
+        # A VAE whose config says force_upcast (SDXL's overflows in fp16, as diffusers knows) gives up at once.
         safer = "kept in fp32 against fp16 overflow: " + ", ".join(fp16_convert.SAFER_BLOCK_LIST)
-        for block, note in ((None, ""), (fp16_convert.SAFER_BLOCK_LIST, safer)):
+        attempts = ((None, ""), (fp16_convert.SAFER_BLOCK_LIST, safer))
+        fallback = "fp16 overflowed even with softmax and normalisation in fp32: this component runs in fp32"
+        if name in ("vae_decoder", "vae_encoder") and config.vae.force_upcast:
+            attempts, fallback = (), "kept in fp32: this VAE overflows in fp16 (force_upcast in its config)"
+        for block, note in attempts:
             written["fp16"] = fp16_convert.to_fp16(graph, block)
             artifact, result = save(written["fp16"], "fp16", note)
             report("  " + result.line())
             if result.passed:
                 break
         else:
-            note = "fp16 overflowed even with softmax and normalisation in fp32: this component runs in fp32"
+            note = fallback
             written["fp16"] = graph
             artifact, result = save(graph, "fp16", note, tolerance="fp32")
             require([result])

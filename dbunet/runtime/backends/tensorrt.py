@@ -167,18 +167,19 @@ class TrtStages:
     def tokenize(self, texts: list[str]) -> np.ndarray:
         return self.tokenizers[0](texts)
 
-    def encode_text(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _encode(self, component: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self.lock:
-            hidden, pooled = self._runner("text_encoder").run({"input_ids": ids})
+            hidden, pooled = self._runner(component).run({"input_ids": ids})
         return hidden, pooled
+
+    def encode_text(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._encode("text_encoder", ids)
 
     def tokenize_2(self, texts: list[str]) -> np.ndarray:
         return self.tokenizers[1](texts)
 
     def encode_text_2(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self.lock:
-            hidden, text_embeds = self._runner("text_encoder_2").run({"input_ids": ids})
-        return hidden, text_embeds
+        return self._encode("text_encoder_2", ids)  # SDXL: pooled is the projected text_embeds
 
     # -- denoising --------------------------------------------------------------------------------------------
     def _step_inputs(self, x: np.ndarray, cond: Conditioning) -> tuple[object, dict[str, np.ndarray]]:
