@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dbunet import architectures, schemas
+from dbunet.architectures.base import LATENT_REFINER_GRAPHS
 from dbunet.bounds import check_bounds, check_choices
 from dbunet.errors import ConfigError
 from dbunet.schedulers.schedule import NoiseSchedule
@@ -204,6 +205,24 @@ class SDXLUNetConfig(SDUNetConfig):
                 "transformer_layers_per_block": layers[0] if len(layers) == 1 else list(layers)}
 
 
+@dataclass(frozen=True)
+class LatentRefinerConfig:
+    """SDXL's refiner: a second SDXL UNet that takes the base's latents over for the last, low-noise steps
+    (diffusers' StableDiffusionXLImg2ImgPipeline with denoising_start), conditioned on the second text encoder
+    alone; its time_ids end with an aesthetic score instead of the target size where requires_aesthetics_score."""
+
+    unet: SDXLUNetConfig
+    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
+    requires_aesthetics_score: bool = True  # time_ids: size, crop, score (5); otherwise size, crop, target (6)
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
+    zero_empty_negative: bool = False  # the refiner folder's own force_zeros_for_empty_prompt
+
+    @property
+    def time_ids(self) -> int:
+        return 5 if self.requires_aesthetics_score else 6
+
+
 ARCHITECTURES = architectures.NAMES
 # the denoiser config classes dbunet.architectures names
 UNET_CONFIGS = {"DBUNetConfig": DBUNetConfig, "SDUNetConfig": SDUNetConfig, "SDXLUNetConfig": SDXLUNetConfig}
@@ -272,6 +291,7 @@ class SamplingDefaults:
     box_fraction: float = 0.3  # boxes on for the first 30% of steps (GLIGEN's scheduled sampling)
     refiner_steps: int = 10
     refiner_strength: float = 0.3
+    high_noise_frac: float = 0.8  # SDXL's refiner takes over after this fraction of the noise schedule
     # the largest image a request may ask for: beyond it memory, not the user, would say no
     max_height: int = 1024
     max_width: int = 1024
@@ -299,6 +319,7 @@ class ModelConfig:
     text_2: TextEncoderConfig | None = None  # SDXL's second text encoder (with projection)
     # SDXL pipelines' force_zeros_for_empty_prompt: an empty negative prompt is all-zero embeddings, not encoded
     zero_empty_negative: bool = False
+    latent_refiner: LatentRefinerConfig | None = None  # SDXL's refiner, where exported with one (--refiner)
 
     @property
     def text_width(self) -> int:
@@ -315,7 +336,26 @@ class ModelConfig:
 
     @property
     def has_refiner(self) -> bool:
+        """The DiffuseGAE refiner stage (in pixel space, after the VAE)."""
         return self.architecture.refiner
+
+    @property
+    def has_latent_refiner(self) -> bool:
+        """SDXL's refiner (in latent space, before the VAE)."""
+        return self.latent_refiner is not None
+
+    def _without_absent_refiner(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        return names if self.has_latent_refiner else tuple(n for n in names if n not in LATENT_REFINER_GRAPHS)
+
+    @property
+    def graphs(self) -> tuple[str, ...]:
+        """Every graph the exporter writes for this model (its architecture's, less a refiner it lacks)."""
+        return self._without_absent_refiner(self.architecture.graphs)
+
+    @property
+    def run_graphs(self) -> tuple[str, ...]:
+        """The graphs a run loads, and the TensorRT engines built for them."""
+        return self._without_absent_refiner(self.architecture.run_graphs)
 
     def __post_init__(self) -> None:
         check_choices("config", self)
@@ -323,8 +363,10 @@ class ModelConfig:
         want = UNET_CONFIGS[arch.unet_config]
         if not isinstance(self.unet, want):
             raise ConfigError(f"arch {self.arch} needs a {want.__name__} as its unet, got {type(self.unet).__name__}")
-        if not arch.refiner and self.defaults.refiner_steps:
-            raise ConfigError(f"arch {self.arch} has no refiner: defaults.refiner_steps must be 0")
+        if not (arch.refiner or self.has_latent_refiner) and self.defaults.refiner_steps:
+            raise ConfigError(f"this {self.arch} model has no refiner: defaults.refiner_steps must be 0")
+        if self.latent_refiner is not None:
+            self._check_latent_refiner(arch)
         if self.unet.in_channels != self.vae.latent_channels:
             raise ConfigError(
                 f"dbunet.in_channels {self.unet.in_channels} != vae.latent_channels {self.vae.latent_channels}"
@@ -350,6 +392,23 @@ class ModelConfig:
         if not (f <= d.height <= d.max_height <= MAX_SIDE and f <= d.width <= d.max_width <= MAX_SIDE):
             raise ConfigError(f"image sizes: need {f} <= default <= maximum <= {MAX_SIDE}, got height "
                               f"{d.height}/{d.max_height}, width {d.width}/{d.max_width}")
+
+    def _check_latent_refiner(self, arch: architectures.Architecture) -> None:
+        r = self.latent_refiner
+        if not arch.latent_refiner:
+            raise ConfigError(f"arch {self.arch} takes no latent refiner (an SDXL refiner)")
+        if r.unet.cross_attention_dim != self.text_2.hidden_size or r.unet.in_channels != self.vae.latent_channels:
+            raise ConfigError(f"latent_refiner: its UNet must attend to the second text encoder's width "
+                              f"{self.text_2.hidden_size} and take {self.vae.latent_channels} latent channels, got "
+                              f"{r.unet.cross_attention_dim} and {r.unet.in_channels}")
+        want = r.time_ids * r.unet.addition_time_embed_dim + self.text_2.projection_dim
+        if r.unet.projection_class_embeddings_input_dim != want:
+            raise ConfigError(f"latent_refiner: projection_class_embeddings_input_dim must be {r.time_ids} x "
+                              f"addition_time_embed_dim + text_2.projection_dim = {want} (requires_aesthetics_score "
+                              f"{r.requires_aesthetics_score}), got {r.unet.projection_class_embeddings_input_dim}")
+        if not 0.0 < self.defaults.high_noise_frac < 1.0:
+            raise ConfigError(f"defaults.high_noise_frac must lie strictly between 0 and 1, got "
+                              f"{self.defaults.high_noise_frac}")
 
     # -- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ carries the sampler), so comparing a backend with it checks the tables too.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,8 +78,9 @@ class Stages(Protocol):
 
     def encode_text_2(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # [n,L,D2], text_embeds [n,P]
 
-    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
-                     ) -> tuple[np.ndarray, np.ndarray]: ...  # (x_next, x0), each like x
+    # (x_next, x0), each like x; component: the step graph, "latent_refiner_step" for SDXL's refiner
+    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning,
+                     component: str = "dbunet_step") -> tuple[np.ndarray, np.ndarray]: ...
 
     def decode(self, latents: np.ndarray) -> np.ndarray: ...  # scaled-back latents -> image [B,3,H,W]
 
@@ -94,7 +96,8 @@ class WholeLoopStages(Stages, Protocol):
     """Stages that can run a whole loop in one call (the TensorRT backend: one CUDA graph per loop), and say so
     with `whole_loops = True`; run_cascade then uses these, and per-step timing is the loop's time split evenly."""
 
-    def denoise_loop(self, steps: list[Step], x: np.ndarray, cond: Conditioning) -> np.ndarray: ...  # z_0
+    def denoise_loop(self, steps: list[Step], x: np.ndarray, cond: Conditioning,
+                     component: str = "dbunet_step") -> np.ndarray: ...  # the latents after the last step
 
     def refiner_loop(self, steps: list[Step], x: np.ndarray, z_dis: np.ndarray) -> np.ndarray: ...
 
@@ -165,6 +168,28 @@ def build_conditioning(stages: Stages, config: ModelConfig, req: GenerationReque
     return Conditioning(text, coords, phrases, valid, **micro)
 
 
+def build_refiner_conditioning(stages: Stages, config: ModelConfig, req: GenerationRequest) -> Conditioning:
+    """What SDXL's refiner sees: the second encoder's hidden state and pooled projection alone, its own
+    force_zeros_for_empty_prompt, and time_ids of original size, crop top-left and the aesthetic score (negative
+    score for the unconditional row) where it requires one, the target size otherwise (as diffusers' img2img)."""
+    r = config.latent_refiner
+    guided = req.guidance_scale != 1.0
+    prompts = [req.negative_prompt, req.prompt] if guided else [req.prompt]
+    hidden, pooled = stages.encode_text_2(stages.tokenize_2(prompts))
+    text, pooled = hidden.astype(np.float32), pooled.astype(np.float32)  # copies: zeroed below
+    if guided and r.zero_empty_negative and not req.negative_prompt:
+        text[0], pooled[0] = 0.0, 0.0
+    sizes = req.size_numbers  # original size, crop top-left, target size
+    if r.requires_aesthetics_score:
+        rows = [[*sizes[:4], r.negative_aesthetic_score], [*sizes[:4], r.aesthetic_score]]
+    else:
+        rows = [sizes, sizes]
+    coords, valid = box_arrays(())
+    n = len(prompts)
+    return Conditioning(text, np.concatenate([coords] * n), np.zeros((n, 0, text.shape[-1]), dtype=np.float32),
+                        np.concatenate([valid] * n), pooled, np.array(rows[-n:], dtype=np.float32))
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """[1,3,H,W] in [-1,1] -> [H,W,3] uint8 (round half to even, as numpy does)."""
     x = np.clip(image[0].transpose(1, 2, 0), -1.0, 1.0)
@@ -225,6 +250,18 @@ def run_cascade(
     timings["denoise"] = sum(step_times)
     require_finite(latents, "denoising loop", f"{req.scheduler}, {req.steps} steps, guidance {req.guidance_scale:g}")
 
+    # SDXL's refiner takes the latents over for the low-noise end of the schedule (plan_schedules split it)
+    t0 = time.perf_counter()
+    if config.has_latent_refiner and refiner_sampler is not None:
+        refiner_cond = build_refiner_conditioning(stages, config, req)
+        role = "latent_refiner_step"
+        one = functools.partial(stages.denoise_step, component=role)
+        loop = functools.partial(stages.denoise_loop, component=role) if whole else None
+        steps = [Step(start + k, row, refiner_sampler) for k, row in enumerate(refiner_rows)]
+        latents, _ = _loop(one, loop, steps, latents, refiner_cond, "refiner", progress)
+        require_finite(latents, "refiner", f"{len(steps)} of {req.refiner_steps} steps")
+    refined_latents_s = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     image = stages.decode(latents / np.float32(config.vae.scaling_factor))
     require_finite(image, "VAE decoder", f"scaling factor {config.vae.scaling_factor:g}")
@@ -234,13 +271,13 @@ def run_cascade(
 
     # refiner: X1 forward-noised to strength s, then DDIM conditioned on z_dis (docs/architecture.md 3.3)
     t0 = time.perf_counter()
-    if refiner_sampler is not None:
+    if config.has_refiner and refiner_sampler is not None:
         z_dis = stages.refiner_condition(image)
         x = refiner_sampler.add_noise(image, noise.normal(image.shape), start)
         steps = [Step(start + k, row, refiner_sampler) for k, row in enumerate(refiner_rows)]
         image, _ = _loop(stages.refiner_step, stages.refiner_loop if whole else None, steps, x, z_dis, "refiner",
                          progress)
         require_finite(image, "refiner", f"{len(steps)} steps")
-    timings["refiner"] = time.perf_counter() - t0
+    timings["refiner"] = time.perf_counter() - t0 + refined_latents_s
     timings["total"] = time.perf_counter() - t_all
     return GenerationResult(to_uint8(image), req, timings, step_times, latents, decoded, image)

@@ -32,6 +32,9 @@ class GenerationRequest:
     box_fraction: float = 0.3  # boxes steer the first fraction of the steps, then step aside
     refiner_steps: int = 10  # refiner UNet calls; 0 skips the refiner
     refiner_strength: float = 0.3  # how far X1 is forward-noised before refining (SDEdit strength)
+    # SDXL's refiner: the fraction of the noise schedule the base denoises before the refiner takes the latents
+    # over (diffusers' denoising_end for the base, denoising_start for the refiner)
+    high_noise_frac: float = 0.8
     # SDXL's micro-conditioning, (height, width) and (top, left) in pixels: None is the image's own size
     original_size: tuple[int, int] | None = None
     crop_top_left: tuple[int, int] = (0, 0)
@@ -59,6 +62,8 @@ class GenerationRequest:
             raise bad(f"guidance scale must be a number in 0..{MAX_GUIDANCE:g}, got {self.guidance_scale!r}")
         if not (_number(self.refiner_strength) and 0.0 <= self.refiner_strength <= 1.0):
             raise bad(f"refiner strength must lie in [0, 1], got {self.refiner_strength!r}")
+        if not (_number(self.high_noise_frac) and 0.0 < self.high_noise_frac < 1.0):
+            raise bad(f"high noise fraction must lie strictly between 0 and 1, got {self.high_noise_frac!r}")
         if not (_number(self.box_fraction) and 0.0 <= self.box_fraction <= 1.0):
             raise bad(f"box fraction must lie in [0, 1], got {self.box_fraction!r}")
         if self.scheduler not in SCHEDULERS:
@@ -117,6 +122,8 @@ def plan_schedules(config: ModelConfig, req: GenerationRequest):
 
     sampler = make_scheduler(req.scheduler, config.schedule)
     rows = sampler.plan(req.steps, req.guidance_scale, req.box_steps)
+    if config.has_latent_refiner:
+        return _hand_over(config, req, sampler, rows)
     if not config.has_refiner:
         return sampler, rows, None, None, 0
     total, start = req.refiner_schedule(config.refiner.schedule.num_train_timesteps)
@@ -130,12 +137,37 @@ def plan_schedules(config: ModelConfig, req: GenerationRequest):
                          f"{req.refiner_strength:g})") from None
 
 
+def _hand_over(config: ModelConfig, req: GenerationRequest, sampler, rows):
+    """SDXL base + refiner, split as diffusers splits them: the base runs its steps whose timestep is at or above
+    the cutoff T (1 - high_noise_frac) (denoising_end), the refiner its own schedule of refiner_steps from the first
+    timestep below it (denoising_start), fresh: a multistep sampler starts first-order there. (diffusers adds one
+    step for second-order samplers when the count is even; the samplers here are all first-order in that sense.)"""
+    from dbunet.schedulers import make_scheduler
+
+    if not req.refiner_steps:
+        return sampler, rows, None, None, 0
+    total = config.schedule.num_train_timesteps
+    cutoff = int(round(total - req.high_noise_frac * total))
+    base_steps = int((sampler.timesteps >= cutoff).sum())
+    refiner = make_scheduler(req.scheduler, config.latent_refiner.schedule)
+    refiner.set_timesteps(min(req.refiner_steps, config.latent_refiner.schedule.num_train_timesteps))
+    calls = int((refiner.timesteps < cutoff).sum())
+    if not base_steps or not calls:
+        who, steps = ("base", req.steps) if not base_steps else ("refiner", req.refiner_steps)
+        raise InputError(f"high noise fraction {req.high_noise_frac:g} leaves the {who} none of its {steps} steps "
+                         f"(the hand-off is at timestep {cutoff}): choose a fraction nearer 0.5 or more steps")
+    start = refiner.num_inference_steps - calls
+    refiner_rows = refiner.plan(req.refiner_steps, req.guidance_scale, 0, start=start)
+    return sampler, rows[:base_steps], refiner, refiner_rows, start
+
+
 def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequest:
     """A validated request: the model's defaults for everything not given; boxes may be 'x0,y0,x1,y1:phrase'."""
     d = config.defaults
     base = dict(
         height=d.height, width=d.width, steps=d.steps, guidance_scale=d.guidance_scale, scheduler=d.scheduler,
         box_fraction=d.box_fraction, refiner_steps=d.refiner_steps, refiner_strength=d.refiner_strength,
+        high_noise_frac=d.high_noise_frac,
     )
     if "boxes" in options:
         options["boxes"] = as_boxes(options["boxes"])
@@ -154,8 +186,14 @@ def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequ
     if any(given) and not config.architecture.micro_conditioning:
         raise InputError(f"this model ({config.arch}) has no micro-conditioning: original size, crop top-left and "
                          "target size are SDXL's")
-    if req.refiner_steps and req.refiner_strength and not config.has_refiner:
-        raise InputError(f"this model ({config.arch}) has no refiner; leave refiner_steps at 0")
+    if req.refiner_steps and req.refiner_strength and not (config.has_refiner or config.has_latent_refiner):
+        more = " (dbunet-export --refiner FOLDER adds SDXL's refiner)" if config.architecture.latent_refiner else ""
+        raise InputError(f"this model ({config.arch}) has no refiner; leave refiner_steps at 0{more}")
+    if "high_noise_frac" in options and not config.has_latent_refiner:
+        raise InputError(f"this model ({config.arch}) has no SDXL refiner: the high noise fraction is its hand-off")
+    if "refiner_strength" in options and config.has_latent_refiner:
+        raise InputError("SDXL's refiner takes the latents over at the high noise fraction; refiner strength is the "
+                         "DiffuseGAE refiner's")
     req = req.validate(config.unet.max_boxes, config.vae.downscale, d.max_height, d.max_width,
                        config.schedule.num_train_timesteps)
     plan_schedules(config, req)

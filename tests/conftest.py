@@ -51,11 +51,11 @@ def sd1_folder(tmp_path_factory):
     return make_sd_folder(tmp_path_factory.mktemp("sd1"))
 
 
-def _export_folder(folder, arch: str, out):
-    """A diffusers folder exported with --arch `arch`, FP32 and FP16."""
+def _export_folder(folder, arch: str, out, refiner=None):
+    """A diffusers folder exported with --arch `arch` (and SDXL's refiner folder), FP32 and FP16."""
     from dbunet.export.exporter import ExportOptions, export
 
-    export(ExportOptions(weights=folder, arch=arch, out=out, fp16=True), report=lambda line: None)
+    export(ExportOptions(weights=folder, arch=arch, out=out, fp16=True, refiner=refiner), report=lambda line: None)
     return out
 
 
@@ -75,6 +75,21 @@ def sdxl_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sdxl_artifacts(sdxl_folder, tmp_path_factory):
     return _export_folder(sdxl_folder, "sdxl", tmp_path_factory.mktemp("sdxl-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def sdxl_refiner_folder(sdxl_folder, tmp_path_factory):
+    """SDXL's refiner for the base folder (tests/sdxl_folder.py)."""
+    from sdxl_folder import make_sdxl_refiner_folder
+
+    return make_sdxl_refiner_folder(tmp_path_factory.mktemp("sdxl-refiner"), sdxl_folder)
+
+
+@pytest.fixture(scope="session")
+def sdxl_refined_artifacts(sdxl_folder, sdxl_refiner_folder, tmp_path_factory):
+    """The base and its refiner exported together (--refiner)."""
+    return _export_folder(sdxl_folder, "sdxl", tmp_path_factory.mktemp("sdxl-refined-artifacts"),
+                          refiner=sdxl_refiner_folder)
 
 
 def make_sensitive(model) -> None:

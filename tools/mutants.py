@@ -173,6 +173,17 @@ MUTANTS = [
     Mutant("sdxl_last_hidden_state", "dbunet/models/sdxl_folder.py",
            "hidden_layer=-2,", "hidden_layer=-1,",
            ("tests/test_sdxl.py",), "SDXL's text embedding from the last hidden state, not the penultimate"),
+    # SDXL's refiner (--refiner), against diffusers' denoising_end / denoising_start hand-off
+    Mutant("sdxl_refiner_dpm_keeps_history", "dbunet/schedulers/dpm_solver.py",
+           "if start < index < self.num_inference_steps - 1:", "if 0 < index < self.num_inference_steps - 1:",
+           ("tests/test_sdxl_refiner.py",), "DPM-Solver++ second-order on the refiner's first step (no x0 before it)"),
+    Mutant("sdxl_refiner_cutoff_inclusive", "dbunet/request.py",
+           "calls = int((refiner.timesteps < cutoff).sum())", "calls = int((refiner.timesteps <= cutoff).sum())",
+           ("tests/test_sdxl_refiner.py",), "the refiner's steps counted up to and including the hand-off timestep"),
+    Mutant("sdxl_refiner_scores_swapped", "dbunet/generation.py",
+           "rows = [[*sizes[:4], r.negative_aesthetic_score], [*sizes[:4], r.aesthetic_score]]",
+           "rows = [[*sizes[:4], r.aesthetic_score], [*sizes[:4], r.negative_aesthetic_score]]",
+           ("tests/test_sdxl_refiner.py",), "the refiner's aesthetic scores on the wrong rows"),
     # SD 1.x folders (--arch sd1) and the schedule options they bring
     Mutant("v_prediction_as_epsilon", "dbunet/schedulers/base.py",
            'if prediction_type == "epsilon":', 'if prediction_type in ("epsilon", "v_prediction"):',

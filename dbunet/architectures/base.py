@@ -7,16 +7,20 @@ from dataclasses import dataclass
 # every graph the exporter can write, in export order: a step graph after the per-call UNet it wraps
 # (docs/architecture.md 4); the denoiser's graphs are "dbunet" / "dbunet_step" whatever the architecture,
 # as the runtime and the engine builder address the denoiser by that role
-GRAPHS = ("text_encoder", "text_encoder_2", "dbunet", "vae_decoder", "vae_encoder", "refiner_encoder", "gae",
-          "refiner_unet", "dbunet_step", "refiner_step")
-REFINER_GRAPHS = ("refiner_encoder", "gae", "refiner_unet", "refiner_step")
+GRAPHS = ("text_encoder", "text_encoder_2", "dbunet", "latent_refiner", "vae_decoder", "vae_encoder",
+          "refiner_encoder", "gae", "refiner_unet", "dbunet_step", "latent_refiner_step", "refiner_step")
+REFINER_GRAPHS = ("refiner_encoder", "gae", "refiner_unet", "refiner_step")  # the DiffuseGAE refiner
+LATENT_REFINER_GRAPHS = ("latent_refiner", "latent_refiner_step")  # SDXL's refiner (a model may have one)
+# the step graphs that guide: a CFG batch of 2 ([negative; prompt]) around a text-conditioned UNet
+GUIDED_STEPS = ("dbunet_step", "latent_refiner_step")
 BOX_INPUTS = ("boxes", "box_phrases", "box_valid", "box_scale")
 MICRO_INPUTS = ("text_embeds", "time_ids")  # SDXL's added conditioning
 # what dbunet-bench can time: one call of a stage, and the whole pipeline
 BENCH_COMPONENTS = ("text_encoder", "dbunet_step", "vae_decoder", "refiner_step", "pipeline")
 # the graphs a txt2img run loads (whole-step graphs; the per-call UNets and the VAE encoder are exported for
 # other consumers and debugging) and the TensorRT engines built for them
-RUN_GRAPHS = ("text_encoder", "text_encoder_2", "dbunet_step", "vae_decoder", "refiner_encoder", "gae", "refiner_step")
+RUN_GRAPHS = ("text_encoder", "text_encoder_2", "dbunet_step", "latent_refiner_step", "vae_decoder", "refiner_encoder",
+              "gae", "refiner_step")
 
 
 @dataclass(frozen=True)
@@ -29,14 +33,16 @@ class Architecture:
     needs_folder: str = ""  # a folder (--weights) it can only be exported from, and the subfolder it must hold
     text_encoders: int = 1  # SDXL: two, their hidden states concatenated
     micro_conditioning: bool = False  # SDXL: the pooled text embedding and the size numbers (time_ids)
+    latent_refiner: bool = False  # SDXL: a second UNet may take the latents over for the last steps (--refiner)
 
     def _keep(self, names: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(n for n in names if (self.refiner or n not in REFINER_GRAPHS)
+                     and (self.latent_refiner or n not in LATENT_REFINER_GRAPHS)
                      and (self.text_encoders == 2 or n != "text_encoder_2"))
 
     @property
     def graphs(self) -> tuple[str, ...]:
-        """Every graph the exporter writes for it."""
+        """Every graph the exporter can write for it (ModelConfig.graphs: for one model)."""
         return self._keep(GRAPHS)
 
     @property

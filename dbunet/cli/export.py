@@ -28,7 +28,10 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--arch", choices=ARCHITECTURES, default=ARCHITECTURES[0],
                        help="with a diffusers folder: dbunet (default) builds a DB-UNet taking an SD folder's matching "
                             "layers; sd1 deploys an SD 1.x/2.x folder's own UNet as it is, sdxl an SDXL base folder's "
-                            "(no boxes, no refiner)")
+                            "(no boxes)")
+    model.add_argument("--refiner", type=Path, metavar="FOLDER",
+                       help="with --arch sdxl: an SDXL refiner folder (StableDiffusionXLImg2ImgPipeline); its UNet "
+                            "takes the latents over for the last steps (dbunet-run --high-noise-frac)")
     graph = p.add_argument_group("graphs")
     graph.add_argument("--out", type=Path, default=Path("dbunet-artifacts"),
                        help="output directory (default: dbunet-artifacts)")
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ExportOptions(
         config=args.config, weights=args.weights, out=args.out, fp16=args.fp16, opset=args.opset,
         decomposed=args.decomposed, height=args.height, width=args.width, batch=args.batch,
-        components=tuple(args.components) if args.components else None, arch=args.arch,
+        components=tuple(args.components) if args.components else None, arch=args.arch, refiner=args.refiner,
         ptx_targets=tuple(args.ptx or ("sm_87", "sm_89", "sm_90")) if args.ptx is not None else (),
     )
     start = time.perf_counter()

@@ -31,13 +31,18 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--height", type=int, help="image height, a multiple of 8")
     how.add_argument("--width", type=int, help="image width, a multiple of 8")
     how.add_argument("--box-fraction", type=float, help="fraction of the steps the boxes steer (default: 0.3)")
-    how.add_argument("--refiner-steps", type=int, help="refiner denoising steps; 0 skips the refiner")
+    how.add_argument("--refiner-steps", type=int,
+                     help="refiner denoising steps; 0 skips the refiner (SDXL's refiner: the length of its schedule, "
+                          "of which it runs the steps past the high noise fraction)")
     how.add_argument("--refiner-strength", type=float, help="how far the refiner re-noises the image, 0..1")
-    sdxl = p.add_argument_group("SDXL micro-conditioning (--arch sdxl artifacts)")
+    sdxl = p.add_argument_group("SDXL (--arch sdxl artifacts): micro-conditioning and the refiner")
     sdxl.add_argument("--original-size", metavar="HxW",
                       help="the size the image claims to come from (default: its own)")
     sdxl.add_argument("--crop-top-left", metavar="TOP,LEFT", help="the crop it claims (default: 0,0)")
     sdxl.add_argument("--target-size", metavar="HxW", help="the size it aims at (default: its own)")
+    sdxl.add_argument("--high-noise-frac", type=float, metavar="F",
+                      help="with SDXL's refiner: the fraction of the noise schedule the base denoises before the "
+                           "refiner takes over, 0..1 exclusive (default: 0.8)")
     run = p.add_argument_group("runtime")
     run.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"),
                      help="directory written by dbunet-export (default: dbunet-artifacts)")
@@ -56,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _options(args) -> dict:
     names = ("negative_prompt", "steps", "scheduler", "guidance_scale", "seed", "height", "width", "box_fraction",
-             "refiner_steps", "refiner_strength", "original_size", "crop_top_left", "target_size")
+             "refiner_steps", "refiner_strength", "original_size", "crop_top_left", "target_size", "high_noise_frac")
     opts = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     opts["boxes"] = tuple(Box.parse(b) for b in args.box)
     return opts

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dbunet.architectures.base import GUIDED_STEPS
 from dbunet.config import ModelConfig
 from dbunet.errors import ConfigError
 from dbunet.iospec import GraphSpec
@@ -22,7 +23,7 @@ SIZE_FREE = ("text_encoder", "text_encoder_2", "gae")
 
 def engine_components(config: ModelConfig) -> tuple[str, ...]:
     """The engines a model needs: the graphs its architecture's runs load."""
-    return config.architecture.run_graphs
+    return config.run_graphs
 
 
 Shape = tuple[int, ...]
@@ -53,7 +54,7 @@ def profile(spec: GraphSpec, config: ModelConfig, resolution: Resolution, max_bo
         raise ConfigError(f"resolution {resolution}: height and width must be positive multiples of {f}")
     if not 0 <= max_boxes <= config.unet.max_boxes:
         raise ConfigError(f"max boxes must lie in 0..{config.unet.max_boxes} (the model's maximum), got {max_boxes}")
-    sizes = {"batch": 2 if spec.component == "dbunet_step" else 1, "boxes": max_boxes,
+    sizes = {"batch": 2 if spec.component in GUIDED_STEPS else 1, "boxes": max_boxes,
              "height": resolution.height, "width": resolution.width,
              "latent_height": resolution.height // f, "latent_width": resolution.width // f}
     shapes = {}

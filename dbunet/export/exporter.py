@@ -53,6 +53,7 @@ class ExportOptions:
     batch: int = 2
     components: tuple[str, ...] | None = None  # None: every component of the architecture
     arch: str = architectures.DEFAULT  # a name in dbunet.architectures
+    refiner: Path | None = None  # SDXL's refiner folder (architectures with a latent refiner)
     ptx_targets: tuple[str, ...] = ()  # e.g. ("sm_87", "sm_89", "sm_90"): Triton kernels -> PTX for TensorRT
 
     def __post_init__(self) -> None:
@@ -61,6 +62,10 @@ class ExportOptions:
         if arch.needs_folder and self.weights is None:
             raise ConfigError(f"--arch {arch.name} exports {arch.summary} from a diffusers folder: give the folder "
                               "with --weights")
+        if self.refiner is not None and not arch.latent_refiner:
+            raise ConfigError(f"--refiner: {arch.name} takes no SDXL refiner (--arch sdxl does)")
+        if self.refiner is not None and self.weights is None:
+            raise ConfigError("--refiner goes with --weights: the SDXL base folder it refines")
         if unknown:
             raise ConfigError(f"unknown components {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
         if self.batch < 1:
@@ -110,7 +115,8 @@ def load_source_model(options: ExportOptions, out: Path) -> tuple[Model, str]:
     if (weights / "vae").is_dir() and (weights / "text_encoder").is_dir():
         from dbunet.models.sd_folder import load_sd_folder
 
-        model, report = load_sd_folder(weights, resolve_config(options.config), arch=options.arch)
+        model, report = load_sd_folder(weights, resolve_config(options.config), arch=options.arch,
+                                       refiner=options.refiner)
         log.info(report.summary())
         model_dir = out / "model"
         from dbunet.models.cascade import save_model

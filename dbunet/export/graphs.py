@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dbunet.architectures.base import GUIDED_STEPS
 from dbunet.iospec import GraphSpec
 from dbunet.models.cascade import Cascade
 from dbunet.models.components import encode_text
@@ -59,6 +60,14 @@ class SDXLUNetGraph(nn.Module):
 
     def forward(self, sample, timestep, text, text_embeds, time_ids) -> Tensor:
         return self.unet(sample, timestep, text, text_embeds, time_ids)
+
+
+class LatentRefinerGraph(SDXLUNetGraph):
+    """SDXL's refiner UNet: the same inputs, the second encoder's text and its own time_ids."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        nn.Module.__init__(self)
+        self.unet = cascade.latent_refiner
 
 
 class VaeDecoderGraph(nn.Module):
@@ -115,6 +124,7 @@ GRAPHS: dict[str, type[nn.Module]] = {
     "text_encoder": TextEncoderGraph,
     "text_encoder_2": SecondTextEncoderGraph,
     "dbunet": DBUNetGraph,
+    "latent_refiner": LatentRefinerGraph,
     "vae_decoder": VaeDecoderGraph,
     "vae_encoder": VaeEncoderGraph,
     "refiner_encoder": RefinerEncoderGraph,
@@ -168,7 +178,7 @@ def sample_row(component: str) -> np.ndarray:
     the refiner's clips x0 to [-1, 1] as its DDIM schedule does, the DB-UNet's guides at 7.5."""
     from dbunet.schedulers.table import Update, make_row
 
-    guided = component == "dbunet_step"
+    guided = component in GUIDED_STEPS
     update = Update(c_in=0.8, d=1.3, e=-0.6, clip=np.inf if guided else 1.0, p=0.3, q=0.2, u=0.6, v=-0.1)
     return make_row(500.0, update, guidance=7.5 if guided else 1.0, box_scale=1.0)
 

@@ -13,7 +13,7 @@ COMPONENTS = GRAPHS
 
 
 def components_of(config: ModelConfig) -> tuple[str, ...]:
-    return config.architecture.graphs
+    return config.graphs
 
 
 def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
@@ -22,6 +22,11 @@ def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
     second = config.text_2 or config.text  # SDXL's second encoder (absent elsewhere: its spec is dropped)
     micro = [("text_embeds", F32, ("batch", second.projection_dim or second.hidden_size)),
              ("time_ids", F32, ("batch", 6))]  # SDXL's micro-conditioning (dropped elsewhere)
+    # SDXL's refiner: the second encoder's hidden state alone, its own time_ids (5 with the aesthetic score)
+    refined = config.latent_refiner
+    L2, D2 = second.max_length, second.hidden_size
+    refiner_cond = [("text", F32, ("batch", L2, D2)), micro[0],
+                    ("time_ids", F32, ("batch", refined.time_ids if refined else 5))]
     z, S = config.vae.latent_channels, config.refiner.semantic_dim
     latent = ("batch", z, "latent_height", "latent_width")
     image = ("batch", 3, "height", "width")
@@ -42,6 +47,8 @@ def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
               ("boxes", F32, ("batch", "boxes", 4)), ("box_phrases", F32, ("batch", "boxes", D)),
               ("box_valid", F32, ("batch", "boxes")), ("box_scale", F32, ())],
              [("noise", F32, latent)]),
+        spec("latent_refiner", [("sample", F32, latent), ("timestep", F32, ("batch",)), *refiner_cond],
+             [("noise", F32, latent)]),
         spec("vae_decoder", [("latent", F32, latent)], [("image", F32, image)]),
         spec("vae_encoder", [("image", F32, image)], [("latent", F32, latent)]),
         spec("refiner_encoder", [("image", F32, image)], [("z_sem", F32, ("batch", S))]),
@@ -55,13 +62,16 @@ def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
               ("text", F32, ("batch", L, W)), *micro, ("boxes", F32, ("batch", "boxes", 4)),
               ("box_phrases", F32, ("batch", "boxes", D)), ("box_valid", F32, ("batch", "boxes"))],
              [("x_next", F32, one_latent), ("x0", F32, one_latent)]),
+        spec("latent_refiner_step",
+             [("x", F32, one_latent), ("x0_prev", F32, one_latent), ("coeffs", F32, row), *refiner_cond],
+             [("x_next", F32, one_latent), ("x0", F32, one_latent)]),
         spec("refiner_step",
              [("x", F32, image), ("x0_prev", F32, image), ("coeffs", F32, row), ("z_dis", F32, ("batch", S))],
              [("x_next", F32, image), ("x0", F32, image)]),
     ]
     arch = config.architecture
     specs = [GraphSpec(s.component, tuple(t for t in s.inputs if t.name in arch.graph_inputs((t.name,))), s.outputs)
-             for s in specs if s.component in arch.graphs]
+             for s in specs if s.component in config.graphs]
     return {s.component: s for s in specs}
 
 

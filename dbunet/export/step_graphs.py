@@ -1,6 +1,7 @@
 """Whole-step graphs (docs/architecture.md 3.4): a per-call UNet graph wrapped in its step's FP32 prologue and epilogue.
 
     dbunet_step   x, x0_prev, coeffs, text, boxes, box_phrases, box_valid -> x_next, x0
+                  (SDXL: text, text_embeds, time_ids; its refiner's latent_refiner_step the same)
     refiner_step  x, x0_prev, coeffs, z_dis                                -> x_next, x0
 
 prologue  sample = c_in * x, repeated to the text batch (2: [negative; prompt], 1: no guidance);
@@ -26,12 +27,14 @@ import torch
 from onnx import TensorProto, helper
 from torch import Tensor, nn
 
+from dbunet.architectures.base import GUIDED_STEPS
 from dbunet.errors import ExportError
 from dbunet.iospec import GraphSpec
 from dbunet.models.cascade import Cascade
 from dbunet.schedulers.table import COLUMN, ROW
 
-STEP_OF = {"dbunet_step": "dbunet", "refiner_step": "refiner_unet"}  # step graph -> the per-call UNet it wraps
+# step graph -> the per-call UNet it wraps
+STEP_OF = {"dbunet_step": "dbunet", "latent_refiner_step": "latent_refiner", "refiner_step": "refiner_unet"}
 _P = "step/"  # prefix of every tensor and node the composition adds
 
 
@@ -95,7 +98,16 @@ class SDXLUNetStepGraph(nn.Module):
         return guided_step(c, x, x0_prev, text.shape[0], lambda s, t: self.unet(s, t, text, text_embeds, time_ids))
 
 
-STEP_MODULES = {"dbunet_step": DBUNetStepGraph, "refiner_step": RefinerStepGraph}
+class LatentRefinerStepGraph(SDXLUNetStepGraph):
+    """SDXL's refiner: the same guided step around its own UNet."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        nn.Module.__init__(self)
+        self.unet = cascade.latent_refiner
+
+
+STEP_MODULES = {"dbunet_step": DBUNetStepGraph, "latent_refiner_step": LatentRefinerStepGraph,
+                "refiner_step": RefinerStepGraph}
 
 
 # exporter hooks: an architecture's own step graph, where it differs from the DB-UNet cascade's
@@ -150,7 +162,7 @@ def compose_step(name: str, unet: onnx.ModelProto, spec: GraphSpec) -> onnx.Mode
     consts: list[onnx.TensorProto] = []
     c = _coefficients(nodes, consts)
     nodes.append(_node("Mul", [c["c_in"], "x"], _P + "x_in"))
-    if name == "dbunet_step":
+    if name in GUIDED_STEPS:
         # prologue: the CFG batch follows the text batch; the UNet reads sample, timestep and box_scale
         consts += [helper.make_tensor(_P + "zero", TensorProto.INT64, [1], [0]),
                    helper.make_tensor(_P + "one", TensorProto.INT64, [1], [1]),

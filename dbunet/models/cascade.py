@@ -46,6 +46,8 @@ class Cascade(nn.Module):
             self.text_encoder_2 = build_text_encoder(config.text_2, bos_token_id, eos_token_id)
         self.vae = build_vae(config.vae)
         self.unet = UNET_BUILDERS[config.arch](config.unet)
+        if config.latent_refiner is not None:  # SDXL's refiner: a second SDXL UNet, in latent space
+            self.latent_refiner = build_sdxl_unet(config.latent_refiner.unet)
         if config.has_refiner:
             self.refiner = Refiner(config.refiner)
 

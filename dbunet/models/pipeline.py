@@ -56,13 +56,17 @@ class TorchStages:
         return self._np(hidden), self._np(pooled)
 
     @torch.no_grad()
-    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning,
+                     component: str = "dbunet_step") -> tuple[np.ndarray, np.ndarray]:
+        unet = self.cascade.latent_refiner if component == "latent_refiner_step" else self.cascade.unet
+
         def predict(sample, timestep, box_scale):
             args = (sample, timestep, cond.text, cond.boxes, cond.phrases, cond.valid, box_scale)
-            if not self.model.config.has_boxes:  # a plain SD UNet: sample, timestep, text (SDXL: and its own)
-                args = args[:3] if cond.time_ids is None else (*args[:3], cond.text_embeds, cond.time_ids)
-            return self._np(self.cascade.unet(*(self._t(a) for a in args)))
+            if cond.time_ids is not None:  # SDXL's UNets: sample, timestep, text, text_embeds, time_ids
+                args = (*args[:3], cond.text_embeds, cond.time_ids)
+            elif not self.model.config.has_boxes:  # a plain SD UNet: sample, timestep, text
+                args = args[:3]
+            return self._np(unet(*(self._t(a) for a in args)))
 
         return reference_denoise_step(step, x, cond, predict), x0_prev  # the sampler keeps its own x0 history
 

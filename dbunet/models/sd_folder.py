@@ -180,16 +180,19 @@ def sd1_config_from_folder(root: str | Path) -> ModelConfig:
                        schedule=schedule, defaults=defaults, arch="sd1")
 
 
-def load_sd_folder(root: str | Path, base: ModelConfig | None = None, arch: str = "dbunet"
-                   ) -> tuple[Model, ImportReport]:
+def load_sd_folder(root: str | Path, base: ModelConfig | None = None, arch: str = "dbunet",
+                   refiner: Path | None = None) -> tuple[Model, ImportReport]:
     """A diffusers folder as a model of `arch`: "dbunet" builds a DB-UNet taking the matching layers, "sd1"
-    deploys the folder's own UNet as it is (FOLDER_IMPORTS: the hook per architecture)."""
+    deploys the folder's own UNet as it is (FOLDER_IMPORTS: the hook per architecture); `refiner`: SDXL's refiner
+    folder, for architectures that take one."""
     root = Path(root)
     if not root.is_dir():
         raise WeightsError(f"{root} is not a folder")
     if arch not in FOLDER_IMPORTS:
         raise ConfigError(f"--arch {arch} cannot be imported from a diffusers folder; "
                           f"valid: {', '.join(FOLDER_IMPORTS)}")
+    if refiner is not None:
+        return FOLDER_IMPORTS[arch](root, base, refiner=refiner)
     return FOLDER_IMPORTS[arch](root, base)
 
 
@@ -219,10 +222,10 @@ def _into_dbunet(root: Path, base: ModelConfig | None) -> tuple[Model, ImportRep
     return model, report
 
 
-def _as_sdxl(root: Path, base: ModelConfig | None) -> tuple[Model, ImportReport]:
+def _as_sdxl(root: Path, base: ModelConfig | None, refiner: Path | None = None) -> tuple[Model, ImportReport]:
     from dbunet.models.sdxl_folder import import_sdxl
 
-    return import_sdxl(root)
+    return import_sdxl(root, refiner)
 
 
 FOLDER_IMPORTS = {"dbunet": _into_dbunet, "sd1": _as_sd1, "sdxl": _as_sdxl}

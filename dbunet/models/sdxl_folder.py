@@ -1,12 +1,20 @@
 """An SDXL base folder (diffusers' StableDiffusionXLPipeline layout) as a dbunet model of arch "sdxl": its own
-UNet, VAE, both text encoders and tokenizers, deployed as they are (dbunet.architectures.sdxl)."""
+UNet, VAE, both text encoders and tokenizers, deployed as they are (dbunet.architectures.sdxl); with SDXL's refiner
+from a StableDiffusionXLImg2ImgPipeline folder where given."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-from dbunet.config import ModelConfig, SamplingDefaults, SDXLUNetConfig, TextEncoderConfig, sd15
+from dbunet.config import (
+    LatentRefinerConfig,
+    ModelConfig,
+    SamplingDefaults,
+    SDXLUNetConfig,
+    TextEncoderConfig,
+    sd15,
+)
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import TOKENIZER_2_DIR, TOKENIZER_DIR, Model, build_model, load_state
 from dbunet.models.sd_folder import (
@@ -37,7 +45,33 @@ def _text_config(root: Path, folder: str, tokenizer: str) -> TextEncoderConfig:
     )
 
 
-def sdxl_config_from_folder(root: str | Path) -> ModelConfig:
+def _sdxl_unet_config(root: Path, what: str) -> SDXLUNetConfig:
+    unet_json = root / "unet" / "config.json"
+    u = _read_json(unet_json)
+    if u.get("addition_embed_type") != "text_time":
+        raise ConfigError(f"{unet_json}: not an SDXL {what} UNet (addition_embed_type "
+                          f"{u.get('addition_embed_type')!r}, expected 'text_time')")
+    plain = sd_unet_config({k: v for k, v in u.items() if k not in _SDXL_KEYS}, str(unet_json))
+    layers = u.get("transformer_layers_per_block", 1)
+    return SDXLUNetConfig(
+        **dataclasses.asdict(plain), addition_time_embed_dim=u["addition_time_embed_dim"],
+        projection_class_embeddings_input_dim=u["projection_class_embeddings_input_dim"],
+        transformer_layers_per_block=tuple(layers) if isinstance(layers, list) else (layers,))
+
+
+def _scheduler(root: Path) -> tuple[NoiseSchedule, dict]:
+    sched_json = root / "scheduler" / "scheduler_config.json"
+    sched = _read_json(sched_json) if sched_json.is_file() else {}
+    return (NoiseSchedule.from_diffusers(sched, str(sched_json)) if sched else NoiseSchedule()), sched
+
+
+def _pipeline_flags(root: Path) -> dict:
+    index = root / "model_index.json"
+    return _read_json(index) if index.is_file() else {}
+
+
+def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None) -> ModelConfig:
+    """The config of an SDXL base folder, with SDXL's refiner from a second folder where given."""
     root = Path(root)
     _, vae = _text_and_vae_config(root)
     # SDXL pipelines decode in fp32 where the VAE's config says force_upcast (diffusers' default: true);
@@ -45,41 +79,45 @@ def sdxl_config_from_folder(root: str | Path) -> ModelConfig:
     upcast = _read_json(root / "vae" / "config.json").get("force_upcast", True)
     vae = dataclasses.replace(vae, force_upcast=bool(upcast))
     text, text_2 = _text_config(root, "text_encoder", "tokenizer"), _text_config(root, "text_encoder_2", "tokenizer_2")
-    unet_json = root / "unet" / "config.json"
-    u = _read_json(unet_json)
-    if u.get("addition_embed_type") != "text_time":
-        raise ConfigError(f"{unet_json}: not an SDXL base UNet (addition_embed_type {u.get('addition_embed_type')!r}, "
-                          "expected 'text_time')")
-    plain = sd_unet_config({k: v for k, v in u.items() if k not in _SDXL_KEYS}, str(unet_json))
-    layers = u.get("transformer_layers_per_block", 1)
-    unet = SDXLUNetConfig(
-        **dataclasses.asdict(plain), addition_time_embed_dim=u["addition_time_embed_dim"],
-        projection_class_embeddings_input_dim=u["projection_class_embeddings_input_dim"],
-        transformer_layers_per_block=tuple(layers) if isinstance(layers, list) else (layers,))
-    sched_json = root / "scheduler" / "scheduler_config.json"
-    sched = _read_json(sched_json) if sched_json.is_file() else {}
-    schedule = NoiseSchedule.from_diffusers(sched, str(sched_json)) if sched else NoiseSchedule()
+    unet = _sdxl_unet_config(root, "base")
+    schedule, sched = _scheduler(root)
     side = unet.sample_size * vae.downscale
-    defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=5.0, refiner_steps=0,
+    latent_refiner = latent_refiner_config(Path(refiner)) if refiner is not None else None
+    defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=5.0,
+                                refiner_steps=30 if latent_refiner else 0,
                                 scheduler=SCHEDULERS.get(sched.get("_class_name"), "euler"),
                                 max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
-    index = root / "model_index.json"
-    zeros = bool(_read_json(index).get("force_zeros_for_empty_prompt", True)) if index.is_file() else True
+    zeros = bool(_pipeline_flags(root).get("force_zeros_for_empty_prompt", True))
+    name = f"sdxl:{root.name}" + (f"+{Path(refiner).name}" if refiner is not None else "")
     try:
-        return ModelConfig(name=f"sdxl:{root.name}", text=text, vae=vae, unet=unet, refiner=sd15().refiner,
+        return ModelConfig(name=name, text=text, vae=vae, unet=unet, refiner=sd15().refiner,
                            schedule=schedule, defaults=defaults, arch="sdxl", text_2=text_2,
-                           zero_empty_negative=zeros)
+                           zero_empty_negative=zeros, latent_refiner=latent_refiner)
     except ConfigError as exc:
-        raise ConfigError(f"{root}: {exc}") from None
+        raise ConfigError(f"{root}{' with ' + str(refiner) if refiner else ''}: {exc}") from None
 
 
-def import_sdxl(root: Path) -> tuple[Model, ImportReport]:
-    """The folder's own weights, every tensor (strict)."""
+def latent_refiner_config(root: Path) -> LatentRefinerConfig:
+    """SDXL's refiner from a StableDiffusionXLImg2ImgPipeline folder: its UNet, its scheduler's schedule and
+    its pipeline flags (requires_aesthetics_score, force_zeros_for_empty_prompt; diffusers' defaults where absent)."""
+    if not (root / "unet").is_dir():
+        raise WeightsError(f"--refiner {root}: not an SDXL refiner folder (no unet/)")
+    flags = _pipeline_flags(root)
+    return LatentRefinerConfig(unet=_sdxl_unet_config(root, "refiner"), schedule=_scheduler(root)[0],
+                               requires_aesthetics_score=bool(flags.get("requires_aesthetics_score", False)),
+                               zero_empty_negative=bool(flags.get("force_zeros_for_empty_prompt", True)))
+
+
+def import_sdxl(root: Path, refiner: Path | None = None) -> tuple[Model, ImportReport]:
+    """The folder's own weights, every tensor (strict); SDXL's refiner UNet from `refiner`, whose second text
+    encoder and VAE, where it has them, must be the base's (the pipelines share them: one of each is exported)."""
     for sub in ("unet", "vae", "text_encoder", "text_encoder_2", TOKENIZER_DIR, TOKENIZER_2_DIR):
         if not (root / sub).is_dir():
             raise WeightsError(f"--arch sdxl: {root} has no {sub}/ (an SDXL base folder has unet, vae, text_encoder, "
                                "text_encoder_2, tokenizer, tokenizer_2)")
-    model = build_model(sdxl_config_from_folder(root), root / TOKENIZER_DIR)
+    if refiner is not None and not Path(refiner).is_dir():
+        raise WeightsError(f"--refiner {refiner} is not a directory (an SDXL refiner folder)")
+    model = build_model(sdxl_config_from_folder(root, refiner), root / TOKENIZER_DIR)
     cascade, loaded = model.cascade, []
     for name, module in (("unet", cascade.unet), ("vae", cascade.vae), ("text_encoder", cascade.text_encoder),
                          ("text_encoder_2", cascade.text_encoder_2)):
@@ -87,4 +125,30 @@ def import_sdxl(root: Path) -> tuple[Model, ImportReport]:
         state.pop("text_model.embeddings.position_ids", None)  # a buffer older transformers saved
         load_state(module, state, strict=True, source=str(root / name))
         loaded += [f"{name}.{k}" for k in state]
+    if refiner is not None:
+        refiner = Path(refiner)
+        _require_shared(model, refiner)
+        state = read_weights(refiner / "unet", "unet")
+        load_state(cascade.latent_refiner, state, strict=True, source=str(refiner / "unet"))
+        loaded += [f"latent_refiner.{k}" for k in state]
     return model, ImportReport(sorted(loaded), [])
+
+
+def _require_shared(model: Model, refiner: Path) -> None:
+    """The refiner folder's text_encoder_2, tokenizer_2 and vae, where present, equal the base's."""
+    import torch
+
+    cascade = model.cascade
+    for name, module in (("text_encoder_2", cascade.text_encoder_2), ("vae", cascade.vae)):
+        if not (refiner / name).is_dir():
+            continue
+        theirs = read_weights(refiner / name, name)
+        theirs.pop("text_model.embeddings.position_ids", None)
+        ours = module.state_dict()
+        same = set(theirs) == set(ours) and all(torch.equal(theirs[k], ours[k].float()) for k in ours)
+        if not same:
+            raise WeightsError(f"--refiner {refiner}: its {name} differs from the base's; dbunet exports one {name} "
+                               "for both (as SDXL's refiner shares the base's)")
+    theirs = refiner / TOKENIZER_2_DIR / "vocab.json"
+    if theirs.is_file() and theirs.read_bytes() != model.tokenizer_2_files.get("vocab.json"):
+        raise WeightsError(f"--refiner {refiner}: its tokenizer_2 differs from the base's")

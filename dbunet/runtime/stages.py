@@ -46,10 +46,10 @@ class GraphStages:
         hidden, text_embeds = self._run("text_encoder_2", input_ids=ids)
         return hidden, text_embeds
 
-    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        feeds = conditioning_feeds(cond, self.boxes)
-        x_next, x0 = self._run("dbunet_step", x=x, x0_prev=x0_prev, coeffs=step.row, **feeds)
+    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning,
+                     component: str = "dbunet_step") -> tuple[np.ndarray, np.ndarray]:
+        feeds = conditioning_feeds(cond, self.boxes and component == "dbunet_step")
+        x_next, x0 = self._run(component, x=x, x0_prev=x0_prev, coeffs=step.row, **feeds)
         return x_next, x0
 
     def decode(self, latents: np.ndarray) -> np.ndarray:

@@ -52,9 +52,9 @@ class Scheduler(abc.ABC):
         """x_t -> x_{t-1} given the (guided) noise prediction at step `index`."""
 
     @abc.abstractmethod
-    def update(self, index: int) -> Update:
-        """Step `index` as coefficients of the generic update (dbunet.schedulers.table); for a run from
-        index 0, as `step()` runs it (multistep samplers use the previous step's x0 from index 1 on)."""
+    def update(self, index: int, start: int = 0) -> Update:
+        """Step `index` as coefficients of the generic update (dbunet.schedulers.table), for a run that began at
+        index `start`, as `step()` runs it (multistep samplers use the previous step's x0 after the first step)."""
 
     def plan(self, steps: int, guidance_scale: float = 1.0, box_steps: int = 0, start: int = 0) -> np.ndarray:
         """set_timesteps(steps) and its table, refused when the schedule cannot take that many steps: an index past
@@ -84,7 +84,7 @@ class Scheduler(abc.ABC):
         if not self.num_inference_steps:
             raise InputError(f"{self.name}: call set_timesteps before table()")
         return np.stack([
-            make_row(float(self.timesteps[i]), self.update(i), guidance_scale, 1.0 if i < box_steps else 0.0)
+            make_row(float(self.timesteps[i]), self.update(i, start), guidance_scale, 1.0 if i < box_steps else 0.0)
             for i in range(start, self.num_inference_steps)
         ])
 

@@ -29,7 +29,7 @@ class DDIMScheduler(Scheduler):
         # 2. alphas (eq. 12 notation: alpha here is alpha_bar)
         return self.alphas_cumprod[t], self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
 
-    def update(self, index: int) -> Update:
+    def update(self, index: int, start: int = 0) -> Update:
         """x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t), clipped; x_next = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps
         (a v model's output converted to x0 and eps first: prediction_terms)."""
         self._require_timesteps(index)

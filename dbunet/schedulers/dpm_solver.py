@@ -59,7 +59,7 @@ class DPMSolverScheduler(Scheduler):
         sigma_vp = sigma * alpha
         return alpha, sigma_vp, _log(alpha) - _log(sigma_vp)
 
-    def update(self, index: int) -> Update:
+    def update(self, index: int, start: int = 0) -> Update:
         """Steps 1-4 of `step` as coefficients: x0 = (x - sigma_s eps) / alpha_s;
         x_next = (sigma_t / sigma_s) x - c x0 - (c / 2r)(x0 - x0_prev), c = alpha_t (e^-h - 1)."""
         self._require_timesteps(index)
@@ -67,7 +67,7 @@ class DPMSolverScheduler(Scheduler):
         alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(index + 1)
         coef = np.float64(alpha_t * (_exp(-(lambda_t - lambda_s)) - _F32(1)))
         u, v = -coef, 0.0
-        if 0 < index < self.num_inference_steps - 1:  # second order, as in step()
+        if start < index < self.num_inference_steps - 1:  # second order after the run's first step, as in step()
             r = np.float64((lambda_s - self._alpha_sigma_lambda(index - 1)[2]) / (lambda_t - lambda_s))
             u, v = -coef - 0.5 * coef / r, 0.5 * coef / r
         d, e, _, _ = prediction_terms(self.schedule.prediction_type, 1.0, np.float64(alpha_s), np.float64(sigma_s))

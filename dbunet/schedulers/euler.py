@@ -43,7 +43,7 @@ class EulerScheduler(Scheduler):
         # EDM preconditioning c_in = 1 / sqrt(sigma^2 + 1)
         return (sample / ((self.sigmas[index] ** 2 + 1) ** 0.5)).astype(sample.dtype)
 
-    def update(self, index: int) -> Update:
+    def update(self, index: int, start: int = 0) -> Update:
         """x_in = x / sqrt(sigma^2 + 1); x0 = x - sigma eps; x_next = x + (sigma_next - sigma) eps."""
         self._require_timesteps(index)
         sigma, sigma_next = np.float64(self.sigmas[index]), np.float64(self.sigmas[index + 1])

@@ -248,3 +248,15 @@ def test_an_sdxl_model_runs_on_openvino_as_on_onnx_runtime(sdxl_artifacts, tmp_p
     want = Pipeline.from_artifacts(sdxl_artifacts, "ort", "fp32")("a photo of a cat", **run)
     got = ov("a photo of a cat", **run)
     assert np.abs(got.image.astype(int) - want.image.astype(int)).max() <= 1
+
+
+def test_sdxl_with_its_refiner_runs_on_openvino_as_on_onnx_runtime(sdxl_refined_artifacts, tmp_path):
+    """SDXL's refiner step graph (the second encoder's text, five time_ids) through OpenVINO: FP32 image within a
+    level of ONNX Runtime's."""
+    latents = np.random.default_rng(4).standard_normal((1, 4, 16, 16)).astype(np.float32)
+    run = dict(steps=6, refiner_steps=6, high_noise_frac=0.7, scheduler="dpm++", latents=latents)
+    ov = Pipeline.from_artifacts(sdxl_refined_artifacts, ov_backend.OvBackend("cpu", cache_dir=tmp_path / "cache"),
+                                 "fp32")
+    want = Pipeline.from_artifacts(sdxl_refined_artifacts, "ort", "fp32")("a photo of a cat", **run)
+    got = ov("a photo of a cat", **run)
+    assert np.abs(got.image.astype(int) - want.image.astype(int)).max() <= 1

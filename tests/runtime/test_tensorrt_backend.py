@@ -246,3 +246,21 @@ def test_an_sdxl_model_runs_on_engines_with_both_encoders_and_micro_conditioning
     for kw in ({}, {"guidance_scale": 1.0}, {"negative_prompt": "blurry"}, {"scheduler": "ddim"}):
         run = dict(steps=4, latents=latents, scheduler="euler") | kw
         assert_within_fp16_noise(*(p("a photo of a cat", **run) for p in (pipe, ort16, ort32)), what=kw)
+
+
+def test_sdxl_with_its_refiner_runs_on_engines(monkeypatch, sdxl_refined_artifacts, tmp_path):
+    """SDXL's refiner gets its own step engine (CFG batch of 2, the second encoder's text, five time_ids) and its own
+    whole-loop graph after the base's; the same image as ONNX Runtime FP16."""
+    art = tmp_path / "sdxl-refined"
+    shutil.copytree(sdxl_refined_artifacts, art)
+    install(monkeypatch, "10.8.0")
+    builder.build_engines(art, builder.BuildOptions((Resolution(64, 64),)), report=lambda line: None)
+    step = next(e for e in read_index(art) if e.component == "latent_refiner_step")
+    assert list(step.shapes["time_ids"][0]) == [2, 5] and list(step.shapes["text"][0]) == [2, 77, 48]
+    pipe = Pipeline.from_artifacts(art, "trt")
+    ort16 = Pipeline.from_artifacts(sdxl_refined_artifacts, "ort", "fp16", device="cpu")
+    ort32 = Pipeline.from_artifacts(sdxl_refined_artifacts, "ort", "fp32", device="cpu")
+    latents = np.random.default_rng(2).standard_normal((1, 4, 16, 16)).astype(np.float32)
+    for kw in ({}, {"guidance_scale": 1.0}, {"scheduler": "ddim", "high_noise_frac": 0.6}):
+        run = dict(steps=6, refiner_steps=6, latents=latents, scheduler="euler") | kw
+        assert_within_fp16_noise(*(p("a photo of a cat", **run) for p in (pipe, ort16, ort32)), what=kw)

@@ -62,7 +62,7 @@ class GraphBackend:
         from dbunet.runtime.stages import GraphStages
 
         cfg = manifest.config
-        artifacts = {name: manifest.find(name, precision) for name in cfg.architecture.run_graphs}
+        artifacts = {name: manifest.find(name, precision) for name in cfg.run_graphs}
         paths = {name: verify_artifact(directory, a) for name, a in artifacts.items()}
         graphs = {name: self.load(paths[name], a.spec, a.sha256[a.path]) for name, a in artifacts.items()}
         return GraphStages(graphs, tokenizers, cfg.has_boxes)

@@ -182,25 +182,26 @@ class TrtStages:
         return self._encode("text_encoder_2", ids)  # SDXL: pooled is the projected text_embeds
 
     # -- denoising --------------------------------------------------------------------------------------------
-    def _step_inputs(self, x: np.ndarray, cond: Conditioning) -> tuple[object, dict[str, np.ndarray]]:
+    def _step_inputs(self, x: np.ndarray, cond: Conditioning, component: str) -> tuple[object, dict[str, np.ndarray]]:
         resolution = runner_resolution(x, self.config.vae.downscale)
-        if not self.config.has_boxes:  # a plain SD UNet's step (--arch sd1): text only
-            return self._runner("dbunet_step", resolution), static_conditioning(cond, None)
-        slots = self.engines.entry("dbunet_step", resolution).shapes["boxes"][0][1]  # min shape [2, slots, 4]
-        return self._runner("dbunet_step", resolution), static_conditioning(cond, slots)
+        if not (self.config.has_boxes and component == "dbunet_step"):  # a plain SD or SDXL UNet's step: no boxes
+            return self._runner(component, resolution), static_conditioning(cond, None)
+        slots = self.engines.entry(component, resolution).shapes["boxes"][0][1]  # min shape [2, slots, 4]
+        return self._runner(component, resolution), static_conditioning(cond, slots)
 
-    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning,
+                     component: str = "dbunet_step") -> tuple[np.ndarray, np.ndarray]:
         with self.lock:
-            runner, fixed = self._step_inputs(x, cond)
+            runner, fixed = self._step_inputs(x, cond, component)
             x_next, x0 = runner.run({"x": x, "x0_prev": x0_prev, "coeffs": step.row, **fixed})
         return x_next, x0
 
-    def denoise_loop(self, steps: list[Step], x: np.ndarray, cond: Conditioning) -> np.ndarray:
+    def denoise_loop(self, steps: list[Step], x: np.ndarray, cond: Conditioning,
+                     component: str = "dbunet_step") -> np.ndarray:
         from dbunet.runtime.backends.trt_engine import StepLoop
 
         with self.lock:
-            runner, fixed = self._step_inputs(x, cond)
+            runner, fixed = self._step_inputs(x, cond, component)
             loop = StepLoop(runner)
             z0 = loop.run(np.stack([s.row for s in steps]), x, fixed)
             self.last_issue_s = loop.issue_s

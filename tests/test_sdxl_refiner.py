@@ -1,0 +1,169 @@
+"""SDXL base + refiner (--refiner): the base hands its latents to the refiner at the high noise fraction, as
+diffusers' StableDiffusionXLPipeline(denoising_end=0.8) -> StableDiffusionXLImg2ImgPipeline(denoising_start=0.8)
+do. The folders are small random ones made here (tests/sdxl_folder.py): the refiner has its own UNet (the second
+encoder's width, five size-and-score numbers) and shares the base's second encoder and VAE.
+
+Same latents, prompt, sampler, 8 steps for each pipeline (the refiner runs the 2 of its 8 below the hand-off),
+guidance 5: the runtime's uint8 image must equal diffusers' within mean 1 / max 8 levels in FP32.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from safetensors.torch import load_file, save_file
+from sdxl_folder import SIZE
+from test_sdxl import GUIDANCE, PROMPT, SAMPLERS, STEPS
+
+from dbunet.backends import open_pipeline
+from dbunet.errors import ConfigError, InputError, WeightsError
+from dbunet.manifest import Manifest
+from dbunet.runtime import Pipeline
+
+FRAC = 0.8
+
+
+def _latents(seed=5):
+    return np.random.default_rng(seed).standard_normal((1, 4, SIZE // 4, SIZE // 4)).astype(np.float32)
+
+
+def diffusers_refined(base, refiner, sampler: str, latents: np.ndarray, negative_prompt=None, frac=FRAC,
+                      output_type="np") -> np.ndarray:
+    """diffusers' image as uint8 (or, output_type "latent", the refiner's final latents)."""
+    pipes = []
+    for cls, folder in ((StableDiffusionXLPipeline, base), (StableDiffusionXLImg2ImgPipeline, refiner)):
+        pipe = cls.from_pretrained(folder)
+        pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        pipes.append(pipe)
+    common = dict(negative_prompt=negative_prompt, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
+    handed = pipes[0](PROMPT, height=SIZE, width=SIZE, latents=torch.from_numpy(latents), denoising_end=frac,
+                      output_type="latent", **common).images
+    image = pipes[1](PROMPT, image=handed, denoising_start=frac, output_type=output_type, **common).images[0]
+    if output_type == "latent":
+        return image[None].numpy()
+    return (image * 255).round().astype(np.uint8)
+
+
+def _ours(artifacts, sampler, latents, backend="ort", precision="fp32", **options):
+    pipe = open_pipeline(artifacts, backend, precision)
+    run = dict(scheduler=sampler, steps=STEPS, refiner_steps=STEPS, guidance_scale=GUIDANCE, latents=latents,
+               high_noise_frac=FRAC) | options
+    return pipe(PROMPT, **run)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
+def test_fp32_base_and_refiner_equal_diffusers(sdxl_folder, sdxl_refiner_folder, sdxl_refined_artifacts, sampler):
+    latents = _latents()
+    want = diffusers_refined(sdxl_folder, sdxl_refiner_folder, sampler, latents)
+    got = _ours(sdxl_refined_artifacts, sampler, latents).image
+    diff = np.abs(got.astype(int) - want.astype(int))
+    # measured (AMD EPYC, diffusers 0.42.1, ORT 1.31.1 CPU): mean <= 0.004, max 1 level for the three samplers
+    assert want.std() > 10, "the reference image is flat: the comparison would prove nothing"
+    assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())
+    # the refiner's steps show: the base alone (all 8 steps with its own UNet) is far from diffusers' refined image
+    # (measured: mean 40 levels with DDIM, 4.3 with Euler and DPM++)
+    alone = _ours(sdxl_refined_artifacts, sampler, latents, refiner_steps=0).image
+    assert np.abs(alone.astype(int) - want.astype(int)).mean() > 3, sampler
+
+
+@pytest.mark.parametrize(("sampler", "frac"), [("ddim", 0.749), ("dpm++", 0.7)])
+def test_hand_off_edges(sdxl_folder, sdxl_refiner_folder, sdxl_refined_artifacts, sampler, frac):
+    """DDIM's 8 leading timesteps include 251; a fraction of 0.749 puts the cut exactly there: the base runs it
+    (t >= cut), the refiner the two below (t < cut), as diffusers splits them. DPM-Solver++ at 0.7 gives the
+    refiner two steps (at 0.8 only its last): the first is first-order, with no x0 from the base's steps.
+    Compared in latent space: this test VAE saturates, and a latent 57 off moved the image by 0.7 levels."""
+    latents = _latents(3)
+    want = diffusers_refined(sdxl_folder, sdxl_refiner_folder, sampler, latents, frac=frac, output_type="latent")
+    got = _ours(sdxl_refined_artifacts, sampler, latents, high_noise_frac=frac).latents
+    # measured: max 3.0e-4 (DDIM, whose clipped x0 keeps the latents in [-1, 1]), 4.7e-4 (DPM++, latents up to
+    # 212: float32 rounding grows with them); bound 2e-3 + 1e-5 x magnitude, 7-9x those
+    error, scale = np.abs(got - want).max(), np.abs(want).max()
+    assert error <= 2e-3 + 1e-5 * scale, (error, scale)
+
+
+# FP16 graphs (the VAE stays FP32: force_upcast) against diffusers' FP32 image, measured: DDIM mean 3.0 / max 41,
+# Euler and DPM++ mean 0.2 / max 2 (DDIM divides eps by sqrt(alpha) ~ 0.07 at the first steps, and the test
+# refiner's output is amplified 60x). Bounds about 4-8x the mean, 3-8x the max.
+FP16_BOUNDS = {"ddim": (15.0, 128), "euler": (1.5, 16), "dpm++": (1.5, 16)}
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
+def test_fp16_base_and_refiner_stay_near_diffusers(sdxl_folder, sdxl_refiner_folder, sdxl_refined_artifacts,
+                                                    sampler):
+    latents = _latents()
+    want = diffusers_refined(sdxl_folder, sdxl_refiner_folder, sampler, latents)
+    got = _ours(sdxl_refined_artifacts, sampler, latents, precision="fp16")
+    assert np.isfinite(got.pixels).all()
+    diff = np.abs(got.image.astype(int) - want.astype(int))
+    mean, most = FP16_BOUNDS[sampler]
+    assert diff.mean() <= mean and diff.max() <= most, (sampler, diff.mean(), diff.max())
+
+
+def test_pytorch_reference_and_a_negative_prompt(sdxl_folder, sdxl_refiner_folder, sdxl_refined_artifacts):
+    """The reference loop (per-call UNets, the samplers' own step()) on the refined model, with a negative prompt:
+    the refiner encodes it with the second encoder (its folder says no force_zeros_for_empty_prompt)."""
+    latents = _latents(9)
+    want = diffusers_refined(sdxl_folder, sdxl_refiner_folder, "dpm++", latents, negative_prompt="blurry")
+    got = _ours(sdxl_refined_artifacts, "dpm++", latents, backend="torch", negative_prompt="blurry").image
+    diff = np.abs(got.astype(int) - want.astype(int))
+    # measured: mean 0.0002, max 1 level (the reference's numpy step() vs diffusers' torch one)
+    assert diff.mean() <= 0.01 and diff.max() <= 1, (diff.mean(), diff.max())
+
+
+def test_the_refined_export_and_its_refusals(sdxl_refined_artifacts):
+    manifest = Manifest.read(sdxl_refined_artifacts)
+    refiner = manifest.config.latent_refiner
+    assert refiner.requires_aesthetics_score and not refiner.zero_empty_negative
+    assert manifest.config.defaults.refiner_steps == manifest.config.defaults.steps
+    assert {"latent_refiner", "latent_refiner_step"} <= {a.component for a in manifest.artifacts}
+    step = manifest.find("latent_refiner_step", "fp32").spec
+    assert [t.name for t in step.inputs] == ["x", "x0_prev", "coeffs", "text", "text_embeds", "time_ids"]
+    assert step.inputs[3].dims[2] == 48 and step.inputs[5].dims[1] == 5  # the second encoder alone; 5 numbers
+    pipe = Pipeline.from_artifacts(sdxl_refined_artifacts, "ort", "fp32")
+    with pytest.raises(InputError, match="refiner strength is the DiffuseGAE"):
+        pipe(PROMPT, steps=2, refiner_strength=0.5)
+    with pytest.raises(InputError, match="leaves the base none of its 8 steps"):
+        pipe(PROMPT, steps=STEPS, refiner_steps=STEPS, high_noise_frac=0.05)  # hand-off above the first timestep
+    with pytest.raises(InputError, match="strictly between 0 and 1"):
+        pipe(PROMPT, steps=2, high_noise_frac=1.0)
+
+
+def test_high_noise_frac_needs_the_refiner(sdxl_artifacts):
+    pipe = Pipeline.from_artifacts(sdxl_artifacts, "ort", "fp32")
+    with pytest.raises(InputError, match="no SDXL refiner"):
+        pipe(PROMPT, steps=2, high_noise_frac=0.7)
+    with pytest.raises(InputError, match="--refiner FOLDER adds SDXL's refiner"):
+        pipe(PROMPT, steps=2, refiner_steps=2)
+
+
+def test_a_refiner_that_does_not_share_the_base_vae_is_refused(sdxl_folder, sdxl_refiner_folder, tmp_path):
+    from dbunet.export.exporter import ExportOptions
+    from dbunet.models.sdxl_folder import import_sdxl
+
+    other = tmp_path / "other-refiner"
+    shutil.copytree(sdxl_refiner_folder, other)
+    weights = other / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    first = sorted(state)[0]
+    state[first] = state[first] + 0.01
+    save_file(state, str(weights))
+    with pytest.raises(WeightsError, match="its vae differs from the base's"):
+        import_sdxl(sdxl_folder, other)
+    with pytest.raises(ConfigError, match="takes no SDXL refiner"):
+        ExportOptions(weights=sdxl_folder, arch="sd1", refiner=sdxl_refiner_folder)
+
+
+def test_dbunet_run_takes_the_refiner_options(sdxl_refined_artifacts, tmp_path):
+    from PIL import Image
+
+    from dbunet.cli.run import main
+
+    out = tmp_path / "refined.png"
+    code = main(["--artifacts", str(sdxl_refined_artifacts), "--prompt", PROMPT, "--steps", "8", "--refiner-steps", "8",
+                 "--high-noise-frac", "0.7", "--scheduler", "euler", "--output", str(out), "--quiet"])
+    assert code == 0
+    want = _ours(sdxl_refined_artifacts, "euler", None, high_noise_frac=0.7).image
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), want)
