@@ -218,9 +218,9 @@ def _block(case: Case, repeat: int, gemm: float, step_gflop: float, steps: dict,
     return "\n".join(lines)
 
 
-def update_readme(text: str, slug: str, block: str) -> str:
+def update_readme(text: str, slug: str, block: str, tool: str = "cpu_report") -> str:
     """Replace the case's block (or append it); everything outside the markers stays as written."""
-    start, end = f"<!-- cpu_report:{slug} -->", f"<!-- /cpu_report:{slug} -->"
+    start, end = f"<!-- {tool}:{slug} -->", f"<!-- /{tool}:{slug} -->"
     new = f"{start}\n{block}\n{end}"
     if start in text and end in text:
         return text[: text.index(start)] + new + text[text.index(end) + len(end):]

@@ -184,6 +184,13 @@ MUTANTS = [
            "rows = [[*sizes[:4], r.negative_aesthetic_score], [*sizes[:4], r.aesthetic_score]]",
            "rows = [[*sizes[:4], r.aesthetic_score], [*sizes[:4], r.negative_aesthetic_score]]",
            ("tests/test_sdxl_refiner.py",), "the refiner's aesthetic scores on the wrong rows"),
+    # attention as ONNX Runtime's MultiHeadAttention (dbunet.onnx_attention), against the graphs as exported
+    Mutant("mha_one_head", "dbunet/onnx_attention.py",
+           'attrs = {"num_heads": match.heads}', 'attrs = {"num_heads": 1}',
+           ("tests/runtime/test_attention_rewrite.py",), "a plain attention rewritten with one head, whatever it had"),
+    Mutant("mha_scale_dropped", "dbunet/onnx_attention.py",
+           '| ({} if match.scale is None else {"scale": match.scale})', "",
+           ("tests/runtime/test_attention_rewrite.py",), "an attention's own scale replaced by the default"),
     # SD 1.x folders (--arch sd1) and the schedule options they bring
     Mutant("v_prediction_as_epsilon", "dbunet/schedulers/base.py",
            'if prediction_type == "epsilon":', 'if prediction_type in ("epsilon", "v_prediction"):',

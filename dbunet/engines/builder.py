@@ -152,6 +152,24 @@ def prepare_onnx(path: Path, plugin_ops: tuple[str, ...], shapes: dict | None = 
     return model.SerializeToString()
 
 
+def attention_forms(path: Path, plugin_ops: tuple[str, ...]) -> str:
+    """Which form each attention of a graph takes in its engine: the SpatialCrossAttention plugin, or
+    MatMul -> Softmax -> MatMul (an inlined SpatialCrossAttention, a plain UNet's or VAE's attention), the pattern
+    TensorRT fuses into its own attention kernel. Empty when the graph has none."""
+    import onnx
+
+    from dbunet.onnx_attention import fuse_attention
+
+    model = onnx.load(str(path), load_external_data=False)
+    sca = sum(n.domain == "dbunet" and n.op_type == "SpatialCrossAttention" for n in model.graph.node)
+    plain = fuse_attention(model, rewrite=False).fused.get("pattern", 0)
+    as_plugin = sca if "SpatialCrossAttention" in plugin_ops else 0
+    parts = [f"{as_plugin} as the SpatialCrossAttention plugin"] if as_plugin else []
+    if sca - as_plugin + plain:
+        parts.append(f"{sca - as_plugin + plain} as MatMul-Softmax-MatMul, which TensorRT fuses")
+    return ", ".join(parts)
+
+
 def engine_loader(onnx_bytes: bytes, shapes: dict, options: BuildOptions, timing_cache: Path, strongly_typed: bool):
     """polygraphy's loader chain for one engine: built lazily, so nothing touches TensorRT until called."""
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxBytes, Profile
@@ -209,6 +227,9 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(),  # no
     for component in engine_components(config):
         artifact = manifest.find(component, "fp16")
         verify_artifact(artifacts, artifact)
+        forms = attention_forms(artifacts / artifact.path, PLUGIN_OPS if mode == "aot" else ())
+        if forms:
+            report(f"  {component:<16} attention: {forms}")
         for res in resolutions if component not in SIZE_FREE else resolutions[:1]:
             label = "any" if component in SIZE_FREE else str(res)
             shapes = profile(artifact.spec, config, res, max_boxes)

@@ -27,7 +27,7 @@ from dbunet.errors import ConfigError, WeightsError
 from dbunet.export import fp16 as fp16_convert
 from dbunet.export.graphs import graph_module, run_reference, sample_inputs
 from dbunet.export.onnx_export import check_model_file, save_onnx, trace_to_onnx
-from dbunet.export.parity import ParityResult, measure, require, run_onnx
+from dbunet.export.parity import ParityResult, measure, require, run_onnx, run_rewritten
 from dbunet.export.specs import COMPONENTS, component_specs, components_of, default_sizes
 from dbunet.export.staging import staged
 from dbunet.export.step_graphs import STEP_OF, compose_step, step_module
@@ -208,7 +208,7 @@ def _save(graph, precision: str, note: str = "", tolerance: str | None = None, *
     rel = Path(precision) / f"{name}.onnx"
     files = save_onnx(graph, out / rel)
     check_model_file(files[0])
-    result = measure(name, tolerance or precision, run_onnx(files[0], feeds), reference)
+    result = measure(name, tolerance or precision, run_onnx(files[0], feeds), reference, run_rewritten(files[0], feeds))
     artifact = Artifact(
         component=name, precision=precision, files=[str(f.relative_to(out)) for f in files],
         sha256={str(f.relative_to(out)): sha256_file(f) for f in files}, spec=spec, opset=options.opset,

@@ -31,18 +31,29 @@ class ParityResult:
     max_rel: float  # max_abs / max |reference|
     tolerance: float
     finite: bool
+    # the same graph as the ONNX Runtime backend runs it, its attentions rewritten (None: it has none), and how many
+    # attentions of each form were rewritten (dbunet.onnx_attention)
+    rewritten: ParityResult | None = None
+    attention: dict[str, int] | None = None
 
     @property
     def passed(self) -> bool:
-        return self.finite and self.max_rel <= self.tolerance
+        return self.finite and self.max_rel <= self.tolerance and (self.rewritten is None or self.rewritten.passed)
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"passed": self.passed}
+        d = {k: v for k, v in asdict(self).items() if k not in ("rewritten", "attention")} | {"passed": self.passed}
+        if self.rewritten is not None:
+            d["onnxruntime"] = self.rewritten.to_dict() | {"attention": self.attention}
+        return d
 
     def line(self) -> str:
         verdict = "ok" if self.passed else "FAIL"
-        return (f"{self.component:<16} {self.precision}  max abs {self.max_abs:.2e}  mean abs {self.mean_abs:.2e}  "
+        text = (f"{self.component:<16} {self.precision}  max abs {self.max_abs:.2e}  mean abs {self.mean_abs:.2e}  "
                 f"max rel {self.max_rel:.2e}  (tol {self.tolerance:.0e})  {verdict}")
+        if self.rewritten is not None:
+            text += (f"\n  {'':<16} {self.precision}  as ONNX Runtime runs it ({sum(self.attention.values())} "
+                     f"attentions as MultiHeadAttention): max rel {self.rewritten.max_rel:.2e}")
+        return text
 
 
 def run_onnx(path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -57,7 +68,36 @@ def run_onnx(path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]
     return [np.asarray(v) for v in out.values()]
 
 
-def measure(component: str, precision: str, got: list[np.ndarray], want: list[np.ndarray]) -> ParityResult:
+def run_rewritten(path: str | Path, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], dict[str, int]] | None:
+    """Run a graph as the ONNX Runtime backend runs it, each attention rewritten into MultiHeadAttention
+    (dbunet.onnx_attention); None where it has none to rewrite. Returns (outputs, attentions rewritten by form)."""
+    import onnx
+    import onnxruntime as ort
+
+    from dbunet.onnx_attention import fuse_attention
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    report = fuse_attention(model)
+    if not report.total:
+        return None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [np.asarray(v) for v in session.run(None, feeds)], dict(report.fused)
+
+
+def measure(component: str, precision: str, got: list[np.ndarray], want: list[np.ndarray],
+            rewritten: tuple[list[np.ndarray], dict[str, int]] | None = None) -> ParityResult:
+    """Parity of `got` with `want`, and of the rewritten graph's outputs where given (run_rewritten)."""
+    result = _measure(component, precision, got, want)
+    if rewritten is not None:
+        result.rewritten, result.attention = _measure(component, precision, rewritten[0], want), rewritten[1]
+    return result
+
+
+def _measure(component: str, precision: str, got: list[np.ndarray], want: list[np.ndarray]) -> ParityResult:
     diffs = [np.abs(g.astype(np.float64) - w.astype(np.float64)) for g, w in zip(got, want, strict=True)]
     finite = all(np.isfinite(g).all() for g in got)
     max_abs = max(float(d.max()) for d in diffs)

@@ -64,6 +64,13 @@ def test_first_build_writes_every_engine_the_timing_cache_and_the_index_and_a_se
     lines = []
     assert {e.key for e in builder.build_engines(fresh, options, report=lines.append)} == keys
     assert len(trt.builds) == builds and sum("cached" in line for line in lines) == 6  # nothing rebuilt
+    # which form each attention takes: without AOT plugins the DB-UNet's SpatialCrossAttention is inlined, so
+    # all 23 attentions of the step are the MatMul-Softmax-MatMul that TensorRT fuses; the VAE's one too
+    forms = {line.split()[0]: line.split("attention: ")[1] for line in lines if "attention:" in line}
+    assert forms == {"dbunet_step": "23 as MatMul-Softmax-MatMul, which TensorRT fuses",
+                     "vae_decoder": "1 as MatMul-Softmax-MatMul, which TensorRT fuses"}, forms
+    assert builder.attention_forms(fresh / "fp16" / "dbunet_step.onnx", builder.PLUGIN_OPS).startswith(
+        "3 as the SpatialCrossAttention plugin, 20 as MatMul-Softmax-MatMul")
     # another box count: only the engines that take boxes are rebuilt, from the saved timing cache
     builder.build_engines(fresh, builder.BuildOptions((Resolution(64, 64),), max_boxes=2), report=lambda line: None)
     rebuilt = trt.builds[builds:]

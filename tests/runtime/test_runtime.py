@@ -68,11 +68,13 @@ def test_run_command_imports_no_torch(tiny_artifacts, tmp_path):
 
 def test_outputs_written_in_place_match_a_plain_run_and_never_alias(tiny_artifacts):
     """Outputs bound to fresh numpy arrays (the step's x_next and x0, text) and left to ONNX Runtime (the VAE
-    decoder's image size does not follow from its inputs) equal a plain InferenceSession.run."""
+    decoder's image size does not follow from its inputs) equal a plain InferenceSession.run of the same graph
+    (its attentions rewritten as the backend loads them)."""
     import onnxruntime as ort
 
     from dbunet.export.graphs import sample_inputs
     from dbunet.export.specs import default_sizes
+    from dbunet.runtime.backends.onnxruntime import _graph_source
 
     pipe = Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32")
     sizes = default_sizes(pipe.config, batch=2, boxes=3)
@@ -80,8 +82,9 @@ def test_outputs_written_in_place_match_a_plain_run_and_never_alias(tiny_artifac
         graph = pipe.stages.graphs[name]
         feeds = sample_inputs(graph.spec, sizes, pipe.config.text.vocab_size)
         first, second = graph.run(feeds), graph.run(feeds)
-        plain = ort.InferenceSession(str(tiny_artifacts / "fp32" / f"{name}.onnx"),
-                                     providers=["CPUExecutionProvider"]).run(None, feeds)
+        options = ort.SessionOptions()
+        source, _ = _graph_source(tiny_artifacts / "fp32" / f"{name}.onnx", options, fuse=True)
+        plain = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]).run(None, feeds)
         for a, b, ref in zip(first, second, plain, strict=True):
             np.testing.assert_array_equal(a, ref)
             assert not np.shares_memory(a, b)  # a later call never overwrites an earlier result

@@ -36,13 +36,37 @@ def _session_options(threads: int | None):
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 
 
+def _graph_source(path: Path, options, fuse: bool):
+    """What the session loads: the file itself, or (fuse) its graph with each attention as one MultiHeadAttention
+    node (dbunet.onnx_attention), serialised without its external data, which ONNX Runtime then reads from
+    beside the file. Returns (path or bytes, the rewrite's report or None)."""
+    if not fuse:
+        return str(path), None
+    import onnx
+
+    from dbunet.onnx_attention import fuse_attention
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX at all: ONNX Runtime says so below, with the same message as unfused
+        return str(path), None
+    report = fuse_attention(model)
+    if not report.total:
+        return str(path), report
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+    return model.SerializeToString(), report
+
+
 class OrtGraph:
-    def __init__(self, path: Path, spec: GraphSpec, providers: list[str], threads: int | None) -> None:
+    def __init__(self, path: Path, spec: GraphSpec, providers: list[str], threads: int | None,
+                 fuse_attention: bool = True) -> None:
         import onnxruntime as ort
 
         self.spec = spec
+        options = _session_options(threads)
+        source, self.attention = _graph_source(path, options, fuse_attention)
         try:
-            self.session = ort.InferenceSession(str(path), _session_options(threads), providers=providers)
+            self.session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # a file that is no valid ONNX graph
             raise ArtifactError(f"{shown(path)}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
@@ -87,7 +111,9 @@ class OrtGraph:
 
 class OrtBackend(GraphBackend):
 
-    def __init__(self, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, device: str = "auto", threads: int | None = None, fuse_attention: bool = True) -> None:
+        """fuse_attention: run each attention as ONNX Runtime's MultiHeadAttention (memory linear in the tokens;
+        dbunet.runtime.attention); False runs the graphs as exported (for comparisons)."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -100,12 +126,13 @@ class OrtBackend(GraphBackend):
             raise ConfigError(f"device must be cpu, cuda or auto, got {device!r}")
         self.device = device
         self.threads = threads
+        self.fuse_attention = fuse_attention
         self.providers = ["CUDAExecutionProvider"] if device == "cuda" else []
         self.providers.append("CPUExecutionProvider")
 
     def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> OrtGraph:
         """`identity` (the graph's verified sha256) is for backends that cache compiled forms; ONNX Runtime does not."""
-        return OrtGraph(path, spec, self.providers, self.threads)
+        return OrtGraph(path, spec, self.providers, self.threads, self.fuse_attention)
 
     def default_precision(self, available: set[str]) -> str:
         # fp16 pays off on GPUs; ONNX Runtime's CPU kernels are fp32 (fp16 runs slower there)
