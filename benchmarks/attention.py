@@ -161,19 +161,28 @@ def measure_image(model: str, size: int, fused: bool) -> dict:
 
 
 def in_child(kind: str, *args) -> dict | None:
-    """One measurement in a fresh process; None where it failed (its last line says why)."""
+    """One measurement in a fresh process; None where it failed (printed: why), {"oom": True} where the kernel
+    killed it for memory."""
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps([kind, *args])], capture_output=True,
                           text=True, cwd=ROOT)
     if proc.returncode:
         why = (f"killed by signal {-proc.returncode} (the kernel's out-of-memory killer sends 9)"
                if proc.returncode < 0 else (proc.stderr.strip().splitlines() or ["?"])[-1][:200])
         print(f"  {kind} {args}: failed: {why}")
-        return None
+        return {"oom": True} if proc.returncode == -9 else None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def score_gib(b, h, s, keys) -> float:
     return b * h * s * keys * 4 / 2**30
+
+
+def cell(got: dict | None, key: str) -> str:
+    if got is None:
+        return "failed"
+    if got.get("oom"):
+        return "out of memory (killed)"
+    return f"{fmt(got['seconds'], 's')}, {fmt(got[key], 'MB')}"
 
 
 def fmt(value, unit: str) -> str:
@@ -203,7 +212,7 @@ def main() -> None:
 
     lines = ["## Attention in linear memory (ONNX Runtime, CPU, FP32)", "",
              "`python benchmarks/attention.py`; each figure from its own process, medians of "
-             f"{args.repeat} runs after a warm-up. {cpu_line()}", ""]
+             f"{args.repeat} runs after a warm-up. {cpu_line()}.", ""]
     if not args.no_shapes:
         lines += ["| attention (batch x heads x tokens x head size) | ORT plain: time, memory | ORT rewritten | "
                   "OpenVINO FP32 (as exported) |", "|---|---|---|---|"]
@@ -215,8 +224,7 @@ def main() -> None:
                 if form == "plain" and skip:
                     cells.append(f"not run (scores {score_gib(b, h, s, keys):.0f} GiB)")
                     continue
-                got = in_child("attention", shape, form, args.repeat)
-                cells.append(f"{fmt(got and got['seconds'], 's')}, {fmt(got and got['added_mb'], 'MB')}")
+                cells.append(cell(in_child("attention", shape, form, args.repeat), "added_mb"))
             dims = f"{b}x{h}x{s}{'' if keys == s else f' (keys {keys})'}x{d}"
             lines.append(f"| {label}: {dims} | {' | '.join(cells)} |")
             print(lines[-1], flush=True)
@@ -233,14 +241,14 @@ def main() -> None:
                     cells.append("not run (16 GiB per score tensor)")
                     continue
                 got = steps[model, size, form] = in_child("step", model, size, form, args.repeat)
-                cells.append(f"{fmt(got and got['seconds'], 's')}, {fmt(got and got['peak_mb'], 'MB')}")
+                cells.append(cell(got, "peak_mb"))
             lines.append(f"| {model} | {size}x{size} | {' | '.join(cells)} |")
             print(lines[-1], flush=True)
     lines.append("")
     for model in args.models:  # attention's FLOPs grow with the tokens squared: 16x for 4x the pixels
         pair = [steps.get((model, size, "fused")) for size in (256, 512)]
         plain = [steps.get((model, size, "plain")) for size in (256, 512)]
-        if all(pair) and all(plain):
+        if all(p and "seconds" in p for p in pair + plain):
             lines.append(f"- {model}: the 512x512 step takes {pair[1]['seconds'] / pair[0]['seconds']:.1f}x the "
                          f"256x256 step rewritten, {plain[1]['seconds'] / plain[0]['seconds']:.1f}x plain "
                          "(4x the pixels; 16x the attention's multiply-adds)")
@@ -248,7 +256,7 @@ def main() -> None:
         for fused in (False, True):
             image = in_child("image", "tiny", 512, fused)
             lines.append(f"- tiny, a whole 512x512 image (every stage), {'rewritten' if fused else 'plain'}: "
-                         f"{fmt(image and image['seconds'], 's')}, peak RSS {fmt(image and image['peak_mb'], 'MB')}")
+                         f"{cell(image, 'peak_mb')} peak RSS")
             print(lines[-1], flush=True)
     readme = HERE / "README.md"
     atomic.write_text(readme, update_readme(readme.read_text(), "linear-memory", "\n".join(lines),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -46,14 +47,23 @@ def metadata(result: GenerationResult, artifact_hash: str, backend: str, precisi
     }
 
 
-def save_png(path: str | Path, result: GenerationResult, meta: dict[str, str], with_boxes: bool = False) -> Path:
-    path = Path(path)
+def png_bytes(result: GenerationResult, meta: dict[str, str], with_boxes: bool = False) -> bytes:
+    """The image as PNG, its provenance in iTXt chunks (UTF-8, so any prompt survives): what dbunet-run writes
+    and dbunet-serve answers, byte for byte."""
     img = draw_boxes(result.image, result) if with_boxes else Image.fromarray(result.image)
     info = PngImagePlugin.PngInfo()
     for key, value in meta.items():
-        info.add_itxt(key, value)  # iTXt: UTF-8, so any prompt survives
+        info.add_itxt(key, value)
+    out = io.BytesIO()
+    img.save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def save_png(path: str | Path, result: GenerationResult, meta: dict[str, str], with_boxes: bool = False) -> Path:
+    path = Path(path)
+    data = png_bytes(result, meta, with_boxes)
     try:
-        atomic.write_with(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info))
+        atomic.write_bytes(path, data)
     except OSError as exc:  # disk full, read-only: said with the file the user named (not the temporary one)
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     return path

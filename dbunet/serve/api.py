@@ -1,0 +1,105 @@
+"""The HTTP API's work, free of any server: a JSON body -> a validated request -> a PNG (or JSON with base64).
+
+Every refusal is the one line dbunet-run prints (`error: ...`), raised as `Refused` with its HTTP status:
+400 for a request the model cannot take (checked before any model runs: the model's limits come from its
+manifest), 413 for a body over MAX_BODY.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+from dbunet.boxes import Box
+from dbunet.errors import DbunetError
+
+MAX_BODY = 64 * 1024  # bytes: a 10,000-character prompt and 30 boxes fit many times over
+# the request's JSON fields: dbunet-run's options under the API's names (size as height and width)
+FIELDS = ("prompt", "negative_prompt", "boxes", "seed", "steps", "scheduler", "guidance_scale", "height", "width",
+          "box_fraction", "refiner_steps", "refiner_strength", "high_noise_frac", "original_size", "crop_top_left",
+          "target_size", "response")
+RESPONSES = ("png", "json")
+
+
+class Refused(Exception):
+    """A request the service answers with an error status and one `error:` line."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def body(self) -> str:
+        return f"error: {self}\n"
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    prompt: str
+    options: dict
+    response: str = "png"
+
+
+def parse(body: bytes) -> ImageRequest:
+    """The JSON body as dbunet-run's options; the model's own checks come when the pipeline builds the request."""
+    if len(body) > MAX_BODY:
+        raise Refused(413, f"request body of {len(body)} bytes; at most {MAX_BODY}")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Refused(400, f"the body is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise Refused(400, f"the body must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise Refused(400, f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
+    prompt = data.pop("prompt", None)
+    if not isinstance(prompt, str):
+        raise Refused(400, "prompt is required and must be a string")
+    response = data.pop("response", "png")
+    if response not in RESPONSES:
+        raise Refused(400, f"response must be one of {', '.join(RESPONSES)}, got {response!r}")
+    boxes = data.get("boxes", [])
+    if not isinstance(boxes, list) or not all(isinstance(b, str) for b in boxes):
+        raise Refused(400, "boxes must be a list of 'x0,y0,x1,y1:phrase' strings, as dbunet-run's --box")
+    try:
+        data["boxes"] = tuple(Box.parse(b) for b in boxes)
+    except DbunetError as exc:
+        raise Refused(400, str(exc)) from None
+    return ImageRequest(prompt, data, response)
+
+
+def generate(pipe, request: ImageRequest) -> tuple[str, bytes]:
+    """(content type, body) of the image dbunet-run would write for the same request, byte for byte."""
+    from dbunet.runtime.png import metadata, png_bytes
+
+    try:
+        result = pipe(request.prompt, **request.options)
+    except DbunetError as exc:  # the model's limits, an unknown scheduler, a size too large: one line
+        raise Refused(400, str(exc)) from None
+    except TypeError as exc:  # a value of the wrong JSON type reached a check that compares numbers
+        raise Refused(400, f"a field has the wrong type ({exc})") from None
+    meta = metadata(result, pipe.manifest.weights_sha256, pipe.backend_name, pipe.precision)
+    png = png_bytes(result, meta)
+    if request.response == "png":
+        return "image/png", png
+    body = {"image_png_base64": base64.b64encode(png).decode("ascii"), "metadata": meta,
+            "timings_s": {k: round(v, 4) for k, v in result.timings.items()}}
+    return "application/json", json.dumps(body).encode()
+
+
+def model_summary(pipe) -> dict:
+    """GET /v1/model: what the service runs and what a request may ask of it."""
+    cfg, manifest = pipe.config, pipe.manifest
+    d = cfg.defaults
+    return {
+        "name": cfg.name, "architecture": cfg.arch, "summary": cfg.architecture.summary,
+        "boxes": cfg.has_boxes, "max_boxes": cfg.unet.max_boxes,
+        "refiner": "diffusegae" if cfg.has_refiner else "sdxl" if cfg.has_latent_refiner else None,
+        "defaults": {"height": d.height, "width": d.width, "steps": d.steps, "scheduler": d.scheduler,
+                     "guidance_scale": d.guidance_scale, "refiner_steps": d.refiner_steps},
+        "limits": {"max_height": d.max_height, "max_width": d.max_width, "size_multiple": cfg.vae.downscale,
+                   "max_steps": cfg.schedule.num_train_timesteps, "max_body_bytes": MAX_BODY},
+        "backend": pipe.backend_name, "precision": pipe.precision, "weights_sha256": manifest.weights_sha256,
+    }
