@@ -18,6 +18,7 @@ from dbunet.cli import bench as bench_cli
 from dbunet.cli import build as build_cli
 from dbunet.cli import export as export_cli
 from dbunet.cli import run as run_cli
+from dbunet.cli import serve as serve_cli
 
 Damage = Callable[[Path], None]
 
@@ -237,8 +238,17 @@ CASES = [
     Case("bench height beyond the model", "bench", ("--artifacts", "{art}", "--height", "4096", "--width", "64"),
          "beyond this model's maximum"),
     Case("build unpaired sizes", "build", ("--artifacts", "{art}", "--height", "64"), "error"),
+    # dbunet-serve: refused before Ray starts
+    Case("serve artifacts missing", "serve", ("--artifacts", "{tmp}/nothing"), "no manifest.json"),
+    Case("serve autoscale backwards", "serve", ("--artifacts", "{art}", "--autoscale", "4:2"), "MIN:MAX"),
+    Case("serve autoscale not numbers", "serve", ("--artifacts", "{art}", "--autoscale", "a:b"), "MIN:MAX"),
+    Case("serve replicas zero", "serve", ("--artifacts", "{art}", "--replicas", "0"), "--replicas must be"),
+    Case("serve cpus zero", "serve", ("--artifacts", "{art}", "--num-cpus", "0"), "must be positive"),
+    Case("serve replicas and autoscale", "serve", ("--artifacts", "{art}", "--replicas", "2", "--autoscale", "1:2"),
+         "not allowed with"),
 ]
-MAINS = {"run": run_cli.main, "export": export_cli.main, "bench": bench_cli.main, "build": build_cli.main}
+MAINS = {"run": run_cli.main, "export": export_cli.main, "bench": bench_cli.main, "build": build_cli.main,
+         "serve": serve_cli.main}
 
 
 @pytest.fixture(scope="module")

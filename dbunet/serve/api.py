@@ -70,8 +70,9 @@ def parse(body: bytes) -> ImageRequest:
     return ImageRequest(prompt, data, response)
 
 
-def generate(pipe, request: ImageRequest) -> tuple[str, bytes]:
-    """(content type, body) of the image dbunet-run would write for the same request, byte for byte."""
+def generate(pipe, request: ImageRequest) -> tuple[str, bytes, dict[str, float]]:
+    """(content type, body, seconds per stage): the image dbunet-run would write for the same request, byte for
+    byte."""
     from dbunet.runtime.png import metadata, png_bytes
 
     try:
@@ -83,10 +84,10 @@ def generate(pipe, request: ImageRequest) -> tuple[str, bytes]:
     meta = metadata(result, pipe.manifest.weights_sha256, pipe.backend_name, pipe.precision)
     png = png_bytes(result, meta)
     if request.response == "png":
-        return "image/png", png
+        return "image/png", png, result.timings
     body = {"image_png_base64": base64.b64encode(png).decode("ascii"), "metadata": meta,
             "timings_s": {k: round(v, 4) for k, v in result.timings.items()}}
-    return "application/json", json.dumps(body).encode()
+    return "application/json", json.dumps(body).encode(), result.timings
 
 
 def model_summary(pipe) -> dict:

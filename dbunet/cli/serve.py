@@ -1,0 +1,90 @@
+"""dbunet-serve: the artifacts behind HTTP on Ray Serve (pip install -e ".[serve]")."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from dbunet import backends
+from dbunet.cli.common import Parser, guarded
+from dbunet.errors import ConfigError, InputError
+
+DESCRIPTION = """Serve an artifacts directory over HTTP: POST /v1/images with dbunet-run's options as JSON
+(prompt, negative_prompt, boxes as 'x0,y0,x1,y1:phrase' strings, seed, steps, scheduler, guidance_scale, height,
+width, refiner_steps, ...; "response": "json" for base64 in JSON) answers the PNG dbunet-run would write;
+GET /v1/health, GET /v1/model (what it runs and its limits), /docs (the OpenAPI schema). Each replica holds one
+pipeline; Ray Serve routes, queues (503 with Retry-After when full), replaces dead replicas and autoscales.
+Starts a local Ray instance unless RAY_ADDRESS names a cluster."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(prog="dbunet-serve", description=DESCRIPTION)
+    p.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"),
+                   help="directory written by dbunet-export (default: dbunet-artifacts)")
+    p.add_argument("--backend", choices=backends.CHOICES, default=backends.DEFAULT, help=backends.describe())
+    p.add_argument("--precision", choices=backends.PRECISIONS, help="default: the backend's fastest")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=1, help="a fixed number of replicas (default: 1)")
+    scale.add_argument("--autoscale", metavar="MIN:MAX", help="scale between MIN and MAX replicas with the load")
+    p.add_argument("--num-cpus", type=float, default=1.0,
+                   help="CPUs per replica, fractions allowed; ONNX Runtime uses that many threads (default: 1)")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica, fractions allowed (default: 0)")
+    p.add_argument("--max-queued", type=int, default=8,
+                   help="requests queued beyond those being computed before 503 (default: 8)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default: 300)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    return p
+
+
+def parse_autoscale(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition(":")
+    if not (sep and lo.isdigit() and hi.isdigit()) or not 1 <= int(lo) <= int(hi):
+        raise InputError(f"--autoscale must be MIN:MAX with 1 <= MIN <= MAX, got {text!r}")
+    return int(lo), int(hi)
+
+
+def options_from(args):
+    from dbunet.serve.app import ServeOptions
+
+    if args.replicas < 1:
+        raise InputError(f"--replicas must be >= 1, got {args.replicas}")
+    if args.num_cpus <= 0 or args.num_gpus < 0 or args.max_queued < 0 or args.timeout <= 0:
+        raise InputError("--num-cpus and --timeout must be positive, --num-gpus and --max-queued not negative")
+    if not (args.artifacts / "manifest.json").is_file():
+        raise InputError(f"--artifacts {args.artifacts}: no manifest.json (run dbunet-export first)")
+    return ServeOptions(args.artifacts.resolve(), args.backend, args.precision, args.replicas,
+                        parse_autoscale(args.autoscale) if args.autoscale else None, args.num_cpus, args.num_gpus,
+                        max_queued=args.max_queued)
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    options = options_from(args)
+    from dbunet.manifest import Manifest
+
+    Manifest.read(args.artifacts)  # a broken export is refused here, before Ray starts
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise ConfigError('dbunet-serve needs Ray Serve: pip install -e ".[serve]"') from None
+    from dbunet.serve.app import build_app
+
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.timeout})
+    serve.run(build_app(options), name="dbunet", route_prefix="/")
+    print(f"serving {args.artifacts} at http://{args.host}:{args.port}/v1/images (Ctrl-C stops)", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The Ray Serve application: replicas that each hold one Pipeline, behind Serve's HTTP proxy.
+
+Back-pressure is Serve's: each replica takes `max_ongoing` requests at once (1: a CPU replica computes one image
+at a time, its ONNX Runtime threads = its CPUs), the router queues up to `max_queued` more per deployment and
+answers 503 with Retry-After beyond that; a replica whose process dies is replaced by Serve, and its in-flight
+requests fail with a 5xx instead of hanging. Requests are not batched: the step graphs take one latent
+(batch 1 with its CFG pair), so a batch would run as a loop anyway.
+
+No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (Request) at definition
+time, and they are local to build_app.
+"""
+
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from dbunet.serve import api
+
+RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    artifacts: Path
+    backend: str = "auto"
+    precision: str | None = None
+    replicas: int = 1
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas; None: a fixed count
+    num_cpus: float = 1.0  # per replica
+    num_gpus: float = 0.0
+    max_ongoing: int = 1
+    max_queued: int = 8
+
+    @property
+    def threads(self) -> int:
+        """ONNX Runtime threads of a replica: its CPUs, so replicas do not oversubscribe the cores."""
+        return max(1, int(self.num_cpus))
+
+
+def build_app(options: ServeOptions):
+    """The Serve application (serve.run it); imports Ray and FastAPI only here."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from ray import serve
+    from ray.serve.config import BackpressureConfig
+
+    from dbunet import __version__
+
+    http = FastAPI(title="dbunet", version=__version__,
+                   description="Text (and layout boxes) to image with the dbunet runtime. POST /v1/images takes "
+                               "dbunet-run's options as JSON and answers a PNG.")
+    scaling = ({"autoscaling_config": {"min_replicas": options.autoscale[0], "max_replicas": options.autoscale[1],
+                                       "target_ongoing_requests": options.max_ongoing}}
+               if options.autoscale else {"num_replicas": options.replicas})
+
+    @serve.deployment(name="dbunet", max_ongoing_requests=options.max_ongoing,
+                      max_queued_requests=options.max_queued,
+                      backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
+                      ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+                      health_check_period_s=2, health_check_timeout_s=30, **scaling)
+    @serve.ingress(http)
+    class ImageService:
+        def __init__(self, artifacts: str, backend: str, precision: str | None, threads: int) -> None:
+            from ray.serve.metrics import Counter, Histogram
+
+            from dbunet.backends import open_pipeline
+
+            self.pipe = open_pipeline(Path(artifacts), backend, precision, "auto", threads)
+            self.images = Counter("dbunet_images_served", description="images answered")
+            self.refused = Counter("dbunet_requests_refused", description="requests refused, by HTTP status",
+                                   tag_keys=("status",))
+            self.stage_s = Histogram("dbunet_stage_seconds", description="seconds per cascade stage",
+                                     boundaries=[0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60], tag_keys=("stage",))
+
+        @http.post("/v1/images", response_class=Response,
+                   responses={200: {"content": {"image/png": {}, "application/json": {}}},
+                              400: {"description": "a request the model cannot take: one `error:` line"},
+                              413: {"description": "body over the limit"},
+                              503: {"description": "queue full; retry after Retry-After seconds"}})
+        async def images(self, request: Request) -> Response:
+            length = request.headers.get("content-length")
+            try:
+                if length is not None and length.isdigit() and int(length) > api.MAX_BODY:
+                    raise api.Refused(413, f"request body of {length} bytes; at most {api.MAX_BODY}")
+                parsed = api.parse(await request.body())
+                # the model's work in a thread: the replica's event loop keeps answering health checks
+                content_type, body, timings = await asyncio.to_thread(self._generate, parsed)
+            except api.Refused as refused:
+                self.refused.inc(tags={"status": str(refused.status)})
+                return PlainTextResponse(refused.body, status_code=refused.status)
+            self.images.inc()
+            for stage, seconds in timings.items():
+                self.stage_s.observe(seconds, tags={"stage": stage})
+            return Response(body, media_type=content_type)
+
+        def _generate(self, parsed: api.ImageRequest):
+            return api.generate(self.pipe, parsed)
+
+        @http.get("/v1/health")
+        def health(self) -> dict:
+            return {"status": "ok"}
+
+        @http.get("/v1/model")
+        def model(self) -> JSONResponse:
+            return JSONResponse(api.model_summary(self.pipe))
+
+    return ImageService.bind(str(options.artifacts), options.backend, options.precision, options.threads)
+
+
+def app_builder(args: dict):
+    """The application from a Serve config file's `args` (deploy/serve.yaml: `import_path:
+    dbunet.serve.app:app_builder`): the ServeOptions fields, `autoscale` as [min, max]."""
+    known = set(ServeOptions.__dataclass_fields__)
+    unknown = set(args) - known
+    if unknown:
+        raise ValueError(f"unknown dbunet-serve args {sorted(unknown)}; valid: {sorted(known)}")
+    values = dict(args)
+    values["artifacts"] = Path(values["artifacts"])
+    if values.get("autoscale") is not None:
+        values["autoscale"] = tuple(values["autoscale"])
+    return build_app(ServeOptions(**values))

@@ -1,0 +1,196 @@
+"""dbunet-serve on a real local Ray Serve (started once for the module; skipped where Ray is not installed):
+the image over HTTP against dbunet-run's file, refusals, back-pressure, two replicas under concurrent load, and
+a replica killed mid-load."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="dbunet-serve's tests need Ray Serve (pip install -e '.[serve]')")
+serve = pytest.importorskip("ray.serve")
+
+from dbunet.serve import api  # noqa: E402
+from dbunet.serve.app import ServeOptions, build_app  # noqa: E402
+
+PROMPT = "a red circle above a blue square"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_artifacts):
+    """Ray with 4 logical CPUs (replicas of 1 CPU each), Serve's proxy on a free loopback port."""
+    port = _free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
+
+    def deploy(**options):
+        opts = ServeOptions(tiny_artifacts, "ort", "fp32", **options)
+        serve.run(build_app(opts), name="dbunet", route_prefix="/")
+        return f"http://127.0.0.1:{port}"
+
+    yield deploy
+    serve.shutdown()
+    ray.shutdown()
+
+
+def post(url: str, body, timeout: float = 120) -> tuple[int, dict, bytes]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(f"{url}/v1/images", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dbunet.cli.run", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_an_image_over_http_is_byte_identical_to_dbunet_run(server, tiny_artifacts, tmp_path):
+    url = server()
+    status, headers, png = post(url, {"prompt": PROMPT, "seed": 7, "steps": 4, "boxes": ["0.1,0.1,0.5,0.5:a circle"]})
+    assert status == 200 and headers["content-type"] == "image/png"
+    out = tmp_path / "cli.png"
+    proc = _cli("--artifacts", str(tiny_artifacts), "--backend", "ort", "--precision", "fp32", "--prompt", PROMPT,
+                "--seed", "7", "--steps", "4", "--box", "0.1,0.1,0.5,0.5:a circle", "--output", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert png == out.read_bytes()  # pixels and provenance chunks alike
+    status, _, body = post(url, {"prompt": PROMPT, "seed": 7, "steps": 4, "boxes": ["0.1,0.1,0.5,0.5:a circle"],
+                                 "response": "json"})
+    import base64
+
+    answer = json.loads(body)
+    assert status == 200 and base64.b64decode(answer["image_png_base64"]) == png
+    assert answer["metadata"]["seed"] == "7" and answer["timings_s"]["total"] > 0
+    with urllib.request.urlopen(f"{url}/v1/model", timeout=30) as r:
+        model = json.loads(r.read())
+    assert model["architecture"] == "dbunet" and model["limits"]["max_height"] == 512 and model["backend"] == "ort"
+    with urllib.request.urlopen(f"{url}/v1/health", timeout=30) as r:
+        assert json.loads(r.read()) == {"status": "ok"}
+    with urllib.request.urlopen(f"{url}/openapi.json", timeout=30) as r:
+        assert "/v1/images" in json.loads(r.read())["paths"]
+
+
+@pytest.mark.parametrize(("body", "cli"), [
+    ({"prompt": PROMPT, "boxes": ["0.1,0.2:a cat"]}, ["--box", "0.1,0.2:a cat"]),
+    ({"prompt": PROMPT, "height": 4096}, ["--height", "4096"]),
+    ({"prompt": PROMPT, "scheduler": "nope"}, None),
+    ({"prompt": PROMPT, "steps": "many"}, None),
+    ({"prompt": PROMPT, "colour": "red"}, None),
+    (b"{not json", None),
+])
+def test_a_bad_request_gets_400_and_the_error_line(server, tiny_artifacts, tmp_path, body, cli):
+    url = server()
+    status, headers, text = post(url, body)
+    assert status == 400 and headers["content-type"].startswith("text/plain"), (status, text)
+    line = text.decode()
+    assert line.startswith("error: ") and line.count("\n") == 1
+    if cli is not None:  # the same line dbunet-run prints for the same option
+        proc = _cli("--artifacts", str(tiny_artifacts), "--prompt", PROMPT, *cli, "--output",
+                    str(tmp_path / "x.png"))
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == line.strip()
+
+
+def test_an_oversized_body_gets_413(server):
+    url = server()
+    status, _, text = post(url, {"prompt": "x" * (api.MAX_BODY + 1)})
+    assert status == 413 and text.startswith(b"error: request body of")
+
+
+def test_two_replicas_serve_twenty_concurrent_requests(server):
+    url = server(replicas=2, max_queued=32)
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda seed: post(url, {"prompt": PROMPT, "seed": seed, "steps": 2}), range(20)))
+    assert [r[0] for r in results] == [200] * 20
+    assert len({r[2] for r in results}) == 20  # twenty seeds, twenty images
+
+
+def test_a_full_queue_gets_503_with_retry_after(server):
+    url = server(replicas=1, max_queued=1)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda seed: post(url, {"prompt": PROMPT, "seed": seed, "steps": 20}), range(8)))
+    codes = [r[0] for r in results]
+    # one computed, up to one queued (Serve counts the queue per router, so it may refuse that one too)
+    assert codes.count(200) >= 1 and codes.count(503) >= 6 and set(codes) <= {200, 503}, codes
+    assert all(r[1].get("retry-after") == "5" for r in results if r[0] == 503)
+
+
+def _replica_pids() -> list[int]:
+    """The replicas' processes, by the title Ray gives them (ray::ServeReplica:<app>:<deployment>)."""
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"ServeReplica:dbunet" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
+
+
+def test_a_replica_killed_during_load_fails_its_requests_cleanly_and_the_service_recovers(server):
+    """Every request ends (answered, or a 5xx) within the client's timeout: none hangs; Serve replaces the dead
+    replica and the service answers again."""
+    url = server(replicas=2, max_queued=32)
+    pids = _replica_pids()
+    assert len(pids) == 2
+    results = []
+
+    def load():
+        with ThreadPoolExecutor(10) as pool:
+            results.extend(pool.map(lambda seed: post(url, {"prompt": PROMPT, "seed": seed, "steps": 30}, timeout=90),
+                                    range(10)))
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(1.5)  # requests in flight on both replicas
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(timeout=150)
+    assert not thread.is_alive(), "a request hung"
+    codes = [r[0] for r in results]
+    assert len(codes) == 10 and all(c == 200 or 500 <= c < 600 for c in codes), codes
+    assert codes.count(200) >= 1
+    deadline = time.time() + 90
+    while time.time() < deadline:  # the replacement comes up; meanwhile the other replica serves
+        if post(url, {"prompt": PROMPT, "steps": 2})[0] == 200 and len(_replica_pids()) == 2:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("the service did not recover two replicas within 90 s")
+
+
+def test_the_cluster_config_is_a_valid_serve_config_and_builds():
+    """deploy/serve.yaml against Ray Serve's own schema, and its applications' args through app_builder."""
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from dbunet.serve.app import app_builder
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    assert [a.name for a in schema.applications] == ["dbunet-cpu", "dbunet-gpu"]
+    for app in config["applications"]:
+        assert app["import_path"] == "dbunet.serve.app:app_builder"
+        assert app_builder(app["args"]) is not None
+    with pytest.raises(ValueError, match="unknown dbunet-serve args"):
+        app_builder({"artifacts": "x", "replica": 2})
