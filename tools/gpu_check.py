@@ -18,6 +18,9 @@ and on a GPU (every check should pass). Exit 1 when a check failed, else 0. Size
                  eager with the Triton kernels (TorchPipeline's denoise_step calls this module; its VAE needs
                  diffusers, which the GPU machine lacks, so the step is timed on its own)
   fused_ops      fused BoxConstraint / SCA vs eager vs torch.compile at sd15 shapes
+  ort_attention  where onnxruntime-gpu is installed: one attention at sd15 512x512 (2 x 8 heads x 4096 tokens x 40)
+                 as exported vs rewritten into MultiHeadAttention (dbunet.onnx_attention) on the CUDA provider,
+                 FP32 and FP16: the outputs agree, time of each, device memory each run takes
 """
 
 from __future__ import annotations
@@ -490,12 +493,74 @@ def check_fused_ops(args) -> dict:
     return {"dtype": "fp16", "batch": 2, "repeat": repeat, "ops": rows}
 
 
+ORT_PROVIDER = "CUDAExecutionProvider"
+
+
+def check_ort_attention(args) -> dict:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise Skip("onnxruntime is not installed") from None
+    if ORT_PROVIDER not in ort.get_available_providers():
+        raise Skip("onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu is not installed)")
+    torch = need_torch_cuda()
+    import tempfile
+
+    import numpy as np
+    import onnx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from attention import attention_graph
+
+    from dbunet.export.fp16 import to_fp16
+    from dbunet.onnx_attention import fuse_attention
+
+    b, h, s, d = 2, 8, 4096, 40
+    rng = np.random.default_rng(0)
+    feeds = {name: rng.standard_normal((b, s, h * d), dtype=np.float32) for name in ("q", "k", "v")}  # FP32 in
+    # and out at both precisions: the FP16 graph casts inside (dbunet.export.fp16 keeps its IO types)
+    repeat = 5 if args.quick else 20
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "attention.onnx"
+        attention_graph(b, h, s, s, d, d, path)
+        exported = onnx.load(str(path))
+    for precision in ("fp32", "fp16"):
+        base = exported if precision == "fp32" else to_fp16(exported, None)
+        outs = {}
+        for form in ("exported", "rewritten"):
+            model = onnx.ModelProto()
+            model.CopyFrom(base)
+            if form == "rewritten":
+                assert fuse_attention(model).total == 1
+            free_before = torch.cuda.mem_get_info()[0]
+            session = ort.InferenceSession(model.SerializeToString(), providers=[ORT_PROVIDER])
+            run = functools.partial(session.run, None, feeds)
+            outs[form] = run()[0]
+            seconds = statistics.median(_timed(run) for _ in range(repeat))
+            figures[f"{precision}_{form}"] = {"ms": round(seconds * 1000, 3),
+                                              "device_mb": round((free_before - torch.cuda.mem_get_info()[0]) / 2**20)}
+            del session
+        rel = float(np.abs(outs["rewritten"] - outs["exported"]).max() / np.abs(outs["exported"]).max())
+        figures[f"{precision}_max_rel"] = rel
+        bound = 1e-4 if precision == "fp32" else 2e-2
+        assert rel < bound, f"{precision}: the rewritten attention differs by {rel:.2e}"
+    return figures
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 CHECKS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "op_table": check_op_table,
     "aot_ptx": check_aot_ptx,
     "cuda_layer": check_cuda_layer,
     "torch_step": check_torch_step,
     "fused_ops": check_fused_ops,
+    "ort_attention": check_ort_attention,
 }
 
 
