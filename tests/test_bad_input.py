@@ -242,6 +242,7 @@ CASES = [
     Case("serve artifacts missing", "serve", ("--artifacts", "{tmp}/nothing"), "no manifest.json"),
     Case("serve autoscale backwards", "serve", ("--artifacts", "{art}", "--autoscale", "4:2"), "MIN:MAX"),
     Case("serve autoscale not numbers", "serve", ("--artifacts", "{art}", "--autoscale", "a:b"), "MIN:MAX"),
+    Case("serve delays not numbers", "serve", ("--artifacts", "{art}", "--scale-delays", "soon:later"), "UP:DOWN"),
     Case("serve replicas zero", "serve", ("--artifacts", "{art}", "--replicas", "0"), "--replicas must be"),
     Case("serve cpus zero", "serve", ("--artifacts", "{art}", "--num-cpus", "0"), "must be positive"),
     Case("serve replicas and autoscale", "serve", ("--artifacts", "{art}", "--replicas", "2", "--autoscale", "1:2"),

@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--replicas", type=int, default=1, help="a fixed number of replicas (default: 1)")
     scale.add_argument("--autoscale", metavar="MIN:MAX", help="scale between MIN and MAX replicas with the load")
+    p.add_argument("--scale-delays", metavar="UP:DOWN", default="30:600",
+                   help="with --autoscale: seconds of load before a replica is added, of calm before one is removed "
+                        "(default: 30:600, Ray Serve's)")
     p.add_argument("--num-cpus", type=float, default=1.0,
                    help="CPUs per replica, fractions allowed; ONNX Runtime uses that many threads (default: 1)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica, fractions allowed (default: 0)")
@@ -46,6 +49,17 @@ def parse_autoscale(text: str) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def parse_delays(text: str) -> tuple[float, float]:
+    up, sep, down = text.partition(":")
+    try:
+        values = (float(up), float(down)) if sep else None
+    except ValueError:
+        values = None
+    if values is None or not all(0 <= v < 86400 for v in values):
+        raise InputError(f"--scale-delays must be UP:DOWN seconds, each in 0..86400, got {text!r}")
+    return values
+
+
 def options_from(args):
     from dbunet.serve.app import ServeOptions
 
@@ -56,8 +70,8 @@ def options_from(args):
     if not (args.artifacts / "manifest.json").is_file():
         raise InputError(f"--artifacts {args.artifacts}: no manifest.json (run dbunet-export first)")
     return ServeOptions(args.artifacts.resolve(), args.backend, args.precision, args.replicas,
-                        parse_autoscale(args.autoscale) if args.autoscale else None, args.num_cpus, args.num_gpus,
-                        max_queued=args.max_queued)
+                        parse_autoscale(args.autoscale) if args.autoscale else None, parse_delays(args.scale_delays),
+                        args.num_cpus, args.num_gpus, max_queued=args.max_queued)
 
 
 @guarded

@@ -27,6 +27,7 @@ class ServeOptions:
     precision: str | None = None
     replicas: int = 1
     autoscale: tuple[int, int] | None = None  # (min, max) replicas; None: a fixed count
+    scale_delays: tuple[float, float] = (30.0, 600.0)  # seconds of load before adding, of calm before removing
     num_cpus: float = 1.0  # per replica
     num_gpus: float = 0.0
     max_ongoing: int = 1
@@ -50,8 +51,10 @@ def build_app(options: ServeOptions):
     http = FastAPI(title="dbunet", version=__version__,
                    description="Text (and layout boxes) to image with the dbunet runtime. POST /v1/images takes "
                                "dbunet-run's options as JSON and answers a PNG.")
+    up, down = options.scale_delays
     scaling = ({"autoscaling_config": {"min_replicas": options.autoscale[0], "max_replicas": options.autoscale[1],
-                                       "target_ongoing_requests": options.max_ongoing}}
+                                       "target_ongoing_requests": options.max_ongoing, "upscale_delay_s": up,
+                                       "downscale_delay_s": down}}
                if options.autoscale else {"num_replicas": options.replicas})
 
     @serve.deployment(name="dbunet", max_ongoing_requests=options.max_ongoing,

@@ -150,8 +150,8 @@ def test_a_replica_killed_during_load_fails_its_requests_cleanly_and_the_service
     """Every request ends (answered, or a 5xx) within the client's timeout: none hangs; Serve replaces the dead
     replica and the service answers again."""
     url = server(replicas=2, max_queued=32)
+    _wait_for_replicas(2)  # and no process of an earlier deployment left
     pids = _replica_pids()
-    assert len(pids) == 2
     results = []
 
     def load():
@@ -175,6 +175,34 @@ def test_a_replica_killed_during_load_fails_its_requests_cleanly_and_the_service
         time.sleep(2)
     else:
         pytest.fail("the service did not recover two replicas within 90 s")
+
+
+def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(server):
+    """--autoscale 1:2 with short delays: 8 concurrent requests keep one replica's queue full, Serve adds the
+    second; when the load ends it goes back to one."""
+    url = server(autoscale=(1, 2), scale_delays=(1.0, 4.0), max_queued=32)
+    _wait_for_replicas(1)  # the previous test's deployment stops its replicas after serve.run returns
+    seen, results = [], []
+
+    def load():
+        with ThreadPoolExecutor(8) as pool:
+            results.extend(pool.map(lambda seed: post(url, {"prompt": PROMPT, "seed": seed, "steps": 30}), range(40)))
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    while thread.is_alive():
+        seen.append(len(_replica_pids()))
+        time.sleep(0.5)
+    assert max(seen) == 2, seen
+    assert [r[0] for r in results] == [200] * 40
+    _wait_for_replicas(1, "the second replica stayed after the load")
+
+
+def _wait_for_replicas(count: int, failure: str = "", seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline and len(_replica_pids()) != count:
+        time.sleep(0.5)
+    assert len(_replica_pids()) == count, failure or f"{len(_replica_pids())} replica processes, not {count}"
 
 
 def test_the_cluster_config_is_a_valid_serve_config_and_builds():
