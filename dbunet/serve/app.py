@@ -113,13 +113,15 @@ def build_app(options: ServeOptions):
 
 def app_builder(args: dict):
     """The application from a Serve config file's `args` (deploy/serve.yaml: `import_path:
-    dbunet.serve.app:app_builder`): the ServeOptions fields, `autoscale` as [min, max]."""
+    dbunet.serve.app:app_builder`): the ServeOptions fields, `autoscale` as [min, max], `scale_delays` as
+    [up, down]."""
     known = set(ServeOptions.__dataclass_fields__)
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown dbunet-serve args {sorted(unknown)}; valid: {sorted(known)}")
     values = dict(args)
     values["artifacts"] = Path(values["artifacts"])
-    if values.get("autoscale") is not None:
-        values["autoscale"] = tuple(values["autoscale"])
+    for pair in ("autoscale", "scale_delays"):  # YAML lists
+        if values.get(pair) is not None:
+            values[pair] = tuple(values[pair])
     return build_app(ServeOptions(**values))
