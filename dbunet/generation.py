@@ -144,14 +144,25 @@ def encode_prompts(stages: Stages, config: ModelConfig, texts: list[str]) -> tup
     return hidden.astype(np.float32), pooled.astype(np.float32)
 
 
+def _prompts(req: GenerationRequest) -> tuple[bool, list[str]]:
+    """(guided, the texts to encode): [negative; prompt] when guided (guidance scale != 1), the prompt alone else."""
+    guided = req.guidance_scale != 1.0
+    return guided, [req.negative_prompt, req.prompt] if guided else [req.prompt]
+
+
+def _zero_empty_negative(req: GenerationRequest, zero: bool, *arrays: np.ndarray) -> None:
+    """SDXL pipelines' force_zeros_for_empty_prompt: an empty negative prompt's rows are zeros, not its encoding."""
+    if zero and req.guidance_scale != 1.0 and not req.negative_prompt:
+        for a in arrays:
+            a[0] = 0.0
+
+
 def build_conditioning(stages: Stages, config: ModelConfig, req: GenerationRequest) -> Conditioning:
     """The text and boxes a denoising step sees: [negative; prompt] when guided (guidance scale != 1), one
     pooled embedding per box phrase, and no boxes for the unconditional half; SDXL's micro-conditioning."""
-    guided = req.guidance_scale != 1.0
-    prompts = [req.negative_prompt, req.prompt] if guided else [req.prompt]
+    guided, prompts = _prompts(req)
     text, pooled = encode_prompts(stages, config, prompts)
-    if guided and config.zero_empty_negative and not req.negative_prompt:  # SDXL's force_zeros_for_empty_prompt
-        text[0], pooled[0] = 0.0, 0.0
+    _zero_empty_negative(req, config.zero_empty_negative, text, pooled)
     micro = {}
     if config.architecture.micro_conditioning:  # original size, crop top-left, target size: the request's size
         sizes = np.array(req.size_numbers, dtype=np.float32)
@@ -173,12 +184,10 @@ def build_refiner_conditioning(stages: Stages, config: ModelConfig, req: Generat
     force_zeros_for_empty_prompt, and time_ids of original size, crop top-left and the aesthetic score (negative
     score for the unconditional row) where it requires one, the target size otherwise (as diffusers' img2img)."""
     r = config.latent_refiner
-    guided = req.guidance_scale != 1.0
-    prompts = [req.negative_prompt, req.prompt] if guided else [req.prompt]
+    _, prompts = _prompts(req)
     hidden, pooled = stages.encode_text_2(stages.tokenize_2(prompts))
     text, pooled = hidden.astype(np.float32), pooled.astype(np.float32)  # copies: zeroed below
-    if guided and r.zero_empty_negative and not req.negative_prompt:
-        text[0], pooled[0] = 0.0, 0.0
+    _zero_empty_negative(req, r.zero_empty_negative, text, pooled)
     sizes = req.size_numbers  # original size, crop top-left, target size
     if r.requires_aesthetics_score:
         rows = [[*sizes[:4], r.negative_aesthetic_score], [*sizes[:4], r.aesthetic_score]]

@@ -21,10 +21,13 @@ attention with a mask (a text encoder's causal one) is left as it is. Two forms 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 MSFT = "com.microsoft"
+# the session option that lets ONNX Runtime load a graph from memory and its external data from a folder
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 PERM_HEADS = [0, 2, 1, 3]  # [B, S, h, d] <-> [B, h, S, d]
 
 
@@ -242,3 +245,20 @@ def _live(nodes: list, outputs: set[str]) -> list:
             kept.append(n)
             needed.update(i for i in n.input if i)
     return kept[::-1]
+
+
+def load_rewritten(path, options) -> tuple[bytes | None, AttentionReport | None]:
+    """The graph at `path` with its attentions rewritten, serialised without its external data, and `options`
+    (ONNX Runtime's SessionOptions) told to read that data from beside the file. (None, report) where nothing
+    was rewritten, (None, None) where the file is no ONNX graph: then load the file itself (ONNX Runtime says why)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 -- any parse failure: the session's own error names it
+        return None, None
+    report = fuse_attention(model)
+    if not report.total:
+        return None, report
+    options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(Path(path).parent))
+    return model.SerializeToString(), report

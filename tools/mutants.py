@@ -165,7 +165,8 @@ MUTANTS = [
            ("tests/test_schedulers.py", "tests/test_config.py"), "a schedule or arch outside its Literal accepted"),
     # SDXL's conditioning (--arch sdxl), against diffusers' StableDiffusionXLPipeline
     Mutant("sdxl_empty_negative_encoded", "dbunet/generation.py",
-           "if guided and config.zero_empty_negative and not req.negative_prompt:", "if False:",
+           "_zero_empty_negative(req, config.zero_empty_negative, text, pooled)",
+           "_zero_empty_negative(req, False, text, pooled)",
            ("tests/test_sdxl.py",), "an empty negative prompt encoded despite force_zeros_for_empty_prompt"),
     Mutant("sdxl_time_ids_transposed", "dbunet/request.py",
            "size = (self.height, self.width)", "size = (self.width, self.height)",

@@ -71,20 +71,16 @@ def run_onnx(path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]
 def run_rewritten(path: str | Path, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], dict[str, int]] | None:
     """Run a graph as the ONNX Runtime backend runs it, each attention rewritten into MultiHeadAttention
     (dbunet.onnx_attention); None where it has none to rewrite. Returns (outputs, attentions rewritten by form)."""
-    import onnx
     import onnxruntime as ort
 
-    from dbunet.onnx_attention import fuse_attention
+    from dbunet.onnx_attention import load_rewritten
 
-    path = Path(path)
-    model = onnx.load(str(path), load_external_data=False)
-    report = fuse_attention(model)
-    if not report.total:
-        return None
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    data, report = load_rewritten(path, options)
+    if data is None:
+        return None
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     return [np.asarray(v) for v in session.run(None, feeds)], dict(report.fused)
 
 

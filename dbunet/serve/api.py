@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from dbunet.boxes import Box
-from dbunet.errors import DbunetError
+from dbunet.errors import DbunetError, NonFiniteError
 
 MAX_BODY = 64 * 1024  # bytes: a 10,000-character prompt and 30 boxes fit many times over
 # the request's JSON fields: dbunet-run's options under the API's names (size as height and width)
@@ -77,6 +77,8 @@ def generate(pipe, request: ImageRequest) -> tuple[str, bytes, dict[str, float]]
 
     try:
         result = pipe(request.prompt, **request.options)
+    except NonFiniteError as exc:  # the model's fault, not the request's: never an image, and a server error
+        raise Refused(500, str(exc)) from None
     except DbunetError as exc:  # the model's limits, an unknown scheduler, a size too large: one line
         raise Refused(400, str(exc)) from None
     except TypeError as exc:  # a value of the wrong JSON type reached a check that compares numbers

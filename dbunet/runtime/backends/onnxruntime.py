@@ -38,23 +38,13 @@ ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(i
 
 def _graph_source(path: Path, options, fuse: bool):
     """What the session loads: the file itself, or (fuse) its graph with each attention as one MultiHeadAttention
-    node (dbunet.onnx_attention), serialised without its external data, which ONNX Runtime then reads from
-    beside the file. Returns (path or bytes, the rewrite's report or None)."""
+    node (dbunet.onnx_attention.load_rewritten). Returns (path or bytes, the rewrite's report or None)."""
     if not fuse:
         return str(path), None
-    import onnx
+    from dbunet.onnx_attention import load_rewritten
 
-    from dbunet.onnx_attention import fuse_attention
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX at all: ONNX Runtime says so below, with the same message as unfused
-        return str(path), None
-    report = fuse_attention(model)
-    if not report.total:
-        return str(path), report
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
-    return model.SerializeToString(), report
+    data, report = load_rewritten(path, options)
+    return (str(path) if data is None else data), report
 
 
 class OrtGraph:
@@ -113,7 +103,7 @@ class OrtBackend(GraphBackend):
 
     def __init__(self, device: str = "auto", threads: int | None = None, fuse_attention: bool = True) -> None:
         """fuse_attention: run each attention as ONNX Runtime's MultiHeadAttention (memory linear in the tokens;
-        dbunet.runtime.attention); False runs the graphs as exported (for comparisons)."""
+        dbunet.onnx_attention); False runs the graphs as exported (for comparisons)."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()
