@@ -12,6 +12,12 @@ Two tables, written into the `attention` block of benchmarks/README.md (text out
    batch 2) at each size, plain vs rewritten: median time and the process's peak RSS; and, for tiny, a whole
    512x512 image (every stage) rewritten.
 
+3. `--ratio` (also part of the default run, its own block): why tiny's 512x512 step takes more than 5x its
+   256x256 step. ONNX Runtime's profiler splits both steps into MultiHeadAttention and the rest, which gives the
+   speed-up an attention kernel would need; beside it, ONNX Runtime's MultiHeadAttention at tiny's first level
+   (head size 8) in scores per second, and the least time this machine's Exp and SGEMM rates allow for one
+   exponential and 16 multiply-adds per score.
+
 Every figure comes from its own process (a fresh allocator and thread pool), FP32 throughout: ONNX Runtime's
 CPU provider computes in FP32. A plain graph whose one score tensor alone would pass 12 GiB is not run.
 """
@@ -160,6 +166,172 @@ def measure_image(model: str, size: int, fused: bool) -> dict:
     return {"seconds": time.perf_counter() - t0, "peak_mb": peak_mb()}
 
 
+# -- the tiny 512/256 step ratio: where the time goes, what a kernel would have to do -------------------------
+HEAD8 = ("tiny 512x512, first level self-attention", 2, 4, 4096, 4096, 8, 8)
+MACS_PER_SCORE = 16  # q.k and p.v: head size 8 each
+
+
+def measure_profile(model: str, sizes: list[int], repeat: int) -> dict:
+    """One rewritten step (the backend's session options) at each size, the sizes alternating run by run so that
+    the machine's drifts touch both alike: the median time of its MultiHeadAttention kernels by ONNX Runtime's
+    profiler and of the whole run without the profiler (whose cost per node would inflate the many small ops),
+    in ms, by size."""
+    import statistics
+    import tempfile
+    import time
+
+    import onnxruntime as ort
+
+    from dbunet.export.graphs import sample_inputs
+    from dbunet.export.specs import default_sizes
+    from dbunet.manifest import Manifest
+    from dbunet.onnx_attention import load_rewritten
+    from dbunet.runtime.backends.onnxruntime import OrtBackend, session_options
+
+    cache = HERE / ".cache" / f"{model}-256"
+    manifest = Manifest.read(cache)
+    artifact = manifest.find("dbunet_step", "fp32")
+    feeds = {size: sample_inputs(artifact.spec, default_sizes(manifest.config, 2, size, size),
+                                 manifest.config.text.vocab_size) for size in sizes}
+    order = [size for _ in range(repeat + 1) for size in sizes]  # the first round warms up
+    with tempfile.TemporaryDirectory() as tmp:
+        options = session_options(None)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "step")
+        data, _ = load_rewritten(cache / artifact.path, options)
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        for size in order:
+            session.run(None, feeds[size])
+        events = json.loads(Path(session.end_profiling()).read_text())
+        del session
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    kernels = [e for e in events
+               if e.get("cat") == "Node" and e.get("args", {}).get("op_name") == "MultiHeadAttention"]
+    attention = {size: [] for size in sizes}
+    for size, (start, end) in list(zip(order, runs, strict=True))[len(sizes):]:
+        attention[size].append(sum(e["dur"] for e in kernels if start <= e["ts"] <= end) / 1e3)
+
+    graph = OrtBackend("cpu").load(cache / artifact.path, artifact.spec)
+    seconds = {size: [] for size in sizes}
+    for i, size in enumerate(order):
+        t0 = time.perf_counter()
+        graph.run(feeds[size])
+        if i >= len(sizes):
+            seconds[size].append(time.perf_counter() - t0)
+    return {str(size): {"run_ms": statistics.median(seconds[size]) * 1e3,
+                        "attention_ms": statistics.median(attention[size])} for size in sizes}
+
+
+def _ort_session(nodes, inputs: dict[str, list[int]], output: str, threads: int):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+                                               for n, s in inputs.items()],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def exp_rate(repeat: int) -> float:
+    """ONNX Runtime's Exp on one core, on a tensor that stays in its cache (elements/s): a chain of Exp(-x) nodes
+    less the same chain without the Exp. (On all cores at once the threads' hand-offs per node would be timed.)"""
+    import numpy as np
+    from onnx import helper
+
+    size, links = 64 * 1024, 200
+    feeds = {"x": -np.random.default_rng(0).random(size, dtype=np.float32)}  # exp(-x) stays in (0, 1]
+
+    def chain(ops: list[str]) -> float:
+        nodes = [helper.make_node(ops[i % len(ops)], [f"t{i - 1}" if i else "x"], [f"t{i}"])
+                 for i in range(links * len(ops))]
+        session = _ort_session(nodes, {"x": [size]}, nodes[-1].output[0], threads=1)
+        return median_s(lambda: session.run(None, feeds), repeat)
+
+    return links * size / (chain(["Exp", "Neg"]) - chain(["Neg"]))
+
+
+def matmul_rate(repeat: int) -> float:
+    """ONNX Runtime's MatMul at 2048^3 on all cores (multiply-adds/s)."""
+    import numpy as np
+    from onnx import helper
+
+    n = 2048
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    session = _ort_session([helper.make_node("MatMul", ["a", "b"], ["c"])], {"a": [n, n], "b": [n, n]}, "c",
+                           threads=os.cpu_count() or 1)
+    return n**3 / median_s(lambda: session.run(None, {"a": a, "b": a}), repeat)
+
+
+def measure_rates(repeat: int) -> dict:
+    """This machine: MultiHeadAttention at HEAD8 on all cores (s), Exp in cache per core (1/s), MatMul on all
+    cores (multiply-adds/s)."""
+    return {"head8_s": measure_attention(list(HEAD8), "fused", repeat)["seconds"],
+            "exp_per_core_s": exp_rate(repeat), "macs_per_s": matmul_rate(repeat), "cores": os.cpu_count() or 1}
+
+
+def needed_speedup(attention: tuple[float, float], rest: tuple[float, float], ratio: float = 5.0) -> float | None:
+    """How much faster attention must run at both sizes for (rest + attention) to grow by at most `ratio`, the
+    rest unchanged; None where no speed-up can (the rest alone grows more). (r2 + a2/k) <= ratio (r1 + a1/k)."""
+    (a1, a2), (r1, r2) = attention, rest
+    if ratio * r1 <= r2:
+        return None
+    return (a2 - ratio * a1) / (ratio * r1 - r2)
+
+
+def ratio_block(repeat: int) -> list[str]:
+    from cpu_report import cpu_line
+
+    steps = in_child("profile", "tiny", [256, 512], repeat)
+    rates = in_child("rates", repeat)
+    if not (steps and rates) or "oom" in (steps | rates):
+        return ["- the tiny 512/256 ratio: a measurement failed (printed above)"]
+    small, large = steps["256"], steps["512"]
+    a1, a2 = small["attention_ms"], large["attention_ms"]
+    r1, r2 = small["run_ms"] - a1, large["run_ms"] - a2
+    need = needed_speedup((a1, a2), (r1, r2))
+    _, b, h, s, keys, _, _ = HEAD8
+    scores = b * h * s * keys
+    head8_ms = rates["head8_s"] * 1e3
+    exp_per_s = rates["exp_per_core_s"] * rates["cores"]
+    floor_ms = (scores / exp_per_s + MACS_PER_SCORE * scores / rates["macs_per_s"]) * 1e3
+    lines = ["## Why tiny's 512x512 step takes more than 5x its 256x256 step (ONNX Runtime, CPU, FP32)", "",
+             f"`python benchmarks/attention.py --ratio`; medians of {repeat} runs after a warm-up, the two sizes "
+             f"alternating. {cpu_line()}.", "",
+             "| tiny, one guided step, rewritten (attention by ONNX Runtime's profiler, the run without it) "
+             "| 256x256 | 512x512 | growth |",
+             "|---|---|---|---|",
+             f"| MultiHeadAttention kernels | {a1:.1f} ms | {a2:.1f} ms | {a2 / a1:.1f}x |",
+             f"| everything else | {r1:.1f} ms | {r2:.1f} ms | {r2 / r1:.1f}x |",
+             f"| the whole run | {a1 + r1:.1f} ms | {a2 + r2:.1f} ms | {(a2 + r2) / (a1 + r1):.1f}x |", ""]
+    if need is None:
+        lines.append("- No attention speed-up brings the ratio to 5x: the rest alone grows more than that.")
+    elif need <= 1:
+        lines.append("- The 512x512 step takes at most 5x the 256x256 step as it is.")
+        need = None
+    else:
+        lines.append(f"- For the 512x512 step to take at most 5x the 256x256 step, MultiHeadAttention would have to "
+                     f"run {need:.2f}x faster at both sizes (the rest as it is).")
+    lines += [f"- ONNX Runtime's MultiHeadAttention at tiny's first level, {b}x{h}x{s}x8 (the flash path with "
+              f"head size 8): {head8_ms:.1f} ms, {scores / rates['head8_s'] / 1e9:.2f} G scores/s"
+              + (f"; {need:.2f}x faster is {head8_ms / need:.1f} ms." if need else "."),
+              f"- This machine's limits: ONNX Runtime's Exp in cache {rates['exp_per_core_s'] / 1e9:.1f} G/s on one "
+              f"core (x {rates['cores']} cores), its MatMul at 2048^3 {rates['macs_per_s'] / 1e9:.0f} G "
+              f"multiply-adds/s on all. One exponential and {MACS_PER_SCORE} multiply-adds per score at those rates "
+              f"take {floor_ms:.1f} ms for that attention, before any max, sum, rescaling or packing: ONNX "
+              f"Runtime's kernel takes {head8_ms / floor_ms:.1f}x that floor."]
+    if need:
+        lines.append(f"- The 5x ratio needs {head8_ms / need / floor_ms:.2f}x the floor: "
+                     + ("below it, so no kernel that computes every score at these rates meets the ratio here."
+                        if head8_ms / need < floor_ms else "a kernel that close to the floor would meet it."))
+    return lines
+
+
 def in_child(kind: str, *args) -> dict | None:
     """One measurement in a fresh process; None where it failed (printed: why), {"oom": True} where the kernel
     killed it for memory."""
@@ -197,11 +369,13 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", type=int, default=[256, 512, 1024])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-shapes", action="store_true", help="skip the per-shape table")
+    parser.add_argument("--ratio", action="store_true", help="only the tiny 512/256 step ratio's block")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = json.loads(args.child)
-        measure = {"attention": measure_attention, "step": measure_step, "image": measure_image}[kind]
+        measure = {"attention": measure_attention, "step": measure_step, "image": measure_image,
+                   "profile": measure_profile, "rates": measure_rates}[kind]
         print(json.dumps(measure(*rest)))
         return
 
@@ -210,6 +384,14 @@ def main() -> None:
 
     from dbunet import atomic
 
+    readme = HERE / "README.md"
+    if "tiny" in args.models:
+        export_model("tiny")
+        block = "\n".join(ratio_block(args.repeat))
+        print(block, flush=True)
+        atomic.write_text(readme, update_readme(readme.read_text(), "tiny-ratio", block, tool="attention"))
+    if args.ratio:
+        return
     lines = ["## Attention in linear memory (ONNX Runtime, CPU, FP32)", "",
              "`python benchmarks/attention.py`; each figure from its own process, medians of "
              f"{args.repeat} runs after a warm-up. {cpu_line()}.", ""]
@@ -258,7 +440,6 @@ def main() -> None:
             lines.append(f"- tiny, a whole 512x512 image (every stage), {'rewritten' if fused else 'plain'}: "
                          f"{cell(image, 'peak_mb')} peak RSS")
             print(lines[-1], flush=True)
-    readme = HERE / "README.md"
     atomic.write_text(readme, update_readme(readme.read_text(), "linear-memory", "\n".join(lines),
                                                  tool="attention"))
 

@@ -14,7 +14,8 @@ from dbunet.manifest import shown
 from dbunet.runtime.backends.base import GraphBackend, check_threads
 
 
-def _session_options(threads: int | None):
+def session_options(threads: int | None):
+    """The SessionOptions every graph of this backend runs with (benchmarks profile with the same)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -53,7 +54,7 @@ class OrtGraph:
         import onnxruntime as ort
 
         self.spec = spec
-        options = _session_options(threads)
+        options = session_options(threads)
         source, self.attention = _graph_source(path, options, fuse_attention)
         try:
             self.session = ort.InferenceSession(source, options, providers=providers)
