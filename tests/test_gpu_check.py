@@ -77,3 +77,52 @@ def test_the_guided_step_it_times_runs_on_the_cpu_in_fp16_and_fp32():
         with torch.no_grad():
             out = gpu_check.guided_step_of(cfg, 8, 4, "cpu", dtype)(unet)()
         assert out.shape == (1, cfg.unet.in_channels, 8, 8) and out.dtype == dtype and torch.isfinite(out).all()
+
+
+# Packages dbunet can use that the GPU machine does not have (it has Python, torch, Triton, CuPy, cuda-bindings,
+# onnx, onnxruntime, pytest and transformers with their dependencies; the project is not installed there).
+ABSENT_ON_THE_GPU_MACHINE = ("jsonschema", "PIL", "onnxscript", "onnx_ir", "diffusers", "polygraphy", "tensorrt",
+                             "openvino", "ray", "fastapi", "matplotlib")
+
+_IMPORT_UNDER_BLOCK = """
+import importlib, importlib.abc, json, sys
+absent, imports = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in absent:
+            raise ModuleNotFoundError(f"ABSENT {name}", name=name)
+
+sys.meta_path.insert(0, Absent())
+problems = {}
+for module, name in imports:  # `import module` or `from module import name` (a submodule or an attribute)
+    try:
+        imported = importlib.import_module(module)
+        if name and not hasattr(imported, name):
+            importlib.import_module(f"{module}.{name}")
+    except ModuleNotFoundError as exc:
+        if str(exc).startswith("ABSENT"):
+            problems[f"{module} {name or ''}".strip()] = str(exc)
+print(json.dumps(problems))
+"""
+
+
+def test_what_the_checks_import_loads_without_the_packages_the_gpu_machine_lacks():
+    """Every module tools/gpu_check.py imports (in any check, read from its source) and what those import in turn
+    load with the packages the GPU machine lacks made unimportable: a check that reached for one would fail there,
+    after the device time was spent."""
+    import ast
+
+    tree = ast.parse((ROOT / "tools" / "gpu_check.py").read_text())
+    imports = sorted({(alias.name, None) for node in ast.walk(tree) if isinstance(node, ast.Import)
+                      for alias in node.names}
+                     | {(node.module, alias.name) for node in ast.walk(tree)
+                        if isinstance(node, ast.ImportFrom) and node.module != "__future__" for alias in node.names},
+                     key=str)
+    assert {("dbunet.export.fp16", "to_fp16"), ("dbunet.plugins", "aot"), ("attention", "attention_graph"),
+            ("ops", "sd15_cases"), ("cuda.bindings", "driver")} <= set(imports)  # the walk sees them all
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_UNDER_BLOCK, json.dumps(ABSENT_ON_THE_GPU_MACHINE),
+                           json.dumps(imports)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {}

@@ -20,13 +20,13 @@ from torch import nn
 
 from dbunet.errors import ExportError
 from dbunet.export import onnx_functions
+from dbunet.export.proto_size import TWO_GB, approx_size
 from dbunet.iospec import GraphSpec
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_OPSETS = range(18, 21)
 PLUGIN_NAMESPACE_ATTR = "plugin_namespace"
-TWO_GB = 2**31 - 1
 FUNCTIONS = {
     "BoxConstraint": onnx_functions.BoxConstraint,
     "ChannelCrossAttention": onnx_functions.ChannelCrossAttention,
@@ -154,12 +154,6 @@ def trace_to_onnx(module: nn.Module, spec: GraphSpec, args: tuple[torch.Tensor, 
     if graph_dims(model) != {t.name: t.dims for t in (*spec.inputs, *spec.outputs)}:
         raise ExportError(f"{spec.component}: clean-up changed the graph's dims: {graph_dims(model)}")
     return model
-
-
-def approx_size(model: onnx.ModelProto) -> int:
-    """Bytes of the weights (ModelProto.ByteSize itself fails past protobuf's 2 GB limit)."""
-    weights = sum(len(t.raw_data) or 4 * len(t.float_data) for t in model.graph.initializer)
-    return weights + sum(len(n.SerializeToString()) for n in model.graph.node)
 
 
 def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
