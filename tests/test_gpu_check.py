@@ -126,3 +126,23 @@ def test_what_the_checks_import_loads_without_the_packages_the_gpu_machine_lacks
                            json.dumps(imports)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {}
+
+
+def test_the_ort_attention_check_runs_its_body_on_the_cpu_provider(monkeypatch):
+    """The ort_attention check needs onnxruntime-gpu and a device; its body (the attention exported, the FP16 copy,
+    the rewrite, the comparison) runs here on the CPU provider at a small shape, with the device's free-memory
+    query the only thing replaced."""
+    import types
+
+    import gpu_check
+
+    free = iter(range(10**9, 0, -10**6))
+    fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(mem_get_info=lambda: (next(free), 10**9)))
+    monkeypatch.setattr(gpu_check, "ORT_PROVIDER", "CPUExecutionProvider")
+    monkeypatch.setattr(gpu_check, "ORT_ATTENTION_SHAPE", (2, 2, 64, 8))
+    monkeypatch.setattr(gpu_check, "need_torch_cuda", lambda: fake_torch)
+    figures = gpu_check.check_ort_attention(types.SimpleNamespace(quick=True))
+    for precision in ("fp32", "fp16"):
+        assert {f"{precision}_exported", f"{precision}_rewritten", f"{precision}_max_rel"} <= set(figures)
+        assert figures[f"{precision}_rewritten"]["ms"] > 0
+    assert figures["fp32_max_rel"] < 1e-4 and figures["fp16_max_rel"] < 2e-2

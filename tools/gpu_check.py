@@ -494,6 +494,7 @@ def check_fused_ops(args) -> dict:
 
 
 ORT_PROVIDER = "CUDAExecutionProvider"
+ORT_ATTENTION_SHAPE = (2, 8, 4096, 40)  # batch, heads, tokens, head size: sd15's first level at 512x512
 
 
 def check_ort_attention(args) -> dict:
@@ -509,13 +510,16 @@ def check_ort_attention(args) -> dict:
     import numpy as np
     import onnx
 
+    if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* packages torch brought (ORT >= 1.21)
+        ort.preload_dlls()
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from attention import attention_graph
 
     from dbunet.export.fp16 import to_fp16
     from dbunet.onnx_attention import fuse_attention
 
-    b, h, s, d = 2, 8, 4096, 40
+    b, h, s, d = ORT_ATTENTION_SHAPE
     rng = np.random.default_rng(0)
     feeds = {name: rng.standard_normal((b, s, h * d), dtype=np.float32) for name in ("q", "k", "v")}  # FP32 in
     # and out at both precisions: the FP16 graph casts inside (dbunet.export.fp16 keeps its IO types)
@@ -535,6 +539,8 @@ def check_ort_attention(args) -> dict:
                 assert fuse_attention(model).total == 1
             free_before = torch.cuda.mem_get_info()[0]
             session = ort.InferenceSession(model.SerializeToString(), providers=[ORT_PROVIDER])
+            # a provider that fails to load leaves a session on the CPU provider with only a logged warning
+            assert session.get_providers()[0] == ORT_PROVIDER, f"the session runs on {session.get_providers()}"
             run = functools.partial(session.run, None, feeds)
             outs[form] = run()[0]
             seconds = statistics.median(_timed(run) for _ in range(repeat))
