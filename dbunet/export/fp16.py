@@ -1,7 +1,7 @@
 """FP16 copies with ONNX Runtime's float16 converter; graph inputs and outputs stay float32.
 
-Needs onnx and onnxruntime only (no torch, no onnxscript): the GPU check converts graphs where neither is
-installed."""
+Needs onnx and onnxruntime only (not torch or onnxscript, which the export needs), so FP16 copies can be made
+where only the runtime's packages are installed; the GPU check makes its own there."""
 
 from __future__ import annotations
 
