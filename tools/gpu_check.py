@@ -14,13 +14,13 @@ and on a GPU (every check should pass). Exit 1 when a check failed, else 0. Size
   cuda_layer     --backend trt's CUDA layer on the device: allocations, copies of every kind, a thread-local
                  capture of copies and a kernel standing in for execute_async_v3, instantiate, launch, events,
                  the failed-capture fallback; StepLoop's whole-loop graph against per-step launches
-  torch_step     the DB-UNet guided step at the sd15 preset, 512x512, FP16 on CUDA: eager, torch.compile,
-                 eager with the Triton kernels (TorchPipeline's denoise_step calls this module; its VAE needs
-                 diffusers, which the GPU machine lacks, so the step is timed on its own)
   fused_ops      fused BoxConstraint / SCA vs eager vs torch.compile at sd15 shapes
   ort_attention  where onnxruntime-gpu is installed: one attention at sd15 512x512 (2 x 8 heads x 4096 tokens x 40)
                  as exported vs rewritten into MultiHeadAttention (dbunet.onnx_attention) on the CUDA provider,
                  FP32 and FP16: the outputs agree, time of each, device memory each run takes
+  torch_step     the DB-UNet guided step at the sd15 preset, 512x512, FP16 on CUDA: eager, torch.compile,
+                 eager with the Triton kernels (TorchPipeline's denoise_step calls this module; its VAE needs
+                 diffusers, which the GPU machine lacks, so the step is timed on its own)
 """
 
 from __future__ import annotations
@@ -560,13 +560,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+# The order they run in: the whole sd15 UNet through torch.compile takes longest and is last, so a run cut short
+# by its time limit still has every other result (the report is saved after each check).
 CHECKS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "op_table": check_op_table,
     "aot_ptx": check_aot_ptx,
     "cuda_layer": check_cuda_layer,
-    "torch_step": check_torch_step,
     "fused_ops": check_fused_ops,
     "ort_attention": check_ort_attention,
+    "torch_step": check_torch_step,
 }
 
 
