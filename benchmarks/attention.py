@@ -133,24 +133,32 @@ def export_model(name: str) -> Path:
     return cache
 
 
-def measure_step(model: str, size: int, form: str, repeat: int) -> dict:
+def step_graph(model: str, sizes: list[int]):
+    """The cached export's FP32 step graph: (its path, its artifact entry, seeded CFG-batch feeds by size)."""
     from dbunet.export.graphs import sample_inputs
     from dbunet.export.specs import default_sizes
     from dbunet.manifest import Manifest
-    from dbunet.runtime.backends.onnxruntime import OrtBackend
 
     cache = HERE / ".cache" / f"{model}-256"
     manifest = Manifest.read(cache)
     artifact = manifest.find("dbunet_step", "fp32")
+    feeds = {size: sample_inputs(artifact.spec, default_sizes(manifest.config, 2, size, size),
+                                 manifest.config.text.vocab_size) for size in sizes}
+    return cache / artifact.path, artifact, feeds
+
+
+def measure_step(model: str, size: int, form: str, repeat: int) -> dict:
+    from dbunet.runtime.backends.onnxruntime import OrtBackend
+
+    path, artifact, feeds = step_graph(model, [size])
     if form == "openvino":
         from dbunet.runtime.backends.openvino import OvBackend
 
         backend = OvBackend("cpu", cache_dir=None)  # FP32 (its default precision attribute)
     else:
         backend = OrtBackend("cpu", fuse_attention=form == "fused")
-    graph = backend.load(cache / artifact.path, artifact.spec)
-    feeds = sample_inputs(artifact.spec, default_sizes(manifest.config, 2, size, size), manifest.config.text.vocab_size)
-    seconds = median_s(lambda: graph.run(feeds), repeat)
+    graph = backend.load(path, artifact.spec)
+    seconds = median_s(lambda: graph.run(feeds[size]), repeat)
     return {"seconds": seconds, "peak_mb": peak_mb()}
 
 
@@ -182,23 +190,16 @@ def measure_profile(model: str, sizes: list[int], repeat: int) -> dict:
 
     import onnxruntime as ort
 
-    from dbunet.export.graphs import sample_inputs
-    from dbunet.export.specs import default_sizes
-    from dbunet.manifest import Manifest
     from dbunet.onnx_attention import load_rewritten
     from dbunet.runtime.backends.onnxruntime import OrtBackend, session_options
 
-    cache = HERE / ".cache" / f"{model}-256"
-    manifest = Manifest.read(cache)
-    artifact = manifest.find("dbunet_step", "fp32")
-    feeds = {size: sample_inputs(artifact.spec, default_sizes(manifest.config, 2, size, size),
-                                 manifest.config.text.vocab_size) for size in sizes}
+    path, artifact, feeds = step_graph(model, sizes)
     order = [size for _ in range(repeat + 1) for size in sizes]  # the first round warms up
     with tempfile.TemporaryDirectory() as tmp:
         options = session_options(None)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "step")
-        data, _ = load_rewritten(cache / artifact.path, options)
+        data, _ = load_rewritten(path, options)
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         for size in order:
             session.run(None, feeds[size])
@@ -211,7 +212,7 @@ def measure_profile(model: str, sizes: list[int], repeat: int) -> dict:
     for size, (start, end) in list(zip(order, runs, strict=True))[len(sizes):]:
         attention[size].append(sum(e["dur"] for e in kernels if start <= e["ts"] <= end) / 1e3)
 
-    graph = OrtBackend("cpu").load(cache / artifact.path, artifact.spec)
+    graph = OrtBackend("cpu").load(path, artifact.spec)
     seconds = {size: [] for size in sizes}
     for i, size in enumerate(order):
         t0 = time.perf_counter()
