@@ -1,6 +1,6 @@
 """The prepared GPU check: everything a CUDA machine without TensorRT can verify, in one process.
 
-    PYTHONPATH=. python tools/gpu_check.py --out DIR [--quick]
+    PYTHONPATH=. python tools/gpu_check.py --out DIR [--quick] [--artifacts TINY_EXPORT]
 
 Writes DIR/gpu_check.json and DIR/gpu_check.md. Each check passes, fails (with its error) or is skipped with the
 reason its requirement is missing, so the same command runs on a CPU machine (every check skipped; CI runs it)
@@ -18,6 +18,10 @@ and on a GPU (every check should pass). Exit 1 when a check failed, else 0. Size
   ort_attention  where onnxruntime-gpu is installed: one attention at sd15 512x512 (2 x 8 heads x 4096 tokens x 40)
                  as exported vs rewritten into MultiHeadAttention (dbunet.onnx_attention) on the CUDA provider,
                  FP32 and FP16: the outputs agree, time of each, device memory each run takes
+  ort_loop       where onnxruntime-gpu is installed and --artifacts names a tiny preset export (FP32 and FP16):
+                 dbunet-run's ONNX Runtime path on the CUDA provider, per-step runs vs the whole loop with its
+                 tensors on the device and one CUDA graph per buffer parity (dbunet.runtime.backends.ort_loop):
+                 the latents agree, denoising time of each, whether ONNX Runtime accepted the CUDA graphs
   torch_step     the DB-UNet guided step at the sd15 preset, 512x512, FP16 on CUDA: eager, torch.compile,
                  eager with the Triton kernels (TorchPipeline's denoise_step calls this module; its VAE needs
                  diffusers, which the GPU machine lacks, so the step is timed on its own)
@@ -497,21 +501,25 @@ ORT_PROVIDER = "CUDAExecutionProvider"
 ORT_ATTENTION_SHAPE = (2, 8, 4096, 40)  # batch, heads, tokens, head size: sd15's first level at 512x512
 
 
-def check_ort_attention(args) -> dict:
+def need_ort_provider():
     try:
         import onnxruntime as ort
     except ImportError:
         raise Skip("onnxruntime is not installed") from None
     if ORT_PROVIDER not in ort.get_available_providers():
         raise Skip("onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu is not installed)")
+    if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* packages torch brought (ORT >= 1.21)
+        ort.preload_dlls()
+    return ort
+
+
+def check_ort_attention(args) -> dict:
+    ort = need_ort_provider()
     torch = need_torch_cuda()
     import tempfile
 
     import numpy as np
     import onnx
-
-    if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* packages torch brought (ORT >= 1.21)
-        ort.preload_dlls()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from attention import attention_graph
@@ -554,6 +562,45 @@ def check_ort_attention(args) -> dict:
     return figures
 
 
+ORT_LOOP_SIDE = 256  # the tiny preset's image side for ort_loop
+
+
+def check_ort_loop(args) -> dict:
+    need_ort_provider()
+    if args.artifacts is None:
+        raise Skip("no --artifacts given (a tiny preset export: dbunet-export --preset tiny --fp16)")
+    import numpy as np
+
+    from dbunet.runtime.backends.onnxruntime import OrtBackend
+    from dbunet.runtime.pipeline import Pipeline
+
+    device = "cuda" if ORT_PROVIDER == "CUDAExecutionProvider" else "cpu"
+    request = {"prompt": "a red circle", "seed": 0, "height": ORT_LOOP_SIDE, "width": ORT_LOOP_SIDE,
+               "boxes": ["0.1,0.1,0.6,0.6:a red circle"]}
+    repeat = 3 if args.quick else 10
+    figures = {}
+    for precision in ("fp32", "fp16"):
+        pipes = {form: Pipeline.from_artifacts(args.artifacts, OrtBackend(device, whole_loops=form == "loop"),
+                                               precision) for form in ("steps", "loop")}
+        try:
+            results = {form: [pipe(**request) for _ in range(repeat + 1)] for form, pipe in pipes.items()}  # +1 warm-up
+            loops = pipes["loop"].stages.loops["dbunet_step"].describe()
+        finally:
+            for pipe in pipes.values():
+                pipe.close()
+        want, got = results["steps"][-1], results["loop"][-1]
+        rel = float(np.abs(got.latents - want.latents).max() / np.abs(want.latents).max())
+        figures[precision] = {
+            **{f"{form}_denoise_ms": round(statistics.median(r.timings["denoise"] for r in rs[1:]) * 1000, 3)
+               for form, rs in results.items()},
+            "max_rel": rel, "steps": len(want.step_times), "loop_sessions": loops}
+        # Not bit-equal: the pinned sessions pick their own kernels (TF32 and cuDNN's algorithms on the CUDA
+        # provider). A wrong buffer, a stale input or a graph replaying freed memory differs by order 1.
+        assert rel < 2e-2, f"{precision}: the whole loop's latents differ from the per-step ones by {rel:.2e}"
+        assert all(s["device"] == device for s in loops.values()), loops
+    return figures
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -568,6 +615,7 @@ CHECKS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "cuda_layer": check_cuda_layer,
     "fused_ops": check_fused_ops,
     "ort_attention": check_ort_attention,
+    "ort_loop": check_ort_loop,
     "torch_step": check_torch_step,
 }
 
@@ -628,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--quick", action="store_true", help="fewer timing repeats")
+    parser.add_argument("--artifacts", type=Path, help="a tiny preset export, FP32 and FP16, for ort_loop")
     parser.add_argument("--only", nargs="*", choices=list(CHECKS), help="run only these checks")
     args = parser.parse_args(argv)
     if "triton" not in sys.modules:  # the real compiler, not the interpreter (set before triton is imported)

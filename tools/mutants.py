@@ -212,6 +212,15 @@ MUTANTS = [
     Mutant("boxes_transposed", "dbunet/boxes.py",
            "coords[0, i] = (b.x0, b.y0, b.x1, b.y1)", "coords[0, i] = (b.y0, b.x0, b.y1, b.x1)",
            ("tests/test_quality.py",), "box x and y swapped on their way into the graphs"),
+    # ONNX Runtime's whole loop: the buffer pairs the steps alternate between
+    Mutant("ort_loop_result_parity", "dbunet/runtime/backends/ort_loop.py",
+           'return np.array(b.state["x"][len(rows) % 2].numpy(), dtype=np.float32, copy=True)',
+           'return np.array(b.state["x"][1].numpy(), dtype=np.float32, copy=True)',
+           ("tests/runtime/test_ort_loop.py",), "the whole loop returns the second buffer whatever the step count"),
+    Mutant("ort_loop_x0_not_carried", "dbunet/runtime/backends/ort_loop.py",
+           "binding.bind_ortvalue_output(out, state[name][1 - parity])",
+           "binding.bind_ortvalue_output(out, state[name][1 - parity] if name == 'x' else state[name][parity])",
+           ("tests/runtime/test_ort_loop.py",), "x0 written back over x0_prev's own buffer (step i reads a stale one)"),
 ]
 
 

@@ -1,0 +1,238 @@
+"""ONNX Runtime's whole-loop path (dbunet.runtime.backends.ort_loop): the loop's tensors resident in OrtValues,
+x / x0 alternating between two buffer pairs, a session per shape with the symbolic dims pinned.
+
+Everything runs on ONNX Runtime's CPU provider over the tiny preset's real exports. Where a test needs what
+only the CUDA provider does (accept or refuse a CUDA-graph session), the session constructor is replaced: the
+GPU is the one thing that cannot exist here, and the refusal text is ONNX Runtime's own."""
+
+import threading
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from dbunet.errors import ArtifactError
+from dbunet.manifest import Manifest
+from dbunet.request import build_request, plan_schedules
+from dbunet.runtime.backends.onnxruntime import OrtBackend, OrtGraph, session_options
+from dbunet.runtime.backends.ort_loop import OrtLoopStages, OrtStepLoop
+from dbunet.runtime.pipeline import Pipeline
+from dbunet.runtime.stages import conditioning_feeds
+
+BOX = ["0.1,0.1,0.6,0.6:a red circle"]
+
+
+@pytest.fixture(scope="module")
+def pipelines(tiny_artifacts):
+    steps = Pipeline.from_artifacts(tiny_artifacts, OrtBackend("cpu"), "fp32")
+    loops = Pipeline.from_artifacts(tiny_artifacts, OrtBackend("cpu", whole_loops=True), "fp32")
+    yield steps, loops
+    steps.close()
+    loops.close()
+
+
+def _step_graph(artifacts, name="dbunet_step", precision="fp32"):
+    a = Manifest.read(artifacts).find(name, precision)
+    return OrtBackend("cpu").load(artifacts / a.path, a.spec)
+
+
+def _loop_inputs(pipe, prompt="a red circle", boxes=BOX, side=128):
+    """A real request's coefficient rows, starting latents and conditioning (the per-step pipeline's stages)."""
+    from dbunet.generation import build_conditioning
+
+    # DPM++ 2M: its update reads x0_prev, so a loop that carries x0 wrongly shows (DDIM's does not)
+    req = build_request(pipe.config, prompt, seed=3, height=side, width=side, steps=4, boxes=boxes, scheduler="dpm++")
+    sampler, rows, *_ = plan_schedules(pipe.config, req)
+    f = pipe.config.vae.downscale
+    x = np.random.default_rng(3).standard_normal((1, 4, side // f, side // f), dtype=np.float32)
+    x *= np.float32(sampler.init_noise_sigma)
+    cond = build_conditioning(pipe.stages, pipe.config, req)
+    return np.stack(rows), x, conditioning_feeds(cond, True)
+
+
+def test_the_loop_is_the_steps_run_one_by_one_on_the_same_pinned_graph(pipelines, tiny_artifacts):
+    """Bit for bit: the loop binds step i's outputs as step i+1's inputs, so any mix-up of the two buffer pairs,
+    a coefficient row off by one or a stale x0_prev shows up as a different latent."""
+    rows, x, fixed = _loop_inputs(pipelines[0])
+    graph = _step_graph(tiny_artifacts)
+    loop = OrtStepLoop(graph, cuda_graph=False)
+    got = loop.run(rows, x, fixed)
+    sizes = graph.spec.check_feeds({"x": x, "x0_prev": x, "coeffs": rows[0], **fixed})
+    pinned = graph.pinned(sizes)
+    want, x0 = x, np.zeros_like(x)
+    for row in rows:
+        want, x0 = pinned.run({"x": want, "x0_prev": x0, "coeffs": row, **fixed})
+    assert np.array_equal(got, want)
+    assert not np.array_equal(got, x)
+    # an odd number of steps ends in the other buffer pair
+    want3, x0 = x, np.zeros_like(x)
+    for row in rows[:3]:
+        want3, x0 = pinned.run({"x": want3, "x0_prev": x0, "coeffs": row, **fixed})
+    assert np.array_equal(loop.run(rows[:3], x, fixed), want3)
+
+
+def test_a_second_image_overwrites_every_input_the_first_left_on_the_device(pipelines, tiny_artifacts):
+    """The buffers stay (their addresses are what a CUDA graph replays): a second call with another prompt,
+    other boxes and other latents must give what a fresh loop gives, not reuse anything of the first."""
+    graph = _step_graph(tiny_artifacts)
+    first = _loop_inputs(pipelines[0])
+    second = _loop_inputs(pipelines[0], "a blue square", ["0.5,0.5,0.9,0.9:a blue square"])
+    second = (second[0], second[1][:, :, ::-1].copy(), second[2])
+    reused = OrtStepLoop(graph, cuda_graph=False)
+    reused.run(*first)
+    assert np.array_equal(reused.run(*second), OrtStepLoop(graph, cuda_graph=False).run(*second))
+    assert len(reused.buffers) == 1
+
+
+def test_whole_loop_images_match_per_step_images(pipelines):
+    """Through Pipeline: the loop and the per-step path make the same image. Not bit for bit: the pinned
+    session folds the shape arithmetic and fuses differently, which reorders some FP32 sums (measured: latents
+    within 1.2e-6 of their largest value, the uint8 image within one level)."""
+    steps, loops = pipelines
+    assert loops.stages.whole_loops and not steps.stages.whole_loops
+    for prompt, boxes, side, scheduler in (("a red circle", BOX, 128, "dpm++"), ("a blue square", [], 128, "euler"),
+                                           ("a red circle", BOX, 64, "ddim")):
+        a = steps(prompt, seed=5, boxes=boxes, height=side, width=side, scheduler=scheduler)
+        b = loops(prompt, seed=5, boxes=boxes, height=side, width=side, scheduler=scheduler)
+        rel = np.abs(a.latents - b.latents).max() / np.abs(a.latents).max()
+        assert rel < 1e-5, (prompt, side, rel)
+        assert np.abs(a.image.astype(int) - b.image).max() <= 1
+    shapes = loops.stages.loops["dbunet_step"].describe()
+    assert len(shapes) == 3  # 128 with 1 box, 128 with none, 64: a session each
+    assert {s["device"] for s in shapes.values()} == {"cpu"} and not any(s["cuda_graph"] for s in shapes.values())
+    assert len(loops.stages.loops["refiner_step"].describe()) == 2
+
+
+def test_concurrent_images_on_one_pipeline_each_get_their_own_result(pipelines):
+    """A Pipeline may be shared by threads: the loop's buffers are one per shape, so calls take turns."""
+    steps, loops = pipelines
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    want = {p: steps(p, seed=9).image for p in prompts}
+    got = {}
+    threads = [threading.Thread(target=lambda p=p: got.__setitem__(p, loops(p, seed=9).image)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in prompts:
+        assert np.abs(want[p].astype(int) - got[p]).max() <= 1, p
+
+
+@pytest.mark.parametrize("name", ["dbunet_step", "refiner_step"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_pinned_step_graphs_keep_no_shape_arithmetic(tiny_artifacts, tmp_path, name, precision):
+    """What ONNX Runtime's CUDA graphs need and a CPU can show: with the dims pinned, its optimizer leaves no
+    Shape node and every Reshape / Expand target a constant, so nothing is left for the CUDA provider to place
+    on the CPU (which makes it refuse the capture). Whether the CUDA provider then takes every node is for a
+    GPU to say (tools/gpu_check.py, ort_loop)."""
+    graph = _step_graph(tiny_artifacts, name, precision)
+    side = 128 // (8 if name == "dbunet_step" else 1)
+    sizes = {"latent_height": side, "latent_width": side, "batch": 2, "boxes": 2, "height": side, "width": side}
+    counts = {}
+    for pinned in (False, True):
+        options = session_options(1)
+        for dim, size in sizes.items():
+            if pinned and any(dim in t.dims for t in graph.spec.inputs):
+                options.add_free_dimension_override_by_name(dim, size)
+        options.optimized_model_filepath = str(tmp_path / f"{pinned}.onnx")
+        from dbunet.runtime.backends.onnxruntime import _graph_source
+
+        source, _ = _graph_source(graph.path, options, True)
+        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        model = onnx.load(str(tmp_path / f"{pinned}.onnx"), load_external_data=False)
+        constants = {i.name for i in model.graph.initializer}
+        counts[pinned] = Counter(n.op_type for n in model.graph.node if n.op_type == "Shape" or (
+            n.op_type in ("Reshape", "Expand") and n.input[1] not in constants))
+    assert counts[False]["Shape"] > 0  # the dynamic graph computes shapes at run time
+    assert counts[True] == Counter(), counts[True]
+
+
+REFUSAL = ("[ONNXRuntimeError] : 1 : FAIL : This session cannot use the graph capture feature as requested by the "
+           "user as all compute graph nodes have not been partitioned to the CUDAExecutionProvider")
+
+
+def _cuda_sessions(monkeypatch, refuse: str | None):
+    """ONNX Runtime's session constructor as a CUDA build would answer a CUDA-graph request (refuse: its error
+    text, or None to accept); the session itself is a real CPU session. Returns the provider lists asked for."""
+    real, asked = ort.InferenceSession, []
+
+    class Session(real):
+        def __init__(self, source, options=None, providers=None, **kwargs):
+            asked.append(providers)
+            wants_graph = any(isinstance(p, tuple) and p[1].get("enable_cuda_graph") == "1" for p in providers)
+            if wants_graph and refuse:
+                raise RuntimeError(refuse)
+            super().__init__(source, options, providers=["CPUExecutionProvider"], **kwargs)
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    return asked
+
+
+def _graph_with(tiny_artifacts, **kwargs):
+    a = Manifest.read(tiny_artifacts).find("refiner_step", "fp32")
+    return OrtGraph(tiny_artifacts / a.path, a.spec, ["CUDAExecutionProvider", "CPUExecutionProvider"], 1, **kwargs)
+
+
+def test_a_refused_cuda_graph_falls_back_to_the_same_session_without_it(tiny_artifacts, monkeypatch):
+    asked = _cuda_sessions(monkeypatch, REFUSAL)
+    graph = _graph_with(tiny_artifacts, fixed_dims={"batch": 1, "height": 64, "width": 64}, cuda_graph=True)
+    assert not graph.cuda_graph and "graph capture feature" in graph.cuda_graph_refused
+    assert asked[0][0] == ("CUDAExecutionProvider", {"enable_cuda_graph": "1"})
+    assert asked[1] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # per-step sessions never ask for one
+    asked.clear()
+    assert not _graph_with(tiny_artifacts).cuda_graph and len(asked) == 1 and "enable_cuda_graph" not in str(asked)
+
+
+def test_other_session_errors_are_not_taken_for_a_refusal(tiny_artifacts, monkeypatch):
+    _cuda_sessions(monkeypatch, "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory")
+    with pytest.raises(ArtifactError, match="out of memory"):
+        _graph_with(tiny_artifacts, cuda_graph=True)
+
+
+def test_an_accepted_cuda_graph_session_says_so(tiny_artifacts, monkeypatch):
+    asked = _cuda_sessions(monkeypatch, None)
+    graph = _graph_with(tiny_artifacts, fixed_dims={"batch": 1, "height": 64, "width": 64}, cuda_graph=True)
+    assert graph.cuda_graph and graph.cuda_graph_refused is None and len(asked) == 1
+
+
+def test_each_parity_runs_under_its_own_cuda_graph_id(tiny_artifacts, monkeypatch):
+    """ONNX Runtime captures one CUDA graph per `gpu_graph_id`: the two buffer parities bind different
+    addresses, so they need two ids (0 is ONNX Runtime's own default). The pinned session here is a CPU one
+    marked as capturing (the CPU provider ignores the id); what is checked is what the loop asks for."""
+    original = OrtGraph.pinned
+
+    def capturing(self, sizes, cuda_graph=False):
+        pinned = original(self, sizes)
+        pinned.cuda_graph = cuda_graph
+        return pinned
+
+    monkeypatch.setattr(OrtGraph, "pinned", capturing)
+    a = Manifest.read(tiny_artifacts).find("refiner_step", "fp32")
+    graph = OrtBackend("cpu").load(tiny_artifacts / a.path, a.spec)
+    loop = OrtStepLoop(graph, cuda_graph=True)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)
+    rows = np.random.default_rng(1).uniform(0.0, 0.5, (3, 11)).astype(np.float32)
+    fixed = {"z_dis": np.zeros((1, 128), np.float32)}
+    first = loop.run(rows, x, fixed)
+    b = next(iter(loop.buffers.values()))
+    assert b.graph.fixed_dims == {"batch": 1, "height": 64, "width": 64}
+    ids = [options.get_run_config_entry("gpu_graph_id") for options in b.run_options]
+    assert ids == ["1", "2"]
+    assert np.array_equal(loop.run(rows, x, fixed), first)
+    assert not np.array_equal(OrtStepLoop(graph, cuda_graph=False).run(rows[:2], x, fixed), first)
+
+
+def test_the_backend_uses_whole_loops_on_the_cuda_provider_only_unless_told(tiny_artifacts):
+    assert not OrtBackend("cpu").whole_loops and OrtBackend("cpu", whole_loops=True).whole_loops
+    pipe = Pipeline.from_artifacts(tiny_artifacts, OrtBackend("cpu", whole_loops=True), "fp32")
+    try:
+        assert isinstance(pipe.stages, OrtLoopStages)
+        assert set(pipe.stages.loops) == {"dbunet_step", "refiner_step"}
+    finally:
+        pipe.close()
