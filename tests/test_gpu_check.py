@@ -159,6 +159,10 @@ def test_the_ort_loop_check_runs_its_body_on_the_cpu_provider(monkeypatch, tiny_
     monkeypatch.setattr(gpu_check, "ORT_LOOP_SIDE", 64)
     with pytest.raises(gpu_check.Skip, match="--artifacts"):
         gpu_check.check_ort_loop(types.SimpleNamespace(quick=True, artifacts=None))
+    with monkeypatch.context() as m:  # a runtime dependency the machine lacks is a skip with its name, not a failure
+        m.setattr(gpu_check, "PIPELINE_NEEDS", ("jsonschema", "no_such_module_here"))
+        with pytest.raises(gpu_check.Skip, match="no_such_module_here not installed"):
+            gpu_check.check_ort_loop(types.SimpleNamespace(quick=True, artifacts=tiny_artifacts))
     figures = gpu_check.check_ort_loop(types.SimpleNamespace(quick=True, artifacts=tiny_artifacts))
     for precision in ("fp32", "fp16"):
         f = figures[precision]

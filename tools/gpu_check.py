@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -563,12 +564,16 @@ def check_ort_attention(args) -> dict:
 
 
 ORT_LOOP_SIDE = 256  # the tiny preset's image side for ort_loop
+PIPELINE_NEEDS = ("jsonschema", "tokenizers", "safetensors")  # what a Pipeline imports beyond numpy and onnx
 
 
 def check_ort_loop(args) -> dict:
     need_ort_provider()
     if args.artifacts is None:
         raise Skip("no --artifacts given (a tiny preset export: dbunet-export --preset tiny --fp16)")
+    missing = [m for m in PIPELINE_NEEDS if importlib.util.find_spec(m) is None]
+    if missing:  # the GPU machine lacks jsonschema, which the runtime checks every manifest with
+        raise Skip(f"the runtime's {', '.join(missing)} not installed (a dependency of dbunet's Pipeline)")
     import numpy as np
 
     from dbunet.runtime.backends.onnxruntime import OrtBackend
