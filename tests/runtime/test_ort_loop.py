@@ -22,6 +22,7 @@ from dbunet.runtime.pipeline import Pipeline
 from dbunet.runtime.stages import conditioning_feeds
 
 BOX = ["0.1,0.1,0.6,0.6:a red circle"]
+CONTROL_FLOW = ("If", "Loop", "Scan")  # ONNX Runtime's CUDA graphs refuse these
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +124,10 @@ def test_concurrent_images_on_one_pipeline_each_get_their_own_result(pipelines):
 @pytest.mark.parametrize("name", ["dbunet_step", "refiner_step"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_pinned_step_graphs_keep_no_shape_arithmetic(tiny_artifacts, tmp_path, name, precision):
-    """What ONNX Runtime's CUDA graphs need and a CPU can show: with the dims pinned, its optimizer leaves no
-    Shape node and every Reshape / Expand target a constant, so nothing is left for the CUDA provider to place
-    on the CPU (which makes it refuse the capture). Whether the CUDA provider then takes every node is for a
-    GPU to say (tools/gpu_check.py, ort_loop)."""
+    """What ONNX Runtime's CUDA graphs need and a CPU can show: no control flow, and with the dims pinned, its
+    optimizer leaves no Shape node and every Reshape / Expand target a constant, so nothing is left for the CUDA
+    provider to place on the CPU (which makes it refuse the capture). Whether the CUDA provider then takes every
+    node is for a GPU to say (tools/gpu_check.py, ort_loop)."""
     graph = _step_graph(tiny_artifacts, name, precision)
     side = 128 // (8 if name == "dbunet_step" else 1)
     sizes = {"latent_height": side, "latent_width": side, "batch": 2, "boxes": 2, "height": side, "width": side}
@@ -143,7 +144,7 @@ def test_pinned_step_graphs_keep_no_shape_arithmetic(tiny_artifacts, tmp_path, n
         ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         model = onnx.load(str(tmp_path / f"{pinned}.onnx"), load_external_data=False)
         constants = {i.name for i in model.graph.initializer}
-        counts[pinned] = Counter(n.op_type for n in model.graph.node if n.op_type == "Shape" or (
+        counts[pinned] = Counter(n.op_type for n in model.graph.node if n.op_type in ("Shape", *CONTROL_FLOW) or (
             n.op_type in ("Reshape", "Expand") and n.input[1] not in constants))
     assert counts[False]["Shape"] > 0  # the dynamic graph computes shapes at run time
     assert counts[True] == Counter(), counts[True]
@@ -153,9 +154,10 @@ REFUSAL = ("[ONNXRuntimeError] : 1 : FAIL : This session cannot use the graph ca
            "user as all compute graph nodes have not been partitioned to the CUDAExecutionProvider")
 
 
-def _cuda_sessions(monkeypatch, refuse: str | None):
+def _cuda_sessions(monkeypatch, refuse: str | None, on_cuda: bool = True):
     """ONNX Runtime's session constructor as a CUDA build would answer a CUDA-graph request (refuse: its error
-    text, or None to accept); the session itself is a real CPU session. Returns the provider lists asked for."""
+    text, or None to accept); the session itself is a real CPU session, which says it runs on the CUDA provider
+    unless `on_cuda` is False (then the loop's buffers can be allocated here). Returns the provider lists asked."""
     real, asked = ort.InferenceSession, []
 
     class Session(real):
@@ -167,7 +169,7 @@ def _cuda_sessions(monkeypatch, refuse: str | None):
             super().__init__(source, options, providers=["CPUExecutionProvider"], **kwargs)
 
         def get_providers(self):
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"] if on_cuda else super().get_providers()
 
     monkeypatch.setattr(ort, "InferenceSession", Session)
     return asked
@@ -187,6 +189,20 @@ def test_a_refused_cuda_graph_falls_back_to_the_same_session_without_it(tiny_art
     # per-step sessions never ask for one
     asked.clear()
     assert not _graph_with(tiny_artifacts).cuda_graph and len(asked) == 1 and "enable_cuda_graph" not in str(asked)
+
+
+def test_a_loop_whose_capture_was_refused_runs_and_says_why(tiny_artifacts, monkeypatch, caplog):
+    _cuda_sessions(monkeypatch, REFUSAL, on_cuda=False)
+    graph = _graph_with(tiny_artifacts)
+    loop = OrtStepLoop(graph, cuda_graph=True)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)
+    rows = np.random.default_rng(1).uniform(0.0, 0.5, (2, 11)).astype(np.float32)
+    with caplog.at_level("WARNING"):
+        got = loop.run(rows, x, {"z_dis": np.zeros((1, 128), np.float32)})
+    assert np.isfinite(got).all() and not np.array_equal(got, x)
+    (shape,) = loop.describe().values()
+    assert not shape["cuda_graph"] and "graph capture feature" in shape["refused"]
+    assert "refiner_step at batch=1, height=64, width=64 runs without CUDA graphs" in caplog.text
 
 
 def test_other_session_errors_are_not_taken_for_a_refusal(tiny_artifacts, monkeypatch):

@@ -10,6 +10,7 @@ each parity's run as a CUDA graph (`gpu_graph_id` 1 and 2) and replay it for eve
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from dbunet.architectures.base import GUIDED_STEPS
 from dbunet.generation import Conditioning, Step
 from dbunet.runtime.backends.onnxruntime import OrtGraph
 from dbunet.runtime.stages import GraphStages, conditioning_feeds
+
+log = logging.getLogger(__name__)
 
 STATE = (("x", "x_next"), ("x0_prev", "x0"))  # (input, output) pairs that carry over between steps
 GRAPH_IDS = (1, 2)  # ONNX Runtime's default capture id is 0 and it asks callers not to set it
@@ -42,7 +45,8 @@ class OrtStepLoop:
     def __init__(self, graph: OrtGraph, cuda_graph: bool) -> None:
         self.graph, self.cuda_graph = graph, cuda_graph
         self.buffers: dict[tuple, _Buffers] = {}
-        self.lock = threading.Lock()  # one set of buffers per shape: images of the same shape take turns
+        # one set of buffers per shape, and ONNX Runtime's CUDA graphs allow one thread per session: calls take turns
+        self.lock = threading.Lock()
 
     def run(self, rows: np.ndarray, x: np.ndarray, fixed: Mapping[str, np.ndarray]) -> np.ndarray:
         """x after len(rows) steps (x0_prev starts at zero); `fixed`: the inputs every step shares."""
@@ -70,7 +74,11 @@ class OrtStepLoop:
     def _buffers(self, sizes: dict[str, int], feeds: Mapping[str, np.ndarray]) -> _Buffers:
         key = tuple(sorted(sizes.items()))
         if key not in self.buffers:
-            self.buffers[key] = self._allocate(self.graph.pinned(sizes, self.cuda_graph), feeds)
+            graph = self.graph.pinned(sizes, self.cuda_graph)
+            if graph.cuda_graph_refused:
+                log.warning("%s at %s runs without CUDA graphs: %s", self.graph.spec.component,
+                            ", ".join(f"{k}={v}" for k, v in key), graph.cuda_graph_refused)
+            self.buffers[key] = self._allocate(graph, feeds)
         return self.buffers[key]
 
     @staticmethod
