@@ -141,8 +141,9 @@ class OrtBackend(GraphBackend):
         dbunet.onnx_attention); False runs the graphs as exported (for comparisons).
         whole_loops: each denoising loop with its tensors resident on the device, in a session per shape, as CUDA
         graphs on the CUDA provider (dbunet.runtime.backends.ort_loop); None: on the CUDA provider only. On the
-        CPU it gains little (tiny, 256x256, denoising: 182 ms against 190 per step, 2-core EPYC), costs a second
-        session of each step graph, and the progress bar would move once per loop instead of once per step."""
+        CPU it gains on small graphs only (benchmarks/ort_loop.py: shapes 0.82x per image, sd15 1.01x), costs a
+        second session of each step graph built on the first image (sd15: 9.6 s and 4 GB), and the progress bar
+        would move once per loop instead of once per step."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()
