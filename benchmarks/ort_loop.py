@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,22 +27,8 @@ sys.path.insert(0, str(HERE))
 CASES = (("shapes", 64, {}), ("tiny", 128, {}), ("tiny", 256, {}), ("sd15", 256, {"steps": 4, "refiner_steps": 2}))
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def measure(model: str, side: int, options: dict, rounds: int) -> dict:
-    from attention import export_model
+    from attention import export_model, rss_mb
 
     from dbunet.runtime.backends.onnxruntime import OrtBackend
     from dbunet.runtime.pipeline import Pipeline
@@ -76,9 +61,10 @@ def measure(model: str, side: int, options: dict, rounds: int) -> dict:
 
 def block(rows: list[dict]) -> str:
     import onnxruntime
+    from cpu_report import cpu_line
 
     lines = ["## ONNX Runtime's whole loops on the CPU (FP32)", "",
-             f"ONNX Runtime {onnxruntime.__version__}, FP32, {cpu_name()} ({os.cpu_count()} cores); "
+             f"ONNX Runtime {onnxruntime.__version__}, FP32, {cpu_line()} ({os.cpu_count()} cores); "
              "`python benchmarks/ort_loop.py`. Medians; per step and whole loop alternate in one process.", "",
              "| model, side, steps | denoise per step / whole loop (ms) | whole image (ms) | loop / per step (image) "
              "| loop's first image: extra ms, added MB |", "|---|---|---|---|---|"]

@@ -69,18 +69,17 @@ class OrtGraph:
         for name, size in self.fixed_dims.items():
             options.add_free_dimension_override_by_name(name, size)
         source, self.attention = _graph_source(path, options, fuse_attention)
-        self.cuda_graph, self.cuda_graph_refused = False, None
+        self.cuda_graph_refused, session = None, None
         try:
             if cuda_graph and "CUDAExecutionProvider" in providers:
                 try:
-                    self.session = ort.InferenceSession(source, options, providers=_with_cuda_graph(providers))
-                    self.cuda_graph = self.session.get_providers()[0] == "CUDAExecutionProvider"
+                    session = ort.InferenceSession(source, options, providers=_with_cuda_graph(providers))
                 except Exception as exc:  # noqa: BLE001 -- only the capture refusal is retried without it
                     if CUDA_GRAPH_REFUSAL not in str(exc):
                         raise
                     self.cuda_graph_refused = str(exc).splitlines()[0]
-            if getattr(self, "session", None) is None:
-                self.session = ort.InferenceSession(source, options, providers=providers)
+            self.cuda_graph = session is not None and session.get_providers()[0] == "CUDAExecutionProvider"
+            self.session = session or ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # a file that is no valid ONNX graph
             raise ArtifactError(f"{shown(path)}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"

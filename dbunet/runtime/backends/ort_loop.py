@@ -67,17 +67,16 @@ class OrtStepLoop:
 
     def describe(self) -> dict[str, object]:
         """Per shape: whether its runs are CUDA graphs, and ONNX Runtime's reason where it refused them."""
-        return {", ".join(f"{k}={v}" for k, v in key): {"device": b.graph.device, "cuda_graph": b.graph.cuda_graph,
-                                                        "refused": b.graph.cuda_graph_refused}
-                for key, b in self.buffers.items()}
+        return {_label(key): {"device": b.graph.device, "cuda_graph": b.graph.cuda_graph,
+                              "refused": b.graph.cuda_graph_refused} for key, b in self.buffers.items()}
 
     def _buffers(self, sizes: dict[str, int], feeds: Mapping[str, np.ndarray]) -> _Buffers:
         key = tuple(sorted(sizes.items()))
         if key not in self.buffers:
             graph = self.graph.pinned(sizes, self.cuda_graph)
             if graph.cuda_graph_refused:
-                log.warning("%s at %s runs without CUDA graphs: %s", self.graph.spec.component,
-                            ", ".join(f"{k}={v}" for k, v in key), graph.cuda_graph_refused)
+                log.warning("%s at %s runs without CUDA graphs: %s", self.graph.spec.component, _label(key),
+                            graph.cuda_graph_refused)
             self.buffers[key] = self._allocate(graph, feeds)
         return self.buffers[key]
 
@@ -110,6 +109,10 @@ class OrtStepLoop:
         for b in self.buffers.values():
             b.graph.close()
         self.buffers.clear()
+
+
+def _label(key: tuple) -> str:
+    return ", ".join(f"{dim}={size}" for dim, size in key)
 
 
 class OrtLoopStages(GraphStages):
