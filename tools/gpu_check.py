@@ -570,7 +570,7 @@ PIPELINE_NEEDS = ("jsonschema", "tokenizers", "safetensors")  # what a Pipeline 
 def check_ort_loop(args) -> dict:
     need_ort_provider()
     if args.artifacts is None:
-        raise Skip("no --artifacts given (a tiny preset export: dbunet-export --preset tiny --fp16)")
+        raise Skip("no --artifacts given (a tiny preset export: dbunet-export --config tiny --fp16)")
     missing = [m for m in PIPELINE_NEEDS if importlib.util.find_spec(m) is None]
     if missing:  # the GPU machine lacks jsonschema, which the runtime checks every manifest with
         raise Skip(f"the runtime's {', '.join(missing)} not installed (a dependency of dbunet's Pipeline)")
