@@ -7,7 +7,8 @@ the shape arithmetic away) and keeps the loop's tensors in OrtValues. On the CUD
 capture CUDA graphs and it is the default there; on the CPU it is off by default, and this measures what it would
 gain and cost: per model, two Pipelines in one process (per step, whole loop) generate alternately (the machine's
 drift hits both alike); medians of the denoising time and the whole image, FP32. The cost: the loop Pipeline's
-first image less its median (creating the pinned sessions) and the resident memory that first image added.
+first image less its median (creating the pinned sessions); and what each Pipeline holds resident after loading
+and making its first image (measured one after the other, before the rounds).
 Models: shapes (the trained demo, 64x64), tiny at 128 and 256, sd15 at 256 (4 steps, fewer rounds), exported once
 under benchmarks/.cache/. Rewrites the `ort_loop:cpu` block of benchmarks/README.md.
 """
@@ -34,16 +35,16 @@ def measure(model: str, side: int, options: dict, rounds: int) -> dict:
     from dbunet.runtime.pipeline import Pipeline
 
     cache = export_model(model)
-    pipes = {form: Pipeline.from_artifacts(cache, OrtBackend("cpu", whole_loops=form == "loop"), "fp32")
-             for form in ("steps", "loop")}
     request = {"height": side, "width": side, **options}
+    pipes, resident_mb, first_s = {}, {}, {}
     try:
-        before = rss_mb()
-        start = time.perf_counter()
-        pipes["loop"]("a red circle", seed=0, **request)
-        first_s = time.perf_counter() - start
-        added_mb = rss_mb() - before
-        pipes["steps"]("a red circle", seed=0, **request)  # its warm-up
+        for form in ("steps", "loop"):  # each loaded and run once alone, for the memory it holds after an image
+            before = rss_mb()
+            pipes[form] = Pipeline.from_artifacts(cache, OrtBackend("cpu", whole_loops=form == "loop"), "fp32")
+            start = time.perf_counter()
+            pipes[form]("a red circle", seed=0, **request)
+            first_s[form] = time.perf_counter() - start
+            resident_mb[form] = rss_mb() - before
         times = {form: {"denoise": [], "total": []} for form in pipes}
         for k in range(rounds):
             for form, pipe in pipes.items():
@@ -56,7 +57,7 @@ def measure(model: str, side: int, options: dict, rounds: int) -> dict:
             pipe.close()
     med = {form: {k: statistics.median(v) for k, v in t.items()} for form, t in times.items()}
     return {"model": model, "side": side, "steps": steps, "rounds": rounds, "median": med,
-            "first_extra_ms": first_s * 1000 - med["loop"]["total"], "added_mb": added_mb}
+            "first_extra_ms": first_s["loop"] * 1000 - med["loop"]["total"], "resident_mb": resident_mb}
 
 
 def block(rows: list[dict]) -> str:
@@ -67,12 +68,14 @@ def block(rows: list[dict]) -> str:
              f"ONNX Runtime {onnxruntime.__version__}, FP32, {cpu_line()} ({os.cpu_count()} cores); "
              "`python benchmarks/ort_loop.py`. Medians; per step and whole loop alternate in one process.", "",
              "| model, side, steps | denoise per step / whole loop (ms) | whole image (ms) | loop / per step (image) "
-             "| loop's first image: extra ms, added MB |", "|---|---|---|---|---|"]
+             "| loop's first image: extra ms | resident after an image, per step / loop (MB) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         s, w = r["median"]["steps"], r["median"]["loop"]
         lines.append(f"| {r['model']} {r['side']}x{r['side']}, {r['steps']} steps ({r['rounds']} rounds) "
                      f"| {s['denoise']:.1f} / {w['denoise']:.1f} | {s['total']:.1f} / {w['total']:.1f} "
-                     f"| {w['total'] / s['total']:.2f} | {r['first_extra_ms']:.0f} ms, {r['added_mb']:.0f} MB |")
+                     f"| {w['total'] / s['total']:.2f} | {r['first_extra_ms']:.0f} "
+                     f"| {r['resident_mb']['steps']:.0f} / {r['resident_mb']['loop']:.0f} |")
     return "\n".join(lines)
 
 

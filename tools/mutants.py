@@ -214,13 +214,21 @@ MUTANTS = [
            ("tests/test_quality.py",), "box x and y swapped on their way into the graphs"),
     # ONNX Runtime's whole loop: the buffer pairs the steps alternate between
     Mutant("ort_loop_result_parity", "dbunet/runtime/backends/ort_loop.py",
-           'return np.array(b.state["x"][len(rows) % 2].numpy(), dtype=np.float32, copy=True)',
-           'return np.array(b.state["x"][1].numpy(), dtype=np.float32, copy=True)',
+           "last = len(rows) % 2", "last = 1",
            ("tests/runtime/test_ort_loop.py",), "the whole loop returns the second buffer whatever the step count"),
     Mutant("ort_loop_x0_not_carried", "dbunet/runtime/backends/ort_loop.py",
            "binding.bind_ortvalue_output(out, state[name][1 - parity])",
            "binding.bind_ortvalue_output(out, state[name][1 - parity] if name == 'x' else state[name][parity])",
            ("tests/runtime/test_ort_loop.py",), "x0 written back over x0_prev's own buffer (step i reads a stale one)"),
+    Mutant("ort_loop_loaded_session_kept", "dbunet/runtime/backends/ort_loop.py",
+           "            graphs[name].close()  # its weights", "            pass  # its weights",
+           ("tests/runtime/test_ort_loop.py",), "the step graph's load-time session stays resident beside the loop's"),
+    Mutant("ort_loop_evicts_newest", "dbunet/runtime/backends/ort_loop.py",
+           "self.buffers.popitem(last=False)", "self.buffers.popitem(last=True)",
+           ("tests/runtime/test_ort_loop.py",), "a full loop releases the most recently used shape, not the least"),
+    Mutant("ort_loop_box_slots_uncapped", "dbunet/runtime/backends/ort_loop.py",
+           "max(n, min(limit, 1 << (n - 1).bit_length()))", "max(n, 1 << (n - 1).bit_length())",
+           ("tests/runtime/test_ort_loop.py",), "box slots padded past the model's maximum"),
 ]
 
 

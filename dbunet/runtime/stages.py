@@ -3,6 +3,8 @@ ONNX graphs (ONNX Runtime, OpenVINO); the TensorRT backend runs engines through 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from dbunet.generation import Conditioning, Step
@@ -19,6 +21,21 @@ def conditioning_feeds(cond: Conditioning, boxes: bool) -> dict[str, np.ndarray]
     if boxes:
         feeds |= {"boxes": cond.boxes, "box_phrases": cond.phrases, "box_valid": cond.valid}
     return feeds
+
+
+def pad_box_slots(cond: Conditioning, slots: int) -> Conditioning:
+    """`cond` with its box axis padded to `slots`: the added slots have validity 0, which hides them (the box
+    constraint's and the dual cross-attention's padding rule), so fixed shapes can take any box count up to it."""
+    n = cond.boxes.shape[1]
+    if n > slots:
+        raise ValueError(f"{n} boxes do not fit {slots} slots")
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        widths = [(0, 0)] * a.ndim
+        widths[1] = (0, slots - n)
+        return np.pad(a.astype(np.float32, copy=False), widths)
+
+    return dataclasses.replace(cond, boxes=pad(cond.boxes), phrases=pad(cond.phrases), valid=pad(cond.valid))
 
 
 class GraphStages:

@@ -13,11 +13,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from dbunet.errors import ArtifactError
+from dbunet.errors import ArtifactError, ConfigError
 from dbunet.manifest import Manifest
 from dbunet.request import build_request, plan_schedules
 from dbunet.runtime.backends.onnxruntime import OrtBackend, OrtGraph, session_options
-from dbunet.runtime.backends.ort_loop import OrtLoopStages, OrtStepLoop
+from dbunet.runtime.backends.ort_loop import OrtLoopStages, OrtStepLoop, box_slots
 from dbunet.runtime.pipeline import Pipeline
 from dbunet.runtime.stages import conditioning_feeds
 
@@ -104,6 +104,84 @@ def test_whole_loop_images_match_per_step_images(pipelines):
     assert len(shapes) == 3  # 128 with 1 box, 128 with none, 64: a session each
     assert {s["device"] for s in shapes.values()} == {"cpu"} and not any(s["cuda_graph"] for s in shapes.values())
     assert len(loops.stages.loops["refiner_step"].describe()) == 2
+
+
+def test_whole_loop_stages_hold_each_step_graph_once_and_run_single_steps_pinned(tiny_artifacts):
+    """The session a step graph was loaded in (it checked the graph against the manifest) is released: every run
+    of a step graph, a single step too (dbunet-bench times those), goes through the loop's pinned session of its
+    shape, so the step graph's weights are not resident twice. A single step takes and returns x0 (DPM++ reads
+    x0_prev), bit for bit what the pinned session gives run directly."""
+    pipe = Pipeline.from_artifacts(tiny_artifacts, OrtBackend("cpu", whole_loops=True), "fp32")
+    try:
+        stages = pipe.stages
+        assert stages.graphs["dbunet_step"].session is None and stages.graphs["refiner_step"].session is None
+        assert stages.graphs["text_encoder"].session is not None and stages.graphs["vae_decoder"].session is not None
+        rows, x, fixed = _loop_inputs(pipe)
+        from dbunet.generation import Step, build_conditioning
+
+        req = build_request(pipe.config, "a red circle", seed=3, height=128, width=128, steps=4, boxes=BOX,
+                            scheduler="dpm++")
+        cond = build_conditioning(stages, pipe.config, req)
+        x0_prev = np.random.default_rng(4).standard_normal(x.shape, dtype=np.float32)
+        got_x, got_x0 = stages.denoise_step(Step(1, rows[1], None), x, x0_prev, cond)
+        loop = stages.loops["dbunet_step"]
+        (b,) = loop.buffers.values()
+        want_x, want_x0 = b.graph.run({"x": x, "x0_prev": x0_prev, "coeffs": rows[1], **fixed})
+        assert np.array_equal(got_x, want_x) and np.array_equal(got_x0, want_x0)
+        assert not np.array_equal(got_x0, x0_prev)
+        # the whole loop at the same shape reuses that session and its buffers
+        stages.denoise_loop([Step(i, row, None) for i, row in enumerate(rows)], x, cond)
+        assert len(loop.buffers) == 1
+        with pytest.raises(RuntimeError, match="session was closed"):
+            stages.graphs["dbunet_step"].run({"x": x, "x0_prev": x, "coeffs": rows[0], **fixed})
+    finally:
+        pipe.close()
+
+
+@pytest.mark.parametrize("n, limit, slots", [(0, 8, 0), (1, 8, 1), (2, 8, 2), (3, 8, 4), (4, 8, 4), (5, 8, 8),
+                                              (8, 8, 8), (9, 30, 16), (17, 30, 30), (30, 30, 30), (6, 6, 6)])
+def test_box_counts_run_in_power_of_two_slots_up_to_the_models_maximum(n, limit, slots):
+    assert box_slots(n, limit) == slots
+
+
+def test_box_counts_share_a_padded_shape_and_make_the_same_image(pipelines):
+    """3 boxes run in 4 slots, the fourth with validity 0: the image is the per-step path's (unpadded) within
+    the FP32 bounds above, and 4 boxes then reuse that session."""
+    steps, loops = pipelines
+    three = ["0.0,0.0,0.5,0.5:a red circle", "0.5,0.0,1.0,0.5:a blue square", "0.0,0.5,0.5,1.0:a green triangle"]
+    a = steps("shapes", seed=6, boxes=three, height=64, width=64, scheduler="dpm++")
+    b = loops("shapes", seed=6, boxes=three, height=64, width=64, scheduler="dpm++")
+    assert np.abs(a.latents - b.latents).max() / np.abs(a.latents).max() < 1e-5
+    assert np.abs(a.image.astype(int) - b.image).max() <= 1
+    loop = loops.stages.loops["dbunet_step"]
+    padded = [k for k in loop.describe() if "boxes=4" in k and "latent_height=8" in k]
+    assert len(padded) == 1, list(loop.describe())
+    before = len(loop.buffers)
+    loops("shapes", seed=6, boxes=[*three, "0.5,0.5,1.0,1.0:a red circle"], height=64, width=64)
+    assert len(loop.buffers) == before
+
+
+def test_a_loop_keeps_at_most_max_shapes_sessions_and_releases_the_least_recently_used(tiny_artifacts, caplog):
+    a = Manifest.read(tiny_artifacts).find("refiner_step", "fp32")
+    graph = OrtBackend("cpu").load(tiny_artifacts / a.path, a.spec)
+    loop = OrtStepLoop(graph, cuda_graph=False, max_shapes=2)
+    rows = np.random.default_rng(1).uniform(0.0, 0.5, (2, 11)).astype(np.float32)
+    fixed = {"z_dis": np.zeros((1, 128), np.float32)}
+    xs = {side: np.random.default_rng(side).standard_normal((1, 3, side, side), dtype=np.float32)
+          for side in (32, 48, 64)}
+    first = loop.run(rows, xs[32], fixed)
+    loop.run(rows, xs[48], fixed)
+    loop.run(rows, xs[32], fixed)  # 32 is now the most recently used: 48 goes next
+    oldest = loop.buffers[next(iter(loop.buffers))]
+    with caplog.at_level("INFO"):
+        loop.run(rows, xs[64], fixed)
+    assert [dict(k)["height"] for k in loop.buffers] == [32, 64]
+    assert oldest.graph.session is None
+    assert "refiner_step: released the session for batch=1, height=48, width=48" in caplog.text
+    assert np.array_equal(loop.run(rows, xs[32], fixed), first)
+    assert np.array_equal(loop.run(rows, xs[48], fixed), OrtStepLoop(graph, cuda_graph=False).run(rows, xs[48], fixed))
+    with pytest.raises(ConfigError, match="loop_shapes"):
+        OrtBackend("cpu", whole_loops=True, loop_shapes=0)
 
 
 def test_concurrent_images_on_one_pipeline_each_get_their_own_result(pipelines):

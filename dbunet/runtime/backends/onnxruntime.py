@@ -96,6 +96,8 @@ class OrtGraph:
         return OrtGraph(self.path, self.spec, providers, threads, fuse, sizes, cuda_graph)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if self.session is None:
+            raise RuntimeError(f"{shown(self.path)}: its session was closed (whole loops run it pinned, per shape)")
         sizes = self.spec.check_feeds(feeds)
         # I/O binding: inputs are bound in place; on the CPU each output whose shape follows from the
         # inputs is written straight into a fresh numpy array (no copy, and no aliasing between calls).
@@ -135,14 +137,16 @@ def _with_cuda_graph(providers: list[str]) -> list:
 class OrtBackend(GraphBackend):
 
     def __init__(self, device: str = "auto", threads: int | None = None, fuse_attention: bool = True,
-                 whole_loops: bool | None = None) -> None:
+                 whole_loops: bool | None = None, loop_shapes: int = 4) -> None:
         """fuse_attention: run each attention as ONNX Runtime's MultiHeadAttention (memory linear in the tokens;
         dbunet.onnx_attention); False runs the graphs as exported (for comparisons).
         whole_loops: each denoising loop with its tensors resident on the device, in a session per shape, as CUDA
         graphs on the CUDA provider (dbunet.runtime.backends.ort_loop); None: on the CUDA provider only. On the
         CPU it gains on small graphs only (benchmarks/ort_loop.py: shapes 0.82x per image, sd15 1.01x), costs a
         second session of each step graph built on the first image (sd15: 9.6 s and 4 GB), and the progress bar
-        would move once per loop instead of once per step."""
+        would move once per loop instead of once per step.
+        loop_shapes: with whole loops, the pinned sessions kept per step graph (each holds its weights; the least
+        recently used shape is released first; box counts run padded to the next power of two)."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -157,6 +161,9 @@ class OrtBackend(GraphBackend):
         self.threads = threads
         self.fuse_attention = fuse_attention
         self.whole_loops = device == "cuda" if whole_loops is None else whole_loops
+        if loop_shapes < 1:
+            raise ConfigError(f"loop_shapes must be at least 1, got {loop_shapes}")
+        self.loop_shapes = loop_shapes
         self.providers = ["CUDAExecutionProvider"] if device == "cuda" else []
         self.providers.append("CPUExecutionProvider")
 
@@ -170,7 +177,8 @@ class OrtBackend(GraphBackend):
             return stages
         from dbunet.runtime.backends.ort_loop import OrtLoopStages
 
-        return OrtLoopStages(stages.graphs, stages.tokenizers, stages.boxes, cuda_graph=self.device == "cuda")
+        return OrtLoopStages(stages.graphs, stages.tokenizers, stages.boxes, cuda_graph=self.device == "cuda",
+                             max_boxes=manifest.config.unet.max_boxes, max_shapes=self.loop_shapes)
 
     def default_precision(self, available: set[str]) -> str:
         # fp16 pays off on GPUs; ONNX Runtime's CPU kernels are fp32 (fp16 runs slower there)

@@ -6,12 +6,17 @@ once per image, the coefficient row once per step, and x / x0 alternate between 
 what step i-1 wrote, nothing goes back to the host until the loop ends). Each shape gets its own session with
 the symbolic dims pinned, so ONNX Runtime folds the shape arithmetic away and, on its CUDA provider, can capture
 each parity's run as a CUDA graph (`gpu_graph_id` 1 and 2) and replay it for every later step and image.
+
+Each of those sessions holds the step graph's weights, so the shapes are kept few: box counts are padded to the
+next power of two (padding slots have validity 0 and change nothing), and at most `max_shapes` sessions per step
+graph stay, the least recently used released first. A server taking any size and box count stays bounded.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,12 +25,18 @@ import numpy as np
 from dbunet.architectures.base import GUIDED_STEPS
 from dbunet.generation import Conditioning, Step
 from dbunet.runtime.backends.onnxruntime import OrtGraph
-from dbunet.runtime.stages import GraphStages, conditioning_feeds
+from dbunet.runtime.stages import GraphStages, conditioning_feeds, pad_box_slots
 
 log = logging.getLogger(__name__)
 
 STATE = (("x", "x_next"), ("x0_prev", "x0"))  # (input, output) pairs that carry over between steps
 GRAPH_IDS = (1, 2)  # ONNX Runtime's default capture id is 0 and it asks callers not to set it
+MAX_SHAPES = 4  # pinned sessions kept per step graph: one size, guided, with 0, 1, 2 and 3-4 boxes
+
+
+def box_slots(n: int, limit: int) -> int:
+    """The box slots a request's n boxes run in: the next power of two, at most `limit` (the model's maximum)."""
+    return 0 if n == 0 else max(n, min(limit, 1 << (n - 1).bit_length()))
 
 
 @dataclass
@@ -42,28 +53,43 @@ class _Buffers:
 class OrtStepLoop:
     """Runs a step graph's whole loop (dbunet.generation.WholeLoopStages) on `graph`'s file and device."""
 
-    def __init__(self, graph: OrtGraph, cuda_graph: bool) -> None:
-        self.graph, self.cuda_graph = graph, cuda_graph
-        self.buffers: dict[tuple, _Buffers] = {}
+    def __init__(self, graph: OrtGraph, cuda_graph: bool, max_shapes: int = MAX_SHAPES) -> None:
+        if max_shapes < 1:
+            raise ValueError(f"max_shapes must be at least 1, got {max_shapes}")
+        self.graph, self.cuda_graph, self.max_shapes = graph, cuda_graph, max_shapes
+        self.buffers: OrderedDict[tuple, _Buffers] = OrderedDict()  # least recently used first
         # one set of buffers per shape, and ONNX Runtime's CUDA graphs allow one thread per session: calls take turns
         self.lock = threading.Lock()
 
     def run(self, rows: np.ndarray, x: np.ndarray, fixed: Mapping[str, np.ndarray]) -> np.ndarray:
         """x after len(rows) steps (x0_prev starts at zero); `fixed`: the inputs every step shares."""
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
-        feeds = {"x": x, "x0_prev": x, "coeffs": rows[0], **fixed}
+        return self._steps(np.asarray(rows, dtype=np.float32), x, None, fixed)[0]
+
+    def step(self, row: np.ndarray, x: np.ndarray, x0_prev: np.ndarray, fixed: Mapping[str, np.ndarray]
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """One step on the same pinned session and buffers as the loops: (x_next, x0)."""
+        return self._steps(np.asarray(row, dtype=np.float32)[None], x, x0_prev, fixed)
+
+    def _steps(self, rows: np.ndarray, x: np.ndarray, x0_prev: np.ndarray | None,
+               fixed: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(x, x0) after the steps; x0 only where x0_prev was given (a single step), else None."""
+        rows = np.ascontiguousarray(rows)
+        feeds = {"x": x, "x0_prev": x if x0_prev is None else x0_prev, "coeffs": rows[0], **fixed}
         sizes = self.graph.spec.check_feeds(feeds)
         with self.lock:
             b = self._buffers(sizes, feeds)
             for name, value in fixed.items():
                 b.values[name].update_inplace(np.ascontiguousarray(value))
             b.state["x"][0].update_inplace(np.ascontiguousarray(x))
-            b.state["x0_prev"][0].update_inplace(np.zeros_like(x))
+            b.state["x0_prev"][0].update_inplace(np.zeros_like(x) if x0_prev is None else np.ascontiguousarray(x0_prev))
             for i, row in enumerate(rows):
                 b.values["coeffs"].update_inplace(row)
                 b.graph.session.run_with_iobinding(b.bindings[i % 2], b.run_options[i % 2])
-            # a copy: on the CPU, numpy() is a view of the buffer the next image overwrites
-            return np.array(b.state["x"][len(rows) % 2].numpy(), dtype=np.float32, copy=True)
+            # copies: on the CPU, numpy() is a view of the buffer the next image overwrites
+            last = len(rows) % 2
+            x = np.array(b.state["x"][last].numpy(), dtype=np.float32, copy=True)
+            x0 = None if x0_prev is None else np.array(b.state["x0_prev"][last].numpy(), dtype=np.float32, copy=True)
+            return x, x0
 
     def describe(self) -> dict[str, object]:
         """Per shape: whether its runs are CUDA graphs, and ONNX Runtime's reason where it refused them."""
@@ -72,7 +98,14 @@ class OrtStepLoop:
 
     def _buffers(self, sizes: dict[str, int], feeds: Mapping[str, np.ndarray]) -> _Buffers:
         key = tuple(sorted(sizes.items()))
-        if key not in self.buffers:
+        if key in self.buffers:
+            self.buffers.move_to_end(key)
+        else:
+            while len(self.buffers) >= self.max_shapes:
+                old, released = self.buffers.popitem(last=False)
+                released.graph.close()
+                log.info("%s: released the session for %s (at most %d shapes are kept)", self.graph.spec.component,
+                         _label(old), self.max_shapes)
             graph = self.graph.pinned(sizes, self.cuda_graph)
             if graph.cuda_graph_refused:
                 log.warning("%s at %s runs without CUDA graphs: %s", self.graph.spec.component, _label(key),
@@ -116,20 +149,39 @@ def _label(key: tuple) -> str:
 
 
 class OrtLoopStages(GraphStages):
-    """GraphStages whose denoising loops each run as an OrtStepLoop (dbunet.generation.WholeLoopStages); every
-    other stage, and single steps, run on the graphs as loaded."""
+    """GraphStages whose step graphs run as OrtStepLoops (dbunet.generation.WholeLoopStages), single steps included,
+    so each step graph is resident once per shape: the session it was loaded in (which checked it against its
+    manifest) is released. Every other stage runs on the graphs as loaded."""
 
     whole_loops = True
 
-    def __init__(self, graphs: dict[str, OrtGraph], tokenizers, boxes: bool = True, cuda_graph: bool = False) -> None:
+    def __init__(self, graphs: dict[str, OrtGraph], tokenizers, boxes: bool = True, cuda_graph: bool = False,
+                 max_boxes: int = 0, max_shapes: int = MAX_SHAPES) -> None:
         super().__init__(graphs, tokenizers, boxes)
-        self.loops = {name: OrtStepLoop(graphs[name], cuda_graph)
+        self.max_boxes = max_boxes
+        self.loops = {name: OrtStepLoop(graphs[name], cuda_graph, max_shapes)
                       for name in (*GUIDED_STEPS, "refiner_step") if name in graphs}
+        for name in self.loops:
+            graphs[name].close()  # its weights would otherwise stay resident beside each pinned session's
+
+    def _conditioning(self, cond: Conditioning, component: str) -> dict[str, np.ndarray]:
+        boxes = self.boxes and component == "dbunet_step"
+        if boxes:
+            cond = pad_box_slots(cond, box_slots(cond.boxes.shape[1], self.max_boxes))
+        return conditioning_feeds(cond, boxes)
+
+    def denoise_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, cond: Conditioning,
+                     component: str = "dbunet_step") -> tuple[np.ndarray, np.ndarray]:
+        return self.loops[component].step(step.row, x, x0_prev, self._conditioning(cond, component))
+
+    def refiner_step(self, step: Step, x: np.ndarray, x0_prev: np.ndarray, z_dis: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        return self.loops["refiner_step"].step(step.row, x, x0_prev, {"z_dis": z_dis})
 
     def denoise_loop(self, steps: list[Step], x: np.ndarray, cond: Conditioning,
                      component: str = "dbunet_step") -> np.ndarray:
-        fixed = conditioning_feeds(cond, self.boxes and component == "dbunet_step")
-        return self.loops[component].run(np.stack([s.row for s in steps]), x, fixed)
+        rows = np.stack([s.row for s in steps])
+        return self.loops[component].run(rows, x, self._conditioning(cond, component))
 
     def refiner_loop(self, steps: list[Step], x: np.ndarray, z_dis: np.ndarray) -> np.ndarray:
         return self.loops["refiner_step"].run(np.stack([s.row for s in steps]), x, {"z_dis": z_dis})

@@ -21,7 +21,7 @@ import numpy as np
 
 from dbunet.errors import ArtifactError, ConfigError, InputError
 from dbunet.generation import Conditioning, Step
-from dbunet.runtime.stages import conditioning_feeds
+from dbunet.runtime.stages import conditioning_feeds, pad_box_slots
 
 log = logging.getLogger(__name__)
 
@@ -285,12 +285,4 @@ def static_conditioning(cond: Conditioning, slots: int | None) -> dict[str, np.n
     n = cond.boxes.shape[1]
     if n > slots:
         raise InputError(f"{n} boxes, but the engines take at most {slots}; rebuild with dbunet-build --max-boxes {n}")
-
-    def pad(a: np.ndarray) -> np.ndarray:
-        widths = [(0, 0)] * a.ndim
-        widths[1] = (0, slots - n)
-        return np.pad(a.astype(np.float32, copy=False), widths)
-
-    padded = Conditioning(cond.text, pad(cond.boxes), pad(cond.phrases), pad(cond.valid), cond.text_embeds,
-                          cond.time_ids)
-    return conditioning_feeds(padded, boxes=True)
+    return conditioning_feeds(pad_box_slots(cond, slots), boxes=True)
