@@ -142,9 +142,9 @@ class OrtBackend(GraphBackend):
         dbunet.onnx_attention); False runs the graphs as exported (for comparisons).
         whole_loops: each denoising loop with its tensors resident on the device, in a session per shape, as CUDA
         graphs on the CUDA provider (dbunet.runtime.backends.ort_loop); None: on the CUDA provider only. On the
-        CPU it gains on small graphs only (benchmarks/ort_loop.py: shapes 0.82x per image, sd15 1.01x), costs a
-        second session of each step graph built on the first image (sd15: 9.6 s and 4 GB), and the progress bar
-        would move once per loop instead of once per step.
+        CPU it gains on small graphs only (benchmarks/ort_loop.py: shapes 0.79x per image, sd15 0.97x, within
+        noise), builds a session per shape on the first image (sd15: 11 s), holds the fixed-shape activation
+        plans (sd15: 0.8 GB more), and the progress bar would move once per loop instead of once per step.
         loop_shapes: with whole loops, the pinned sessions kept per step graph (each holds its weights; the least
         recently used shape is released first; box counts run padded to the next power of two)."""
         import onnxruntime as ort
