@@ -51,6 +51,8 @@ def _graph_source(path: Path, options, fuse: bool):
 # ONNX Runtime refuses a CUDA-graph session in which any node landed outside the CUDA provider (shape arithmetic
 # on the CPU, a Memcpy node); its message names "the graph capture feature".
 CUDA_GRAPH_REFUSAL = "graph capture"
+# whole loops: pinned sessions kept per step graph (each holds its weights): one size, guided, 0, 1, 2 and 3-4 boxes
+LOOP_SHAPES = 4
 
 
 class OrtGraph:
@@ -137,7 +139,7 @@ def _with_cuda_graph(providers: list[str]) -> list:
 class OrtBackend(GraphBackend):
 
     def __init__(self, device: str = "auto", threads: int | None = None, fuse_attention: bool = True,
-                 whole_loops: bool | None = None, loop_shapes: int = 4) -> None:
+                 whole_loops: bool | None = None, loop_shapes: int = LOOP_SHAPES) -> None:
         """fuse_attention: run each attention as ONNX Runtime's MultiHeadAttention (memory linear in the tokens;
         dbunet.onnx_attention); False runs the graphs as exported (for comparisons).
         whole_loops: each denoising loop with its tensors resident on the device, in a session per shape, as CUDA

@@ -24,14 +24,13 @@ import numpy as np
 
 from dbunet.architectures.base import GUIDED_STEPS
 from dbunet.generation import Conditioning, Step
-from dbunet.runtime.backends.onnxruntime import OrtGraph
+from dbunet.runtime.backends.onnxruntime import LOOP_SHAPES, OrtGraph
 from dbunet.runtime.stages import GraphStages, conditioning_feeds, pad_box_slots
 
 log = logging.getLogger(__name__)
 
 STATE = (("x", "x_next"), ("x0_prev", "x0"))  # (input, output) pairs that carry over between steps
 GRAPH_IDS = (1, 2)  # ONNX Runtime's default capture id is 0 and it asks callers not to set it
-MAX_SHAPES = 4  # pinned sessions kept per step graph: one size, guided, with 0, 1, 2 and 3-4 boxes
 
 
 def box_slots(n: int, limit: int) -> int:
@@ -53,7 +52,7 @@ class _Buffers:
 class OrtStepLoop:
     """Runs a step graph's whole loop (dbunet.generation.WholeLoopStages) on `graph`'s file and device."""
 
-    def __init__(self, graph: OrtGraph, cuda_graph: bool, max_shapes: int = MAX_SHAPES) -> None:
+    def __init__(self, graph: OrtGraph, cuda_graph: bool, max_shapes: int = LOOP_SHAPES) -> None:
         if max_shapes < 1:
             raise ValueError(f"max_shapes must be at least 1, got {max_shapes}")
         self.graph, self.cuda_graph, self.max_shapes = graph, cuda_graph, max_shapes
@@ -156,7 +155,7 @@ class OrtLoopStages(GraphStages):
     whole_loops = True
 
     def __init__(self, graphs: dict[str, OrtGraph], tokenizers, boxes: bool = True, cuda_graph: bool = False,
-                 max_boxes: int = 0, max_shapes: int = MAX_SHAPES) -> None:
+                 max_boxes: int = 0, max_shapes: int = LOOP_SHAPES) -> None:
         super().__init__(graphs, tokenizers, boxes)
         self.max_boxes = max_boxes
         self.loops = {name: OrtStepLoop(graphs[name], cuda_graph, max_shapes)
