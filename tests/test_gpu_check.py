@@ -150,11 +150,15 @@ def test_the_ort_attention_check_runs_its_body_on_the_cpu_provider(monkeypatch):
 
 def test_the_ort_loop_check_runs_its_body_on_the_cpu_provider(monkeypatch, tiny_artifacts):
     """The ort_loop check needs onnxruntime-gpu and a device; its body (dbunet-run's ONNX Runtime path per step and
-    as whole loops, FP32 and FP16, compared and timed) runs here on the CPU provider at 64x64."""
+    as whole loops, FP32 and FP16, compared, timed, and the device memory each holds) runs here on the CPU provider
+    at 64x64, with the device's free-memory query the only thing replaced (it answers 1 MB less at each call)."""
     import types
 
     import gpu_check
 
+    free = iter(range(10**9, 0, -2**20))
+    fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(mem_get_info=lambda: (next(free), 10**9)))
+    monkeypatch.setattr(gpu_check, "need_torch_cuda", lambda: fake_torch)
     monkeypatch.setattr(gpu_check, "ORT_PROVIDER", "CPUExecutionProvider")
     monkeypatch.setattr(gpu_check, "ORT_LOOP_SIDE", 64)
     with pytest.raises(gpu_check.Skip, match="--artifacts"):
@@ -171,3 +175,4 @@ def test_the_ort_loop_check_runs_its_body_on_the_cpu_provider(monkeypatch, tiny_
         # a little over FP16's unit roundoff of 4.9e-4)
         assert f["max_rel"] < (1e-5 if precision == "fp32" else 5e-3)
         assert [s["device"] for s in f["loop_sessions"].values()] == ["cpu"]
+        assert f["steps_device_mb"] == f["loop_device_mb"] == 1  # read before loading and after the images

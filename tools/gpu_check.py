@@ -579,25 +579,31 @@ def check_ort_loop(args) -> dict:
     from dbunet.runtime.backends.onnxruntime import OrtBackend
     from dbunet.runtime.pipeline import Pipeline
 
+    torch = need_torch_cuda()  # for the device's free memory
     device = "cuda" if ORT_PROVIDER == "CUDAExecutionProvider" else "cpu"
     request = {"prompt": "a red circle", "seed": 0, "height": ORT_LOOP_SIDE, "width": ORT_LOOP_SIDE,
                "boxes": ["0.1,0.1,0.6,0.6:a red circle"]}
     repeat = 3 if args.quick else 10
     figures = {}
     for precision in ("fp32", "fp16"):
-        pipes = {form: Pipeline.from_artifacts(args.artifacts, OrtBackend(device, whole_loops=form == "loop"),
-                                               precision) for form in ("steps", "loop")}
-        try:
-            results = {form: [pipe(**request) for _ in range(repeat + 1)] for form, pipe in pipes.items()}  # +1 warm-up
-            loops = pipes["loop"].stages.loops["dbunet_step"].describe()
-        finally:
-            for pipe in pipes.values():
+        results, device_mb = {}, {}
+        for form in ("steps", "loop"):  # one after the other: what each holds on the device after its images
+            free_before = torch.cuda.mem_get_info()[0]
+            pipe = Pipeline.from_artifacts(args.artifacts, OrtBackend(device, whole_loops=form == "loop"), precision)
+            try:
+                results[form] = [pipe(**request) for _ in range(repeat + 1)]  # +1 warm-up
+                device_mb[form] = round((free_before - torch.cuda.mem_get_info()[0]) / 2**20)
+                if form == "loop":
+                    loops = pipe.stages.loops["dbunet_step"].describe()
+            finally:
                 pipe.close()
         want, got = results["steps"][-1], results["loop"][-1]
         rel = float(np.abs(got.latents - want.latents).max() / np.abs(want.latents).max())
         figures[precision] = {
             **{f"{form}_denoise_ms": round(statistics.median(r.timings["denoise"] for r in rs[1:]) * 1000, 3)
                for form, rs in results.items()},
+            # the loop releases the session each step graph was loaded in: its weights are held once, not twice
+            **{f"{form}_device_mb": mb for form, mb in device_mb.items()},
             "max_rel": rel, "steps": len(want.step_times), "loop_sessions": loops}
         # Not bit-equal: the pinned sessions pick their own kernels (TF32 and cuDNN's algorithms on the CUDA
         # provider). A wrong buffer, a stale input or a graph replaying freed memory differs by order 1.
