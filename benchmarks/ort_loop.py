@@ -8,7 +8,7 @@ capture CUDA graphs and it is the default there; on the CPU it is off by default
 gain and cost: per model, two Pipelines in one process (per step, whole loop) generate alternately (the machine's
 drift hits both alike); medians of the denoising time and the whole image, FP32. The cost: the loop Pipeline's
 first image less its median (creating the pinned sessions); and what each Pipeline holds resident after loading
-and making its first image (measured one after the other, before the rounds).
+and making two images, each in a fresh process.
 Models: shapes (the trained demo, 64x64), tiny at 128 and 256, sd15 at 256 (4 steps, fewer rounds), exported once
 under benchmarks/.cache/. Rewrites the `ort_loop:cpu` block of benchmarks/README.md.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,23 +29,46 @@ sys.path.insert(0, str(HERE))
 CASES = (("shapes", 64, {}), ("tiny", 128, {}), ("tiny", 256, {}), ("sd15", 256, {"steps": 4, "refiner_steps": 2}))
 
 
-def measure(model: str, side: int, options: dict, rounds: int) -> dict:
-    from attention import export_model, rss_mb
+def _pipeline(model: str, form: str):
+    from attention import export_model
 
     from dbunet.runtime.backends.onnxruntime import OrtBackend
     from dbunet.runtime.pipeline import Pipeline
 
-    cache = export_model(model)
+    return Pipeline.from_artifacts(export_model(model), OrtBackend("cpu", whole_loops=form == "loop"), "fp32")
+
+
+def resident_mb(case: int, form: str) -> float:
+    """What one Pipeline holds resident after two images, in a process of its own (in a shared process the
+    second Pipeline's figure would depend on what the first left in the allocator)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from ort_loop import _resident; "
+            "print(_resident(int(sys.argv[2]), sys.argv[3]))")
+    out = subprocess.run([sys.executable, "-c", code, str(HERE), str(case), form], check=True, capture_output=True,
+                         text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def _resident(case: int, form: str) -> float:
+    from attention import rss_mb
+
+    model, side, options = CASES[case]
+    before = rss_mb()
+    pipe = _pipeline(model, form)
+    for seed in range(2):
+        pipe("a red circle", seed=seed, height=side, width=side, **options)
+    return rss_mb() - before
+
+
+def measure(case: int, rounds: int) -> dict:
+    model, side, options = CASES[case]
     request = {"height": side, "width": side, **options}
-    pipes, resident_mb, first_s = {}, {}, {}
+    pipes, first_s = {}, {}
     try:
-        for form in ("steps", "loop"):  # each loaded and run once alone, for the memory it holds after an image
-            before = rss_mb()
-            pipes[form] = Pipeline.from_artifacts(cache, OrtBackend("cpu", whole_loops=form == "loop"), "fp32")
+        for form in ("steps", "loop"):
+            pipes[form] = _pipeline(model, form)
             start = time.perf_counter()
             pipes[form]("a red circle", seed=0, **request)
             first_s[form] = time.perf_counter() - start
-            resident_mb[form] = rss_mb() - before
         times = {form: {"denoise": [], "total": []} for form in pipes}
         for k in range(rounds):
             for form, pipe in pipes.items():
@@ -57,7 +81,8 @@ def measure(model: str, side: int, options: dict, rounds: int) -> dict:
             pipe.close()
     med = {form: {k: statistics.median(v) for k, v in t.items()} for form, t in times.items()}
     return {"model": model, "side": side, "steps": steps, "rounds": rounds, "median": med,
-            "first_extra_ms": first_s["loop"] * 1000 - med["loop"]["total"], "resident_mb": resident_mb}
+            "first_extra_ms": first_s["loop"] * 1000 - med["loop"]["total"],
+            "resident_mb": {form: resident_mb(case, form) for form in pipes}}
 
 
 def block(rows: list[dict]) -> str:
@@ -68,7 +93,7 @@ def block(rows: list[dict]) -> str:
              f"ONNX Runtime {onnxruntime.__version__}, FP32, {cpu_line()} ({os.cpu_count()} cores); "
              "`python benchmarks/ort_loop.py`. Medians; per step and whole loop alternate in one process.", "",
              "| model, side, steps | denoise per step / whole loop (ms) | whole image (ms) | loop / per step (image) "
-             "| loop's first image: extra ms | resident after an image, per step / loop (MB) |",
+             "| loop's first image: extra ms | resident after two images, per step / loop (MB) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         s, w = r["median"]["steps"], r["median"]["loop"]
@@ -90,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     from dbunet import atomic
 
     rows = []
-    for model, side, options in CASES:
+    for case, (model, _, _) in enumerate(CASES):
         if model in args.models:
-            rows.append(measure(model, side, options, args.sd15_rounds if model == "sd15" else args.rounds))
+            rows.append(measure(case, args.sd15_rounds if model == "sd15" else args.rounds))
             print(rows[-1], flush=True)
     text = block(rows)
     print(text)

@@ -229,6 +229,9 @@ MUTANTS = [
     Mutant("ort_loop_box_slots_uncapped", "dbunet/runtime/backends/ort_loop.py",
            "max(n, min(limit, 1 << (n - 1).bit_length()))", "max(n, 1 << (n - 1).bit_length())",
            ("tests/runtime/test_ort_loop.py",), "box slots padded past the model's maximum"),
+    Mutant("pinned_mem_pattern_kept", "dbunet/runtime/backends/onnxruntime.py",
+           "            options.enable_mem_pattern = False", "            pass",
+           ("tests/runtime/test_ort_loop.py",), "pinned CPU sessions keep a memory-pattern block per shape"),
 ]
 
 

@@ -184,6 +184,15 @@ def test_a_loop_keeps_at_most_max_shapes_sessions_and_releases_the_least_recentl
         OrtBackend("cpu", whole_loops=True, loop_shapes=0)
 
 
+def test_pinned_cpu_sessions_keep_no_memory_pattern(tiny_artifacts):
+    """A pinned session on the CPU provider runs without ONNX Runtime's memory pattern (one more activation block
+    per fixed shape, no faster here); the sessions as loaded keep ONNX Runtime's default."""
+    graph = _step_graph(tiny_artifacts)
+    pinned = graph.pinned({"batch": 2, "latent_height": 16, "latent_width": 16, "boxes": 1})
+    assert not pinned.session.get_session_options().enable_mem_pattern
+    assert graph.session.get_session_options().enable_mem_pattern
+
+
 def test_concurrent_images_on_one_pipeline_each_get_their_own_result(pipelines):
     """A Pipeline may be shared by threads: the loop's buffers are one per shape, so calls take turns."""
     steps, loops = pipelines

@@ -70,6 +70,11 @@ class OrtGraph:
         options = session_options(threads)
         for name, size in self.fixed_dims.items():
             options.add_free_dimension_override_by_name(name, size)
+        if self.fixed_dims and "CUDAExecutionProvider" not in providers:
+            # a fixed shape's memory pattern is one more block held per session: sd15's step at 256 held 0.19 GB
+            # more with it and ran no faster (benchmarks/README.md, ort_loop); the CUDA provider keeps ORT's default
+            # (whether its CUDA graphs gain from it is for a GPU to show)
+            options.enable_mem_pattern = False
         source, self.attention = _graph_source(path, options, fuse_attention)
         self.cuda_graph_refused, session = None, None
         try:
@@ -144,9 +149,9 @@ class OrtBackend(GraphBackend):
         dbunet.onnx_attention); False runs the graphs as exported (for comparisons).
         whole_loops: each denoising loop with its tensors resident on the device, in a session per shape, as CUDA
         graphs on the CUDA provider (dbunet.runtime.backends.ort_loop); None: on the CUDA provider only. On the
-        CPU it gains on small graphs only (benchmarks/ort_loop.py: shapes 0.79x per image, sd15 0.97x, within
-        noise), builds a session per shape on the first image (sd15: 11 s), holds the fixed-shape activation
-        plans (sd15: 0.8 GB more), and the progress bar would move once per loop instead of once per step.
+        CPU it gains on small graphs only (benchmarks/ort_loop.py: shapes 0.79-0.87x per image, sd15 0.98x, within
+        noise) and holds about the same memory, but builds a session per shape on the first image (sd15: 8-11 s),
+        and the progress bar would move once per loop instead of once per step.
         loop_shapes: with whole loops, the pinned sessions kept per step graph (each holds its weights; the least
         recently used shape is released first; box counts run padded to the next power of two)."""
         import onnxruntime as ort
