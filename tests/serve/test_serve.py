@@ -124,8 +124,17 @@ def test_two_replicas_serve_twenty_concurrent_requests(server):
 
 def test_a_full_queue_gets_503_with_retry_after(server):
     url = server(replicas=1, max_queued=1)
+    # All eight must arrive while the first image computes: a barrier releases them together, and a 256x256
+    # image (about 2.5 s on a one-CPU replica) outlasts a loaded machine's scheduling delay. With the default
+    # 128x128 the first could finish before the last request arrived, and a third was served.
+    start = threading.Barrier(8)
+
+    def burst(seed: int):
+        start.wait(timeout=60)
+        return post(url, {"prompt": PROMPT, "seed": seed, "steps": 20, "height": 256, "width": 256})
+
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda seed: post(url, {"prompt": PROMPT, "seed": seed, "steps": 20}), range(8)))
+        results = list(pool.map(burst, range(8)))
     codes = [r[0] for r in results]
     # one computed, up to one queued (Serve counts the queue per router, so it may refuse that one too)
     assert codes.count(200) >= 1 and codes.count(503) >= 6 and set(codes) <= {200, 503}, codes
