@@ -67,10 +67,11 @@ class OrtGraph:
 
         self.spec, self.path, self.fixed_dims = spec, path, dict(fixed_dims or {})
         self._options = (providers, threads, fuse_attention)
+        on_cuda = "CUDAExecutionProvider" in providers
         options = session_options(threads)
         for name, size in self.fixed_dims.items():
             options.add_free_dimension_override_by_name(name, size)
-        if self.fixed_dims and "CUDAExecutionProvider" not in providers:
+        if self.fixed_dims and not on_cuda:
             # a fixed shape's memory pattern is one more block held per session: sd15's step at 256 held 0.19 GB
             # more with it and ran no faster (benchmarks/README.md, ort_loop); the CUDA provider keeps ORT's default
             # (whether its CUDA graphs gain from it is for a GPU to show)
@@ -78,7 +79,7 @@ class OrtGraph:
         source, self.attention = _graph_source(path, options, fuse_attention)
         self.cuda_graph_refused, session = None, None
         try:
-            if cuda_graph and "CUDAExecutionProvider" in providers:
+            if cuda_graph and on_cuda:
                 try:
                     session = ort.InferenceSession(source, options, providers=_with_cuda_graph(providers))
                 except Exception as exc:  # noqa: BLE001 -- only the capture refusal is retried without it
