@@ -12,7 +12,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +23,18 @@ class BackendInfo:
     summary: str  # one line for --help and the README
     factory: str  # "module:attribute", imported when the backend is chosen
     reference: bool = False  # the PyTorch reference: a whole pipeline of its own, not a graph runtime
+    # whether each denoising loop runs in one call with its tensors on the device: "choice" (whole_loops= decides,
+    # None: the backend's default), "always" (TensorRT's CUDA graphs), "never" (a call per step)
+    whole_loops: Literal["choice", "always", "never"] = "never"
 
 
 REGISTRY: dict[str, BackendInfo] = {b.name: b for b in (
     BackendInfo("ort", "ONNX Runtime: FP32 on the CPU, FP16 on its CUDA provider where onnxruntime-gpu is installed",
-                "dbunet.runtime.backends.onnxruntime:OrtBackend"),
+                "dbunet.runtime.backends.onnxruntime:OrtBackend", whole_loops="choice"),
     BackendInfo("openvino", "OpenVINO on the CPU, FP32 or BF16 (CPUs with AVX512-BF16 or AMX); extra `openvino`",
                 "dbunet.runtime.backends.openvino:OvBackend"),
     BackendInfo("trt", "TensorRT engines from dbunet-build, CUDA graphs; extra `trt`",
-                "dbunet.runtime.backends.tensorrt:TrtBackend"),
+                "dbunet.runtime.backends.tensorrt:TrtBackend", whole_loops="always"),
     BackendInfo("torch", "the PyTorch reference the graphs were exported from (FP32; extra `export`)",
                 "dbunet.models.pipeline:TorchPipeline", reference=True),
 )}
@@ -67,13 +70,32 @@ def name_of(backend: Any) -> str:
     return next((b.name for b in REGISTRY.values() if b.factory == path), type(backend).__name__)
 
 
-def make_backend(name: str, device: str = "auto", threads: int | None = None):
-    """A graph runtime (dbunet.runtime.backends.base.Backend) by name."""
+def can_run(name: str, whole_loops: bool | None) -> bool:
+    """Whether backend `name` honours a whole_loops request (None: no request, any backend)."""
+    kind = info(name).whole_loops
+    return whole_loops is None or kind == "choice" or whole_loops == (kind == "always")
+
+
+def check_whole_loops(name: str, whole_loops: bool | None) -> None:
+    if not can_run(name, whole_loops):
+        from dbunet.errors import ConfigError
+
+        kind = info(name).whole_loops
+        raise ConfigError(f"backend {name} {kind} runs each denoising loop in one call, so whole loops cannot be "
+                          f"turned {'on' if whole_loops else 'off'} there; ONNX Runtime (ort) has the choice")
+
+
+def make_backend(name: str, device: str = "auto", threads: int | None = None, whole_loops: bool | None = None):
+    """A graph runtime (dbunet.runtime.backends.base.Backend) by name. whole_loops: each denoising loop in one
+    call with its tensors on the device (None: the backend's default); a backend without the choice refuses the
+    value it cannot honour."""
     from dbunet.errors import ConfigError
 
     if info(name).reference:
         raise ConfigError(f"backend {name} is a whole pipeline, not a graph runtime: use open_pipeline()")
-    return factory(name)(device, threads)
+    check_whole_loops(name, whole_loops)
+    choice = {"whole_loops": whole_loops} if info(name).whole_loops == "choice" else {}
+    return factory(name)(device, threads, **choice)
 
 
 # --backend auto on a CPU: OpenVINO BF16 beats ONNX Runtime FP32 only where the denoiser's work per step is large
@@ -92,9 +114,10 @@ def denoiser_work(config) -> float:
     return pixels * sum(c * c / 4**level for level, c in enumerate(config.unet.block_out_channels))
 
 
-def choose_backend(directory: Path, precision: str | None = None, device: str = "auto") -> tuple[str, str]:
-    """--backend auto: (backend, why). The request decides first: an explicit precision or device is never
-    handed to a backend that cannot serve it. Then: TensorRT engines built for this GPU, else ONNX Runtime's
+def choose_backend(directory: Path, precision: str | None = None, device: str = "auto",
+                   whole_loops: bool | None = None) -> tuple[str, str]:
+    """--backend auto: (backend, why). The request decides first: an explicit precision, device or whole_loops is
+    never handed to a backend that cannot serve it. Then: TensorRT engines built for this GPU, else ONNX Runtime's
     CUDA provider, else on the CPU OpenVINO BF16 where it is installed, the CPU computes BF16 and the model is
     large enough to gain (BF16_MIN_WORK), else ONNX Runtime."""
     from dbunet.errors import DbunetError
@@ -105,7 +128,7 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
         return "openvino", "bf16 is computed by OpenVINO"
     if device not in DEVICES:
         return "ort", f"device {device!r}"  # ONNX Runtime says which devices there are
-    if device != "cpu" and precision in (None, "fp16") and not missing_dependencies():
+    if device != "cpu" and precision in (None, "fp16") and can_run("trt", whole_loops) and not missing_dependencies():
         try:
             from dbunet.engines.cache import read_index
 
@@ -118,7 +141,7 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
 
     if device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()):
         return "ort", "ONNX Runtime's CUDA provider"
-    if precision is None and importlib.util.find_spec("openvino") is not None:
+    if precision is None and can_run("openvino", whole_loops) and importlib.util.find_spec("openvino") is not None:
         from dbunet.runtime.backends.openvino import has_bf16
 
         work = denoiser_work(Manifest.read(directory).config)
@@ -128,15 +151,17 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
 
 
 def open_pipeline(directory: str | Path, backend: str = DEFAULT, precision: str | None = None,
-                  device: str = "auto", threads: int | None = None):
+                  device: str = "auto", threads: int | None = None, whole_loops: bool | None = None):
     """The cascade from an artifacts directory on a backend by name (`auto`: choose_backend). Returns a
-    pipeline: call it with a prompt; `.backend_name`, `.precision` and `.chosen_because` say what runs."""
+    pipeline: call it with a prompt; `.backend_name`, `.precision` and `.chosen_because` say what runs.
+    whole_loops: see make_backend."""
     directory = Path(directory)
     why = ""
     if backend == AUTO:
-        backend, why = choose_backend(directory, precision, device)
+        backend, why = choose_backend(directory, precision, device, whole_loops)
         log.info("backend auto: %s (%s)", backend, why)
     if info(backend).reference:
+        check_whole_loops(backend, whole_loops)  # graph runtimes: make_backend checks
         if precision not in (None, "fp32"):
             from dbunet.errors import ConfigError
 
@@ -149,6 +174,6 @@ def open_pipeline(directory: str | Path, backend: str = DEFAULT, precision: str 
     else:
         from dbunet.runtime.pipeline import Pipeline
 
-        pipe = Pipeline.from_artifacts(directory, make_backend(backend, device, threads), precision)
+        pipe = Pipeline.from_artifacts(directory, make_backend(backend, device, threads, whole_loops), precision)
     pipe.backend_name, pipe.chosen_because = backend, why
     return pipe

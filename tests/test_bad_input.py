@@ -247,6 +247,18 @@ CASES = [
     Case("serve cpus zero", "serve", ("--artifacts", "{art}", "--num-cpus", "0"), "must be positive"),
     Case("serve replicas and autoscale", "serve", ("--artifacts", "{art}", "--replicas", "2", "--autoscale", "1:2"),
          "not allowed with"),
+    Case("serve whole loops on openvino", "serve", ("--artifacts", "{art}", "--backend", "openvino", "--whole-loops"),
+         "backend openvino never runs each denoising loop in one call"),
+    # whole loops: ONNX Runtime has the choice; the others are refused the value they cannot honour, before loading
+    Case("run whole loops on openvino", "run", ("--artifacts", "{art}", "--prompt", "x", "--output", "{out}",
+                                                "--backend", "openvino", "--whole-loops"), "turned on there"),
+    Case("run no whole loops on trt", "run", ("--artifacts", "{art}", "--prompt", "x", "--output", "{out}",
+                                              "--backend", "trt", "--no-whole-loops"),
+         "backend trt always runs each denoising loop in one call"),
+    Case("run whole loops on the reference", "run", ("--artifacts", "{art}", "--prompt", "x", "--output", "{out}",
+                                                     "--backend", "torch", "--whole-loops"), "backend torch never"),
+    Case("run whole loops with bf16", "run", ("--artifacts", "{art}", "--prompt", "x", "--output", "{out}",
+                                              "--precision", "bf16", "--whole-loops"), "backend openvino never"),
 ]
 MAINS = {"run": run_cli.main, "export": export_cli.main, "bench": bench_cli.main, "build": build_cli.main,
          "serve": serve_cli.main}

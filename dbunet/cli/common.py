@@ -23,6 +23,15 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
+def add_whole_loops(group) -> None:
+    """--whole-loops / --no-whole-loops, for every command that opens a pipeline (default None: the backend's)."""
+    group.add_argument("--whole-loops", action=argparse.BooleanOptionalAction, default=None,
+                       help="run each denoising loop in one call with its tensors on the device (ort; trt always "
+                            "does, openvino never). Default: on with ONNX Runtime's CUDA provider, off on the CPU, "
+                            "where it gains on small models only (shapes 0.79-0.87x per image, sd15 none; "
+                            "benchmarks/README.md) and the first image of each size builds a session for it")
+
+
 def check_output(path: Path, flag: str = "--output") -> None:
     """Refuse, before any work, an output file that could not be written."""
     if len(os.fsencode(path.name)) > 255:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dbunet import backends
 from dbunet.boxes import Box
-from dbunet.cli.common import Parser, ProgressBar, check_output, guarded, print_timings
+from dbunet.cli.common import Parser, ProgressBar, add_whole_loops, check_output, guarded, print_timings
 from dbunet.errors import InputError
 from dbunet.schedulers import SCHEDULERS
 
@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
                      help="default: the fastest on the device (bf16: OpenVINO on a CPU with AVX512-BF16 or AMX)")
     run.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    add_whole_loops(run)
     out = p.add_argument_group("output")
     out.add_argument("--output", type=Path, default=Path("out.png"), help="PNG path (default: out.png)")
     out.add_argument("--draw-boxes", action="store_true",
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     check_output(args.output)
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
-    pipe = backends.open_pipeline(args.artifacts, args.backend, args.precision, args.device, args.threads)
+    pipe = backends.open_pipeline(args.artifacts, args.backend, args.precision, args.device, args.threads,
+                                  args.whole_loops)
     chosen = f"backend: {pipe.backend_name} {pipe.precision} ({pipe.chosen_because})" if pipe.chosen_because else None
     result = pipe(args.prompt, progress=None if args.quiet else ProgressBar(), **options)
     if chosen and not args.quiet:  # said after the run: a refused request stays one error line

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from dbunet import backends
-from dbunet.cli.common import Parser, guarded
+from dbunet.cli.common import Parser, add_whole_loops, guarded
 from dbunet.errors import ConfigError, InputError
 
 DESCRIPTION = """Serve an artifacts directory over HTTP: POST /v1/images with dbunet-run's options as JSON
@@ -25,6 +25,7 @@ def parser() -> argparse.ArgumentParser:
                    help="directory written by dbunet-export (default: dbunet-artifacts)")
     p.add_argument("--backend", choices=backends.CHOICES, default=backends.DEFAULT, help=backends.describe())
     p.add_argument("--precision", choices=backends.PRECISIONS, help="default: the backend's fastest")
+    add_whole_loops(p)
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--replicas", type=int, default=1, help="a fixed number of replicas (default: 1)")
     scale.add_argument("--autoscale", metavar="MIN:MAX", help="scale between MIN and MAX replicas with the load")
@@ -71,7 +72,7 @@ def options_from(args):
         raise InputError(f"--artifacts {args.artifacts}: no manifest.json (run dbunet-export first)")
     return ServeOptions(args.artifacts.resolve(), args.backend, args.precision, args.replicas,
                         parse_autoscale(args.autoscale) if args.autoscale else None, parse_delays(args.scale_delays),
-                        args.num_cpus, args.num_gpus, max_queued=args.max_queued)
+                        args.num_cpus, args.num_gpus, max_queued=args.max_queued, whole_loops=args.whole_loops)
 
 
 @guarded

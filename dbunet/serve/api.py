@@ -104,5 +104,6 @@ def model_summary(pipe) -> dict:
                      "guidance_scale": d.guidance_scale, "refiner_steps": d.refiner_steps},
         "limits": {"max_height": d.max_height, "max_width": d.max_width, "size_multiple": cfg.vae.downscale,
                    "max_steps": cfg.schedule.num_train_timesteps, "max_body_bytes": MAX_BODY},
-        "backend": pipe.backend_name, "precision": pipe.precision, "weights_sha256": manifest.weights_sha256,
+        "backend": pipe.backend_name, "precision": pipe.precision, "whole_loops": pipe.stages.whole_loops,
+        "weights_sha256": manifest.weights_sha256,
     }

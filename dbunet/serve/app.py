@@ -32,6 +32,16 @@ class ServeOptions:
     num_gpus: float = 0.0
     max_ongoing: int = 1
     max_queued: int = 8
+    whole_loops: bool | None = None  # None: the backend's default (dbunet.backends.make_backend)
+
+    def __post_init__(self) -> None:
+        from dbunet.backends import AUTO, check_whole_loops
+        from dbunet.errors import ConfigError
+
+        if self.whole_loops not in (None, True, False):  # a config file's value, unchecked by YAML
+            raise ConfigError(f"whole_loops must be true, false or null, got {self.whole_loops!r}")
+        if self.backend != AUTO:  # refused here, not in a replica that Serve would restart again and again
+            check_whole_loops(self.backend, self.whole_loops)
 
     @property
     def threads(self) -> int:
@@ -64,12 +74,13 @@ def build_app(options: ServeOptions):
                       health_check_period_s=2, health_check_timeout_s=30, **scaling)
     @serve.ingress(http)
     class ImageService:
-        def __init__(self, artifacts: str, backend: str, precision: str | None, threads: int) -> None:
+        def __init__(self, artifacts: str, backend: str, precision: str | None, threads: int,
+                     whole_loops: bool | None) -> None:
             from ray.serve.metrics import Counter, Histogram
 
             from dbunet.backends import open_pipeline
 
-            self.pipe = open_pipeline(Path(artifacts), backend, precision, "auto", threads)
+            self.pipe = open_pipeline(Path(artifacts), backend, precision, "auto", threads, whole_loops)
             self.images = Counter("dbunet_images_served", description="images answered")
             self.refused = Counter("dbunet_requests_refused", description="requests refused, by HTTP status",
                                    tag_keys=("status",))
@@ -108,7 +119,8 @@ def build_app(options: ServeOptions):
         def model(self) -> JSONResponse:
             return JSONResponse(api.model_summary(self.pipe))
 
-    return ImageService.bind(str(options.artifacts), options.backend, options.precision, options.threads)
+    return ImageService.bind(str(options.artifacts), options.backend, options.precision, options.threads,
+                             options.whole_loops)
 
 
 def app_builder(args: dict):

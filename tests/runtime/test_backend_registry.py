@@ -47,3 +47,17 @@ def test_the_reference_refuses_other_precisions_and_graph_runtimes_refuse_it(tin
         backends.open_pipeline(tiny_artifacts, "torch", "fp16")
     with pytest.raises(ConfigError, match="use open_pipeline"):
         Pipeline.from_artifacts(tiny_artifacts, "torch")
+
+
+def test_whole_loops_reach_onnx_runtime_and_backends_without_the_choice_refuse_them(tiny_artifacts):
+    from dbunet.runtime.backends.ort_loop import OrtLoopStages
+
+    assert not backends.open_pipeline(tiny_artifacts, "ort", "fp32", "cpu").stages.whole_loops  # the CPU's default
+    whole = backends.open_pipeline(tiny_artifacts, "ort", "fp32", "cpu", whole_loops=True)
+    assert isinstance(whole.stages, OrtLoopStages) and whole.stages.whole_loops
+    assert not backends.make_backend("ort", "cpu", whole_loops=False).whole_loops
+    for name, value, says in (("openvino", True, "never"), ("torch", True, "never"), ("trt", False, "always")):
+        assert not backends.can_run(name, value) and backends.can_run(name, not value) and backends.can_run(name, None)
+        with pytest.raises(ConfigError, match=f"backend {name} {says} runs each denoising loop"):
+            backends.open_pipeline(tiny_artifacts, name, whole_loops=value)
+    assert backends.can_run("ort", True) and backends.can_run("ort", False)

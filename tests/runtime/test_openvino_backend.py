@@ -100,6 +100,9 @@ def test_auto_never_makes_an_explicit_option_fail(artifacts, monkeypatch, flags)
     assert pipeline.choose_backend(artifacts, "fp32")[0] == "ort"
     assert pipeline.choose_backend(artifacts, None, "cpu")[0] == ("openvino" if flags != AVX2 else "ort")
     assert pipeline.choose_backend(artifacts, None, "tpu")[0] == "ort"  # whose error names the valid devices
+    assert pipeline.choose_backend(artifacts, None, "cpu", whole_loops=True)[0] == "ort"  # OpenVINO has no loops
+    assert pipeline.choose_backend(artifacts, None, "cpu", whole_loops=False)[0] == ("openvino" if flags != AVX2
+                                                                                     else "ort")
     with pytest.raises(ConfigError, match="device must be cpu, cuda or auto"):
         Pipeline.from_artifacts(artifacts, "auto", device="tpu")
     assert Pipeline.from_artifacts(artifacts, "auto", "fp16").precision == "fp16"

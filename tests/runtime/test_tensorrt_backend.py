@@ -264,3 +264,12 @@ def test_sdxl_with_its_refiner_runs_on_engines(monkeypatch, sdxl_refined_artifac
     for kw in ({}, {"guidance_scale": 1.0}, {"scheduler": "ddim", "high_noise_frac": 0.6}):
         run = dict(steps=6, refiner_steps=6, latents=latents, scheduler="euler") | kw
         assert_within_fp16_noise(*(p("a photo of a cat", **run) for p in (pipe, ort16, ort32)), what=kw)
+
+
+def test_auto_takes_the_engines_unless_whole_loops_are_turned_off(engines):
+    """TensorRT always runs whole loops (CUDA graphs): `--no-whole-loops` without --backend goes to ONNX Runtime."""
+    from dbunet.backends import choose_backend
+
+    art, _ = engines
+    assert choose_backend(art)[0] == "trt" and choose_backend(art, whole_loops=True)[0] == "trt"
+    assert choose_backend(art, whole_loops=False)[0] == "ort"

@@ -82,10 +82,25 @@ def test_an_image_over_http_is_byte_identical_to_dbunet_run(server, tiny_artifac
     with urllib.request.urlopen(f"{url}/v1/model", timeout=30) as r:
         model = json.loads(r.read())
     assert model["architecture"] == "dbunet" and model["limits"]["max_height"] == 512 and model["backend"] == "ort"
+    assert model["whole_loops"] is False  # ONNX Runtime's default on the CPU
     with urllib.request.urlopen(f"{url}/v1/health", timeout=30) as r:
         assert json.loads(r.read()) == {"status": "ok"}
     with urllib.request.urlopen(f"{url}/openapi.json", timeout=30) as r:
         assert "/v1/images" in json.loads(r.read())["paths"]
+
+
+def test_whole_loops_reach_the_replicas(server, tiny_artifacts, tmp_path):
+    """--whole-loops (ServeOptions.whole_loops) is the replicas' backend option: /v1/model says so, and the image
+    is dbunet-run's with the same option."""
+    url = server(whole_loops=True)
+    with urllib.request.urlopen(f"{url}/v1/model", timeout=30) as r:
+        assert json.loads(r.read())["whole_loops"] is True
+    status, _, png = post(url, {"prompt": PROMPT, "seed": 5, "steps": 3})
+    out = tmp_path / "cli.png"
+    proc = _cli("--artifacts", str(tiny_artifacts), "--backend", "ort", "--precision", "fp32", "--prompt", PROMPT,
+                "--seed", "5", "--steps", "3", "--whole-loops", "--output", str(out), "--quiet")
+    assert status == 200 and proc.returncode == 0, proc.stderr
+    assert png == out.read_bytes()
 
 
 @pytest.mark.parametrize(("body", "cli"), [
@@ -239,3 +254,9 @@ def test_the_cluster_config_is_a_valid_serve_config_and_builds():
         assert app_builder(app["args"]) is not None
     with pytest.raises(ValueError, match="unknown dbunet-serve args"):
         app_builder({"artifacts": "x", "replica": 2})
+    from dbunet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="whole_loops must be true, false or null"):
+        app_builder({"artifacts": "x", "whole_loops": "yes"})
+    with pytest.raises(ConfigError, match="backend trt always runs each denoising loop"):
+        app_builder({"artifacts": "x", "backend": "trt", "whole_loops": False})
