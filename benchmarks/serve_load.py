@@ -1,14 +1,16 @@
 """Load test of dbunet-serve on this machine: throughput and latency percentiles per replica layout.
 
-    python benchmarks/serve_load.py [--requests 40] [--concurrency 4] [--rounds 3] [--max-seconds 300]
+    python benchmarks/serve_load.py [--model tiny] [--requests 40] [--concurrency 4] [--rounds 3] [--max-seconds 300]
 
-Starts Ray locally (loopback only), deploys the tiny preset's artifacts (exported once under benchmarks/.cache/)
-in each layout in turn and sends `--requests` requests (distinct seeds, the preset's defaults: 128x128, 8 steps
-and 4 refiner steps) from `--concurrency` client threads, stopping early at `--max-seconds`. Layouts on the same
-cores: one replica with every CPU (ONNX Runtime's threads) vs one replica per CPU, alternating for `--rounds`
-rounds (the machine's drift hits both alike); throughput is the median over rounds, latency percentiles pool
-every answered request. Requests are not batched: the step graphs take one latent. Rewrites the `serve_load`
-block of benchmarks/README.md.
+Starts Ray locally (loopback only), deploys a preset's artifacts (`--model`: tiny, or shapes, the demo's size with
+seeded weights; exported once under benchmarks/.cache/) in each layout in turn and sends `--requests` requests
+(distinct seeds, the preset's defaults: tiny 128x128, 8 steps and 4 refiner steps) from `--concurrency` client
+threads, stopping early at `--max-seconds`. Layouts on the same cores: one replica with every CPU (ONNX Runtime's
+threads) vs one replica per CPU, the latter also with ONNX Runtime's whole loops (`--whole-loops`; each replica's
+first image, which builds the loop's session, falls in the warm-up), alternating for `--rounds` rounds (the
+machine's drift hits all alike); throughput is the median over rounds, latency percentiles pool every answered
+request. Requests are not batched: the step graphs take one latent. Rewrites the `serve_load` block of
+benchmarks/README.md (`cpu` for tiny, `cpu-shapes`).
 """
 
 from __future__ import annotations
@@ -48,11 +50,11 @@ def one(url: str, seed: int) -> tuple[int, float]:
 
 
 def run_layout(url: str, requests: int, concurrency: int, max_seconds: float) -> dict:
-    for _ in range(concurrency):  # warm-up: every replica's first run
-        one(url, 10_000)
-    deadline = time.perf_counter() + max_seconds
-    start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
+        # warm-up: every replica's first run, sent together so the router spreads them over the replicas
+        list(pool.map(lambda s: one(url, s), range(10_000, 10_000 + 2 * concurrency)))
+        start = time.perf_counter()
+        deadline = start + max_seconds
         results = list(pool.map(lambda s: one(url, s) if time.perf_counter() < deadline else (0, 0.0), range(requests)))
     elapsed = time.perf_counter() - start
     done = [t for status, t in results if status == 200]
@@ -68,6 +70,7 @@ def summary(rounds: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("tiny", "shapes"), default="tiny")
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
@@ -82,19 +85,24 @@ def main() -> None:
     from cpu_report import cpu_line, update_readme
 
     from dbunet import atomic
+    from dbunet.config import preset
     from dbunet.serve.app import ServeOptions, build_app
 
-    cache = export_model("tiny")
+    cache = export_model(args.model)
+    d = preset(args.model).defaults
     cores = os.cpu_count() or 1
     port = free_port()
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
     url = f"http://127.0.0.1:{port}"
     layouts = [(f"1 replica x {cores} CPUs", ServeOptions(cache, "ort", "fp32", 1, num_cpus=cores, max_queued=64)),
-               (f"{cores} replicas x 1 CPU", ServeOptions(cache, "ort", "fp32", cores, num_cpus=1, max_queued=64))]
-    lines = ["## dbunet-serve under load (Ray Serve, local, loopback)", "",
+               (f"{cores} replicas x 1 CPU", ServeOptions(cache, "ort", "fp32", cores, num_cpus=1, max_queued=64)),
+               (f"{cores} replicas x 1 CPU, whole loops",
+                ServeOptions(cache, "ort", "fp32", cores, num_cpus=1, max_queued=64, whole_loops=True))]
+    lines = [f"## dbunet-serve under load: {args.model} (Ray Serve, local, loopback)", "",
              f"`python benchmarks/serve_load.py --requests {args.requests} --concurrency {args.concurrency} --rounds "
-             f"{args.rounds}`: the tiny preset (128x128, 8 steps, 4 refiner steps), ONNX Runtime FP32, "
+             f"{args.rounds} --model {args.model}`: the {args.model} preset ({d.height}x{d.width}, {d.steps} steps, "
+             f"{d.refiner_steps} refiner steps), ONNX Runtime FP32, "
              f"{args.concurrency} client threads, the layouts alternating. {cpu_line()}.", "",
              "| layout | answered | images/s (median of rounds) | p50 latency | p99 latency |", "|---|---|---|---|---|"]
     results: dict[str, list[dict]] = {label: [] for label, _ in layouts}
@@ -113,7 +121,8 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
     readme = HERE / "README.md"
-    atomic.write_text(readme, update_readme(readme.read_text(), "cpu", "\n".join(lines), tool="serve_load"))
+    slug = "cpu" if args.model == "tiny" else f"cpu-{args.model}"
+    atomic.write_text(readme, update_readme(readme.read_text(), slug, "\n".join(lines), tool="serve_load"))
 
 
 if __name__ == "__main__":
