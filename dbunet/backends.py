@@ -70,14 +70,14 @@ def name_of(backend: Any) -> str:
     return next((b.name for b in REGISTRY.values() if b.factory == path), type(backend).__name__)
 
 
-def can_run(name: str, whole_loops: bool | None) -> bool:
+def honours_whole_loops(name: str, whole_loops: bool | None) -> bool:
     """Whether backend `name` honours a whole_loops request (None: no request, any backend)."""
     kind = info(name).whole_loops
     return whole_loops is None or kind == "choice" or whole_loops == (kind == "always")
 
 
 def check_whole_loops(name: str, whole_loops: bool | None) -> None:
-    if not can_run(name, whole_loops):
+    if not honours_whole_loops(name, whole_loops):
         from dbunet.errors import ConfigError
 
         kind = info(name).whole_loops
@@ -128,7 +128,8 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
         return "openvino", "bf16 is computed by OpenVINO"
     if device not in DEVICES:
         return "ort", f"device {device!r}"  # ONNX Runtime says which devices there are
-    if device != "cpu" and precision in (None, "fp16") and can_run("trt", whole_loops) and not missing_dependencies():
+    if (device != "cpu" and precision in (None, "fp16") and honours_whole_loops("trt", whole_loops)
+            and not missing_dependencies()):
         try:
             from dbunet.engines.cache import read_index
 
@@ -141,7 +142,8 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
 
     if device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()):
         return "ort", "ONNX Runtime's CUDA provider"
-    if precision is None and can_run("openvino", whole_loops) and importlib.util.find_spec("openvino") is not None:
+    if (precision is None and honours_whole_loops("openvino", whole_loops)
+            and importlib.util.find_spec("openvino") is not None):
         from dbunet.runtime.backends.openvino import has_bf16
 
         work = denoiser_work(Manifest.read(directory).config)

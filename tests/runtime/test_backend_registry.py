@@ -1,5 +1,6 @@
 """One registry of backends: the CLI's choices and defaults, the bench's and the API's all come from it."""
 
+import functools
 import inspect
 
 import numpy as np
@@ -57,7 +58,8 @@ def test_whole_loops_reach_onnx_runtime_and_backends_without_the_choice_refuse_t
     assert isinstance(whole.stages, OrtLoopStages) and whole.stages.whole_loops
     assert not backends.make_backend("ort", "cpu", whole_loops=False).whole_loops
     for name, value, says in (("openvino", True, "never"), ("torch", True, "never"), ("trt", False, "always")):
-        assert not backends.can_run(name, value) and backends.can_run(name, not value) and backends.can_run(name, None)
+        honours = functools.partial(backends.honours_whole_loops, name)
+        assert not honours(value) and honours(not value) and honours(None)
         with pytest.raises(ConfigError, match=f"backend {name} {says} runs each denoising loop"):
             backends.open_pipeline(tiny_artifacts, name, whole_loops=value)
-    assert backends.can_run("ort", True) and backends.can_run("ort", False)
+    assert backends.honours_whole_loops("ort", True) and backends.honours_whole_loops("ort", False)
