@@ -26,15 +26,18 @@ class BackendInfo:
     # whether each denoising loop runs in one call with its tensors on the device: "choice" (whole_loops= decides,
     # None: the backend's default), "always" (TensorRT's CUDA graphs), "never" (a call per step)
     whole_loops: Literal["choice", "always", "never"] = "never"
+    precisions: tuple[str, ...] = ("fp32",)  # what it computes in
 
 
 REGISTRY: dict[str, BackendInfo] = {b.name: b for b in (
     BackendInfo("ort", "ONNX Runtime: FP32 on the CPU, FP16 on its CUDA provider where onnxruntime-gpu is installed",
-                "dbunet.runtime.backends.onnxruntime:OrtBackend", whole_loops="choice"),
+                "dbunet.runtime.backends.onnxruntime:OrtBackend", whole_loops="choice",
+                precisions=("fp32", "fp16")),
     BackendInfo("openvino", "OpenVINO on the CPU, FP32 or BF16 (CPUs with AVX512-BF16 or AMX); extra `openvino`",
-                "dbunet.runtime.backends.openvino:OvBackend"),
+                "dbunet.runtime.backends.openvino:OvBackend", precisions=("fp32", "bf16")),
     BackendInfo("trt", "TensorRT engines from dbunet-build, CUDA graphs; extra `trt`",
-                "dbunet.runtime.backends.tensorrt:TrtBackend", whole_loops="always"),
+                "dbunet.runtime.backends.tensorrt:TrtBackend", whole_loops="always",
+                precisions=("fp16",)),  # engines strongly typed from the FP16 export
     BackendInfo("torch", "the PyTorch reference the graphs were exported from (FP32; extra `export`)",
                 "dbunet.models.pipeline:TorchPipeline", reference=True),
 )}
@@ -42,7 +45,7 @@ AUTO = "auto"
 DEFAULT = AUTO  # the CLI's and the API's default alike
 CHOICES = (AUTO, *REGISTRY)
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16", "bf16")  # what a run may compute in (bf16: OpenVINO, from the FP32 files)
+PRECISIONS = tuple(dict.fromkeys(p for b in REGISTRY.values() for p in b.precisions))  # what a run may compute in
 
 
 def describe() -> str:
@@ -85,6 +88,44 @@ def check_whole_loops(name: str, whole_loops: bool | None) -> None:
                           f"turned {'on' if whole_loops else 'off'} there; ONNX Runtime (ort) has the choice")
 
 
+def check_known_precision(precision: str | None) -> None:
+    if precision is not None and precision not in PRECISIONS:
+        from dbunet.errors import ConfigError
+
+        raise ConfigError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+
+
+def check_precision(name: str, precision: str | None) -> None:
+    """Refuses a precision that backend `name` does not compute (None: its default), naming the ones that do."""
+    from dbunet.errors import ConfigError
+
+    check_known_precision(precision)
+    computes = info(name).precisions
+    if precision is not None and precision not in computes:
+        others = " or ".join(b.name for b in REGISTRY.values() if precision in b.precisions)
+        raise ConfigError(f"backend {name} computes in {' or '.join(computes)}, not {precision}; "
+                          f"{precision} runs on {others}")
+
+
+def requested_backend(backend: str, precision: str | None) -> str | None:
+    """The backend a request runs on where the request alone decides it: the one it names, or under auto the only
+    backend that computes its precision (bf16: OpenVINO). None: auto decides on what the machine has."""
+    if backend != AUTO:
+        return backend
+    computing = [b.name for b in REGISTRY.values() if precision in b.precisions]
+    return computing[0] if len(computing) == 1 else None
+
+
+def check_request(backend: str, precision: str | None = None, whole_loops: bool | None = None) -> None:
+    """Refuses, before anything loads, a precision or whole_loops value the request's backend cannot honour
+    (under auto: where the request alone decides the backend) and a precision no backend computes."""
+    check_known_precision(precision)
+    name = requested_backend(backend, precision)
+    if name is not None:
+        check_precision(name, precision)
+        check_whole_loops(name, whole_loops)
+
+
 def make_backend(name: str, device: str = "auto", threads: int | None = None, whole_loops: bool | None = None):
     """A graph runtime (dbunet.runtime.backends.base.Backend) by name. whole_loops: each denoising loop in one
     call with its tensors on the device (None: the backend's default); a backend without the choice refuses the
@@ -124,11 +165,13 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
     from dbunet.manifest import Manifest
     from dbunet.runtime.backends.tensorrt import missing_dependencies
 
-    if precision == "bf16":
-        return "openvino", "bf16 is computed by OpenVINO"
+    only = requested_backend(AUTO, precision)
+    if only is not None:
+        return only, f"only {only} computes {precision}"
     if device not in DEVICES:
         return "ort", f"device {device!r}"  # ONNX Runtime says which devices there are
-    if (device != "cpu" and precision in (None, "fp16") and honours_whole_loops("trt", whole_loops)
+    trt = info("trt")
+    if (device != "cpu" and precision in (None, *trt.precisions) and honours_whole_loops(trt.name, whole_loops)
             and not missing_dependencies()):
         try:
             from dbunet.engines.cache import read_index
@@ -162,12 +205,8 @@ def open_pipeline(directory: str | Path, backend: str = DEFAULT, precision: str 
     if backend == AUTO:
         backend, why = choose_backend(directory, precision, device, whole_loops)
         log.info("backend auto: %s (%s)", backend, why)
+    check_request(backend, precision, whole_loops)
     if info(backend).reference:
-        check_whole_loops(backend, whole_loops)  # graph runtimes: make_backend checks
-        if precision not in (None, "fp32"):
-            from dbunet.errors import ConfigError
-
-            raise ConfigError(f"the PyTorch reference runs in FP32; precision {precision} needs another backend")
         if threads is not None:
             import torch
 

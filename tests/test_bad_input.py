@@ -259,6 +259,21 @@ CASES = [
                                                      "--backend", "torch", "--whole-loops"), "backend torch never"),
     Case("run whole loops with bf16", "run", ("--artifacts", "{art}", "--prompt", "x", "--output", "{out}",
                                               "--precision", "bf16", "--whole-loops"), "backend openvino never"),
+    # precisions: each backend refuses what it does not compute (the registry says), before loading anything
+    Case("run bf16 on onnx runtime", "run", RUN + ("--backend", "ort", "--precision", "bf16"),
+         "backend ort computes in fp32 or fp16, not bf16; bf16 runs on openvino"),
+    Case("run fp16 on openvino", "run", RUN + ("--backend", "openvino", "--precision", "fp16"),
+         "backend openvino computes in fp32 or bf16, not fp16"),
+    Case("run fp16 on the reference", "run", RUN + ("--backend", "torch", "--precision", "fp16"),
+         "backend torch computes in fp32, not fp16"),
+    Case("run fp32 on trt", "run", RUN + ("--backend", "trt", "--precision", "fp32"),
+         "backend trt computes in fp16, not fp32"),
+    Case("run a precision not exported", "run", RUN + ("--precision", "fp16"), "precision fp16 was not exported to",
+         _manifest_edit(lambda m: m.update(artifacts=[a for a in m["artifacts"] if a["precision"] == "fp32"]))),
+    Case("serve fp16 on the reference", "serve", ("--artifacts", "{art}", "--backend", "torch", "--precision", "fp16"),
+         "backend torch computes in fp32, not fp16"),
+    Case("serve whole loops with bf16", "serve", ("--artifacts", "{art}", "--precision", "bf16", "--whole-loops"),
+         "backend openvino never runs each denoising loop in one call"),
 ]
 MAINS = {"run": run_cli.main, "export": export_cli.main, "bench": bench_cli.main, "build": build_cli.main,
          "serve": serve_cli.main}
@@ -297,6 +312,7 @@ def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(case, shared_art
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert "Traceback" not in stderr
     assert case.says in lines[0], lines[0]
+    assert "/proc/self/fd" not in lines[0]  # paths as the user gave them, not the descriptor a run pins them by
     assert snapshot(art) == before_art
     assert snapshot(tmp_path) == before_tmp  # no output file, no half-written export, nothing beside it
 

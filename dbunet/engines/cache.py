@@ -17,7 +17,7 @@ from typing import Any
 
 from dbunet import atomic, schemas
 from dbunet.errors import ArtifactError
-from dbunet.manifest import inside
+from dbunet.manifest import inside, shown
 
 ENGINES_DIR = "engines"
 INDEX = "index.json"
@@ -81,7 +81,7 @@ def read_index(artifacts: Path) -> list[EngineEntry]:
             inside(artifacts, e.file)  # untrusted like the manifest: no path may leave the directory
         return entries
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        raise ArtifactError(f"{path} is malformed ({str(exc)[:200]}); run dbunet-build again") from None
+        raise ArtifactError(f"{shown(path)} is malformed ({str(exc)[:200]}); run dbunet-build again") from None
 
 
 def write_index(artifacts: Path, entries: list[EngineEntry]) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dbunet.backends import AUTO, DEFAULT, choose_backend, make_backend, name_of
+from dbunet.backends import AUTO, DEFAULT, REGISTRY, check_precision, choose_backend, make_backend, name_of
 from dbunet.errors import ConfigError
 from dbunet.generation import GenerationResult, Progress, run_cascade
-from dbunet.manifest import Manifest, PinnedDirectory, verify_file
+from dbunet.manifest import Manifest, PinnedDirectory, shown, verify_file
 from dbunet.request import GenerationRequest, build_request
 from dbunet.runtime.backends.base import Backend
 from dbunet.runtime.tokenizer import ClipTokenizer
@@ -46,12 +46,15 @@ class Pipeline:
         if backend == AUTO:
             backend, why = choose_backend(directory, precision, device)
             log.info("backend auto: %s (%s)", backend, why)
+        name = backend if isinstance(backend, str) else name_of(backend)
+        if name in REGISTRY:  # before the backend loads anything; a backend object of the caller's own judges itself
+            check_precision(name, precision)
         be = make_backend(backend, device, threads) if isinstance(backend, str) else backend
         available = manifest.precisions()
         precision = precision or be.default_precision(available)
         files = be.artifact_precision(precision)  # OpenVINO computes BF16 from the FP32 files
         if files not in available:
-            raise ConfigError(f"precision {files} was not exported to {directory}; "
+            raise ConfigError(f"precision {files} was not exported to {shown(directory)}; "
                               f"available: {', '.join(sorted(available))}")
         cfg = manifest.config
         tokenizers = [ClipTokenizer(verify_file(directory, tok["file"], tok["sha256"]), text.max_length,

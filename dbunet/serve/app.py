@@ -35,13 +35,13 @@ class ServeOptions:
     whole_loops: bool | None = None  # None: the backend's default (dbunet.backends.make_backend)
 
     def __post_init__(self) -> None:
-        from dbunet.backends import AUTO, check_whole_loops
+        from dbunet.backends import check_request
         from dbunet.errors import ConfigError
 
         if self.whole_loops not in (None, True, False):  # a config file's value, unchecked by YAML
             raise ConfigError(f"whole_loops must be true, false or null, got {self.whole_loops!r}")
-        if self.backend != AUTO:  # refused here, not in a replica that Serve would restart again and again
-            check_whole_loops(self.backend, self.whole_loops)
+        # refused here, not in a replica that Serve would restart again and again
+        check_request(self.backend, self.precision, self.whole_loops)
 
     @property
     def threads(self) -> int:

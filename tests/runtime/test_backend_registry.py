@@ -2,6 +2,8 @@
 
 import functools
 import inspect
+import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +46,7 @@ def test_open_pipeline_auto_and_the_reference_give_the_same_image(tiny_artifacts
 
 
 def test_the_reference_refuses_other_precisions_and_graph_runtimes_refuse_it(tiny_artifacts):
-    with pytest.raises(ConfigError, match="runs in FP32"):
+    with pytest.raises(ConfigError, match="backend torch computes in fp32, not fp16; fp16 runs on ort or trt"):
         backends.open_pipeline(tiny_artifacts, "torch", "fp16")
     with pytest.raises(ConfigError, match="use open_pipeline"):
         Pipeline.from_artifacts(tiny_artifacts, "torch")
@@ -63,3 +65,39 @@ def test_whole_loops_reach_onnx_runtime_and_backends_without_the_choice_refuse_t
         with pytest.raises(ConfigError, match=f"backend {name} {says} runs each denoising loop"):
             backends.open_pipeline(tiny_artifacts, name, whole_loops=value)
     assert backends.honours_whole_loops("ort", True) and backends.honours_whole_loops("ort", False)
+
+
+def test_each_backend_refuses_the_precisions_it_does_not_compute_before_loading(tiny_artifacts, monkeypatch):
+    """The registry is the one place that says which backend computes what: every (backend, precision) pair it
+    rules out is refused by open_pipeline and by Pipeline.from_artifacts before the backend is even built."""
+    monkeypatch.setattr(backends, "factory", lambda name: pytest.fail(f"{name} was built for a refused request"))
+    computes = {"ort": {"fp32", "fp16"}, "openvino": {"fp32", "bf16"}, "trt": {"fp16"}, "torch": {"fp32"}}
+    assert {b.name: set(b.precisions) for b in backends.REGISTRY.values()} == computes
+    assert backends.PRECISIONS == ("fp32", "fp16", "bf16")  # each once, whatever computes it
+    for name, precision in itertools.product(computes, backends.PRECISIONS):
+        if precision in computes[name]:
+            backends.check_precision(name, precision)
+            continue
+        others = " or ".join(n for n in computes if precision in computes[n])
+        says = f"backend {name} computes in {' or '.join(backends.info(name).precisions)}, not {precision}; " \
+               f"{precision} runs on {others}"
+        with pytest.raises(ConfigError, match=f"^{says}$"):
+            backends.open_pipeline(tiny_artifacts, name, precision)
+        if not backends.info(name).reference:
+            with pytest.raises(ConfigError, match=f"^{says}$"):
+                Pipeline.from_artifacts(tiny_artifacts, name, precision)
+    with pytest.raises(ConfigError, match="unknown precision 'int8'; valid: fp32, fp16, bf16"):
+        backends.open_pipeline(tiny_artifacts, "auto", "int8")
+
+
+def test_a_request_decides_its_backend_only_where_one_backend_computes_its_precision():
+    assert backends.requested_backend("auto", "bf16") == "openvino"
+    assert backends.requested_backend("auto", "fp16") is None  # ort or trt: the machine decides
+    assert backends.requested_backend("auto", None) is None
+    assert backends.requested_backend("trt", None) == "trt"
+    assert backends.choose_backend(Path("unused"), "bf16") == ("openvino", "only openvino computes bf16")
+    backends.check_request("auto", "fp16", whole_loops=False)  # ort can turn them off
+    with pytest.raises(ConfigError, match="backend openvino never runs each denoising loop"):
+        backends.check_request("auto", "bf16", whole_loops=True)
+    with pytest.raises(ConfigError, match="backend trt computes in fp16, not fp32"):
+        backends.check_request("trt", "fp32")

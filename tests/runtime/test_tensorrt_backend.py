@@ -8,6 +8,7 @@ Real-GPU checks of this code belong to the GPU verification work, not here."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -179,8 +180,13 @@ def test_engines_of_another_tensorrt_or_missing_ones_are_refused_in_one_line(eng
     write_index(art, index)  # an index that lies about the version: TensorRT itself refuses the plan
     with pytest.raises(ArtifactError, match="could not deserialize"):
         Pipeline.from_artifacts(art, "trt")("x", **REQUEST)
+    # the messages name the directory as the user gave it, not the descriptor the run pinned it through
+    (art / "engines" / "index.json").write_text("{")
+    with pytest.raises(ArtifactError, match=f"^{re.escape(str(art / 'engines' / 'index.json'))} is malformed"):
+        Pipeline.from_artifacts(art, "trt")
     shutil.rmtree(art / "engines")
-    with pytest.raises(ArtifactError, match="no TensorRT engines in .*run dbunet-build"):
+    with pytest.raises(ArtifactError, match=f"no TensorRT engines in {re.escape(str(art))}; run dbunet-build "
+                                            f"--artifacts {re.escape(str(art))} on"):
         Pipeline.from_artifacts(art, "trt")
 
 

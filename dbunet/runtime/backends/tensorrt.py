@@ -21,6 +21,7 @@ import numpy as np
 
 from dbunet.errors import ArtifactError, ConfigError, InputError
 from dbunet.generation import Conditioning, Step
+from dbunet.manifest import shown
 from dbunet.runtime.stages import conditioning_feeds, pad_box_slots
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,6 @@ class TrtBackend:
         return precision
 
     def stages(self, manifest, directory: Path, precision: str, tokenizers) -> TrtStages:
-        if precision != "fp16":
-            raise ConfigError(f"TensorRT engines are FP16 (strongly typed from the FP16 export); precision {precision} "
-                              "runs on --backend ort")
         specs = {a.component: a.spec for a in manifest.artifacts if a.precision == precision}
         engines = TrtEngines(self, Path(directory), specs)
         cfg = manifest.config
@@ -95,8 +93,8 @@ class TrtEngines:
         self.backend, self.directory, self.specs = backend, directory, specs or {}
         self.index = read_index(directory)
         if not self.index:
-            raise ArtifactError(f"no TensorRT engines in {directory}; "
-                                f"run dbunet-build --artifacts {directory} on this machine")
+            raise ArtifactError(f"no TensorRT engines in {shown(directory)}; "
+                                f"run dbunet-build --artifacts {shown(directory)} on this machine")
         trt = backend.trt
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.region = ActivationRegion(backend.cuda)
