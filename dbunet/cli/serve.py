@@ -87,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         from ray import serve
     except ImportError:
         raise ConfigError('dbunet-serve needs Ray Serve: pip install -e ".[serve]"') from None
-    from dbunet.serve.app import build_app
+    from dbunet.serve.app import run_app
 
     ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.timeout})
-    serve.run(build_app(options), name="dbunet", route_prefix="/")
+    run_app(options)
     print(f"serving {args.artifacts} at http://{args.host}:{args.port}/v1/images (Ctrl-C stops)", file=sys.stderr)
     try:
         while True:

@@ -12,9 +12,11 @@ time, and they are local to build_app.
 
 
 import asyncio
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dbunet import errors
 from dbunet.serve import api
 
 RETRY_AFTER_S = 5
@@ -121,6 +123,39 @@ def build_app(options: ServeOptions):
 
     return ImageService.bind(str(options.artifacts), options.backend, options.precision, options.threads,
                              options.whole_loops)
+
+
+# Serve passes a replica constructor's exception on as formatted traceback text; its last line names the class
+REPLICA_ERROR = re.compile(r"^dbunet\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def replica_load_error(message: str) -> errors.DbunetError | None:
+    """The dbunet error a replica raised while opening its pipeline, from Serve's deployment status message
+    (what only the replica's machine can tell: BF16 on a CPU without it, a precision not exported, engines not
+    built); None where the replicas failed for another reason."""
+    found = REPLICA_ERROR.findall(message)
+    if not found:
+        return None
+    name, text = found[-1]
+    kind = getattr(errors, name, None)
+    kind = kind if isinstance(kind, type) and issubclass(kind, errors.DbunetError) else errors.DbunetError
+    return kind(f"the replicas could not open the pipeline: {text}")
+
+
+def run_app(options: ServeOptions, name: str = "dbunet"):
+    """serve.run the application; where its replicas cannot open the pipeline, the replica's own one-line error
+    is raised here (Serve itself says only that the deployment failed)."""
+    from ray import serve
+
+    try:
+        return serve.run(build_app(options), name=name, route_prefix="/")
+    except RuntimeError:
+        app = serve.status().applications.get(name)
+        found = [replica_load_error(d.message) for d in app.deployments.values()] if app else []
+        error = next((e for e in found if e is not None), None)
+        if error is None:
+            raise
+        raise error from None
 
 
 def app_builder(args: dict):
