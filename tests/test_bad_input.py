@@ -268,6 +268,8 @@ CASES = [
          "backend torch computes in fp32, not fp16"),
     Case("run fp32 on trt", "run", RUN + ("--backend", "trt", "--precision", "fp32"),
          "backend trt computes in fp16, not fp32"),
+    Case("run the reference on a device it lacks", "run", RUN + ("--backend", "torch", "--device", "gpu"),
+         "the PyTorch reference runs on cpu or cuda, not 'gpu'"),
     Case("run a precision not exported", "run", RUN + ("--precision", "fp16"), "precision fp16 was not exported to",
          _manifest_edit(lambda m: m.update(artifacts=[a for a in m["artifacts"] if a["precision"] == "fp32"]))),
     Case("serve fp16 on the reference", "serve", ("--artifacts", "{art}", "--backend", "torch", "--precision", "fp16"),

@@ -65,3 +65,20 @@ def test_progress_reports_every_step(pipe):
 def test_bad_requests_fail_before_any_work(pipe, kwargs, match):
     with pytest.raises(InputError, match=match):
         pipe("a dog", **kwargs)
+
+
+@pytest.mark.parametrize(("cuda_build", "says"), [(None, "is a CPU-only build"), ("13.0", "sees no CUDA GPU")])
+def test_the_reference_refuses_a_device_it_cannot_reach_in_one_line(tiny_model, monkeypatch, cuda_build, says):
+    """Simulated: a PyTorch without a reachable GPU (CPU build, or a CUDA build on a machine without one); PyTorch
+    itself would fail on the first tensor with a traceback."""
+    import torch
+
+    from dbunet.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", cuda_build)
+    with pytest.raises(ConfigError, match=f"^device 'cuda': this PyTorch .* {says}; use --device cpu$"):
+        TorchPipeline(tiny_model, "cuda")
+    for device in ("gpu", "mps", "cuda:x"):
+        with pytest.raises(ConfigError, match=f"runs on cpu or cuda, not '{device}'"):
+            TorchPipeline(tiny_model, device)
