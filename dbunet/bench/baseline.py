@@ -56,16 +56,16 @@ def machine_speed_ratio(baseline: BenchReport, current: BenchReport) -> float:
 
 
 def _what_was_measured(report: BenchReport) -> dict:
-    keys = ("steps", "size", "threads")
+    keys = ("steps", "size", "threads", "whole_loops")
     return {"config": report.config, "backend": report.backend, "precision": report.precision,
-            **{k: report.settings.get(k) for k in keys}}
+            **{k: report.settings[k] for k in keys if k in report.settings}}
 
 
 def _check_comparable(baseline: BenchReport, current: BenchReport) -> None:
-    """Latencies of a different model, backend, precision, size, step count or thread count say nothing
-    about a regression: refuse instead of reporting one."""
+    """Latencies of a different model, backend, precision, size, step count, thread count or loop form say
+    nothing about a regression: refuse instead of reporting one. A setting an older report lacks is not judged."""
     base, cur = _what_was_measured(baseline), _what_was_measured(current)
-    differ = [f"{k} {base[k]} -> {cur[k]}" for k in base if base[k] != cur[k]]
+    differ = [f"{k} {base[k]} -> {cur[k]}" for k in base if k in cur and base[k] != cur[k]]
     if differ:
         raise ConfigError(f"the baseline measured something else ({'; '.join(differ)}); "
                           "compare with the same options or record a new baseline")

@@ -35,6 +35,7 @@ class BenchOptions:
     repeat: int = 10
     warmup: int = 2
     threads: int | None = None
+    whole_loops: bool | None = None  # None: the backend's default (dbunet.backends.make_backend)
 
     def __post_init__(self) -> None:
         unknown = set(self.components) - set(COMPONENTS)
@@ -80,7 +81,8 @@ class BenchReport:
 
 def _pipeline(options: BenchOptions):
     """(pipeline with .stages/.config/__call__, precision) for the chosen backend."""
-    pipe = backends.open_pipeline(options.artifacts, options.backend, options.precision, threads=options.threads)
+    pipe = backends.open_pipeline(options.artifacts, options.backend, options.precision, threads=options.threads,
+                                  whole_loops=options.whole_loops)
     return pipe, pipe.precision
 
 
@@ -135,7 +137,8 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchR
         if progress:
             progress("bench", i, len(options.components))
     settings = {"repeat": options.repeat, "warmup": options.warmup, "threads": options.threads,
-                "steps": request.steps, "size": [request.height, request.width]}
+                "steps": request.steps, "size": [request.height, request.width],
+                "whole_loops": pipe.stages.whole_loops}  # what ran: the option, or the backend's default
     calibration = float(np.median(calibrations))
     details = {}
     if pipe.backend_name == "trt":

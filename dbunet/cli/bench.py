@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from dbunet import backends
-from dbunet.cli.common import Parser, ProgressBar, check_output, guarded
+from dbunet.cli.common import Parser, ProgressBar, add_whole_loops, check_output, guarded
 from dbunet.errors import InputError
 
 DESCRIPTION = """Measure per-component latency (text encoder, one DB-UNet step, VAE decode, one refiner
@@ -35,6 +35,7 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--height", type=int, help="image height (default: the model's)")
     what.add_argument("--width", type=int, help="image width (default: the model's)")
     what.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    add_whole_loops(what)
     how = p.add_argument_group("how")
     how.add_argument("--repeat", type=int, default=10, help="timed calls per component (default: 10)")
     how.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = load_report(args.compare) if args.compare else None  # fail early on a bad baseline
     options = BenchOptions(args.artifacts, args.backend, args.precision, tuple(args.components), args.steps,
-                           args.height, args.width, args.repeat, args.warmup, args.threads)
+                           args.height, args.width, args.repeat, args.warmup, args.threads, args.whole_loops)
     report = run_bench(options, ProgressBar())
     print(_table(report))
     if report.backend == "trt" and report.details:

@@ -29,7 +29,7 @@ def add_whole_loops(group) -> None:
                        help="run each denoising loop in one call with its tensors on the device (ort; trt always "
                             "does, openvino never). Default: on with ONNX Runtime's CUDA provider, off on the CPU, "
                             "where it gains on small models only (shapes 0.79-0.87x per image, sd15 none; "
-                            "benchmarks/README.md) and the first image of each size builds a session for it. The "
+                            "benchmarks/README.md) and the first image of each size builds a session for it. A run's "
                             "progress bar then moves once per loop")
 
 

@@ -126,6 +126,22 @@ def test_compare_refuses_a_baseline_of_other_settings():
         compare(report([128, 128]), report([256, 256]))
     with pytest.raises(ConfigError, match="backend ort -> torch"):
         compare(report([128, 128]), report([128, 128], "torch"))
+    whole, per_step, older = (report([128, 128]) for _ in range(3))
+    whole.settings["whole_loops"], per_step.settings["whole_loops"] = True, False
+    with pytest.raises(ConfigError, match="whole_loops False -> True"):
+        compare(per_step, whole)
+    assert not compare(older, whole)[0].regressed  # a report from before the setting: not judged on it
+
+
+def test_whole_loops_are_measured_when_asked_and_a_baseline_of_the_other_form_is_refused(tiny_artifacts, tmp_path,
+                                                                                          capsys):
+    base = ["--artifacts", str(tiny_artifacts), "--backend", "ort", "--components", "dbunet_step", "pipeline",
+            "--repeat", "1", "--warmup", "0", "--steps", "2"]
+    assert bench_cli.main([*base, "--whole-loops", "--record", str(tmp_path / "whole.json")]) == 0
+    assert json.loads((tmp_path / "whole.json").read_text())["settings"]["whole_loops"] is True
+    capsys.readouterr()
+    assert bench_cli.main([*base, "--compare", str(tmp_path / "whole.json")]) == 2  # ONNX Runtime's CPU default
+    assert "whole_loops True -> False" in capsys.readouterr().err
 
 
 def test_bad_options_are_user_errors(tiny_artifacts, tmp_path, capsys):
