@@ -282,3 +282,7 @@ def test_the_cluster_config_is_a_valid_serve_config_and_builds():
         app_builder({"artifacts": "x", "whole_loops": "yes"})
     with pytest.raises(ConfigError, match="backend trt always runs each denoising loop"):
         app_builder({"artifacts": "x", "backend": "trt", "whole_loops": False})
+    with pytest.raises(ConfigError, match="unknown precision 'int8'; valid: fp32, fp16, bf16"):
+        app_builder({"artifacts": "x", "precision": "int8"})
+    with pytest.raises(ConfigError, match="backend openvino computes in fp32 or bf16, not fp16"):
+        app_builder({"artifacts": "x", "backend": "openvino", "precision": "fp16"})
