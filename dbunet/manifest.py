@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -55,11 +56,11 @@ class PinnedDirectory:
 
 
 def shown(path: str | Path) -> str:
-    """A path as the user named it (a pinned directory's descriptor path replaced by its name)."""
+    """A path, or a message naming paths, as the user named them (each pinned directory's descriptor path
+    replaced by its name)."""
     text = str(path)
     for pinned, name in _PINNED.items():
-        if text == pinned or text.startswith(pinned + "/"):
-            return name + text[len(pinned):]
+        text = re.sub(re.escape(pinned) + r"(?![0-9])", lambda _, name=name: name, text)
     return text
 
 

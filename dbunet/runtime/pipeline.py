@@ -61,7 +61,7 @@ class Pipeline:
                                     text.vocab_size, text.pad_token)
                       for tok, text in ((manifest.tokenizer, cfg.text), (manifest.tokenizer_2, cfg.text_2)) if tok]
         stages = be.stages(manifest, directory, files, tokenizers)
-        log.info("loaded %s (%s, %s) on %s", directory, manifest.config.name, precision, name_of(be))
+        log.info("loaded %s (%s, %s) on %s", shown(directory), manifest.config.name, precision, name_of(be))
         return cls(manifest, directory, be, precision, stages)
 
     def request(self, prompt: str, **options) -> GenerationRequest:

@@ -44,3 +44,27 @@ def test_missing_external_data_is_refused(external_data_artifacts):
     (external_data_artifacts / "fp32" / "gae.onnx.data").unlink()
     with pytest.raises(ArtifactError, match=r"missing artifact file .*gae\.onnx\.data"):
         Pipeline.from_artifacts(external_data_artifacts, precision="fp32")
+
+
+def test_paths_are_shown_as_the_user_named_them_not_by_the_pinned_descriptor(tiny_artifacts, tmp_path, caplog):
+    """A run reaches its artifacts through an open descriptor (/proc/self/fd/N on Linux); what it prints must name
+    the directory the user gave, wherever the path sits in the message."""
+    import logging
+
+    from dbunet.manifest import PinnedDirectory, shown
+
+    pinned = PinnedDirectory(tmp_path)
+    try:
+        if pinned.fd is None:
+            pytest.skip("no /proc/self/fd here: directories are not pinned, so there is nothing to translate")
+        inner = f"{pinned.path}/fp32/gae.onnx"
+        assert shown(inner) == f"{tmp_path}/fp32/gae.onnx"
+        assert shown(f"[Errno 2] No such file: '{inner}'") == f"[Errno 2] No such file: '{tmp_path}/fp32/gae.onnx'"
+        assert shown(f"{pinned.path}0/x") == f"{pinned.path}0/x"  # another descriptor's number is not this one
+    finally:
+        pinned.close()
+    assert shown(inner) == inner  # closed: nothing left to translate
+    with caplog.at_level(logging.INFO, logger="dbunet.runtime.pipeline"):
+        Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32").close()
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert loaded and loaded[0].startswith(f"loaded {tiny_artifacts} (")

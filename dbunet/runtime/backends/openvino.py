@@ -78,7 +78,8 @@ def inlined_model(core, path: Path):
                     try:
                         os.link(source, link)
                     except OSError:
-                        log.warning("copying %s for OpenVINO (the temporary folder is on another filesystem)", source)
+                        log.warning("copying %s for OpenVINO (the temporary folder is on another filesystem)",
+                                    shown(source))
                         shutil.copyfile(source, link)
         graph = Path(tmp) / path.name
         graph.write_bytes(model.SerializeToString())
@@ -213,7 +214,7 @@ def usable_cache(folder: Path) -> Path | None:
         if not isinstance(record, dict) or blobs != set(record) or any(
                 sha256_file(folder / name) != record[name] for name in blobs):
             if blobs:
-                log.warning("OpenVINO cache %s does not match its record: compiling anew", folder)
+                log.warning("OpenVINO cache %s does not match its record: compiling anew", shown(folder))
             for name in blobs | {CACHE_RECORD}:
                 (folder / name).unlink(missing_ok=True)
         return folder
@@ -242,4 +243,4 @@ _warned: set[str] = set()
 def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
-        log.warning(message)
+        log.warning(shown(message))  # an OSError names the file by the pinned directory's descriptor
