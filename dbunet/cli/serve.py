@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         from ray import serve
     except ImportError:
         raise ConfigError('dbunet-serve needs Ray Serve: pip install -e ".[serve]"') from None
-    from dbunet.serve.app import run_app
+    from dbunet.serve.app import check_fits, run_app
 
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    local = "RAY_ADDRESS" not in os.environ  # else Ray joins the cluster it names
+    ray.init(address="local" if local else None, ignore_reinit_error=True, include_dashboard=False,
+             log_to_driver=False)
+    if local:  # a cluster may add nodes on demand; this machine will not
+        check_fits(options, ray.cluster_resources())
     serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.timeout})
     run_app(options)
     print(f"serving {args.artifacts} at http://{args.host}:{args.port}/v1/images (Ctrl-C stops)", file=sys.stderr)

@@ -125,6 +125,19 @@ def build_app(options: ServeOptions):
                              options.whole_loops)
 
 
+def check_fits(options: ServeOptions, resources: dict[str, float]) -> None:
+    """Refuses replicas that a Ray instance of this machine alone cannot place (`resources`: its totals, as
+    ray.cluster_resources() gives them): Serve would wait for them silently, for ever."""
+    count = options.autoscale[0] if options.autoscale else options.replicas
+    for flag, kind, each in (("--num-cpus", "CPU", options.num_cpus), ("--num-gpus", "GPU", options.num_gpus)):
+        have, need = resources.get(kind, 0.0), count * each
+        if need > have:
+            replicas = f"{count} replicas need" if count > 1 else "1 replica needs"
+            raise errors.ConfigError(
+                f"{replicas} {need:g} {kind}{'' if need == 1 else 's'} ({flag} {each:g}); this machine's Ray "
+                f"instance has {have:g}: lower {flag} or the replicas, or set RAY_ADDRESS to a cluster that has them")
+
+
 # Serve passes a replica constructor's exception on as formatted traceback text; its last line names the class
 REPLICA_ERROR = re.compile(r"^dbunet\.errors\.(\w+): (.+)$", re.MULTILINE)
 

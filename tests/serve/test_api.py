@@ -1,5 +1,7 @@
 """dbunet.serve.api without a server: which failure becomes which HTTP status."""
 
+import re
+
 import pytest
 
 from dbunet.errors import InputError, NonFiniteError
@@ -43,3 +45,26 @@ def test_a_replica_s_load_error_is_read_back_from_serve_s_status_message():
                           "run dbunet-build --artifacts art on this machine")
     assert replica_load_error(message.replace("dbunet.errors.ArtifactError", "MemoryError")) is None
     assert type(replica_load_error("dbunet.errors.Unheard: x")).__name__ == "DbunetError"
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"num_gpus": 1}, "1 replica needs 1 GPU (--num-gpus 1); this machine's Ray instance has 0"),
+    ({"replicas": 3}, "3 replicas need 3 CPUs (--num-cpus 1); this machine's Ray instance has 2"),
+    ({"num_cpus": 2.5}, "1 replica needs 2.5 CPUs (--num-cpus 2.5)"),
+    ({"autoscale": (3, 4)}, "3 replicas need 3 CPUs"),
+    ({"replicas": 2}, None), ({"autoscale": (1, 8)}, None), ({"replicas": 4, "num_cpus": 0.5}, None),
+])
+def test_replicas_this_machine_cannot_place_are_refused_before_serve_waits_for_them(options, says):
+    """On a Ray instance of this machine alone (2 CPUs, no GPU here) Serve would wait for them silently, for
+    ever; an autoscaling range needs only its minimum placed at once."""
+    from pathlib import Path
+
+    from dbunet.errors import ConfigError
+    from dbunet.serve.app import ServeOptions, check_fits
+
+    resources = {"CPU": 2.0, "memory": 1e10}
+    if says is None:
+        check_fits(ServeOptions(Path("art"), **options), resources)
+        return
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        check_fits(ServeOptions(Path("art"), **options), resources)

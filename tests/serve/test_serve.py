@@ -125,6 +125,21 @@ def test_replicas_that_cannot_open_the_pipeline_end_dbunet_serve_with_their_erro
                                             f"exported to {art}; available: fp32")
 
 
+def test_dbunet_serve_refuses_replicas_its_local_ray_cannot_place(server, tiny_artifacts, capsys, monkeypatch):
+    """Without RAY_ADDRESS the Ray instance is this machine's (here the module's: 4 CPUs, no GPU): a GPU replica
+    would wait for ever, so it is refused in one line before anything deploys."""
+    from dbunet.cli import serve as serve_cli
+    from dbunet.serve import app
+
+    server()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(app, "run_app", lambda options: pytest.fail("deployed: Serve would wait for ever"))
+    code = serve_cli.main(["--artifacts", str(tiny_artifacts), "--num-gpus", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: 1 replica needs 1 GPU (--num-gpus 1); this machine's Ray "
+                                            "instance has 0"), err
+
+
 @pytest.mark.parametrize(("body", "cli"), [
     ({"prompt": PROMPT, "boxes": ["0.1,0.2:a cat"]}, ["--box", "0.1,0.2:a cat"]),
     ({"prompt": PROMPT, "height": 4096}, ["--height", "4096"]),
