@@ -86,7 +86,7 @@ def main() -> None:
 
     from dbunet import atomic
     from dbunet.config import preset
-    from dbunet.serve.app import ServeOptions, build_app
+    from dbunet.serve.app import ServeOptions, run_app
 
     cache = export_model(args.model)
     d = preset(args.model).defaults
@@ -109,7 +109,7 @@ def main() -> None:
     try:
         for _ in range(args.rounds):
             for label, options in layouts:
-                serve.run(build_app(options), name="dbunet", route_prefix="/")
+                run_app(options)  # a replica that cannot load says why
                 results[label].append(run_layout(url, args.requests, args.concurrency, args.max_seconds))
                 serve.delete("dbunet")  # its replicas' CPUs free before the next layout asks for them
                 print(label, f"{results[label][-1]['throughput']:.2f} images/s", flush=True)
