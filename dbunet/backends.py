@@ -54,6 +54,14 @@ def describe() -> str:
                       *(f"{b.name}: {b.summary}" for b in REGISTRY.values())])
 
 
+def describe_precisions() -> str:
+    """The --precision help text, from the registry."""
+    first, *rest = REGISTRY.values()
+    computes = [f"{first.name} computes {' or '.join(first.precisions)}",
+                *(f"{b.name} {' or '.join(b.precisions)}" for b in rest)]
+    return "default: the backend's fastest on the device. " + ", ".join(computes)
+
+
 def info(name: str) -> BackendInfo:
     from dbunet.errors import ConfigError
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from dbunet import backends
-from dbunet.cli.common import Parser, ProgressBar, add_whole_loops, check_output, guarded
+from dbunet.cli.common import Parser, ProgressBar, add_precision, add_whole_loops, check_output, guarded
 from dbunet.errors import InputError
 
 DESCRIPTION = """Measure per-component latency (text encoder, one DB-UNet step, VAE decode, one refiner
@@ -27,8 +27,7 @@ def parser() -> argparse.ArgumentParser:
     what = p.add_argument_group("what to measure")
     what.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"), help="default: dbunet-artifacts")
     what.add_argument("--backend", choices=backends.CHOICES, default=backends.DEFAULT, help=backends.describe())
-    what.add_argument("--precision", choices=backends.PRECISIONS,
-                      help="default: the fastest on the device (bf16: OpenVINO only)")
+    add_precision(what)
     what.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS), metavar="NAME",
                       help=f"any of {', '.join(COMPONENTS)} (default: all)")
     what.add_argument("--steps", type=int, help="denoising steps of the pipeline run (default: the model's)")

@@ -23,6 +23,13 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
+def add_precision(group) -> None:
+    """--precision, for every command that opens a pipeline: its choices and help from the backend registry."""
+    from dbunet import backends
+
+    group.add_argument("--precision", choices=backends.PRECISIONS, help=backends.describe_precisions())
+
+
 def add_whole_loops(group) -> None:
     """--whole-loops / --no-whole-loops, for every command that opens a pipeline (default None: the backend's)."""
     group.add_argument("--whole-loops", action=argparse.BooleanOptionalAction, default=None,

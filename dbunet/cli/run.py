@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dbunet import backends
 from dbunet.boxes import Box
-from dbunet.cli.common import Parser, ProgressBar, add_whole_loops, check_output, guarded, print_timings
+from dbunet.cli.common import Parser, ProgressBar, add_precision, add_whole_loops, check_output, guarded, print_timings
 from dbunet.errors import InputError
 from dbunet.schedulers import SCHEDULERS
 
@@ -47,8 +47,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"),
                      help="directory written by dbunet-export (default: dbunet-artifacts)")
     run.add_argument("--backend", choices=backends.CHOICES, default=backends.DEFAULT, help=backends.describe())
-    run.add_argument("--precision", choices=backends.PRECISIONS,
-                     help="default: the fastest on the device (bf16: OpenVINO on a CPU with AVX512-BF16 or AMX)")
+    add_precision(run)
     run.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     add_whole_loops(run)

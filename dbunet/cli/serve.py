@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from dbunet import backends
-from dbunet.cli.common import Parser, add_whole_loops, guarded
+from dbunet.cli.common import Parser, add_precision, add_whole_loops, guarded
 from dbunet.errors import ConfigError, InputError
 
 DESCRIPTION = """Serve an artifacts directory over HTTP: POST /v1/images with dbunet-run's options as JSON
@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"),
                    help="directory written by dbunet-export (default: dbunet-artifacts)")
     p.add_argument("--backend", choices=backends.CHOICES, default=backends.DEFAULT, help=backends.describe())
-    p.add_argument("--precision", choices=backends.PRECISIONS, help="default: the backend's fastest")
+    add_precision(p)
     add_whole_loops(p)
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--replicas", type=int, default=1, help="a fixed number of replicas (default: 1)")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dbunet import backends
-from dbunet.cli import bench, run
+from dbunet.cli import bench, run, serve
 from dbunet.errors import ConfigError
 from dbunet.runtime import Pipeline
 
@@ -19,10 +19,12 @@ def _option(parser, flag):
 
 
 def test_cli_bench_and_api_share_choices_and_default():
-    for parser in (run.parser(), bench.parser()):
+    for parser in (run.parser(), bench.parser(), serve.parser()):
         action = _option(parser, "--backend")
         assert tuple(action.choices) == backends.CHOICES and action.default == backends.DEFAULT
-        assert tuple(_option(parser, "--precision").choices) == backends.PRECISIONS
+        precision = _option(parser, "--precision")
+        assert tuple(precision.choices) == backends.PRECISIONS and precision.help == backends.describe_precisions()
+    assert "ort computes fp32 or fp16, openvino fp32 or bf16, trt fp16, torch fp32" in backends.describe_precisions()
     for api in (backends.open_pipeline, Pipeline.from_artifacts):
         assert inspect.signature(api).parameters["backend"].default == backends.DEFAULT
 
