@@ -215,6 +215,8 @@ CASES = [
     Case("tokenizer replaced", "run", RUN, "corrupted", lambda a: (a / "tokenizer.json").write_text("{}")),
     # dbunet-export
     Case("export out is a file", "export", ("--out", "{tmp}/a-file", "--components", "gae"), "is a file"),
+    Case("export over a folder of the user's", "export", ("--out", "{tmp}", "--components", "gae"),
+         "but no manifest.json: it is not an artifacts directory"),
     Case("export out under a file", "export", ("--out", "{tmp}/a-file/sub", "--components", "gae"), "not a directory"),
     Case("export opset too old", "export", ("--out", "{out}", "--opset", "7"), "opset"),
     Case("export unknown preset", "export", ("--out", "{out}", "--config", "sd99"), "sd99"),

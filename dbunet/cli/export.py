@@ -34,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
                             "takes the latents over for the last steps (dbunet-run --high-noise-frac)")
     graph = p.add_argument_group("graphs")
     graph.add_argument("--out", type=Path, default=Path("dbunet-artifacts"),
-                       help="output directory (default: dbunet-artifacts)")
+                       help="output directory: new, empty or an earlier export, which it replaces whole once the "
+                            "new one is complete (default: dbunet-artifacts)")
     graph.add_argument("--fp16", action="store_true", help="also write an FP16 copy of every component")
     graph.add_argument("--opset", type=int, default=18, help="ONNX opset, 18-20 (default: 18)")
     graph.add_argument("--decomposed", action="store_true",

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dbunet.errors import ExportError
+from dbunet.manifest import MANIFEST
 
 CARRY_OVER = ("model", "engines")  # reusable by the new export; everything else is written anew
 _RENAME_EXCHANGE = 2
@@ -55,6 +56,12 @@ def check_target(out: Path) -> None:
     """Refuse, before any work, a target that cannot become an artifacts directory."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a directory; give a directory for the artifacts")
+    if out.is_dir() and not (out / MANIFEST).exists():
+        held = sorted(p.name for p in out.iterdir())
+        if held:  # an export replaces the whole directory: never one that holds something else
+            shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+            raise ExportError(f"--out {out} holds {shown} but no {MANIFEST}: it is not an artifacts directory, and "
+                              "an export replaces its whole directory; give a new or empty one, or an earlier export")
     ancestor = out.parent
     while not ancestor.exists():  # the nearest existing folder decides: it must be a writable directory
         ancestor = ancestor.parent
