@@ -270,6 +270,8 @@ CASES = [
          "backend torch computes in fp32, not fp16"),
     Case("run fp32 on trt", "run", RUN + ("--backend", "trt", "--precision", "fp32"),
          "backend trt computes in fp16, not fp32"),
+    Case("run on a device that does not exist", "run", RUN + ("--device", "gpu"),
+         "device must be one of auto, cpu, cuda, got 'gpu'"),
     Case("run the reference on a device it lacks", "run", RUN + ("--backend", "torch", "--device", "gpu"),
          "the PyTorch reference runs on cpu or cuda, not 'gpu'"),
     Case("run a precision not exported", "run", RUN + ("--precision", "fp16"), "precision fp16 was not exported to",

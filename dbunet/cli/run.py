@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
                      help="directory written by dbunet-export (default: dbunet-artifacts)")
     run.add_argument("--backend", choices=backends.CHOICES, default=backends.DEFAULT, help=backends.describe())
     add_precision(run)
-    run.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    run.add_argument("--device", default="auto", help=f"{', '.join(backends.DEVICES)} (default: auto)")
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     add_whole_loops(run)
     out = p.add_argument_group("output")

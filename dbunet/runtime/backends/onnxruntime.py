@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dbunet.backends import DEVICES
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec, TensorSpec
 from dbunet.manifest import shown
@@ -164,7 +165,7 @@ class OrtBackend(GraphBackend):
             raise ConfigError(f"device 'cuda' needs onnxruntime-gpu; this onnxruntime offers {available}")
         check_threads(threads)
         if device not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be cpu, cuda or auto, got {device!r}")
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
         self.device = device
         self.threads = threads
         self.fuse_attention = fuse_attention
