@@ -273,7 +273,7 @@ CASES = [
     Case("run on a device that does not exist", "run", RUN + ("--device", "gpu"),
          "device must be one of auto, cpu, cuda, got 'gpu'"),
     Case("run the reference on a device it lacks", "run", RUN + ("--backend", "torch", "--device", "gpu"),
-         "the PyTorch reference runs on cpu or cuda, not 'gpu'"),
+         "PyTorch runs the models on cpu or cuda here, not 'gpu'"),
     Case("run a precision not exported", "run", RUN + ("--precision", "fp16"), "precision fp16 was not exported to",
          _manifest_edit(lambda m: m.update(artifacts=[a for a in m["artifacts"] if a["precision"] == "fp32"]))),
     Case("serve fp16 on the reference", "serve", ("--artifacts", "{art}", "--backend", "torch", "--precision", "fp16"),

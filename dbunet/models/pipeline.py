@@ -19,6 +19,7 @@ from dbunet.config import ModelConfig
 from dbunet.generation import Conditioning, GenerationResult, Progress, Step, reference_denoise_step, run_cascade
 from dbunet.models.cascade import Model, create_preset_model, load_model
 from dbunet.models.components import encode_text, tokenize
+from dbunet.models.device import torch_device
 from dbunet.request import GenerationRequest, build_request
 
 
@@ -89,23 +90,6 @@ class TorchStages:
         pass  # the modules go with the pipeline
 
 
-def reference_device(device: str | torch.device) -> torch.device:
-    """The reference's device: the CPU or a CUDA GPU this PyTorch can reach; anything else is refused in one line
-    (PyTorch itself would fail on the first tensor, with a traceback)."""
-    from dbunet.errors import ConfigError
-
-    try:
-        found = torch.device(device)
-    except (RuntimeError, TypeError):
-        found = None
-    if found is None or found.type not in ("cpu", "cuda"):
-        raise ConfigError(f"the PyTorch reference runs on cpu or cuda, not {device!r}")
-    if found.type == "cuda" and not torch.cuda.is_available():
-        why = "is a CPU-only build" if torch.version.cuda is None else "sees no CUDA GPU"
-        raise ConfigError(f"device {device!r}: this PyTorch ({torch.__version__}) {why}; use --device cpu")
-    return found
-
-
 class TorchPipeline:
     precision = "fp32"
     manifest = None  # set by from_artifacts
@@ -113,7 +97,7 @@ class TorchPipeline:
     def __init__(self, model: Model, device: str | torch.device = "cpu") -> None:
         self.model = model
         self.config: ModelConfig = model.config
-        self.device = reference_device(device)
+        self.device = torch_device(device)
         model.cascade.to(self.device).eval()
         self.stages = TorchStages(model, self.device)
 

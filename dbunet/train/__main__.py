@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dbunet.config import preset
+    from dbunet.models.device import torch_device
     from dbunet.train.trainer import Trainer, TrainPlan
 
     checkpoint = args.out / "checkpoint" / "progress.json"
@@ -41,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"{args.out} holds a run already; pass --resume to continue it, or choose another --out")
     if args.resume and not checkpoint.is_file():
         raise InputError(f"nothing to resume in {args.out} (no checkpoint/progress.json)")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch_device(args.device)  # before anything is written into --out
     plan = TrainPlan.smoke() if args.smoke else TrainPlan()
     plan = TrainPlan(**{**plan.__dict__, "seed": args.seed})
 

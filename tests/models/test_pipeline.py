@@ -80,5 +80,5 @@ def test_the_reference_refuses_a_device_it_cannot_reach_in_one_line(tiny_model, 
     with pytest.raises(ConfigError, match=f"^device 'cuda': this PyTorch .* {says}; use --device cpu$"):
         TorchPipeline(tiny_model, "cuda")
     for device in ("gpu", "mps", "cuda:x"):
-        with pytest.raises(ConfigError, match=f"runs on cpu or cuda, not '{device}'"):
+        with pytest.raises(ConfigError, match=f"on cpu or cuda here, not '{device}'"):
             TorchPipeline(tiny_model, device)
