@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from dbunet.models.device import torch_device
     from dbunet.train.trainer import Trainer, TrainPlan
 
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file; give a directory for the run")
     checkpoint = args.out / "checkpoint" / "progress.json"
     if checkpoint.is_file() and not args.resume:
         raise InputError(f"{args.out} holds a run already; pass --resume to continue it, or choose another --out")

@@ -35,13 +35,16 @@ def test_smoke_run_writes_a_loadable_model_a_loss_log_and_curves(tmp_path, capsy
     assert main(["shapes", "--out", str(tmp_path / "empty"), "--resume"]) == 2
 
 
-def test_a_device_pytorch_cannot_reach_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+def test_an_unreachable_device_or_a_file_as_out_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
     """Simulated: no reachable GPU (PyTorch would fail at the first tensor, after the run folder was begun)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for device, says in (("cuda", "device 'cuda': this PyTorch"), ("gpu", "on cpu or cuda here, not 'gpu'")):
         assert main(["shapes", "--out", str(tmp_path / device), "--smoke", "--device", device]) == 2
         assert says in capsys.readouterr().err
         assert not (tmp_path / device).exists()
+    (tmp_path / "a-file").write_text("notes")
+    assert main(["shapes", "--out", str(tmp_path / "a-file"), "--smoke", "--device", "cpu"]) == 2
+    assert "is a file; give a directory" in capsys.readouterr().err
 
 
 def _weights(directory):
