@@ -127,11 +127,12 @@ def requested_backend(backend: str, precision: str | None) -> str | None:
 def check_request(backend: str, precision: str | None = None, whole_loops: bool | None = None) -> None:
     """Refuses, before anything loads, a precision or whole_loops value the request's backend cannot honour
     (under auto: where the request alone decides the backend) and a precision no backend computes."""
-    check_known_precision(precision)
     name = requested_backend(backend, precision)
-    if name is not None:
-        check_precision(name, precision)
-        check_whole_loops(name, whole_loops)
+    if name is None:
+        check_known_precision(precision)
+        return
+    check_precision(name, precision)
+    check_whole_loops(name, whole_loops)
 
 
 def make_backend(name: str, device: str = "auto", threads: int | None = None, whole_loops: bool | None = None):

@@ -59,8 +59,8 @@ def check_target(out: Path) -> None:
     if out.is_dir() and not (out / MANIFEST).exists():
         held = sorted(p.name for p in out.iterdir())
         if held:  # an export replaces the whole directory: never one that holds something else
-            shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
-            raise ExportError(f"--out {out} holds {shown} but no {MANIFEST}: it is not an artifacts directory, and "
+            listed = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+            raise ExportError(f"--out {out} holds {listed} but no {MANIFEST}: it is not an artifacts directory, and "
                               "an export replaces its whole directory; give a new or empty one, or an earlier export")
     ancestor = out.parent
     while not ancestor.exists():  # the nearest existing folder decides: it must be a writable directory

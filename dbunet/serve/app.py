@@ -38,10 +38,9 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         from dbunet.backends import check_request
-        from dbunet.errors import ConfigError
 
         if self.whole_loops not in (None, True, False):  # a config file's value, unchecked by YAML
-            raise ConfigError(f"whole_loops must be true, false or null, got {self.whole_loops!r}")
+            raise errors.ConfigError(f"whole_loops must be true, false or null, got {self.whole_loops!r}")
         # refused here, not in a replica that Serve would restart again and again
         check_request(self.backend, self.precision, self.whole_loops)
 
