@@ -47,7 +47,7 @@ class Box:
             raise InputError(f"box phrase of {len(self.phrase)} characters; at most {MAX_PHRASE_CHARS} (the text "
                              "encoder reads its first tokens only)")
         if not all(isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in coords):
-            raise InputError(f"box {self}: coordinates must be finite numbers")
+            raise InputError(f"box {self.spec()}: coordinates must be finite numbers")
         if not all(0.0 <= c <= 1.0 for c in coords):
             raise InputError(f"box {self.spec()}: coordinates must lie in [0, 1] (normalized x0,y0,x1,y1)")
         if self.x1 <= self.x0 or self.y1 <= self.y0:
@@ -69,7 +69,10 @@ class Box:
         return cls(x0, y0, x1, y1, phrase.strip())
 
     def spec(self) -> str:
-        return f"{self.x0:g},{self.y0:g},{self.x1:g},{self.y1:g}:{self.phrase}"
+        """The box in --box syntax; a coordinate that is not a number shows as its repr (error messages)."""
+        coords = (self.x0, self.y0, self.x1, self.y1)
+        return ",".join(f"{c:g}" if isinstance(c, int | float) and not isinstance(c, bool) else repr(c)
+                        for c in coords) + f":{self.phrase}"
 
 
 def box_arrays(boxes: tuple[Box, ...] | list[Box], slots: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -152,7 +152,7 @@ CASES = [
     Case("box not numbers", "run", RUN + ("--box", "a,b,c,d:cat"), "coordinates must be numbers"),
     Case("box out of range", "run", RUN + ("--box", "0.1,0.1,1.2,0.5:cat"), "[0, 1]"),
     Case("box degenerate", "run", RUN + ("--box", "0.5,0.1,0.5,0.9:cat"), "x1 > x0"),
-    Case("box nan", "run", RUN + ("--box", "nan,0,1,1:cat"), "finite"),
+    Case("box nan", "run", RUN + ("--box", "nan,0,1,1:cat"), "box nan,0,1,1:cat: coordinates must be finite"),
     Case("box without phrase", "run", RUN + ("--box", "0,0,1,1:  "), "phrase is empty"),
     Case("too many boxes", "run", RUN + ("--box", "0,0,1,1:cat") * 31, "at most 30"),
     # output paths
