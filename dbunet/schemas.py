@@ -142,11 +142,14 @@ def type_schema(tp: Any) -> dict:
 
 @functools.cache
 def dataclass_schema(cls: type) -> dict:
-    """An object with the dataclass's fields (all optional: they have defaults or the constructor says so),
-    nothing else."""
+    """An object with the dataclass's fields, nothing else; those without a default are required (so a missing
+    one is named by the schema, not by the constructor's TypeError)."""
     hints = typing.get_type_hints(cls)
-    return {"type": "object", "additionalProperties": False,
-            "properties": {f.name: type_schema(hints[f.name]) for f in dataclasses.fields(cls)}}
+    fields = dataclasses.fields(cls)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    return {"type": "object", "additionalProperties": False, **({"required": required} if required else {}),
+            "properties": {f.name: type_schema(hints[f.name]) for f in fields}}
 
 
 @functools.cache

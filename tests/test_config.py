@@ -56,6 +56,23 @@ def test_unknown_fields_and_presets_are_named():
         preset("sd3")
 
 
+@pytest.mark.parametrize("missing", ["name", "text", "vae", "unet", "refiner"])
+def test_a_missing_field_without_default_is_named_by_the_schema(missing):
+    """Not by the constructor's TypeError ("__init__() missing 1 required positional argument")."""
+    data = tiny().to_dict()
+    del data[missing]
+    with pytest.raises(ConfigError, match=f"^config top level: '{missing}' is a required property$"):
+        ModelConfig.from_dict(data)
+
+
+
+def test_a_field_with_a_default_may_be_left_out():
+    data = tiny().to_dict()
+    del data["defaults"], data["unet"]["max_boxes"]
+    cfg = ModelConfig.from_dict(data)
+    assert cfg.defaults == type(tiny().defaults)() and cfg.unet.max_boxes == 30
+
+
 @pytest.mark.parametrize("edit,field", [
     (lambda d: d.update(arch="sd3"), "config.arch"),
     (lambda d: d["schedule"].update(beta_schedule="cosine"), "schedule.beta_schedule"),

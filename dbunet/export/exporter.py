@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from dbunet import architectures, atomic
-from dbunet.config import ModelConfig, preset
+from dbunet.config import PRESETS, ModelConfig, preset
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.export import fp16 as fp16_convert
 from dbunet.export.graphs import graph_module, run_reference, sample_inputs
@@ -86,6 +86,9 @@ class ExportOptions:
 
 def resolve_config(name_or_file: str) -> ModelConfig:
     path = Path(name_or_file)
+    if path.is_dir() and name_or_file not in PRESETS:  # a folder named like a preset does not shadow it
+        raise ConfigError(f"--config {path} is a directory: give a preset ({', '.join(PRESETS)}) or a config JSON "
+                          "file; a model folder goes to --weights")
     if path.suffix == ".json" or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
@@ -93,6 +96,8 @@ def resolve_config(name_or_file: str) -> ModelConfig:
             return ModelConfig.from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"--config {path}: not valid JSON ({str(exc)[:80]})") from None
+        except ConfigError as exc:
+            raise ConfigError(f"--config {path}: {exc}") from None
     return preset(name_or_file)
 
 
