@@ -116,7 +116,10 @@ def test_what_cannot_be_honoured_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="class_embed_type"):
         export(ExportOptions(weights=folder, arch="sd1", out=tmp_path / "c"), report=lambda line: None)
     unet_cfg.write_text(json.dumps(unet))
-    assert not any((tmp_path / d).exists() for d in "abc")  # nothing half-written
+    # the folder's own maximum side (its config is read in the staging directory) bounds the tracing size
+    with pytest.raises(ConfigError, match="--width 2048 is beyond this model's maximum of 1024"):
+        export(ExportOptions(weights=folder, arch="sd1", out=tmp_path / "e", width=2048), report=lambda line: None)
+    assert not any((tmp_path / d).exists() for d in "abce")  # nothing half-written
     with pytest.raises(ConfigError, match="--weights"):
         ExportOptions(arch="sd1", out=tmp_path / "d")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dbunet.cli.common import Parser, guarded
 from dbunet.config import ARCHITECTURES, DEFAULT_PRESET
+from dbunet.export.specs import MAX_TRACE_BATCH
 
 DESCRIPTION = """Export every component of the cascade (text_encoder, dbunet, vae_decoder, vae_encoder,
 refiner_encoder, gae, refiner_unet) to ONNX, and the whole-step graphs the runtime's loops run
@@ -49,9 +50,10 @@ def parser() -> argparse.ArgumentParser:
                             "with the CUDA release, e.g. sm_87:12.6 (defaults: sm_87 12.6 = JetPack 6, sm_89 and "
                             "sm_90 12.8); no TARGET: all three")
     trace = p.add_argument_group("tracing and parity inputs (the graphs' sizes stay dynamic)")
-    trace.add_argument("--height", type=int, help="image height (default: the preset's)")
-    trace.add_argument("--width", type=int, help="image width (default: the preset's)")
-    trace.add_argument("--batch", type=int, default=2, help="batch size (default: 2, as with guidance)")
+    trace.add_argument("--height", type=int, help="image height, up to the model's maximum (default: the preset's)")
+    trace.add_argument("--width", type=int, help="image width, up to the model's maximum (default: the preset's)")
+    trace.add_argument("--batch", type=int, default=2,
+                       help=f"batch size, 1..{MAX_TRACE_BATCH} (default: 2, as with guidance)")
     return p
 
 

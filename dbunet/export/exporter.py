@@ -28,7 +28,7 @@ from dbunet.export import fp16 as fp16_convert
 from dbunet.export.graphs import graph_module, run_reference, sample_inputs
 from dbunet.export.onnx_export import check_model_file, save_onnx, trace_to_onnx
 from dbunet.export.parity import ParityResult, measure, require, run_onnx, run_rewritten
-from dbunet.export.specs import COMPONENTS, component_specs, components_of, default_sizes
+from dbunet.export.specs import COMPONENTS, MAX_TRACE_BATCH, component_specs, components_of, default_sizes
 from dbunet.export.staging import staged
 from dbunet.export.step_graphs import STEP_OF, compose_step, step_module
 from dbunet.manifest import Artifact, Manifest, sha256_file, tool_versions
@@ -68,8 +68,9 @@ class ExportOptions:
             raise ConfigError("--refiner goes with --weights: the SDXL base folder it refines")
         if unknown:
             raise ConfigError(f"unknown components {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
-        if self.batch < 1:
-            raise ConfigError(f"batch must be >= 1, got {self.batch}")
+        if not 1 <= self.batch <= MAX_TRACE_BATCH:
+            raise ConfigError(f"batch must lie in 1..{MAX_TRACE_BATCH}, got {self.batch} (it sizes the tracing and "
+                              "parity inputs only: the graphs' batch axis stays dynamic)")
         for name, v in (("height", self.height), ("width", self.width)):
             if v is not None and (v < 8 or v % 8):
                 raise ConfigError(f"{name} must be a positive multiple of 8, got {v}")
@@ -82,6 +83,16 @@ class ExportOptions:
         if self.opset not in SUPPORTED_OPSETS:
             valid = f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
             raise ConfigError(f"opset {self.opset} not supported; valid: {valid}")
+
+
+def check_tracing_size(config: ModelConfig, options: ExportOptions) -> None:
+    """Tracing and parity inputs within the sizes the model runs at (its config's defaults.max_*): a larger one
+    only costs memory and time, and its parity would be judged where no run can go."""
+    d = config.defaults
+    for name, value, most in (("height", options.height, d.max_height), ("width", options.width, d.max_width)):
+        if value is not None and value > most:
+            raise ConfigError(f"--{name} {value} is beyond this model's maximum of {most} (its config's "
+                              f"defaults.max_{name}); the graphs' sizes stay dynamic up to it")
 
 
 def resolve_config(name_or_file: str) -> ModelConfig:
@@ -225,7 +236,9 @@ def _save(graph, precision: str, note: str = "", tolerance: str | None = None, *
 def export(options: ExportOptions, report: Report = log.info) -> Manifest:
     """Write the artifacts to a staging directory beside `options.out` and switch over when complete:
     an interrupted export leaves the previous artifacts in place (dbunet.export.staging)."""
-    resolve_config(options.config)  # a bad config or weights path fails before anything is written
+    config = resolve_config(options.config)  # a bad config or weights path fails before anything is written
+    if options.weights is None:  # a folder's own config is read in the staging directory (then checked again)
+        check_tracing_size(config, options)
     if options.weights is not None and not Path(options.weights).is_dir():
         raise WeightsError(f"--weights {options.weights} is not a directory (a dbunet model folder or a diffusers "
                            "SD 1.x folder)")
@@ -236,6 +249,7 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
 
 def _export_into(options: ExportOptions, out: Path, report: Report) -> Manifest:
     model, source = load_source_model(options, out)
+    check_tracing_size(model.config, options)
     report(f"model {model.config.name}: {sum(p.numel() for p in model.cascade.parameters()) / 1e6:.2f} M parameters")
     artifacts: list[Artifact] = []
     unet_graphs: UnetGraphs = {}

@@ -75,6 +75,9 @@ def component_specs(config: ModelConfig) -> dict[str, GraphSpec]:
     return {s.component: s for s in specs}
 
 
+MAX_TRACE_BATCH = 16  # tracing needs one image's worth; the graphs' batch axis stays dynamic
+
+
 def default_sizes(config: ModelConfig, batch: int = 2, height: int | None = None, width: int | None = None,
                   boxes: int = 3) -> dict[str, int]:
     """Concrete sizes for every symbolic dim (tracing and parity inputs)."""
