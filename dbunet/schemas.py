@@ -1,7 +1,8 @@
 """The JSON documents dbunet writes and later reads back as untrusted input, declared once as JSON Schema and
-checked with `jsonschema`: the artifacts manifest (manifest.json), the engines index (engines/index.json), and
-the model config, whose schema is generated from its dataclasses' type hints (`dataclass_schema`), so the
-dataclasses stay the one declaration; their value bounds are checked by the dataclasses themselves.
+checked with `jsonschema`: the artifacts manifest (manifest.json), the engines index (engines/index.json), a
+dbunet-bench report (a baseline), and the model config, whose schema is generated from its dataclasses' type
+hints (`dataclass_schema`), so the dataclasses stay the one declaration; their value bounds are checked by the
+dataclasses themselves.
 
 `python -m dbunet.schemas DIR` writes the schemas as files, for tools outside dbunet.
 """
@@ -112,7 +113,35 @@ ENGINES_INDEX = {
     },
 }
 
-SCHEMAS = {"manifest": MANIFEST, "engines-index": ENGINES_INDEX}
+NUMBER = {"type": "number", "minimum": 0}
+TIMING = {"type": "object", "required": ["samples_ms"],
+          "properties": {"samples_ms": {"type": "array", "minItems": 1, "items": NUMBER}}}  # the rest: derived
+
+BENCH_REPORT = {  # dbunet-bench --json / --record, read back by --compare and the pytest plugin
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "dbunet-bench report",
+    "type": "object",
+    "required": ["schema", "backend", "precision", "config", "results", "peak_rss_mb", "machine", "versions"],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"type": "integer"},  # its value: dbunet.bench.runner.SCHEMA
+        "dbunet_version": {"type": "string"},
+        "backend": NAME,
+        "precision": NAME,
+        "config": {"type": "string"},
+        "machine": {"type": "object", "required": ["processor", "cpu_count"],
+                    "properties": {"processor": {"type": "string"}, "cpu_count": {"type": "integer", "minimum": 1}}},
+        "versions": {"type": "object", "additionalProperties": {"type": "string"}},
+        "settings": {"type": "object"},
+        "peak_rss_mb": NUMBER,
+        "device_memory_mb": {"anyOf": [NUMBER, {"type": "null"}]},
+        "calibration_ms": NUMBER,
+        "details": {"type": "object"},
+        "results": {"type": "object", "additionalProperties": TIMING},
+    },
+}
+
+SCHEMAS = {"manifest": MANIFEST, "engines-index": ENGINES_INDEX, "bench-report": BENCH_REPORT}
 MAX_INT = 2**31 - 1  # bound on every integer a config holds
 
 

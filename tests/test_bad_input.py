@@ -242,6 +242,8 @@ CASES = [
          "is a directory"),
     Case("bench warmup negative", "bench", ("--artifacts", "{art}", "--warmup", "-1"), "warmup"),
     Case("bench unknown component", "bench", ("--artifacts", "{art}", "--components", "unet9"), "invalid choice"),
+    Case("bench baseline not a report", "bench", ("--artifacts", "{art}", "--compare", "{art}/b.json"),
+         "b.json: not a dbunet-bench report", lambda a: (a / "b.json").write_text("[1, 2]")),
     Case("bench baseline missing", "bench",
          ("--artifacts", "{art}", "--compare", "{tmp}/nothing.json"), "nothing.json"),
     Case("bench artifacts missing", "bench", ("--artifacts", "{tmp}/nothing",), "does not exist"),

@@ -23,8 +23,10 @@ def load_report(path: str | Path) -> BenchReport:
         raise ConfigError(f"baseline {path} does not exist; create one with --record {path}")
     try:
         return BenchReport.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not a dbunet-bench report ({exc})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 @dataclass

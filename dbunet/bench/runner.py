@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dbunet import __version__, backends
+from dbunet import __version__, backends, schemas
 from dbunet.architectures.base import BENCH_COMPONENTS
 from dbunet.bench.stats import Machine, Timing, calibration_ms, device_memory_mb, measure, peak_rss_mb
 from dbunet.errors import ConfigError
@@ -72,8 +72,13 @@ class BenchReport:
 
     @classmethod
     def from_dict(cls, d: dict) -> BenchReport:
-        if d.get("schema") != SCHEMA:
-            raise ConfigError(f"benchmark file schema {d.get('schema')} is not {SCHEMA}; record a new baseline")
+        if not isinstance(d, dict) or "schema" not in d:
+            raise ConfigError("not a dbunet-bench report (no \"schema\" field)")
+        if d["schema"] != SCHEMA:
+            raise ConfigError(f"benchmark file schema {d['schema']!r} is not {SCHEMA}; record a new baseline")
+        wrong = schemas.problem(d, schemas.BENCH_REPORT)
+        if wrong:
+            raise ConfigError(f"not a valid dbunet-bench report: {wrong}")
         return cls(d["backend"], d["precision"], d["config"], {k: Timing.from_dict(v) for k, v in d["results"].items()},
                    d["peak_rss_mb"], d.get("calibration_ms", 0.0), d["machine"], d["versions"], d.get("settings", {}),
                    d.get("device_memory_mb"), d.get("details", {}))

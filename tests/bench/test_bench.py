@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from dbunet import schemas
 from dbunet.bench import runner
 from dbunet.bench.baseline import compare, format_verdicts, load_report
 from dbunet.bench.runner import COMPONENTS, BenchOptions, run_bench
@@ -30,8 +31,36 @@ def test_smoke_report_schema(tiny_artifacts, tmp_path, capsys):
         assert r["cv"] >= 0
     assert data["peak_rss_mb"] > 0 and data["machine"]["cpu_count"] >= 1 and "onnxruntime" in data["versions"]
     assert "device_memory_mb" in data  # null here: the CPU provider holds no GPU memory
+    assert schemas.problem(data, schemas.BENCH_REPORT) is None  # what --compare reads back
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "dbunet_step" in capsys.readouterr().out
+
+
+def _report_dict() -> dict:
+    return runner.BenchReport("ort", "fp32", "tiny", {"text_encoder": Timing([1.0, 2.0])}, 100.0).to_dict()
+
+
+@pytest.mark.parametrize("text,says", [
+    ("{}", 'not a dbunet-bench report [(]no "schema" field[)]'),
+    ("[1, 2]", 'not a dbunet-bench report [(]no "schema" field[)]'),
+    ('{"schema": 1}', "schema 1 is not 2; record a new baseline"),
+    (json.dumps({**_report_dict(), "results": {"text_encoder": {"samples_ms": []}}}),
+     "results/text_encoder/samples_ms: .. should be non-empty"),
+    (json.dumps({**_report_dict(), "machine": "x"}), "machine: 'x' is not of type 'object'"),
+    (json.dumps({k: v for k, v in _report_dict().items() if k != "backend"}), "'backend' is a required property"),
+    (json.dumps({**_report_dict(), "peak_rss_mb": "lots"}), "peak_rss_mb: 'lots' is not of type 'number'"),
+])
+def test_a_baseline_that_is_not_a_report_is_refused_in_one_line(tmp_path, text, says):
+    """Read back as untrusted input against its JSON Schema (dbunet.schemas.BENCH_REPORT): a list or a wrong
+    field was an AttributeError or KeyError traceback before."""
+    from dbunet.errors import ConfigError
+
+    path = tmp_path / "b.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}: .*{says}"):
+        load_report(path)
+    path.write_text(json.dumps(_report_dict()))
+    assert load_report(path).results["text_encoder"].median_ms == 1.5
 
 
 _BENCH = """
