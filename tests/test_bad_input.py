@@ -240,6 +240,7 @@ CASES = [
     Case("bench tolerance negative", "bench", ("--artifacts", "{art}", "--tolerance", "-1"), "--tolerance"),
     Case("bench json into a directory", "bench", ("--artifacts", "{art}", "--json", "{tmp}/dir.png"),
          "is a directory"),
+    Case("bench plot not png", "bench", ("--artifacts", "{art}", "--plot", "{tmp}/p.txt"), "--plot must be a .png"),
     Case("bench warmup negative", "bench", ("--artifacts", "{art}", "--warmup", "-1"), "warmup"),
     Case("bench unknown component", "bench", ("--artifacts", "{art}", "--components", "unet9"), "invalid choice"),
     Case("bench baseline not a report", "bench", ("--artifacts", "{art}", "--compare", "{art}/b.json"),

@@ -63,9 +63,10 @@ def check_bench_options(args) -> None:
     (nan passes every slowdown), report paths that cannot be written."""
     if not (math.isfinite(args.tolerance) and 0 <= args.tolerance <= 10):
         raise InputError(f"--tolerance must be a fraction in 0..10 (0.10 = 10% slower allowed), got {args.tolerance}")
-    for flag, path in (("--json", args.json), ("--record", args.record), ("--plot", args.plot)):
+    for flag, path, suffix in (("--json", args.json, None), ("--record", args.record, None),
+                               ("--plot", args.plot, ".png")):
         if path is not None:
-            check_output(Path(path), flag)
+            check_output(Path(path), flag, suffix)
 
 
 @guarded

@@ -40,8 +40,11 @@ def add_whole_loops(group) -> None:
                             "progress bar then moves once per loop")
 
 
-def check_output(path: Path, flag: str = "--output") -> None:
-    """Refuse, before any work, an output file that could not be written."""
+def check_output(path: Path, flag: str = "--output", suffix: str | None = None) -> None:
+    """Refuse, before any work, an output file that could not be written (or is not named `suffix`, a format
+    the file will be written in whatever its name says)."""
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise InputError(f"{flag} must be a {suffix} file, got {path}")
     if len(os.fsencode(path.name)) > 255:
         raise InputError(f"{flag} {path}: the file name is longer than the 255 bytes a file system allows")
     if path.is_dir():

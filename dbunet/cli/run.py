@@ -71,9 +71,7 @@ def _options(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     options = _options(args)
-    if args.output.suffix.lower() != ".png":
-        raise InputError(f"--output must be a .png file, got {args.output}")
-    check_output(args.output)
+    check_output(args.output, suffix=".png")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     pipe = backends.open_pipeline(args.artifacts, args.backend, args.precision, args.device, args.threads,
