@@ -23,7 +23,7 @@ from pathlib import Path
 from dbunet import atomic
 from dbunet.config import ModelConfig
 from dbunet.engines.cache import ENGINES_DIR, Device, EngineEntry, EngineKey, read_index, write_index
-from dbunet.engines.profiles import SIZE_FREE, Resolution, engine_components, profile
+from dbunet.engines.profiles import SIZE_FREE, Resolution, check_build, engine_components, profile
 from dbunet.errors import BuildError, ConfigError
 from dbunet.manifest import Manifest, sha256_file, verify_artifact
 
@@ -209,6 +209,9 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(),  # no
     device, driver_cuda = current_device(trt)
     manifest = Manifest.read(artifacts)
     config: ModelConfig = manifest.config
+    resolutions = options.resolutions or (Resolution(config.defaults.height, config.defaults.width),)
+    max_boxes = config.unet.max_boxes if options.max_boxes is None else options.max_boxes
+    check_build(config, resolutions, max_boxes)  # all of them, before the first engine
     mode = plugin_mode(trt)
     typed = strongly_typed_flag(trt)
     if mode == "aot":
@@ -219,8 +222,6 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(),  # no
     plugin_path = f"aot plugins: {', '.join(PLUGIN_OPS)}" if mode == "aot" else "local functions (no AOT plugins)"
     report(f"{device.describe()}, CUDA {driver_cuda} driver; dbunet ops as {plugin_path}")
 
-    resolutions = options.resolutions or (Resolution(config.defaults.height, config.defaults.width),)
-    max_boxes = config.unet.max_boxes if options.max_boxes is None else options.max_boxes
     timing_cache = options.timing_cache or artifacts / ENGINES_DIR / TIMING_CACHE
     timing_cache.parent.mkdir(parents=True, exist_ok=True)  # polygraphy locks the cache beside it after a build
     index = read_index(artifacts)

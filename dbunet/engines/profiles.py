@@ -46,14 +46,25 @@ class Resolution:
         return f"{self.height}x{self.width}"
 
 
+def check_build(config: ModelConfig, resolutions: tuple[Resolution, ...], max_boxes: int) -> None:
+    """Every resolution and the box slots an engine build asks for, refused before the first engine is built:
+    positive multiples of the VAE's factor, within the sizes the model runs at (its defaults.max_*)."""
+    f, d = config.vae.downscale, config.defaults
+    for res in resolutions:
+        if res.height % f or res.width % f or min(res.height, res.width) < f:
+            raise ConfigError(f"resolution {res}: height and width must be positive multiples of {f}")
+        if res.height > d.max_height or res.width > d.max_width:
+            raise ConfigError(f"resolution {res} is beyond this model's maximum of {d.max_height}x{d.max_width} "
+                              "(its config's defaults.max_height and max_width): no run could use the engine")
+    if not 0 <= max_boxes <= config.unet.max_boxes:
+        raise ConfigError(f"max boxes must lie in 0..{config.unet.max_boxes} (the model's maximum), got {max_boxes}")
+
+
 def profile(spec: GraphSpec, config: ModelConfig, resolution: Resolution, max_boxes: int
             ) -> dict[str, tuple[Shape, Shape, Shape]]:
     """{input name: (min, opt, max)} for one component at one resolution."""
+    check_build(config, (resolution,), max_boxes)
     f = config.vae.downscale
-    if resolution.height % f or resolution.width % f or min(resolution.height, resolution.width) < f:
-        raise ConfigError(f"resolution {resolution}: height and width must be positive multiples of {f}")
-    if not 0 <= max_boxes <= config.unet.max_boxes:
-        raise ConfigError(f"max boxes must lie in 0..{config.unet.max_boxes} (the model's maximum), got {max_boxes}")
     sizes = {"batch": 2 if spec.component in GUIDED_STEPS else 1, "boxes": max_boxes,
              "height": resolution.height, "width": resolution.width,
              "latent_height": resolution.height // f, "latent_width": resolution.width // f}

@@ -88,6 +88,23 @@ def test_engines_graphs_make_the_profiles_static_dims_static(fresh, monkeypatch)
     assert text["inputs"]["input_ids"] == (2, 77)  # a range (1..4 prompts): its opt, still dynamic
 
 
+@pytest.mark.parametrize("resolutions,max_boxes,says", [
+    ((Resolution(64, 64), Resolution(60, 64)), 4, "resolution 60x64: height and width must be positive multiples"),
+    ((Resolution(64, 64), Resolution(1024, 64)), 4, "resolution 1024x64 is beyond this model's maximum of 512x512"),
+    ((Resolution(64, 64),), 31, "max boxes must lie in 0..30"),
+    ((Resolution(64, 64),), -1, "max boxes must lie in 0..30"),
+])
+def test_a_request_no_engine_could_serve_is_refused_before_the_first_build(fresh, monkeypatch, resolutions,
+                                                                           max_boxes, says):
+    """A bad second resolution failed only after the first resolution's engines were built."""
+    from dbunet.errors import ConfigError
+
+    trt = install(monkeypatch, "10.3.0")
+    with pytest.raises(ConfigError, match=says):
+        builder.build_engines(fresh, builder.BuildOptions(resolutions, max_boxes=max_boxes), report=lambda line: None)
+    assert trt.builds == [] and not (fresh / "engines").exists()
+
+
 def test_tensorrt_11_builds_strongly_typed_without_the_removed_flags(fresh, monkeypatch):
     trt = install(monkeypatch, "11.4.0")
     assert not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and not hasattr(trt.BuilderFlag, "FP16")
