@@ -28,7 +28,14 @@ from dbunet.export import fp16 as fp16_convert
 from dbunet.export.graphs import graph_module, run_reference, sample_inputs
 from dbunet.export.onnx_export import check_model_file, save_onnx, trace_to_onnx
 from dbunet.export.parity import ParityResult, measure, require, run_onnx, run_rewritten
-from dbunet.export.specs import COMPONENTS, MAX_TRACE_BATCH, component_specs, components_of, default_sizes
+from dbunet.export.specs import (
+    COMPONENTS,
+    MAX_TRACE_BATCH,
+    component_specs,
+    components_of,
+    default_sizes,
+    traced_pixels,
+)
 from dbunet.export.staging import staged
 from dbunet.export.step_graphs import STEP_OF, compose_step, step_module
 from dbunet.manifest import Artifact, Manifest, sha256_file, tool_versions
@@ -168,7 +175,8 @@ def export_component(model: Model, name: str, options: ExportOptions, out: Path,
     args = tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs)
 
     graph = trace_to_onnx(module, spec, args, options.opset, options.decomposed)
-    save = functools.partial(_save, name=name, spec=spec, options=options, out=out, feeds=feeds, reference=reference)
+    save = functools.partial(_save, name=name, spec=spec, options=options, out=out, feeds=feeds, reference=reference,
+                             pixels=traced_pixels(spec, sizes))
     artifact, result = save(graph, "fp32")
     report("  " + result.line())
     require([result])
@@ -211,7 +219,8 @@ def export_step(model: Model, name: str, options: ExportOptions, out: Path, repo
     for precision, unet in unet_graphs.items():
         note = "the UNet in fp16; c_in scaling, guidance and the sampler update in fp32" if precision == "fp16" else ""
         artifact, result = _save(compose_step(name, unet, spec), precision, note, name=name, spec=spec,
-                                 options=options, out=out, feeds=feeds, reference=reference)
+                                 options=options, out=out, feeds=feeds, reference=reference,
+                                 pixels=traced_pixels(spec, sizes))
         report("  " + result.line())
         require([result])
         artifacts.append(artifact)
@@ -219,12 +228,13 @@ def export_step(model: Model, name: str, options: ExportOptions, out: Path, repo
 
 
 def _save(graph, precision: str, note: str = "", tolerance: str | None = None, *, name, spec, options, out, feeds,
-          reference) -> tuple[Artifact, ParityResult]:
+          reference, pixels) -> tuple[Artifact, ParityResult]:
     """Write one graph under <out>/<precision>/, check it and measure its parity with PyTorch."""
     rel = Path(precision) / f"{name}.onnx"
     files = save_onnx(graph, out / rel)
     check_model_file(files[0])
-    result = measure(name, tolerance or precision, run_onnx(files[0], feeds), reference, run_rewritten(files[0], feeds))
+    result = measure(name, tolerance or precision, run_onnx(files[0], feeds), reference, run_rewritten(files[0], feeds),
+                     pixels)
     artifact = Artifact(
         component=name, precision=precision, files=[str(f.relative_to(out)) for f in files],
         sha256={str(f.relative_to(out)): sha256_file(f) for f in files}, spec=spec, opset=options.opset,

@@ -86,3 +86,12 @@ def default_sizes(config: ModelConfig, batch: int = 2, height: int | None = None
     width = width or config.defaults.width
     return {"batch": batch, "height": height, "width": width, "latent_height": height // f,
             "latent_width": width // f, "boxes": boxes}
+
+
+def traced_pixels(spec: GraphSpec, sizes: dict[str, int]) -> int:
+    """The traced image's pixel count where a graph's inputs are image-sized, 0 where not (the text encoders):
+    what its parity tolerance is scaled by (dbunet.export.parity.tolerance)."""
+    spatial = {"height", "width", "latent_height", "latent_width"}
+    if any(d in spatial for t in spec.inputs for d in t.dims if isinstance(d, str)):
+        return sizes["height"] * sizes["width"]
+    return 0
