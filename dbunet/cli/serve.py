@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -30,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--replicas", type=int, default=1, help="a fixed number of replicas (default: 1)")
     scale.add_argument("--autoscale", metavar="MIN:MAX", help="scale between MIN and MAX replicas with the load")
-    p.add_argument("--scale-delays", metavar="UP:DOWN", default="30:600",
+    p.add_argument("--scale-delays", metavar="UP:DOWN",
                    help="with --autoscale: seconds of load before a replica is added, of calm before one is removed "
                         "(default: 30:600, Ray Serve's)")
     p.add_argument("--num-cpus", type=float, default=1.0,
@@ -40,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
                    help="requests queued beyond those being computed before 503 (default: 8)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default: 300)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port, 1..65535 (default: 8000)")
     return p
 
 
@@ -62,18 +65,43 @@ def parse_delays(text: str) -> tuple[float, float]:
     return values
 
 
+def check_listen(host: str, port: int) -> None:
+    """Refuse, before Ray starts, an address this machine cannot listen on: a name that does not resolve, an
+    address of another machine, a port another server holds or one reserved for root. (Ray's proxy would fail
+    to bind after the replicas had started, in a traceback.)"""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"--host {host}: {getattr(exc, 'strerror', None) or exc}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to take
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            why = "another server is listening there" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise InputError(f"cannot listen on {host}:{port}: {why}") from None
+
+
 def options_from(args):
     from dbunet.serve.app import ServeOptions
 
     if args.replicas < 1:
         raise InputError(f"--replicas must be >= 1, got {args.replicas}")
+    for flag, value in (("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus), ("--timeout", args.timeout)):
+        if not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, got {value}")
     if args.num_cpus <= 0 or args.num_gpus < 0 or args.max_queued < 0 or args.timeout <= 0:
         raise InputError("--num-cpus and --timeout must be positive, --num-gpus and --max-queued not negative")
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port must lie in 1..65535, got {args.port}")
+    if args.scale_delays is not None and not args.autoscale:
+        raise InputError("--scale-delays goes with --autoscale: a fixed number of replicas does not scale")
     if not (args.artifacts / "manifest.json").is_file():
         raise InputError(f"--artifacts {args.artifacts}: no manifest.json (run dbunet-export first)")
+    delays = {"scale_delays": parse_delays(args.scale_delays)} if args.scale_delays is not None else {}
     return ServeOptions(args.artifacts.resolve(), args.backend, args.precision, args.replicas,
-                        parse_autoscale(args.autoscale) if args.autoscale else None, parse_delays(args.scale_delays),
-                        args.num_cpus, args.num_gpus, max_queued=args.max_queued, whole_loops=args.whole_loops)
+                        parse_autoscale(args.autoscale) if args.autoscale else None, num_cpus=args.num_cpus,
+                        num_gpus=args.num_gpus, max_queued=args.max_queued, whole_loops=args.whole_loops, **delays)
 
 
 @guarded
@@ -83,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     from dbunet.manifest import Manifest
 
     Manifest.read(args.artifacts)  # a broken export is refused here, before Ray starts
+    if "RAY_ADDRESS" not in os.environ:  # on a cluster the proxies listen on its nodes, not here
+        check_listen(args.host, args.port)
     try:
         import ray
         from ray import serve

@@ -140,6 +140,22 @@ def test_dbunet_serve_refuses_replicas_its_local_ray_cannot_place(server, tiny_a
                                             "instance has 0"), err
 
 
+def test_dbunet_serve_refuses_an_address_it_cannot_listen_on_before_ray_starts(tiny_artifacts, capsys, monkeypatch):
+    """A port another server holds: Ray's proxy failed to bind after the replicas had started, in a traceback."""
+    from dbunet.cli import serve as serve_cli
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code = serve_cli.main(["--artifacts", str(tiny_artifacts), "--port", str(port)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: cannot listen on 127.0.0.1:{port}: another server is listening there"]
+    serve_cli.check_listen("127.0.0.1", port)  # free again once the other server is gone
+
+
 @pytest.mark.parametrize(("body", "cli"), [
     ({"prompt": PROMPT, "boxes": ["0.1,0.2:a cat"]}, ["--box", "0.1,0.2:a cat"]),
     ({"prompt": PROMPT, "height": 4096}, ["--height", "4096"]),
