@@ -16,6 +16,11 @@ MAX_STEPS = 1000  # a sampler cannot take more steps than the training schedule 
 MAX_GUIDANCE = 100.0  # far past any useful guidance; larger scales overflow float32 in the guided update
 MAX_SIDE_UNSET = 0
 MAX_MICRO = 8192  # SDXL's size numbers are pixels: no image is larger
+SEED_RANGE = "0..2^63-1"  # what every seed (a run's, a training run's) may be: a non-negative int64
+
+
+def valid_seed(seed) -> bool:
+    return not isinstance(seed, bool) and isinstance(seed, int) and 0 <= seed < 2**63
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,8 @@ class GenerationRequest:
         refiner_steps = self.refiner_steps
         if isinstance(refiner_steps, bool) or not isinstance(refiner_steps, int) or not 0 <= refiner_steps <= max_steps:
             raise bad(f"refiner steps must be an integer in 0..{max_steps}, got {self.refiner_steps!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise bad(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
+        if not valid_seed(self.seed):
+            raise bad(f"seed must be an integer in {SEED_RANGE}, got {self.seed!r}")
         if not _number(self.guidance_scale) or not 0 <= self.guidance_scale <= MAX_GUIDANCE:
             raise bad(f"guidance scale must be a number in 0..{MAX_GUIDANCE:g}, got {self.guidance_scale!r}")
         if not (_number(self.refiner_strength) and 0.0 <= self.refiner_strength <= 1.0):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dbunet.cli.common import Parser, guarded
 from dbunet.errors import InputError
+from dbunet.request import SEED_RANGE, valid_seed
 
 DESCRIPTION = """Train every component of a demo preset on the shapes generator, in stages: the VAE, then the
 text encoder and DB-UNet (diffusion loss with guidance and box dropout), then the DiffuseGAE refiner.
@@ -31,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if not valid_seed(args.seed):
+        raise InputError(f"--seed must be an integer in {SEED_RANGE}, got {args.seed}")
     import torch
 
     from dbunet.config import preset

@@ -45,6 +45,10 @@ def test_an_unreachable_device_or_a_file_as_out_is_refused_before_anything_is_wr
     (tmp_path / "a-file").write_text("notes")
     assert main(["shapes", "--out", str(tmp_path / "a-file"), "--smoke", "--device", "cpu"]) == 2
     assert "is a file; give a directory" in capsys.readouterr().err
+    for seed in ("-1", str(2**63)):  # numpy's and PyTorch's tracebacks before, after the run folder was begun
+        assert main(["shapes", "--out", str(tmp_path / "seeded"), "--smoke", f"--seed={seed}"]) == 2
+        assert capsys.readouterr().err == f"error: --seed must be an integer in 0..2^63-1, got {seed}\n"
+        assert not (tmp_path / "seeded").exists()
 
 
 def _weights(directory):
