@@ -6,9 +6,10 @@ within ~10x of the largest error measured on a real export (onnxruntime 1.31.1, 
   fp32  1e-4  measured: tiny <= 3.2e-6 (VAE decoder), sd15 at 256x256 <= 1.4e-5 (VAE decoder; DB-UNet
               1.1e-6). float32 unit roundoff is 6e-8; reordered sums over the ~100 sequential ops of a
               UNet, and the VAE's 512-channel convolutions, grow it; a wrong op shows as 1e-2 or more.
-        x pixels / 256^2 beyond 256x256, at most 5e-3, for graphs whose inputs are image-sized: ONNX
-              Runtime's CPU InstanceNormalization (PyTorch's GroupNorm, exported) sums each group in one
-              running float32 sum, so its error grows with the group's size. Measured (onnxruntime 1.32.0):
+        x pixels / 256^2 beyond 256x256, at most 5e-3, the pixels of a graph's largest spatial tensor (the
+              VAE's images, the UNet's latents; dbunet.export.specs.traced_pixels): ONNX Runtime's CPU
+              InstanceNormalization (PyTorch's GroupNorm, exported) sums each group in one running float32
+              sum, so its error grows with the group's size. Measured (onnxruntime 1.32.0):
               a GroupNorm(32, 128) alone, against float64, 9.3e-7 at 128x128 and 1.4e-5 at 512x512 while
               PyTorch's stays 1.3e-7; the VAE decoder, tiny 3.2e-6 / 9.9e-6 / 4.7e-5 / 1.6e-4 / 4.0e-4 at
               128^2 / 256^2 / 512^2 / 4096x128 / 1024^2 (1.6e-3 allowed there), sd15 2.6e-4 at 1024x1024,
@@ -35,8 +36,8 @@ FP32_CEILING = 5e-3
 
 
 def tolerance(precision: str, pixels: int = 0) -> float:
-    """The tolerance of a graph checked in `precision` on a traced image of `pixels` (0: its inputs are not
-    image-sized, the text encoders)."""
+    """The tolerance of a graph checked in `precision` whose largest spatial tensor has `pixels` positions as
+    traced (0: none, the text encoders)."""
     if precision != "fp32" or pixels <= FP32_BASE_PIXELS:
         return TOLERANCE[precision]
     return min(FP32_CEILING, TOLERANCE["fp32"] * pixels / FP32_BASE_PIXELS)

@@ -89,9 +89,12 @@ def default_sizes(config: ModelConfig, batch: int = 2, height: int | None = None
 
 
 def traced_pixels(spec: GraphSpec, sizes: dict[str, int]) -> int:
-    """The traced image's pixel count where a graph's inputs are image-sized, 0 where not (the text encoders):
-    what its parity tolerance is scaled by (dbunet.export.parity.tolerance)."""
-    spatial = {"height", "width", "latent_height", "latent_width"}
-    if any(d in spatial for t in spec.inputs for d in t.dims if isinstance(d, str)):
-        return sizes["height"] * sizes["width"]
-    return 0
+    """The positions of a graph's largest spatial tensor as traced (an image's pixels for the VAE, a latent's for
+    the UNet), 0 where it has none (the text encoders): what its parity tolerance is scaled by, since the sums of
+    its normalisations grow with them (dbunet.export.parity.tolerance)."""
+    largest = 0
+    for t in (*spec.inputs, *spec.outputs):
+        for h, w in (("height", "width"), ("latent_height", "latent_width")):
+            if h in t.dims and w in t.dims:
+                largest = max(largest, sizes[h] * sizes[w])
+    return largest

@@ -14,7 +14,7 @@ from dbunet.export import parity
 from dbunet.export.exporter import ExportOptions, export
 from dbunet.export.graphs import GRAPHS, run_reference, sample_inputs
 from dbunet.export.parity import TOLERANCE, measure
-from dbunet.export.specs import component_specs
+from dbunet.export.specs import component_specs, traced_pixels
 from dbunet.export.step_graphs import STEP_MODULES
 from dbunet.manifest import Manifest, sha256_file
 from dbunet.models.cascade import load_model
@@ -74,6 +74,11 @@ def test_an_export_at_a_large_size_passes_where_onnx_runtime_sums_its_group_norm
     (decoder,) = Manifest.read(out).artifacts
     assert decoder.parity["tolerance"] == pytest.approx(1.6e-3) and decoder.parity["passed"]
     assert 1e-4 < decoder.parity["max_rel"] < 1.6e-3 / 2  # the case it is for, with room to spare
+    # the UNet works on the latents (128x128 there): its tolerance stays the 1e-4 its error keeps to (2.7e-6)
+    specs = component_specs(tiny())
+    sizes = {"batch": 2, "height": 1024, "width": 1024, "latent_height": 128, "latent_width": 128, "boxes": 3}
+    assert traced_pixels(specs["dbunet_step"], sizes) == 128 * 128 and traced_pixels(specs["text_encoder"], sizes) == 0
+    assert traced_pixels(specs["vae_decoder"], sizes) == 1024 * 1024
 
 
 def test_tiny_parity_stays_near_its_measured_figures(tiny_artifacts):
