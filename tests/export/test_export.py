@@ -73,7 +73,8 @@ def test_an_export_at_a_large_size_passes_where_onnx_runtime_sums_its_group_norm
                          width=1024), report=lambda line: None)
     (decoder,) = Manifest.read(out).artifacts
     assert decoder.parity["tolerance"] == pytest.approx(1.6e-3) and decoder.parity["passed"]
-    assert 1e-4 < decoder.parity["max_rel"] < 1.6e-3 / 2  # the case it is for, with room to spare
+    # 4.0e-4 on an AVX2 CPU (the case it is for); wider vectors sum in more lanes, so no lower bound is asserted
+    assert decoder.parity["max_rel"] < 1.6e-3 / 2
     # the UNet works on the latents (128x128 there): its tolerance stays the 1e-4 its error keeps to (2.7e-6)
     specs = component_specs(tiny())
     sizes = {"batch": 2, "height": 1024, "width": 1024, "latent_height": 128, "latent_width": 128, "boxes": 3}
