@@ -279,6 +279,14 @@ class RefinerConfig:
         raise ConfigError(f"unknown attribute group {name!r}; valid: {valid}")
 
 
+def side_beyond(name: str, value: int, most: int) -> str | None:
+    """The one wording of an image side past the model's maximum (`most`, its defaults.max_<name>; 0: none known),
+    for requests, tracing sizes and engine resolutions alike; None where it is within."""
+    if most and value > most:
+        return f"{name} {value} is beyond this model's maximum of {most} (its config's defaults.max_{name})"
+    return None
+
+
 @dataclass(frozen=True)
 class SamplingDefaults:
     """What a plain call uses when the caller says nothing."""

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from dbunet.boxes import Box, as_boxes
-from dbunet.config import ModelConfig
+from dbunet.config import ModelConfig, side_beyond
 from dbunet.errors import InputError
 from dbunet.schedulers import SCHEDULERS
 
@@ -76,8 +76,8 @@ class GenerationRequest:
         for name, v, most in (("height", self.height, max_height), ("width", self.width, max_width)):
             if isinstance(v, bool) or not isinstance(v, int) or v < downscale or v % downscale:
                 raise bad(f"{name} must be a positive multiple of {downscale}, got {v!r}")
-            if most and v > most:
-                raise bad(f"{name} {v} is beyond this model's maximum of {most} (its config's defaults.max_{name})")
+            if side_beyond(name, v, most):
+                raise bad(side_beyond(name, v, most))
         for name, pair, least in (("original size", self.original_size, 1), ("crop top-left", self.crop_top_left, 0),
                                   ("target size", self.target_size, 1)):
             if pair is not None and not (isinstance(pair, tuple) and len(pair) == 2 and all(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dbunet.architectures.base import GUIDED_STEPS
-from dbunet.config import ModelConfig
+from dbunet.config import ModelConfig, side_beyond
 from dbunet.errors import ConfigError
 from dbunet.iospec import GraphSpec
 
@@ -53,7 +53,7 @@ def check_build(config: ModelConfig, resolutions: tuple[Resolution, ...], max_bo
     for res in resolutions:
         if res.height % f or res.width % f or min(res.height, res.width) < f:
             raise ConfigError(f"resolution {res}: height and width must be positive multiples of {f}")
-        if res.height > d.max_height or res.width > d.max_width:
+        if side_beyond("height", res.height, d.max_height) or side_beyond("width", res.width, d.max_width):
             raise ConfigError(f"resolution {res} is beyond this model's maximum of {d.max_height}x{d.max_width} "
                               "(its config's defaults.max_height and max_width): no run could use the engine")
     if not 0 <= max_boxes <= config.unet.max_boxes:

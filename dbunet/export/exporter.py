@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from dbunet import architectures, atomic
-from dbunet.config import PRESETS, ModelConfig, preset
+from dbunet.config import PRESETS, ModelConfig, preset, side_beyond
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.export import fp16 as fp16_convert
 from dbunet.export.graphs import graph_module, run_reference, sample_inputs
@@ -97,9 +97,8 @@ def check_tracing_size(config: ModelConfig, options: ExportOptions) -> None:
     only costs memory and time, and its parity would be judged where no run can go."""
     d = config.defaults
     for name, value, most in (("height", options.height, d.max_height), ("width", options.width, d.max_width)):
-        if value is not None and value > most:
-            raise ConfigError(f"--{name} {value} is beyond this model's maximum of {most} (its config's "
-                              f"defaults.max_{name}); the graphs' sizes stay dynamic up to it")
+        if value is not None and side_beyond(name, value, most):
+            raise ConfigError(f"--{side_beyond(name, value, most)}; the graphs' sizes stay dynamic up to it")
 
 
 def resolve_config(name_or_file: str) -> ModelConfig:
