@@ -87,7 +87,16 @@ def honours_whole_loops(name: str, whole_loops: bool | None) -> bool:
     return whole_loops is None or kind == "choice" or whole_loops == (kind == "always")
 
 
+def check_whole_loops_value(whole_loops: bool | None) -> None:
+    """Refuses what is not True, False or None: a truthy string such as "no" would otherwise turn whole loops on."""
+    if not isinstance(whole_loops, bool | None):
+        from dbunet.errors import ConfigError
+
+        raise ConfigError(f"whole_loops must be True, False or None (the backend's default), got {whole_loops!r}")
+
+
 def check_whole_loops(name: str, whole_loops: bool | None) -> None:
+    check_whole_loops_value(whole_loops)
     if not honours_whole_loops(name, whole_loops):
         from dbunet.errors import ConfigError
 
@@ -127,6 +136,7 @@ def requested_backend(backend: str, precision: str | None) -> str | None:
 def check_request(backend: str, precision: str | None = None, whole_loops: bool | None = None) -> None:
     """Refuses, before anything loads, a precision or whole_loops value the request's backend cannot honour
     (under auto: where the request alone decides the backend) and a precision no backend computes."""
+    check_whole_loops_value(whole_loops)
     name = requested_backend(backend, precision)
     if name is None:
         check_known_precision(precision)
@@ -209,7 +219,10 @@ def open_pipeline(directory: str | Path, backend: str = DEFAULT, precision: str 
     """The cascade from an artifacts directory on a backend by name (`auto`: choose_backend). Returns a
     pipeline: call it with a prompt; `.backend_name`, `.precision` and `.chosen_because` say what runs.
     whole_loops: see make_backend."""
-    directory = Path(directory)
+    from dbunet.scalars import python_scalar
+
+    directory, threads, whole_loops = Path(directory), python_scalar(threads), python_scalar(whole_loops)
+    check_whole_loops_value(whole_loops)
     why = ""
     if backend == AUTO:
         backend, why = choose_backend(directory, precision, device, whole_loops)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dbunet.errors import InputError
+from dbunet.scalars import python_scalar
 
 MAX_PHRASE_CHARS = 1000  # a box phrase is a few words; the text encoder reads 77 tokens of it at most
 
@@ -40,6 +41,8 @@ class Box:
     phrase: str
 
     def __post_init__(self) -> None:
+        for name in ("x0", "y0", "x1", "y1"):  # np.float32 coordinates are numbers too
+            object.__setattr__(self, name, python_scalar(getattr(self, name)))
         coords = (self.x0, self.y0, self.x1, self.y1)
         if not isinstance(self.phrase, str):
             raise InputError(f"box phrase must be a string, got {type(self.phrase).__name__} {self.phrase!r}")

@@ -210,9 +210,14 @@ def initial_latents(latents: np.ndarray | None, shape: tuple[int, ...]) -> np.nd
     if latents is None:
         return None
     try:
-        array = np.asarray(latents, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise InputError(f"latents must be a float array of shape {shape}, got {type(latents).__name__}") from None
+        array = np.asarray(latents)
+    except (TypeError, ValueError):  # ragged nested lists
+        array = None
+    # real numbers only: a complex array would lose its imaginary part, strings would be parsed as numbers
+    if array is None or array.dtype.kind not in "fiu":
+        kind = type(latents).__name__ if array is None else f"{type(latents).__name__} of {array.dtype}"
+        raise InputError(f"latents must be a float array of shape {shape}, got {kind}")
+    array = array.astype(np.float32)
     if array.shape == shape[1:]:
         array = array[None]
     if array.shape != shape:

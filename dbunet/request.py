@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from dbunet.boxes import Box, as_boxes
 from dbunet.config import ModelConfig, side_beyond
 from dbunet.errors import InputError
+from dbunet.scalars import python_scalar
 from dbunet.schedulers import SCHEDULERS
 
 MAX_PROMPT_CHARS = 10_000  # far beyond any text encoder's window; tokenizing more only costs time
@@ -174,6 +175,7 @@ def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequ
         box_fraction=d.box_fraction, refiner_steps=d.refiner_steps, refiner_strength=d.refiner_strength,
         high_noise_frac=d.high_noise_frac,
     )
+    options = {name: python_scalar(value) for name, value in options.items()}
     if "boxes" in options:
         options["boxes"] = as_boxes(options["boxes"])
     for name in ("original_size", "crop_top_left", "target_size"):

@@ -358,6 +358,26 @@ def test_api_box_and_option_types(tiny_artifacts):
             pipe.request("a cat", **bad())
 
 
+def test_numpy_scalars_are_the_numbers_they_hold_and_a_numpy_bool_is_still_a_bool(tiny_artifacts):
+    from dbunet.boxes import Box
+    from dbunet.errors import InputError
+    from dbunet.runtime import Pipeline
+
+    pipe = Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32")
+    box = Box(np.float32(0.25), np.float32(0.25), np.float32(0.75), np.float32(0.75), np.str_("a cat"))
+    req = pipe.request("a cat", boxes=[box], seed=np.int64(7), steps=np.int32(3), height=np.int64(64),
+                       guidance_scale=np.float32(4.0), refiner_steps=np.uint8(1), box_fraction=np.float16(0.5))
+    plain = pipe.request("a cat", boxes=["0.25,0.25,0.75,0.75:a cat"], seed=7, steps=3, height=64,
+                         guidance_scale=4.0, refiner_steps=1, box_fraction=0.5)
+    assert req == plain and type(req.seed) is int and type(req.boxes[0].x0) is float
+    for bad, says in ((dict(seed=np.bool_(True)), "seed must be"), (dict(steps=np.float64(2.5)), "steps must be"),
+                      (dict(height=np.int64(60)), "height must be")):
+        with pytest.raises(InputError, match=says):
+            pipe.request("a cat", **bad)
+    with pytest.raises(InputError, match="finite"):
+        Box(np.float32("nan"), 0.1, 0.5, 0.5, "cat")
+
+
 def test_threads_past_twice_the_cores_need_insisting(tiny_artifacts, monkeypatch):
     from dbunet.errors import ConfigError
     from dbunet.runtime import Pipeline

@@ -69,6 +69,16 @@ def test_whole_loops_reach_onnx_runtime_and_backends_without_the_choice_refuse_t
     assert backends.honours_whole_loops("ort", True) and backends.honours_whole_loops("ort", False)
 
 
+@pytest.mark.parametrize("value", ["no", "yes", 1, 0])
+def test_whole_loops_is_a_bool_or_none(tiny_artifacts, value):
+    # "no" is truthy: before this check it turned whole loops on
+    for call in (lambda: backends.open_pipeline(tiny_artifacts, "ort", whole_loops=value),
+                 lambda: backends.open_pipeline(tiny_artifacts, whole_loops=value),
+                 lambda: backends.make_backend("ort", "cpu", whole_loops=value)):
+        with pytest.raises(ConfigError, match="whole_loops must be True, False or None"):
+            call()
+
+
 def test_each_backend_refuses_the_precisions_it_does_not_compute_before_loading(tiny_artifacts, monkeypatch):
     """The registry is the one place that says which backend computes what: every (backend, precision) pair it
     rules out is refused by open_pipeline and by Pipeline.from_artifacts before the backend is even built."""

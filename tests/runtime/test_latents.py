@@ -52,6 +52,10 @@ def test_the_torch_reference_takes_latents_too(tiny_artifacts, pipe):
     (np.zeros((2, 4, 16, 16), np.float32), "do not fit"),
     (np.full((1, 4, 16, 16), np.nan, np.float32), "NaN"),
     ("noise", "float array"),
+    (np.zeros((1, 4, 16, 16), np.complex64), "complex64"),  # would lose its imaginary part
+    ([["0.5"]], "float array of shape"),  # strings that numpy would parse as numbers
+    (np.zeros((1, 4, 16, 16), bool), "bool"),
+    ([[0.0], [1.0, 2.0]], "float array of shape"),  # ragged
 ])
 def test_latents_that_do_not_fit_are_refused(pipe, latents, message):
     with pytest.raises(InputError, match=message):
