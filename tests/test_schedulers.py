@@ -186,3 +186,22 @@ def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
                       ({"use_karras_sigmas": True}, "use_karras_sigmas"), ({"mystery": 1}, "mystery")]:
         with pytest.raises(ConfigError, match=f"cannot honour .*{word}"):
             NoiseSchedule.from_diffusers({**sd15_pndm, **bad})
+
+
+@pytest.mark.parametrize("name", list(DIFFUSERS))
+def test_a_scheduler_config_that_leaves_keys_out_gets_diffusers_defaults(name):
+    # a file naming only its class: diffusers' samplers take linear betas 1e-4..0.02 over 1000 timesteps (not
+    # Stable Diffusion's scaled_linear), offset 0, their own spacing; before, the betas were SD's
+    config = {"_class_name": DIFFUSERS[name].__name__}
+    ours, ref = make_scheduler(name, NoiseSchedule.from_diffusers(config)), DIFFUSERS[name].from_config(config)
+    ours.set_timesteps(10)
+    ref.set_timesteps(10)
+    np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
+    np.testing.assert_allclose(NoiseSchedule.from_diffusers(config).alphas_cumprod(), ref.alphas_cumprod.numpy(),
+                               rtol=1e-6)  # float32 tables on both sides
+    x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    eps = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    ours_x = ours.step(eps, 0, ours.scale_model_input(x, 0))
+    ref_x = ref.step(torch.from_numpy(eps), ref.timesteps[0], ref.scale_model_input(torch.from_numpy(x),
+                                                                                   ref.timesteps[0])).prev_sample
+    np.testing.assert_allclose(ours_x, ref_x.numpy(), rtol=1e-5, atol=1e-5)  # one float32 step

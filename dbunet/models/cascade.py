@@ -9,11 +9,10 @@ On disk a model is a folder:
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from dbunet import atomic
@@ -21,6 +20,7 @@ from dbunet.config import ModelConfig
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.components import build_sd_unet, build_sdxl_unet, build_text_encoder, build_vae, load_tokenizer
 from dbunet.models.dbunet import DBUNet
+from dbunet.models.files import read_json_object, read_safetensors
 from dbunet.models.refiner import Refiner
 from dbunet.tokenizer import BOS, EOS, learn_bpe, write_clip_tokenizer
 
@@ -145,12 +145,9 @@ def load_model(directory: str | Path) -> Model:
     cfg_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if not cfg_path.is_file() or not weights.is_file():
         raise WeightsError(f"{directory} is not a dbunet model folder: need {CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        config = ModelConfig.from_dict(json.loads(cfg_path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise WeightsError(f"{cfg_path}: not valid JSON ({exc})") from None
+    config = ModelConfig.from_dict(read_json_object(cfg_path))
     model = build_model(config, directory / TOKENIZER_DIR)
-    load_state(model.cascade, load_file(str(weights)), strict=True, source=str(weights))
+    load_state(model.cascade, read_safetensors(weights), strict=True, source=str(weights))
     return model
 
 

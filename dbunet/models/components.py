@@ -79,12 +79,15 @@ def load_tokenizer(directory: str | Path, max_length: int = 77, pad_token: str =
 
     directory = Path(directory)
     vocab, merges = directory / "vocab.json", directory / "merges.txt"
-    if vocab.is_file() and merges.is_file():
-        tok = CLIPTokenizer(vocab=str(vocab), merges=str(merges))
-    elif (directory / "tokenizer.json").is_file():
-        tok = CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
-    else:
+    if not (vocab.is_file() and merges.is_file()) and not (directory / "tokenizer.json").is_file():
         raise WeightsError(f"no tokenizer in {directory}: expected vocab.json + merges.txt or tokenizer.json")
+    try:
+        if vocab.is_file() and merges.is_file():
+            tok = CLIPTokenizer(vocab=str(vocab), merges=str(merges))
+        else:
+            tok = CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:  # a damaged file surfaces as whatever transformers' parser trips on (KeyError...)
+        raise WeightsError(f"the tokenizer in {directory} could not be read: {type(exc).__name__}: {exc}") from None
     tok.model_max_length = max_length
     tok.pad_token = pad_token  # EOS for SD 1.x and SDXL's first tokenizer, "!" for SDXL's second
     return tok

@@ -9,17 +9,16 @@ from safetensors; a legacy .bin only through torch.load(weights_only=True), neve
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from dbunet.config import DBUNetConfig, ModelConfig, SamplingDefaults, SDUNetConfig, TextEncoderConfig, VaeConfig, sd15
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import Model, build_model, load_state
+from dbunet.models.files import read_json_object, read_safetensors
 from dbunet.schedulers.schedule import NoiseSchedule
 
 log = logging.getLogger(__name__)
@@ -42,20 +41,11 @@ class ImportReport:
         return f"DB-UNet: {n} of {m} tensors taken from the checkpoint's UNet"
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise WeightsError(f"missing {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise WeightsError(f"{path}: not valid JSON ({exc})") from None
-
-
 def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
     stem = _WEIGHT_NAMES[component]
     for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors"):
         if (folder / name).is_file():
-            return {k: v.float() for k, v in load_file(str(folder / name)).items()}
+            return {k: v.float() for k, v in read_safetensors(folder / name).items()}
     legacy = folder / f"{stem}.bin"
     if legacy.is_file():
         try:
@@ -66,8 +56,8 @@ def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
 
 
 def _text_and_vae_config(root: Path) -> tuple[TextEncoderConfig, VaeConfig]:
-    te = _read_json(root / "text_encoder" / "config.json")
-    vae = _read_json(root / "vae" / "config.json")
+    te = read_json_object(root / "text_encoder" / "config.json")
+    vae = read_json_object(root / "vae" / "config.json")
     text = TextEncoderConfig(
         vocab_size=te["vocab_size"],
         hidden_size=te["hidden_size"],
@@ -95,7 +85,7 @@ def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> 
     unet = dataclasses.replace(base.unet, in_channels=vae_cfg.latent_channels, cross_attention_dim=text.hidden_size)
     unet_json = root / "unet" / "config.json"
     if unet_json.is_file():
-        u = _read_json(unet_json)
+        u = read_json_object(unet_json)
         heads = u.get("attention_head_dim", 8)
         heads = heads[0] if isinstance(heads, list) else heads  # SD 1.x stores the head *count* here
         unet = DBUNetConfig(
@@ -108,14 +98,24 @@ def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> 
                 "sample_size": u.get("sample_size", unet.sample_size),
             }
         )
-    schedule = base.schedule
-    sched_json = root / "scheduler" / "scheduler_config.json"
-    if sched_json.is_file():
-        s = _read_json(sched_json)
-        fields = {f.name for f in dataclasses.fields(NoiseSchedule)}
-        schedule = dataclasses.replace(schedule, **{k: v for k, v in s.items() if k in fields})
+    schedule, _ = read_schedule(root, base.schedule)
     return dataclasses.replace(base, name=f"sd-folder:{root.name}", text=text, vae=vae_cfg, unet=unet,
                                schedule=schedule)
+
+
+def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[NoiseSchedule, dict]:
+    """The folder's noise schedule (what its UNet was trained with) and its scheduler config as read. A setting
+    that cannot be honoured is refused (NoiseSchedule.from_diffusers); a folder without a scheduler samples with
+    `missing` (default: Stable Diffusion's training schedule) and says so, since the images depend on it."""
+    path = root / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        schedule = missing or NoiseSchedule()
+        log.warning("%s has no scheduler/scheduler_config.json: sampling with a %s schedule, betas %g..%g over %d "
+                    "timesteps; add the folder's scheduler if its UNet was trained with another", root,
+                    schedule.beta_schedule, schedule.beta_start, schedule.beta_end, schedule.num_train_timesteps)
+        return schedule, {}
+    raw = read_json_object(path)
+    return NoiseSchedule.from_diffusers(raw, str(path)), raw
 
 
 # UNet2DConditionModel config keys that are bookkeeping only
@@ -162,7 +162,7 @@ def sd1_config_from_folder(root: str | Path) -> ModelConfig:
     unet_json = root / "unet" / "config.json"
     if not unet_json.is_file():
         raise WeightsError(f"--arch sd1 needs the folder's own UNet: {unet_json} is missing")
-    unet = sd_unet_config(_read_json(unet_json), str(unet_json))
+    unet = sd_unet_config(read_json_object(unet_json), str(unet_json))
     text = dataclasses.replace(text, pad_token=pad_token_of(root / "tokenizer"))  # SD 2.x pads with "!"
     if unet.cross_attention_dim != text.hidden_size:
         raise ConfigError(f"{root}: the UNet attends to {unet.cross_attention_dim}-wide text, the text encoder "
@@ -170,9 +170,7 @@ def sd1_config_from_folder(root: str | Path) -> ModelConfig:
     if unet.out_channels != vae.latent_channels:
         raise ConfigError(f"{root}: the UNet predicts {unet.out_channels} channels, the VAE has "
                           f"{vae.latent_channels} latent channels")
-    sched_json = root / "scheduler" / "scheduler_config.json"
-    schedule = (NoiseSchedule.from_diffusers(_read_json(sched_json), str(sched_json)) if sched_json.is_file()
-                else NoiseSchedule())
+    schedule, _ = read_schedule(root)
     side = unet.sample_size * vae.downscale
     defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=7.5, refiner_steps=0,
                                 max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
@@ -237,7 +235,7 @@ def pad_token_of(tokenizer_dir: Path) -> str:
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         path = tokenizer_dir / name
         if path.is_file():
-            pad = _read_json(path).get("pad_token")
+            pad = read_json_object(path).get("pad_token")
             pad = pad.get("content") if isinstance(pad, dict) else pad
             if pad is not None:
                 return pad

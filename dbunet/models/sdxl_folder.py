@@ -17,15 +17,15 @@ from dbunet.config import (
 )
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import TOKENIZER_2_DIR, TOKENIZER_DIR, Model, build_model, load_state
+from dbunet.models.files import read_json_object
 from dbunet.models.sd_folder import (
     ImportReport,
-    _read_json,
     _text_and_vae_config,
     pad_token_of,
+    read_schedule,
     read_weights,
     sd_unet_config,
 )
-from dbunet.schedulers import NoiseSchedule
 
 # the UNet config keys an SDXL base UNet sets beyond a plain SD UNet's, carried by SDXLUNetConfig
 _SDXL_KEYS = ("transformer_layers_per_block", "addition_embed_type", "addition_time_embed_dim",
@@ -34,7 +34,7 @@ SCHEDULERS = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim", "DPMSo
 
 
 def _text_config(root: Path, folder: str, tokenizer: str) -> TextEncoderConfig:
-    te = _read_json(root / folder / "config.json")
+    te = read_json_object(root / folder / "config.json")
     return TextEncoderConfig(
         vocab_size=te["vocab_size"], hidden_size=te["hidden_size"], intermediate_size=te["intermediate_size"],
         num_hidden_layers=te["num_hidden_layers"], num_attention_heads=te["num_attention_heads"],
@@ -47,7 +47,7 @@ def _text_config(root: Path, folder: str, tokenizer: str) -> TextEncoderConfig:
 
 def _sdxl_unet_config(root: Path, what: str) -> SDXLUNetConfig:
     unet_json = root / "unet" / "config.json"
-    u = _read_json(unet_json)
+    u = read_json_object(unet_json)
     if u.get("addition_embed_type") != "text_time":
         raise ConfigError(f"{unet_json}: not an SDXL {what} UNet (addition_embed_type "
                           f"{u.get('addition_embed_type')!r}, expected 'text_time')")
@@ -59,15 +59,9 @@ def _sdxl_unet_config(root: Path, what: str) -> SDXLUNetConfig:
         transformer_layers_per_block=tuple(layers) if isinstance(layers, list) else (layers,))
 
 
-def _scheduler(root: Path) -> tuple[NoiseSchedule, dict]:
-    sched_json = root / "scheduler" / "scheduler_config.json"
-    sched = _read_json(sched_json) if sched_json.is_file() else {}
-    return (NoiseSchedule.from_diffusers(sched, str(sched_json)) if sched else NoiseSchedule()), sched
-
-
 def _pipeline_flags(root: Path) -> dict:
     index = root / "model_index.json"
-    return _read_json(index) if index.is_file() else {}
+    return read_json_object(index) if index.is_file() else {}
 
 
 def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None) -> ModelConfig:
@@ -76,11 +70,11 @@ def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None)
     _, vae = _text_and_vae_config(root)
     # SDXL pipelines decode in fp32 where the VAE's config says force_upcast (diffusers' default: true);
     # SD 1.x pipelines ignore the flag, so only this architecture reads it
-    upcast = _read_json(root / "vae" / "config.json").get("force_upcast", True)
+    upcast = read_json_object(root / "vae" / "config.json").get("force_upcast", True)
     vae = dataclasses.replace(vae, force_upcast=bool(upcast))
     text, text_2 = _text_config(root, "text_encoder", "tokenizer"), _text_config(root, "text_encoder_2", "tokenizer_2")
     unet = _sdxl_unet_config(root, "base")
-    schedule, sched = _scheduler(root)
+    schedule, sched = read_schedule(root)
     side = unet.sample_size * vae.downscale
     latent_refiner = latent_refiner_config(Path(refiner)) if refiner is not None else None
     defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=5.0,
@@ -103,7 +97,7 @@ def latent_refiner_config(root: Path) -> LatentRefinerConfig:
     if not (root / "unet").is_dir():
         raise WeightsError(f"--refiner {root}: not an SDXL refiner folder (no unet/)")
     flags = _pipeline_flags(root)
-    return LatentRefinerConfig(unet=_sdxl_unet_config(root, "refiner"), schedule=_scheduler(root)[0],
+    return LatentRefinerConfig(unet=_sdxl_unet_config(root, "refiner"), schedule=read_schedule(root)[0],
                                requires_aesthetics_score=bool(flags.get("requires_aesthetics_score", False)),
                                zero_empty_negative=bool(flags.get("force_zeros_for_empty_prompt", True)))
 

@@ -25,6 +25,8 @@ _NEUTRAL = {"trained_betas": None, "rescale_betas_zero_snr": False, "thresholdin
             "solver_order": 2, "solver_type": "midpoint", "interpolation_type": "linear", "sigma_min": None,
             "sigma_max": None}
 # keys that are only bookkeeping, or belong to samplers dbunet replaces (PNDM's PRK steps, DDPM's variance)
+# what every diffusers sampler (DDIM, PNDM, Euler, DPM-Solver) takes for a key its config leaves out
+_DIFFUSERS_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
 _IGNORED = {"_class_name", "_diffusers_version", "skip_prk_steps", "dynamic_thresholding_ratio",
             "sample_max_value", "clip_sample_range_default", "lambda_min_clipped", "variance_type",
             "use_lu_lambdas", "timestep_spacing_default"}
@@ -109,7 +111,10 @@ class NoiseSchedule:
         if refused:
             raise ConfigError(f"{source}: cannot honour {', '.join(refused)}")
         values = {k: v for k, v in config.items() if k in fields}
-        # a key the folder leaves out takes diffusers' default, as from_config would give each sampler
+        # a key the folder leaves out takes diffusers' default, as from_config would give each sampler (the betas'
+        # too: diffusers' samplers default to linear 1e-4..0.02, not Stable Diffusion's schedule)
+        for key, default in _DIFFUSERS_BETAS.items():
+            values.setdefault(key, default)
         values.setdefault("timestep_spacing", None)
         values.setdefault("steps_offset", 0)
         values.setdefault("clip_sample", True)  # DDIMScheduler's default (the only sampler here that clips)

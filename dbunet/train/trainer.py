@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from dbunet import atomic
 from dbunet.config import ModelConfig
 from dbunet.models.cascade import TOKENIZER_DIR, Model, build_model, save_model
 from dbunet.models.components import tokenize
+from dbunet.models.files import read_safetensors
 from dbunet.tokenizer import learn_bpe, write_clip_tokenizer
 from dbunet.train.data import VOCABULARY, Layout, ShapesDataset
 
@@ -117,7 +118,7 @@ class Trainer:
         self.model: Model = build_model(config, self.ckpt / TOKENIZER_DIR, seed=plan.seed)
         self.cascade = self.model.cascade.to(device)
         if (self.ckpt / "weights.safetensors").is_file():
-            self.cascade.load_state_dict(load_file(str(self.ckpt / "weights.safetensors"), device=str(device)))
+            self.cascade.load_state_dict(read_safetensors(self.ckpt / "weights.safetensors", str(device)))
         self.data = ShapesDataset(config.defaults.height, seed=plan.seed)
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -186,9 +187,9 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=0.0)
         ema = EMA(ema_module, self.plan.ema) if ema_module is not None else None
         if start > 0:
-            _load_optimizer(optimizer, load_file(str(self.ckpt / "optimizer.safetensors"), device=str(self.device)))
+            _load_optimizer(optimizer, read_safetensors(self.ckpt / "optimizer.safetensors", str(self.device)))
             if ema is not None:
-                ema.shadow = load_file(str(self.ckpt / "ema.safetensors"), device=str(self.device))
+                ema.shadow = read_safetensors(self.ckpt / "ema.safetensors", str(self.device))
             self.report(f"[{name}] resuming at step {start}/{plan.steps}")
         for m in modules:
             m.train()

@@ -120,3 +120,56 @@ def test_the_sdxl_preset_has_sdxl_base_sizes():
     assert cfg.text_width == unet.config.cross_attention_dim == 2048
     assert clip_g.config.projection_dim == 1280 and cfg.unet.projection_class_embeddings_input_dim == 6 * 256 + 1280
     assert sum(p.numel() for p in clip_g.parameters()) == 694_659_840  # OpenCLIP ViT-bigG's text tower
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+# A damaged folder is one WeightsError naming the file, for every arch; before, each of these was a traceback from
+# the parser underneath (TypeError, SafetensorError, KeyError, UnicodeDecodeError).
+@pytest.mark.parametrize("damage, says", [
+    (lambda r: (r / "vae" / "config.json").write_text("[1, 2]"), "vae/config.json: expected a JSON object, got list"),
+    (lambda r: (r / "unet" / "config.json").write_bytes(b"\xff\xfe{}"), "unet/config.json: not valid JSON"),
+    (lambda r: _truncate(r / "vae" / "diffusion_pytorch_model.safetensors"),
+     "vae/diffusion_pytorch_model.safetensors: not a readable safetensors file"),
+    (lambda r: (r / "text_encoder" / "model.safetensors").write_bytes(b""),
+     "text_encoder/model.safetensors: not a readable safetensors file"),
+    (lambda r: ((r / "tokenizer" / "vocab.json").unlink(), (r / "tokenizer" / "tokenizer.json").write_text('{"m": 3}')),
+     "the tokenizer in .*tokenizer could not be read"),
+    (lambda r: (r / "tokenizer" / "vocab.json").write_text("[]"), "the tokenizer in .*tokenizer could not be read"),
+])
+@pytest.mark.parametrize("arch", ["dbunet", "sd1"])
+def test_a_damaged_folder_is_one_error_naming_the_file(sd_folder, tmp_path, damage, says, arch):
+    import shutil
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    damage(root)
+    with pytest.raises(WeightsError, match=says):
+        load_sd_folder(root, base=tiny(), arch=arch)
+
+
+@pytest.mark.parametrize("arch", ["dbunet", "sd1"])
+def test_the_scheduler_is_honoured_or_refused_alike_for_both_archs_and_a_missing_one_is_said(sd_folder, tmp_path,
+                                                                                            arch, caplog):
+    import shutil
+
+    from dbunet.errors import ConfigError
+    from dbunet.schedulers import NoiseSchedule
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    path = root / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "rescale_betas_zero_snr": True}))
+    with pytest.raises(ConfigError, match="cannot honour rescale_betas_zero_snr"):  # --arch dbunet ignored it before
+        load_sd_folder(root, base=tiny(), arch=arch)
+    path.write_text(json.dumps({**config, "beta_start": 0.001, "timestep_spacing": "trailing"}))
+    model, _ = load_sd_folder(root, base=tiny(), arch=arch)
+    assert model.config.schedule == NoiseSchedule.from_diffusers({**config, "beta_start": 0.001,
+                                                                  "timestep_spacing": "trailing"})
+    shutil.rmtree(root / "scheduler")
+    with caplog.at_level("WARNING"):
+        model, _ = load_sd_folder(root, base=tiny(), arch=arch)
+    assert "has no scheduler/scheduler_config.json: sampling with a scaled_linear schedule" in caplog.text

@@ -1,0 +1,33 @@
+"""Reading a user's model files (a dbunet model folder, a diffusers folder, a training checkpoint): anything
+damaged — truncated, empty, not JSON, not UTF-8, the wrong kind of JSON — is one WeightsError naming the file,
+never the parser's traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from dbunet.errors import WeightsError
+
+
+def read_json_object(path: Path) -> dict:
+    if not path.is_file():
+        raise WeightsError(f"missing {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=device)
+    except SafetensorError as exc:  # truncated, empty, or not safetensors at all
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
