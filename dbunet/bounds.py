@@ -23,7 +23,9 @@ def check_bounds(owner: str, obj: Any, ranges: dict[str, Range], counts: dict[st
     for name, (lo, hi) in ranges.items():
         value = getattr(obj, name)
         for v in value if isinstance(value, tuple) else (value,):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ConfigError(f"{owner}.{name}: {v!r} is not a number (expected {lo:g}..{hi:g})")
+            if not math.isfinite(v) or not lo <= v <= hi:
                 raise ConfigError(f"{owner}.{name}: {v!r} is outside {lo:g}..{hi:g}")
 
 

@@ -14,7 +14,25 @@ from safetensors.torch import load_file
 from dbunet.errors import WeightsError
 
 
-def read_json_object(path: Path) -> dict:
+class JsonObject(dict):
+    """A config file's object: a key it lacks is a WeightsError naming the file, not a KeyError traceback."""
+
+    def __init__(self, data: dict, path: Path) -> None:
+        super().__init__(data)
+        self.path = path
+
+    def __missing__(self, key: str):
+        raise WeightsError(f"{self.path}: no {key!r} (a diffusers config of this kind has one)")
+
+    def sequence(self, key: str) -> tuple:
+        """A key that must hold a list (channels per level...), as a tuple."""
+        value = self[key]
+        if not isinstance(value, list):
+            raise WeightsError(f"{self.path}: {key} must be a list, got {value!r}")
+        return tuple(value)
+
+
+def read_json_object(path: Path) -> JsonObject:
     if not path.is_file():
         raise WeightsError(f"missing {path}")
     try:
@@ -23,7 +41,7 @@ def read_json_object(path: Path) -> dict:
         raise WeightsError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
     if not isinstance(data, dict):
         raise WeightsError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return JsonObject(data, path)
 
 
 def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:

@@ -68,7 +68,7 @@ def _text_and_vae_config(root: Path) -> tuple[TextEncoderConfig, VaeConfig]:
         hidden_act=te.get("hidden_act", "quick_gelu"),
     )
     vae_cfg = VaeConfig(
-        block_out_channels=tuple(vae["block_out_channels"]),
+        block_out_channels=vae.sequence("block_out_channels"),
         layers_per_block=vae["layers_per_block"],
         latent_channels=vae["latent_channels"],
         norm_num_groups=vae.get("norm_num_groups", 32),
@@ -91,7 +91,7 @@ def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> 
         unet = DBUNetConfig(
             **{
                 **dataclasses.asdict(unet),
-                "block_out_channels": tuple(u["block_out_channels"][:3]),
+                "block_out_channels": u.sequence("block_out_channels")[:3],
                 "layers_per_block": u.get("layers_per_block", 2),
                 "norm_num_groups": u.get("norm_num_groups", 32),
                 "num_attention_heads": heads,
@@ -142,6 +142,10 @@ def sd_unet_config(unet: dict, source: str) -> SDUNetConfig:
     if differing:
         raise ConfigError(f"{source}: cannot honour {', '.join(f'{k}={unet[k]!r}' for k in differing)} "
                           "(a plain SD 1.x/2.x UNet leaves them at their defaults)")
+    listed = {f.name for f in dataclasses.fields(SDUNetConfig) if isinstance(f.default, tuple)} - {"attention_head_dim"}
+    for k in sorted(listed & set(unet)):
+        if not isinstance(unet[k], list):
+            raise ConfigError(f"{source}: {k} must be a list, got {unet[k]!r}")
     heads = unet.get("attention_head_dim", 8)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in unet.items() if k in carried}
     kwargs["attention_head_dim"] = tuple(heads) if isinstance(heads, list | tuple) else (heads,)

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from dbunet.config import tiny
-from dbunet.errors import WeightsError
+from dbunet.errors import DbunetError, WeightsError
 from dbunet.models.components import build_vae
 from dbunet.models.pipeline import TorchPipeline
 from dbunet.models.sd_folder import load_sd_folder
@@ -122,12 +122,19 @@ def test_the_sdxl_preset_has_sdxl_base_sizes():
     assert sum(p.numel() for p in clip_g.parameters()) == 694_659_840  # OpenCLIP ViT-bigG's text tower
 
 
+def _edit(path, **changes):
+    """Set keys of a JSON file; None removes the key."""
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps({k: v for k, v in data.items() if v is not None}))
+
+
 def _truncate(path):
     path.write_bytes(path.read_bytes()[:1000])
 
 
-# A damaged folder is one WeightsError naming the file, for every arch; before, each of these was a traceback from
-# the parser underneath (TypeError, SafetensorError, KeyError, UnicodeDecodeError).
+# A damaged folder is one error naming the file, for every arch; before, each of these but the last was a traceback
+# from the parser underneath (TypeError, SafetensorError, KeyError, UnicodeDecodeError).
 @pytest.mark.parametrize("damage, says", [
     (lambda r: (r / "vae" / "config.json").write_text("[1, 2]"), "vae/config.json: expected a JSON object, got list"),
     (lambda r: (r / "unet" / "config.json").write_bytes(b"\xff\xfe{}"), "unet/config.json: not valid JSON"),
@@ -138,6 +145,11 @@ def _truncate(path):
     (lambda r: ((r / "tokenizer" / "vocab.json").unlink(), (r / "tokenizer" / "tokenizer.json").write_text('{"m": 3}')),
      "the tokenizer in .*tokenizer could not be read"),
     (lambda r: (r / "tokenizer" / "vocab.json").write_text("[]"), "the tokenizer in .*tokenizer could not be read"),
+    (lambda r: _edit(r / "text_encoder" / "config.json", hidden_size=None),
+     "text_encoder/config.json: no 'hidden_size'"),
+    (lambda r: _edit(r / "vae" / "config.json", block_out_channels=5), "block_out_channels must be a list, got 5"),
+    (lambda r: _edit(r / "unet" / "config.json", block_out_channels=5), "block_out_channels must be a list, got 5"),
+    (lambda r: _edit(r / "vae" / "config.json", latent_channels="4"), "latent_channels: '4' is not a number"),
 ])
 @pytest.mark.parametrize("arch", ["dbunet", "sd1"])
 def test_a_damaged_folder_is_one_error_naming_the_file(sd_folder, tmp_path, damage, says, arch):
@@ -146,7 +158,7 @@ def test_a_damaged_folder_is_one_error_naming_the_file(sd_folder, tmp_path, dama
     root = tmp_path / "sd"
     shutil.copytree(sd_folder, root)
     damage(root)
-    with pytest.raises(WeightsError, match=says):
+    with pytest.raises(DbunetError, match=says):
         load_sd_folder(root, base=tiny(), arch=arch)
 
 
