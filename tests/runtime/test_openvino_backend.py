@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,6 +189,16 @@ def test_a_cache_folder_that_cannot_be_written_costs_speed_not_the_run(artifacts
     got = Pipeline.from_artifacts(artifacts, "openvino", "fp32")("a red cat and a lamp", **REQUEST)
     np.testing.assert_allclose(got.pixels, ort_fp32.pixels, rtol=0, atol=1e-4)
     assert any("cache is off" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("value, under_home", [("relative/cache", True), ("", True), ("/abs/cache", False)])
+def test_a_relative_xdg_cache_home_is_ignored_as_the_spec_says(monkeypatch, value, under_home):
+    from dbunet.runtime.backends.openvino import default_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", value)
+    monkeypatch.setenv("HOME", "/home/someone")
+    expected = Path("/home/someone/.cache") if under_home else Path(value)
+    assert default_cache_dir() == expected / "dbunet" / "openvino"
 
 
 def test_a_graph_that_is_not_the_declared_one_is_refused_at_load(artifacts, tmp_path, monkeypatch):

@@ -34,8 +34,10 @@ PRIMITIVE_CACHE = 64  # oneDNN primitives kept per process (an LRU; the default 
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dbunet" / "openvino"
+    """$XDG_CACHE_HOME/dbunet/openvino, else ~/.cache/...; a relative XDG_CACHE_HOME is ignored, as the XDG base
+    directory spec requires (it would scatter caches into whichever folder a run starts in)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "dbunet" / "openvino"
 
 
 def cpu_flags() -> set[str]:
