@@ -27,6 +27,7 @@ class BackendInfo:
     # None: the backend's default), "always" (TensorRT's CUDA graphs), "never" (a call per step)
     whole_loops: Literal["choice", "always", "never"] = "never"
     precisions: tuple[str, ...] = ("fp32",)  # what it computes in
+    reads: str | None = None  # the exported precision it computes every precision from (None: each its own)
 
 
 REGISTRY: dict[str, BackendInfo] = {b.name: b for b in (
@@ -34,7 +35,7 @@ REGISTRY: dict[str, BackendInfo] = {b.name: b for b in (
                 "dbunet.runtime.backends.onnxruntime:OrtBackend", whole_loops="choice",
                 precisions=("fp32", "fp16")),
     BackendInfo("openvino", "OpenVINO on the CPU, FP32 or BF16 (CPUs with AVX512-BF16 or AMX); extra `openvino`",
-                "dbunet.runtime.backends.openvino:OvBackend", precisions=("fp32", "bf16")),
+                "dbunet.runtime.backends.openvino:OvBackend", precisions=("fp32", "bf16"), reads="fp32"),
     BackendInfo("trt", "TensorRT engines from dbunet-build, CUDA graphs; extra `trt`",
                 "dbunet.runtime.backends.tensorrt:TrtBackend", whole_loops="always",
                 precisions=("fp16",)),  # engines strongly typed from the FP16 export
@@ -122,6 +123,14 @@ def check_precision(name: str, precision: str | None) -> None:
         others = " or ".join(b.name for b in REGISTRY.values() if precision in b.precisions)
         raise ConfigError(f"backend {name} computes in {' or '.join(computes)}, not {precision}; "
                           f"{precision} runs on {others}")
+
+
+def files_for(backend: str, precision: str | None) -> str | None:
+    """The exported precision a request reads, where the request alone decides it (None: the machine decides):
+    the backend's `reads`, else the precision asked for (every backend that computes fp32 or fp16 reads its own)."""
+    name = requested_backend(backend, precision)
+    reads = info(name).reads if name is not None else None
+    return reads or precision
 
 
 def requested_backend(backend: str, precision: str | None) -> str | None:

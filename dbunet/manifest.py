@@ -145,6 +145,27 @@ class Manifest:
     def precisions(self) -> set[str]:
         return {a.precision for a in self.artifacts}
 
+    def missing_for_run(self, precision: str) -> list[str]:
+        """The graphs a run needs (the config's run_graphs) that were not exported in `precision`."""
+        have = {a.component for a in self.artifacts if a.precision == precision}
+        return [name for name in self.config.run_graphs if name not in have]
+
+    def check_runnable(self, precision: str | None, where: str) -> None:
+        """Refuses an export from which no run can be made: every graph a run needs, in `precision` (None: in
+        at least one precision), e.g. after `dbunet-export --components` wrote only some."""
+        if precision is not None and precision not in self.precisions():
+            hint = " (dbunet-export --fp16 writes it)" if precision == "fp16" else ""
+            raise ArtifactError(f"{where} holds no {precision} graphs, only {', '.join(sorted(self.precisions()))}"
+                                f"{hint}")
+        held = sorted(self.precisions()) if precision is None else [precision]
+        missing = {p: self.missing_for_run(p) for p in held}
+        if held and not all(missing.values()):
+            return
+        have = ", ".join(sorted({f"{a.component}/{a.precision}" for a in self.artifacts})) or "nothing"
+        lacks = "; ".join(f"{', '.join(m)} in {p}" for p, m in missing.items()) or "every graph"
+        raise ArtifactError(f"{where} cannot run: it lacks {lacks} (it holds {have}); export every component, "
+                            "or the precision asked for")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version, "dbunet_version": self.dbunet_version,

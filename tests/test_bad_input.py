@@ -300,6 +300,17 @@ CASES = [
          "PyTorch runs the models on cpu or cuda here, not 'gpu'"),
     Case("run a precision not exported", "run", RUN + ("--precision", "fp16"), "precision fp16 was not exported to",
          _manifest_edit(lambda m: m.update(artifacts=[a for a in m["artifacts"] if a["precision"] == "fp32"]))),
+    # before Ray starts: the replicas found these only after their start, 16 s in
+    Case("serve a precision not exported", "serve", ("--artifacts", "{art}", "--precision", "fp16"),
+         "holds no fp16 graphs, only fp32 (dbunet-export --fp16 writes it)",
+         _manifest_edit(lambda m: m.update(artifacts=[a for a in m["artifacts"] if a["precision"] == "fp32"]))),
+    Case("serve an export of some components", "serve", ("--artifacts", "{art}"),
+         "cannot run: it lacks dbunet_step in fp16; dbunet_step in fp32",
+         _manifest_edit(lambda m: m.update(artifacts=[a for a in m["artifacts"] if a["component"] != "dbunet_step"]))),
+    Case("serve bf16 from fp32 graphs that lack one", "serve", ("--artifacts", "{art}", "--precision", "bf16"),
+         "lacks vae_decoder in fp32",
+         _manifest_edit(lambda m: m.update(artifacts=[
+             a for a in m["artifacts"] if (a["component"], a["precision"]) != ("vae_decoder", "fp32")]))),
     Case("serve fp16 on the reference", "serve", ("--artifacts", "{art}", "--backend", "torch", "--precision", "fp16"),
          "backend torch computes in fp32, not fp16"),
     Case("serve whole loops with bf16", "serve", ("--artifacts", "{art}", "--precision", "bf16", "--whole-loops"),

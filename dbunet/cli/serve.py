@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     options = options_from(args)
     from dbunet.manifest import Manifest
 
-    Manifest.read(args.artifacts)  # a broken export is refused here, before Ray starts
+    # a broken export, or one no run can be made from (some components only, not the precision asked for), is
+    # refused here, before Ray starts: the replicas would find it only after their start
+    Manifest.read(args.artifacts).check_runnable(backends.files_for(args.backend, args.precision),
+                                                 f"--artifacts {args.artifacts}")
     if "RAY_ADDRESS" not in os.environ:  # on a cluster the proxies listen on its nodes, not here
         check_listen(args.host, args.port)
     try:

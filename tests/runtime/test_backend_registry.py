@@ -113,3 +113,13 @@ def test_a_request_decides_its_backend_only_where_one_backend_computes_its_preci
         backends.check_request("auto", "bf16", whole_loops=True)
     with pytest.raises(ConfigError, match="backend trt computes in fp16, not fp32"):
         backends.check_request("trt", "fp32")
+
+
+def test_the_files_a_request_reads_come_from_the_registry():
+    # OpenVINO computes fp32 and bf16 from the fp32 graphs; every other backend reads its precision's own files;
+    # under auto without a precision the machine decides (None)
+    assert backends.files_for("openvino", "bf16") == backends.files_for("auto", "bf16") == "fp32"
+    assert backends.files_for("openvino", None) == "fp32"
+    assert backends.files_for("trt", "fp16") == backends.files_for("auto", "fp16") == "fp16"
+    assert backends.files_for("ort", "fp32") == backends.files_for("auto", "fp32") == "fp32"
+    assert backends.files_for("auto", None) is None and backends.files_for("ort", None) is None

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dbunet.backends import info
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec
 from dbunet.manifest import shown
@@ -137,7 +138,7 @@ class OvBackend(GraphBackend):
         if precision == "bf16" and not has_bf16():
             raise ConfigError("bf16 needs a CPU with AVX512-BF16 or AMX; this one has neither (use --precision fp32)")
         self.precision = precision
-        return "fp32"
+        return info("openvino").reads
 
     def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> OvGraph:
         """Compile the graph at `path`; `identity` is its verified sha256 (computed here when not given)."""
