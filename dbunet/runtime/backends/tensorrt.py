@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dbunet.backends import info
 from dbunet.errors import ArtifactError, ConfigError, InputError
 from dbunet.generation import Conditioning, Step
 from dbunet.manifest import shown
@@ -144,7 +145,7 @@ class TrtEngines:
 class TrtStages:
     """The cascade's stages (dbunet.generation.Stages) on TensorRT engines, with whole-loop graphs."""
 
-    whole_loops = True
+    whole_loops = info("trt").whole_loops == "always"  # the registry states it: every loop one CUDA graph
 
     def __init__(self, engines: TrtEngines, tokenizers, config) -> None:
         self.engines, self.tokenizers, self.config = engines, tokenizers, config
