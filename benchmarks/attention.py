@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -334,16 +333,16 @@ def ratio_block(repeat: int) -> list[str]:
 
 
 def in_child(kind: str, *args) -> dict | None:
-    """One measurement in a fresh process; None where it failed (printed: why), {"oom": True} where the kernel
-    killed it for memory."""
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps([kind, *args])], capture_output=True,
-                          text=True, cwd=ROOT)
-    if proc.returncode:
-        why = (f"killed by signal {-proc.returncode} (the kernel's out-of-memory killer sends 9)"
-               if proc.returncode < 0 else (proc.stderr.strip().splitlines() or ["?"])[-1][:200])
-        print(f"  {kind} {args}: failed: {why}")
-        return {"oom": True} if proc.returncode == -9 else None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """One measurement in a fresh process (child.py); None where it failed (printed: why), {"oom": True} where
+    the kernel killed it for memory."""
+    from child import ChildFailed
+    from child import in_child as run
+
+    try:
+        return run(__file__, kind, *args, cwd=ROOT)
+    except ChildFailed as exc:
+        print(f"  {kind} {args}: failed: {exc}")
+        return {"oom": True} if exc.out_of_memory else None
 
 
 def score_gib(b, h, s, keys) -> float:
@@ -365,22 +364,19 @@ def fmt(value, unit: str) -> str:
 
 
 def main() -> None:
+    sys.path.insert(0, str(HERE))
+    from child import serve_child
+
+    if serve_child({"attention": measure_attention, "step": measure_step, "image": measure_image,
+                    "profile": measure_profile, "rates": measure_rates}):
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=["tiny", "sd15"])
     parser.add_argument("--sizes", nargs="*", type=int, default=[256, 512, 1024])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-shapes", action="store_true", help="skip the per-shape table")
     parser.add_argument("--ratio", action="store_true", help="only the tiny 512/256 step ratio's block")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        kind, *rest = json.loads(args.child)
-        measure = {"attention": measure_attention, "step": measure_step, "image": measure_image,
-                   "profile": measure_profile, "rates": measure_rates}[kind]
-        print(json.dumps(measure(*rest)))
-        return
-
-    sys.path.insert(0, str(HERE))
     from cpu_report import cpu_line, update_readme
 
     from dbunet import atomic

@@ -228,9 +228,7 @@ def update_readme(text: str, slug: str, block: str, tool: str = "cpu_report") ->
 
 
 def run_case(case: Case, repeat: int) -> str:
-    import json
-    import subprocess
-    import sys
+    from child import ChildFailed, in_child
 
     from dbunet.bench.baseline import load_report
     from dbunet.bench.plot import plot_reports
@@ -244,11 +242,10 @@ def run_case(case: Case, repeat: int) -> str:
 
     def run(kind: str) -> dict:
         print(f"[{case}] {kind}", flush=True)
-        out = subprocess.run([sys.executable, __file__, str(case), "--repeat", str(repeat), "--measure", kind],
-                             capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(f"{kind} failed:\n{out.stderr[-2000:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        try:
+            return in_child(__file__, "measure", kind, str(case), repeat)
+        except ChildFailed as exc:
+            raise SystemExit(f"{kind} failed: {exc}") from None
 
     step_gflop = next(r.gflops for r in component_stats(preset(case.config), case.size, case.size)
                       if r.component == "dbunet")
@@ -271,18 +268,22 @@ def run_case(case: Case, repeat: int) -> str:
     return _block(case, repeat, gemm, step_gflop, steps, e2e, loops, reports)
 
 
+def measure_case(kind: str, case: str, repeat: int) -> dict:
+    """`measure` for a case given as its text (what a child process receives)."""
+    parsed = Case.parse(case)
+    return measure(kind, HERE / ".cache" / parsed.slug, parsed, repeat)
+
+
 def main() -> None:
+    from child import serve_child
+
+    if serve_child({"measure": measure_case}):
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("cases", nargs="*", default=list(DEFAULT_CASES), help="config[@size][/steps] (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (default: 7)")
-    p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one measurement in this process
     args = p.parse_args()
     cases = [Case.parse(c) for c in args.cases]
-    if args.measure:
-        import json
-
-        print(json.dumps(measure(args.measure, HERE / ".cache" / cases[0].slug, cases[0], args.repeat)))
-        return
     from dbunet import atomic
 
     for case in cases:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,11 +40,9 @@ def _pipeline(model: str, form: str):
 def resident_mb(case: int, form: str) -> float:
     """What one Pipeline holds resident after two images, in a process of its own (in a shared process the
     second Pipeline's figure would depend on what the first left in the allocator)."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from ort_loop import _resident; "
-            "print(_resident(int(sys.argv[2]), sys.argv[3]))")
-    out = subprocess.run([sys.executable, "-c", code, str(HERE), str(case), form], check=True, capture_output=True,
-                         text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    from child import in_child
+
+    return in_child(__file__, "resident", case, form)
 
 
 def _resident(case: int, form: str) -> float:
@@ -105,6 +102,10 @@ def block(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from child import serve_child
+
+    if serve_child({"resident": _resident}, argv):
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--sd15-rounds", type=int, default=3)
