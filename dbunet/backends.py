@@ -241,6 +241,10 @@ def open_pipeline(directory: str | Path, backend: str = DEFAULT, precision: str 
         if threads is not None:
             import torch
 
+            from dbunet.runtime.backends.base import check_threads
+
+            check_threads(threads)  # the same rule as the graph runtimes', not torch's RuntimeError
+
             torch.set_num_threads(threads)
         pipe = factory(backend).from_artifacts(directory, "cpu" if device == "auto" else device)
     else:

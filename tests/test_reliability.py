@@ -389,6 +389,18 @@ def test_threads_past_twice_the_cores_need_insisting(tiny_artifacts, monkeypatch
     assert Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32", threads=5)
 
 
+@pytest.mark.parametrize("threads, says", [(0, "an integer >= 1, got 0"), ("2", "an integer >= 1, got '2'"),
+                                           (5, "more than twice this machine's 2 cores")])
+def test_the_reference_takes_the_thread_rule_of_the_graph_runtimes(tiny_artifacts, monkeypatch, threads, says):
+    # before, torch.set_num_threads raised its own RuntimeError, and 5 threads on 2 cores went through
+    from dbunet.backends import open_pipeline
+    from dbunet.errors import ConfigError
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.raises(ConfigError, match=says):
+        open_pipeline(tiny_artifacts, "torch", threads=threads)
+
+
 def test_an_output_name_near_the_limit_is_written(tiny_artifacts, tmp_path):
     """A 250-byte name fits the file system; the temporary file beside it must fit too."""
     out = tmp_path / ("n" * 246 + ".png")
