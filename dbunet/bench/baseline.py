@@ -63,7 +63,7 @@ def _what_was_measured(report: BenchReport) -> dict:
             **{k: report.settings[k] for k in keys if k in report.settings}}
 
 
-def _check_comparable(baseline: BenchReport, current: BenchReport) -> None:
+def check_comparable(baseline: BenchReport, current: BenchReport) -> None:
     """Latencies of a different model, backend, precision, size, step count, thread count or loop form say
     nothing about a regression: refuse instead of reporting one. A setting an older report lacks is not judged."""
     base, cur = _what_was_measured(baseline), _what_was_measured(current)
@@ -89,7 +89,7 @@ def compare(baseline: BenchReport, current: BenchReport, tolerance: float = 0.10
     noise (the larger of the two runs' Timing.noise_ms)."""
     if tolerance < 0:
         raise ConfigError(f"tolerance must be >= 0, got {tolerance}")
-    _check_comparable(baseline, current)
+    check_comparable(baseline, current)
     speed = machine_speed_ratio(baseline, current)
     verdicts = []
     for name, base in baseline.results.items():

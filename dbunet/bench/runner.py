@@ -126,10 +126,18 @@ def _component_calls(pipe, request_options: dict) -> tuple[dict[str, Callable[[]
     }, loop
 
 
-def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchReport:
+def run_bench(options: BenchOptions, progress: Progress | None = None,
+              before_timing: Callable[[BenchReport], None] | None = None) -> BenchReport:
+    """before_timing: called with the report-to-be (what will be measured, no results yet) once the pipeline is
+    open, before the first timed call: `--compare` refuses a baseline of something else there, not minutes later."""
     pipe, precision = _pipeline(options)
     request_options = _request_options(options, pipe.config)
     request = pipe.request(PROMPT, **request_options)  # validates size and steps before any timing
+    settings = {"repeat": options.repeat, "warmup": options.warmup, "threads": options.threads,
+                "steps": request.steps, "size": [request.height, request.width],
+                "whole_loops": pipe.stages.whole_loops}  # what ran: the option, or the backend's default
+    if before_timing is not None:
+        before_timing(BenchReport(pipe.backend_name, precision, pipe.config.name, {}, 0.0, settings=settings))
     calls, loop = _component_calls(pipe, request_options)
     timed = pipe.config.architecture.bench_components  # e.g. no refiner_step without a refiner
     options = replace(options, components=tuple(c for c in options.components if c in timed))
@@ -141,9 +149,6 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> BenchR
         calibrations.append(calibration_ms())
         if progress:
             progress("bench", i, len(options.components))
-    settings = {"repeat": options.repeat, "warmup": options.warmup, "threads": options.threads,
-                "steps": request.steps, "size": [request.height, request.width],
-                "whole_loops": pipe.stages.whole_loops}  # what ran: the option, or the backend's default
     calibration = float(np.median(calibrations))
     details = {}
     if pipe.backend_name == "trt":

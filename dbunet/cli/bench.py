@@ -73,13 +73,14 @@ def check_bench_options(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     check_bench_options(args)
-    from dbunet.bench.baseline import compare, format_verdicts, load_report, save_report
+    from dbunet.bench.baseline import check_comparable, compare, format_verdicts, load_report, save_report
     from dbunet.bench.runner import BenchOptions, run_bench
 
     baseline = load_report(args.compare) if args.compare else None  # fail early on a bad baseline
     options = BenchOptions(args.artifacts, args.backend, args.precision, tuple(args.components), args.steps,
                            args.height, args.width, args.repeat, args.warmup, args.threads, args.whole_loops)
-    report = run_bench(options, ProgressBar())
+    report = run_bench(options, ProgressBar(),  # a baseline of something else is refused before any timing
+                       None if baseline is None else lambda plan: check_comparable(baseline, plan))
     print(_table(report))
     if report.backend == "trt" and report.details:
         from dbunet.bench.tensorrt import format_figures

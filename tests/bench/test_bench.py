@@ -163,14 +163,18 @@ def test_compare_refuses_a_baseline_of_other_settings():
 
 
 def test_whole_loops_are_measured_when_asked_and_a_baseline_of_the_other_form_is_refused(tiny_artifacts, tmp_path,
-                                                                                          capsys):
+                                                                                          capsys, monkeypatch):
     base = ["--artifacts", str(tiny_artifacts), "--backend", "ort", "--components", "dbunet_step", "pipeline",
             "--repeat", "1", "--warmup", "0", "--steps", "2"]
     assert bench_cli.main([*base, "--whole-loops", "--record", str(tmp_path / "whole.json")]) == 0
     assert json.loads((tmp_path / "whole.json").read_text())["settings"]["whole_loops"] is True
     capsys.readouterr()
+    calls = []
+    monkeypatch.setattr(runner, "measure", lambda *a, **k: calls.append(a) or Timing([1.0, 1.0, 1.0]))
     assert bench_cli.main([*base, "--compare", str(tmp_path / "whole.json")]) == 2  # ONNX Runtime's CPU default
-    assert "whole_loops True -> False" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "whole_loops True -> False" in err
+    assert not calls and "milliseconds per call" not in out  # refused before the first timed call, not after all
 
 
 def test_bad_options_are_user_errors(tiny_artifacts, tmp_path, capsys):
