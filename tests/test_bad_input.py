@@ -237,6 +237,15 @@ CASES = [
          "model.safetensors: not a readable safetensors file", _truncate("model/model.safetensors")),
     Case("export weights config a list", "export", ("--out", "{out}", "--weights", "{art}/model"),
          "config.json: expected a JSON object, got list", lambda a: (a / "model" / "config.json").write_text("[1]")),
+    # options the model source would have ignored
+    Case("export config with a model folder", "export",
+         ("--out", "{out}", "--weights", "{art}/model", "--config", "sd15"),
+         "is a dbunet model folder, whose config.json decides"),
+    Case("export arch other than the model folder's", "export",
+         ("--out", "{out}", "--weights", "{art}/model", "--arch", "sdxl"), "is a dbunet model folder of architecture"),
+    Case("export config with an sd1 folder", "export",
+         ("--out", "{out}", "--weights", "{tmp}", "--arch", "sd1", "--config", "sd15"),
+         "--config sd15 is not used with --arch sd1"),
     Case("export unknown ptx target", "export", ("--out", "{out}", "--ptx", "sm_10"), "sm_10"),
     # dbunet-bench and dbunet-build
     Case("bench repeat zero", "bench", ("--artifacts", "{art}", "--repeat", "0"), "repeat"),

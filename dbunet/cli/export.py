@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from dbunet.cli.common import Parser, guarded
 from dbunet.config import ARCHITECTURES, DEFAULT_PRESET
+from dbunet.errors import InputError
 from dbunet.export.specs import MAX_TRACE_BATCH
 
 DESCRIPTION = """Export every component of the cascade (text_encoder, dbunet, vae_decoder, vae_encoder,
@@ -22,11 +24,11 @@ and kept in OUT/model/."""
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="dbunet-export", description=DESCRIPTION)
     model = p.add_argument_group("model")
-    model.add_argument("--config", default=DEFAULT_PRESET,
+    model.add_argument("--config",  # None: DEFAULT_PRESET, or (with --weights) what the folder says
                        help="preset (shapes: the trained demo; tiny: the seeded test model; sd15) or a config JSON "
                             f"file (default: {DEFAULT_PRESET})")
     model.add_argument("--weights", type=Path, help="a dbunet model folder, or a diffusers SD 1.x/2.x or SDXL folder")
-    model.add_argument("--arch", choices=ARCHITECTURES, default=ARCHITECTURES[0],
+    model.add_argument("--arch", choices=ARCHITECTURES,  # None: dbunet, or a dbunet model folder's own
                        help="with a diffusers folder: dbunet (default) builds a DB-UNet taking an SD folder's matching "
                             "layers; sd1 deploys an SD 1.x/2.x folder's own UNet as it is, sdxl an SDXL base folder's "
                             "(no boxes)")
@@ -57,16 +59,40 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_model_source(args) -> None:
+    """--config and --arch where the model source would silently ignore them are refused: a dbunet model folder
+    brings its own config (and architecture), an SD 1.x or SDXL folder its own configs."""
+    from dbunet.export.exporter import is_model_folder
+
+    if args.weights is None:
+        return
+    if is_model_folder(args.weights):
+        if args.config is not None:
+            raise InputError(f"--config {args.config}: {args.weights} is a dbunet model folder, whose config.json "
+                             "decides the model; leave --config out")
+        try:
+            own = json.loads((args.weights / "config.json").read_text()).get("arch", ARCHITECTURES[0])
+        except (OSError, ValueError, AttributeError):
+            return  # a damaged config.json: loading it says what is wrong
+        if args.arch is not None and args.arch != own:
+            raise InputError(f"--arch {args.arch}: {args.weights} is a dbunet model folder of architecture {own}")
+    elif args.config is not None and args.arch not in (None, ARCHITECTURES[0]):
+        raise InputError(f"--config {args.config} is not used with --arch {args.arch}: the folder's own configs "
+                         "decide the model; leave --config out")
+
+
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    check_model_source(args)
     from dbunet.export.exporter import ExportOptions, export
 
     options = ExportOptions(
-        config=args.config, weights=args.weights, out=args.out, fp16=args.fp16, opset=args.opset,
+        config=args.config or DEFAULT_PRESET, weights=args.weights, out=args.out, fp16=args.fp16, opset=args.opset,
         decomposed=args.decomposed, height=args.height, width=args.width, batch=args.batch,
-        components=tuple(args.components) if args.components else None, arch=args.arch, refiner=args.refiner,
+        components=tuple(args.components) if args.components else None, arch=args.arch or ARCHITECTURES[0],
+        refiner=args.refiner,
         ptx_targets=tuple(args.ptx or ("sm_87", "sm_89", "sm_90")) if args.ptx is not None else (),
     )
     start = time.perf_counter()

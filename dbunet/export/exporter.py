@@ -118,6 +118,13 @@ def resolve_config(name_or_file: str) -> ModelConfig:
     return preset(name_or_file)
 
 
+def is_model_folder(path: Path) -> bool:
+    """A dbunet model folder (dbunet.models.cascade.save_model), as opposed to a diffusers folder."""
+    from dbunet.models.cascade import CONFIG_FILE, WEIGHTS_FILE
+
+    return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / WEIGHTS_FILE).is_file()
+
+
 def load_source_model(options: ExportOptions, out: Path) -> tuple[Model, str]:
     """The model to export and where TorchPipeline can load it again (recorded in the manifest)."""
     if options.weights is None:
@@ -129,7 +136,7 @@ def load_source_model(options: ExportOptions, out: Path) -> tuple[Model, str]:
             shutil.rmtree(model_dir)
         return create_preset_model(config, model_dir), "model"
     weights = Path(options.weights)
-    if (weights / "config.json").is_file() and (weights / "model.safetensors").is_file():
+    if is_model_folder(weights):
         return load_model(weights), str(weights.resolve())
     needs = architectures.get(options.arch).needs_folder
     if needs and not (weights / needs).is_dir():
