@@ -39,3 +39,7 @@ class CudaError(DbunetError):
 
 class NonFiniteError(DbunetError):
     """A stage produced NaN or infinity: the run ends without writing an image."""
+
+
+class ClosedError(DbunetError):
+    """A pipeline was called after close()."""

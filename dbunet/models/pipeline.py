@@ -17,6 +17,7 @@ import torch
 
 from dbunet.config import ModelConfig
 from dbunet.generation import Conditioning, GenerationResult, Progress, Step, reference_denoise_step, run_cascade
+from dbunet.lifetime import Closable
 from dbunet.models.cascade import Model, create_preset_model, load_model
 from dbunet.models.components import encode_text, tokenize
 from dbunet.models.device import torch_device
@@ -90,7 +91,7 @@ class TorchStages:
         pass  # the modules go with the pipeline
 
 
-class TorchPipeline:
+class TorchPipeline(Closable):
     precision = "fp32"
     manifest = None  # set by from_artifacts
 
@@ -140,4 +141,5 @@ class TorchPipeline:
                  **options) -> GenerationResult:
         """Generate one image. `latents`: optional starting noise [1, C, h, w] (before the sampler's
         init_noise_sigma), as diffusers' pipelines take it; otherwise the seed draws it."""
+        self.check_open()
         return run_cascade(self.stages, self.config, self.request(prompt, **options), progress, latents)

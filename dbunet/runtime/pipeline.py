@@ -11,6 +11,7 @@ import numpy as np
 from dbunet.backends import AUTO, DEFAULT, REGISTRY, check_precision, choose_backend, make_backend, name_of
 from dbunet.errors import ConfigError
 from dbunet.generation import GenerationResult, Progress, run_cascade
+from dbunet.lifetime import Closable
 from dbunet.manifest import Manifest, PinnedDirectory, shown, verify_file
 from dbunet.request import GenerationRequest, build_request
 from dbunet.runtime.backends.base import Backend
@@ -18,7 +19,7 @@ from dbunet.runtime.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
 
-class Pipeline:
+class Pipeline(Closable):
     def __init__(self, manifest: Manifest, directory: Path, backend: Backend, precision: str, stages) -> None:
         self.manifest, self.directory, self.backend, self.precision = manifest, directory, backend, precision
         self.config = manifest.config
@@ -71,9 +72,10 @@ class Pipeline:
                  **options) -> GenerationResult:
         """Generate one image. `latents`: optional starting noise [1, C, h, w] (before the sampler's
         init_noise_sigma), as diffusers' pipelines take it; otherwise the seed draws it."""
+        self.check_open()
         return run_cascade(self.stages, self.config, self.request(prompt, **options), progress, latents)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.stages.close()
         if getattr(self, "pinned", None) is not None:
             self.pinned.close()

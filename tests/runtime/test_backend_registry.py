@@ -123,3 +123,20 @@ def test_the_files_a_request_reads_come_from_the_registry():
     assert backends.files_for("trt", "fp16") == backends.files_for("auto", "fp16") == "fp16"
     assert backends.files_for("ort", "fp32") == backends.files_for("auto", "fp32") == "fp32"
     assert backends.files_for("auto", None) is None and backends.files_for("ort", None) is None
+
+
+@pytest.mark.parametrize("name, options", [("ort", {}), ("ort", {"whole_loops": True}), ("openvino", {}),
+                                           ("torch", {})])
+def test_every_pipeline_closes_once_refuses_calls_after_and_closes_with_with(tiny_artifacts, name, options):
+    # before: ONNX Runtime said "its session was closed" naming a /proc/self/fd path, OpenVINO raised an
+    # AttributeError, and the PyTorch reference had no close() at all
+    from dbunet.errors import ClosedError
+
+    if name == "openvino":
+        pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    with backends.open_pipeline(tiny_artifacts, name, **options) as pipe:
+        assert pipe("a red cat", steps=1, refiner_steps=0).image.dtype == np.uint8
+    assert pipe.closed
+    pipe.close()  # a second close does nothing
+    with pytest.raises(ClosedError, match=f"this {type(pipe).__name__} was closed"):
+        pipe("a red cat", steps=1, refiner_steps=0)
