@@ -49,6 +49,8 @@ def parse(body: bytes) -> ImageRequest:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Refused(400, f"the body is not JSON ({exc})") from None
+    except RecursionError:  # 64 KiB of '[' parse past Python's recursion limit: the client's fault, not a 500
+        raise Refused(400, "the body's JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise Refused(400, f"the body must be a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - set(FIELDS))

@@ -25,6 +25,19 @@ def test_a_request_the_model_refuses_is_400_and_a_non_finite_result_is_500(exc, 
     assert refused.value.status == status and refused.value.body == f"error: {exc}\n"
 
 
+@pytest.mark.parametrize("body, says", [
+    (b'{"prompt": "a", "seed": ' + b"[" * 30000 + b"]" * 30000 + b"}", "nested too deeply"),  # a RecursionError before
+    (b'{"prompt": "a"', "not JSON"), (b"[1]", "must be a JSON object"), (b'{"prompt": 3}', "prompt is required"),
+    (b'{"prompt": "a", "colour": 1}', "unknown field(s) colour"),
+    (b'{"prompt": "a", "boxes": "0.1,0.1,0.5,0.5:a"}', "boxes must be a list"),
+])
+def test_a_body_the_api_cannot_read_is_400_with_one_line(body, says):
+    assert len(body) <= api.MAX_BODY
+    with pytest.raises(api.Refused) as refused:
+        api.parse(body)
+    assert refused.value.status == 400 and says in refused.value.body and "\n" not in refused.value.body[:-1]
+
+
 def test_a_replica_s_load_error_is_read_back_from_serve_s_status_message():
     """Serve passes a replica constructor's exception on as formatted traceback text inside its deployment
     message; the dbunet error in it comes back as that class with its line, anything else as None."""
