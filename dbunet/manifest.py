@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dbunet import __version__, atomic, schemas
+from dbunet import __version__, atomic, jsonfile, schemas
 from dbunet.config import ModelConfig
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec
@@ -198,10 +198,8 @@ class Manifest:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise ArtifactError(f"{shown(path)} is {path.stat().st_size} bytes, not a manifest dbunet-export writes; "
                                 "refusing to read it")
-        try:
-            d = json.loads(path.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise ArtifactError(f"{shown(path)} is not valid JSON ({str(exc)[:80]}); re-run dbunet-export") from None
+        d = jsonfile.loads(path.read_bytes(),
+                           lambda why: ArtifactError(f"{shown(path)} is {why}; re-run dbunet-export"))
         if not isinstance(d, dict):
             raise ArtifactError(f"{shown(path)} is not a manifest (a JSON object expected); re-run dbunet-export")
         fmt, version = d.get("format_version"), str(d.get("dbunet_version", "?"))

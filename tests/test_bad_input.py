@@ -109,6 +109,13 @@ def _tokenizer_too_large(art: Path) -> None:
     (art / "manifest.json").write_text(json.dumps(m))
 
 
+def _deep_json(rel: str) -> Damage:
+    """A JSON file nested past Python's recursion limit (json.loads raised RecursionError on it)."""
+    def damage(art: Path) -> None:
+        (art / rel).write_text("[" * 100_000 + "]" * 100_000)
+    return damage
+
+
 RUN = ("--artifacts", "{art}", "--prompt", "a red cat", "--output", "{out}", "--quiet")
 CASES = [
     # sampling options
@@ -246,6 +253,14 @@ CASES = [
     Case("export config with an sd1 folder", "export",
          ("--out", "{out}", "--weights", "{tmp}", "--arch", "sd1", "--config", "sd15"),
          "--config sd15 is not used with --arch sd1"),
+    Case("export config nested too deeply", "export", ("--out", "{out}", "--config", "{art}/deep.json"),
+         "deep.json: not valid JSON (nested too deeply)", _deep_json("deep.json")),
+    Case("export weights config nested too deeply", "export", ("--out", "{out}", "--weights", "{art}/model"),
+         "config.json: not valid JSON (nested too deeply)", _deep_json("model/config.json")),
+    Case("manifest nested too deeply", "run", RUN, "manifest.json is not valid JSON (nested too deeply)",
+         _deep_json("manifest.json")),
+    Case("bench baseline nested too deeply", "bench", ("--artifacts", "{art}", "--compare", "{art}/deep.json"),
+         "is not a dbunet-bench report: not valid JSON (nested too deeply)", _deep_json("deep.json")),
     Case("export unknown ptx target", "export", ("--out", "{out}", "--ptx", "sm_10"), "sm_10"),
     # dbunet-bench and dbunet-build
     Case("bench repeat zero", "bench", ("--artifacts", "{art}", "--repeat", "0"), "repeat"),

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dbunet import atomic
+from dbunet import atomic, jsonfile
 from dbunet.bench.runner import BenchReport
 from dbunet.bench.stats import Timing
 from dbunet.errors import ConfigError
@@ -21,10 +21,9 @@ def load_report(path: str | Path) -> BenchReport:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"baseline {path} does not exist; create one with --record {path}")
+    data = jsonfile.loads(path.read_bytes(), lambda why: ConfigError(f"{path} is not a dbunet-bench report: {why}"))
     try:
-        return BenchReport.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not a dbunet-bench report ({exc})") from None
+        return BenchReport.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
+from dbunet import jsonfile
 from dbunet.cli.common import Parser, guarded
 from dbunet.config import ARCHITECTURES, DEFAULT_PRESET
-from dbunet.errors import InputError
+from dbunet.errors import InputError, WeightsError
 from dbunet.export.specs import MAX_TRACE_BATCH
 
 DESCRIPTION = """Export every component of the cascade (text_encoder, dbunet, vae_decoder, vae_encoder,
@@ -70,11 +70,10 @@ def check_model_source(args) -> None:
         if args.config is not None:
             raise InputError(f"--config {args.config}: {args.weights} is a dbunet model folder, whose config.json "
                              "decides the model; leave --config out")
-        try:
-            own = json.loads((args.weights / "config.json").read_text()).get("arch", ARCHITECTURES[0])
-        except (OSError, ValueError, AttributeError):
-            return  # a damaged config.json: loading it says what is wrong
-        if args.arch is not None and args.arch != own:
+        path = args.weights / "config.json"
+        data = jsonfile.loads(path.read_bytes(), lambda why: WeightsError(f"{path}: {why}"))
+        own = data.get("arch", ARCHITECTURES[0]) if isinstance(data, dict) else None  # else loading says what is wrong
+        if args.arch is not None and own is not None and args.arch != own:
             raise InputError(f"--arch {args.arch}: {args.weights} is a dbunet model folder of architecture {own}")
     elif args.config is not None and args.arch not in (None, ARCHITECTURES[0]):
         raise InputError(f"--config {args.config} is not used with --arch {args.arch}: the folder's own configs "

@@ -10,7 +10,6 @@ Layout of an artifacts directory:
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from dbunet import architectures, atomic
+from dbunet import architectures, atomic, jsonfile
 from dbunet.config import PRESETS, ModelConfig, preset, side_beyond
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.export import fp16 as fp16_convert
@@ -109,10 +108,9 @@ def resolve_config(name_or_file: str) -> ModelConfig:
     if path.suffix == ".json" or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
+        data = jsonfile.loads(path.read_bytes(), lambda why: ConfigError(f"--config {path}: {why}"))
         try:
-            return ModelConfig.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--config {path}: not valid JSON ({str(exc)[:80]})") from None
+            return ModelConfig.from_dict(data)
         except ConfigError as exc:
             raise ConfigError(f"--config {path}: {exc}") from None
     return preset(name_or_file)

@@ -4,13 +4,13 @@ never the parser's traceback."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from dbunet import jsonfile
 from dbunet.errors import WeightsError
 
 
@@ -35,10 +35,7 @@ class JsonObject(dict):
 def read_json_object(path: Path) -> JsonObject:
     if not path.is_file():
         raise WeightsError(f"missing {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WeightsError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
+    data = jsonfile.loads(path.read_bytes(), lambda why: WeightsError(f"{path}: {why}"))
     if not isinstance(data, dict):
         raise WeightsError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return JsonObject(data, path)

@@ -11,6 +11,7 @@ import base64
 import json
 from dataclasses import dataclass
 
+from dbunet import jsonfile
 from dbunet.boxes import Box
 from dbunet.errors import DbunetError, NonFiniteError
 
@@ -45,12 +46,7 @@ def parse(body: bytes) -> ImageRequest:
     """The JSON body as dbunet-run's options; the model's own checks come when the pipeline builds the request."""
     if len(body) > MAX_BODY:
         raise Refused(413, f"request body of {len(body)} bytes; at most {MAX_BODY}")
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Refused(400, f"the body is not JSON ({exc})") from None
-    except RecursionError:  # 64 KiB of '[' parse past Python's recursion limit: the client's fault, not a 500
-        raise Refused(400, "the body's JSON is nested too deeply") from None
+    data = jsonfile.loads(body, lambda why: Refused(400, f"the body is {why}"))
     if not isinstance(data, dict):
         raise Refused(400, f"the body must be a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - set(FIELDS))

@@ -27,7 +27,7 @@ def test_a_request_the_model_refuses_is_400_and_a_non_finite_result_is_500(exc, 
 
 @pytest.mark.parametrize("body, says", [
     (b'{"prompt": "a", "seed": ' + b"[" * 30000 + b"]" * 30000 + b"}", "nested too deeply"),  # a RecursionError before
-    (b'{"prompt": "a"', "not JSON"), (b"[1]", "must be a JSON object"), (b'{"prompt": 3}', "prompt is required"),
+    (b'{"prompt": "a"', "not valid JSON"), (b"[1]", "must be a JSON object"), (b'{"prompt": 3}', "prompt is required"),
     (b'{"prompt": "a", "colour": 1}', "unknown field(s) colour"),
     (b'{"prompt": "a", "boxes": "0.1,0.1,0.5,0.5:a"}', "boxes must be a list"),
 ])
