@@ -181,6 +181,20 @@ def test_compiled_models_are_cached_per_precision_and_checked_before_use(artifac
     np.testing.assert_allclose(got.pixels, ort_fp32.pixels, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("record", ["{not json", "[" * 100_000 + "]" * 100_000, "[1, 2]"])
+def test_an_unreadable_cache_record_empties_that_folder_and_keeps_the_cache_on(artifacts, tmp_path, monkeypatch,
+                                                                               caplog, record):
+    # before: an unparsable record turned the whole cache off, and one nested too deeply raised RecursionError
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = ov_backend.default_cache_dir() / "some-model"
+    folder.mkdir(parents=True)
+    (folder / "blob").write_bytes(b"a compiled model")
+    (folder / ov_backend.CACHE_RECORD).write_text(record)
+    assert ov_backend.usable_cache(folder) == folder
+    assert not any(folder.iterdir())  # the blob it could not vouch for is gone, the record too
+    assert not any("cache is off" in r.getMessage() for r in caplog.records)
+
+
 def test_a_cache_folder_that_cannot_be_written_costs_speed_not_the_run(artifacts, ort_fp32, tmp_path, monkeypatch,
                                                                         caplog):
     blocked = tmp_path / "blocked"

@@ -202,17 +202,28 @@ def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
 
 
+def _read_record(path: Path) -> dict | None:
+    """The cache folder's record of its blobs; {} where there is none yet, None where it cannot be read (then,
+    as a record that does not match, the folder is emptied and compiled anew)."""
+    from dbunet import jsonfile
+
+    if not path.is_file():
+        return {}
+    try:
+        return jsonfile.loads(path.read_bytes(), ValueError)
+    except ValueError:
+        return None
+
+
 def usable_cache(folder: Path) -> Path | None:
     """The folder, made and checked against its record; None (compile without a cache, said once) where the
     cache location cannot be written."""
-    import json
-
     from dbunet.manifest import sha256_file
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
         record_path = folder / CACHE_RECORD
-        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        record = _read_record(record_path)
         blobs = {p.name for p in folder.iterdir() if p.name != CACHE_RECORD and not p.name.startswith(".")}
         if not isinstance(record, dict) or blobs != set(record) or any(
                 sha256_file(folder / name) != record[name] for name in blobs):
