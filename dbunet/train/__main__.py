@@ -38,15 +38,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from dbunet.config import preset
     from dbunet.models.device import torch_device
-    from dbunet.train.trainer import Trainer, TrainPlan
+    from dbunet.train.trainer import CHECKPOINT, RUN_ENTRIES, Trainer, TrainPlan
 
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file; give a directory for the run")
-    checkpoint = args.out / "checkpoint" / "progress.json"
+    checkpoint = args.out / CHECKPOINT / "progress.json"
     if checkpoint.is_file() and not args.resume:
         raise InputError(f"{args.out} holds a run already; pass --resume to continue it, or choose another --out")
     if args.resume and not checkpoint.is_file():
         raise InputError(f"nothing to resume in {args.out} (no checkpoint/progress.json)")
+    others = sorted(p.name for p in args.out.iterdir() if p.name not in RUN_ENTRIES) if args.out.is_dir() else []
+    if others:  # a run killed before its first checkpoint holds only its own entries, and starts again
+        listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise InputError(f"--out {args.out} holds {listed}, which no run wrote; give a new or empty directory")
     device = torch_device(args.device)  # before anything is written into --out
     plan = TrainPlan.smoke() if args.smoke else TrainPlan()
     plan = TrainPlan(**{**plan.__dict__, "seed": args.seed})

@@ -39,6 +39,10 @@ from dbunet.tokenizer import learn_bpe, write_clip_tokenizer
 from dbunet.train.data import VOCABULARY, Layout, ShapesDataset
 
 STAGES = ("vae", "unet", "refiner")
+# what a run writes into its directory: anything else there is the user's, and a new run is not started among it
+CHECKPOINT, LOSS_LOG, LOSS_PLOT = "checkpoint", "loss.csv", "losses.png"
+MODEL, PARTIAL_MODEL = "model", ".model.partial"
+RUN_ENTRIES = (CHECKPOINT, LOSS_LOG, MODEL, PARTIAL_MODEL, LOSS_PLOT)
 Report = Callable[[str], None]
 
 
@@ -108,7 +112,7 @@ class EMA:
 class Trainer:
     def __init__(self, config: ModelConfig, out: Path, plan: TrainPlan, device: torch.device, report: Report) -> None:
         self.out, self.plan, self.device, self.report = out, plan, device, report
-        self.ckpt = out / "checkpoint"
+        self.ckpt = out / CHECKPOINT
         self.progress = self._read_progress()
         if self.progress:
             config = ModelConfig.from_dict(self.progress["config"])  # carries the measured VAE scaling
@@ -141,7 +145,7 @@ class Trainer:
         atomic.write_text(self.ckpt / "progress.json", json.dumps(progress, indent=1))
 
     def _log(self, stage: str, step: int, losses: dict[str, float], seconds: float) -> None:
-        path = self.out / "loss.csv"
+        path = self.out / LOSS_LOG
         new = not path.is_file()
         with path.open("a", newline="") as f:  # append-only log; a resumed run continues it
             w = csv.writer(f)
@@ -164,8 +168,8 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> Path:
-        model_dir = self.out / "model"
-        partial = self.out / ".model.partial"
+        model_dir = self.out / MODEL
+        partial = self.out / PARTIAL_MODEL
         shutil.rmtree(partial, ignore_errors=True)
         save_model(Model(self.config, self.cascade.cpu().eval(), self.model.tokenizer, self.model.tokenizer_files),
                    partial)
@@ -174,7 +178,7 @@ class Trainer:
         try:
             from dbunet.train.plot import plot_losses
 
-            plot_losses(self.out / "loss.csv", self.out / "losses.png")
+            plot_losses(self.out / LOSS_LOG, self.out / LOSS_PLOT)
         except ImportError:
             self.report("losses.png skipped: matplotlib is not installed")
         return model_dir

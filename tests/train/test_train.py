@@ -51,6 +51,22 @@ def test_an_unreachable_device_or_a_file_as_out_is_refused_before_anything_is_wr
         assert not (tmp_path / "seeded").exists()
 
 
+def test_a_new_run_is_not_started_among_the_users_files_but_one_killed_early_starts_again(tmp_path, capsys):
+    # before: a run went into any existing directory (a diffusers folder, say), beside what was there
+    folder = tmp_path / "sd-folder"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    before = sorted(p.name for p in folder.iterdir())
+    assert main(["shapes", "--out", str(folder), "--smoke", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"error: --out {folder} holds model_index.json, unet, which no run wrote; "
+                                       "give a new or empty directory\n")
+    assert sorted(p.name for p in folder.iterdir()) == before
+    killed = tmp_path / "killed"  # what a run leaves when killed before its first checkpoint
+    (killed / "checkpoint" / "tokenizer").mkdir(parents=True)
+    (killed / "loss.csv").write_text("stage,step,loss,parts,seconds\n")
+    assert main(["shapes", "--out", str(killed), "--smoke", "--device", "cpu"]) == 0
+
+
 def _weights(directory):
     return load_file(str(directory / "model" / "model.safetensors"))
 
