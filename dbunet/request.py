@@ -201,6 +201,12 @@ def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequ
     if "refiner_strength" in options and config.has_latent_refiner:
         raise InputError("SDXL's refiner takes the latents over at the high noise fraction; refiner strength is the "
                          "DiffuseGAE refiner's")
+    if "refiner_strength" in options and not config.has_refiner:  # it would be ignored
+        raise InputError(f"this model ({config.arch}) has no DiffuseGAE refiner; refiner strength sets how far that "
+                         "refiner re-noises the image")
+    if "box_fraction" in options and not config.has_boxes:  # it would be ignored
+        raise InputError(f"this model ({config.arch}) has no box conditioning; the box fraction is the share of the "
+                         "steps the boxes steer")
     req = req.validate(config.unet.max_boxes, config.vae.downscale, d.max_height, d.max_width,
                        config.schedule.num_train_timesteps)
     plan_schedules(config, req)

@@ -82,6 +82,11 @@ def test_manifest_records_the_architecture_and_the_runtime_refuses_what_sd1_lack
         pipe(PROMPT, boxes=["0.1,0.1,0.5,0.5:a cat"], steps=2)
     with pytest.raises(InputError, match="no refiner"):
         pipe(PROMPT, refiner_steps=3, steps=2)
+    # options that would be ignored (before: silently)
+    with pytest.raises(InputError, match="no DiffuseGAE refiner; refiner strength"):
+        pipe(PROMPT, refiner_strength=0.5, steps=2)
+    with pytest.raises(InputError, match="no box conditioning; the box fraction"):
+        pipe(PROMPT, box_fraction=0.5, steps=2)
 
 
 def test_v_prediction_folder_matches_diffusers(tmp_path):

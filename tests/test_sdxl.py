@@ -118,3 +118,8 @@ def test_manifest_graphs_micro_conditioning_and_refusals(sdxl_artifacts):
         pipe(PROMPT, boxes=["0.1,0.1,0.5,0.5:a cat"], steps=1)
     with pytest.raises(InputError, match="no refiner"):
         pipe(PROMPT, refiner_steps=3, steps=1)
+    # options that would be ignored (before: silently)
+    with pytest.raises(InputError, match="no DiffuseGAE refiner; refiner strength"):
+        pipe(PROMPT, refiner_strength=0.5, steps=1)
+    with pytest.raises(InputError, match="no box conditioning; the box fraction"):
+        pipe(PROMPT, box_fraction=0.5, steps=1)
