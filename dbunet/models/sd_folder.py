@@ -58,6 +58,7 @@ def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
 def _text_and_vae_config(root: Path) -> tuple[TextEncoderConfig, VaeConfig]:
     te = read_json_object(root / "text_encoder" / "config.json")
     vae = read_json_object(root / "vae" / "config.json")
+    _check_vae_keys(vae, str(vae.path))
     text = TextEncoderConfig(
         vocab_size=te["vocab_size"],
         hidden_size=te["hidden_size"],
@@ -118,30 +119,50 @@ def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[Noi
     return NoiseSchedule.from_diffusers(raw, str(path)), raw
 
 
-# UNet2DConditionModel config keys that are bookkeeping only
-_UNET_BOOKKEEPING = {"_class_name", "_diffusers_version", "_name_or_path"}
-_MISSING = object()  # a key UNet2DConditionModel has no default for: never equal to a folder's value
+# diffusers config keys that are bookkeeping only
+_BOOKKEEPING = {"_class_name", "_diffusers_version", "_name_or_path"}
+_MISSING = object()  # a key the model class has no default for: never equal to a folder's value
+
+
+def _refuse_non_defaults(config: dict, model_class, carried: set[str], source: str, kind: str) -> None:
+    """Every key of a folder's config that dbunet does not carry must hold the model class's default: anything
+    else would change the model, and a model built without it would draw wrong images."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(model_class.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    differing = sorted(k for k, v in config.items()
+                       if k not in carried and k not in _BOOKKEEPING
+                       and _normalise(v) != _normalise(defaults.get(k, _MISSING)))
+    if differing:
+        raise ConfigError(f"{source}: cannot honour {', '.join(f'{k}={config[k]!r}' for k in differing)} "
+                          f"({kind} leaves them at their defaults)")
+
+
+# AutoencoderKL keys VaeConfig carries, or that change nothing here (sample_size: the size it was trained at;
+# the block types are checked on their own)
+_VAE_CARRIED = {f.name for f in dataclasses.fields(VaeConfig)} | {"sample_size", "down_block_types", "up_block_types"}
+
+
+def _check_vae_keys(vae: dict, source: str) -> None:
+    from diffusers import AutoencoderKL
+
+    _refuse_non_defaults(vae, AutoencoderKL, _VAE_CARRIED, source, "the SD 1.x/2.x and SDXL VAE")
+    for key, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        if any(b != block for b in vae.get(key, [block])):
+            raise ConfigError(f"{source}: cannot honour {key}={vae[key]!r} (each block must be {block})")
 
 
 def sd_unet_config(unet: dict, source: str) -> SDUNetConfig:
     """The folder's UNet config as an SDUNetConfig; any other key set to a non-default value is refused
     (class or addition embeddings, an inpainting UNet's 9 channels are named in the error)."""
-    import inspect
-
     from diffusers import UNet2DConditionModel
 
     if unet.get("in_channels", 4) != 4:
         raise ConfigError(f"{source}: a UNet with {unet['in_channels']} input channels (an inpainting or depth "
                           "UNet) is not supported; text-to-image UNets take 4")
     carried = {f.name for f in dataclasses.fields(SDUNetConfig)}
-    defaults = {k: p.default for k, p in inspect.signature(UNet2DConditionModel.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    differing = sorted(k for k, v in unet.items()
-                       if k not in carried and k not in _UNET_BOOKKEEPING
-                       and _normalise(v) != _normalise(defaults.get(k, _MISSING)))
-    if differing:
-        raise ConfigError(f"{source}: cannot honour {', '.join(f'{k}={unet[k]!r}' for k in differing)} "
-                          "(a plain SD 1.x/2.x UNet leaves them at their defaults)")
+    _refuse_non_defaults(unet, UNet2DConditionModel, carried, source, "a plain SD 1.x/2.x UNet")
     listed = {f.name for f in dataclasses.fields(SDUNetConfig) if isinstance(f.default, tuple)} - {"attention_head_dim"}
     for k in sorted(listed & set(unet)):
         if not isinstance(unet[k], list):

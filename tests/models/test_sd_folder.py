@@ -185,3 +185,21 @@ def test_the_scheduler_is_honoured_or_refused_alike_for_both_archs_and_a_missing
     with caplog.at_level("WARNING"):
         model, _ = load_sd_folder(root, base=tiny(), arch=arch)
     assert "has no scheduler/scheduler_config.json: sampling with a scaled_linear schedule" in caplog.text
+
+
+@pytest.mark.parametrize("change", [dict(shift_factor=0.1159), dict(act_fn="gelu"), dict(latents_mean=[0.1] * 4),
+                                    dict(use_post_quant_conv=False),
+                                    dict(up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 2)])
+@pytest.mark.parametrize("arch", ["dbunet", "sd1"])
+def test_a_vae_setting_the_export_would_drop_is_refused(sd_folder, tmp_path, change, arch):
+    # before: the VAE was rebuilt from the keys dbunet carries, so these folders exported and drew wrong images
+    # (use_post_quant_conv alone failed later, on its weights)
+    import shutil
+
+    from dbunet.errors import ConfigError
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    _edit(root / "vae" / "config.json", **change)
+    with pytest.raises(ConfigError, match=f"vae/config.json: cannot honour {next(iter(change))}="):
+        load_sd_folder(root, base=tiny(), arch=arch)
