@@ -127,10 +127,13 @@ def check_precision(name: str, precision: str | None) -> None:
 
 def files_for(backend: str, precision: str | None) -> str | None:
     """The exported precision a request reads, where the request alone decides it (None: the machine decides):
-    the backend's `reads`, else the precision asked for (every backend that computes fp32 or fp16 reads its own)."""
+    the backend's `reads`, else the precision asked for (every backend that computes fp32 or fp16 reads its own),
+    else the one precision the backend computes (TensorRT: fp16). The PyTorch reference reads no graphs at all."""
     name = requested_backend(backend, precision)
-    reads = info(name).reads if name is not None else None
-    return reads or precision
+    if name is None:
+        return precision
+    b = info(name)
+    return b.reads or precision or (b.precisions[0] if len(b.precisions) == 1 else None)
 
 
 def requested_backend(backend: str, precision: str | None) -> str | None:

@@ -104,16 +104,22 @@ def options_from(args):
                         num_gpus=args.num_gpus, max_queued=args.max_queued, whole_loops=args.whole_loops, **delays)
 
 
+def check_export(artifacts: Path, backend: str, precision: str | None) -> None:
+    """A broken export, or one no run can be made from (some components only, not the precision asked for), is
+    refused here, before Ray starts: the replicas would find it only after their start."""
+    from dbunet.manifest import Manifest
+
+    manifest = Manifest.read(artifacts)
+    name = backends.requested_backend(backend, precision)
+    if name is None or not backends.info(name).reference:  # the PyTorch reference loads the model folder instead
+        manifest.check_runnable(backends.files_for(backend, precision), f"--artifacts {artifacts}")
+
+
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     options = options_from(args)
-    from dbunet.manifest import Manifest
-
-    # a broken export, or one no run can be made from (some components only, not the precision asked for), is
-    # refused here, before Ray starts: the replicas would find it only after their start
-    Manifest.read(args.artifacts).check_runnable(backends.files_for(args.backend, args.precision),
-                                                 f"--artifacts {args.artifacts}")
+    check_export(args.artifacts, args.backend, args.precision)
     if "RAY_ADDRESS" not in os.environ:  # on a cluster the proxies listen on its nodes, not here
         check_listen(args.host, args.port)
     try:

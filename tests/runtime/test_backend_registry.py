@@ -123,6 +123,7 @@ def test_the_files_a_request_reads_come_from_the_registry():
     assert backends.files_for("trt", "fp16") == backends.files_for("auto", "fp16") == "fp16"
     assert backends.files_for("ort", "fp32") == backends.files_for("auto", "fp32") == "fp32"
     assert backends.files_for("auto", None) is None and backends.files_for("ort", None) is None
+    assert backends.files_for("trt", None) == "fp16"  # the one precision it computes
 
 
 @pytest.mark.parametrize("name, options", [("ort", {}), ("ort", {"whole_loops": True}), ("openvino", {}),

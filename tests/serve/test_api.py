@@ -81,3 +81,29 @@ def test_replicas_this_machine_cannot_place_are_refused_before_serve_waits_for_t
         return
     with pytest.raises(ConfigError, match=re.escape(says)):
         check_fits(ServeOptions(Path("art"), **options), resources)
+
+
+def test_the_launcher_checks_the_graphs_a_run_would_read_and_the_reference_reads_none(tiny_artifacts, tmp_path):
+    import json
+    import shutil
+
+    from dbunet.cli.serve import check_export
+    from dbunet.errors import ArtifactError
+
+    for backend, precision in (("auto", None), ("trt", None), ("openvino", "bf16"), ("ort", "fp16")):
+        check_export(tiny_artifacts, backend, precision)  # a complete export in fp32 and fp16
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"]
+                             if (a["component"], a["precision"]) != ("dbunet_step", "fp16")]
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    check_export(art, "auto", None)  # fp32 is complete: the machine may pick it
+    for backend, precision in (("trt", None), ("auto", "fp16")):
+        with pytest.raises(ArtifactError, match="lacks dbunet_step in fp16"):
+            check_export(art, backend, precision)
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["component"] != "dbunet_step"]
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="lacks dbunet_step in fp16; dbunet_step in fp32"):
+        check_export(art, "auto", None)
+    check_export(art, "torch", None)  # the PyTorch reference runs from the model folder, not the graphs
