@@ -25,7 +25,7 @@ from dbunet.config import ModelConfig
 from dbunet.engines.cache import ENGINES_DIR, Device, EngineEntry, EngineKey, read_index, write_index
 from dbunet.engines.profiles import SIZE_FREE, Resolution, check_build, engine_components, profile
 from dbunet.errors import BuildError, ConfigError
-from dbunet.manifest import Manifest, sha256_file, verify_artifact
+from dbunet.manifest import Manifest, sha256_file, shown, verify_artifact
 
 log = logging.getLogger(__name__)
 Report = Callable[[str], None]
@@ -212,6 +212,9 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(),  # no
     resolutions = options.resolutions or (Resolution(config.defaults.height, config.defaults.width),)
     max_boxes = config.unet.max_boxes if options.max_boxes is None else options.max_boxes
     check_build(config, resolutions, max_boxes)  # all of them, before the first engine
+    manifest.check_runnable("fp16", shown(artifacts))  # every engine's graph, likewise (engines build from fp16)
+    if options.timing_cache is not None and options.timing_cache.is_dir():
+        raise ConfigError(f"--timing-cache {options.timing_cache} is a directory; give a file")
     mode = plugin_mode(trt)
     typed = strongly_typed_flag(trt)
     if mode == "aot":

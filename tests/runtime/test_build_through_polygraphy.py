@@ -105,6 +105,32 @@ def test_a_request_no_engine_could_serve_is_refused_before_the_first_build(fresh
     assert trt.builds == [] and not (fresh / "engines").exists()
 
 
+def _drop_fp16(component: str):
+    def damage(art: Path) -> None:
+        m = json.loads((art / "manifest.json").read_text())
+        m["artifacts"] = [a for a in m["artifacts"] if (a["component"], a["precision"]) != (component, "fp16")]
+        (art / "manifest.json").write_text(json.dumps(m))
+    return damage
+
+
+@pytest.mark.parametrize("damage, options, says", [
+    # the last engine's graph missing in fp16: the first five were built before the loop reached it
+    (_drop_fp16("refiner_step"), {}, "lacks refiner_step in fp16"),
+    (lambda art: (art / "cache-dir").mkdir(), {"timing_cache": "cache-dir"}, "is a directory; give a file"),
+])
+def test_an_export_or_cache_no_build_could_use_is_refused_before_the_first_build(fresh, monkeypatch, damage, options,
+                                                                                 says):
+    from dbunet.errors import DbunetError
+
+    trt = install(monkeypatch, "10.3.0")
+    damage(fresh)
+    options = {k: fresh / v for k, v in options.items()}
+    with pytest.raises(DbunetError, match=says):
+        builder.build_engines(fresh, builder.BuildOptions((Resolution(64, 64),), max_boxes=4, **options),
+                              report=lambda line: None)
+    assert trt.builds == [] and not (fresh / "engines").exists()
+
+
 def test_tensorrt_11_builds_strongly_typed_without_the_removed_flags(fresh, monkeypatch):
     trt = install(monkeypatch, "11.4.0")
     assert not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and not hasattr(trt.BuilderFlag, "FP16")
