@@ -9,6 +9,7 @@ import numpy as np
 
 from dbunet.errors import InputError
 from dbunet.scalars import python_scalar
+from dbunet.text import not_utf8
 
 MAX_PHRASE_CHARS = 1000  # a box phrase is a few words; the text encoder reads 77 tokens of it at most
 
@@ -46,6 +47,8 @@ class Box:
         coords = (self.x0, self.y0, self.x1, self.y1)
         if not isinstance(self.phrase, str):
             raise InputError(f"box phrase must be a string, got {type(self.phrase).__name__} {self.phrase!r}")
+        if not_utf8(self.phrase):
+            raise InputError(f"box phrase: {not_utf8(self.phrase)}")
         if len(self.phrase) > MAX_PHRASE_CHARS:
             raise InputError(f"box phrase of {len(self.phrase)} characters; at most {MAX_PHRASE_CHARS} (the text "
                              "encoder reads its first tokens only)")

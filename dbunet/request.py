@@ -11,6 +11,7 @@ from dbunet.config import ModelConfig, side_beyond
 from dbunet.errors import InputError
 from dbunet.scalars import python_scalar
 from dbunet.schedulers import SCHEDULERS
+from dbunet.text import not_utf8
 
 MAX_PROMPT_CHARS = 10_000  # far beyond any text encoder's window; tokenizing more only costs time
 MAX_STEPS = 1000  # a sampler cannot take more steps than the training schedule has timesteps
@@ -54,6 +55,9 @@ class GenerationRequest:
 
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise bad("prompt and negative prompt must be strings")
+        for name, text in (("prompt", self.prompt), ("negative prompt", self.negative_prompt)):
+            if not_utf8(text):
+                raise bad(f"{name}: {not_utf8(text)}")
         if max(len(self.prompt), len(self.negative_prompt)) > MAX_PROMPT_CHARS:
             raise bad(f"prompt of {max(len(self.prompt), len(self.negative_prompt))} characters; at most "
                       f"{MAX_PROMPT_CHARS} (the text encoder reads its first tokens only)")

@@ -152,6 +152,11 @@ CASES = [
     Case("unknown device", "run", RUN + ("--device", "tpu"), "device must be"),
     Case("unknown backend", "run", RUN + ("--backend", "jax"), "invalid choice"),
     Case("missing prompt", "run", ("--artifacts", "{art}", "--output", "{out}"), "--prompt"),
+    # bytes that are not UTF-8 reach Python's argv as lone surrogates (PEP 383): the tokenizer raised a TypeError
+    Case("prompt not UTF-8", "run", ("--artifacts", "{art}", "--prompt", "a \udcff cat", "--output", "{out}"),
+         "prompt: character 3 is not text"),
+    Case("box phrase not UTF-8", "run", RUN + ("--box", "0.1,0.1,0.5,0.5:\udcff"),
+         "box phrase: character 1 is not text"),
     Case("prompt absurdly long", "run", ("--artifacts", "{art}", "--prompt", "cat " * 5000, "--output", "{out}"),
          "characters"),
     # boxes
