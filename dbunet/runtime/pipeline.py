@@ -57,6 +57,7 @@ class Pipeline(Closable):
         if files not in available:
             raise ConfigError(f"precision {files} was not exported to {shown(directory)}; "
                               f"available: {', '.join(sorted(available))}")
+        manifest.check_runnable(files, shown(directory))  # every graph missing, named at once
         cfg = manifest.config
         tokenizers = [ClipTokenizer(verify_file(directory, tok["file"], tok["sha256"]), text.max_length,
                                     text.vocab_size, text.pad_token)
