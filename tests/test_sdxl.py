@@ -123,3 +123,23 @@ def test_manifest_graphs_micro_conditioning_and_refusals(sdxl_artifacts):
         pipe(PROMPT, refiner_strength=0.5, steps=1)
     with pytest.raises(InputError, match="no box conditioning; the box fraction"):
         pipe(PROMPT, box_fraction=0.5, steps=1)
+
+
+@pytest.mark.parametrize("file, key, value", [("model_index.json", "force_zeros_for_empty_prompt", "false"),
+                                              ("vae/config.json", "force_upcast", 0)])
+def test_a_pipeline_flag_that_is_not_a_json_bool_is_refused(sdxl_folder, tmp_path, file, key, value):
+    # before: bool("false") is True, so the folder's "false" turned the flag on
+    import json
+    import shutil
+
+    from dbunet.errors import WeightsError
+    from dbunet.models.sdxl_folder import sdxl_config_from_folder
+
+    root = tmp_path / "sdxl"
+    shutil.copytree(sdxl_folder, root)
+    data = json.loads((root / file).read_text())
+    (root / file).write_text(json.dumps({**data, key: value}))
+    with pytest.raises(WeightsError, match=f"{key} must be true or false, got {value!r}"):
+        sdxl_config_from_folder(root)
+    (root / file).write_text(json.dumps({**data, key: False}))
+    assert sdxl_config_from_folder(root) is not None

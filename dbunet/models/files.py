@@ -24,6 +24,13 @@ class JsonObject(dict):
     def __missing__(self, key: str):
         raise WeightsError(f"{self.path}: no {key!r} (a diffusers config of this kind has one)")
 
+    def flag(self, key: str, default: bool) -> bool:
+        """A true/false setting; a string such as "false" would read as true, so anything but a JSON bool is refused."""
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise WeightsError(f"{self.path}: {key} must be true or false, got {value!r}")
+        return value
+
     def sequence(self, key: str) -> tuple:
         """A key that must hold a list (channels per level...), as a tuple."""
         value = self[key]

@@ -17,7 +17,7 @@ from dbunet.config import (
 )
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import TOKENIZER_2_DIR, TOKENIZER_DIR, Model, build_model, load_state
-from dbunet.models.files import read_json_object
+from dbunet.models.files import JsonObject, read_json_object
 from dbunet.models.sd_folder import (
     ImportReport,
     _text_and_vae_config,
@@ -59,9 +59,9 @@ def _sdxl_unet_config(root: Path, what: str) -> SDXLUNetConfig:
         transformer_layers_per_block=tuple(layers) if isinstance(layers, list) else (layers,))
 
 
-def _pipeline_flags(root: Path) -> dict:
+def _pipeline_flags(root: Path) -> JsonObject:
     index = root / "model_index.json"
-    return read_json_object(index) if index.is_file() else {}
+    return read_json_object(index) if index.is_file() else JsonObject({}, index)
 
 
 def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None) -> ModelConfig:
@@ -70,8 +70,8 @@ def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None)
     _, vae = _text_and_vae_config(root)
     # SDXL pipelines decode in fp32 where the VAE's config says force_upcast (diffusers' default: true);
     # SD 1.x pipelines ignore the flag, so only this architecture reads it
-    upcast = read_json_object(root / "vae" / "config.json").get("force_upcast", True)
-    vae = dataclasses.replace(vae, force_upcast=bool(upcast))
+    upcast = read_json_object(root / "vae" / "config.json").flag("force_upcast", True)
+    vae = dataclasses.replace(vae, force_upcast=upcast)
     text, text_2 = _text_config(root, "text_encoder", "tokenizer"), _text_config(root, "text_encoder_2", "tokenizer_2")
     unet = _sdxl_unet_config(root, "base")
     schedule, sched = read_schedule(root)
@@ -81,7 +81,7 @@ def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None)
                                 refiner_steps=30 if latent_refiner else 0,
                                 scheduler=SCHEDULERS.get(sched.get("_class_name"), "euler"),
                                 max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
-    zeros = bool(_pipeline_flags(root).get("force_zeros_for_empty_prompt", True))
+    zeros = _pipeline_flags(root).flag("force_zeros_for_empty_prompt", True)
     name = f"sdxl:{root.name}" + (f"+{Path(refiner).name}" if refiner is not None else "")
     try:
         return ModelConfig(name=name, text=text, vae=vae, unet=unet, refiner=sd15().refiner,
@@ -98,8 +98,8 @@ def latent_refiner_config(root: Path) -> LatentRefinerConfig:
         raise WeightsError(f"--refiner {root}: not an SDXL refiner folder (no unet/)")
     flags = _pipeline_flags(root)
     return LatentRefinerConfig(unet=_sdxl_unet_config(root, "refiner"), schedule=read_schedule(root)[0],
-                               requires_aesthetics_score=bool(flags.get("requires_aesthetics_score", False)),
-                               zero_empty_negative=bool(flags.get("force_zeros_for_empty_prompt", True)))
+                               requires_aesthetics_score=flags.flag("requires_aesthetics_score", False),
+                               zero_empty_negative=flags.flag("force_zeros_for_empty_prompt", True))
 
 
 def import_sdxl(root: Path, refiner: Path | None = None) -> tuple[Model, ImportReport]:
