@@ -42,6 +42,18 @@ def choices(annotation: Any) -> tuple | None:
     return None
 
 
+def check_flags(owner: str, obj: Any) -> None:
+    """Every dataclass field annotated `bool` holds a bool, in nested dataclasses too: a config read from a folder's
+    JSON may hold "false", which Python reads as true."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if hints[f.name] is bool and not isinstance(value, bool):
+            raise ConfigError(f"{owner}.{f.name} must be true or false, got {value!r}")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_flags(f"{owner}.{f.name}", value)
+
+
 def check_choices(owner: str, obj: Any) -> None:
     """Every dataclass field annotated with a Literal holds one of its values (read from the annotation, so
     the choices are written once)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from dbunet import architectures, schemas
 from dbunet.architectures.base import LATENT_REFINER_GRAPHS
-from dbunet.bounds import check_bounds, check_choices
+from dbunet.bounds import check_bounds, check_choices, check_flags
 from dbunet.errors import ConfigError
 from dbunet.schedulers.schedule import NoiseSchedule
 
@@ -367,6 +367,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_choices("config", self)
+        check_flags("config", self)
         arch = architectures.get(self.arch, "config.arch")
         want = UNET_CONFIGS[arch.unet_config]
         if not isinstance(self.unet, want):

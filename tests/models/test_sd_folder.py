@@ -203,3 +203,19 @@ def test_a_vae_setting_the_export_would_drop_is_refused(sd_folder, tmp_path, cha
     _edit(root / "vae" / "config.json", **change)
     with pytest.raises(ConfigError, match=f"vae/config.json: cannot honour {next(iter(change))}="):
         load_sd_folder(root, base=tiny(), arch=arch)
+
+
+@pytest.mark.parametrize("file, key, arches", [("unet/config.json", "use_linear_projection", ["sd1"]),
+                                               ("scheduler/scheduler_config.json", "clip_sample", ["sd1", "dbunet"])])
+def test_a_setting_that_is_not_a_json_bool_is_refused(sd_folder, tmp_path, file, key, arches):
+    # before: the string "false" was kept, and Python reads it as true (SD 2.x's linear projection, DDIM's clipping)
+    import shutil
+
+    from dbunet.errors import ConfigError
+
+    for arch in arches:
+        root = tmp_path / arch
+        shutil.copytree(sd_folder, root)
+        _edit(root / file, **{key: "false"})
+        with pytest.raises(ConfigError, match=f"{key} must be true or false, got 'false'"):
+            load_sd_folder(root, base=tiny(), arch=arch)
