@@ -9,7 +9,6 @@ from pathlib import Path
 from dbunet import backends
 from dbunet.boxes import Box
 from dbunet.cli.common import Parser, ProgressBar, add_precision, add_whole_loops, check_output, guarded, print_timings
-from dbunet.errors import InputError
 from dbunet.schedulers import SCHEDULERS
 
 DESCRIPTION = """Generate an image with the DB-UNet cascade from an artifacts directory written by
@@ -72,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     options = _options(args)
     check_output(args.output, suffix=".png")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
     pipe = backends.open_pipeline(args.artifacts, args.backend, args.precision, args.device, args.threads,
                                   args.whole_loops)
     chosen = f"backend: {pipe.backend_name} {pipe.precision} ({pipe.chosen_because})" if pipe.chosen_because else None
