@@ -24,8 +24,9 @@ import numpy as np
 from dbunet.boxes import box_arrays
 from dbunet.config import ModelConfig
 from dbunet.errors import InputError, NonFiniteError
+from dbunet.lifetime import Closable
 from dbunet.noise import NoiseSource
-from dbunet.request import GenerationRequest, plan_schedules
+from dbunet.request import GenerationRequest, build_request, plan_schedules
 from dbunet.schedulers import Scheduler
 from dbunet.schedulers.table import COLUMN
 
@@ -295,3 +296,21 @@ def run_cascade(
     timings["refiner"] = time.perf_counter() - t0 + refined_latents_s
     timings["total"] = time.perf_counter() - t_all
     return GenerationResult(to_uint8(image), req, timings, step_times, latents, decoded, image)
+
+
+class CascadePipeline(Closable):
+    """What every pipeline shares (the runtime's Pipeline, the PyTorch reference's TorchPipeline): a model config
+    and its Stages; one call is one validated request through run_cascade."""
+
+    config: ModelConfig
+    stages: Stages
+
+    def request(self, prompt: str, **options) -> GenerationRequest:
+        return build_request(self.config, prompt, **options)
+
+    def __call__(self, prompt: str, progress: Progress | None = None, latents: np.ndarray | None = None,
+                 **options) -> GenerationResult:
+        """Generate one image. `latents`: optional starting noise [1, C, h, w] (before the sampler's
+        init_noise_sigma), as diffusers' pipelines take it; otherwise the seed draws it."""
+        self.check_open()
+        return run_cascade(self.stages, self.config, self.request(prompt, **options), progress, latents)

@@ -16,12 +16,10 @@ import numpy as np
 import torch
 
 from dbunet.config import ModelConfig
-from dbunet.generation import Conditioning, GenerationResult, Progress, Step, reference_denoise_step, run_cascade
-from dbunet.lifetime import Closable
+from dbunet.generation import CascadePipeline, Conditioning, Step, reference_denoise_step
 from dbunet.models.cascade import Model, create_preset_model, load_model
 from dbunet.models.components import encode_text, tokenize
 from dbunet.models.device import torch_device
-from dbunet.request import GenerationRequest, build_request
 
 
 class TorchStages:
@@ -91,7 +89,7 @@ class TorchStages:
         pass  # the modules go with the pipeline
 
 
-class TorchPipeline(Closable):
+class TorchPipeline(CascadePipeline):
     precision = "fp32"
     manifest = None  # set by from_artifacts
 
@@ -134,12 +132,3 @@ class TorchPipeline(Closable):
         model = load_model(directory) if saved else create_preset_model(config, directory)
         return cls(model, device)
 
-    def request(self, prompt: str, **options) -> GenerationRequest:
-        return build_request(self.config, prompt, **options)
-
-    def __call__(self, prompt: str, progress: Progress | None = None, latents: np.ndarray | None = None,
-                 **options) -> GenerationResult:
-        """Generate one image. `latents`: optional starting noise [1, C, h, w] (before the sampler's
-        init_noise_sigma), as diffusers' pipelines take it; otherwise the seed draws it."""
-        self.check_open()
-        return run_cascade(self.stages, self.config, self.request(prompt, **options), progress, latents)

@@ -6,20 +6,17 @@ import logging
 import weakref
 from pathlib import Path
 
-import numpy as np
-
 from dbunet.backends import AUTO, DEFAULT, REGISTRY, check_precision, choose_backend, make_backend, name_of
 from dbunet.errors import ConfigError
-from dbunet.generation import GenerationResult, Progress, run_cascade
-from dbunet.lifetime import Closable
+from dbunet.generation import CascadePipeline
 from dbunet.manifest import Manifest, PinnedDirectory, shown, verify_file
-from dbunet.request import GenerationRequest, build_request
 from dbunet.runtime.backends.base import Backend
 from dbunet.runtime.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
 
-class Pipeline(Closable):
+
+class Pipeline(CascadePipeline):
     def __init__(self, manifest: Manifest, directory: Path, backend: Backend, precision: str, stages) -> None:
         self.manifest, self.directory, self.backend, self.precision = manifest, directory, backend, precision
         self.config = manifest.config
@@ -66,15 +63,6 @@ class Pipeline(Closable):
         log.info("loaded %s (%s, %s) on %s", shown(directory), manifest.config.name, precision, name_of(be))
         return cls(manifest, directory, be, precision, stages)
 
-    def request(self, prompt: str, **options) -> GenerationRequest:
-        return build_request(self.config, prompt, **options)
-
-    def __call__(self, prompt: str, progress: Progress | None = None, latents: np.ndarray | None = None,
-                 **options) -> GenerationResult:
-        """Generate one image. `latents`: optional starting noise [1, C, h, w] (before the sampler's
-        init_noise_sigma), as diffusers' pipelines take it; otherwise the seed draws it."""
-        self.check_open()
-        return run_cascade(self.stages, self.config, self.request(prompt, **options), progress, latents)
 
     def _release(self) -> None:
         self.stages.close()
