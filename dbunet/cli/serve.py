@@ -48,21 +48,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse_autoscale(text: str) -> tuple[int, int]:
+    """'MIN:MAX' as two integers (ServeOptions judges their values)."""
     lo, sep, hi = text.partition(":")
-    if not (sep and lo.isdigit() and hi.isdigit()) or not 1 <= int(lo) <= int(hi):
-        raise InputError(f"--autoscale must be MIN:MAX with 1 <= MIN <= MAX, got {text!r}")
+    if not (sep and lo.isdigit() and hi.isdigit()):
+        raise InputError(f"--autoscale must be MIN:MAX, two whole numbers, got {text!r}")
     return int(lo), int(hi)
 
 
 def parse_delays(text: str) -> tuple[float, float]:
+    """'UP:DOWN' as two numbers of seconds (ServeOptions judges their values)."""
     up, sep, down = text.partition(":")
     try:
-        values = (float(up), float(down)) if sep else None
+        if sep:
+            return float(up), float(down)
     except ValueError:
-        values = None
-    if values is None or not all(0 <= v < 86400 for v in values):
-        raise InputError(f"--scale-delays must be UP:DOWN seconds, each in 0..86400, got {text!r}")
-    return values
+        pass
+    raise InputError(f"--scale-delays must be UP:DOWN, two numbers of seconds, got {text!r}")
 
 
 def check_listen(host: str, port: int) -> None:
@@ -85,13 +86,8 @@ def check_listen(host: str, port: int) -> None:
 def options_from(args):
     from dbunet.serve.app import ServeOptions
 
-    if args.replicas < 1:
-        raise InputError(f"--replicas must be >= 1, got {args.replicas}")
-    for flag, value in (("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus), ("--timeout", args.timeout)):
-        if not math.isfinite(value):
-            raise InputError(f"{flag} must be a finite number, got {value}")
-    if args.num_cpus <= 0 or args.num_gpus < 0 or args.max_queued < 0 or args.timeout <= 0:
-        raise InputError("--num-cpus and --timeout must be positive, --num-gpus and --max-queued not negative")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):  # the other options' rules are ServeOptions'
+        raise InputError(f"--timeout must be a positive finite number of seconds, got {args.timeout}")
     if not 1 <= args.port <= 65535:
         raise InputError(f"--port must lie in 1..65535, got {args.port}")
     if args.scale_delays is not None and not args.autoscale:

@@ -309,7 +309,7 @@ def test_the_cluster_config_is_a_valid_serve_config_and_builds():
         app_builder({"artifacts": "x", "replica": 2})
     from dbunet.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="whole_loops must be true, false or null"):
+    with pytest.raises(ConfigError, match=r"whole_loops \(--whole-loops\) must be true, false or null"):
         app_builder({"artifacts": "x", "whole_loops": "yes"})
     with pytest.raises(ConfigError, match="backend trt always runs each denoising loop"):
         app_builder({"artifacts": "x", "backend": "trt", "whole_loops": False})
@@ -317,3 +317,13 @@ def test_the_cluster_config_is_a_valid_serve_config_and_builds():
         app_builder({"artifacts": "x", "precision": "int8"})
     with pytest.raises(ConfigError, match="backend openvino computes in fp32 or bf16, not fp16"):
         app_builder({"artifacts": "x", "backend": "openvino", "precision": "fp16"})
+    # the value rules dbunet-serve's flags had alone before, for a config file's args too (YAML checks no value)
+    for args, says in (({"replicas": 0}, r"replicas \(--replicas\) must be an integer >= 1, got 0"),
+                       ({"autoscale": [4, 2]}, "autoscale .* must be MIN:MAX with 1 <= MIN <= MAX"),
+                       ({"autoscale": [1, 2], "scale_delays": [-1, 5]}, "scale_delays .* each in 0..86400"),
+                       ({"num_cpus": "4"}, "num_cpus .* must be a positive finite number, got '4'"),
+                       ({"num_gpus": float("nan")}, "num_gpus .* must be a finite number >= 0"),
+                       ({"max_queued": -1}, "max_queued .* must be an integer >= 0"),
+                       ({"max_ongoing": True}, "max_ongoing .* must be an integer >= 1, got True")):
+        with pytest.raises(ConfigError, match=says):
+            app_builder({"artifacts": "x", **args})
