@@ -12,7 +12,8 @@ from typing import Any
 def loads(data: str | bytes, refuse: Callable[[str], Exception]) -> Any:
     """The parsed document; else raises refuse("not valid JSON (why)"), which the caller words into its line."""
     try:
-        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+        # UTF-8, a leading byte-order mark ignored (RFC 8259 lets a parser ignore one; an editor may write it)
+        return json.loads(data.decode("utf-8-sig") if isinstance(data, bytes) else data)
     except RecursionError:  # e.g. 64 KiB of '[': the parser recurses once per level
         raise refuse("not valid JSON (nested too deeply)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -25,6 +25,10 @@ def test_a_request_the_model_refuses_is_400_and_a_non_finite_result_is_500(exc, 
     assert refused.value.status == status and refused.value.body == f"error: {exc}\n"
 
 
+def test_a_body_with_a_byte_order_mark_is_read_as_before():
+    assert api.parse(b'\xef\xbb\xbf{"prompt": "a cat"}').prompt == "a cat"
+
+
 @pytest.mark.parametrize("body, says", [
     (b'{"prompt": "a", "seed": ' + b"[" * 30000 + b"]" * 30000 + b"}", "nested too deeply"),  # a RecursionError before
     (b'{"prompt": "a"', "not valid JSON"), (b"[1]", "must be a JSON object"), (b'{"prompt": 3}', "prompt is required"),
