@@ -230,6 +230,17 @@ CASES = [
                                                       if a["component"] not in ("dbunet_step", "gae")]))),
     Case("tokenizer replaced", "run", RUN, "corrupted", lambda a: (a / "tokenizer.json").write_text("{}")),
     # dbunet-export
+    # an empty path (an unset shell variable) was Path("."): the current directory
+    Case("run artifacts empty", "run", ("--artifacts", "", "--prompt", "x", "--output", "{out}"),
+         "argument --artifacts: expected a path, got an empty string"),
+    Case("run output empty", "run", ("--artifacts", "{art}", "--prompt", "x", "--output", ""),
+         "argument --output: expected a path, got an empty string"),
+    Case("export out empty", "export", ("--out", "", "--components", "gae"),
+         "argument --out: expected a path, got an empty string"),
+    Case("bench json empty", "bench", ("--artifacts", "{art}", "--json", ""), "argument --json: expected a path"),
+    Case("build timing cache empty", "build", ("--artifacts", "{art}", "--timing-cache", ""),
+         "argument --timing-cache: expected a path"),
+    Case("serve artifacts empty", "serve", ("--artifacts", ""), "argument --artifacts: expected a path"),
     Case("export out is a file", "export", ("--out", "{tmp}/a-file", "--components", "gae"), "is a file"),
     Case("export over a folder of the user's", "export", ("--out", "{tmp}", "--components", "gae"),
          "but no manifest.json: it is not an artifacts directory"),

@@ -313,14 +313,27 @@ def test_an_export_the_disk_refuses_keeps_the_previous_artifacts(tiny_artifacts,
     assert sorted(p.name for p in tmp_path.iterdir()) in (["art"], [".art.lock", "art"])
 
 
-def test_export_to_dot_from_inside_the_artifacts(tiny_artifacts, tmp_path):
+@pytest.mark.parametrize("out, cwd", [(".", "art"), ("..", "art/fp32"), ("art", "art")])
+def test_an_export_over_the_current_directory_is_refused(tiny_artifacts, tmp_path, snapshot, out, cwd):
+    """The switch replaces the directory itself: a shell standing in it was left in a deleted directory, where
+    `ls` showed nothing and the next `dbunet-run --artifacts .` found no manifest."""
     art = tmp_path / "art"
     shutil.copytree(tiny_artifacts, art)
-    proc = _run_cli("dbunet.cli.export", "--config", "tiny", "--out", ".", "--components", "gae", cwd=art)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    m = json.loads((art / "manifest.json").read_text())
-    assert {a["component"] for a in m["artifacts"]} == {"gae"}  # the export replaced the directory's contents
-    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]  # no half export beside it
+    before = snapshot(art)
+    proc = _run_cli("dbunet.cli.export", "--config", "tiny", "--out", out if out != "art" else str(art),
+                    "--components", "gae", cwd=tmp_path / cwd)
+    assert proc.returncode == 2 and "is or holds the current directory" in proc.stderr, proc.stderr[-2000:]
+    assert snapshot(art) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # refused before the lock is taken
+
+
+def test_an_export_beside_or_below_the_current_directory_is_not_refused(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    from dbunet.export import staging
+
+    staging.check_target(tmp_path / "art")
+    staging.check_target(tmp_path / "here" / "art")  # below the current directory: its own directory is replaced
 
 
 def test_an_output_of_another_user_in_a_sticky_folder_is_refused_up_front(tiny_artifacts, tmp_path, monkeypatch,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from dbunet import backends
-from dbunet.cli.common import Parser, ProgressBar, add_precision, add_whole_loops, check_output, guarded
+from dbunet.cli.common import Parser, ProgressBar, add_precision, add_whole_loops, check_output, guarded, path_arg
 from dbunet.errors import InputError
 
 DESCRIPTION = """Measure per-component latency (text encoder, one DB-UNet step, VAE decode, one refiner
@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = Parser(prog="dbunet-bench", description=DESCRIPTION)
     what = p.add_argument_group("what to measure")
-    what.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"), help="default: dbunet-artifacts")
+    what.add_argument("--artifacts", type=path_arg, default=Path("dbunet-artifacts"), help="default: dbunet-artifacts")
     what.add_argument("--backend", choices=backends.CHOICES, default=backends.DEFAULT, help=backends.describe())
     add_precision(what)
     what.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS), metavar="NAME",
@@ -39,11 +39,11 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--repeat", type=int, default=10, help="timed calls per component (default: 10)")
     how.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
     out = p.add_argument_group("output")
-    out.add_argument("--json", type=Path, help="write the report here")
-    out.add_argument("--record", type=Path, metavar="BASELINE", help="write the report as a baseline")
-    out.add_argument("--compare", type=Path, metavar="BASELINE", help="compare against a recorded baseline")
+    out.add_argument("--json", type=path_arg, help="write the report here")
+    out.add_argument("--record", type=path_arg, metavar="BASELINE", help="write the report as a baseline")
+    out.add_argument("--compare", type=path_arg, metavar="BASELINE", help="compare against a recorded baseline")
     out.add_argument("--tolerance", type=float, default=0.10, help="allowed slowdown with --compare (default: 0.10)")
-    out.add_argument("--plot", type=Path, help="bar chart of the per-stage breakdown (PNG)")
+    out.add_argument("--plot", type=path_arg, help="bar chart of the per-stage breakdown (PNG)")
     return p
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from dbunet.cli.common import Parser, guarded
+from dbunet.cli.common import Parser, guarded, path_arg
 from dbunet.errors import ConfigError
 
 DESCRIPTION = """Build the FP16 TensorRT engines a run needs (text encoder, DB-UNet step, VAE decoder,
@@ -20,13 +20,13 @@ the artifacts directory over, run dbunet-build there. Each denoising engine is b
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="dbunet-build", description=DESCRIPTION)
-    p.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"), help="default: dbunet-artifacts")
+    p.add_argument("--artifacts", type=path_arg, default=Path("dbunet-artifacts"), help="default: dbunet-artifacts")
     p.add_argument("--height", type=int, action="append", default=[],
                    help="image height; repeat --height/--width pairs for several resolutions (default: the model's)")
     p.add_argument("--width", type=int, action="append", default=[], help="image width, paired with --height")
     p.add_argument("--max-boxes", type=int, help="box slots the engines take (default: the model's maximum)")
     p.add_argument("--workspace", type=int, metavar="MB", help="builder workspace limit (default: TensorRT's)")
-    p.add_argument("--timing-cache", type=Path, metavar="FILE",
+    p.add_argument("--timing-cache", type=path_arg, metavar="FILE",
                    help="tactic timing cache to reuse and update (default: ARTIFACTS/engines/timing.cache)")
     p.add_argument("--optimization-level", type=int, choices=range(6), metavar="0-5",
                    help="TensorRT builder optimization level (default: TensorRT's, 3)")

@@ -23,6 +23,14 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
+def path_arg(text: str) -> Path:
+    """argparse `type` for a path: an empty string (an unset shell variable, `--out ""`) is refused instead of
+    becoming Path("."), the current directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
 def add_precision(group) -> None:
     """--precision, for every command that opens a pipeline: its choices and help from the backend registry."""
     from dbunet import backends

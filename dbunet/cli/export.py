@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from dbunet import jsonfile
-from dbunet.cli.common import Parser, guarded
+from dbunet.cli.common import Parser, guarded, path_arg
 from dbunet.config import ARCHITECTURES, DEFAULT_PRESET
 from dbunet.errors import InputError, WeightsError
 from dbunet.export.specs import MAX_TRACE_BATCH
@@ -27,16 +27,17 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--config",  # None: DEFAULT_PRESET, or (with --weights) what the folder says
                        help="preset (shapes: the trained demo; tiny: the seeded test model; sd15) or a config JSON "
                             f"file (default: {DEFAULT_PRESET})")
-    model.add_argument("--weights", type=Path, help="a dbunet model folder, or a diffusers SD 1.x/2.x or SDXL folder")
+    model.add_argument("--weights", type=path_arg,
+                       help="a dbunet model folder, or a diffusers SD 1.x/2.x or SDXL folder")
     model.add_argument("--arch", choices=ARCHITECTURES,  # None: dbunet, or a dbunet model folder's own
                        help="with a diffusers folder: dbunet (default) builds a DB-UNet taking an SD folder's matching "
                             "layers; sd1 deploys an SD 1.x/2.x folder's own UNet as it is, sdxl an SDXL base folder's "
                             "(no boxes)")
-    model.add_argument("--refiner", type=Path, metavar="FOLDER",
+    model.add_argument("--refiner", type=path_arg, metavar="FOLDER",
                        help="with --arch sdxl: an SDXL refiner folder (StableDiffusionXLImg2ImgPipeline); its UNet "
                             "takes the latents over for the last steps (dbunet-run --high-noise-frac)")
     graph = p.add_argument_group("graphs")
-    graph.add_argument("--out", type=Path, default=Path("dbunet-artifacts"),
+    graph.add_argument("--out", type=path_arg, default=Path("dbunet-artifacts"),
                        help="output directory: new, empty or an earlier export, which it replaces whole once the "
                             "new one is complete (default: dbunet-artifacts)")
     graph.add_argument("--fp16", action="store_true", help="also write an FP16 copy of every component")
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = export(options, report)
     n = len(manifest.artifacts)
     tokenizers = ", ".join(t["file"] for t in (manifest.tokenizer, manifest.tokenizer_2) if t)
-    print(f"wrote {n} graphs, {tokenizers} and manifest.json to {args.out} in {time.perf_counter() - start:.1f}s")
+    graphs = f"{n} graph{'s' if n != 1 else ''}"
+    print(f"wrote {graphs}, {tokenizers} and manifest.json to {args.out} in {time.perf_counter() - start:.1f}s")
     if args.fp16:
         _engines(args.out, report)
     return 0

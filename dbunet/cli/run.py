@@ -8,7 +8,16 @@ from pathlib import Path
 
 from dbunet import backends
 from dbunet.boxes import Box
-from dbunet.cli.common import Parser, ProgressBar, add_precision, add_whole_loops, check_output, guarded, print_timings
+from dbunet.cli.common import (
+    Parser,
+    ProgressBar,
+    add_precision,
+    add_whole_loops,
+    check_output,
+    guarded,
+    path_arg,
+    print_timings,
+)
 from dbunet.schedulers import SCHEDULERS
 
 DESCRIPTION = """Generate an image with the DB-UNet cascade from an artifacts directory written by
@@ -43,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
                       help="with SDXL's refiner: the fraction of the noise schedule the base denoises before the "
                            "refiner takes over, 0..1 exclusive (default: 0.8)")
     run = p.add_argument_group("runtime")
-    run.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"),
+    run.add_argument("--artifacts", type=path_arg, default=Path("dbunet-artifacts"),
                      help="directory written by dbunet-export (default: dbunet-artifacts)")
     run.add_argument("--backend", choices=backends.CHOICES, default=backends.DEFAULT, help=backends.describe())
     add_precision(run)
@@ -51,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     add_whole_loops(run)
     out = p.add_argument_group("output")
-    out.add_argument("--output", type=Path, default=Path("out.png"), help="PNG path (default: out.png)")
+    out.add_argument("--output", type=path_arg, default=Path("out.png"), help="PNG path (default: out.png)")
     out.add_argument("--draw-boxes", action="store_true",
                      help="overlay the boxes, and their phrases where they fit inside the box")
     out.add_argument("--quiet", action="store_true", help="no progress bar or timing table")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from dbunet import backends
-from dbunet.cli.common import Parser, add_precision, add_whole_loops, guarded
+from dbunet.cli.common import Parser, add_precision, add_whole_loops, guarded, path_arg
 from dbunet.errors import ConfigError, InputError
 
 DESCRIPTION = """Serve an artifacts directory over HTTP: POST /v1/images with dbunet-run's options as JSON
@@ -25,7 +25,7 @@ Starts a local Ray instance unless RAY_ADDRESS names a cluster."""
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="dbunet-serve", description=DESCRIPTION)
-    p.add_argument("--artifacts", type=Path, default=Path("dbunet-artifacts"),
+    p.add_argument("--artifacts", type=path_arg, default=Path("dbunet-artifacts"),
                    help="directory written by dbunet-export (default: dbunet-artifacts)")
     p.add_argument("--backend", choices=backends.CHOICES, default=backends.DEFAULT, help=backends.describe())
     add_precision(p)

@@ -52,10 +52,22 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
+def _current_directory() -> Path | None:
+    try:
+        return Path.cwd().resolve()
+    except FileNotFoundError:  # run from a directory already deleted: nothing to protect
+        return None
+
+
 def check_target(out: Path) -> None:
     """Refuse, before any work, a target that cannot become an artifacts directory."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a directory; give a directory for the artifacts")
+    here = _current_directory()
+    if here is not None and (out.resolve() == here or out.resolve() in here.parents):
+        # the switch replaces the directory itself: a shell in it would be left in a deleted one, its `ls` empty
+        raise ExportError(f"--out {out} is or holds the current directory, and an export replaces its directory "
+                          "whole: run from outside it (e.g. `cd ..`) and name it there")
     if out.is_dir() and not (out / MANIFEST).exists():
         held = sorted(p.name for p in out.iterdir())
         if held:  # an export replaces the whole directory: never one that holds something else

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from dbunet.cli.common import Parser, guarded
+from dbunet.cli.common import Parser, guarded, path_arg
 from dbunet.errors import InputError
 from dbunet.request import SEED_RANGE, valid_seed
 
@@ -21,7 +20,7 @@ loss curves in DIR/losses.png."""
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m dbunet.train", description=DESCRIPTION)
     p.add_argument("preset", choices=["shapes"], help="the preset to train (shapes: the generator's dataset)")
-    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, loss log, trained model)")
+    p.add_argument("--out", type=path_arg, required=True, help="run directory (checkpoints, loss log, trained model)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available; default)")
     p.add_argument("--smoke", action="store_true", help="a few steps per stage: checks the machinery, trains nothing")

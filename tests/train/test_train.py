@@ -49,6 +49,9 @@ def test_an_unreachable_device_or_a_file_as_out_is_refused_before_anything_is_wr
         assert main(["shapes", "--out", str(tmp_path / "seeded"), "--smoke", f"--seed={seed}"]) == 2
         assert capsys.readouterr().err == f"error: --seed must be an integer in 0..2^63-1, got {seed}\n"
         assert not (tmp_path / "seeded").exists()
+    with pytest.raises(SystemExit) as exc:  # argparse's error: an empty --out was the current directory
+        main(["shapes", "--out", "", "--smoke"])
+    assert exc.value.code == 2 and "argument --out: expected a path, got an empty string" in capsys.readouterr().err
 
 
 def test_a_new_run_is_not_started_among_the_users_files_but_one_killed_early_starts_again(tmp_path, capsys):
