@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from dbunet import architectures, schemas
 from dbunet.architectures.base import LATENT_REFINER_GRAPHS
@@ -38,7 +38,8 @@ class TextEncoderConfig:
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
     max_length: int = 77
-    hidden_act: str = "quick_gelu"
+    hidden_act: Literal["quick_gelu", "gelu"] = "quick_gelu"  # SD 1.x's CLIP, SDXL's OpenCLIP bigG
+    layer_norm_eps: float = 1e-5
     # SDXL's encoders: the text embedding is the penultimate hidden state (-2: before the last layer and the
     # final layer norm), and the second encoder's pooled output goes through its projection (projection_dim)
     hidden_layer: int = -1  # -1: the last hidden state, after the final layer norm
@@ -46,10 +47,12 @@ class TextEncoderConfig:
     pad_token: str = "<|endoftext|>"  # SD 1.x and SDXL's first tokenizer pad with EOS, SDXL's second with "!"
 
     def __post_init__(self) -> None:
+        check_choices("text", self)
         check_bounds("text", self, {"vocab_size": (2, 1 << 20), "hidden_size": (1, 1 << 14),
                                     "intermediate_size": (1, 1 << 16), "num_hidden_layers": (1, 128),
                                     "num_attention_heads": (1, 256), "max_length": (3, 1024),
-                                    "hidden_layer": (-self.num_hidden_layers, -1), "projection_dim": (0, 1 << 14)})
+                                    "hidden_layer": (-self.num_hidden_layers, -1), "projection_dim": (0, 1 << 14),
+                                    "layer_norm_eps": (1e-12, 0.1)})
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"text encoder: hidden_size {self.hidden_size} not divisible by {self.num_attention_heads} heads"

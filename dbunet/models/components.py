@@ -65,6 +65,7 @@ def build_text_encoder(cfg: TextEncoderConfig, bos_token_id: int, eos_token_id: 
         num_attention_heads=cfg.num_attention_heads,
         max_position_embeddings=cfg.max_length,
         hidden_act=cfg.hidden_act,
+        layer_norm_eps=cfg.layer_norm_eps,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,  # pooled output is read at the first EOS
         pad_token_id=eos_token_id,

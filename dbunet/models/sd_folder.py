@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,19 +56,26 @@ def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
     raise WeightsError(f"no weights in {folder}: expected {stem}.safetensors")
 
 
+def read_text_config(path: Path, projection: bool = False, **fixed: Any) -> TextEncoderConfig:
+    """A folder's CLIP text encoder config (transformers' CLIPTextConfig keys, with its defaults); `projection`:
+    the encoder is a CLIPTextModelWithProjection (SDXL's second); `fixed`: what the architecture decides."""
+    te = read_json_object(path)
+    try:
+        return TextEncoderConfig(
+            vocab_size=te["vocab_size"], hidden_size=te["hidden_size"], intermediate_size=te["intermediate_size"],
+            num_hidden_layers=te["num_hidden_layers"], num_attention_heads=te["num_attention_heads"],
+            max_length=te.get("max_position_embeddings", 77), hidden_act=te.get("hidden_act", "quick_gelu"),
+            layer_norm_eps=te.get("layer_norm_eps", 1e-5),
+            projection_dim=te.get("projection_dim", 0) if projection else 0, **fixed,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def _text_and_vae_config(root: Path) -> tuple[TextEncoderConfig, VaeConfig]:
-    te = read_json_object(root / "text_encoder" / "config.json")
+    text = read_text_config(root / "text_encoder" / "config.json")
     vae = read_json_object(root / "vae" / "config.json")
     _check_vae_keys(vae, str(vae.path))
-    text = TextEncoderConfig(
-        vocab_size=te["vocab_size"],
-        hidden_size=te["hidden_size"],
-        intermediate_size=te["intermediate_size"],
-        num_hidden_layers=te["num_hidden_layers"],
-        num_attention_heads=te["num_attention_heads"],
-        max_length=te.get("max_position_embeddings", 77),
-        hidden_act=te.get("hidden_act", "quick_gelu"),
-    )
     vae_cfg = VaeConfig(
         block_out_channels=vae.sequence("block_out_channels"),
         layers_per_block=vae["layers_per_block"],

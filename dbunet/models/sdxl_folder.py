@@ -23,6 +23,7 @@ from dbunet.models.sd_folder import (
     _text_and_vae_config,
     pad_token_of,
     read_schedule,
+    read_text_config,
     read_weights,
     sd_unet_config,
 )
@@ -34,15 +35,9 @@ SCHEDULERS = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim", "DPMSo
 
 
 def _text_config(root: Path, folder: str, tokenizer: str) -> TextEncoderConfig:
-    te = read_json_object(root / folder / "config.json")
-    return TextEncoderConfig(
-        vocab_size=te["vocab_size"], hidden_size=te["hidden_size"], intermediate_size=te["intermediate_size"],
-        num_hidden_layers=te["num_hidden_layers"], num_attention_heads=te["num_attention_heads"],
-        max_length=te.get("max_position_embeddings", 77), hidden_act=te.get("hidden_act", "quick_gelu"),
-        hidden_layer=-2,  # SDXL reads the penultimate hidden state of both encoders
-        projection_dim=te.get("projection_dim", 0) if folder == "text_encoder_2" else 0,
-        pad_token=pad_token_of(root / tokenizer),
-    )
+    return read_text_config(root / folder / "config.json", projection=folder == "text_encoder_2",
+                            hidden_layer=-2,  # SDXL reads the penultimate hidden state of both encoders
+                            pad_token=pad_token_of(root / tokenizer))
 
 
 def _sdxl_unet_config(root: Path, what: str) -> SDXLUNetConfig:

@@ -219,3 +219,26 @@ def test_a_setting_that_is_not_a_json_bool_is_refused(sd_folder, tmp_path, file,
         _edit(root / file, **{key: "false"})
         with pytest.raises(ConfigError, match=f"{key} must be true or false, got 'false'"):
             load_sd_folder(root, base=tiny(), arch=arch)
+
+
+@pytest.mark.parametrize("arch", ["dbunet", "sd1"])
+def test_the_text_encoders_settings_are_kept_or_refused(sd_folder, tmp_path, arch):
+    # before: layer_norm_eps was dropped (the export then drew with 1e-5), and an activation transformers lacks was
+    # a KeyError from inside it
+    import shutil
+
+    from dbunet.errors import ConfigError
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    _edit(root / "text_encoder" / "config.json", layer_norm_eps=0.05, hidden_act="gelu")
+    model, _ = load_sd_folder(root, base=tiny(), arch=arch)
+    ids = torch.randint(0, 1024, (1, 77), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = CLIPTextModel.from_pretrained(root / "text_encoder")(ids).last_hidden_state
+        got = model.cascade.text_encoder(ids).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)  # the same module in FP32: measured equal
+    _edit(root / "text_encoder" / "config.json", hidden_act="swish_custom")
+    with pytest.raises(ConfigError, match="text_encoder/config.json: text.hidden_act must be one of 'quick_gelu', "
+                                          "'gelu', got 'swish_custom'"):
+        load_sd_folder(root, base=tiny(), arch=arch)
