@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dbunet import architectures, schemas
+from dbunet import architectures, jsonfile, schemas
 from dbunet.architectures.base import LATENT_REFINER_GRAPHS
 from dbunet.bounds import check_bounds, check_choices, check_flags
 from dbunet.errors import ConfigError
@@ -445,7 +445,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(jsonfile.loads(text, lambda why: ConfigError(f"config {why}")))
 
 
 def _convert(tp: Any, value: Any) -> Any:

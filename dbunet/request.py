@@ -76,7 +76,7 @@ class GenerationRequest:
             raise bad(f"high noise fraction must lie strictly between 0 and 1, got {self.high_noise_frac!r}")
         if not (_number(self.box_fraction) and 0.0 <= self.box_fraction <= 1.0):
             raise bad(f"box fraction must lie in [0, 1], got {self.box_fraction!r}")
-        if self.scheduler not in SCHEDULERS:
+        if not isinstance(self.scheduler, str) or self.scheduler not in SCHEDULERS:
             raise bad(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
         for name, v, most in (("height", self.height, max_height), ("width", self.width, max_width)):
             if isinstance(v, bool) or not isinstance(v, int) or v < downscale or v % downscale:

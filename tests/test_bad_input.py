@@ -279,6 +279,8 @@ CASES = [
          "config.json: not valid JSON (nested too deeply)", _deep_json("model/config.json")),
     Case("manifest nested too deeply", "run", RUN, "manifest.json is not valid JSON (nested too deeply)",
          _deep_json("manifest.json")),
+    Case("manifest with a name twice", "run", RUN, "manifest.json is not valid JSON ('artifacts' given twice",
+         lambda art: (art / "manifest.json").write_text('{"artifacts": [],' + (art / "manifest.json").read_text()[1:])),
     Case("bench baseline nested too deeply", "bench", ("--artifacts", "{art}", "--compare", "{art}/deep.json"),
          "is not a dbunet-bench report: not valid JSON (nested too deeply)", _deep_json("deep.json")),
     Case("export unknown ptx target", "export", ("--out", "{out}", "--ptx", "sm_10"), "sm_10"),

@@ -366,6 +366,7 @@ def test_api_box_and_option_types(tiny_artifacts):
                       (lambda: dict(boxes=[(0.1, 0.1, 0.5, 0.5)]), "a box must be a Box"),
                       (lambda: dict(boxes=7), "boxes must be"), (lambda: dict(guidance_scale="7"), "guidance scale"),
                       (lambda: dict(steps=2.5), "steps must be"),
+                      (lambda: dict(scheduler=["ddim"]), r"unknown scheduler \['ddim'\]"),  # a TypeError before
                       (lambda: dict(boxes=[Box(True, 0.1, 0.5, 0.5, "cat")]), "box True,0.1,0.5,0.5:cat: .*finite")):
         with pytest.raises(InputError, match=says):  # the Box itself, or the request, refuses: one clear error
             pipe.request("a cat", **bad())

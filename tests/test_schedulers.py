@@ -205,3 +205,10 @@ def test_a_scheduler_config_that_leaves_keys_out_gets_diffusers_defaults(name):
     ref_x = ref.step(torch.from_numpy(eps), ref.timesteps[0], ref.scale_model_input(torch.from_numpy(x),
                                                                                    ref.timesteps[0])).prev_sample
     np.testing.assert_allclose(ours_x, ref_x.numpy(), rtol=1e-5, atol=1e-5)  # one float32 step
+
+
+@pytest.mark.parametrize("name", ["lms", ["ddim"], None])
+def test_a_scheduler_name_not_in_the_table_is_one_input_error(name):
+    # a JSON list reached the table's lookup as an unhashable key: a TypeError before
+    with pytest.raises(InputError, match="unknown scheduler .*; valid: ddim, euler, dpm\\+\\+"):
+        make_scheduler(name)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbunet import atomic, schemas
+from dbunet import atomic, jsonfile, schemas
 from dbunet.errors import ArtifactError
 from dbunet.manifest import inside, shown
 
@@ -70,7 +70,7 @@ def read_index(artifacts: Path) -> list[EngineEntry]:
     if not path.is_file():
         return []
     try:
-        data = json.loads(path.read_text())
+        data = jsonfile.loads(path.read_bytes(), ValueError)
         wrong = schemas.problem(data, schemas.ENGINES_INDEX)
         if wrong:
             raise ValueError(wrong)

@@ -17,11 +17,9 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
 
 
 def make_scheduler(name: str, schedule: NoiseSchedule | None = None) -> Scheduler:
-    try:
-        cls = SCHEDULERS[name]
-    except KeyError:
-        raise InputError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}") from None
-    return cls(schedule)
+    if not isinstance(name, str) or name not in SCHEDULERS:  # a list from JSON is not even hashable
+        raise InputError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name](schedule)
 
 
 __all__ = [
