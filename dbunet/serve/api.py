@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from dbunet import jsonfile
@@ -40,6 +41,19 @@ class ImageRequest:
     prompt: str
     options: dict
     response: str = "png"
+
+
+async def read_body(chunks: AsyncIterator[bytes], declared: str | None) -> bytes:
+    """The request body, refused with 413 as soon as it passes MAX_BODY: before reading it where its declared
+    length says so, else once that many bytes have come (a chunked body declares none, and could be endless)."""
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise Refused(413, f"request body of {declared} bytes; at most {MAX_BODY}")
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise Refused(413, f"request body of over {MAX_BODY} bytes; at most {MAX_BODY}")
+    return bytes(body)
 
 
 def parse(body: bytes) -> ImageRequest:

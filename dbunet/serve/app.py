@@ -122,11 +122,8 @@ def build_app(options: ServeOptions):
                               413: {"description": "body over the limit"},
                               503: {"description": "queue full; retry after Retry-After seconds"}})
         async def images(self, request: Request) -> Response:
-            length = request.headers.get("content-length")
             try:
-                if length is not None and length.isdigit() and int(length) > api.MAX_BODY:
-                    raise api.Refused(413, f"request body of {length} bytes; at most {api.MAX_BODY}")
-                parsed = api.parse(await request.body())
+                parsed = api.parse(await api.read_body(request.stream(), request.headers.get("content-length")))
                 # the model's work in a thread: the replica's event loop keeps answering health checks
                 content_type, body, timings = await asyncio.to_thread(self._generate, parsed)
             except api.Refused as refused:

@@ -113,3 +113,41 @@ def test_the_launcher_checks_the_graphs_a_run_would_read_and_the_reference_reads
     with pytest.raises(ArtifactError, match="lacks dbunet_step in fp16; dbunet_step in fp32"):
         check_export(art, "auto", None)
     check_export(art, "torch", None)  # the PyTorch reference runs from the model folder, not the graphs
+
+
+def _streamed(chunks, headers=()):
+    """A real Starlette request whose body arrives in `chunks` (an iterator, possibly endless); how many were
+    pulled is counted."""
+    import itertools
+
+    from starlette.requests import Request
+
+    source, pulled = iter(chunks), itertools.count()
+
+    async def receive():
+        next(pulled)
+        chunk = next(source, None)
+        return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+    scope = {"type": "http", "method": "POST", "headers": [(k.encode(), v.encode()) for k, v in headers]}
+    return Request(scope, receive), pulled
+
+
+def test_a_body_is_read_whole_up_to_the_limit_and_no_further():
+    import asyncio
+    import itertools
+
+    def read(request):
+        return asyncio.run(api.read_body(request.stream(), request.headers.get("content-length")))
+
+    request, _ = _streamed([b'{"prompt": ', b'"a cat"}'])  # chunked: no declared length
+    assert api.parse(read(request)).prompt == "a cat"
+    # before: an endless chunked body was read into memory whole; now the reading stops just past the limit
+    request, pulled = _streamed(itertools.repeat(b"x" * 4096))
+    with pytest.raises(api.Refused) as refused:
+        read(request)
+    assert refused.value.status == 413 and next(pulled) == api.MAX_BODY // 4096 + 1
+    request, pulled = _streamed(itertools.repeat(b"x"), headers=[("content-length", str(api.MAX_BODY + 1))])
+    with pytest.raises(api.Refused, match=f"request body of {api.MAX_BODY + 1} bytes"):
+        read(request)
+    assert next(pulled) == 0  # refused on its declared length, before any byte is read

@@ -182,6 +182,32 @@ def test_an_oversized_body_gets_413(server):
     assert status == 413 and text.startswith(b"error: request body of")
 
 
+def _post_chunked(url: str, chunks) -> tuple[int, bytes]:
+    """POST with Transfer-Encoding: chunked (no Content-Length: the body's size is known only by reading it)."""
+    import http.client
+    import urllib.parse
+
+    where = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=120)
+    try:
+        try:
+            conn.request("POST", "/v1/images", body=iter(chunks), headers={"Content-Type": "application/json"})
+        except (BrokenPipeError, ConnectionResetError):  # the server may answer before the rest was sent
+            pass
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_a_chunked_body_is_read_and_one_past_the_limit_gets_413(server):
+    url = server()
+    status, body = _post_chunked(url, [b'{"prompt": "a cat", ', b'"steps": 2}'])
+    assert status == 200 and body.startswith(b"\x89PNG"), (status, body[:200])
+    status, body = _post_chunked(url, [b'{"prompt": "'] + [b"x" * 4096] * (4 * api.MAX_BODY // 4096) + [b'"}'])
+    assert status == 413 and body.startswith(b"error: request body of over"), (status, body[:200])
+
+
 def test_two_replicas_serve_twenty_concurrent_requests(server):
     url = server(replicas=2, max_queued=32)
     with ThreadPoolExecutor(20) as pool:
