@@ -156,6 +156,46 @@ def test_a_refiner_that_does_not_share_the_base_vae_is_refused(sdxl_folder, sdxl
         ExportOptions(weights=sdxl_folder, arch="sd1", refiner=sdxl_refiner_folder)
 
 
+def _edit_json(path, **changes):
+    import json
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _other_token(path):
+    """A tokenizer.json whose vocabulary swaps two tokens' ids: other ids for the same text."""
+    import json
+
+    data = json.loads(path.read_text())
+    vocab = data["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    path.write_text(json.dumps(data))
+
+
+# before: only the weights of the shared parts were compared (and tokenizer_2's vocab.json, which a tokenizer.json
+# folder lacks): a refiner whose pipeline encodes or decodes otherwise exported, and its images were not diffusers'
+@pytest.mark.parametrize("damage, says", [
+    (lambda r: _edit_json(r / "vae" / "config.json", scaling_factor=0.25), "its vae config differs"),
+    (lambda r: _edit_json(r / "text_encoder_2" / "config.json", layer_norm_eps=0.01),
+     "its text_encoder_2 config differs"),
+    (lambda r: _edit_json(r / "text_encoder_2" / "config.json", hidden_act="quick_gelu"),
+     "its text_encoder_2 config differs"),
+    (lambda r: _other_token(r / "tokenizer_2" / "tokenizer.json"), "its tokenizer_2 differs"),
+    (lambda r: _edit_json(r / "tokenizer_2" / "tokenizer_config.json", pad_token="<|endoftext|>"),
+     "its tokenizer_2 differs"),
+])
+def test_a_refiner_that_encodes_or_decodes_otherwise_is_refused(sdxl_folder, sdxl_refiner_folder, tmp_path, damage,
+                                                               says):
+    from dbunet.models.sdxl_folder import import_sdxl
+
+    other = tmp_path / "other-refiner"
+    shutil.copytree(sdxl_refiner_folder, other)
+    damage(other)
+    with pytest.raises(WeightsError, match=says):
+        import_sdxl(sdxl_folder, other)
+
+
 def test_dbunet_run_takes_the_refiner_options(sdxl_refined_artifacts, tmp_path):
     from PIL import Image
 

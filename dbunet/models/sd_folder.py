@@ -72,18 +72,23 @@ def read_text_config(path: Path, projection: bool = False, **fixed: Any) -> Text
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def _text_and_vae_config(root: Path) -> tuple[TextEncoderConfig, VaeConfig]:
-    text = read_text_config(root / "text_encoder" / "config.json")
-    vae = read_json_object(root / "vae" / "config.json")
-    _check_vae_keys(vae, str(vae.path))
-    vae_cfg = VaeConfig(
+def read_vae_config(path: Path, upcast: bool = False) -> VaeConfig:
+    """A folder's AutoencoderKL config; what dbunet would drop is refused. `upcast`: honour force_upcast (SDXL
+    pipelines decode in fp32 where it is set, diffusers' default true; SD 1.x pipelines ignore the flag)."""
+    vae = read_json_object(path)
+    _check_vae_keys(vae, str(path))
+    return VaeConfig(
         block_out_channels=vae.sequence("block_out_channels"),
         layers_per_block=vae["layers_per_block"],
         latent_channels=vae["latent_channels"],
         norm_num_groups=vae.get("norm_num_groups", 32),
         scaling_factor=vae.get("scaling_factor", 0.18215),
+        force_upcast=vae.flag("force_upcast", True) if upcast else False,
     )
-    return text, vae_cfg
+
+
+def _text_and_vae_config(root: Path) -> tuple[TextEncoderConfig, VaeConfig]:
+    return read_text_config(root / "text_encoder" / "config.json"), read_vae_config(root / "vae" / "config.json")
 
 
 def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> ModelConfig:

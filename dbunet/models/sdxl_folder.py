@@ -20,10 +20,10 @@ from dbunet.models.cascade import TOKENIZER_2_DIR, TOKENIZER_DIR, Model, build_m
 from dbunet.models.files import JsonObject, read_json_object
 from dbunet.models.sd_folder import (
     ImportReport,
-    _text_and_vae_config,
     pad_token_of,
     read_schedule,
     read_text_config,
+    read_vae_config,
     read_weights,
     sd_unet_config,
 )
@@ -34,10 +34,9 @@ _SDXL_KEYS = ("transformer_layers_per_block", "addition_embed_type", "addition_t
 SCHEDULERS = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpm++"}
 
 
-def _text_config(root: Path, folder: str, tokenizer: str) -> TextEncoderConfig:
-    return read_text_config(root / folder / "config.json", projection=folder == "text_encoder_2",
-                            hidden_layer=-2,  # SDXL reads the penultimate hidden state of both encoders
-                            pad_token=pad_token_of(root / tokenizer))
+def _text_config(path: Path, second: bool, pad_token: str) -> TextEncoderConfig:
+    """SDXL reads the penultimate hidden state of both encoders, and the second's projected pooled output."""
+    return read_text_config(path, projection=second, hidden_layer=-2, pad_token=pad_token)
 
 
 def _sdxl_unet_config(root: Path, what: str) -> SDXLUNetConfig:
@@ -62,12 +61,9 @@ def _pipeline_flags(root: Path) -> JsonObject:
 def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None) -> ModelConfig:
     """The config of an SDXL base folder, with SDXL's refiner from a second folder where given."""
     root = Path(root)
-    _, vae = _text_and_vae_config(root)
-    # SDXL pipelines decode in fp32 where the VAE's config says force_upcast (diffusers' default: true);
-    # SD 1.x pipelines ignore the flag, so only this architecture reads it
-    upcast = read_json_object(root / "vae" / "config.json").flag("force_upcast", True)
-    vae = dataclasses.replace(vae, force_upcast=upcast)
-    text, text_2 = _text_config(root, "text_encoder", "tokenizer"), _text_config(root, "text_encoder_2", "tokenizer_2")
+    vae = read_vae_config(root / "vae" / "config.json", upcast=True)
+    text = _text_config(root / "text_encoder" / "config.json", False, pad_token_of(root / TOKENIZER_DIR))
+    text_2 = _text_config(root / "text_encoder_2" / "config.json", True, pad_token_of(root / TOKENIZER_2_DIR))
     unet = _sdxl_unet_config(root, "base")
     schedule, sched = read_schedule(root)
     side = unet.sample_size * vae.downscale
@@ -124,20 +120,33 @@ def import_sdxl(root: Path, refiner: Path | None = None) -> tuple[Model, ImportR
 
 
 def _require_shared(model: Model, refiner: Path) -> None:
-    """The refiner folder's text_encoder_2, tokenizer_2 and vae, where present, equal the base's."""
+    """The refiner folder's text_encoder_2, tokenizer_2 and vae, where present, equal the base's: configs, weights
+    and tokenizer files (a refiner pipeline encodes and decodes with its own; dbunet exports the base's)."""
     import torch
 
-    cascade = model.cascade
-    for name, module in (("text_encoder_2", cascade.text_encoder_2), ("vae", cascade.vae)):
+    config, cascade = model.config, model.cascade
+
+    def differs(what: str) -> WeightsError:
+        return WeightsError(f"--refiner {refiner}: its {what} differs from the base's; dbunet exports one for both "
+                            "(as SDXL's refiner shares the base's)")
+
+    shared = (("text_encoder_2", cascade.text_encoder_2, config.text_2,  # its padding: the tokenizer's, below
+               lambda path: _text_config(path, True, config.text_2.pad_token)),
+              ("vae", cascade.vae, config.vae, lambda path: read_vae_config(path, upcast=True)))
+    for name, module, own_config, read_config in shared:
         if not (refiner / name).is_dir():
             continue
+        if read_config(refiner / name / "config.json") != own_config:
+            raise differs(f"{name} config")
         theirs = read_weights(refiner / name, name)
         theirs.pop("text_model.embeddings.position_ids", None)
         ours = module.state_dict()
-        same = set(theirs) == set(ours) and all(torch.equal(theirs[k], ours[k].float()) for k in ours)
-        if not same:
-            raise WeightsError(f"--refiner {refiner}: its {name} differs from the base's; dbunet exports one {name} "
-                               "for both (as SDXL's refiner shares the base's)")
-    theirs = refiner / TOKENIZER_2_DIR / "vocab.json"
-    if theirs.is_file() and theirs.read_bytes() != model.tokenizer_2_files.get("vocab.json"):
-        raise WeightsError(f"--refiner {refiner}: its tokenizer_2 differs from the base's")
+        if not (set(theirs) == set(ours) and all(torch.equal(theirs[k], ours[k].float()) for k in ours)):
+            raise differs(name)
+    their_tokenizer = refiner / TOKENIZER_2_DIR
+    if their_tokenizer.is_dir():
+        files = {name: (their_tokenizer / name).read_bytes() for name in model.tokenizer_2_files
+                 if (their_tokenizer / name).is_file()}
+        if (files != {name: model.tokenizer_2_files[name] for name in files}
+                or pad_token_of(their_tokenizer) != config.text_2.pad_token):
+            raise differs(TOKENIZER_2_DIR)
