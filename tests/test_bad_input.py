@@ -285,6 +285,13 @@ CASES = [
          "is not a dbunet-bench report: not valid JSON (nested too deeply)", _deep_json("deep.json")),
     Case("export unknown ptx target", "export", ("--out", "{out}", "--ptx", "sm_10"), "sm_10"),
     # dbunet-bench and dbunet-build
+    # before: --record over the export's manifest.json replaced it with a bench report, and the export was gone
+    Case("bench record over the manifest", "bench", ("--artifacts", "{art}", "--record", "{art}/manifest.json"),
+         "is inside the artifacts directory"),
+    Case("bench json among the graphs", "bench", ("--artifacts", "{art}", "--json", "{art}/fp32/report.json"),
+         "is inside the artifacts directory"),
+    Case("run output inside the artifacts", "run", ("--artifacts", "{art}", "--prompt", "x", "--output",
+                                                   "{art}/model/x.png"), "is inside the artifacts directory"),
     Case("bench repeat zero", "bench", ("--artifacts", "{art}", "--repeat", "0"), "repeat"),
     Case("bench tolerance nan", "bench", ("--artifacts", "{art}", "--tolerance", "nan"), "--tolerance"),
     Case("bench tolerance negative", "bench", ("--artifacts", "{art}", "--tolerance", "-1"), "--tolerance"),

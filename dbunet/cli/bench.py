@@ -66,7 +66,7 @@ def check_bench_options(args) -> None:
     for flag, path, suffix in (("--json", args.json, None), ("--record", args.record, None),
                                ("--plot", args.plot, ".png")):
         if path is not None:
-            check_output(Path(path), flag, suffix)
+            check_output(Path(path), flag, suffix, artifacts=args.artifacts)
 
 
 @guarded

@@ -48,11 +48,15 @@ def add_whole_loops(group) -> None:
                             "progress bar then moves once per loop")
 
 
-def check_output(path: Path, flag: str = "--output", suffix: str | None = None) -> None:
+def check_output(path: Path, flag: str = "--output", suffix: str | None = None, artifacts: Path | None = None) -> None:
     """Refuse, before any work, an output file that could not be written (or is not named `suffix`, a format
-    the file will be written in whatever its name says)."""
+    the file will be written in whatever its name says), or that lies in the artifacts directory being read."""
     if suffix is not None and path.suffix.lower() != suffix:
         raise InputError(f"{flag} must be a {suffix} file, got {path}")
+    if artifacts is not None and path.resolve().is_relative_to(Path(artifacts).resolve()):
+        # it could overwrite the manifest or a graph, and the next export replaces the directory whole
+        raise InputError(f"{flag} {path} is inside the artifacts directory {artifacts}, whose files it could "
+                         "overwrite and which the next export replaces whole; write it elsewhere")
     if len(os.fsencode(path.name)) > 255:
         raise InputError(f"{flag} {path}: the file name is longer than the 255 bytes a file system allows")
     if path.is_dir():

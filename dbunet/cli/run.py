@@ -79,7 +79,7 @@ def _options(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     options = _options(args)
-    check_output(args.output, suffix=".png")
+    check_output(args.output, suffix=".png", artifacts=args.artifacts)
     pipe = backends.open_pipeline(args.artifacts, args.backend, args.precision, args.device, args.threads,
                                   args.whole_loops)
     chosen = f"backend: {pipe.backend_name} {pipe.precision} ({pipe.chosen_because})" if pipe.chosen_because else None
