@@ -191,6 +191,9 @@ class Manifest:
             if previous.is_dir():
                 raise ArtifactError(f"an export into {directory} stopped while switching over; the previous artifacts "
                                     f"are in {previous}: rename it back, or run dbunet-export again")
+            if directory.exists():  # e.g. the manifest itself, named instead of its directory
+                raise ArtifactError(f"{directory} is a file; the artifacts are the directory dbunet-export wrote"
+                                    + (f" ({directory.parent})" if directory.name == MANIFEST else ""))
             raise ArtifactError(f"artifacts directory {directory} does not exist; run dbunet-export first")
         if not path.is_file():
             raise ArtifactError(f"{shown(directory)} has no {MANIFEST}: not an artifacts directory, or its export "

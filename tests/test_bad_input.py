@@ -292,6 +292,9 @@ CASES = [
          "is inside the artifacts directory"),
     Case("run output inside the artifacts", "run", ("--artifacts", "{art}", "--prompt", "x", "--output",
                                                    "{art}/model/x.png"), "is inside the artifacts directory"),
+    Case("run artifacts named by their manifest", "run", ("--artifacts", "{art}/manifest.json", "--prompt", "x",
+                                                          "--output", "{out}"),
+         "manifest.json is a file; the artifacts are the directory dbunet-export wrote ("),  # "does not exist" before
     Case("bench repeat zero", "bench", ("--artifacts", "{art}", "--repeat", "0"), "repeat"),
     Case("bench tolerance nan", "bench", ("--artifacts", "{art}", "--tolerance", "nan"), "--tolerance"),
     Case("bench tolerance negative", "bench", ("--artifacts", "{art}", "--tolerance", "-1"), "--tolerance"),
