@@ -50,16 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     if others:  # a run killed before its first checkpoint holds only its own entries, and starts again
         listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise InputError(f"--out {args.out} holds {listed}, which no run wrote; give a new or empty directory")
+    plan = TrainPlan.chosen(args.smoke, args.seed)
     device = torch_device(args.device)  # before anything is written into --out
-    plan = TrainPlan.smoke() if args.smoke else TrainPlan()
-    plan = TrainPlan(**{**plan.__dict__, "seed": args.seed})
 
     def report(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
+    trainer = Trainer(preset(args.preset), args.out, plan, device, report)  # refuses a resume under another plan
     report(f"training {args.preset} on {device} ({torch.get_num_threads()} threads) into {args.out}")
-    model_dir = Trainer(preset(args.preset), args.out, plan, device, report).run()
+    model_dir = trainer.run()
     minutes = (time.perf_counter() - start) / 60
     print(f"trained model in {model_dir} ({minutes:.1f} min this run); loss curves in {args.out / 'losses.png'}")
     return 0

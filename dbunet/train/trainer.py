@@ -32,9 +32,11 @@ from safetensors.torch import save_file
 
 from dbunet import atomic
 from dbunet.config import ModelConfig
+from dbunet.errors import InputError
 from dbunet.models.cascade import TOKENIZER_DIR, Model, build_model, save_model
 from dbunet.models.components import tokenize
 from dbunet.models.files import read_safetensors
+from dbunet.request import valid_seed
 from dbunet.tokenizer import learn_bpe, write_clip_tokenizer
 from dbunet.train.data import VOCABULARY, Layout, ShapesDataset
 
@@ -73,8 +75,17 @@ class TrainPlan:
         tiny = StagePlan(steps=3, batch=4, lr=1e-4, warmup=1)
         return cls(vae=tiny, unet=tiny, refiner=tiny, pool=16, checkpoint_every=2)
 
+    @classmethod
+    def chosen(cls, smoke: bool, seed: int) -> TrainPlan:
+        """The plan python -m dbunet.train's --smoke and --seed pick."""
+        return dataclasses.replace(cls.smoke() if smoke else cls(), seed=seed)
+
     def stage(self, name: str) -> StagePlan:
         return getattr(self, name)
+
+    def as_saved(self) -> dict:
+        """As progress.json holds it."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 def lr_at(plan: StagePlan, step: int) -> float:
@@ -128,7 +139,15 @@ class Trainer:
     # -- bookkeeping ------------------------------------------------------------------------
     def _read_progress(self) -> dict | None:
         path = self.ckpt / "progress.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        progress = json.loads(path.read_text()) if path.is_file() else None
+        began = progress.get("plan") if progress is not None else None
+        if began is not None and began != self.plan.as_saved():  # its weights so far: another run's to continue
+            seed = began.get("seed")
+            flags = next((f"--seed {seed}" + (" --smoke" if smoke else "") for smoke in (False, True)
+                          if TrainPlan.chosen(smoke, seed).as_saved() == began), None) if valid_seed(seed) else None
+            raise InputError(f"the run in {self.out} began with " + (f"{flags}; resume it with the same" if flags else
+                             "another training plan (an earlier dbunet); this one cannot resume it"))
+        return progress
 
     def _save(self, stage: str, step: int, optimizer: torch.optim.Optimizer | None, ema: EMA | None) -> None:
         """Weights, optimizer and EMA first, progress.json last: progress never points past what is saved."""
@@ -141,7 +160,7 @@ class Trainer:
             shadow = {k: v.cpu().contiguous() for k, v in ema.shadow.items()}
             atomic.write_with(self.ckpt / "ema.safetensors", lambda p: save_file(shadow, str(p)))
         progress = {"stage": stage, "step": step, "config": self.config.to_dict(),
-                    "plan": dataclasses.asdict(self.plan)}
+                    "plan": self.plan.as_saved()}
         atomic.write_text(self.ckpt / "progress.json", json.dumps(progress, indent=1))
 
     def _log(self, stage: str, step: int, losses: dict[str, float], seconds: float) -> None:

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from dbunet.config import shapes
+from dbunet.errors import InputError
 from dbunet.models.cascade import load_model
 from dbunet.train.__main__ import main
 from dbunet.train.trainer import StagePlan, Trainer, TrainPlan
@@ -105,3 +106,22 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, m
         return json.loads((run / "model" / "config.json").read_text())
 
     assert config(whole) == config(broken)
+
+
+def test_a_run_resumed_with_other_options_is_refused_before_anything_changes(tmp_path, capsys):
+    # before: --resume --seed 5 continued a seed-0 run with seed-5 batches, and --resume without --smoke turned a
+    # smoke run into a full one from its smoke weights: either way, weights no plan would have made
+    run = tmp_path / "run"
+    assert main(["shapes", "--out", str(run), "--smoke", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for other in (["--smoke", "--seed", "5"], []):
+        assert main(["shapes", "--out", str(run), "--resume", "--device", "cpu", *other]) == 2
+        said = capsys.readouterr().err
+        assert said == f"error: the run in {run} began with --seed 0 --smoke; resume it with the same\n"
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    progress = run / "checkpoint" / "progress.json"  # a plan no options choose (an earlier dbunet's, say)
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "plan": PLAN.as_saved()}))
+    with pytest.raises(InputError, match="began with another training plan"):
+        Trainer(shapes(), run, TrainPlan.chosen(True, 0), torch.device("cpu"), lambda line: None)
+    assert main(["shapes", "--out", str(run), "--resume", "--smoke", "--device", "cpu"]) == 2
