@@ -215,9 +215,13 @@ class Manifest:
             wrong = schemas.problem(d, schemas.MANIFEST)
             if wrong:
                 raise ValueError(wrong)
+            seen = set()
             for a in d["artifacts"]:
                 if set(a["sha256"]) != set(a["files"]):
                     raise ValueError(f"artifact {a['component']!r}: sha256 must name exactly its files")
+                if (a["component"], a["precision"]) in seen:  # which of the two a run loads would be arbitrary
+                    raise ValueError(f"artifact {a['component']!r} in {a['precision']} is listed twice")
+                seen.add((a["component"], a["precision"]))
             tok = d["tokenizer"]
             manifest = cls(
                 config=ModelConfig.from_dict(d["config"]), weights_sha256=d["weights_sha256"],

@@ -283,6 +283,14 @@ CASES = [
          lambda art: (art / "manifest.json").write_text('{"artifacts": [],' + (art / "manifest.json").read_text()[1:])),
     Case("bench baseline nested too deeply", "bench", ("--artifacts", "{art}", "--compare", "{art}/deep.json"),
          "is not a dbunet-bench report: not valid JSON (nested too deeply)", _deep_json("deep.json")),
+    # before: each was exported twice and listed twice in the manifest (two PTX files of one name for sm_90:12.6 and
+    # sm_90:12.8, the second overwriting the first, whose hash then no longer held)
+    Case("export a component twice", "export", ("--out", "{out}", "--components", "gae", "gae"),
+         "--components names gae more than once"),
+    Case("export a ptx target twice", "export", ("--out", "{out}", "--ptx", "sm_90:12.6", "sm_90:12.8"),
+         "--ptx names sm_90 more than once"),
+    Case("manifest lists an artifact twice", "run", RUN, "artifact 'gae' in fp32 is listed twice",
+         _manifest_edit(lambda m: m["artifacts"].append(next(a for a in m["artifacts"] if a["component"] == "gae")))),
     Case("export unknown ptx target", "export", ("--out", "{out}", "--ptx", "sm_10"), "sm_10"),
     # dbunet-bench and dbunet-build
     # before: --record over the export's manifest.json replaced it with a bench report, and the export was gone

@@ -74,6 +74,11 @@ class ExportOptions:
             raise ConfigError("--refiner goes with --weights: the SDXL base folder it refines")
         if unknown:
             raise ConfigError(f"unknown components {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
+        for what, named in (("--components", self.components or ()),
+                            ("--ptx", [t.partition(":")[0] for t in self.ptx_targets])):  # one PTX file per target
+            twice = sorted({n for n in named if list(named).count(n) > 1})
+            if twice:
+                raise ConfigError(f"{what} names {', '.join(twice)} more than once")
         if not 1 <= self.batch <= MAX_TRACE_BATCH:
             raise ConfigError(f"batch must lie in 1..{MAX_TRACE_BATCH}, got {self.batch} (it sizes the tracing and "
                               "parity inputs only: the graphs' batch axis stays dynamic)")
