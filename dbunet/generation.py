@@ -312,5 +312,5 @@ class CascadePipeline(Closable):
                  **options) -> GenerationResult:
         """Generate one image. `latents`: optional starting noise [1, C, h, w] (before the sampler's
         init_noise_sigma), as diffusers' pipelines take it; otherwise the seed draws it."""
-        self.check_open()
-        return run_cascade(self.stages, self.config, self.request(prompt, **options), progress, latents)
+        with self.in_use():
+            return run_cascade(self.stages, self.config, self.request(prompt, **options), progress, latents)

@@ -141,3 +141,49 @@ def test_every_pipeline_closes_once_refuses_calls_after_and_closes_with_with(tin
     pipe.close()  # a second close does nothing
     with pytest.raises(ClosedError, match=f"this {type(pipe).__name__} was closed"):
         pipe("a red cat", steps=1, refiner_steps=0)
+
+
+@pytest.mark.parametrize("name, options", [("ort", {}), ("ort", {"whole_loops": True}), ("openvino", {}),
+                                           ("torch", {})])
+def test_a_close_during_a_call_lets_the_call_finish_and_frees_after_it(tiny_artifacts, name, options):
+    # before: close() from another thread freed the sessions under the running call, which then failed midway
+    import threading
+
+    from dbunet.errors import ClosedError
+
+    if name == "openvino":
+        pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    pipe = backends.open_pipeline(tiny_artifacts, name, **options)
+    want = pipe("a red cat", steps=2, refiner_steps=1, seed=3).image
+    inside, closed = threading.Event(), threading.Event()
+
+    def progress(stage, done, total):
+        if stage == "denoise" and not inside.is_set():  # after the first step (or whole loop): close() runs now
+            inside.set()
+            assert closed.wait(30)
+
+    result, released_by = {}, []
+    release = pipe._release
+    pipe._release = lambda: (released_by.append(threading.current_thread()), release())
+    call = threading.Thread(target=lambda: result.update(
+        image=pipe("a red cat", progress=progress, steps=2, refiner_steps=1, seed=3).image))
+    call.start()
+    assert inside.wait(60)
+    pipe.close()
+    closed.set()
+    call.join(120)
+    assert not call.is_alive()
+    np.testing.assert_array_equal(result.get("image"), want)  # the call in flight finished with its image
+    assert pipe.closed and released_by == [call]  # freed once, when the call ended, not by close() under it
+    with pytest.raises(ClosedError):
+        pipe("a red cat", steps=1, refiner_steps=0)
+    pipe.close()
+    assert released_by == [call]
+
+
+def test_a_close_from_inside_a_call_does_not_wait_for_itself(tiny_artifacts):
+    pipe = backends.open_pipeline(tiny_artifacts, "ort")
+    want = pipe("a red cat", steps=2, refiner_steps=1, seed=3).image
+    got = pipe("a red cat", steps=2, refiner_steps=1, seed=3, progress=lambda stage, done, total: pipe.close()).image
+    np.testing.assert_array_equal(got, want)
+    assert pipe.closed
