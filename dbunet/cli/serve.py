@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from dbunet import backends
-from dbunet.cli.common import Parser, add_precision, add_whole_loops, guarded, path_arg
+from dbunet.cli.common import Parser, add_precision, add_whole_loops, guarded, path_arg, terminate_like_interrupt
 from dbunet.errors import ConfigError, InputError
 
 DESCRIPTION = """Serve an artifacts directory over HTTP: POST /v1/images with dbunet-run's options as JSON
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.timeout})
     run_app(options)
     print(f"serving {args.artifacts} at http://{args.host}:{args.port}/v1/images (Ctrl-C stops)", file=sys.stderr)
+    terminate_like_interrupt()  # a service manager's stop shuts Serve down too (after ray.init: it installs its own)
     try:
         while True:
             time.sleep(3600)

@@ -63,6 +63,27 @@ def _cli(*args) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="SIGTERM to a child process: a POSIX signal")
+def test_sigterm_shuts_dbunet_serve_down_like_ctrl_c(tiny_artifacts):
+    """What a service manager's stop sends. Before: Ray's own handler (installed by ray.init) printed a stack dump
+    and the process died without shutting Serve down. First in this module: its own local Ray, not the fixture's."""
+    proc = subprocess.Popen([sys.executable, "-m", "dbunet.cli.serve", "--artifacts", str(tiny_artifacts), "--port",
+                             str(_free_port())], stderr=subprocess.PIPE, text=True)
+    try:
+        said = []
+        for line in proc.stderr:  # until it serves (or ends)
+            said.append(line)
+            if line.startswith("serving "):
+                break
+        assert said and said[-1].startswith("serving "), "".join(said[-20:])
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "SIGTERM received" not in rest, rest[-3000:]
+
+
 def test_an_image_over_http_is_byte_identical_to_dbunet_run(server, tiny_artifacts, tmp_path):
     url = server()
     status, headers, png = post(url, {"prompt": PROMPT, "seed": 7, "steps": 4, "boxes": ["0.1,0.1,0.5,0.5:a circle"]})
