@@ -264,6 +264,18 @@ MUTANTS = [
     Mutant("pinned_mem_pattern_kept", "dbunet/runtime/backends/onnxruntime.py",
            "            options.enable_mem_pattern = False", "            pass",
            ("tests/runtime/test_ort_loop.py",), "pinned CPU sessions keep a memory-pattern block per shape"),
+    Mutant("close_frees_under_a_call", "dbunet/lifetime.py",
+           "release = self._calls == 0 and not self._released", "release = not self._released",
+           ("tests/runtime/test_backend_registry.py",), "close() frees the sessions under a call still running"),
+    Mutant("json_name_twice_kept", "dbunet/jsonfile.py",
+           "json.loads(text, object_pairs_hook=_unique_names)", "json.loads(text)",
+           ("tests/serve/test_api.py",), "a JSON object naming a field twice read as its last value"),
+    Mutant("text_layer_norm_eps_dropped", "dbunet/models/components.py",
+           "        layer_norm_eps=cfg.layer_norm_eps,\n", "",
+           ("tests/models/test_sd_folder.py",), "a folder's text encoder layer_norm_eps dropped (1e-5 used)"),
+    Mutant("export_over_the_current_directory", "dbunet/export/staging.py",
+           "if here is not None and (out.resolve() == here or out.resolve() in here.parents):", "if False:",
+           ("tests/test_reliability.py",), "an export replaces the directory a shell stands in"),
 ]
 
 
