@@ -182,7 +182,8 @@ CASES = [
     Case("size numbers malformed", "run", RUN + ("--original-size", "64xx"), "must look like 1024x1024"),
     # artifacts: missing, corrupt, truncated, foreign, hostile
     Case("artifacts missing", "run", RUN[:1] + ("{tmp}/nothing",) + RUN[2:], "does not exist"),
-    Case("artifacts is a file", "run", RUN[:1] + ("{tmp}/a-file",) + RUN[2:], "does not exist"),
+    Case("artifacts is a file", "run", RUN[:1] + ("{tmp}/a-file",) + RUN[2:],
+         "a-file is a file; the artifacts are the directory dbunet-export wrote"),  # "does not exist" before
     Case("manifest missing", "run", RUN, "no manifest.json", lambda a: (a / "manifest.json").unlink()),
     Case("manifest not json", "run", RUN, "not valid JSON", lambda a: (a / "manifest.json").write_text("{oops")),
     Case("manifest truncated", "run", RUN, "not valid JSON", _truncate("manifest.json")),
