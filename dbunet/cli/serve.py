@@ -132,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         check_fits(options, ray.cluster_resources())
     serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": args.timeout})
     run_app(options)
-    print(f"serving {args.artifacts} at http://{args.host}:{args.port}/v1/images (Ctrl-C stops)", file=sys.stderr)
-    terminate_like_interrupt()  # a service manager's stop shuts Serve down too (after ray.init: it installs its own)
-    try:
+    # a service manager's stop shuts Serve down too: installed after ray.init, which installs its own handler
+    terminate_like_interrupt()
+    try:  # from the line on: a stop may follow it at once
+        print(f"serving {args.artifacts} at http://{args.host}:{args.port}/v1/images (Ctrl-C stops)", file=sys.stderr)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
