@@ -141,6 +141,17 @@ BENCH_REPORT = {  # dbunet-bench --json / --record, read back by --compare and t
     },
 }
 
+TRAIN_PROGRESS = {  # a training run's checkpoint/progress.json, read back by --resume
+    "type": "object",
+    "required": ["stage", "step", "config"],
+    "properties": {
+        "stage": NAME,  # one of dbunet.train.trainer.STAGES
+        "step": {"type": "integer", "minimum": 0},  # steps of that stage done
+        "config": {"type": "object"},  # a ModelConfig, checked by its dataclasses
+        "plan": {"type": "object"},  # the TrainPlan it began with (absent in runs begun before it was kept)
+    },
+}
+
 SCHEMAS = {"manifest": MANIFEST, "engines-index": ENGINES_INDEX, "bench-report": BENCH_REPORT}
 MAX_INT = 2**31 - 1  # bound on every integer a config holds
 

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from dbunet import atomic
+from dbunet import atomic, jsonfile, schemas
 from dbunet.config import ModelConfig
-from dbunet.errors import InputError
+from dbunet.errors import ConfigError, InputError, WeightsError
 from dbunet.models.cascade import TOKENIZER_DIR, Model, build_model, save_model
 from dbunet.models.components import tokenize
 from dbunet.models.files import read_safetensors
@@ -41,6 +41,7 @@ from dbunet.tokenizer import learn_bpe, write_clip_tokenizer
 from dbunet.train.data import VOCABULARY, Layout, ShapesDataset
 
 STAGES = ("vae", "unet", "refiner")
+AVERAGED = ("unet", "refiner")  # stages whose weights ship as their exponential moving average
 # what a run writes into its directory: anything else there is the user's, and a new run is not started among it
 CHECKPOINT, LOSS_LOG, LOSS_PLOT = "checkpoint", "loss.csv", "losses.png"
 MODEL, PARTIAL_MODEL = "model", ".model.partial"
@@ -88,6 +89,20 @@ class TrainPlan:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+def _damaged(progress: Path, why: str) -> InputError:
+    return InputError(f"{progress} is damaged ({why}); the run cannot resume from it: start it again in another --out")
+
+
+def _options_of(began: dict) -> str:
+    """How a saved plan reads as python -m dbunet.train's options, for the line that refuses a resume under another."""
+    seed = began.get("seed")
+    flags = next((f"--seed {seed}" + (" --smoke" if smoke else "") for smoke in (False, True)
+                  if valid_seed(seed) and TrainPlan.chosen(smoke, seed).as_saved() == began), None)
+    if flags is None:
+        return "another training plan (an earlier dbunet); this one cannot resume it"
+    return f"{flags}; resume it with the same"
+
+
 def lr_at(plan: StagePlan, step: int) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < plan.warmup:
@@ -126,28 +141,66 @@ class Trainer:
         self.ckpt = out / CHECKPOINT
         self.progress = self._read_progress()
         if self.progress:
-            config = ModelConfig.from_dict(self.progress["config"])  # carries the measured VAE scaling
+            config = self.progress["config"]  # carries the measured VAE scaling
         else:
             shapes_tokenizer(self.ckpt / TOKENIZER_DIR, config.text.vocab_size)
         self.config = config
         self.model: Model = build_model(config, self.ckpt / TOKENIZER_DIR, seed=plan.seed)
         self.cascade = self.model.cascade.to(device)
-        if (self.ckpt / "weights.safetensors").is_file():
-            self.cascade.load_state_dict(read_safetensors(self.ckpt / "weights.safetensors", str(device)))
+        if self.progress:
+            self._load_weights(self.ckpt / "weights.safetensors")
         self.data = ShapesDataset(config.defaults.height, seed=plan.seed)
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _read_progress(self) -> dict | None:
+        """progress.json, None before the first checkpoint. Read as untrusted input (a run folder may be half
+        copied, edited, or an earlier dbunet's), and checked with what a resume needs, before anything changes."""
         path = self.ckpt / "progress.json"
-        progress = json.loads(path.read_text()) if path.is_file() else None
-        began = progress.get("plan") if progress is not None else None
+        if not path.is_file():
+            return None
+
+        def damaged(why: str) -> InputError:
+            return _damaged(path, why)
+
+        progress = jsonfile.loads(path.read_bytes(), damaged)
+        wrong = schemas.problem(progress, schemas.TRAIN_PROGRESS)
+        if wrong:
+            raise damaged(wrong)
+        began = progress.get("plan")
         if began is not None and began != self.plan.as_saved():  # its weights so far: another run's to continue
-            seed = began.get("seed")
-            flags = next((f"--seed {seed}" + (" --smoke" if smoke else "") for smoke in (False, True)
-                          if TrainPlan.chosen(smoke, seed).as_saved() == began), None) if valid_seed(seed) else None
-            raise InputError(f"the run in {self.out} began with " + (f"{flags}; resume it with the same" if flags else
-                             "another training plan (an earlier dbunet); this one cannot resume it"))
+            raise InputError(f"the run in {self.out} began with {_options_of(began)}")
+        stage, step = progress["stage"], progress["step"]
+        if stage not in STAGES:
+            raise damaged(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
+        total = self.plan.stage(stage).steps
+        if step > total:
+            raise damaged(f"step {step} is past the {stage} stage's {total} steps")
+        try:
+            progress["config"] = ModelConfig.from_dict(progress["config"])
+        except ConfigError as exc:
+            raise damaged(f"config: {exc}") from None
+        mid_stage = 0 < step < total  # _loop continues from the optimizer's state and the average
+        needed = ["weights.safetensors"] + (["optimizer.safetensors"] if mid_stage else []) + (
+            ["ema.safetensors"] if mid_stage and stage in AVERAGED else [])
+        missing = [name for name in needed if not (self.ckpt / name).is_file()]
+        if missing:
+            raise damaged(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
         return progress
+
+    def _load_weights(self, path: Path) -> None:
+        try:
+            state = read_safetensors(path, str(self.device))
+        except WeightsError as exc:  # truncated, or not safetensors
+            raise _damaged(self.ckpt / "progress.json", str(exc)) from None
+        expected = self.cascade.state_dict()
+        unfit = ([f"{k} missing" for k in expected if k not in state]
+                 + [f"{k} unknown" for k in state if k not in expected]
+                 + [f"{k} of shape {list(state[k].shape)}, not {list(v.shape)}" for k, v in expected.items()
+                    if k in state and state[k].shape != v.shape])
+        if unfit:
+            more = f" and {len(unfit) - 1} more" if len(unfit) > 1 else ""
+            raise _damaged(self.ckpt / "progress.json", f"{path.name} does not fit the model: {unfit[0]}{more}")
+        self.cascade.load_state_dict(state)
 
     def _save(self, stage: str, step: int, optimizer: torch.optim.Optimizer | None, ema: EMA | None) -> None:
         """Weights, optimizer and EMA first, progress.json last: progress never points past what is saved."""

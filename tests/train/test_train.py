@@ -1,6 +1,7 @@
 """Training machinery on a few steps (CI never trains for real): outputs, resume, refusals."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -125,3 +126,77 @@ def test_a_run_resumed_with_other_options_is_refused_before_anything_changes(tmp
     with pytest.raises(InputError, match="began with another training plan"):
         Trainer(shapes(), run, TrainPlan.chosen(True, 0), torch.device("cpu"), lambda line: None)
     assert main(["shapes", "--out", str(run), "--resume", "--smoke", "--device", "cpu"]) == 2
+
+
+def _damage_progress(**fields):
+    def damage(run):
+        progress = run / "checkpoint" / "progress.json"
+        progress.write_text(json.dumps({**json.loads(progress.read_text()), **fields}))
+    return damage
+
+
+def _remove(name):
+    return lambda run: (run / "checkpoint" / name).unlink()
+
+
+def _both(*damages):
+    return lambda run: [d(run) for d in damages]
+
+
+# a run folder is the user's: copied half, edited by hand, or from an earlier dbunet; before, each of these
+# was a traceback (JSONDecodeError, AttributeError, KeyError), or, with the weights gone, a resume from fresh
+# random weights at the saved step
+DAMAGED_CHECKPOINTS = [
+    ("not JSON", lambda run: (run / "checkpoint" / "progress.json").write_text("{oops"), "not valid JSON"),
+    ("not an object", lambda run: (run / "checkpoint" / "progress.json").write_text("[1]"),
+     "top level: [1] is not of type 'object'"),
+    ("no config", lambda run: (run / "checkpoint" / "progress.json").write_text('{"stage": "vae", "step": 1}'),
+     "'config' is a required property"),
+    ("config of nothing", _damage_progress(config={}), "config: config top level: 'name' is a required property"),
+    ("unknown stage", _damage_progress(stage="gan"), "unknown stage 'gan'; the stages are vae, unet, refiner"),
+    ("step past the stage", _damage_progress(stage="vae", step=7), "step 7 is past the vae stage's 3 steps"),
+    ("negative step", _damage_progress(step=-1), "step: -1 is less than the minimum of 0"),
+    ("weights gone", _remove("weights.safetensors"), "weights.safetensors is missing"),
+    ("optimizer gone mid-stage", _both(_damage_progress(stage="unet", step=2), _remove("optimizer.safetensors")),
+     "optimizer.safetensors is missing"),
+    ("average gone mid-stage", _both(_damage_progress(stage="refiner", step=2), _remove("ema.safetensors")),
+     "ema.safetensors is missing"),
+    ("weights of another model", lambda run: (run / "checkpoint" / "weights.safetensors").write_bytes(
+        (run / "checkpoint" / "optimizer.safetensors").read_bytes()), "weights.safetensors does not fit the model"),
+]
+
+
+def test_a_damaged_checkpoint_is_one_line_and_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["shapes", "--out", str(run), "--smoke", "--device", "cpu"]) == 0
+    pristine = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    progress = run / "checkpoint" / "progress.json"
+    for name, damage, says in DAMAGED_CHECKPOINTS:
+        for path, data in pristine.items():
+            (run / path).parent.mkdir(parents=True, exist_ok=True)
+            (run / path).write_bytes(data)
+        damage(run)
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        capsys.readouterr()
+        assert main(["shapes", "--out", str(run), "--resume", "--smoke", "--device", "cpu"]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {progress} is damaged (") and says in err, (name, err)
+        assert err.endswith("the run cannot resume from it: start it again in another --out\n"), (name, err)
+        assert err.count("\n") == 1, (name, err)
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before, name
+
+
+def test_a_run_killed_before_its_first_progress_starts_from_fresh_weights(tmp_path):
+    # the first checkpoint writes the weights, then progress.json; killed between the two, the next run starts over,
+    # and before it did so from those half-trained weights: a model no seed makes
+    fresh = tmp_path / "fresh"
+    Trainer(shapes(), fresh, PLAN, torch.device("cpu"), lambda line: None).run()
+    killed = tmp_path / "killed"
+    Trainer(shapes(), killed, PLAN, torch.device("cpu"), lambda line: None).run()
+    shutil.rmtree(killed / "model")
+    (killed / "checkpoint" / "progress.json").unlink()  # the trained weights.safetensors stays
+    (killed / "loss.csv").unlink()
+    Trainer(shapes(), killed, PLAN, torch.device("cpu"), lambda line: None).run()
+    a, b = _weights(fresh), _weights(killed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
