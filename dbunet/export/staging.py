@@ -64,7 +64,7 @@ def check_target(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a directory; give a directory for the artifacts")
     here = _current_directory()
-    if here is not None and (out.resolve() == here or out.resolve() in here.parents):
+    if here is not None and out.resolve() in (here, *here.parents):
         # the switch replaces the directory itself: a shell in it would be left in a deleted one, its `ls` empty
         raise ExportError(f"--out {out} is or holds the current directory, and an export replaces its directory "
                           "whole: run from outside it (e.g. `cd ..`) and name it there")
