@@ -4,18 +4,15 @@ dbunet-bench report (a baseline), and the model config, whose schema is generate
 hints (`dataclass_schema`), so the dataclasses stay the one declaration; their value bounds are checked by the
 dataclasses themselves.
 
-`python -m dbunet.schemas DIR` writes the schemas as files, for tools outside dbunet.
+`python -m dbunet.cli.schemas DIR` writes the schemas as files, for tools outside dbunet.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import sys
 import types
 import typing
-from pathlib import Path
 from typing import Any, Literal
 
 MAX_FILES = 16  # per artifact: the graph and its external data
@@ -214,22 +211,8 @@ def problem(document: Any, schema: dict) -> str | None:
     return f"{where}: {error.message[:160]}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = argv if argv is not None else sys.argv[1:]
-    if len(args) != 1:
-        print("usage: python -m dbunet.schemas DIR", file=sys.stderr)
-        return 2
-    from dbunet import atomic
-
-    folder = Path(args[0])
-    folder.mkdir(parents=True, exist_ok=True)
+def published() -> dict[str, dict]:
+    """Every schema a tool outside dbunet may want, by file stem: the documents' and the model config's."""
     from dbunet.config import ModelConfig  # the config's schema is generated from its dataclasses
 
-    for name, schema in {**SCHEMAS, "model-config": dataclass_schema(ModelConfig)}.items():
-        atomic.write_text(folder / f"{name}.schema.json", json.dumps(schema, indent=2) + "\n")
-        print(f"wrote {folder / f'{name}.schema.json'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {**SCHEMAS, "model-config": dataclass_schema(ModelConfig)}
