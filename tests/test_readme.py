@@ -86,6 +86,13 @@ def _parser(program: str):
     return importlib.import_module(PROGRAMS[program]).parser()
 
 
+def test_the_synopsis_command_refuses_a_misspelt_flag(capsys):
+    # before: any argument but exactly --write printed the synopsis, so `--wirte` seemed to work and wrote nothing
+    with pytest.raises(SystemExit) as exc:
+        synopsis.main(["--wirte"])
+    assert exc.value.code == 2 and "unrecognized arguments: --wirte" in capsys.readouterr().err
+
+
 def test_the_readme_synopsis_is_the_parsers_usage():
     assert synopsis.readme_block(TEXT) == synopsis.synopsis(), (
         "the README's synopsis differs from the commands' parsers: run python -m dbunet.cli.synopsis --write")

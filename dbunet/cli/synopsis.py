@@ -41,8 +41,10 @@ def readme_block(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = argv if argv is not None else sys.argv[1:]
-    if args == ["--write"]:
+    p = argparse.ArgumentParser(prog="python -m dbunet.cli.synopsis", description=__doc__.splitlines()[0])
+    p.add_argument("--write", action="store_true", help="replace the block between the README's synopsis markers "
+                                                        "(default: print the synopsis)")
+    if p.parse_args(argv).write:
         text = README.read_text()
         if START not in text or END not in text:
             print(f"error: {README} has no synopsis markers", file=sys.stderr)

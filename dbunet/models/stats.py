@@ -111,7 +111,8 @@ def format_table(name: str, rows: list[ComponentStats], markdown: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", nargs="+", default=list(PRESETS), help="presets to report (default: all)")
+    parser.add_argument("--config", nargs="+", choices=PRESETS, default=list(PRESETS), metavar="PRESET",
+                        help=f"presets to report: any of {', '.join(PRESETS)} (default: all)")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the README)")
     args = parser.parse_args(argv)
     for name in args.config:

@@ -1,3 +1,5 @@
+import pytest
+
 from dbunet.config import tiny
 from dbunet.models import stats
 
@@ -23,3 +25,10 @@ def test_size_scales_the_convolution_counts():
     assert 4 < default["vae_decoder"].gflops / small["vae_decoder"].gflops < 4.1
     assert "8x8 latent" in small["dbunet"].call and small["dbunet"].gflops < default["dbunet"].gflops
     assert small["text_encoder"].gflops == default["text_encoder"].gflops
+
+
+def test_stats_refuse_an_unknown_preset_as_argparse_does(capsys):
+    # before: a ConfigError traceback from inside the loop
+    with pytest.raises(SystemExit) as exc:
+        stats.main(["--config", "tiny", "nope"])
+    assert exc.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
