@@ -409,6 +409,10 @@ class ModelConfig:
         r = self.latent_refiner
         if not arch.latent_refiner:
             raise ConfigError(f"arch {self.arch} takes no latent refiner (an SDXL refiner)")
+        if r.unet.cross_attention_dim == self.text_width != self.text_2.hidden_size:  # a base folder given as refiner
+            raise ConfigError(f"latent_refiner: its UNet attends to both text encoders ({self.text_width} wide), as "
+                              f"SDXL's base UNet does; a refiner's attends to the second alone "
+                              f"({self.text_2.hidden_size}): give the refiner's folder")
         if r.unet.cross_attention_dim != self.text_2.hidden_size or r.unet.in_channels != self.vae.latent_channels:
             raise ConfigError(f"latent_refiner: its UNet must attend to the second text encoder's width "
                               f"{self.text_2.hidden_size} and take {self.vae.latent_channels} latent channels, got "

@@ -156,6 +156,15 @@ def test_a_refiner_that_does_not_share_the_base_vae_is_refused(sdxl_folder, sdxl
         ExportOptions(weights=sdxl_folder, arch="sd1", refiner=sdxl_refiner_folder)
 
 
+def test_the_base_folder_given_as_refiner_is_named_as_such(sdxl_folder):
+    # before: "its UNet must attend to the second text encoder's width 48 ..., got 80 and 4", true but no hint
+    from dbunet.models.sdxl_folder import import_sdxl
+
+    with pytest.raises(ConfigError, match=r"its UNet attends to both text encoders \(80 wide\), as SDXL's base UNet "
+                                          r"does; a refiner's attends to the second alone \(48\): give the refiner's"):
+        import_sdxl(sdxl_folder, sdxl_folder)
+
+
 def _edit_json(path, **changes):
     import json
 
