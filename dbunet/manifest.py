@@ -19,6 +19,7 @@ from dbunet import __version__, atomic, jsonfile, schemas
 from dbunet.config import ModelConfig
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec
+from dbunet.request import check_defaults
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -230,6 +231,7 @@ class Manifest:
                 tools=d.get("tools", {}), weights_source=d.get("weights_source", ""), plugins=d.get("plugins", []),
                 dbunet_version=version, format_version=fmt,
             )
+            check_defaults(manifest.config)
         except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise ArtifactError(f"{shown(path)} is malformed ({str(exc)[:200]}); re-run dbunet-export") from None
         # every path it names stays inside the directory: checked here, before anything is loaded

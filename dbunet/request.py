@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from dbunet.boxes import Box, as_boxes
 from dbunet.config import ModelConfig, side_beyond
-from dbunet.errors import InputError
+from dbunet.errors import ConfigError, InputError
 from dbunet.scalars import python_scalar
 from dbunet.schedulers import SCHEDULERS
 from dbunet.text import not_utf8
@@ -215,6 +215,16 @@ def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequ
                        config.schedule.num_train_timesteps)
     plan_schedules(config, req)
     return req
+
+
+def check_defaults(config: ModelConfig) -> None:
+    """The model's sampling defaults make a request the model takes. A config file or a manifest may say otherwise
+    (steps 0, a scheduler dbunet lacks): refused where the config is read, by the request's own rules, rather than at
+    every run as if the caller had asked for what it never gave."""
+    try:
+        build_request(config, "")
+    except InputError as exc:
+        raise ConfigError(f"model {config.name}: its sampling defaults make no valid request: {exc}") from None
 
 
 def parse_pair(value, name: str) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from dbunet.cli import build as build_cli
 from dbunet.cli import export as export_cli
 from dbunet.cli import run as run_cli
 from dbunet.cli import serve as serve_cli
+from dbunet.config import tiny
 
 Damage = Callable[[Path], None]
 
@@ -38,6 +39,12 @@ def _manifest_edit(edit: Callable[[dict], None]) -> Damage:
         edit(m)
         (art / "manifest.json").write_text(json.dumps(m))
     return damage
+
+
+def _with_defaults(config, **defaults) -> dict:
+    d = config.to_dict()
+    d["defaults"].update(defaults)
+    return d
 
 
 def _first_file(m: dict) -> dict:
@@ -208,6 +215,13 @@ CASES = [
          _manifest_edit(lambda m: m["config"]["vae"].update(block_out_channels=[]))),
     Case("manifest scaling factor zero", "run", RUN, "scaling_factor",
          _manifest_edit(lambda m: m["config"]["vae"].update(scaling_factor=0))),
+    # defaults no request may ask for: refused as the manifest's, not as if the caller had asked (before: "unknown
+    # scheduler 'lms'" from a run that named none)
+    Case("manifest default steps zero", "run", RUN,
+         "its sampling defaults make no valid request: steps must be an integer in 1..1000, got 0",
+         _manifest_edit(lambda m: m["config"]["defaults"].update(steps=0))),
+    Case("manifest default scheduler unknown", "run", RUN, "its sampling defaults make no valid request: unknown "
+         "scheduler 'lms'", _manifest_edit(lambda m: m["config"]["defaults"].update(scheduler="lms"))),
     # an image from NaN would quantise to black: the run ends with the stage named, nothing written
     Case("denoiser makes NaN", "run", RUN, "the denoising loop produced NaN", _nan_weights("dbunet_step")),
     Case("decoder makes NaN", "run", RUN, "the VAE decoder produced NaN", _nan_weights("vae_decoder")),
@@ -254,6 +268,9 @@ CASES = [
     Case("export config misses fields", "export", ("--out", "{out}", "--config", "{art}/config.json"),
          "config.json: config top level: 'name' is a required property",
          lambda a: (a / "config.json").write_text("{}")),
+    Case("export config default past the schedule", "export", ("--out", "{out}", "--config", "{art}/config.json"),
+         "model tiny: its sampling defaults make no valid request: ddim takes at most 999 steps",
+         lambda a: (a / "config.json").write_text(json.dumps(_with_defaults(tiny(), steps=1000)))),
     Case("export odd height", "export", ("--out", "{out}", "--height", "100"), "multiple of 8"),
     Case("export batch zero", "export", ("--out", "{out}", "--batch", "0"), "batch"),
     Case("export batch huge", "export", ("--out", "{out}", "--batch", "100000"), "batch must lie in 1..16"),

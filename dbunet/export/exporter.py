@@ -39,6 +39,7 @@ from dbunet.export.staging import staged
 from dbunet.export.step_graphs import STEP_OF, compose_step, step_module
 from dbunet.manifest import Artifact, Manifest, sha256_file, tool_versions
 from dbunet.models.cascade import Model, create_preset_model, load_model
+from dbunet.request import check_defaults
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,12 @@ def check_tracing_size(config: ModelConfig, options: ExportOptions) -> None:
     for name, value, most in (("height", options.height, d.max_height), ("width", options.width, d.max_width)):
         if value is not None and side_beyond(name, value, most):
             raise ConfigError(f"--{side_beyond(name, value, most)}; the graphs' sizes stay dynamic up to it")
+
+
+def check_model(config: ModelConfig, options: ExportOptions) -> None:
+    """What the config must allow beyond its own checks: the tracing size asked for, and a run with its defaults."""
+    check_tracing_size(config, options)
+    check_defaults(config)
 
 
 def resolve_config(name_or_file: str) -> ModelConfig:
@@ -257,7 +264,7 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
     an interrupted export leaves the previous artifacts in place (dbunet.export.staging)."""
     config = resolve_config(options.config)  # a bad config or weights path fails before anything is written
     if options.weights is None:  # a folder's own config is read in the staging directory (then checked again)
-        check_tracing_size(config, options)
+        check_model(config, options)
     if options.weights is not None and not Path(options.weights).is_dir():
         raise WeightsError(f"--weights {options.weights} is not a directory (a dbunet model folder or a diffusers "
                            "SD 1.x folder)")
@@ -268,7 +275,7 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
 
 def _export_into(options: ExportOptions, out: Path, report: Report) -> Manifest:
     model, source = load_source_model(options, out)
-    check_tracing_size(model.config, options)
+    check_model(model.config, options)
     report(f"model {model.config.name}: {sum(p.numel() for p in model.cascade.parameters()) / 1e6:.2f} M parameters")
     artifacts: list[Artifact] = []
     unet_graphs: UnetGraphs = {}
