@@ -265,6 +265,9 @@ class RefinerConfig:
         _check_groups("refiner encoder", self.encoder_channels, self.norm_num_groups)
         _check_groups("refiner unet", self.unet_channels, self.norm_num_groups)
         _check_groups("gae", self.gae_widths, self.gae_groups)
+        for name, size in self.attribute_groups:  # a sum alone lets a negative size reach into its neighbour
+            if not 1 <= size <= self.code_dim:
+                raise ConfigError(f"refiner: attribute group {name!r} has {size} dims; each has 1..{self.code_dim}")
         total = sum(size for _, size in self.attribute_groups)
         if total != self.code_dim:
             raise ConfigError(f"refiner: attribute groups cover {total} dims, code_dim is {self.code_dim}")

@@ -34,6 +34,11 @@ def test_tiny_default_size_is_small():
         (lambda c: dataclasses.replace(c, unet=dataclasses.replace(c.unet, cross_attention_dim=32)),
          "cross_attention_dim"),
         (lambda c: dataclasses.replace(c.refiner, code_dim=99), "attribute groups cover"),
+        # they summed to code_dim, so a negative size passed and its slice reached backwards
+        (lambda c: dataclasses.replace(c.refiner, attribute_groups=(("layout", 40), ("shape", -20), ("color", 80))),
+         r"attribute group 'shape' has -20 dims; each has 1..100"),
+        (lambda c: dataclasses.replace(c.refiner, attribute_groups=(("layout", 0), ("shape", 100))),
+         r"attribute group 'layout' has 0 dims; each has 1..100"),
         (lambda c: dataclasses.replace(c.vae, norm_num_groups=7), "divisible"),
         (lambda c: dataclasses.replace(c.unet, block_out_channels=(32, 64)), "exactly 3 levels"),
     ],
