@@ -233,7 +233,8 @@ def usable_cache(folder: Path) -> Path | None:
                 (folder / name).unlink(missing_ok=True)
         return folder
     except (OSError, ValueError) as exc:
-        _warn_once(f"OpenVINO's compiled-model cache is off: {folder.parent} cannot be used ({exc})")
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc  # the same for every model's folder
+        _warn_once(f"OpenVINO's compiled-model cache is off: {folder.parent} cannot be used ({why})")
         return None
 
 
