@@ -327,6 +327,15 @@ CASES = [
     Case("bench json into a directory", "bench", ("--artifacts", "{art}", "--json", "{tmp}/dir.png"),
          "is a directory"),
     Case("bench plot not png", "bench", ("--artifacts", "{art}", "--plot", "{tmp}/p.txt"), "--plot must be a .png"),
+    # before: the report was written over the baseline it was compared with; a regression exited 1 once and was
+    # the next run's baseline
+    Case("bench record over its baseline", "bench", ("--artifacts", "{art}", "--compare", "{tmp}/b.json", "--record",
+                                                     "{tmp}/b.json"),
+         "b.json: the new report would replace the baseline it is compared with, and a regression would become the "
+         "next baseline; give each its own file"),
+    Case("bench json and record one file", "bench", ("--artifacts", "{art}", "--json", "{tmp}/r.json", "--record",
+                                                     "{tmp}/./r.json"),
+         "--record and --json both name "),
     Case("bench warmup negative", "bench", ("--artifacts", "{art}", "--warmup", "-1"), "warmup"),
     Case("bench unknown component", "bench", ("--artifacts", "{art}", "--components", "unet9"), "invalid choice"),
     Case("bench baseline not a report", "bench", ("--artifacts", "{art}", "--compare", "{art}/b.json"),

@@ -67,6 +67,14 @@ def check_bench_options(args) -> None:
                                ("--plot", args.plot, ".png")):
         if path is not None:
             check_output(Path(path), flag, suffix, artifacts=args.artifacts)
+    files = [(flag, Path(path)) for flag, path in (("--compare", args.compare), ("--record", args.record),
+                                                   ("--json", args.json), ("--plot", args.plot)) if path is not None]
+    for i, (flag, path) in enumerate(files):
+        for other, other_path in files[i + 1:]:
+            if path.resolve() == other_path.resolve():
+                why = (": the new report would replace the baseline it is compared with, and a regression would "
+                       "become the next baseline" if flag == "--compare" else "")
+                raise InputError(f"{flag} and {other} both name {path}{why}; give each its own file")
 
 
 @guarded
