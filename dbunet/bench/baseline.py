@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,18 @@ from dbunet import atomic, jsonfile
 from dbunet.bench.runner import BenchReport
 from dbunet.bench.stats import Timing
 from dbunet.errors import ConfigError
+
+MAX_TOLERANCE = 10.0  # 10 = ten times slower allowed: beyond it a budget checks nothing
+
+
+def check_tolerance(tolerance, name: str = "tolerance") -> float:
+    """The allowed slowdown as a fraction in 0..MAX_TOLERANCE (0.10 = 10% slower allowed). NaN would pass every
+    slowdown (no comparison with NaN is true), a negative one fail every run."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not (
+            math.isfinite(tolerance) and 0 <= tolerance <= MAX_TOLERANCE):
+        raise ConfigError(f"{name} must be a fraction in 0..{MAX_TOLERANCE:g} (0.10 = 10% slower allowed), "
+                          f"got {tolerance!r}")
+    return float(tolerance)
 
 
 def save_report(report: BenchReport, path: str | Path) -> Path:
@@ -86,8 +99,7 @@ def compare(baseline: BenchReport, current: BenchReport, tolerance: float = 0.10
     """A component regressed when its median is slower than the baseline's (scaled by the machine's
     own slowdown, see machine_speed_ratio) by more than `tolerance` AND by more than the measured
     noise (the larger of the two runs' Timing.noise_ms)."""
-    if tolerance < 0:
-        raise ConfigError(f"tolerance must be >= 0, got {tolerance}")
+    check_tolerance(tolerance)
     check_comparable(baseline, current)
     speed = machine_speed_ratio(baseline, current)
     verdicts = []

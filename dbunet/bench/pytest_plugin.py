@@ -31,22 +31,30 @@ def latency(request):
     marker = request.node.get_closest_marker("latency")
     if marker is None or "baseline" not in marker.kwargs or "component" not in marker.kwargs:
         raise pytest.UsageError("the latency fixture needs @pytest.mark.latency(baseline=PATH, component=NAME)")
-    from dbunet.bench.baseline import judge, load_report
+    from dbunet.bench.baseline import check_tolerance, judge, load_report
     from dbunet.bench.stats import measure
+    from dbunet.errors import ConfigError
 
     opts = marker.kwargs
+    repeat, warmup = opts.get("repeat", 10), opts.get("warmup", 2)
+    if not (_whole(repeat) and repeat >= 1 and _whole(warmup) and warmup >= 0):
+        raise pytest.UsageError(f"the latency marker needs repeat >= 1 and warmup >= 0, got {repeat!r}, {warmup!r}")
+    try:
+        tolerance = check_tolerance(opts.get("tolerance", 0.10), "the latency marker's tolerance")
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
     path = Path(opts["baseline"])
     if not path.is_absolute():
         path = Path(request.node.fspath).parent / path
     if not path.is_file():
         pytest.skip(f"no latency baseline at {path}; record one with: dbunet-bench --record {path}")
-    component, tolerance = opts["component"], float(opts.get("tolerance", 0.10))
+    component = opts["component"]
     baseline = load_report(path).results.get(component)
     if baseline is None:
         raise pytest.UsageError(f"baseline {path} has no component {component!r}")
 
     def probe(fn):
-        timing = measure(fn, int(opts.get("repeat", 10)), int(opts.get("warmup", 2)))
+        timing = measure(fn, repeat, warmup)
         verdict = judge(component, baseline, timing, tolerance)
         if verdict.regressed:
             pytest.fail(
@@ -58,3 +66,7 @@ def latency(request):
         return timing
 
     return probe
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

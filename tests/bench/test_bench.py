@@ -218,3 +218,39 @@ def test_latency_marker_in_a_users_suite(pytester, tiny_artifacts, tmp_path):
     result = pytester.runpytest()  # the plugin comes in through its pytest11 entry point
     result.assert_outcomes(passed=1, failed=1, skipped=1)
     result.stdout.fnmatch_lines(["*vae_decoder: median*beyond the 10% tolerance*"])  # +200 ms on ~15 ms
+
+
+def test_latency_marker_options_that_judge_nothing_are_refused(pytester, tiny_artifacts, tmp_path):
+    # before: tolerance=float("nan") passed every slowdown (no comparison with NaN is true), and repeat=0 ended in
+    # statistics' error about an empty median
+    baseline = tmp_path / "base.json"
+    from dbunet.bench.baseline import save_report
+
+    save_report(run_bench(BenchOptions(tiny_artifacts, components=("vae_decoder",), repeat=1, warmup=0)), baseline)
+    pytester.makepyfile(f"""
+        import time
+        import pytest
+
+        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decoder", tolerance=float("nan"))
+        def test_nan_tolerance(latency):
+            latency(lambda: time.sleep(0.5))
+
+        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decoder", tolerance=-0.5)
+        def test_negative_tolerance(latency):
+            latency(lambda: None)
+
+        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decoder", repeat=0)
+        def test_no_repeat(latency):
+            latency(lambda: None)
+
+        @pytest.mark.latency(baseline={str(baseline)!r}, component="vae_decoder", warmup=1.5)
+        def test_fractional_warmup(latency):
+            latency(lambda: None)
+    """)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines(["*the latency marker's tolerance must be a fraction in 0..10*got nan*",
+                                 "*the latency marker's tolerance must be a fraction in 0..10*got -0.5*",
+                                 "*the latency marker needs repeat >= 1 and warmup >= 0, got 0, 2*",
+                                 "*the latency marker needs repeat >= 1 and warmup >= 0, got 10, 1.5*"],
+                                consecutive=False)
