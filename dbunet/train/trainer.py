@@ -188,19 +188,24 @@ class Trainer:
         return progress
 
     def _load_weights(self, path: Path) -> None:
+        self.cascade.load_state_dict(self._checkpoint(path.name, _shapes(self.cascade.state_dict())))
+
+    def _checkpoint(self, name: str, expected: dict[str, torch.Size], every: bool = True) -> dict[str, torch.Tensor]:
+        """A checkpoint file's tensors, refused as damaged unless they fit `expected` (name -> shape): none unknown,
+        none of another shape, and, where `every`, none missing."""
         try:
-            state = read_safetensors(path, str(self.device))
+            found = read_safetensors(self.ckpt / name, str(self.device))
         except WeightsError as exc:  # truncated, or not safetensors
             raise _damaged(self.ckpt / "progress.json", str(exc)) from None
-        expected = self.cascade.state_dict()
-        unfit = ([f"{k} missing" for k in expected if k not in state]
-                 + [f"{k} unknown" for k in state if k not in expected]
-                 + [f"{k} of shape {list(state[k].shape)}, not {list(v.shape)}" for k, v in expected.items()
-                    if k in state and state[k].shape != v.shape])
-        if unfit:
+        unfit = ([f"{k} missing" for k in expected if every and k not in found]
+                 + [f"{k} unknown" for k in found if k not in expected]
+                 + [f"{k} of shape {list(found[k].shape)}, not {list(shape)}" for k, shape in expected.items()
+                    if k in found and found[k].shape != shape])
+        if unfit or not found:
             more = f" and {len(unfit) - 1} more" if len(unfit) > 1 else ""
-            raise _damaged(self.ckpt / "progress.json", f"{path.name} does not fit the model: {unfit[0]}{more}")
-        self.cascade.load_state_dict(state)
+            why = f"{unfit[0]}{more}" if unfit else "it holds nothing"
+            raise _damaged(self.ckpt / "progress.json", f"{name} does not fit the model: {why}")
+        return found
 
     def _save(self, stage: str, step: int, optimizer: torch.optim.Optimizer | None, ema: EMA | None) -> None:
         """Weights, optimizer and EMA first, progress.json last: progress never points past what is saved."""
@@ -262,10 +267,12 @@ class Trainer:
         plan = self.plan.stage(name)
         optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=0.0)
         ema = EMA(ema_module, self.plan.ema) if ema_module is not None else None
-        if start > 0:
-            _load_optimizer(optimizer, read_safetensors(self.ckpt / "optimizer.safetensors", str(self.device)))
+        if start > 0:  # a parameter without a gradient yet has no optimizer state
+            state_shapes = {f"{i}.{k}": p.shape if k != "step" else torch.Size([])
+                            for i, p in enumerate(params) for k in ("exp_avg", "exp_avg_sq", "step")}
+            _load_optimizer(optimizer, self._checkpoint("optimizer.safetensors", state_shapes, every=False))
             if ema is not None:
-                ema.shadow = read_safetensors(self.ckpt / "ema.safetensors", str(self.device))
+                ema.shadow = self._checkpoint("ema.safetensors", _shapes(ema.shadow))
             self.report(f"[{name}] resuming at step {start}/{plan.steps}")
         for m in modules:
             m.train()
@@ -421,6 +428,10 @@ def _layout_tensors(layouts: list[Layout], tokenizer, max_length: int, slots: in
 
 def hash_seed(seed: int, stage: str, step: int) -> int:
     return int(np.random.SeedSequence([seed, STAGES.index(stage), step]).generate_state(1)[0])
+
+
+def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in tensors.items()}
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
