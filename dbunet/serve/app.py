@@ -204,8 +204,14 @@ def app_builder(args: dict):
     if unknown:
         raise ValueError(f"unknown dbunet-serve args {sorted(unknown)}; valid: {sorted(known)}")
     values = dict(args)
+    if not isinstance(values.get("artifacts"), str) or not values["artifacts"]:
+        raise errors.ConfigError(f"artifacts (--artifacts) must be the path of the directory dbunet-export wrote, got "
+                                 f"{values.get('artifacts')!r}")
     values["artifacts"] = Path(values["artifacts"])
-    for pair in ("autoscale", "scale_delays"):  # YAML lists
+    for pair, form in (("autoscale", "[MIN, MAX]"), ("scale_delays", "[UP, DOWN]")):  # YAML lists
         if values.get(pair) is not None:
+            if not isinstance(values[pair], list | tuple):
+                raise errors.ConfigError(f"{pair} (--{pair.replace('_', '-')}) must be a list {form}, got "
+                                         f"{values[pair]!r}")
             values[pair] = tuple(values[pair])
     return build_app(ServeOptions(**values))

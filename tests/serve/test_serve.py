@@ -374,3 +374,13 @@ def test_the_cluster_config_is_a_valid_serve_config_and_builds():
                        ({"max_ongoing": True}, "max_ongoing .* must be an integer >= 1, got True")):
         with pytest.raises(ConfigError, match=says):
             app_builder({"artifacts": "x", **args})
+    # before: a KeyError, a TypeError about os.PathLike, "'int' object is not iterable"
+    for args, says in (({}, r"artifacts \(--artifacts\) must be the path of the directory dbunet-export wrote, got "
+                            "None"),
+                       ({"artifacts": 5}, "artifacts .* got 5"),
+                       ({"artifacts": "x", "autoscale": 3}, r"autoscale \(--autoscale\) must be a list \[MIN, MAX\], "
+                                                            "got 3"),
+                       ({"artifacts": "x", "autoscale": [1, 2], "scale_delays": "10:20"},
+                        r"scale_delays \(--scale-delays\) must be a list \[UP, DOWN\], got '10:20'")):
+        with pytest.raises(ConfigError, match=says):
+            app_builder(args)
