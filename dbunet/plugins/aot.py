@@ -58,11 +58,11 @@ class PtxTarget:
 
     @classmethod
     def parse(cls, text: str) -> PtxTarget:
-        name, _, cuda = text.partition(":")
+        name, colon, cuda = text.partition(":")
         if name not in TARGETS:
             raise BuildError(f"unknown PTX target {name!r}; valid: {', '.join(TARGETS)} "
                              "(optionally :CUDA, e.g. sm_87:12.6)")
-        target = cls(name, cuda or DEFAULT_CUDA[name])
+        target = cls(name, cuda if colon else DEFAULT_CUDA[name])  # "sm_87:" names no release: refused below
         isa_for_cuda(target.cuda)  # validates the CUDA version (the ptxas cap waits for the compile)
         return target
 

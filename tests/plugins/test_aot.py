@@ -103,7 +103,9 @@ def test_export_writes_ptx_listed_in_the_manifest(tmp_path):
 
 
 @pytest.mark.parametrize("text,error", [("sm_86", "unknown PTX target"), ("sm_87:11.4", "too old"),
-                                        ("sm_87:twelve", "look like 12.6")])
+                                        ("sm_87:twelve", "look like 12.6"),
+                                        # before: an empty release after the colon meant the default one
+                                        ("sm_87:", "CUDA version must look like 12.6, got ''")])
 def test_bad_ptx_targets_are_refused_before_any_work(text, error):
     with pytest.raises(Exception, match=error):
         aot.PtxTarget.parse(text)
