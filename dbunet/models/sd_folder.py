@@ -50,10 +50,26 @@ def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
     legacy = folder / f"{stem}.bin"
     if legacy.is_file():
         try:
-            return torch.load(legacy, map_location="cpu", weights_only=True)
+            state = torch.load(legacy, map_location="cpu", weights_only=True)
         except Exception as exc:  # weights_only refuses anything that is not plain tensors
             raise WeightsError(f"{legacy}: refused to load ({exc}); convert it to safetensors") from None
+        wrong = _not_a_state_dict(state)
+        if wrong:  # weights_only also loads lists, numbers and nested dicts
+            raise WeightsError(f"{legacy}: not a state dict of named tensors ({wrong}); convert it to safetensors")
+        return {k: v.float() for k, v in state.items()}
     raise WeightsError(f"no weights in {folder}: expected {stem}.safetensors")
+
+
+def _not_a_state_dict(state: Any) -> str | None:
+    """Why `state` is not {name: tensor}; None when it is."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}"
+    for name, value in state.items():
+        if not isinstance(name, str):
+            return f"{name!r} is not a tensor name"
+        if not isinstance(value, torch.Tensor):
+            return f"{name!r}: {type(value).__name__} where a tensor belongs"
+    return None
 
 
 def read_text_config(path: Path, projection: bool = False, **fixed: Any) -> TextEncoderConfig:

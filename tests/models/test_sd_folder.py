@@ -99,6 +99,12 @@ def test_refuses_pickled_weights(sd_folder, tmp_path):
     torch.save({"weight": NotATensor()}, root / "vae" / "diffusion_pytorch_model.bin")
     with pytest.raises(WeightsError, match="refused to load"):
         load_sd_folder(root, base=tiny())
+    # what weights_only loads but is no state dict: a traceback (TypeError, AttributeError) before
+    for thing, says in (([1, 2, 3], "a list"), ({1: torch.zeros(1)}, "1 is not a tensor name"),
+                        ({"conv.weight": torch.zeros(1), "conv.bias": 3}, "'conv.bias': int where a tensor belongs")):
+        torch.save(thing, root / "vae" / "diffusion_pytorch_model.bin")
+        with pytest.raises(WeightsError, match=f"not a state dict of named tensors \\({says}\\)"):
+            load_sd_folder(root, base=tiny())
     (root / "vae" / "diffusion_pytorch_model.bin").unlink()
     with pytest.raises(WeightsError, match="expected diffusion_pytorch_model.safetensors"):
         load_sd_folder(root, base=tiny())
