@@ -89,6 +89,15 @@ class TrainPlan:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where the last checkpoint stands (progress.json, checked): `step` steps of `stage` done."""
+
+    stage: str
+    step: int
+    config: ModelConfig  # the run's, with the VAE scaling measured after the VAE stage
+
+
 def _damaged(progress: Path, why: str) -> InputError:
     return InputError(f"{progress} is damaged ({why}); the run cannot resume from it: start it again in another --out")
 
@@ -141,7 +150,7 @@ class Trainer:
         self.ckpt = out / CHECKPOINT
         self.progress = self._read_progress()
         if self.progress:
-            config = self.progress["config"]  # carries the measured VAE scaling
+            config = self.progress.config  # carries the measured VAE scaling
         else:
             shapes_tokenizer(self.ckpt / TOKENIZER_DIR, config.text.vocab_size)
         self.config = config
@@ -152,7 +161,7 @@ class Trainer:
         self.data = ShapesDataset(config.defaults.height, seed=plan.seed)
 
     # -- bookkeeping ------------------------------------------------------------------------
-    def _read_progress(self) -> dict | None:
+    def _read_progress(self) -> Progress | None:
         """progress.json, None before the first checkpoint. Read as untrusted input (a run folder may be half
         copied, edited, or an earlier dbunet's), and checked with what a resume needs, before anything changes."""
         path = self.ckpt / "progress.json"
@@ -176,7 +185,7 @@ class Trainer:
         if step > total:
             raise damaged(f"step {step} is past the {stage} stage's {total} steps")
         try:
-            progress["config"] = ModelConfig.from_dict(progress["config"])
+            config = ModelConfig.from_dict(progress["config"])
         except ConfigError as exc:
             raise damaged(f"config: {exc}") from None
         mid_stage = 0 < step < total  # _loop continues from the optimizer's state and the average
@@ -185,7 +194,7 @@ class Trainer:
         missing = [name for name in needed if not (self.ckpt / name).is_file()]
         if missing:
             raise damaged(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
-        return progress
+        return Progress(stage, step, config)
 
     def _load_weights(self, path: Path) -> None:
         self.cascade.load_state_dict(self._checkpoint(path.name, _shapes(self.cascade.state_dict())))
@@ -233,8 +242,8 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Path:
-        done_stage = self.progress["stage"] if self.progress else None
-        done_step = self.progress["step"] if self.progress else 0
+        done_stage = self.progress.stage if self.progress else None
+        done_step = self.progress.step if self.progress else 0
         for name in STAGES:
             if done_stage is not None and STAGES.index(name) < STAGES.index(done_stage):
                 continue
