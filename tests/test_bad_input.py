@@ -336,6 +336,9 @@ CASES = [
     Case("bench json and record one file", "bench", ("--artifacts", "{art}", "--json", "{tmp}/r.json", "--record",
                                                      "{tmp}/./r.json"),
          "--record and --json both name "),
+    Case("bench plot of the pipeline alone", "bench", ("--artifacts", "{art}", "--components", "pipeline", "--plot",
+                                                      "{tmp}/p.png"),
+         "--plot draws the per-stage breakdown, and the pipeline alone has no stages"),  # an empty chart before
     Case("bench warmup negative", "bench", ("--artifacts", "{art}", "--warmup", "-1"), "warmup"),
     Case("bench unknown component", "bench", ("--artifacts", "{art}", "--components", "unet9"), "invalid choice"),
     Case("bench baseline not a report", "bench", ("--artifacts", "{art}", "--compare", "{art}/b.json"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from dbunet import atomic
@@ -9,7 +10,20 @@ from dbunet.bench.runner import BenchReport
 from dbunet.errors import ConfigError
 
 
-def plot_reports(reports: list[BenchReport], path: str | Path, title: str = "") -> Path:
+def stages(components: Iterable[str]) -> list[str]:
+    """The bars of the chart: every component but the whole pipeline, which is their sum and more."""
+    return [c for c in components if c != "pipeline"]
+
+
+def check_plot(components: Iterable[str]) -> None:
+    """What a chart needs, checked before the measurement it would draw: matplotlib, and a stage to draw."""
+    _pyplot()
+    if not stages(components):
+        raise ConfigError("--plot draws the per-stage breakdown, and the pipeline alone has no stages: add "
+                          "components to --components or leave --plot out")
+
+
+def _pyplot():
     try:
         import matplotlib
 
@@ -17,7 +31,12 @@ def plot_reports(reports: list[BenchReport], path: str | Path, title: str = "") 
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("--plot needs matplotlib (pip install -e '.[bench]')") from None
-    components = [c for c in reports[0].results if c != "pipeline"]
+    return plt
+
+
+def plot_reports(reports: list[BenchReport], path: str | Path, title: str = "") -> Path:
+    plt = _pyplot()
+    components = stages(reports[0].results)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / len(reports)
     for i, r in enumerate(reports):

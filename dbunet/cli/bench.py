@@ -63,6 +63,10 @@ def check_bench_options(args) -> None:
     from dbunet.bench.baseline import check_tolerance
 
     check_tolerance(args.tolerance, "--tolerance")
+    if args.plot is not None:
+        from dbunet.bench.plot import check_plot
+
+        check_plot(args.components)
     for flag, path, suffix in (("--json", args.json, None), ("--record", args.record, None),
                                ("--plot", args.plot, ".png")):
         if path is not None:

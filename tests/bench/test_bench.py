@@ -254,3 +254,15 @@ def test_latency_marker_options_that_judge_nothing_are_refused(pytester, tiny_ar
                                  "*the latency marker needs repeat >= 1 and warmup >= 0, got 0, 2*",
                                  "*the latency marker needs repeat >= 1 and warmup >= 0, got 10, 1.5*"],
                                 consecutive=False)
+
+
+def test_a_plot_without_matplotlib_is_refused_before_the_measurement(tiny_artifacts, tmp_path, monkeypatch, capsys):
+    # before: the whole measurement ran, then --plot said matplotlib was missing and the report was lost
+    import sys
+
+    from dbunet.bench import runner
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where the `bench` extra is not installed
+    monkeypatch.setattr(runner, "run_bench", lambda *a, **k: pytest.fail("measured before refusing"))
+    assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--plot", str(tmp_path / "p.png")]) == 2
+    assert capsys.readouterr().err == "error: --plot needs matplotlib (pip install -e '.[bench]')\n"
