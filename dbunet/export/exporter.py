@@ -265,6 +265,10 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
     config = resolve_config(options.config)  # a bad config or weights path fails before anything is written
     if options.weights is None:  # a folder's own config is read in the staging directory (then checked again)
         check_model(config, options)
+    if options.ptx_targets:  # a missing Triton would otherwise show only after every graph
+        from dbunet.plugins.aot import check_toolchain
+
+        check_toolchain(options.ptx_targets)
     if options.weights is not None and not Path(options.weights).is_dir():
         raise WeightsError(f"--weights {options.weights} is not a directory (a dbunet model folder or a diffusers "
                            "SD 1.x folder)")

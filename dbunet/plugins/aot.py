@@ -211,13 +211,30 @@ class CompiledKernel:
     target: str
 
 
-def _kernel_fn(kernel: str):
+def _check_compiler() -> None:
     import os
-
-    from dbunet.plugins import kernels
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise BuildError("AOT compilation needs TRITON_INTERPRET unset: the interpreter replaces the compiler")
+
+
+def check_toolchain(targets: tuple[str, ...]) -> None:
+    """What compiling PTX for `targets` needs, checked before an export spends its time on the graphs: Triton,
+    its compiler (not its interpreter), and the ptxas it assembles with, whose release caps each target's ISA."""
+    _check_compiler()
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise BuildError("--ptx compiles the kernels with Triton, which is not installed; pip install -e "
+                         "'.[plugins]'") from None
+    for target in map(PtxTarget.parse, targets):
+        triton_ptxas(target.cc)  # found, run, and its release read
+
+
+def _kernel_fn(kernel: str):
+    from dbunet.plugins import kernels
+
+    _check_compiler()
     return getattr(kernels, f"{kernel}_kernel")
 
 

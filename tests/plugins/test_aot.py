@@ -88,6 +88,22 @@ def test_interpreter_mode_refuses_to_compile():
         aot.compile_ptx("box_constraint", "fp16", 90)
 
 
+def test_an_export_without_a_ptx_toolchain_is_refused_before_any_graph(tmp_path, monkeypatch):
+    # before: every graph was traced, checked and written first, then the PTX step failed (minutes for sd15)
+    from dbunet.errors import BuildError
+    from dbunet.export import exporter
+
+    monkeypatch.setattr(exporter, "staged", lambda out: pytest.fail("began the export before refusing"))
+    options = exporter.ExportOptions(config="tiny", components=("gae",), ptx_targets=("sm_90",), out=tmp_path / "a")
+    with pytest.raises(BuildError, match="AOT compilation needs TRITON_INTERPRET unset"):  # as this session runs
+        exporter.export(options)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setitem(sys.modules, "triton", None)  # as where the `plugins` extra is not installed
+    with pytest.raises(BuildError, match=r"--ptx compiles the kernels with Triton, which is not installed; pip "
+                                         r"install -e '\.\[plugins\]'"):
+        exporter.export(options)
+
+
 def test_export_writes_ptx_listed_in_the_manifest(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "dbunet.cli.export", "--components", "gae", "--ptx", "sm_87:12.6",
