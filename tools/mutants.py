@@ -276,6 +276,17 @@ MUTANTS = [
     Mutant("export_over_the_current_directory", "dbunet/export/staging.py",
            "if here is not None and out.resolve() in (here, *here.parents):", "if False:",
            ("tests/test_reliability.py",), "an export replaces the directory a shell stands in"),
+    Mutant("sampling_defaults_unchecked", "dbunet/manifest.py",
+           "            check_defaults(manifest.config)\n", "",
+           ("tests/test_bad_input.py",), "a manifest whose defaults no request may ask for is read as sound"),
+    Mutant("resume_from_unsaved_weights", "dbunet/train/trainer.py",
+           "        if self.progress:\n            self._load_weights(",
+           "        if (self.ckpt / 'weights.safetensors').is_file():\n            self._load_weights(",
+           ("tests/train/test_train.py",), "a run killed before its first progress.json starts from its weights"),
+    Mutant("latency_tolerance_nan", "dbunet/bench/baseline.py",
+           "math.isfinite(tolerance) and 0 <= tolerance <= MAX_TOLERANCE",
+           "not (tolerance < 0 or tolerance > MAX_TOLERANCE)",
+           ("tests/bench/test_bench.py",), "a NaN latency tolerance passes every slowdown"),
 ]
 
 
