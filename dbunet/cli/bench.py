@@ -59,7 +59,8 @@ def _table(report) -> str:
 
 def check_bench_options(args) -> None:
     """What would fail only after the measurement is refused before it: a tolerance that is not a fraction
-    (nan passes every slowdown), report paths that cannot be written."""
+    (nan passes every slowdown), report paths that cannot be written, a chart that cannot be drawn, and two of
+    the files (the baseline among them) that are one."""
     from dbunet.bench.baseline import check_tolerance
 
     check_tolerance(args.tolerance, "--tolerance")
