@@ -47,6 +47,15 @@ def _with_defaults(config, **defaults) -> dict:
     return d
 
 
+def _report_of(*components: str) -> dict:
+    """A dbunet-bench report of the tiny export at its defaults, with these components timed."""
+    from dbunet.bench.runner import SCHEMA
+
+    return {"schema": SCHEMA, "backend": "ort", "precision": "fp32", "config": "tiny", "peak_rss_mb": 100.0,
+            "machine": {"processor": "x", "cpu_count": 2}, "versions": {},
+            "results": {c: {"samples_ms": [1.0, 1.1, 0.9]} for c in components}}
+
+
 def _first_file(m: dict) -> dict:
     return next(a for a in m["artifacts"] if a["component"] == "text_encoder" and a["precision"] == "fp32")
 
@@ -339,6 +348,11 @@ CASES = [
     Case("bench plot of the pipeline alone", "bench", ("--artifacts", "{art}", "--components", "pipeline", "--plot",
                                                       "{tmp}/p.png"),
          "--plot draws the per-stage breakdown, and the pipeline alone has no stages"),  # an empty chart before
+    # before: nothing was compared and the run passed (exit 0), a budget that checked nothing
+    Case("bench baseline of other components", "bench", ("--artifacts", "{art}", "--components", "vae_decoder",
+                                                          "--compare", "{art}/b.json"),
+         "the baseline measured text_encoder, this run would measure vae_decoder: nothing to compare",
+         lambda a: (a / "b.json").write_text(json.dumps(_report_of("text_encoder")))),
     Case("bench warmup negative", "bench", ("--artifacts", "{art}", "--warmup", "-1"), "warmup"),
     Case("bench unknown component", "bench", ("--artifacts", "{art}", "--components", "unet9"), "invalid choice"),
     Case("bench baseline not a report", "bench", ("--artifacts", "{art}", "--compare", "{art}/b.json"),

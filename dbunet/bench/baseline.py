@@ -85,6 +85,17 @@ def check_comparable(baseline: BenchReport, current: BenchReport) -> None:
                           "compare with the same options or record a new baseline")
 
 
+def unjudged(baseline: BenchReport, components: tuple[str, ...]) -> list[str]:
+    """The components a run would measure that the baseline has no figure for; refused when that is all of them
+    (the comparison would judge nothing and pass)."""
+    missing = [c for c in components if c not in baseline.results]
+    if missing and len(missing) == len(components):
+        raise ConfigError(f"the baseline measured {', '.join(baseline.results) or 'nothing'}, this run would measure "
+                          f"{', '.join(components)}: nothing to compare; measure the baseline's components or "
+                          "record a new baseline")
+    return missing
+
+
 def judge(component: str, base: Timing, current: Timing, tolerance: float, speed: float = 1.0) -> Verdict:
     """The one regression rule (dbunet-bench --compare and the pytest `latency` marker): slower than
     the baseline scaled by `speed` by more than `tolerance` AND by more than the larger noise."""

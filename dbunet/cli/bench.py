@@ -86,10 +86,11 @@ def check_bench_options(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     check_bench_options(args)
-    from dbunet.bench.baseline import check_comparable, compare, format_verdicts, load_report, save_report
+    from dbunet.bench.baseline import check_comparable, compare, format_verdicts, load_report, save_report, unjudged
     from dbunet.bench.runner import BenchOptions, run_bench
 
     baseline = load_report(args.compare) if args.compare else None  # fail early on a bad baseline
+    missing = unjudged(baseline, tuple(args.components)) if baseline is not None else []
     options = BenchOptions(args.artifacts, args.backend, args.precision, tuple(args.components), args.steps,
                            args.height, args.width, args.repeat, args.warmup, args.threads, args.whole_loops)
     report = run_bench(options, ProgressBar(),  # a baseline of something else is refused before any timing
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                     report.results[name] = again.results[name]
             verdicts = compare(baseline, report, args.tolerance)
         print(format_verdicts(verdicts, args.tolerance))
+        if missing:
+            print(f"not in the baseline, so not judged: {', '.join(missing)}")
         if any(v.regressed for v in verdicts):
             print("latency regression", file=sys.stderr)
             return EXIT_REGRESSION

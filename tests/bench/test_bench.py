@@ -266,3 +266,14 @@ def test_a_plot_without_matplotlib_is_refused_before_the_measurement(tiny_artifa
     monkeypatch.setattr(runner, "run_bench", lambda *a, **k: pytest.fail("measured before refusing"))
     assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--plot", str(tmp_path / "p.png")]) == 2
     assert capsys.readouterr().err == "error: --plot needs matplotlib (pip install -e '.[bench]')\n"
+
+
+def test_components_the_baseline_lacks_are_named_as_not_judged(tiny_artifacts, tmp_path, capsys):
+    base = tmp_path / "base.json"
+    args = ["--artifacts", str(tiny_artifacts), "--repeat", "2", "--warmup", "0", "--tolerance", "10"]
+    assert bench_cli.main([*args, "--components", "text_encoder", "--record", str(base)]) == 0
+    capsys.readouterr()
+    assert bench_cli.main([*args, "--components", "text_encoder", "vae_decoder", "--compare", str(base)]) == 0
+    out = capsys.readouterr().out
+    assert "text_encoder" in out.split("baseline ms")[1]  # judged
+    assert out.rstrip().endswith("not in the baseline, so not judged: vae_decoder")  # said, not passed in silence
