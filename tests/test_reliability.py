@@ -433,6 +433,23 @@ def test_an_engines_index_nested_past_the_parser_is_malformed_not_a_crash(tmp_pa
         read_index(tmp_path)
 
 
+def test_an_engines_index_listing_one_engine_twice_is_malformed(tmp_path):
+    # before: the first of the two was used, whichever it was (as with a manifest listing an artifact twice)
+    from dbunet.engines.cache import Device, EngineEntry, read_index, write_index
+    from dbunet.errors import ArtifactError
+
+    (tmp_path / "engines").mkdir()
+    device = Device("10.9.0", "NVIDIA H200", 90)
+    entries = [EngineEntry("vae_decoder", "64x64", key * 64, f"engines/vae_decoder.64x64.{key}.plan", "0" * 64, device,
+                           "local functions") for key in "ab"]
+    write_index(tmp_path, entries[:1])
+    assert read_index(tmp_path) == entries[:1]
+    write_index(tmp_path, entries)
+    with pytest.raises(ArtifactError, match=r"malformed \(the vae_decoder engine at 64x64 for TensorRT 10.9.0 on "
+                                            r"NVIDIA H200 \(sm_90\) is listed twice\)"):
+        read_index(tmp_path)
+
+
 def test_sigterm_during_an_export_leaves_nothing_half_written(tiny_artifacts, tmp_path):
     out = tmp_path / "art"
     shutil.copytree(tiny_artifacts, out)

@@ -77,8 +77,13 @@ def read_index(artifacts: Path) -> list[EngineEntry]:
         if data["version"] != INDEX_VERSION:
             raise ValueError(f"index version {data['version']}, expected {INDEX_VERSION}")
         entries = [EngineEntry.from_dict(e) for e in data["engines"]]
+        seen = set()
         for e in entries:
             inside(artifacts, e.file)  # untrusted like the manifest: no path may leave the directory
+            if (e.component, e.resolution, e.device) in seen:  # which of the two a run loads would be arbitrary
+                raise ValueError(f"the {e.component} engine at {e.resolution} for {e.device.describe()} is listed "
+                                 "twice")
+            seen.add((e.component, e.resolution, e.device))
         return entries
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ArtifactError(f"{shown(path)} is malformed ({str(exc)[:200]}); run dbunet-build again") from None
