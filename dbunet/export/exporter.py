@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from dbunet import architectures, atomic, jsonfile
+from dbunet.bounds import check_flags
 from dbunet.config import PRESETS, ModelConfig, preset, side_beyond
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.export import fp16 as fp16_convert
@@ -63,7 +64,21 @@ class ExportOptions:
     refiner: Path | None = None  # SDXL's refiner folder (architectures with a latent refiner)
     ptx_targets: tuple[str, ...] = ()  # e.g. ("sm_87", "sm_89", "sm_90"): Triton kernels -> PTX for TensorRT
 
+    def _check_types(self) -> None:
+        """What the command line's parser guarantees, for callers of the API: a float size traced as a float, a
+        string of components read letter by letter, "no" taken for true."""
+        check_flags("export options", self)
+        for name in ("opset", "batch", "height", "width"):
+            value = getattr(self, name)
+            if not (_integer(value) or (value is None and name in ("height", "width"))):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        for name in ("components", "ptx_targets"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not (value is None or all(isinstance(v, str) for v in value)):
+                raise ConfigError(f"{name} must be a sequence of names, got {value!r}")
+
     def __post_init__(self) -> None:
+        self._check_types()
         unknown = set(self.components or ()) - set(COMPONENTS)
         arch = architectures.get(self.arch)
         if arch.needs_folder and self.weights is None:
@@ -95,6 +110,10 @@ class ExportOptions:
         if self.opset not in SUPPORTED_OPSETS:
             valid = f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
             raise ConfigError(f"opset {self.opset} not supported; valid: {valid}")
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_tracing_size(config: ModelConfig, options: ExportOptions) -> None:

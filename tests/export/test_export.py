@@ -1,6 +1,7 @@
 """The exported graphs: validity, custom-domain nodes, dynamic axes, manifest, decomposed mode."""
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -10,6 +11,7 @@ import torch
 
 from dbunet.architectures import DBUNET
 from dbunet.config import tiny
+from dbunet.errors import ConfigError
 from dbunet.export import parity
 from dbunet.export.exporter import ExportOptions, export
 from dbunet.export.graphs import GRAPHS, run_reference, sample_inputs
@@ -197,3 +199,16 @@ def test_decompose_never_hands_the_weights_to_the_inliner(tiny_artifacts, monkey
 
     assert weights(got) == weights(expected)
     assert [n.op_type for n in got.graph.node] == [n.op_type for n in expected.graph.node]
+
+
+@pytest.mark.parametrize("option, says", [
+    ({"height": 64.0}, "height must be an integer, got 64.0"), ({"batch": True}, "batch must be an integer, got True"),
+    ({"opset": "18"}, "opset must be an integer, got '18'"),
+    ({"components": "gae"}, "components must be a sequence of names, got 'gae'"),  # read as 'g', 'a', 'e'
+    ({"ptx_targets": "sm_90"}, "ptx_targets must be a sequence of names, got 'sm_90'"),
+    ({"fp16": "no"}, "export options.fp16 must be true or false, got 'no'"),  # a non-empty string is true
+])
+def test_the_api_refuses_options_of_the_wrong_type(option, says):
+    # what the command line's parser guarantees; before, a float size reached the tracing and "no" meant fp16
+    with pytest.raises(ConfigError, match=f"^{re.escape(says)}$"):
+        ExportOptions(config="tiny", **option)
