@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from dbunet.errors import InputError
-from dbunet.scalars import python_scalar
+from dbunet.scalars import is_real, python_scalar
 from dbunet.text import not_utf8
 
 MAX_PHRASE_CHARS = 1000  # a box phrase is a few words; the text encoder reads 77 tokens of it at most
@@ -52,7 +51,7 @@ class Box:
         if len(self.phrase) > MAX_PHRASE_CHARS:
             raise InputError(f"box phrase of {len(self.phrase)} characters; at most {MAX_PHRASE_CHARS} (the text "
                              "encoder reads its first tokens only)")
-        if not all(isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in coords):
+        if not all(is_real(c) for c in coords):
             raise InputError(f"box {self.spec()}: coordinates must be finite numbers")
         if not all(0.0 <= c <= 1.0 for c in coords):
             raise InputError(f"box {self.spec()}: coordinates must lie in [0, 1] (normalized x0,y0,x1,y1)")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from dbunet.boxes import Box, as_boxes
 from dbunet.config import ModelConfig, side_beyond
 from dbunet.errors import ConfigError, InputError
-from dbunet.scalars import python_scalar
+from dbunet.scalars import is_real, is_whole, python_scalar
 from dbunet.schedulers import SCHEDULERS
 from dbunet.text import not_utf8
 
@@ -22,7 +22,7 @@ SEED_RANGE = "0..2^63-1"  # what every seed (a run's, a training run's) may be: 
 
 
 def valid_seed(seed) -> bool:
-    return not isinstance(seed, bool) and isinstance(seed, int) and 0 <= seed < 2**63
+    return is_whole(seed) and 0 <= seed < 2**63
 
 
 @dataclass(frozen=True)
@@ -61,32 +61,32 @@ class GenerationRequest:
         if max(len(self.prompt), len(self.negative_prompt)) > MAX_PROMPT_CHARS:
             raise bad(f"prompt of {max(len(self.prompt), len(self.negative_prompt))} characters; at most "
                       f"{MAX_PROMPT_CHARS} (the text encoder reads its first tokens only)")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= max_steps:
+        if not (is_whole(self.steps) and 1 <= self.steps <= max_steps):
             raise bad(f"steps must be an integer in 1..{max_steps}, got {self.steps!r}")
         refiner_steps = self.refiner_steps
-        if isinstance(refiner_steps, bool) or not isinstance(refiner_steps, int) or not 0 <= refiner_steps <= max_steps:
+        if not (is_whole(refiner_steps) and 0 <= refiner_steps <= max_steps):
             raise bad(f"refiner steps must be an integer in 0..{max_steps}, got {self.refiner_steps!r}")
         if not valid_seed(self.seed):
             raise bad(f"seed must be an integer in {SEED_RANGE}, got {self.seed!r}")
-        if not _number(self.guidance_scale) or not 0 <= self.guidance_scale <= MAX_GUIDANCE:
+        if not is_real(self.guidance_scale) or not 0 <= self.guidance_scale <= MAX_GUIDANCE:
             raise bad(f"guidance scale must be a number in 0..{MAX_GUIDANCE:g}, got {self.guidance_scale!r}")
-        if not (_number(self.refiner_strength) and 0.0 <= self.refiner_strength <= 1.0):
+        if not (is_real(self.refiner_strength) and 0.0 <= self.refiner_strength <= 1.0):
             raise bad(f"refiner strength must lie in [0, 1], got {self.refiner_strength!r}")
-        if not (_number(self.high_noise_frac) and 0.0 < self.high_noise_frac < 1.0):
+        if not (is_real(self.high_noise_frac) and 0.0 < self.high_noise_frac < 1.0):
             raise bad(f"high noise fraction must lie strictly between 0 and 1, got {self.high_noise_frac!r}")
-        if not (_number(self.box_fraction) and 0.0 <= self.box_fraction <= 1.0):
+        if not (is_real(self.box_fraction) and 0.0 <= self.box_fraction <= 1.0):
             raise bad(f"box fraction must lie in [0, 1], got {self.box_fraction!r}")
         if not isinstance(self.scheduler, str) or self.scheduler not in SCHEDULERS:
             raise bad(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
         for name, v, most in (("height", self.height, max_height), ("width", self.width, max_width)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < downscale or v % downscale:
+            if not is_whole(v) or v < downscale or v % downscale:
                 raise bad(f"{name} must be a positive multiple of {downscale}, got {v!r}")
             if side_beyond(name, v, most):
                 raise bad(side_beyond(name, v, most))
         for name, pair, least in (("original size", self.original_size, 1), ("crop top-left", self.crop_top_left, 0),
                                   ("target size", self.target_size, 1)):
             if pair is not None and not (isinstance(pair, tuple) and len(pair) == 2 and all(
-                    isinstance(v, int) and not isinstance(v, bool) and least <= v <= MAX_MICRO for v in pair)):
+                    is_whole(v) and least <= v <= MAX_MICRO for v in pair)):
                 raise bad(f"{name} must be two integers in {least}..{MAX_MICRO} (height, width or top, left), "
                           f"got {pair!r}")
         if len(self.boxes) > max_boxes:
@@ -118,11 +118,6 @@ class GenerationRequest:
                              "fewer refiner steps")
         total = min(most, max(self.refiner_steps, round(self.refiner_steps / self.refiner_strength)))
         return total, total - self.refiner_steps
-
-
-def _number(value) -> bool:
-    """A real, finite number (not a bool, not a string)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def plan_schedules(config: ModelConfig, req: GenerationRequest):

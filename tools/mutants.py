@@ -284,8 +284,8 @@ MUTANTS = [
            "        if (self.ckpt / 'weights.safetensors').is_file():\n            self._load_weights(",
            ("tests/train/test_train.py",), "a run killed before its first progress.json starts from its weights"),
     Mutant("latency_tolerance_nan", "dbunet/bench/baseline.py",
-           "math.isfinite(tolerance) and 0 <= tolerance <= MAX_TOLERANCE",
-           "not (tolerance < 0 or tolerance > MAX_TOLERANCE)",
+           "is_real(tolerance) and 0 <= tolerance <= MAX_TOLERANCE",
+           "isinstance(tolerance, int | float) and not (tolerance < 0 or tolerance > MAX_TOLERANCE)",
            ("tests/bench/test_bench.py",), "a NaN latency tolerance passes every slowdown"),
 ]
 

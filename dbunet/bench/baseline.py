@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from dbunet import atomic, jsonfile
 from dbunet.bench.runner import BenchReport
 from dbunet.bench.stats import Timing
 from dbunet.errors import ConfigError
+from dbunet.scalars import is_real
 
 MAX_TOLERANCE = 10.0  # 10 = ten times slower allowed: beyond it a budget checks nothing
 
@@ -18,8 +18,7 @@ MAX_TOLERANCE = 10.0  # 10 = ten times slower allowed: beyond it a budget checks
 def check_tolerance(tolerance, name: str = "tolerance") -> float:
     """The allowed slowdown as a fraction in 0..MAX_TOLERANCE (0.10 = 10% slower allowed). NaN would pass every
     slowdown (no comparison with NaN is true), a negative one fail every run."""
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not (
-            math.isfinite(tolerance) and 0 <= tolerance <= MAX_TOLERANCE):
+    if not (is_real(tolerance) and 0 <= tolerance <= MAX_TOLERANCE):
         raise ConfigError(f"{name} must be a fraction in 0..{MAX_TOLERANCE:g} (0.10 = 10% slower allowed), "
                           f"got {tolerance!r}")
     return float(tolerance)

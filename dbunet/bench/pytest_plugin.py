@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from dbunet.scalars import is_whole
+
 
 def pytest_configure(config) -> None:
     config.addinivalue_line(
@@ -37,7 +39,7 @@ def latency(request):
 
     opts = marker.kwargs
     repeat, warmup = opts.get("repeat", 10), opts.get("warmup", 2)
-    if not (_whole(repeat) and repeat >= 1 and _whole(warmup) and warmup >= 0):
+    if not (is_whole(repeat) and repeat >= 1 and is_whole(warmup) and warmup >= 0):
         raise pytest.UsageError(f"the latency marker needs repeat >= 1 and warmup >= 0, got {repeat!r}, {warmup!r}")
     try:
         tolerance = check_tolerance(opts.get("tolerance", 0.10), "the latency marker's tolerance")
@@ -66,7 +68,3 @@ def latency(request):
         return timing
 
     return probe
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -41,6 +41,7 @@ from dbunet.export.step_graphs import STEP_OF, compose_step, step_module
 from dbunet.manifest import Artifact, Manifest, sha256_file, tool_versions
 from dbunet.models.cascade import Model, create_preset_model, load_model
 from dbunet.request import check_defaults
+from dbunet.scalars import is_whole
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class ExportOptions:
         check_flags("export options", self)
         for name in ("opset", "batch", "height", "width"):
             value = getattr(self, name)
-            if not (_integer(value) or (value is None and name in ("height", "width"))):
+            if not (is_whole(value) or (value is None and name in ("height", "width"))):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
         for name in ("components", "ptx_targets"):
             value = getattr(self, name)
@@ -110,10 +111,6 @@ class ExportOptions:
         if self.opset not in SUPPORTED_OPSETS:
             valid = f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
             raise ConfigError(f"opset {self.opset} not supported; valid: {valid}")
-
-
-def _integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_tracing_size(config: ModelConfig, options: ExportOptions) -> None:

@@ -12,12 +12,12 @@ time, and they are local to build_app.
 
 
 import asyncio
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from dbunet import errors
+from dbunet.scalars import is_real, is_whole
 from dbunet.serve import api
 
 RETRY_AFTER_S = 5
@@ -47,20 +47,20 @@ class ServeOptions:
 
         if not isinstance(self.whole_loops, bool | None):
             refuse("whole_loops", "true, false or null")
-        if not _whole(self.replicas) or self.replicas < 1:
+        if not is_whole(self.replicas) or self.replicas < 1:
             refuse("replicas", "an integer >= 1")
-        if self.autoscale is not None and not (len(self.autoscale) == 2 and all(map(_whole, self.autoscale))
+        if self.autoscale is not None and not (len(self.autoscale) == 2 and all(map(is_whole, self.autoscale))
                                                and 1 <= self.autoscale[0] <= self.autoscale[1]):
             refuse("autoscale", "MIN:MAX with 1 <= MIN <= MAX")
-        if not (len(self.scale_delays) == 2 and all(_real(v) and 0 <= v < 86400 for v in self.scale_delays)):
+        if not (len(self.scale_delays) == 2 and all(is_real(v) and 0 <= v < 86400 for v in self.scale_delays)):
             refuse("scale_delays", "UP:DOWN seconds, each in 0..86400")
-        if not (_real(self.num_cpus) and self.num_cpus > 0):
+        if not (is_real(self.num_cpus) and self.num_cpus > 0):
             refuse("num_cpus", "a positive finite number")
-        if not (_real(self.num_gpus) and self.num_gpus >= 0):
+        if not (is_real(self.num_gpus) and self.num_gpus >= 0):
             refuse("num_gpus", "a finite number >= 0")
-        if not _whole(self.max_ongoing) or self.max_ongoing < 1:
+        if not is_whole(self.max_ongoing) or self.max_ongoing < 1:
             refuse("max_ongoing", "an integer >= 1")
-        if not _whole(self.max_queued) or self.max_queued < 0:
+        if not is_whole(self.max_queued) or self.max_queued < 0:
             refuse("max_queued", "an integer >= 0")
         check_request(self.backend, self.precision, self.whole_loops)
 
@@ -68,14 +68,6 @@ class ServeOptions:
     def threads(self) -> int:
         """ONNX Runtime threads of a replica: its CPUs, so replicas do not oversubscribe the cores."""
         return max(1, int(self.num_cpus))
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _real(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def build_app(options: ServeOptions):

@@ -74,10 +74,11 @@ def check_threads(threads: int | None) -> None:
     import os
 
     from dbunet.errors import ConfigError
+    from dbunet.scalars import is_whole
 
     if threads is None:
         return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    if not is_whole(threads) or threads < 1:
         raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
     cores = os.cpu_count() or 1
     if threads > 2 * cores and os.environ.get("DBUNET_FORCE_THREADS") != "1":
