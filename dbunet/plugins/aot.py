@@ -76,9 +76,32 @@ class PtxTarget:
         return target_isa(self.cc, self.cuda)
 
 
+# The oldest PTX ISA that can name each architecture (PTX ISA notes; from sm_90 on, the arch-specific target
+# Triton writes, sm_90a, sm_100a, ...). An ISA below it is not a refusal from ptxas but an LLVM abort inside
+# triton.compile that ends the process, so it is checked first. Architectures older than sm_87 are named by
+# every ISA from CUDA 12.0 (8.0) on.
+ARCH_MIN_ISA = {87: (7, 4), 89: (7, 8), 90: (8, 0), 100: (8, 6), 101: (8, 6), 103: (8, 8), 110: (9, 0),
+                120: (8, 7), 121: (8, 8)}
+
+
 def target_isa(cc: int, driver_cuda: str) -> tuple[int, int]:
     """The PTX ISA for compute capability `cc` under a CUDA `driver_cuda` driver, assembled by this Triton."""
-    return min(isa_for_cuda(driver_cuda), isa_for_cuda(triton_ptxas(cc).release))
+    if cc > max(ARCH_MIN_ISA):
+        raise BuildError(f"sm_{cc} is newer than the dbunet kernels know (up to sm_{max(ARCH_MIN_ISA)}): no PTX "
+                         "ISA for it can be chosen")
+    ptxas = triton_ptxas(cc)
+    driver_isa, ptxas_isa = isa_for_cuda(driver_cuda), isa_for_cuda(ptxas.release)
+    isa, least = min(driver_isa, ptxas_isa), ARCH_MIN_ISA.get(cc, (0, 0))
+    if isa < least:
+        lower = (f"this Triton's ptxas (CUDA {ptxas.release}) writes at most {_dotted(ptxas_isa)}: a newer Triton"
+                 if ptxas_isa < least else
+                 f"a CUDA {driver_cuda} driver reads at most {_dotted(driver_isa)}: a newer driver")
+        raise BuildError(f"sm_{cc} needs PTX ISA {_dotted(least)} or newer, but {lower} is needed")
+    return isa
+
+
+def _dotted(isa: tuple[int, int]) -> str:
+    return f"{isa[0]}.{isa[1]}"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]')")
 
+from dbunet.errors import BuildError
 from dbunet.plugins import aot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,6 +152,36 @@ def test_isa_is_the_lower_of_the_driver_and_the_installed_ptxas(monkeypatch):
     assert aot.target_isa(87, "12.6") == (8, 5)  # the driver is the lower one: JetPack 6
     monkeypatch.setattr(aot, "triton_ptxas", lambda cc: ptxas["13.4"])  # Triton 3.9 from sm_90
     assert aot.target_isa(90, "13.0") == (9, 0) and aot.target_isa(90, "12.9") == (8, 8)
+
+
+def test_an_isa_too_old_for_the_architecture_is_refused_before_triton_compiles(monkeypatch):
+    """Each architecture has an oldest ISA that can name it (sm_121: 8.8). Below it triton.compile does not raise:
+    LLVM aborts the process. Ptxas 12.8 (Triton 3.6) caps the ISA at 8.7; a 12.8 driver reads 8.7."""
+    ptxas = {"12.8": aot.Ptxas(Path("ptxas"), "12.8"), "13.4": aot.Ptxas(Path("ptxas-blackwell"), "13.4")}
+    monkeypatch.setattr(aot, "triton_ptxas", lambda cc: ptxas["12.8"])
+    with pytest.raises(BuildError, match=r"sm_121 needs PTX ISA 8\.8 .*ptxas \(CUDA 12\.8\) writes at most 8\.7: "
+                                         "a newer Triton"):
+        aot.target_isa(121, "13.0")
+    assert aot.target_isa(120, "13.0") == (8, 7)  # sm_120a is named from 8.7
+    monkeypatch.setattr(aot, "triton_ptxas", lambda cc: ptxas["13.4"])
+    with pytest.raises(BuildError, match=r"sm_110 needs PTX ISA 9\.0 .*CUDA 12\.9 driver reads at most 8\.8"):
+        aot.target_isa(110, "12.9")
+    assert aot.target_isa(110, "13.0") == (9, 0) and aot.target_isa(87, "12.0") == (8, 0)
+    with pytest.raises(BuildError, match="sm_130 is newer than the dbunet kernels know"):
+        aot.target_isa(130, "13.0")
+
+
+def test_a_kernel_for_an_architecture_the_isa_cannot_name_is_an_error_not_an_abort():
+    """The real Triton, in a child process (an LLVM abort would end pytest): sm_121 PTX for a CUDA 12.8 driver
+    is a one-line BuildError, exit 1."""
+    code = ("from dbunet.errors import BuildError\n"
+            "from dbunet.plugins.tensorrt_plugins import plugin_kernel\n"
+            "try:\n    plugin_kernel('box_constraint', 'fp16', 121, '12.8', slots=16)\n"
+            "except BuildError as exc:\n    raise SystemExit(f'refused: {exc}')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the compiler, not the interpreter
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert run.returncode == 1 and "refused: sm_121 needs PTX ISA 8.8" in run.stderr, (run.returncode,
+                                                                                         run.stderr[-800:])
 
 
 def test_the_ptxas_triton_uses_is_found_and_read():
