@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable
@@ -18,9 +19,27 @@ EXIT_USER_ERROR = 2
 class Parser(argparse.ArgumentParser):
     """argparse with the CLI's error format: one `error:` line (no usage block), exit status 2."""
 
+    _argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)  # for error()'s hint
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"error: {message}{self._dash_value_hint(message)} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR)
+
+    def _dash_value_hint(self, message: str) -> str:
+        """argparse reads a value that starts with '-' and is not a plain number (`--box -0.1,0,1,1:cat`,
+        `--scale-delays -1:2`) as an option and says only "expected one argument": name the form it takes."""
+        match = re.match(r"argument (\S+): expected one argument", message)
+        if not match:
+            return ""
+        flags = match.group(1).split("/")
+        for flag, value in zip(self._argv, self._argv[1:], strict=False):
+            if flag in flags and value.startswith("-") and value not in self._option_string_actions:
+                return f"; a value that starts with '-' goes after '=': {flag}={value}"
+        return ""
 
 
 def path_arg(text: str) -> Path:
