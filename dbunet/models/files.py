@@ -53,3 +53,32 @@ def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]
         return load_file(str(path), device=device)
     except SafetensorError as exc:  # truncated, empty, or not safetensors at all
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def read_sharded_safetensors(index: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a sharded checkpoint (`<name>.safetensors.index.json`, as diffusers and transformers save one
+    past their shard size: an SDXL UNet in FP32 is two shards). The index must name shards in its own folder, and
+    every tensor it maps must be in the shard it names, once."""
+    weight_map = read_json_object(index).get("weight_map")
+    if not (isinstance(weight_map, dict) and weight_map
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+        raise WeightsError(f"{index}: weight_map must map tensor names to shard files")
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard or shard in (".", ".."):  # a path would read a file outside the folder
+            raise WeightsError(f"{index}: shard {shard!r} is not a file name in its folder")
+        tensors = read_safetensors(index.parent / shard) if (index.parent / shard).is_file() else None
+        if tensors is None:
+            raise WeightsError(f"{index}: its shard {shard} is missing")
+        listed = {name for name, file in weight_map.items() if file == shard}
+        if listed - tensors.keys():
+            raise WeightsError(f"{index.parent / shard} lacks {sorted(listed - tensors.keys())[0]!r}, which "
+                               f"{index.name} puts there")
+        twice = state.keys() & tensors.keys()
+        if twice:
+            raise WeightsError(f"{index.parent}: {sorted(twice)[0]!r} is in more than one shard")
+        state |= tensors
+    unlisted = state.keys() - weight_map.keys()
+    if unlisted:
+        raise WeightsError(f"{index}: {sorted(unlisted)[0]!r} is in a shard but not in the index")
+    return state

@@ -19,7 +19,7 @@ import torch
 from dbunet.config import DBUNetConfig, ModelConfig, SamplingDefaults, SDUNetConfig, TextEncoderConfig, VaeConfig, sd15
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import Model, build_model, load_state
-from dbunet.models.files import read_json_object, read_safetensors
+from dbunet.models.files import read_json_object, read_safetensors, read_sharded_safetensors
 from dbunet.schedulers.schedule import NoiseSchedule
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
     for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors"):
         if (folder / name).is_file():
             return {k: v.float() for k, v in read_safetensors(folder / name).items()}
+        if (folder / f"{name}.index.json").is_file():
+            return {k: v.float() for k, v in read_sharded_safetensors(folder / f"{name}.index.json").items()}
     legacy = folder / f"{stem}.bin"
     if legacy.is_file():
         try:
@@ -57,7 +59,8 @@ def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
         if wrong:  # weights_only also loads lists, numbers and nested dicts
             raise WeightsError(f"{legacy}: not a state dict of named tensors ({wrong}); convert it to safetensors")
         return {k: v.float() for k, v in state.items()}
-    raise WeightsError(f"no weights in {folder}: expected {stem}.safetensors")
+    raise WeightsError(f"no weights in {folder}: expected {stem}.safetensors (or {stem}.safetensors.index.json and "
+                       "its shards)")
 
 
 def _not_a_state_dict(state: Any) -> str | None:

@@ -106,8 +106,95 @@ def test_refuses_pickled_weights(sd_folder, tmp_path):
         with pytest.raises(WeightsError, match=f"not a state dict of named tensors \\({says}\\)"):
             load_sd_folder(root, base=tiny())
     (root / "vae" / "diffusion_pytorch_model.bin").unlink()
-    with pytest.raises(WeightsError, match="expected diffusion_pytorch_model.safetensors"):
+    with pytest.raises(WeightsError, match=r"expected diffusion_pytorch_model.safetensors \(or diffusion_pytorch_model"
+                                           r"\.safetensors\.index\.json and its shards\)"):
         load_sd_folder(root, base=tiny())
+
+
+def _shard(folder, model_class, size):
+    """Save a component again as its own library saves one past its shard size (an index and numbered shards, as
+    an SDXL UNet in FP32 is), in place of its whole file."""
+    import shutil
+
+    model_class.from_pretrained(folder).save_pretrained(folder.parent / "resaved", max_shard_size=size)
+    for whole in folder.glob("*.safetensors"):
+        whole.unlink()
+    for part in (folder.parent / "resaved").iterdir():
+        if part.name != "config.json":
+            shutil.move(part, folder / part.name)
+    shutil.rmtree(folder.parent / "resaved")
+
+
+@pytest.fixture(scope="module")
+def sharded_folder(sd_folder, tmp_path_factory):
+    import shutil
+
+    root = tmp_path_factory.mktemp("sharded") / "sd"
+    shutil.copytree(sd_folder, root)
+    _shard(root / "unet", UNet2DConditionModel, "300KB")
+    _shard(root / "text_encoder", CLIPTextModel, "100KB")
+    assert len(list((root / "unet").glob("diffusion_pytorch_model-*-of-*.safetensors"))) > 2
+    return root
+
+
+@pytest.mark.parametrize("arch", ["dbunet", "sd1"])
+def test_a_sharded_checkpoint_loads_as_its_whole_files(sd_folder, sharded_folder, arch):
+    """diffusers and transformers shard what passes their shard size (an SDXL UNet in FP32); before, such a folder
+    was "no weights". The same tensors, to the bit, as from the whole files."""
+    whole, _ = load_sd_folder(sd_folder, base=tiny(), arch=arch)
+    sharded, _ = load_sd_folder(sharded_folder, base=tiny(), arch=arch)
+    want, got = whole.cascade.state_dict(), sharded.cascade.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def _index(root):
+    return root / "unet" / "diffusion_pytorch_model.safetensors.index.json"
+
+
+def _edit_index(root, change):
+    index = json.loads(_index(root).read_text())
+    change(index["weight_map"])
+    _index(root).write_text(json.dumps(index))
+
+
+def _first_two_shards(root):
+    weight_map = json.loads(_index(root).read_text())["weight_map"]
+    return [root / "unet" / s for s in sorted(set(weight_map.values()))[:2]]
+
+
+def _in_two_shards(root):
+    from safetensors.torch import save_file
+
+    first, second = _first_two_shards(root)
+    save_file({**load_file(str(second)), **dict(list(load_file(str(first)).items())[:1])}, str(second))
+
+
+def _listed_in_another(root):
+    first, second = _first_two_shards(root)
+    name = next(iter(load_file(str(first))))
+    _edit_index(root, lambda m: m.__setitem__(name, second.name))
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda r: _index(r).write_text("{oops"), "safetensors.index.json: not valid JSON"),
+    (lambda r: _index(r).write_text('{"metadata": {}}'), "weight_map must map tensor names to shard files"),
+    (lambda r: _edit_index(r, lambda m: m.update({k: 7 for k in list(m)[:1]})), "weight_map must map"),
+    (lambda r: _edit_index(r, lambda m: m.update({k: "../vae/diffusion_pytorch_model.safetensors" for k in m})),
+     "shard '../vae/diffusion_pytorch_model.safetensors' is not a file name in its folder"),
+    (lambda r: _first_two_shards(r)[0].unlink(), "its shard diffusion_pytorch_model-00001-of-.* is missing"),
+    (lambda r: _truncate(_first_two_shards(r)[1]), "00002-of-.*safetensors: not a readable safetensors file"),
+    (_listed_in_another, "00002-of-.*safetensors lacks '.*', which diffusion_pytorch_model.safetensors.index.json"),
+    (_in_two_shards, "is in more than one shard"),
+    (lambda r: _edit_index(r, lambda m: m.pop(next(iter(m)))), "is in a shard but not in the index"),
+])
+def test_a_damaged_sharded_checkpoint_is_one_error_naming_the_file(sharded_folder, tmp_path, damage, says):
+    import shutil
+
+    root = tmp_path / "sd"
+    shutil.copytree(sharded_folder, root)
+    damage(root)
+    with pytest.raises(WeightsError, match=says):
+        load_sd_folder(root, base=tiny(), arch="sd1")
 
 
 def test_the_sdxl_preset_has_sdxl_base_sizes():
