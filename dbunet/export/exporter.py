@@ -275,6 +275,23 @@ def _save(graph, precision: str, note: str = "", tolerance: str | None = None, *
     return artifact, result
 
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # a single-file checkpoint's names
+
+
+def check_weights_path(weights: Path) -> None:
+    """--weights names a folder: a dbunet model folder, or a diffusers SD 1.x/2.x or SDXL one."""
+    if not weights.exists():
+        raise WeightsError(f"--weights {weights} does not exist")
+    if weights.is_dir():
+        return
+    hint = ""
+    if weights.suffix.lower() in CHECKPOINT_SUFFIXES:  # civitai-style and original LDM checkpoints are one file
+        hint = ("; a single-file checkpoint becomes one with diffusers: StableDiffusionPipeline (SDXL: "
+                "StableDiffusionXLPipeline).from_single_file(FILE), then .save_pretrained(DIR)")
+    raise WeightsError(f"--weights {weights} is a file, not a folder (a dbunet model folder, or a diffusers "
+                       f"SD 1.x/2.x or SDXL folder){hint}")
+
+
 def export(options: ExportOptions, report: Report = log.info) -> Manifest:
     """Write the artifacts to a staging directory beside `options.out` and switch over when complete:
     an interrupted export leaves the previous artifacts in place (dbunet.export.staging)."""
@@ -285,9 +302,8 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
         from dbunet.plugins.aot import check_toolchain
 
         check_toolchain(options.ptx_targets)
-    if options.weights is not None and not Path(options.weights).is_dir():
-        raise WeightsError(f"--weights {options.weights} is not a directory (a dbunet model folder or a diffusers "
-                           "SD 1.x folder)")
+    if options.weights is not None:
+        check_weights_path(Path(options.weights))
     # resolved: `--out .` names a directory, and two spellings of one directory (a symlink) share one lock
     with staged(Path(options.out).resolve()) as stage:
         return _export_into(options, stage, report)
