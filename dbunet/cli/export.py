@@ -49,9 +49,10 @@ def parser() -> argparse.ArgumentParser:
                             "gae, refiner_step)")
     graph.add_argument("--ptx", nargs="*", metavar="TARGET[:CUDA]",
                        help="also compile the fused Triton kernels to PTX for TensorRT plugins, of the PTX ISA the "
-                            "target's CUDA driver reads (no GPU needed). TARGET: sm_87, sm_89, sm_90, optionally "
-                            "with the CUDA release, e.g. sm_87:12.6 (defaults: sm_87 12.6 = JetPack 6, sm_89 and "
-                            "sm_90 12.8); no TARGET: all three")
+                            "target's CUDA driver reads (no GPU needed). TARGET: sm_87 (Jetson Orin), sm_89, sm_90, "
+                            "sm_100, sm_110 (Jetson Thor), sm_120, optionally with the CUDA release, e.g. sm_87:12.6 "
+                            "(defaults: sm_87 12.6 = JetPack 6, sm_110 13.0 = JetPack 7, the others 12.8); no TARGET: "
+                            "every target the installed Triton can compile for")
     trace = p.add_argument_group("tracing and parity inputs (the graphs' sizes stay dynamic)")
     trace.add_argument("--height", type=int, help="image height, up to the model's maximum (default: the preset's)")
     trace.add_argument("--width", type=int, help="image width, up to the model's maximum (default: the preset's)")
@@ -81,6 +82,18 @@ def check_model_source(args) -> None:
                          "decide the model; leave --config out")
 
 
+def default_ptx_targets() -> tuple[str, ...]:
+    """`--ptx` alone: every target the installed Triton can compile for, saying which it cannot and why."""
+    from dbunet.plugins.aot import compilable_targets
+
+    targets, left_out = compilable_targets()
+    for name, why in left_out.items():
+        print(f"--ptx: {name} left out: {why}", file=sys.stderr)
+    if not targets:
+        raise InputError("--ptx: the installed Triton can compile for no target; name one to see why")
+    return targets
+
+
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
@@ -93,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         decomposed=args.decomposed, height=args.height, width=args.width, batch=args.batch,
         components=tuple(args.components) if args.components else None, arch=args.arch or ARCHITECTURES[0],
         refiner=args.refiner,
-        ptx_targets=tuple(args.ptx or ("sm_87", "sm_89", "sm_90")) if args.ptx is not None else (),
+        ptx_targets=tuple(args.ptx) if args.ptx else default_ptx_targets() if args.ptx is not None else (),
     )
     start = time.perf_counter()
 

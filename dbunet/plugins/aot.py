@@ -1,7 +1,8 @@
 """Ahead-of-time compilation of the Triton kernels to PTX, for TensorRT AOT plugins. No GPU needed.
 
 `triton.compile(..., target=GPUTarget("cuda", cc, 32))` lowers a kernel for any compute
-capability on a CPU-only machine. Targets: sm_87 (Jetson Orin), sm_89 (Ada), sm_90 (Hopper).
+capability on a CPU-only machine. Targets: sm_87 (Jetson Orin), sm_89 (Ada), sm_90 (Hopper), sm_100
+(Blackwell B200), sm_110 (Jetson Thor), sm_120 (Blackwell RTX).
 
 Triton >= 3.3 appends hidden pointer parameters (global and profile scratch) after the kernel's
 own; TensorRT's AOT launcher passes exactly inputs, int32 scalars and outputs. `strip_hidden_params`
@@ -12,6 +13,7 @@ Verified with Triton 3.9.0 (see SUPPORTED_TRITON).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from dbunet.errors import BuildError
 
-TARGETS = {"sm_87": 87, "sm_89": 89, "sm_90": 90}
+TARGETS = {"sm_87": 87, "sm_89": 89, "sm_90": 90, "sm_100": 100, "sm_110": 110, "sm_120": 120}
 SUPPORTED_TRITON = (">=3.3", "<3.10")  # the hidden-parameter layout checked here
 
 # A driver JIT-compiles PTX up to the ISA of its own CUDA release and refuses newer PTX. Triton writes the
@@ -33,8 +35,9 @@ CUDA_PTX_ISA = {
     (12, 0): (8, 0), (12, 1): (8, 1), (12, 2): (8, 2), (12, 3): (8, 3), (12, 4): (8, 4), (12, 5): (8, 5),
     (12, 6): (8, 5), (12, 8): (8, 7), (12, 9): (8, 8), (13, 0): (9, 0),
 }
-# What each target usually runs: Jetson Orin on JetPack 6 (CUDA 12.6); Ada and Hopper on 12.8+ drivers
-DEFAULT_CUDA = {"sm_87": "12.6", "sm_89": "12.8", "sm_90": "12.8"}
+# What each target usually runs: Jetson Orin on JetPack 6 (CUDA 12.6); Ada, Hopper and Blackwell on 12.8+ drivers;
+# Jetson Thor on JetPack 7 (CUDA 13.0, where sm_110 got its name: ISA 9.0, so a ptxas of CUDA 13 too)
+DEFAULT_CUDA = {"sm_87": "12.6", "sm_89": "12.8", "sm_90": "12.8", "sm_100": "12.8", "sm_110": "13.0", "sm_120": "12.8"}
 
 
 def isa_for_cuda(cuda: str) -> tuple[int, int]:
@@ -168,9 +171,10 @@ def _pow2(n: int, floor: int = 16) -> int:
 
 # Block sizes, warps and pipeline stages per kernel, dtype and head size, chosen with `ptxas -v` over a grid
 # of candidates (sm_87, PTX ISA 8.5): no register spills, <= 48 KB of shared memory (no opt-in launch
-# attribute needed, and two blocks fit an SM on sm_87, sm_89 and sm_90), <= 200 registers (headroom for the
-# other targets; two blocks per SM). tests/plugins/test_aot.py assembles every configuration below for the
-# oldest and newest target and fails on a spill. Stages None = Triton's default (3 on these targets).
+# attribute needed, and two blocks fit an SM on every target: each has at least 100 KB), <= 200 registers
+# (headroom for the other targets; two blocks per SM of 64K registers, as every target has).
+# tests/plugins/test_aot.py assembles every configuration below for the oldest target, Hopper and Blackwell
+# under the newest driver, and fails on a spill. Stages None = Triton's default (3 on these targets).
 _BOX_CONFIG = {  # dtype -> (constants, warps, stages); BLOCK_N follows the box slots
     "fp16": ({"BLOCK_P": 64, "BLOCK_D": 32, "BLOCK_C": 32}, 4, None),  # 157 registers, 8 KB shared
     "fp32": ({"BLOCK_P": 64, "BLOCK_D": 32, "BLOCK_C": 32}, 8, None),  # 122 registers, 24 KB shared
@@ -232,6 +236,27 @@ class CompiledKernel:
     shared_mem: int
     constants: dict
     target: str
+    stages: int | None = None  # software pipeline stages; None: Triton's default
+
+
+SHARED_WITHOUT_OPT_IN = 48 * 1024  # dynamic shared memory a launch gets without cuFuncSetAttribute
+TRITON_DEFAULT_STAGES = 3  # what num_stages=None means on every target here
+
+
+def compile_config(kernel: str, dtype: str, cc: int, isa: tuple[int, int] | None = None, **shape) -> CompiledKernel:
+    """The kernel configuration for `shape` (kernel_config) compiled for `cc`. Where its pipeline stages need more
+    than 48 KB of shared memory on that architecture (sm_100's tensor-core path keeps barriers there too: 24 bytes
+    past 48 KB for FP16 attention at head size 128), one stage fewer until it fits; refused if one does not."""
+    config = kernel_config(kernel, dtype, **shape)
+    stages = config.num_stages
+    while True:
+        compiled = compile_ptx(kernel, dtype, cc, config.num_warps, isa, stages, **config.constants)
+        if compiled.shared_mem <= SHARED_WITHOUT_OPT_IN:
+            return dataclasses.replace(compiled, stages=stages)
+        stages = (stages or TRITON_DEFAULT_STAGES) - 1
+        if stages < 1:
+            raise BuildError(f"{kernel} ({dtype}, {shape}) needs {compiled.shared_mem} B of shared memory on "
+                             f"sm_{cc} in one stage, more than the {SHARED_WITHOUT_OPT_IN} B a launch gets")
 
 
 def _check_compiler() -> None:
@@ -251,7 +276,21 @@ def check_toolchain(targets: tuple[str, ...]) -> None:
         raise BuildError("--ptx compiles the kernels with Triton, which is not installed; pip install -e "
                          "'.[plugins]'") from None
     for target in map(PtxTarget.parse, targets):
-        triton_ptxas(target.cc)  # found, run, and its release read
+        target.isa  # noqa: B018 -- its ptxas found, run and read, and an ISA both it and the driver take
+
+
+def compilable_targets() -> tuple[tuple[str, ...], dict[str, str]]:
+    """What `--ptx` without a target compiles: every target this Triton's ptxas can write PTX for at its default
+    CUDA release (Triton 3.6's ptxas 12.9 cannot write the ISA 9.0 that names sm_110), and why each other is not."""
+    check_toolchain(())
+    usable, left_out = [], {}
+    for name in TARGETS:
+        try:
+            PtxTarget.parse(name).isa  # noqa: B018 -- raises where no ISA fits
+            usable.append(name)
+        except BuildError as exc:
+            left_out[name] = str(exc)
+    return tuple(usable), left_out
 
 
 def _kernel_fn(kernel: str):
@@ -325,14 +364,12 @@ def write_ptx(out_dir, targets: tuple[str, ...], dtypes: tuple[str, ...] = ("fp1
     for kernel in _KERNELS:
         for dtype in dtypes:
             for target in parsed:
-                config = kernel_config(kernel, dtype)
-                c = compile_ptx(kernel, dtype, target.cc, config.num_warps, target.isa, config.num_stages,
-                                **config.constants)
+                c = compile_config(kernel, dtype, target.cc, target.isa)
                 path = Path(out_dir) / f"{kernel}.{dtype}.{target.name}.ptx"
                 atomic.write_text(path, c.ptx)
                 entries.append({"kernel": kernel, "dtype": dtype, "target": target.name, "cuda": target.cuda,
                                 "ptx_isa": ".".join(map(str, target.isa)), "file": path.name, "entry": c.name,
-                                "num_warps": c.num_warps, "shared_mem": c.shared_mem,
+                                "num_warps": c.num_warps, "num_stages": c.stages, "shared_mem": c.shared_mem,
                                 "constants": {k: v for k, v in c.constants.items()}})
     return entries
 

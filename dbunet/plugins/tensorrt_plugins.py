@@ -95,11 +95,10 @@ def plugin_kernel(kernel: str, dtype: str, cc: int, driver_cuda: str | None = No
     """The PTX an AOT implementation returns: the kernel configuration for `shape`, at the ISA both a CUDA
     `driver_cuda` driver and this Triton's ptxas accept (None: Triton's newest), refused if that driver could
     not load it. The GPU check (tools/gpu_check.py) launches exactly this."""
-    from dbunet.plugins.aot import compile_ptx, kernel_config, require_driver_reads, target_isa
+    from dbunet.plugins.aot import compile_config, require_driver_reads, target_isa
 
-    config = kernel_config(kernel, dtype, **shape)
     isa = target_isa(cc, driver_cuda) if driver_cuda else None
-    compiled = compile_ptx(kernel, dtype, cc, config.num_warps, isa, config.num_stages, **config.constants)
+    compiled = compile_config(kernel, dtype, cc, isa, **shape)
     if driver_cuda:
         require_driver_reads(compiled.ptx, driver_cuda, f"{kernel} ({dtype}, sm_{cc})")
     return compiled

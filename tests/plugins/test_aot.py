@@ -62,6 +62,27 @@ def test_no_kernel_spills_and_two_blocks_fit_an_sm(compiled):
     assert not problems, "\n".join(problems)
 
 
+def test_sm100_attention_drops_a_pipeline_stage_to_fit_48_kb(compiled):
+    """On sm_100 Triton's tensor-core path keeps its barriers in shared memory: FP16 attention at head size 128
+    needs 24 bytes past 48 KB with Triton's default stages. compile_config takes stages away until it fits."""
+    row = compiled["spatial_attention/fp16/sm_100:13.0/dk128dv64"]
+    assert row["shared"] <= 48 * 1024 and row["stages"] is not None and row["stages"] < 3, row["shared"]
+    assert compiled["spatial_attention/fp16/sm_90:13.0/dk128dv64"]["stages"] is None  # Hopper keeps the default
+
+
+def test_a_configuration_that_fits_in_no_stage_is_refused(monkeypatch):
+    tried = []
+
+    def too_big(kernel, dtype, cc, warps, isa, stages, **constants):
+        tried.append(stages)
+        return aot.CompiledKernel("k", "", warps, 64 * 1024, constants, f"sm_{cc}")
+
+    monkeypatch.setattr(aot, "compile_ptx", too_big)
+    with pytest.raises(BuildError, match="needs 65536 B of shared memory on sm_100 in one stage, more than the 49152"):
+        aot.compile_config("spatial_attention", "fp16", 100, (9, 0), dk=128, dv=64)
+    assert tried == [None, 2, 1]
+
+
 def test_hidden_parameters_are_only_stripped_when_unused():
     ptx = ".entry k(\n\t.param .u64 k_param_0,\n\t.param .u64 k_param_1\n)\n{\n\tld.param.u64 %rd1, [k_param_0];\n}\n"
     stripped = aot.strip_hidden_params(ptx, "k", 1)
@@ -102,6 +123,29 @@ def test_an_export_without_a_ptx_toolchain_is_refused_before_any_graph(tmp_path,
     monkeypatch.setitem(sys.modules, "triton", None)  # as where the `plugins` extra is not installed
     with pytest.raises(BuildError, match=r"--ptx compiles the kernels with Triton, which is not installed; pip "
                                          r"install -e '\.\[plugins\]'"):
+        exporter.export(options)
+
+
+def _triton_36(cc: int) -> aot.Ptxas:
+    """The ptxas Triton 3.6 (the GPU machine's) bundles per target, as tools/ptx_check.py read it there."""
+    return aot.Ptxas(Path("ptxas-blackwell"), "12.9") if cc >= 100 else aot.Ptxas(Path("ptxas"), "12.8")
+
+
+def test_ptx_alone_takes_every_target_this_triton_can_compile_for_and_says_which_not(tmp_path, monkeypatch, capsys):
+    from dbunet.cli import export as export_cli
+    from dbunet.export import exporter
+
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert export_cli.default_ptx_targets() == tuple(aot.TARGETS)  # the installed Triton 3.9: ptxas 13.4 from sm_90
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(aot, "triton_ptxas", _triton_36)  # ptxas 12.9 writes ISA 8.8; sm_110 is named from 9.0
+    assert export_cli.default_ptx_targets() == ("sm_87", "sm_89", "sm_90", "sm_100", "sm_120")
+    assert capsys.readouterr().err == ("--ptx: sm_110 left out: sm_110 needs PTX ISA 9.0 or newer, but this Triton's "
+                                       "ptxas (CUDA 12.9) writes at most 8.8: a newer Triton is needed\n")
+    # named, it is refused before any graph
+    monkeypatch.setattr(exporter, "staged", lambda out: pytest.fail("began the export before refusing"))
+    options = exporter.ExportOptions(config="tiny", components=("gae",), ptx_targets=("sm_110",), out=tmp_path / "a")
+    with pytest.raises(BuildError, match="sm_110 needs PTX ISA 9.0 or newer"):
         exporter.export(options)
 
 
