@@ -3,7 +3,8 @@
 Reads `vae/`, `text_encoder/`, `tokenizer/` and, when present, `unet/` (DB-UNet layers whose name
 and shape match a UNet2DConditionModel parameter take its weights; DCA, BoxConstraint and the
 rest keep their seeded initialisation) and `scheduler/scheduler_config.json`. Weights are read
-from safetensors; a legacy .bin only through torch.load(weights_only=True), never unpickled.
+from safetensors, whole or sharded (an index and its shards); a legacy .bin only through
+torch.load(weights_only=True), never unpickled.
 """
 
 from __future__ import annotations
