@@ -382,18 +382,16 @@ class ModelConfig:
             raise ConfigError(f"this {self.arch} model has no refiner: defaults.refiner_steps must be 0")
         if self.latent_refiner is not None:
             self._check_latent_refiner(arch)
-        if self.unet.in_channels != self.vae.latent_channels:
-            raise ConfigError(
-                f"dbunet.in_channels {self.unet.in_channels} != vae.latent_channels {self.vae.latent_channels}"
-            )
-        if self.unet.cross_attention_dim != self.text_width:
-            raise ConfigError(
-                f"dbunet.cross_attention_dim {self.unet.cross_attention_dim} != "
-                f"text hidden_size {self.text_width}"
-            )
-        if (self.text_2 is not None) != (arch.text_encoders == 2):
+        if (self.text_2 is not None) != (arch.text_encoders == 2):  # first: the text width below counts text_2
             raise ConfigError(f"arch {self.arch} takes {arch.text_encoders} text encoder(s): text_2 "
                               f"{'missing' if self.text_2 is None else 'given'}")
+        if self.unet.in_channels != self.vae.latent_channels:
+            raise ConfigError(
+                f"unet.in_channels {self.unet.in_channels} != vae.latent_channels {self.vae.latent_channels}"
+            )
+        if self.unet.cross_attention_dim != self.text_width:
+            raise ConfigError(f"unet.cross_attention_dim {self.unet.cross_attention_dim} != the text width "
+                              f"{self.text_width}" + (" (both encoders' hidden sizes)" if self.text_2 else ""))
         if arch.micro_conditioning:
             want = 6 * self.unet.addition_time_embed_dim + self.text_2.projection_dim
             if self.text_2.projection_dim < 1 or self.unet.projection_class_embeddings_input_dim != want:

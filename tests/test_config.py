@@ -48,6 +48,57 @@ def test_bad_configs_fail_at_construction(change, match):
         change(tiny())
 
 
+def _sdxl_refiner(**unet_changes):
+    """SDXL base with a latent refiner whose UNet attends to the second encoder alone (1280 wide), 5 time ids."""
+    from dbunet.config import LatentRefinerConfig, SDXLUNetConfig
+
+    unet = SDXLUNetConfig(cross_attention_dim=1280, projection_class_embeddings_input_dim=5 * 256 + 1280)
+    return LatentRefinerConfig(dataclasses.replace(unet, **unet_changes))
+
+
+def _with(name, **changes):
+    return lambda: dataclasses.replace(preset(name), **changes)
+
+
+# What ties a config's parts together (ModelConfig.__post_init__), each refused by name: before these rows only
+# the cross-attention width had a test here.
+@pytest.mark.parametrize("make, says", [
+    (lambda: dataclasses.replace(tiny(), unet=dataclasses.replace(tiny().unet, in_channels=8)),
+     "unet.in_channels 8 != vae.latent_channels 4"),
+    (lambda: dataclasses.replace(tiny(), arch="sd1"), "arch sd1 needs a SDUNetConfig as its unet, got DBUNetConfig"),
+    (lambda: dataclasses.replace(tiny(), text_2=preset("sdxl").text_2), r"arch dbunet takes 1 text encoder\(s\): "
+                                                                         "text_2 given"),
+    (_with("sdxl", text_2=None), r"arch sdxl takes 2 text encoder\(s\): text_2 missing"),
+    (_with("sdxl", defaults=dataclasses.replace(preset("sdxl").defaults, refiner_steps=5)),
+     "this sdxl model has no refiner: defaults.refiner_steps must be 0"),
+    (_with("sdxl", unet=dataclasses.replace(preset("sdxl").unet, projection_class_embeddings_input_dim=2815)),
+     "projection_class_embeddings_input_dim must be 6 x addition_time_embed_dim \\+ text_2.projection_dim = 2816, "
+     "got 2815"),
+    (lambda: dataclasses.replace(tiny(), defaults=dataclasses.replace(tiny().defaults, height=100)),
+     "default image size must be a multiple of 8"),
+    (lambda: dataclasses.replace(tiny(), defaults=dataclasses.replace(tiny().defaults, max_width=64)),
+     "need 8 <= default <= maximum <= "),
+    (lambda: dataclasses.replace(tiny(), latent_refiner=_sdxl_refiner()), "arch dbunet takes no latent refiner"),
+    (_with("sdxl", latent_refiner=_sdxl_refiner(cross_attention_dim=2048)),
+     "latent_refiner: its UNet attends to both text encoders"),
+    (_with("sdxl", latent_refiner=_sdxl_refiner(cross_attention_dim=1024)),
+     "latent_refiner: its UNet must attend to the second text encoder's width 1280"),
+    (_with("sdxl", latent_refiner=_sdxl_refiner(projection_class_embeddings_input_dim=2816)),
+     r"latent_refiner: projection_class_embeddings_input_dim must be 5 x addition_time_embed_dim"),
+    (_with("sdxl", latent_refiner=_sdxl_refiner(),
+           defaults=dataclasses.replace(preset("sdxl").defaults, high_noise_frac=1.0)),
+     "defaults.high_noise_frac must lie strictly between 0 and 1"),
+])
+def test_parts_that_do_not_fit_together_are_refused(make, says):
+    with pytest.raises(ConfigError, match=says):
+        make()
+
+
+def test_an_sdxl_base_with_its_refiner_fits():
+    cfg = dataclasses.replace(preset("sdxl"), latent_refiner=_sdxl_refiner())
+    assert cfg.has_latent_refiner and ModelConfig.from_json(cfg.to_json()) == cfg
+
+
 def test_unknown_fields_and_presets_are_named():
     data = tiny().to_dict()
     data["unet"]["channels"] = 3
