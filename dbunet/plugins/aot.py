@@ -91,7 +91,7 @@ def target_isa(cc: int, driver_cuda: str) -> tuple[int, int]:
     """The PTX ISA for compute capability `cc` under a CUDA `driver_cuda` driver, assembled by this Triton."""
     if cc > max(ARCH_MIN_ISA):
         raise BuildError(f"sm_{cc} is newer than the dbunet kernels know (up to sm_{max(ARCH_MIN_ISA)}): no PTX "
-                         "ISA for it can be chosen")
+                         "ISA for it can be chosen; a newer dbunet is needed")
     ptxas = triton_ptxas(cc)
     driver_isa, ptxas_isa = isa_for_cuda(driver_cuda), isa_for_cuda(ptxas.release)
     isa, least = min(driver_isa, ptxas_isa), ARCH_MIN_ISA.get(cc, (0, 0))
