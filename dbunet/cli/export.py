@@ -13,6 +13,7 @@ from dbunet.cli.common import Parser, guarded, path_arg
 from dbunet.config import ARCHITECTURES, DEFAULT_PRESET
 from dbunet.errors import InputError, WeightsError
 from dbunet.export.specs import MAX_TRACE_BATCH
+from dbunet.plugins.aot import DEFAULT_CUDA, TARGETS
 
 DESCRIPTION = """Export every component of the cascade (text_encoder, dbunet, vae_decoder, vae_encoder,
 refiner_encoder, gae, refiner_unet) to ONNX, and the whole-step graphs the runtime's loops run
@@ -49,10 +50,11 @@ def parser() -> argparse.ArgumentParser:
                             "gae, refiner_step)")
     graph.add_argument("--ptx", nargs="*", metavar="TARGET[:CUDA]",
                        help="also compile the fused Triton kernels to PTX for TensorRT plugins, of the PTX ISA the "
-                            "target's CUDA driver reads (no GPU needed). TARGET: sm_87 (Jetson Orin), sm_89, sm_90, "
-                            "sm_100, sm_110 (Jetson Thor), sm_120, optionally with the CUDA release, e.g. sm_87:12.6 "
-                            "(defaults: sm_87 12.6 = JetPack 6, sm_110 13.0 = JetPack 7, the others 12.8); no TARGET: "
-                            "every target the installed Triton can compile for")
+                            "target's CUDA driver reads (no GPU needed). TARGET: one of "
+                            f"{', '.join(TARGETS)} (sm_87: Jetson Orin, sm_110: Jetson Thor), optionally with the "
+                            "CUDA release, e.g. sm_87:12.6 (default releases: "
+                            f"{', '.join(f'{t} {c}' for t, c in DEFAULT_CUDA.items())}); no TARGET: every target the "
+                            "installed Triton can compile for")
     trace = p.add_argument_group("tracing and parity inputs (the graphs' sizes stay dynamic)")
     trace.add_argument("--height", type=int, help="image height, up to the model's maximum (default: the preset's)")
     trace.add_argument("--width", type=int, help="image width, up to the model's maximum (default: the preset's)")
