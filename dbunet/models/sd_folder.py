@@ -60,6 +60,9 @@ def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
         if wrong:  # weights_only also loads lists, numbers and nested dicts
             raise WeightsError(f"{legacy}: not a state dict of named tensors ({wrong}); convert it to safetensors")
         return {k: v.float() for k, v in state.items()}
+    if (folder / f"{stem}.bin.index.json").is_file():  # shards of pickles: each would need torch.load
+        raise WeightsError(f"{folder}: sharded .bin weights ({stem}.bin.index.json) are not read; save them as "
+                           "safetensors (save_pretrained writes safetensors by default)")
     raise WeightsError(f"no weights in {folder}: expected {stem}.safetensors (or {stem}.safetensors.index.json and "
                        "its shards)")
 

@@ -109,6 +109,10 @@ def test_refuses_pickled_weights(sd_folder, tmp_path):
     with pytest.raises(WeightsError, match=r"expected diffusion_pytorch_model.safetensors \(or diffusion_pytorch_model"
                                            r"\.safetensors\.index\.json and its shards\)"):
         load_sd_folder(root, base=tiny())
+    (root / "vae" / "diffusion_pytorch_model.bin.index.json").write_text('{"weight_map": {}}')
+    with pytest.raises(WeightsError, match=r"sharded \.bin weights \(diffusion_pytorch_model\.bin\.index\.json\) "
+                                           "are not read; save them as safetensors"):
+        load_sd_folder(root, base=tiny())
 
 
 def _shard(folder, model_class, size):
