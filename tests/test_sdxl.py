@@ -143,3 +143,13 @@ def test_a_pipeline_flag_that_is_not_a_json_bool_is_refused(sdxl_folder, tmp_pat
         sdxl_config_from_folder(root)
     (root / file).write_text(json.dumps({**data, key: False}))
     assert sdxl_config_from_folder(root) is not None
+
+
+def test_an_sdxl_folder_exported_as_sd1_is_named_as_sdxl(sdxl_folder):
+    # before: "cannot honour addition_embed_type='text_time', ... (a plain SD 1.x/2.x UNet leaves them at their
+    # defaults)", which names the UNet's settings and not the folder's kind
+    from dbunet.errors import ConfigError
+    from dbunet.models.sd_folder import sd1_config_from_folder
+
+    with pytest.raises(ConfigError, match="is an SDXL folder \\(it has text_encoder_2/\\): export it with --arch sdxl"):
+        sd1_config_from_folder(sdxl_folder)

@@ -219,6 +219,8 @@ def _normalise(value):
 def sd1_config_from_folder(root: str | Path) -> ModelConfig:
     """--arch sd1: the folder's own UNet, VAE, text encoder and scheduler, without boxes or refiner."""
     root = Path(root)
+    if (root / "text_encoder_2").is_dir():  # else refused as a UNet with settings a plain SD UNet lacks
+        raise ConfigError(f"{root} is an SDXL folder (it has text_encoder_2/): export it with --arch sdxl")
     text, vae = _text_and_vae_config(root)
     unet_json = root / "unet" / "config.json"
     if not unet_json.is_file():
