@@ -165,6 +165,19 @@ def test_the_base_folder_given_as_refiner_is_named_as_such(sdxl_folder):
         import_sdxl(sdxl_folder, sdxl_folder)
 
 
+@pytest.mark.parametrize("arch", ["sdxl", "sd1", "dbunet"])
+def test_the_refiner_folder_given_as_weights_is_named_as_such(sdxl_refiner_folder, tmp_path, arch):
+    # before: "expected a dbunet model folder ... or a diffusers Stable Diffusion 1.x folder", with no word of SDXL
+    from dbunet.errors import WeightsError
+    from dbunet.export.exporter import ExportOptions, export
+
+    options = ExportOptions(weights=sdxl_refiner_folder, arch=arch, out=tmp_path / "out")
+    with pytest.raises(WeightsError, match=r"is an SDXL refiner folder \(text_encoder_2/ without text_encoder/\): "
+                                           "give the base folder as --weights and this one as --refiner"):
+        export(options, report=lambda line: None)
+    assert not (tmp_path / "out").exists()
+
+
 def _edit_json(path, **changes):
     import json
 

@@ -178,8 +178,11 @@ def load_source_model(options: ExportOptions, out: Path) -> tuple[Model, str]:
 
         save_model(model, model_dir)  # the DB-UNet's new layers exist only here
         return model, "model"
+    if (weights / "text_encoder_2").is_dir() and (weights / "unet").is_dir():  # the second encoder alone
+        raise WeightsError(f"{weights} is an SDXL refiner folder (text_encoder_2/ without text_encoder/): give the "
+                           "base folder as --weights and this one as --refiner, with --arch sdxl")
     raise WeightsError(f"{weights}: expected a dbunet model folder (config.json + model.safetensors) "
-                       "or a diffusers Stable Diffusion 1.x folder (vae/, text_encoder/, tokenizer/)")
+                       "or a diffusers Stable Diffusion 1.x/2.x or SDXL folder (vae/, text_encoder/, tokenizer/, ...)")
 
 
 def export_tokenizer(tokenizer, out: Path, name: str = "tokenizer.json") -> dict[str, str]:
