@@ -37,7 +37,7 @@ class Parser(argparse.ArgumentParser):
             return ""
         flags = match.group(1).split("/")
         for flag, value in zip(self._argv, self._argv[1:], strict=False):
-            if flag in flags and value.startswith("-") and value not in self._option_string_actions:
+            if flag in flags and value[:1] == "-" and value[:2] != "--" and value not in self._option_string_actions:
                 return f"; a value that starts with '-' goes after '=': {flag}={value}"
         return ""
 
