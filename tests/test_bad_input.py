@@ -295,6 +295,8 @@ CASES = [
          ("--out", "{out}", "--weights", "{art}/model/model.safetensors"),
          "is a file, not a folder (a dbunet model folder, or a diffusers SD 1.x/2.x or SDXL folder); a single-file "
          "checkpoint becomes one with diffusers"),
+    Case("export weights an artifacts directory", "export", ("--out", "{out}", "--weights", "{art}"),
+         "is an artifacts directory written by dbunet-export; the model folder it was exported from is "),
     Case("export weights a file", "export", ("--out", "{out}", "--weights", "{art}/manifest.json"),
          "manifest.json is a file, not a folder (a dbunet model folder, or a diffusers SD 1.x/2.x or SDXL folder)"),
     Case("export weights truncated", "export", ("--out", "{out}", "--weights", "{art}/model"),

@@ -178,6 +178,9 @@ def load_source_model(options: ExportOptions, out: Path) -> tuple[Model, str]:
 
         save_model(model, model_dir)  # the DB-UNet's new layers exist only here
         return model, "model"
+    if (weights / "manifest.json").is_file() and is_model_folder(weights / "model"):  # an export's output
+        raise WeightsError(f"{weights} is an artifacts directory written by dbunet-export; the model folder it was "
+                           f"exported from is {weights / 'model'}")
     if (weights / "text_encoder_2").is_dir() and (weights / "unet").is_dir():  # the second encoder alone
         raise WeightsError(f"{weights} is an SDXL refiner folder (text_encoder_2/ without text_encoder/): give the "
                            "base folder as --weights and this one as --refiner, with --arch sdxl")
