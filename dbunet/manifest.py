@@ -123,6 +123,15 @@ class Artifact:
                    d.get("decomposed", False), d.get("note", ""), d.get("parity", {}))
 
 
+def export_hint(directory: Path) -> str:
+    """What a folder without a manifest is instead, where that is recognisable: a model to export first."""
+    if (directory / "config.json").is_file() and (directory / "model.safetensors").is_file():
+        return f"; it is a dbunet model folder: export it first (dbunet-export --weights {shown(directory)})"
+    if (directory / "model_index.json").is_file() or ((directory / "unet").is_dir() and (directory / "vae").is_dir()):
+        return f"; it is a diffusers folder: export it first (dbunet-export --weights {shown(directory)} --arch ...)"
+    return ""
+
+
 @dataclass
 class Manifest:
     config: ModelConfig
@@ -198,7 +207,7 @@ class Manifest:
             raise ArtifactError(f"artifacts directory {directory} does not exist; run dbunet-export first")
         if not path.is_file():
             raise ArtifactError(f"{shown(directory)} has no {MANIFEST}: not an artifacts directory, or its export "
-                                "did not finish")
+                                f"did not finish{export_hint(directory)}")
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise ArtifactError(f"{shown(path)} is {path.stat().st_size} bytes, not a manifest dbunet-export writes; "
                                 "refusing to read it")

@@ -295,6 +295,9 @@ CASES = [
          ("--out", "{out}", "--weights", "{art}/model/model.safetensors"),
          "is a file, not a folder (a dbunet model folder, or a diffusers SD 1.x/2.x or SDXL folder); a single-file "
          "checkpoint becomes one with diffusers"),
+    Case("run artifacts a model folder", "run", ("--artifacts", "{art}/model", "--prompt", "x", "--output", "{out}"),
+         "has no manifest.json: not an artifacts directory, or its export did not finish; it is a dbunet model "
+         "folder: export it first (dbunet-export --weights "),
     Case("export weights an artifacts directory", "export", ("--out", "{out}", "--weights", "{art}"),
          "is an artifacts directory written by dbunet-export; the model folder it was exported from is "),
     Case("export weights a file", "export", ("--out", "{out}", "--weights", "{art}/manifest.json"),
@@ -377,6 +380,8 @@ CASES = [
     Case("build unpaired sizes", "build", ("--artifacts", "{art}", "--height", "64"), "error"),
     # dbunet-serve: refused before Ray starts
     Case("serve artifacts missing", "serve", ("--artifacts", "{tmp}/nothing"), "no manifest.json"),
+    Case("serve artifacts a model folder", "serve", ("--artifacts", "{art}/model"),
+         "no manifest.json; it is a dbunet model folder: export it first (dbunet-export --weights "),
     Case("serve autoscale backwards", "serve", ("--artifacts", "{art}", "--autoscale", "4:2"), "MIN:MAX"),
     Case("serve autoscale not numbers", "serve", ("--artifacts", "{art}", "--autoscale", "a:b"), "MIN:MAX"),
     Case("serve delays not numbers", "serve", ("--artifacts", "{art}", "--autoscale", "1:2", "--scale-delays",

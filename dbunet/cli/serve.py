@@ -84,6 +84,7 @@ def check_listen(host: str, port: int) -> None:
 
 
 def options_from(args):
+    from dbunet.manifest import export_hint
     from dbunet.serve.app import ServeOptions
 
     if not (math.isfinite(args.timeout) and args.timeout > 0):  # the other options' rules are ServeOptions'
@@ -93,7 +94,8 @@ def options_from(args):
     if args.scale_delays is not None and not args.autoscale:
         raise InputError("--scale-delays goes with --autoscale: a fixed number of replicas does not scale")
     if not (args.artifacts / "manifest.json").is_file():
-        raise InputError(f"--artifacts {args.artifacts}: no manifest.json (run dbunet-export first)")
+        raise InputError(f"--artifacts {args.artifacts}: no manifest.json"
+                         + (export_hint(args.artifacts) or " (run dbunet-export first)"))
     delays = {"scale_delays": parse_delays(args.scale_delays)} if args.scale_delays is not None else {}
     return ServeOptions(args.artifacts.resolve(), args.backend, args.precision, args.replicas,
                         parse_autoscale(args.autoscale) if args.autoscale else None, num_cpus=args.num_cpus,
