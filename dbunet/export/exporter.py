@@ -52,7 +52,7 @@ Report = Callable[[str], None]
 @dataclass(frozen=True)
 class ExportOptions:
     config: str = "tiny"  # preset name or a config JSON file (the API keeps the test model; dbunet-export: shapes)
-    weights: Path | None = None  # a dbunet model folder or a diffusers SD 1.x folder
+    weights: Path | None = None  # a dbunet model folder, or a diffusers SD 1.x/2.x or SDXL folder
     out: Path = DEFAULT_ARTIFACTS
     fp16: bool = False
     opset: int = 18

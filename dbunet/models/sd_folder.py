@@ -1,4 +1,4 @@
-"""Import a local diffusers-format Stable Diffusion 1.x folder.
+"""Import a local diffusers-format Stable Diffusion 1.x/2.x folder (SDXL: dbunet.models.sdxl_folder).
 
 Reads `vae/`, `text_encoder/`, `tokenizer/` and, when present, `unet/` (DB-UNet layers whose name
 and shape match a UNet2DConditionModel parameter take its weights; DCA, BoxConstraint and the
