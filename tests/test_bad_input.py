@@ -300,6 +300,13 @@ CASES = [
          "folder: export it first (dbunet-export --weights "),
     Case("export weights an artifacts directory", "export", ("--out", "{out}", "--weights", "{art}"),
          "is an artifacts directory written by dbunet-export; the model folder it was exported from is "),
+    Case("export refiner missing", "export",
+         ("--out", "{out}", "--weights", "{tmp}", "--arch", "sdxl", "--refiner", "{tmp}/nothing"),
+         "/nothing does not exist"),
+    Case("export refiner a single-file checkpoint", "export",
+         ("--out", "{out}", "--weights", "{tmp}", "--arch", "sdxl", "--refiner", "{art}/model/model.safetensors"),
+         "model.safetensors is a file, not a folder (an SDXL refiner folder); a single-file checkpoint becomes one "
+         "with diffusers: StableDiffusionXLImg2ImgPipeline.from_single_file(FILE)"),
     Case("export weights a file", "export", ("--out", "{out}", "--weights", "{art}/manifest.json"),
          "manifest.json is a file, not a folder (a dbunet model folder, or a diffusers SD 1.x/2.x or SDXL folder)"),
     Case("export weights truncated", "export", ("--out", "{out}", "--weights", "{art}/model"),

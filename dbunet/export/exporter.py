@@ -284,18 +284,18 @@ def _save(graph, precision: str, note: str = "", tolerance: str | None = None, *
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # a single-file checkpoint's names
 
 
-def check_weights_path(weights: Path) -> None:
-    """--weights names a folder: a dbunet model folder, or a diffusers SD 1.x/2.x or SDXL one."""
-    if not weights.exists():
-        raise WeightsError(f"--weights {weights} does not exist")
-    if weights.is_dir():
+def check_source_folder(path: Path, flag: str, kinds: str, pipeline: str) -> None:
+    """--weights and --refiner name folders (`kinds`); a single file is most often a one-file checkpoint, which
+    diffusers' `pipeline` class turns into a folder."""
+    if not path.exists():
+        raise WeightsError(f"{flag} {path} does not exist")
+    if path.is_dir():
         return
     hint = ""
-    if weights.suffix.lower() in CHECKPOINT_SUFFIXES:  # civitai-style and original LDM checkpoints are one file
-        hint = ("; a single-file checkpoint becomes one with diffusers: StableDiffusionPipeline (SDXL: "
-                "StableDiffusionXLPipeline).from_single_file(FILE), then .save_pretrained(DIR)")
-    raise WeightsError(f"--weights {weights} is a file, not a folder (a dbunet model folder, or a diffusers "
-                       f"SD 1.x/2.x or SDXL folder){hint}")
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:  # civitai-style and original LDM checkpoints are one file
+        hint = (f"; a single-file checkpoint becomes one with diffusers: {pipeline}.from_single_file(FILE), then "
+                ".save_pretrained(DIR)")
+    raise WeightsError(f"{flag} {path} is a file, not a folder ({kinds}){hint}")
 
 
 def export(options: ExportOptions, report: Report = log.info) -> Manifest:
@@ -309,7 +309,11 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
 
         check_toolchain(options.ptx_targets)
     if options.weights is not None:
-        check_weights_path(Path(options.weights))
+        check_source_folder(Path(options.weights), "--weights", "a dbunet model folder, or a diffusers SD 1.x/2.x "
+                            "or SDXL folder", "StableDiffusionPipeline (SDXL: StableDiffusionXLPipeline)")
+    if options.refiner is not None:
+        check_source_folder(Path(options.refiner), "--refiner", "an SDXL refiner folder",
+                            "StableDiffusionXLImg2ImgPipeline")
     # resolved: `--out .` names a directory, and two spellings of one directory (a symlink) share one lock
     with staged(Path(options.out).resolve()) as stage:
         return _export_into(options, stage, report)
