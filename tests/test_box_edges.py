@@ -7,9 +7,9 @@ the centres are 0.125, 0.375, 0.625, 0.875, all exact in binary.
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from onnx import TensorProto, helper
+from triton_interpreter import require_triton
 
 from dbunet.models import ops
 
@@ -60,7 +60,7 @@ def test_onnx_function_masks_are_half_open():
 
 
 def test_triton_kernel_masks_are_half_open():
-    pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]')")
+    require_triton()
     from dbunet.plugins import launch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: TRITON_INTERPRET=1 (conftest)

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from triton_interpreter import require_triton
 
-pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]')")
+require_triton()
 
-from dbunet.plugins.table import CASES, TOLERANCE, fused, max_rel_error, reference_fp32
+from dbunet.plugins.table import CASES, TOLERANCE, fused, max_rel_error, reference_fp32  # noqa: E402 -- after the skip
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: TRITON_INTERPRET=1 (conftest)
 

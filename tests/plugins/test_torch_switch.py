@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
-import pytest
+from triton_interpreter import require_triton
 
-pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]')")
+require_triton()
 
 SCRIPT = """
 import numpy as np
