@@ -120,8 +120,8 @@ def _streamed(chunks, headers=()):
     pulled is counted."""
     import itertools
 
-    from starlette.requests import Request
-
+    Request = pytest.importorskip("starlette.requests", reason="Starlette comes with the serve extra "
+                                  "(pip install -e '.[serve]')").Request
     source, pulled = iter(chunks), itertools.count()
 
     async def receive():
