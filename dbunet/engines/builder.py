@@ -26,6 +26,7 @@ from dbunet.engines.cache import ENGINES_DIR, Device, EngineEntry, EngineKey, re
 from dbunet.engines.profiles import SIZE_FREE, Resolution, check_build, engine_components, profile
 from dbunet.errors import BuildError, ConfigError
 from dbunet.manifest import Manifest, sha256_file, shown, verify_artifact
+from dbunet.polygraphy_release import import_polygraphy, version_tuple
 
 log = logging.getLogger(__name__)
 Report = Callable[[str], None]
@@ -65,24 +66,6 @@ def import_tensorrt():
     if version_tuple(trt.__version__) < MIN_TENSORRT:
         raise BuildError(f"TensorRT {trt.__version__} is too old: strongly typed networks need TensorRT >= 10.0")
     return trt
-
-
-MIN_POLYGRAPHY = (0, 49, 9)  # 0.49.0 asks every network for EXPLICIT_BATCH, which TensorRT 11 removed
-
-
-def import_polygraphy():
-    try:
-        import polygraphy
-    except ImportError:
-        raise BuildError("dbunet-build needs polygraphy, which is not installed; pip install 'dbunet[trt]'") from None
-    if version_tuple(polygraphy.__version__) < MIN_POLYGRAPHY:
-        raise BuildError(f"polygraphy {polygraphy.__version__} asks every network for EXPLICIT_BATCH, which "
-                         f"TensorRT 11 removed: polygraphy >= {'.'.join(map(str, MIN_POLYGRAPHY))} needed")
-    return polygraphy
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
 
 
 def plugin_mode(trt) -> str:
@@ -205,7 +188,7 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(),  # no
     """Build what is missing for every requested resolution; reuse engines whose key is unchanged."""
     artifacts = Path(artifacts)
     trt = import_tensorrt()  # first: on a machine without TensorRT that is the one thing to say
-    import_polygraphy()
+    import_polygraphy(BuildError, "dbunet-build", "trt")
     device, driver_cuda = current_device(trt)
     manifest = Manifest.read(artifacts)
     config: ModelConfig = manifest.config

@@ -27,7 +27,7 @@ from dbunet.errors import ConfigError, WeightsError
 from dbunet.export import fp16 as fp16_convert
 from dbunet.export.graphs import graph_module, run_reference, sample_inputs
 from dbunet.export.onnx_export import check_model_file, save_onnx, trace_to_onnx
-from dbunet.export.parity import ParityResult, measure, require, run_onnx, run_rewritten
+from dbunet.export.parity import ParityResult, measure, require, require_parity_runner, run_onnx, run_rewritten
 from dbunet.export.specs import (
     COMPONENTS,
     MAX_TRACE_BATCH,
@@ -304,6 +304,7 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
     config = resolve_config(options.config)  # a bad config or weights path fails before anything is written
     if options.weights is None:  # a folder's own config is read in the staging directory (then checked again)
         check_model(config, options)
+    require_parity_runner()  # an unusable polygraphy would otherwise show after the first graph was traced
     if options.ptx_targets:  # a missing Triton would otherwise show only after every graph
         from dbunet.plugins.aot import check_toolchain
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dbunet.errors import AccuracyError
+from dbunet.errors import AccuracyError, ExportError
+from dbunet.polygraphy_release import import_polygraphy
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}
 FP32_BASE_PIXELS = 256 * 256  # the FP32 tolerance holds up to this traced size, then grows with the pixels
@@ -82,8 +83,14 @@ def _short(value: float) -> str:
     return f"{value:.0e}" if float(f"{value:.0e}") == value else f"{value:.1e}"
 
 
+def require_parity_runner() -> None:
+    """polygraphy, whose ONNX Runtime runner the parity check uses, installed and recent enough."""
+    import_polygraphy(ExportError, "the export's parity check", "export")
+
+
 def run_onnx(path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run a graph once with ONNX Runtime on the CPU, through polygraphy's runner."""
+    require_parity_runner()
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.logger import G_LOGGER
 

@@ -139,15 +139,30 @@ def test_tensorrt_11_builds_strongly_typed_without_the_removed_flags(fresh, monk
     assert len(index) == 6 and not any("errors" in b for b in trt.builds)
 
 
-def test_polygraphy_releases_that_always_ask_for_explicit_batch_are_refused(monkeypatch):
-    """polygraphy 0.49.0 sets EXPLICIT_BATCH on every network; TensorRT 11 removed the flag (0.49.9 fixed it)."""
+@pytest.mark.parametrize("old", ["0.49.0", "0.49.9", "0.49.20"])
+def test_polygraphy_releases_that_fail_with_numpy_2_or_tensorrt_11_are_refused(monkeypatch, tmp_path, old):
+    """polygraphy 0.49.0 sets EXPLICIT_BATCH on every network; 0.49.9 maps np.unicode_ (NumPy 2 removed it: the
+    export's parity run failed with an AttributeError); up to 0.49.20 every build reads
+    IBuilderConfig.int8_calibrator. TensorRT 11 removed both. dbunet-build and the export's parity name the fix."""
     import polygraphy
 
-    monkeypatch.setattr(polygraphy, "__version__", "0.49.0")
-    with pytest.raises(builder.BuildError, match=r"polygraphy 0.49.0 .*>= 0.49.9"):
-        builder.import_polygraphy()
-    monkeypatch.setattr(polygraphy, "__version__", "0.49.9")
-    builder.import_polygraphy()
+    from dbunet.errors import ExportError
+    from dbunet.export import exporter, parity
+    from dbunet.polygraphy_release import import_polygraphy
+
+    install(monkeypatch, "11.4.0")
+    monkeypatch.setattr(polygraphy, "__version__", old)
+    says = rf"polygraphy {old} is older than 0.49.24, which .*NumPy 2 .*pip install 'polygraphy>=0.49.24'"
+    with pytest.raises(builder.BuildError, match=says):
+        builder.build_engines(tmp_path)  # before any artifact is read
+    with pytest.raises(ExportError, match=says):
+        parity.run_onnx(tmp_path / "unread.onnx", {})
+    monkeypatch.setattr(exporter, "staged", lambda out: pytest.fail("began the export before refusing"))
+    with pytest.raises(ExportError, match=says):
+        exporter.export(exporter.ExportOptions(config="tiny", components=("gae",), out=tmp_path / "a"))
+    monkeypatch.setattr(polygraphy, "__version__", "0.49.24")
+    assert import_polygraphy(ExportError, "the export's parity check", "export") is polygraphy
+    forget_tensorrt_in_polygraphy()
 
 
 _AOT_BUILD = """

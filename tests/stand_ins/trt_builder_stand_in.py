@@ -7,7 +7,8 @@ What it enforces, from NVIDIA's Python API documentation and polygraphy's use of
 - releases: NetworkDefinitionCreationFlag.EXPLICIT_BATCH exists up to 10.x and is gone in 11 (so a polygraphy
   that always asks for it fails there); STRONGLY_TYPED from 10.0, kept (deprecated) in 11.0; the weak-typing
   precision flags (BuilderFlag.FP16, BF16, INT8, FP8) are gone in 11, and refused on a strongly typed network
-  in 10.x;
+  in 10.x; IBuilderConfig.int8_calibrator (deprecated in 10.1) is gone in 11, so a polygraphy that reads it
+  unconditionally (before 0.49.24) fails there;
 - unknown creation-flag bits are refused; a profile must give every dynamic input a shape with min <= opt <= max,
   and must not contradict an input's static dimensions;
 - the ONNX parser takes a `dbunet` node as a plugin only when `dbunet::<op>` is registered in tensorrt.plugin
@@ -226,6 +227,8 @@ def add_builder_api(trt: types.ModuleType, version: str, capturable: bool = True
             self.builder_optimization_level = 3
             self.DLA_core, self.default_device_type = -1, trt.DeviceType.GPU
             self.profiling_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY
+            if v < (11, 0):
+                self.int8_calibrator = None  # implicit quantization: deprecated in 10.1, removed in 11
 
         def set_flag(self, flag) -> None:
             self.flags.add(trt.BuilderFlag(flag))
