@@ -216,14 +216,30 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
 
     if device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()):
         return "ort", "ONNX Runtime's CUDA provider"
-    if (precision is None and honours_whole_loops("openvino", whole_loops)
-            and importlib.util.find_spec("openvino") is not None):
+    if precision is None and honours_whole_loops("openvino", whole_loops) and openvino_usable():
         from dbunet.runtime.backends.openvino import has_bf16
 
         work = denoiser_work(Manifest.read(directory).config)
         if has_bf16() and work >= BF16_MIN_WORK:
             return "openvino", f"OpenVINO BF16: faster than ONNX Runtime FP32 for a model this size ({work:.1e})"
     return "ort", f"ONNX Runtime on the CPU ({(precision or 'fp32').upper()})"
+
+
+def openvino_usable() -> bool:
+    """OpenVINO installed, in a release that loads dbunet's graphs (dbunet.releases.check_openvino): `auto`
+    passes over a refused one rather than choosing a backend that will not open."""
+    from importlib import metadata
+
+    from dbunet.errors import DbunetError
+    from dbunet.releases import check_openvino
+
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    try:
+        check_openvino(metadata.version("openvino"), DbunetError)
+    except (metadata.PackageNotFoundError, DbunetError):
+        return False
+    return True
 
 
 def open_pipeline(directory: str | Path, backend: str = DEFAULT, precision: str | None = None,

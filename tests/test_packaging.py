@@ -11,3 +11,19 @@ def test_every_module_folder_is_a_package():
     folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "dbunet").rglob("*.py")}
     found = set(find_packages(str(ROOT), include=["dbunet*"]))
     assert folders <= found, f"not packages (no __init__.py), left out of a wheel: {sorted(folders - found)}"
+
+
+def test_the_extras_pin_the_releases_dbunet_checks_at_run_time():
+    """pip installs what dbunet.releases accepts: every extra that brings polygraphy or OpenVINO asks for the
+    release the run-time check lets through, so a fresh install is never refused by its own check."""
+    import tomllib
+
+    from dbunet.releases import MIN_POLYGRAPHY, OPENVINO_PIN
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    wants = {name: [r for r in reqs if r.startswith(("polygraphy", "openvino"))] for name, reqs in extras.items()}
+    polygraphy = {r for reqs in wants.values() for r in reqs if r.startswith("polygraphy")}
+    openvino = {r for reqs in wants.values() for r in reqs if r.startswith("openvino")}
+    assert polygraphy == {f"polygraphy>={'.'.join(map(str, MIN_POLYGRAPHY))}"}, polygraphy
+    assert openvino == {OPENVINO_PIN}, openvino
+    assert {n for n, reqs in wants.items() if reqs} >= {"export", "trt", "trt-cuda12", "openvino", "bench", "dev"}

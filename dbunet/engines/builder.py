@@ -26,7 +26,7 @@ from dbunet.engines.cache import ENGINES_DIR, Device, EngineEntry, EngineKey, re
 from dbunet.engines.profiles import SIZE_FREE, Resolution, check_build, engine_components, profile
 from dbunet.errors import BuildError, ConfigError
 from dbunet.manifest import Manifest, sha256_file, shown, verify_artifact
-from dbunet.polygraphy_release import import_polygraphy, version_tuple
+from dbunet.releases import import_polygraphy, version_tuple
 
 log = logging.getLogger(__name__)
 Report = Callable[[str], None]

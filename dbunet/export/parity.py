@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from dbunet.errors import AccuracyError, ExportError
-from dbunet.polygraphy_release import import_polygraphy
+from dbunet.releases import import_polygraphy
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}
 FP32_BASE_PIXELS = 256 * 256  # the FP32 tolerance holds up to this traced size, then grows with the pixels

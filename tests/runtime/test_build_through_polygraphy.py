@@ -148,7 +148,7 @@ def test_polygraphy_releases_that_fail_with_numpy_2_or_tensorrt_11_are_refused(m
 
     from dbunet.errors import ExportError
     from dbunet.export import exporter, parity
-    from dbunet.polygraphy_release import import_polygraphy
+    from dbunet.releases import import_polygraphy
 
     install(monkeypatch, "11.4.0")
     monkeypatch.setattr(polygraphy, "__version__", old)

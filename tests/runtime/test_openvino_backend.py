@@ -291,3 +291,46 @@ def test_sdxl_with_its_refiner_runs_on_openvino_as_on_onnx_runtime(sdxl_refined_
     want = Pipeline.from_artifacts(sdxl_refined_artifacts, "ort", "fp32")("a photo of a cat", **run)
     got = ov("a photo of a cat", **run)
     assert np.abs(got.image.astype(int) - want.image.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(("release", "why"), [
+    ("2024.0.0-14509-34caeefd078-releases/2024/0", "ONNX reader mistranslates"),
+    ("2024.2.0", "ONNX reader mistranslates"),
+    ("2025.1.0-18503-fa4c6a2d2ba-releases/2025/1", "GeLU fusion"),
+])
+def test_a_release_that_cannot_load_the_graphs_is_refused_and_auto_passes_over_it(artifacts, monkeypatch, release,
+                                                                                  why):
+    """Each release run on the tiny preset's graphs: 2024.0-2024.2 and 2025.1 fail inside OpenVINO with a source
+    location for a message (dbunet.releases); --backend openvino names the release and the pin, auto takes ONNX
+    Runtime instead."""
+    import importlib.metadata
+
+    import openvino
+
+    from dbunet import backends
+
+    monkeypatch.setattr(openvino, "__version__", release)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: release.split("-")[0])
+    with pytest.raises(ConfigError, match=rf"OpenVINO {release.split('-')[0]} cannot load dbunet's graphs \(its "
+                                          rf"{why}.*\); pip install 'openvino>=2024.3,!=2025.1.\*'"):
+        Pipeline.from_artifacts(artifacts, "openvino")
+    monkeypatch.setattr(ov_backend, "cpu_flags", lambda: AMX)  # where auto would take OpenVINO BF16
+    monkeypatch.setattr(backends, "BF16_MIN_WORK", 1.0)
+    assert backends.choose_backend(artifacts)[0] == "ort"
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2024.3.0")
+    assert backends.choose_backend(artifacts)[0] == "openvino"
+
+
+def test_a_load_failure_says_what_openvino_says_without_its_source_locations():
+    """OpenVINO 2024.2's refusal of the refiner encoder, as it printed it (the first line was all dbunet showed)."""
+    said = ("Exception from src/inference/src/cpp/core.cpp:94:\n"
+            "Check 'false' failed at src/frontends/onnx/frontend/src/frontend.cpp:144:\n"
+            "FrontEnd API failed with GeneralFailure:\nErrors during ONNX translation:\n"
+            "While validating ONNX node '<Node(Gemm): /encoder/proj_out/Gemm>': Check '(arg0_rank != 0 && "
+            "arg1_rank != 0)' failed at src/core/shape_inference/include/matmul_shape_inference.hpp:26:\n"
+            "While validating node 'opset1::MatMul MatMul_483' with friendly_name 'MatMul_483':\n"
+            "Scalars are not supported as MatMul inputs.\n\n")
+    got = ov_backend.load_failure(RuntimeError(said))
+    assert got.startswith("While validating ONNX node '<Node(Gemm): /encoder/proj_out/Gemm>'")
+    assert got.endswith(" ... Scalars are not supported as MatMul inputs.") and "core.cpp" not in got
+    assert ov_backend.load_failure(RuntimeError("Exception from src/x.cpp:1:")) == "Exception from src/x.cpp:1:"

@@ -25,6 +25,7 @@ from dbunet.backends import info
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec
 from dbunet.manifest import shown
+from dbunet.releases import check_openvino
 from dbunet.runtime.backends.base import GraphBackend, check_threads
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,16 @@ def inlined_model(core, path: Path):
         return core.read_model(str(graph))
 
 
+def load_failure(exc: Exception) -> str:
+    """What OpenVINO's load error says, without its source locations ("Exception from src/...:96:", "Check '...'
+    failed at ..."), which lead every message: the first line that names the node, and the last one, the reason."""
+    noise = ("Exception from ", "Check '", "FrontEnd API failed", "Errors during ONNX translation")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith(noise)]
+    if not lines:
+        return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return lines[0][:200] if len(lines) == 1 else f"{lines[0][:200]} ... {lines[-1][:200]}"
+
+
 class OvGraph:
     def __init__(self, compiled, spec: GraphSpec) -> None:
         self.compiled, self.spec = compiled, spec
@@ -121,6 +132,7 @@ class OvBackend(GraphBackend):
         except ImportError:
             raise ConfigError("--backend openvino needs openvino, not installed here: "
                               "pip install 'dbunet[openvino]'") from None
+        check_openvino(ov.__version__, ConfigError)
         if device not in ("auto", "cpu"):
             raise ConfigError(f"--backend openvino runs on the CPU here; device {device!r} is not supported")
         check_threads(threads)
@@ -157,7 +169,7 @@ class OvBackend(GraphBackend):
         try:
             compiled = self.core.compile_model(inlined_model(self.core, Path(path)), "CPU", config)
         except RuntimeError as exc:
-            raise ArtifactError(f"{shown(path)}: OpenVINO cannot load it ({str(exc).splitlines()[0][:200]})") from None
+            raise ArtifactError(f"{shown(path)}: OpenVINO cannot load it ({load_failure(exc)})") from None
         if folder is not None:
             record_cache(folder)
         def described(ports, declared):  # a port has several names: the declared one where it is among them

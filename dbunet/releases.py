@@ -1,0 +1,58 @@
+"""Releases of the libraries dbunet uses whose version decides whether a run works, checked before the work
+begins: older or broken releases fail deep inside the library with an error that names neither the release
+nor the fix.
+
+polygraphy (the export's parity runs through its ONNX Runtime runner; dbunet-build through its TensorRT
+loaders): before 0.49.9 every network is asked for EXPLICIT_BATCH, which TensorRT 11 removed; 0.49.9 maps
+np.unicode_, which NumPy 2 removed (every runner call fails); before 0.49.24 every build reads
+IBuilderConfig.int8_calibrator, which TensorRT 11 removed.
+
+OpenVINO (--backend openvino), each release run on the tiny preset's graphs: 2024.0 mistranslates the DB-UNet
+step (a Broadcast of rank 7 into a Conv), 2024.1 and 2024.2 the refiner encoder (a ReduceMean without keepdims
+into a MatMul); 2025.1's GeLU fusion throws on the GEGLU feed-forward. 2024.3 and every other release since
+load them and draw the image ONNX Runtime draws.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from dbunet.errors import DbunetError
+
+MIN_POLYGRAPHY = (0, 49, 24)
+MIN_OPENVINO = (2024, 3)
+BROKEN_OPENVINO = {(2025, 1): "its GeLU fusion throws on the DB-UNet's GEGLU feed-forward"}
+OPENVINO_PIN = "openvino>=2024.3,!=2025.1.*"
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'0.49.24' -> (0, 49, 24); '10.3.0.26' -> (10, 3, 0): the numeric release, for comparisons."""
+    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+
+
+def import_polygraphy(error: type[DbunetError], needed_by: str, extra: str) -> ModuleType:
+    """polygraphy, or `error` saying what to install: where it is missing, and where it is older than
+    MIN_POLYGRAPHY."""
+    floor = ".".join(map(str, MIN_POLYGRAPHY))
+    try:
+        import polygraphy
+    except ImportError:
+        raise error(f"{needed_by} needs polygraphy, which is not installed; pip install 'dbunet[{extra}]'") from None
+    if version_tuple(polygraphy.__version__) < MIN_POLYGRAPHY:
+        raise error(f"polygraphy {polygraphy.__version__} is older than {floor}, which {needed_by} needs: older "
+                    f"releases fail with NumPy 2 (np.unicode_) or ask TensorRT 11 for what it removed "
+                    f"(EXPLICIT_BATCH, IBuilderConfig.int8_calibrator); pip install 'polygraphy>={floor}'")
+    return polygraphy
+
+
+def check_openvino(version: str, error: type[DbunetError]) -> None:
+    """Refuse an OpenVINO release that cannot load dbunet's graphs (`version`: openvino.__version__, e.g.
+    '2025.1.0-18503-...'), saying what to install."""
+    release = version_tuple(version.split("-")[0])[:2]
+    if release < MIN_OPENVINO:
+        why = "its ONNX reader mistranslates the DB-UNet step or the refiner encoder"
+    elif release in BROKEN_OPENVINO:
+        why = BROKEN_OPENVINO[release]
+    else:
+        return
+    raise error(f"OpenVINO {version.split('-')[0]} cannot load dbunet's graphs ({why}); pip install '{OPENVINO_PIN}'")
