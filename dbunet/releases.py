@@ -11,6 +11,11 @@ OpenVINO (--backend openvino), each release run on the tiny preset's graphs: 202
 step (a Broadcast of rank 7 into a Conv), 2024.1 and 2024.2 the refiner encoder (a ReduceMean without keepdims
 into a MatMul); 2025.1's GeLU fusion throws on the GEGLU feed-forward. 2024.3 and every other release since
 load them and draw the image ONNX Runtime draws.
+
+Triton (the plugins' PTX, `--ptx` and dbunet-build), each release's compile of every kernel configuration
+(tools/ptx_check.py): 3.6 to 3.9 assemble them without spills; 3.3 to 3.5 find their ptxas through another API
+and spill in the attention kernel (3.3: 255 registers and 364 B of stack at FP32); 3.10 is not out yet, and a
+Triton changes the hidden kernel parameters dbunet strips (dbunet.plugins.aot) from one minor release to the next.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ MIN_POLYGRAPHY = (0, 49, 24)
 MIN_OPENVINO = (2024, 3)
 BROKEN_OPENVINO = {(2025, 1): "its GeLU fusion throws on the DB-UNet's GEGLU feed-forward"}
 OPENVINO_PIN = "openvino>=2024.3,!=2025.1.*"
+TRITON_RANGE = ((3, 6), (3, 10))  # from, up to (not including)
+TRITON_PIN = "triton>=3.6,<3.10"
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -56,3 +63,14 @@ def check_openvino(version: str, error: type[DbunetError]) -> None:
     else:
         return
     raise error(f"OpenVINO {version.split('-')[0]} cannot load dbunet's graphs ({why}); pip install '{OPENVINO_PIN}'")
+
+
+def check_triton(version: str, error: type[DbunetError]) -> None:
+    """Refuse a Triton release outside TRITON_RANGE (`version`: triton.__version__), saying what to install."""
+    lowest, beyond = TRITON_RANGE
+    release = version_tuple(version)[:2]
+    if lowest <= release < beyond:
+        return
+    why = ("it finds its ptxas through another API and its attention kernel spills" if release < lowest else
+           "its kernel parameters are not checked yet")
+    raise error(f"Triton {version} cannot compile the plugins' PTX ({why}); pip install '{TRITON_PIN}'")

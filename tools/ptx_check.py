@@ -87,9 +87,20 @@ def table(env: dict, rows: dict[str, dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print JSON (environment and every row, PTX included)")
+    parser.add_argument("--any-triton", action="store_true",
+                        help="compile with a Triton outside dbunet.releases.TRITON_RANGE too (to judge a new release)")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the compiler")
+    from dbunet.errors import DbunetError
+    from dbunet.plugins import aot
+
+    if args.any_triton:
+        aot.check_triton = lambda version, error: None
+    try:
+        aot.check_toolchain(())
+    except DbunetError as exc:
+        parser.exit(2, f"error: {exc}\n")
     env, rows = environment(), check_all()
     print(json.dumps({"environment": env, "rows": rows}) if args.json else table(env, rows))
     return 1 if any("error" in r for r in rows.values()) else 0

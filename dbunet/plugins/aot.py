@@ -8,7 +8,7 @@ Triton >= 3.3 appends hidden pointer parameters (global and profile scratch) aft
 own; TensorRT's AOT launcher passes exactly inputs, int32 scalars and outputs. `strip_hidden_params`
 removes the hidden ones from the PTX entry after checking the kernel never reads them (no scratch
 used); a kernel that does need scratch is rejected rather than launched with a bad pointer.
-Verified with Triton 3.9.0 (see SUPPORTED_TRITON).
+Verified with Triton 3.6 to 3.9 (dbunet.releases.TRITON_RANGE).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbunet.errors import BuildError
+from dbunet.releases import TRITON_PIN, check_triton
 
 TARGETS = {"sm_87": 87, "sm_89": 89, "sm_90": 90, "sm_100": 100, "sm_110": 110, "sm_120": 120}
-SUPPORTED_TRITON = (">=3.3", "<3.10")  # the hidden-parameter layout checked here
 
 # A driver JIT-compiles PTX up to the ISA of its own CUDA release and refuses newer PTX. Triton writes the
 # newest ISA its bundled ptxas knows (3.9: 8.8 for sm_87/89, 9.4 for sm_90a), which no JetPack 6 Orin (CUDA
@@ -124,8 +124,7 @@ def triton_ptxas(cc: int) -> Ptxas:
 
         path = Path(get_ptxas(cc).path)
     except (ImportError, AttributeError, TypeError) as exc:
-        raise BuildError(f"cannot find the ptxas this Triton uses ({exc}); supported Triton: "
-                         f"{','.join(SUPPORTED_TRITON)}") from None
+        raise BuildError(f"cannot find the ptxas this Triton uses ({exc}); {TRITON_PIN} is needed") from None
     try:
         out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=60).stdout
     except OSError as exc:
@@ -260,21 +259,23 @@ def compile_config(kernel: str, dtype: str, cc: int, isa: tuple[int, int] | None
 
 
 def _check_compiler() -> None:
+    """Triton installed, in a release whose compile dbunet has checked, and its compiler, not its interpreter."""
     import os
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise BuildError("AOT compilation needs TRITON_INTERPRET unset: the interpreter replaces the compiler")
+    try:
+        import triton
+    except ImportError:
+        raise BuildError("--ptx compiles the kernels with Triton, which is not installed; pip install -e "
+                         "'.[plugins]'") from None
+    check_triton(triton.__version__, BuildError)
 
 
 def check_toolchain(targets: tuple[str, ...]) -> None:
     """What compiling PTX for `targets` needs, checked before an export spends its time on the graphs: Triton,
     its compiler (not its interpreter), and the ptxas it assembles with, whose release caps each target's ISA."""
     _check_compiler()
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        raise BuildError("--ptx compiles the kernels with Triton, which is not installed; pip install -e "
-                         "'.[plugins]'") from None
     for target in map(PtxTarget.parse, targets):
         target.isa  # noqa: B018 -- its ptxas found, run and read, and an ISA both it and the driver take
 
@@ -294,9 +295,9 @@ def compilable_targets() -> tuple[tuple[str, ...], dict[str, str]]:
 
 
 def _kernel_fn(kernel: str):
+    _check_compiler()
     from dbunet.plugins import kernels
 
-    _check_compiler()
     return getattr(kernels, f"{kernel}_kernel")
 
 
