@@ -18,7 +18,14 @@ from torch import nn
 from dbunet import atomic
 from dbunet.config import ModelConfig
 from dbunet.errors import ConfigError, WeightsError
-from dbunet.models.components import build_sd_unet, build_sdxl_unet, build_text_encoder, build_vae, load_tokenizer
+from dbunet.models.components import (
+    build_sd_unet,
+    build_sdxl_unet,
+    build_text_encoder,
+    build_vae,
+    clip_text_layout,
+    load_tokenizer,
+)
 from dbunet.models.dbunet import DBUNet
 from dbunet.models.files import read_json_object, read_safetensors
 from dbunet.models.refiner import Refiner
@@ -152,7 +159,9 @@ def load_model(directory: str | Path) -> Model:
 
 
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool, source: str) -> None:
-    """Load with every mismatch collected into one message."""
+    """Load with every mismatch collected into one message (CLIP text encoders' keys in either transformers
+    layout)."""
+    state = clip_text_layout(module, state)
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

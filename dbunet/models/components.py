@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from torch import Tensor
+from torch import Tensor, nn
 
 from dbunet.config import SDUNetConfig, TextEncoderConfig, VaeConfig
 from dbunet.errors import WeightsError
@@ -74,19 +74,46 @@ def build_text_encoder(cfg: TextEncoderConfig, bos_token_id: int, eos_token_id: 
     return CLIPTextModelWithProjection(config) if cfg.projection_dim else CLIPTextModel(config)
 
 
+CLIP_TEXT_NESTING = "text_model."
+
+
+def clip_text_layout(module: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`state` with the keys of every CLIPTextModel in `module` named as the installed transformers names them.
+
+    Up to transformers 4 a CLIPTextModel keeps its weights under `text_model.` (so do all SD 1.x / SDXL folders
+    on the Hub); from 5 they sit at its top, and transformers' own from_pretrained renames on load. dbunet reads
+    the safetensors itself, so it renames too, either way: weights written under one release load under the
+    other. (CLIPTextModelWithProjection nests `text_model.` in both.)"""
+    from transformers import CLIPTextModel
+
+    renamed: dict[str, str] = {}
+    for path, sub in module.named_modules():
+        if not isinstance(sub, CLIPTextModel):
+            continue
+        at = f"{path}." if path else ""
+        nested = any(k.startswith(CLIP_TEXT_NESTING) for k in sub.state_dict())
+        for key in (k for k in state if k.startswith(at)):
+            rest = key[len(at):]
+            if nested and not rest.startswith(CLIP_TEXT_NESTING):
+                renamed[key] = at + CLIP_TEXT_NESTING + rest
+            elif not nested and rest.startswith(CLIP_TEXT_NESTING):
+                renamed[key] = at + rest[len(CLIP_TEXT_NESTING):]
+    return {renamed.get(k, k): v for k, v in state.items()} if renamed else state
+
+
 def load_tokenizer(directory: str | Path, max_length: int = 77, pad_token: str = "<|endoftext|>"):
     """A CLIP tokenizer from vocab.json + merges.txt (or tokenizer.json) in `directory`."""
-    from transformers import CLIPTokenizer
+    # The fast (tokenizers-backed) class in every release: the export writes its tokenizer.json for the runtime.
+    # transformers 5 made it an alias of CLIPTokenizer and renamed the constructor's file arguments (vocab_file
+    # -> vocab), so the folder goes through from_pretrained, whose signature both lines share (as diffusers does).
+    from transformers import CLIPTokenizerFast
 
     directory = Path(directory)
     vocab, merges = directory / "vocab.json", directory / "merges.txt"
     if not (vocab.is_file() and merges.is_file()) and not (directory / "tokenizer.json").is_file():
         raise WeightsError(f"no tokenizer in {directory}: expected vocab.json + merges.txt or tokenizer.json")
     try:
-        if vocab.is_file() and merges.is_file():
-            tok = CLIPTokenizer(vocab=str(vocab), merges=str(merges))
-        else:
-            tok = CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
+        tok = CLIPTokenizerFast.from_pretrained(str(directory), local_files_only=True)
     except Exception as exc:  # a damaged file surfaces as whatever transformers' parser trips on (KeyError...)
         raise WeightsError(f"the tokenizer in {directory} could not be read: {type(exc).__name__}: {exc}") from None
     tok.model_max_length = max_length

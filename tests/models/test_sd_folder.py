@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from dbunet.config import tiny
@@ -38,6 +38,26 @@ def sd_folder(tmp_path_factory):
     )
     (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     return root
+
+
+def test_a_text_encoder_in_the_hub_layout_loads_under_either_transformers(sd_folder, tmp_path):
+    """SD 1.x folders on the Hub keep CLIPTextModel's weights under `text_model.` (transformers 4); transformers
+    5 saves them without that level. The folder's text encoder rewritten to the layout the installed release
+    does not write loads all the same, to the same weights."""
+    import shutil
+
+    folder = tmp_path / "sd"
+    shutil.copytree(sd_folder, folder)
+    path = folder / "text_encoder" / "model.safetensors"
+    state = load_file(str(path))
+    nested = all(k.startswith("text_model.") for k in state)
+    other = {k.removeprefix("text_model.") if nested else "text_model." + k: v for k, v in state.items()}
+    save_file(other, str(path), metadata={"format": "pt"})
+    model, _ = load_sd_folder(folder, base=tiny())
+    own = model.cascade.text_encoder.state_dict()
+    assert own.keys() == state.keys()
+    for k, v in state.items():
+        assert torch.equal(own[k], v), k
 
 
 def _assert_same(module, path):
