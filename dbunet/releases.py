@@ -7,6 +7,11 @@ loaders): before 0.49.9 every network is asked for EXPLICIT_BATCH, which TensorR
 np.unicode_, which NumPy 2 removed (every runner call fails); before 0.49.24 every build reads
 IBuilderConfig.int8_calibrator, which TensorRT 11 removed.
 
+onnxscript (the export's graph clean-up, dbunet.export.onnx_export.cleanup), each release with the onnx_ir pip
+installs beside it today (1.x): 0.3 and 0.4 fold a Constant that reads a function attribute into int(None);
+0.5.4 to 0.6.0's rewriter asks for Value.rank, which onnx_ir 1.x no longer has. 0.6.2 and later export every
+graph.
+
 OpenVINO (--backend openvino), each release run on the tiny preset's graphs: 2024.0 mistranslates the DB-UNet
 step (a Broadcast of rank 7 into a Conv), 2024.1 and 2024.2 the refiner encoder (a ReduceMean without keepdims
 into a MatMul); 2025.1's GeLU fusion throws on the GEGLU feed-forward. 2024.3 and every other release since
@@ -25,6 +30,7 @@ from types import ModuleType
 from dbunet.errors import DbunetError
 
 MIN_POLYGRAPHY = (0, 49, 24)
+MIN_ONNXSCRIPT = (0, 6, 2)
 MIN_OPENVINO = (2024, 3)
 BROKEN_OPENVINO = {(2025, 1): "its GeLU fusion throws on the DB-UNet's GEGLU feed-forward"}
 OPENVINO_PIN = "openvino>=2024.3,!=2025.1.*"
@@ -50,6 +56,14 @@ def import_polygraphy(error: type[DbunetError], needed_by: str, extra: str) -> M
                     f"releases fail with NumPy 2 (np.unicode_) or ask TensorRT 11 for what it removed "
                     f"(EXPLICIT_BATCH, IBuilderConfig.int8_calibrator); pip install 'polygraphy>={floor}'")
     return polygraphy
+
+
+def check_onnxscript(version: str, error: type[DbunetError]) -> None:
+    """Refuse an onnxscript release whose optimizer fails on dbunet's graphs (`version`: onnxscript.__version__)."""
+    if version_tuple(version) < MIN_ONNXSCRIPT:
+        floor = ".".join(map(str, MIN_ONNXSCRIPT))
+        raise error(f"onnxscript {version} is older than {floor}: its optimizer fails on dbunet's graphs with the "
+                    f"onnx_ir releases pip installs today; pip install 'onnxscript>={floor}'")
 
 
 def check_openvino(version: str, error: type[DbunetError]) -> None:

@@ -1,7 +1,7 @@
 """An independent reference for the cascade loop, written from docs/architecture.md (3.3, 3.4, 5) and the README.
 
 It shares no orchestration code with `dbunet/`: it reads manifest.json as plain JSON, tokenizes with
-transformers' CLIPTokenizer from the exported model's vocab.json + merges.txt, runs each exported
+transformers' CLIP tokenizer from the exported model's vocab.json + merges.txt, runs each exported
 per-call graph in a plain ONNX Runtime session, and uses diffusers' own DDIM / Euler / DPM-Solver++
 schedulers as the outside oracle for the samplers. What the documents specify is written out here:
 
@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-from transformers import CLIPTokenizer
+from transformers import CLIPTokenizerFast
 
 CALLS = ("text_encoder", "dbunet", "vae_decoder", "refiner_encoder", "gae", "refiner_unet")
 
@@ -70,8 +70,7 @@ class ReferenceCascade:
         }
         source = Path(manifest["weights_source"])
         tokenizer_dir = (source if source.is_absolute() else artifacts / source) / "tokenizer"
-        self.tokenizer = CLIPTokenizer(vocab=str(tokenizer_dir / "vocab.json"),
-                                       merges=str(tokenizer_dir / "merges.txt"))
+        self.tokenizer = CLIPTokenizerFast.from_pretrained(str(tokenizer_dir))
         self.max_length = self.config["text"]["max_length"]
 
     def _run(self, name: str, **feeds) -> list[np.ndarray]:

@@ -1,8 +1,9 @@
 """A small random Stable Diffusion 1.x folder, saved as diffusers saves one (no hub access here)."""
+import json
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizerFast
 
 from dbunet.tokenizer import learn_bpe, write_clip_tokenizer
 
@@ -14,8 +15,8 @@ def make_sd_folder(root, prediction_type="epsilon", seed=0):
     torch.manual_seed(seed)
     vocab, merges = learn_bpe(1024)
     tok_dir = write_clip_tokenizer(root / "_tok", vocab, merges)
-    tokenizer = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"),
-                              model_max_length=77)
+    # from_pretrained: the constructor's file arguments differ between transformers 4 and 5
+    tokenizer = CLIPTokenizerFast.from_pretrained(str(tok_dir), model_max_length=77)
     assert len(tokenizer) == 1024, "the tokenizer did not read its vocabulary"
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -37,3 +38,12 @@ def make_sd_folder(root, prediction_type="epsilon", seed=0):
                                    requires_safety_checker=False)
     pipe.save_pretrained(root / "sd")
     return root / "sd"
+
+
+def set_pad_token(tokenizer_dir, token):
+    """The folder's tokenizer pads with `token`: in tokenizer_config.json and, where transformers 4 wrote one,
+    special_tokens_map.json (which wins over the config there, as in dbunet's reading)."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = tokenizer_dir / name
+        if path.is_file():
+            path.write_text(json.dumps({**json.loads(path.read_text()), "pad_token": token}))

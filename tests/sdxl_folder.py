@@ -10,7 +10,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizerFast
 
 from dbunet.tokenizer import learn_bpe, write_clip_tokenizer
 
@@ -22,8 +22,9 @@ def make_sdxl_folder(root, seed=0):
     torch.manual_seed(seed)
     vocab, merges = learn_bpe(1024)
     tok_dir = write_clip_tokenizer(root / "_tok", vocab, merges)
-    files = dict(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"), model_max_length=77)
-    tokenizer, tokenizer_2 = CLIPTokenizer(**files), CLIPTokenizer(**files, pad_token="!")
+    # from_pretrained: the constructor's file arguments differ between transformers 4 and 5
+    tokenizer = CLIPTokenizerFast.from_pretrained(str(tok_dir), model_max_length=77)
+    tokenizer_2 = CLIPTokenizerFast.from_pretrained(str(tok_dir), model_max_length=77, pad_token="!")
     assert len(tokenizer) == 1024, "the tokenizer did not read its vocabulary"
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     common = dict(vocab_size=1024, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
-from sd1_folder import SIZE, make_sd_folder
+from sd1_folder import SIZE, make_sd_folder, set_pad_token
 
 from dbunet.errors import ConfigError, InputError
 from dbunet.export.exporter import ExportOptions, export
@@ -149,8 +149,7 @@ def test_an_sd2_tokenizer_padding_with_bang_equals_diffusers(tmp_path):
     """SD 2.x tokenizers pad with "!" (the text encoder then sees "!" in every padded position): exported and run
     with that padding, the image equals diffusers' on the same folder, and differs from EOS padding."""
     folder = make_sd_folder(tmp_path, seed=3)
-    special = folder / "tokenizer" / "tokenizer_config.json"
-    special.write_text(json.dumps({**json.loads(special.read_text()), "pad_token": "!"}))
+    set_pad_token(folder / "tokenizer", "!")
     export(ExportOptions(weights=folder, arch="sd1", out=tmp_path / "art"), report=lambda line: None)
     assert Manifest.read(tmp_path / "art").config.text.pad_token == "!"
     latents = _latents()
@@ -158,6 +157,6 @@ def test_an_sd2_tokenizer_padding_with_bang_equals_diffusers(tmp_path):
     got = _ours(tmp_path / "art", "fp32", "euler", latents)
     diff = np.abs(got.astype(int) - want.astype(int))
     assert diff.mean() <= 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
-    special.write_text(json.dumps({**json.loads(special.read_text()), "pad_token": "<|endoftext|>"}))
+    set_pad_token(folder / "tokenizer", "<|endoftext|>")
     eos_padded = diffusers_image(folder, "euler", latents)
     assert np.abs(eos_padded.astype(int) - want.astype(int)).mean() > 1  # the padding token matters here

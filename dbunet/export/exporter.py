@@ -26,7 +26,7 @@ from dbunet.config import PRESETS, ModelConfig, preset, side_beyond
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.export import fp16 as fp16_convert
 from dbunet.export.graphs import graph_module, run_reference, sample_inputs
-from dbunet.export.onnx_export import check_model_file, save_onnx, trace_to_onnx
+from dbunet.export.onnx_export import check_model_file, require_optimizer, save_onnx, trace_to_onnx
 from dbunet.export.parity import ParityResult, measure, require, require_parity_runner, run_onnx, run_rewritten
 from dbunet.export.specs import (
     COMPONENTS,
@@ -304,7 +304,8 @@ def export(options: ExportOptions, report: Report = log.info) -> Manifest:
     config = resolve_config(options.config)  # a bad config or weights path fails before anything is written
     if options.weights is None:  # a folder's own config is read in the staging directory (then checked again)
         check_model(config, options)
-    require_parity_runner()  # an unusable polygraphy would otherwise show after the first graph was traced
+    require_parity_runner()  # an unusable polygraphy or onnxscript would otherwise show after the first trace
+    require_optimizer()
     if options.ptx_targets:  # a missing Triton would otherwise show only after every graph
         from dbunet.plugins.aot import check_toolchain
 

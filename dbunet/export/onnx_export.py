@@ -22,6 +22,7 @@ from dbunet.errors import ExportError
 from dbunet.export import onnx_functions
 from dbunet.export.proto_size import TWO_GB, approx_size
 from dbunet.iospec import GraphSpec
+from dbunet.releases import check_onnxscript
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,13 @@ def trace_to_onnx(module: nn.Module, spec: GraphSpec, args: tuple[torch.Tensor, 
     return model
 
 
+def require_optimizer() -> None:
+    """onnxscript recent enough for cleanup(): checked before an export traces anything."""
+    import onnxscript
+
+    check_onnxscript(onnxscript.__version__, ExportError)
+
+
 def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     """Constant folding, dead-node removal and shape inference (onnxscript's optimizer), functions kept.
 
@@ -165,6 +173,7 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnx_ir as ir
     import onnxscript.optimizer
 
+    require_optimizer()
     large = approx_size(model) > TWO_GB
     ir_model = ir.from_proto(model)
     # one pass reaches the fixed point on these graphs; a second only costs time

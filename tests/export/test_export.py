@@ -212,3 +212,24 @@ def test_the_api_refuses_options_of_the_wrong_type(option, says):
     # what the command line's parser guarantees; before, a float size reached the tracing and "no" meant fp16
     with pytest.raises(ConfigError, match=f"^{re.escape(says)}$"):
         ExportOptions(config="tiny", **option)
+
+
+@pytest.mark.parametrize("old", ["0.3.0", "0.4.0", "0.6.0"])
+def test_onnxscript_releases_whose_optimizer_fails_are_refused_before_the_first_trace(monkeypatch, tmp_path, old):
+    """With the onnx_ir pip installs today, onnxscript 0.3 and 0.4 fold a Constant reading a function attribute
+    into int(None) and 0.5.4 to 0.6.0 ask for Value.rank (each run: dbunet.releases): the export died in a
+    PassError traceback after tracing its first graph. It now names the release and the fix before it begins."""
+    import onnxscript
+
+    from dbunet.errors import ExportError
+    from dbunet.export import exporter, onnx_export
+
+    monkeypatch.setattr(onnxscript, "__version__", old)
+    says = rf"onnxscript {old} is older than 0\.6\.2: .*pip install 'onnxscript>=0\.6\.2'"
+    monkeypatch.setattr(exporter, "staged", lambda out: pytest.fail("began the export before refusing"))
+    with pytest.raises(ExportError, match=says):
+        export(ExportOptions(config="tiny", components=("gae",), out=tmp_path / "a"))
+    with pytest.raises(ExportError, match=says):
+        onnx_export.cleanup(onnx.ModelProto())  # direct callers too
+    monkeypatch.setattr(onnxscript, "__version__", "0.6.2")
+    onnx_export.require_optimizer()
