@@ -12,6 +12,9 @@ installs beside it today (1.x): 0.3 and 0.4 fold a Constant that reads a functio
 0.5.4 to 0.6.0's rewriter asks for Value.rank, which onnx_ir 1.x no longer has. 0.6.2 and later export every
 graph.
 
+Ray (dbunet-serve): Serve answers a full queue with 503 and Retry-After through BackpressureConfig, which came in
+2.58; before it, every dbunet-serve died in an ImportError traceback after Ray had started.
+
 OpenVINO (--backend openvino), each release run on the tiny preset's graphs: 2024.0 mistranslates the DB-UNet
 step (a Broadcast of rank 7 into a Conv), 2024.1 and 2024.2 the refiner encoder (a ReduceMean without keepdims
 into a MatMul); 2025.1's GeLU fusion throws on the GEGLU feed-forward. 2024.3 and every other release since
@@ -34,6 +37,8 @@ MIN_ONNXSCRIPT = (0, 6, 2)
 MIN_OPENVINO = (2024, 3)
 BROKEN_OPENVINO = {(2025, 1): "its GeLU fusion throws on the DB-UNet's GEGLU feed-forward"}
 OPENVINO_PIN = "openvino>=2024.3,!=2025.1.*"
+MIN_RAY = (2, 58)
+RAY_PIN = "ray[serve]>=2.58,<3"
 TRITON_RANGE = ((3, 6), (3, 10))  # from, up to (not including)
 TRITON_PIN = "triton>=3.6,<3.10"
 
@@ -77,6 +82,13 @@ def check_openvino(version: str, error: type[DbunetError]) -> None:
     else:
         return
     raise error(f"OpenVINO {version.split('-')[0]} cannot load dbunet's graphs ({why}); pip install '{OPENVINO_PIN}'")
+
+
+def check_ray(version: str, error: type[DbunetError]) -> None:
+    """Refuse a Ray release whose Serve lacks what dbunet-serve uses (`version`: ray.__version__)."""
+    if version_tuple(version)[:2] < MIN_RAY:
+        raise error(f"Ray {version} is older than 2.58, whose Serve brings the back-pressure settings dbunet-serve "
+                    f"uses (503 with Retry-After on a full queue); pip install '{RAY_PIN}'")
 
 
 def check_triton(version: str, error: type[DbunetError]) -> None:

@@ -14,12 +14,12 @@ def test_every_module_folder_is_a_package():
 
 
 def test_the_extras_pin_the_releases_dbunet_checks_at_run_time():
-    """pip installs what dbunet.releases accepts: every extra that brings polygraphy, onnxscript, OpenVINO or
-    Triton asks for the releases the run-time check lets through, so a fresh install is never refused by its own
+    """pip installs what dbunet.releases accepts: every extra that brings polygraphy, onnxscript, OpenVINO,
+    Triton or Ray asks for the releases the run-time check lets through, so a fresh install is never refused by its own
     check."""
     import tomllib
 
-    from dbunet.releases import MIN_ONNXSCRIPT, MIN_POLYGRAPHY, OPENVINO_PIN, TRITON_PIN
+    from dbunet.releases import MIN_ONNXSCRIPT, MIN_POLYGRAPHY, OPENVINO_PIN, RAY_PIN, TRITON_PIN
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     wants = {name: [r for r in reqs if r.startswith(("polygraphy", "openvino"))] for name, reqs in extras.items()}
@@ -34,3 +34,5 @@ def test_the_extras_pin_the_releases_dbunet_checks_at_run_time():
     onnxscript = {n: [r for r in reqs if r.startswith("onnxscript")] for n, reqs in extras.items()}
     floor = ".".join(map(str, MIN_ONNXSCRIPT))
     assert {n: r for n, r in onnxscript.items() if r} == {"export": [f"onnxscript>={floor}"]}
+    ray = {n: [r for r in reqs if r.startswith("ray")] for n, reqs in extras.items()}
+    assert {n: r for n, r in ray.items() if r} == {"serve": [RAY_PIN], "dev": [RAY_PIN]}

@@ -137,6 +137,8 @@ MUTANTS = [
            "MIN_ONNXSCRIPT = (0, 6, 2)", "MIN_ONNXSCRIPT = (0, 3, 0)",
            ("tests/export/test_export.py", "tests/test_packaging.py"),
            "onnxscript releases whose optimizer fails on dbunet's graphs let through"),
+    Mutant("ray_floor_lowered", "dbunet/releases.py", "MIN_RAY = (2, 58)", "MIN_RAY = (2, 50)",
+           ("tests/serve/test_serve.py",), "Ray releases without Serve's BackpressureConfig let through"),
     Mutant("openvino_broken_release_admitted", "dbunet/releases.py",
            "    elif release in BROKEN_OPENVINO:", "    elif False:",
            ("tests/runtime/test_openvino_backend.py",), "OpenVINO 2025.1, whose GeLU fusion throws, let through"),

@@ -14,6 +14,7 @@ from pathlib import Path
 from dbunet import backends
 from dbunet.cli.common import Parser, add_precision, add_whole_loops, guarded, path_arg, terminate_like_interrupt
 from dbunet.errors import ConfigError, InputError
+from dbunet.releases import check_ray
 
 DESCRIPTION = """Serve an artifacts directory over HTTP: POST /v1/images with dbunet-run's options as JSON
 (prompt, negative_prompt, boxes as 'x0,y0,x1,y1:phrase' strings, seed, steps, scheduler, guidance_scale, height,
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         from ray import serve
     except ImportError:
         raise ConfigError('dbunet-serve needs Ray Serve: pip install -e ".[serve]"') from None
+    check_ray(ray.__version__, ConfigError)  # before Ray starts
     from dbunet.serve.app import check_fits, run_app
 
     local = "RAY_ADDRESS" not in os.environ  # else Ray joins the cluster it names

@@ -177,6 +177,24 @@ def test_dbunet_serve_refuses_an_address_it_cannot_listen_on_before_ray_starts(t
     serve_cli.check_listen("127.0.0.1", port)  # free again once the other server is gone
 
 
+def test_a_ray_without_the_back_pressure_settings_is_refused_before_it_starts(tiny_artifacts, capsys, monkeypatch):
+    """BackpressureConfig came in Ray 2.58 (2.50 to 2.57 were admitted): dbunet-serve died in an ImportError
+    traceback after Ray had started. Both ways in (the command, and the app a cluster config builds) name the fix."""
+    from dbunet.cli import serve as serve_cli
+    from dbunet.errors import ConfigError
+
+    monkeypatch.setattr(ray, "__version__", "2.57.1")
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    code = serve_cli.main(["--artifacts", str(tiny_artifacts), "--port", str(_free_port())])
+    says = ("error: Ray 2.57.1 is older than 2.58, whose Serve brings the back-pressure settings dbunet-serve uses "
+            "(503 with Retry-After on a full queue); pip install 'ray[serve]>=2.58,<3'")
+    assert code == 2 and capsys.readouterr().err.strip().splitlines() == [says]
+    with pytest.raises(ConfigError, match=r"Ray 2\.57\.1 is older than 2\.58"):
+        build_app(ServeOptions(tiny_artifacts, "ort", "fp32"))
+    monkeypatch.setattr(ray, "__version__", "2.58.0")
+    assert build_app(ServeOptions(tiny_artifacts, "ort", "fp32")) is not None
+
+
 @pytest.mark.parametrize(("body", "cli"), [
     ({"prompt": PROMPT, "boxes": ["0.1,0.2:a cat"]}, ["--box", "0.1,0.2:a cat"]),
     ({"prompt": PROMPT, "height": 4096}, ["--height", "4096"]),
