@@ -87,8 +87,8 @@ def check_openvino(version: str, error: type[DbunetError]) -> None:
 def check_ray(version: str, error: type[DbunetError]) -> None:
     """Refuse a Ray release whose Serve lacks what dbunet-serve uses (`version`: ray.__version__)."""
     if version_tuple(version)[:2] < MIN_RAY:
-        raise error(f"Ray {version} is older than 2.58, whose Serve brings the back-pressure settings dbunet-serve "
-                    f"uses (503 with Retry-After on a full queue); pip install '{RAY_PIN}'")
+        raise error(f"Ray {version} is older than {'.'.join(map(str, MIN_RAY))}, whose Serve brings the back-pressure "
+                    f"settings dbunet-serve uses (503 with Retry-After on a full queue); pip install '{RAY_PIN}'")
 
 
 def check_triton(version: str, error: type[DbunetError]) -> None:
