@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbunet.errors import CudaError
+from dbunet.releases import install
 
-INSTALL = "pip install 'dbunet[trt]' (drivers R580 and newer) or 'dbunet[trt-cuda12]' (older drivers, JetPack 6)"
+INSTALL = f"{install('trt')} (drivers R580 and newer) or {install('trt-cuda12')} (older drivers, JetPack 6)"
 
 
 def import_cudart():

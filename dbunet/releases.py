@@ -28,6 +28,8 @@ Triton changes the hidden kernel parameters dbunet strips (dbunet.plugins.aot) f
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from types import ModuleType
 
 from dbunet.errors import DbunetError
@@ -48,19 +50,29 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
 
 
-def import_polygraphy(error: type[DbunetError], needed_by: str, extra: str) -> ModuleType:
-    """polygraphy, or `error` saying what to install: where it is missing, and where it is older than
-    MIN_POLYGRAPHY."""
-    floor = ".".join(map(str, MIN_POLYGRAPHY))
+def install(extra: str) -> str:
+    """The command that adds one of pyproject's extras, as the README installs dbunet: from its checkout."""
+    return f'pip install -e ".[{extra}]"'
+
+
+def require(name: str, error: type[DbunetError], needed_by: str, extra: str) -> ModuleType:
+    """The library `name` imported, in a release its check (CHECKS) accepts; else `error` saying what
+    `needed_by` needs and the command that installs it (`extra`: the pyproject extra that brings it)."""
     try:
-        import polygraphy
+        module = importlib.import_module(name)
     except ImportError:
-        raise error(f"{needed_by} needs polygraphy, which is not installed; pip install 'dbunet[{extra}]'") from None
-    if version_tuple(polygraphy.__version__) < MIN_POLYGRAPHY:
-        raise error(f"polygraphy {polygraphy.__version__} is older than {floor}, which {needed_by} needs: older "
-                    f"releases fail with NumPy 2 (np.unicode_) or ask TensorRT 11 for what it removed "
-                    f"(EXPLICIT_BATCH, IBuilderConfig.int8_calibrator); pip install 'polygraphy>={floor}'")
-    return polygraphy
+        raise error(f"{needed_by} needs {name}, which is not installed; {install(extra)}") from None
+    CHECKS[name](module.__version__, error)
+    return module
+
+
+def check_polygraphy(version: str, error: type[DbunetError]) -> None:
+    """Refuse a polygraphy release that fails with NumPy 2 or TensorRT 11 (`version`: polygraphy.__version__)."""
+    if version_tuple(version) < MIN_POLYGRAPHY:
+        floor = ".".join(map(str, MIN_POLYGRAPHY))
+        raise error(f"polygraphy {version} is older than {floor}: older releases fail with NumPy 2 (np.unicode_) "
+                    f"or ask TensorRT 11 for what it removed (EXPLICIT_BATCH, IBuilderConfig.int8_calibrator); "
+                    f"pip install 'polygraphy>={floor}'")
 
 
 def check_onnxscript(version: str, error: type[DbunetError]) -> None:
@@ -100,3 +112,8 @@ def check_triton(version: str, error: type[DbunetError]) -> None:
     why = ("it finds its ptxas through another API and its attention kernel spills" if release < lowest else
            "its kernel parameters are not checked yet")
     raise error(f"Triton {version} cannot compile the plugins' PTX ({why}); pip install '{TRITON_PIN}'")
+
+
+CHECKS: dict[str, Callable[[str, type[DbunetError]], None]] = {
+    "polygraphy": check_polygraphy, "onnxscript": check_onnxscript, "openvino": check_openvino, "ray": check_ray,
+    "triton": check_triton}

@@ -28,9 +28,10 @@ Damage = Callable[[Path], None]
 class Case:
     label: str
     command: str  # run | export | bench | build
-    argv: tuple[str, ...]  # {art} = artifacts dir, {out} = output path, {tmp} = scratch dir
+    argv: tuple[str, ...]  # {art} = artifacts dir, {out} = output path, {tmp} = scratch dir, {port} = a free port
     says: str  # a fragment the error line must contain
     damage: Damage | None = None  # applied to a private copy of the artifacts first
+    hidden: str | None = None  # a library made unimportable, as where its extra is not installed
 
 
 def _manifest_edit(edit: Callable[[dict], None]) -> Damage:
@@ -455,9 +456,32 @@ CASES = [
          "backend torch computes in fp32, not fp16"),
     Case("serve whole loops with bf16", "serve", ("--artifacts", "{art}", "--precision", "bf16", "--whole-loops"),
          "backend openvino never runs each denoising loop in one call"),
+    # an extra not installed: the error names the library and prints the command the README installs with
+    Case("export without onnxscript", "export", ("--out", "{out}", "--components", "gae"),
+         "the export's graph clean-up needs onnxscript, which is not installed; pip install -e \".[export]\"",
+         hidden="onnxscript"),
+    Case("export without polygraphy", "export", ("--out", "{out}", "--components", "gae"),
+         'parity check needs polygraphy, which is not installed; pip install -e ".[export]"', hidden="polygraphy"),
+    Case("run openvino not installed", "run", RUN + ("--backend", "openvino"),
+         '--backend openvino needs openvino, which is not installed; pip install -e ".[openvino]"', hidden="openvino"),
+    Case("serve without Ray", "serve", ("--artifacts", "{art}", "--port", "{port}"),
+         'dbunet-serve needs ray, which is not installed; pip install -e ".[serve]"', hidden="ray"),
+    Case("build without TensorRT", "build", ("--artifacts", "{art}"),
+         'not installed (import of tensorrt halted; None in sys.modules); pip install -e ".[trt]" on the target',
+         hidden="tensorrt"),
+    Case("bench plot without matplotlib", "bench", ("--artifacts", "{art}", "--plot", "{out}.png"),
+         '--plot needs matplotlib (pip install -e ".[bench]")', hidden="matplotlib"),
 ]
 MAINS = {"run": run_cli.main, "export": export_cli.main, "bench": bench_cli.main, "build": build_cli.main,
          "serve": serve_cli.main}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -472,8 +496,11 @@ def test_the_table_is_large_and_labels_are_unique():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
-def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(case, shared_artifacts, tmp_path, capsys, snapshot):
+def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(case, shared_artifacts, tmp_path, capsys, snapshot,
+                                                                monkeypatch):
     art = shared_artifacts
+    if case.hidden is not None:
+        monkeypatch.setitem(sys.modules, case.hidden, None)
     if case.damage is not None:
         art = tmp_path / "art"
         shutil.copytree(shared_artifacts, art, symlinks=True)
@@ -481,7 +508,7 @@ def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(case, shared_art
     (tmp_path / "a-file").write_text("not a directory")
     (tmp_path / "dir.png").mkdir()
     out = tmp_path / ("out.png" if case.command == "run" else "out")
-    argv = [a.format(art=art, out=out, tmp=tmp_path) for a in case.argv]
+    argv = [a.format(art=art, out=out, tmp=tmp_path, port=free_port()) for a in case.argv]
     before_art, before_tmp = snapshot(art), snapshot(tmp_path)
     try:
         code = MAINS[case.command](argv)

@@ -36,3 +36,29 @@ def test_the_extras_pin_the_releases_dbunet_checks_at_run_time():
     assert {n: r for n, r in onnxscript.items() if r} == {"export": [f"onnxscript>={floor}"]}
     ray = {n: [r for r in reqs if r.startswith("ray")] for n, reqs in extras.items()}
     assert {n: r for n, r in ray.items() if r} == {"serve": [RAY_PIN], "dev": [RAY_PIN]}
+
+
+def test_every_install_command_dbunet_prints_names_an_extra_of_pyproject():
+    """Missing libraries are named with dbunet.releases.install(extra), the README's form (`pip install -e
+    ".[extra]"` from the checkout): before, some errors printed `pip install 'dbunet[trt]'`, which asks an index
+    for a package named dbunet. Every extra named in the code exists, and no message spells the other forms."""
+    import ast
+    import re
+    import tomllib
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    named, spelled = {}, []
+    for path in (ROOT / "dbunet").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                callee = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                arg = {"install": 0, "require": 3}.get(callee)
+                if arg is not None and len(node.args) > arg and isinstance(node.args[arg], ast.Constant):
+                    named.setdefault(node.args[arg].value, []).append(path.name)
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and path.name != "releases.py"
+                  and re.search(r"pip install (['\"]dbunet\[|-e '\.\[)", node.value)):
+                spelled.append(f"{path.name}: {node.value}")
+    assert {"export", "openvino", "serve", "trt", "trt-cuda12", "plugins", "bench"} <= set(named), named
+    assert set(named) <= extras, {e: where for e, where in named.items() if e not in extras}
+    assert not spelled, spelled

@@ -47,6 +47,6 @@ def _interpreter_fault() -> str | None:
 
 def require_triton() -> None:
     """Skip unless Triton is installed and, where the tests interpret kernels on the CPU, its interpreter runs."""
-    pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]')")
+    pytest.importorskip("triton", reason='Triton is not installed (pip install -e ".[dev]")')
     if interpreting() and (fault := _interpreter_fault()):
         pytest.skip(fault, allow_module_level=True)

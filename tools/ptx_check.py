@@ -92,11 +92,12 @@ def main() -> int:
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the compiler")
+    from dbunet import releases
     from dbunet.errors import DbunetError
     from dbunet.plugins import aot
 
     if args.any_triton:
-        aot.check_triton = lambda version, error: None
+        releases.CHECKS["triton"] = lambda version, error: None
     try:
         aot.check_toolchain(())
     except DbunetError as exc:

@@ -8,6 +8,7 @@ from pathlib import Path
 from dbunet import atomic
 from dbunet.bench.runner import BenchReport
 from dbunet.errors import ConfigError
+from dbunet.releases import install
 
 
 def stages(components: Iterable[str]) -> list[str]:
@@ -30,7 +31,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ConfigError("--plot needs matplotlib (pip install -e '.[bench]')") from None
+        raise ConfigError(f"--plot needs matplotlib ({install('bench')})") from None
     return plt
 
 

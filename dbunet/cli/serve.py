@@ -14,7 +14,7 @@ from pathlib import Path
 from dbunet import backends
 from dbunet.cli.common import Parser, add_precision, add_whole_loops, guarded, path_arg, terminate_like_interrupt
 from dbunet.errors import ConfigError, InputError
-from dbunet.releases import check_ray
+from dbunet.releases import install, require
 
 DESCRIPTION = """Serve an artifacts directory over HTTP: POST /v1/images with dbunet-run's options as JSON
 (prompt, negative_prompt, boxes as 'x0,y0,x1,y1:phrase' strings, seed, steps, scheduler, guidance_scale, height,
@@ -121,12 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     check_export(args.artifacts, args.backend, args.precision)
     if "RAY_ADDRESS" not in os.environ:  # on a cluster the proxies listen on its nodes, not here
         check_listen(args.host, args.port)
+    ray = require("ray", ConfigError, "dbunet-serve", "serve")  # before Ray starts
     try:
-        import ray
         from ray import serve
-    except ImportError:
-        raise ConfigError('dbunet-serve needs Ray Serve: pip install -e ".[serve]"') from None
-    check_ray(ray.__version__, ConfigError)  # before Ray starts
+    except ImportError:  # Ray without its serve extra
+        raise ConfigError(f"dbunet-serve needs Ray Serve, which is not installed; {install('serve')}") from None
     from dbunet.serve.app import check_fits, run_app
 
     local = "RAY_ADDRESS" not in os.environ  # else Ray joins the cluster it names

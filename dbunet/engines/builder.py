@@ -26,7 +26,7 @@ from dbunet.engines.cache import ENGINES_DIR, Device, EngineEntry, EngineKey, re
 from dbunet.engines.profiles import SIZE_FREE, Resolution, check_build, engine_components, profile
 from dbunet.errors import BuildError, ConfigError
 from dbunet.manifest import Manifest, sha256_file, shown, verify_artifact
-from dbunet.releases import import_polygraphy, version_tuple
+from dbunet.releases import install, require, version_tuple
 
 log = logging.getLogger(__name__)
 Report = Callable[[str], None]
@@ -62,7 +62,7 @@ def import_tensorrt():
         import tensorrt as trt
     except ImportError as exc:
         raise BuildError(f"TensorRT engines need the tensorrt package, which is not installed ({exc}); "
-                         "pip install 'dbunet[trt]' on the target machine") from None
+                         f"{install('trt')} on the target machine") from None
     if version_tuple(trt.__version__) < MIN_TENSORRT:
         raise BuildError(f"TensorRT {trt.__version__} is too old: strongly typed networks need TensorRT >= 10.0")
     return trt
@@ -188,7 +188,7 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(),  # no
     """Build what is missing for every requested resolution; reuse engines whose key is unchanged."""
     artifacts = Path(artifacts)
     trt = import_tensorrt()  # first: on a machine without TensorRT that is the one thing to say
-    import_polygraphy(BuildError, "dbunet-build", "trt")
+    require("polygraphy", BuildError, "dbunet-build", "trt")
     device, driver_cuda = current_device(trt)
     manifest = Manifest.read(artifacts)
     config: ModelConfig = manifest.config

@@ -22,7 +22,7 @@ from dbunet.errors import ExportError
 from dbunet.export import onnx_functions
 from dbunet.export.proto_size import TWO_GB, approx_size
 from dbunet.iospec import GraphSpec
-from dbunet.releases import check_onnxscript
+from dbunet.releases import require
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,7 @@ def trace_to_onnx(module: nn.Module, spec: GraphSpec, args: tuple[torch.Tensor, 
 
 def require_optimizer() -> None:
     """onnxscript recent enough for cleanup(): checked before an export traces anything."""
-    import onnxscript
-
-    check_onnxscript(onnxscript.__version__, ExportError)
+    require("onnxscript", ExportError, "the export's graph clean-up", "export")
 
 
 def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:

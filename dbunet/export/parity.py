@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dbunet import releases
 from dbunet.errors import AccuracyError, ExportError
-from dbunet.releases import import_polygraphy
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}
 FP32_BASE_PIXELS = 256 * 256  # the FP32 tolerance holds up to this traced size, then grows with the pixels
@@ -85,7 +85,7 @@ def _short(value: float) -> str:
 
 def require_parity_runner() -> None:
     """polygraphy, whose ONNX Runtime runner the parity check uses, installed and recent enough."""
-    import_polygraphy(ExportError, "the export's parity check", "export")
+    releases.require("polygraphy", ExportError, "the export's parity check", "export")
 
 
 def run_onnx(path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

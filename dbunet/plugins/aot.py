@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbunet.errors import BuildError
-from dbunet.releases import TRITON_PIN, check_triton
+from dbunet.releases import TRITON_PIN, require
 
 TARGETS = {"sm_87": 87, "sm_89": 89, "sm_90": 90, "sm_100": 100, "sm_110": 110, "sm_120": 120}
 
@@ -264,12 +264,7 @@ def _check_compiler() -> None:
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise BuildError("AOT compilation needs TRITON_INTERPRET unset: the interpreter replaces the compiler")
-    try:
-        import triton
-    except ImportError:
-        raise BuildError("--ptx compiles the kernels with Triton, which is not installed; pip install -e "
-                         "'.[plugins]'") from None
-    check_triton(triton.__version__, BuildError)
+    require("triton", BuildError, "--ptx (the kernels are compiled with Triton)", "plugins")
 
 
 def check_toolchain(targets: tuple[str, ...]) -> None:

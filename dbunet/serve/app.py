@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbunet import errors
-from dbunet.releases import check_ray
+from dbunet.releases import require
 from dbunet.scalars import is_real, is_whole
 from dbunet.serve import api
 
@@ -73,12 +73,10 @@ class ServeOptions:
 
 def build_app(options: ServeOptions):
     """The Serve application (serve.run it); imports Ray and FastAPI only here."""
-    import ray
+    require("ray", errors.ConfigError, "dbunet-serve", "serve")  # a release with BackpressureConfig
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from ray import serve
-
-    check_ray(ray.__version__, errors.ConfigError)
     from ray.serve.config import BackpressureConfig
 
     from dbunet import __version__

@@ -265,7 +265,7 @@ def test_a_plot_without_matplotlib_is_refused_before_the_measurement(tiny_artifa
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where the `bench` extra is not installed
     monkeypatch.setattr(runner, "run_bench", lambda *a, **k: pytest.fail("measured before refusing"))
     assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--plot", str(tmp_path / "p.png")]) == 2
-    assert capsys.readouterr().err == "error: --plot needs matplotlib (pip install -e '.[bench]')\n"
+    assert capsys.readouterr().err == 'error: --plot needs matplotlib (pip install -e ".[bench]")\n'
 
 
 def test_components_the_baseline_lacks_are_named_as_not_judged(tiny_artifacts, tmp_path, capsys):

@@ -62,7 +62,7 @@ def test_strongly_typed_on_10x_and_11x_and_too_old_refused(monkeypatch):
 
 def test_missing_tensorrt_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    with pytest.raises(BuildError, match=r"tensorrt package.*not installed.*dbunet\[trt\]"):
+    with pytest.raises(BuildError, match=r'tensorrt package.*not installed.*pip install -e "\.\[trt\]"'):
         builder.import_tensorrt()
 
 

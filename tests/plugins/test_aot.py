@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[dev]')")
+pytest.importorskip("triton", reason='Triton is not installed (pip install -e ".[dev]")')
 
 from dbunet.errors import BuildError
 from dbunet.plugins import aot
@@ -137,8 +137,8 @@ def test_an_export_without_a_ptx_toolchain_is_refused_before_any_graph(tmp_path,
         exporter.export(options)
     monkeypatch.delenv("TRITON_INTERPRET")
     monkeypatch.setitem(sys.modules, "triton", None)  # as where the `plugins` extra is not installed
-    with pytest.raises(BuildError, match=r"--ptx compiles the kernels with Triton, which is not installed; pip "
-                                         r"install -e '\.\[plugins\]'"):
+    with pytest.raises(BuildError, match=r"--ptx \(the kernels are compiled with Triton\) needs triton, which is "
+                                         r'not installed; pip install -e "\.\[plugins\]"'):
         exporter.export(options)
 
 

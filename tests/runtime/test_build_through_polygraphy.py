@@ -148,11 +148,11 @@ def test_polygraphy_releases_that_fail_with_numpy_2_or_tensorrt_11_are_refused(m
 
     from dbunet.errors import ExportError
     from dbunet.export import exporter, parity
-    from dbunet.releases import import_polygraphy
+    from dbunet.releases import require
 
     install(monkeypatch, "11.4.0")
     monkeypatch.setattr(polygraphy, "__version__", old)
-    says = rf"polygraphy {old} is older than 0.49.24, which .*NumPy 2 .*pip install 'polygraphy>=0.49.24'"
+    says = rf"polygraphy {old} is older than 0.49.24: .*NumPy 2 .*pip install 'polygraphy>=0.49.24'"
     with pytest.raises(builder.BuildError, match=says):
         builder.build_engines(tmp_path)  # before any artifact is read
     with pytest.raises(ExportError, match=says):
@@ -161,7 +161,7 @@ def test_polygraphy_releases_that_fail_with_numpy_2_or_tensorrt_11_are_refused(m
     with pytest.raises(ExportError, match=says):
         exporter.export(exporter.ExportOptions(config="tiny", components=("gae",), out=tmp_path / "a"))
     monkeypatch.setattr(polygraphy, "__version__", "0.49.24")
-    assert import_polygraphy(ExportError, "the export's parity check", "export") is polygraphy
+    assert require("polygraphy", ExportError, "the export's parity check", "export") is polygraphy
     forget_tensorrt_in_polygraphy()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("openvino", reason="openvino is not installed (pip install 'dbunet[openvino]')")
+pytest.importorskip("openvino", reason='openvino is not installed (pip install -e ".[openvino]")')
 
 from dbunet.errors import ConfigError  # noqa: E402
 from dbunet.runtime import Pipeline  # noqa: E402

@@ -121,7 +121,7 @@ def _streamed(chunks, headers=()):
     import itertools
 
     Request = pytest.importorskip("starlette.requests", reason="Starlette comes with the serve extra "
-                                  "(pip install -e '.[serve]')").Request
+                                  '(pip install -e ".[serve]")').Request
     source, pulled = iter(chunks), itertools.count()
 
     async def receive():

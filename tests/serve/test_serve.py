@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="dbunet-serve's tests need Ray Serve (pip install -e '.[serve]')")
+ray = pytest.importorskip("ray", reason="dbunet-serve's tests need Ray Serve (pip install -e \".[serve]\")")
 serve = pytest.importorskip("ray.serve")
 
 from dbunet.serve import api  # noqa: E402

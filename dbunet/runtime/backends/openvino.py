@@ -25,7 +25,7 @@ from dbunet.backends import info
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec
 from dbunet.manifest import shown
-from dbunet.releases import check_openvino
+from dbunet.releases import install, require
 from dbunet.runtime.backends.base import GraphBackend, check_threads
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,8 @@ def inlined_model(core, path: Path):
     try:
         import onnx
     except ImportError:
-        raise ConfigError("--backend openvino needs the onnx package to inline dbunet's ops; "
-                          "pip install 'dbunet[openvino]'") from None
+        raise ConfigError(f"--backend openvino needs the onnx package to inline dbunet's ops; "
+                          f"{install('openvino')}") from None
     from dbunet.onnx_inline import inline_functions
 
     model = inline_functions(onnx.load(str(path), load_external_data=False))  # external weights stay where they are
@@ -127,12 +127,7 @@ class OvBackend(GraphBackend):
         # oneDNN (inside OpenVINO's CPU plugin) keeps 1024 primitives per process by default, ~1.6 MB per image size
         # seen, without end; read when its cache is first used, so set before the first compile (a user's wins)
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PRIMITIVE_CACHE))
-        try:
-            import openvino as ov
-        except ImportError:
-            raise ConfigError("--backend openvino needs openvino, not installed here: "
-                              "pip install 'dbunet[openvino]'") from None
-        check_openvino(ov.__version__, ConfigError)
+        ov = require("openvino", ConfigError, "--backend openvino", "openvino")
         if device not in ("auto", "cpu"):
             raise ConfigError(f"--backend openvino runs on the CPU here; device {device!r} is not supported")
         check_threads(threads)

@@ -23,6 +23,7 @@ from dbunet.backends import info
 from dbunet.errors import ArtifactError, ConfigError, InputError
 from dbunet.generation import Conditioning, Step
 from dbunet.manifest import shown
+from dbunet.releases import install
 from dbunet.runtime.stages import conditioning_feeds, pad_box_slots
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class TrtBackend:
         missing = missing_dependencies()
         if missing:
             raise ConfigError(f"--backend trt needs {' and '.join(missing)}, not installed here: on an NVIDIA GPU "
-                              "machine, pip install 'dbunet[trt]' and run dbunet-build; or use --backend ort")
+                              f"machine, {install('trt')} and run dbunet-build; or use --backend ort")
         if device not in ("auto", "cuda"):
             raise ConfigError(f"--backend trt runs on the GPU; device {device!r} is not possible (use --backend ort)")
         import tensorrt as trt
