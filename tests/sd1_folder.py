@@ -47,3 +47,14 @@ def set_pad_token(tokenizer_dir, token):
         path = tokenizer_dir / name
         if path.is_file():
             path.write_text(json.dumps({**json.loads(path.read_text()), "pad_token": token}))
+
+
+def other_clip_layout(state: dict, at: str = "") -> dict:
+    """The keys of the CLIPTextModel at `at` as the other transformers release names them: under `text_model.`
+    (transformers 4, every Hub folder) or without it (transformers 5)."""
+    def flip(key: str) -> str:
+        if not key.startswith(at):
+            return key
+        rest = key[len(at):]
+        return at + (rest.removeprefix("text_model.") if rest.startswith("text_model.") else "text_model." + rest)
+    return {flip(k): v for k, v in state.items()}

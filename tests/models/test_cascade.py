@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from sd1_folder import other_clip_layout
 
 from dbunet.config import tiny
 from dbunet.errors import ConfigError, WeightsError
@@ -24,17 +25,6 @@ def test_save_load_round_trip_is_bitwise(tiny_model, tmp_path):
     assert not list(tmp_path.glob("**/*.tmp"))  # atomic writes leave no temp files
 
 
-def _other_clip_layout(state: dict, at: str) -> dict:
-    """The keys of the CLIPTextModel at `at` as the other transformers release names them: under `text_model.`
-    (transformers 4, every Hub folder) or without it (transformers 5)."""
-    def flip(key: str) -> str:
-        if not key.startswith(at):
-            return key
-        rest = key[len(at):]
-        return at + (rest.removeprefix("text_model.") if rest.startswith("text_model.") else "text_model." + rest)
-    return {flip(k): v for k, v in state.items()}
-
-
 def test_weights_saved_under_the_other_transformers_release_load(tiny_model_dir, tmp_path):
     """CLIPTextModel's keys lost their `text_model.` level in transformers 5: a model saved under either release
     (the shapes preset was saved under 5) loads under the installed one, to the same weights."""
@@ -43,7 +33,7 @@ def test_weights_saved_under_the_other_transformers_release_load(tiny_model_dir,
     shutil.copytree(tiny_model_dir, tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     state = load_file(str(weights))
-    flipped = _other_clip_layout(state, "text_encoder.")
+    flipped = other_clip_layout(state, "text_encoder.")
     assert flipped.keys() != state.keys()
     save_file(flipped, str(weights))
     loaded = load_model(tmp_path / "m").cascade.state_dict()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
+from sd1_folder import other_clip_layout
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from dbunet.config import tiny
@@ -50,9 +51,7 @@ def test_a_text_encoder_in_the_hub_layout_loads_under_either_transformers(sd_fol
     shutil.copytree(sd_folder, folder)
     path = folder / "text_encoder" / "model.safetensors"
     state = load_file(str(path))
-    nested = all(k.startswith("text_model.") for k in state)
-    other = {k.removeprefix("text_model.") if nested else "text_model." + k: v for k, v in state.items()}
-    save_file(other, str(path), metadata={"format": "pt"})
+    save_file(other_clip_layout(state), str(path), metadata={"format": "pt"})
     model, _ = load_sd_folder(folder, base=tiny())
     own = model.cascade.text_encoder.state_dict()
     assert own.keys() == state.keys()
