@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dbunet.config import preset
     from dbunet.models.device import torch_device
-    from dbunet.train.trainer import CHECKPOINT, RUN_ENTRIES, Trainer, TrainPlan
+    from dbunet.train.trainer import CHECKPOINT, LOSS_PLOT, RUN_ENTRIES, Trainer, TrainPlan
 
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file; give a directory for the run")
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     report(f"training {args.preset} on {device} ({torch.get_num_threads()} threads) into {args.out}")
     model_dir = trainer.run()
     minutes = (time.perf_counter() - start) / 60
-    print(f"trained model in {model_dir} ({minutes:.1f} min this run); loss curves in {args.out / 'losses.png'}")
+    curves = args.out / LOSS_PLOT
+    print(f"trained model in {model_dir} ({minutes:.1f} min this run)"
+          + (f"; loss curves in {curves}" if curves.is_file() else ""))  # none drawn without matplotlib
     return 0
 
 

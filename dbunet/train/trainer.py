@@ -36,6 +36,7 @@ from dbunet.errors import ConfigError, InputError, WeightsError
 from dbunet.models.cascade import TOKENIZER_DIR, Model, build_model, save_model
 from dbunet.models.components import tokenize
 from dbunet.models.files import read_safetensors
+from dbunet.releases import install
 from dbunet.request import valid_seed
 from dbunet.tokenizer import learn_bpe, write_clip_tokenizer
 from dbunet.train.data import VOCABULARY, Layout, ShapesDataset
@@ -266,7 +267,7 @@ class Trainer:
 
             plot_losses(self.out / LOSS_LOG, self.out / LOSS_PLOT)
         except ImportError:
-            self.report("losses.png skipped: matplotlib is not installed")
+            self.report(f"losses.png skipped: matplotlib is not installed ({install('bench')})")
         return model_dir
 
     def _loop(self, name: str, start: int, params: list[torch.nn.Parameter], modules: list[torch.nn.Module],

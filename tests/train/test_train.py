@@ -37,6 +37,18 @@ def test_smoke_run_writes_a_loadable_model_a_loss_log_and_curves(tmp_path, capsy
     assert main(["shapes", "--out", str(tmp_path / "empty"), "--resume"]) == 2
 
 
+def test_without_matplotlib_a_run_ends_with_its_model_and_says_how_to_get_the_curves(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where neither the bench nor the dev extra is installed
+    out = tmp_path / "run"
+    assert main(["shapes", "--out", str(out), "--smoke", "--device", "cpu"]) == 0
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "losses.png").exists()
+    said = capsys.readouterr()
+    assert 'losses.png skipped: matplotlib is not installed (pip install -e ".[bench]")' in said.err
+    assert "trained model in" in said.out and "losses.png" not in said.out  # before: "loss curves in .../losses.png"
+
+
 def test_an_unreachable_device_or_a_file_as_out_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
     """Simulated: no reachable GPU (PyTorch would fail at the first tensor, after the run folder was begun)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
