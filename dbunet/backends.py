@@ -257,6 +257,10 @@ def open_pipeline(directory: str | Path, backend: str = DEFAULT, precision: str 
         log.info("backend auto: %s (%s)", backend, why)
     check_request(backend, precision, whole_loops)
     if info(backend).reference:
+        from dbunet.errors import ConfigError
+        from dbunet.releases import require_models
+
+        require_models(ConfigError, f"--backend {backend}")
         if threads is not None:
             import torch
 

@@ -43,6 +43,7 @@ MIN_RAY = (2, 58)
 RAY_PIN = "ray[serve]>=2.58,<3"
 TRITON_RANGE = ((3, 6), (3, 10))  # from, up to (not including)
 TRITON_PIN = "triton>=3.6,<3.10"
+MODEL_LIBRARIES = ("torch", "transformers", "diffusers")  # what dbunet.models imports: the export extra's
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -56,14 +57,22 @@ def install(extra: str) -> str:
 
 
 def require(name: str, error: type[DbunetError], needed_by: str, extra: str) -> ModuleType:
-    """The library `name` imported, in a release its check (CHECKS) accepts; else `error` saying what
-    `needed_by` needs and the command that installs it (`extra`: the pyproject extra that brings it)."""
+    """The library `name` imported, in a release its check (CHECKS, where it has one) accepts; else `error`
+    saying what `needed_by` needs and the command that installs it (`extra`: the pyproject extra that brings it)."""
     try:
         module = importlib.import_module(name)
     except ImportError:
         raise error(f"{needed_by} needs {name}, which is not installed; {install(extra)}") from None
-    CHECKS[name](module.__version__, error)
+    if name in CHECKS:
+        CHECKS[name](module.__version__, error)
     return module
+
+
+def require_models(error: type[DbunetError], needed_by: str) -> None:
+    """The libraries the PyTorch models import (the export extra), checked before a command that builds them
+    imports anything: without them it ended in a ModuleNotFoundError traceback."""
+    for name in MODEL_LIBRARIES:
+        require(name, error, needed_by, "export")
 
 
 def check_polygraphy(version: str, error: type[DbunetError]) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 from dbunet import jsonfile
 from dbunet.cli.common import Parser, guarded, path_arg
 from dbunet.config import ARCHITECTURES, DEFAULT_PRESET
-from dbunet.errors import InputError, WeightsError
+from dbunet.errors import ExportError, InputError, WeightsError
 from dbunet.export.specs import MAX_TRACE_BATCH
 from dbunet.plugins.aot import DEFAULT_CUDA, TARGETS
+from dbunet.releases import require_models
 
 DESCRIPTION = """Export every component of the cascade (text_encoder, dbunet, vae_decoder, vae_encoder,
 refiner_encoder, gae, refiner_unet) to ONNX, and the whole-step graphs the runtime's loops run
@@ -100,6 +101,7 @@ def default_ptx_targets() -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    require_models(ExportError, "dbunet-export")
     check_model_source(args)
     from dbunet.export.exporter import ExportOptions, export
 

@@ -7,7 +7,8 @@ import sys
 import time
 
 from dbunet.cli.common import Parser, guarded, path_arg
-from dbunet.errors import InputError
+from dbunet.errors import ConfigError, InputError
+from dbunet.releases import require_models
 from dbunet.request import SEED_RANGE, valid_seed
 
 DESCRIPTION = """Train every component of a demo preset on the shapes generator, in stages: the VAE, then the
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not valid_seed(args.seed):
         raise InputError(f"--seed must be an integer in {SEED_RANGE}, got {args.seed}")
+    require_models(ConfigError, "training")
     import torch
 
     from dbunet.config import preset

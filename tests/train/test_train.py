@@ -49,6 +49,16 @@ def test_without_matplotlib_a_run_ends_with_its_model_and_says_how_to_get_the_cu
     assert "trained model in" in said.out and "losses.png" not in said.out  # before: "loss curves in .../losses.png"
 
 
+def test_without_torch_training_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as where the export extra is not installed
+    assert main(["shapes", "--out", str(tmp_path / "run"), "--smoke"]) == 2
+    said = capsys.readouterr().err
+    assert said == 'error: training needs torch, which is not installed; pip install -e ".[export]"\n'
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unreachable_device_or_a_file_as_out_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
     """Simulated: no reachable GPU (PyTorch would fail at the first tensor, after the run folder was begun)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
