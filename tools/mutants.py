@@ -146,6 +146,10 @@ MUTANTS = [
            """    return f'pip install -e ".[{extra}]"'""", "    return f\"pip install 'dbunet[{extra}]'\"",
            ("tests/test_bad_input.py::test_bad_input_is_one_error_line_exit_2_and_changes_nothing[run openvino not "
             "installed]",), "a missing extra's install command asks an index for a package named dbunet"),
+    Mutant("export_extra_unchecked", "dbunet/cli/export.py",
+           '    require_models(ExportError, "dbunet-export")', "    pass",
+           ("tests/test_bad_input.py::test_bad_input_is_one_error_line_exit_2_and_changes_nothing[export without "
+            "torch]",), "dbunet-export without torch ends in a ModuleNotFoundError traceback"),
     Mutant("clip_hub_layout_not_renamed", "dbunet/models/components.py",
            "            elif not nested and rest.startswith(CLIP_TEXT_NESTING):", "            elif False:",
            ("tests/models/test_sd_folder.py", "tests/models/test_cascade.py"),
