@@ -1,6 +1,8 @@
-"""Releases of the libraries dbunet uses whose version decides whether a run works, checked before the work
-begins: older or broken releases fail deep inside the library with an error that names neither the release
-nor the fix.
+"""The libraries dbunet needs beyond its base install, checked before the work begins: require() imports one and
+applies its release check, and where it is missing or refused the error names it and the command that installs
+it (install(): the README's form, from the checkout). A missing library otherwise ends in an ImportError
+traceback, and an older or broken release fails deep inside the library with an error that names neither the
+release nor the fix.
 
 polygraphy (the export's parity runs through its ONNX Runtime runner; dbunet-build through its TensorRT
 loaders): before 0.49.9 every network is asked for EXPLICIT_BATCH, which TensorRT 11 removed; 0.49.9 maps
@@ -43,7 +45,7 @@ MIN_RAY = (2, 58)
 RAY_PIN = "ray[serve]>=2.58,<3"
 TRITON_RANGE = ((3, 6), (3, 10))  # from, up to (not including)
 TRITON_PIN = "triton>=3.6,<3.10"
-MODEL_LIBRARIES = ("torch", "transformers", "diffusers")  # what dbunet.models imports: the export extra's
+MODEL_LIBRARIES = ("torch", "transformers", "diffusers")  # what dbunet.models imports (the export extra)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

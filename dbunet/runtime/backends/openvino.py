@@ -25,7 +25,7 @@ from dbunet.backends import info
 from dbunet.errors import ArtifactError, ConfigError
 from dbunet.iospec import GraphSpec
 from dbunet.manifest import shown
-from dbunet.releases import install, require
+from dbunet.releases import require
 from dbunet.runtime.backends.base import GraphBackend, check_threads
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,7 @@ def has_bf16() -> bool:
 
 def inlined_model(core, path: Path):
     """The graph at `path` with its local functions inlined, read by OpenVINO; the file is not changed."""
-    try:
-        import onnx
-    except ImportError:
-        raise ConfigError(f"--backend openvino needs the onnx package to inline dbunet's ops; "
-                          f"{install('openvino')}") from None
+    onnx = require("onnx", ConfigError, "--backend openvino (to inline dbunet's ops)", "openvino")
     from dbunet.onnx_inline import inline_functions
 
     model = inline_functions(onnx.load(str(path), load_external_data=False))  # external weights stay where they are
