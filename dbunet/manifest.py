@@ -65,9 +65,10 @@ def shown(path: str | Path) -> str:
     return text
 
 
-def inside(directory: str | Path, relative: Any) -> Path:
+def inside(directory: str | Path, relative: Any, doing: str = "load it") -> Path:
     """`relative` as a path inside `directory`, or ArtifactError. Manifests are untrusted input: no absolute
-    path, no '..', no backslash or NUL, and no symlink that resolves outside the directory."""
+    path, no '..', no backslash or NUL, and no symlink that resolves outside the directory (`doing`: what is
+    refused, for the message)."""
     bad = (not isinstance(relative, str) or not relative or "\\" in relative or "\x00" in relative
            or PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts)
     if bad:
@@ -76,7 +77,7 @@ def inside(directory: str | Path, relative: Any) -> Path:
     root = Path(directory).resolve()
     path = Path(directory) / relative
     if not path.resolve().is_relative_to(root):
-        raise ArtifactError(f"{relative} resolves outside the artifacts directory (a symlink?); refusing to load it")
+        raise ArtifactError(f"{relative} resolves outside the artifacts directory (a symlink?); refusing to {doing}")
     return path
 
 

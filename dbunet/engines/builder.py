@@ -25,7 +25,7 @@ from dbunet.config import ModelConfig
 from dbunet.engines.cache import ENGINES_DIR, Device, EngineEntry, EngineKey, read_index, write_index
 from dbunet.engines.profiles import SIZE_FREE, Resolution, check_build, engine_components, profile
 from dbunet.errors import BuildError, ConfigError
-from dbunet.manifest import Manifest, sha256_file, shown, verify_artifact
+from dbunet.manifest import Manifest, inside, sha256_file, shown, verify_artifact
 from dbunet.releases import install, require, version_tuple
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,8 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(),  # no
     plugin_path = f"aot plugins: {', '.join(PLUGIN_OPS)}" if mode == "aot" else "local functions (no AOT plugins)"
     report(f"{device.describe()}, CUDA {driver_cuda} driver; dbunet ops as {plugin_path}")
 
+    # engines are written where the runtime will read them, never through a link that leaves the directory
+    inside(artifacts, ENGINES_DIR, "write engines there")
     timing_cache = options.timing_cache or artifacts / ENGINES_DIR / TIMING_CACHE
     timing_cache.parent.mkdir(parents=True, exist_ok=True)  # polygraphy locks the cache beside it after a build
     index = read_index(artifacts)

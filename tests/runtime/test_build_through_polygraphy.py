@@ -131,6 +131,21 @@ def test_an_export_or_cache_no_build_could_use_is_refused_before_the_first_build
     assert trt.builds == [] and not (fresh / "engines").exists()
 
 
+def test_an_engines_folder_linked_out_of_the_artifacts_is_refused_before_the_first_build(fresh, monkeypatch, tmp_path):
+    """The runtime refuses engines that resolve outside the artifacts directory (untrusted, like the manifest);
+    dbunet-build wrote them through such a link, into whatever folder it named."""
+    from dbunet.errors import ArtifactError
+
+    trt = install(monkeypatch, "10.3.0")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (fresh / "engines").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ArtifactError, match="engines resolves outside the artifacts directory .*refusing to write"):
+        builder.build_engines(fresh, builder.BuildOptions((Resolution(64, 64),), max_boxes=4),
+                              report=lambda line: None)
+    assert trt.builds == [] and list(elsewhere.iterdir()) == []
+
+
 def test_tensorrt_11_builds_strongly_typed_without_the_removed_flags(fresh, monkeypatch):
     trt = install(monkeypatch, "11.4.0")
     assert not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and not hasattr(trt.BuilderFlag, "FP16")
