@@ -150,6 +150,10 @@ MUTANTS = [
            '    require_models(ExportError, "dbunet-export")', "    pass",
            ("tests/test_bad_input.py::test_bad_input_is_one_error_line_exit_2_and_changes_nothing[export without "
             "torch]",), "dbunet-export without torch ends in a ModuleNotFoundError traceback"),
+    Mutant("engines_written_through_a_link", "dbunet/engines/builder.py",
+           '    inside(artifacts, ENGINES_DIR, "write engines there")', "    pass",
+           ("tests/runtime/test_build_through_polygraphy.py",),
+           "dbunet-build writes its engines through an engines folder that links out of the artifacts"),
     Mutant("clip_hub_layout_not_renamed", "dbunet/models/components.py",
            "            elif not nested and rest.startswith(CLIP_TEXT_NESTING):", "            elif False:",
            ("tests/models/test_sd_folder.py", "tests/models/test_cascade.py"),
