@@ -14,7 +14,7 @@ from pathlib import Path
 from dbunet import backends
 from dbunet.cli.common import Parser, add_precision, add_whole_loops, guarded, path_arg, terminate_like_interrupt
 from dbunet.errors import ConfigError, InputError
-from dbunet.releases import install, require
+from dbunet.releases import install, require, require_models
 
 DESCRIPTION = """Serve an artifacts directory over HTTP: POST /v1/images with dbunet-run's options as JSON
 (prompt, negative_prompt, boxes as 'x0,y0,x1,y1:phrase' strings, seed, steps, scheduler, guidance_scale, height,
@@ -119,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     options = options_from(args)
     check_export(args.artifacts, args.backend, args.precision)
-    if "RAY_ADDRESS" not in os.environ:  # on a cluster the proxies listen on its nodes, not here
+    if "RAY_ADDRESS" not in os.environ:  # on a cluster the proxies listen, and the replicas import, on its nodes
         check_listen(args.host, args.port)
+        name = backends.requested_backend(args.backend, args.precision)
+        if name is not None and backends.info(name).reference:  # else the replicas say it, after Ray started
+            require_models(ConfigError, f"--backend {name}")
     ray = require("ray", ConfigError, "dbunet-serve", "serve")  # before Ray starts
     try:
         from ray import serve

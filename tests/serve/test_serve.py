@@ -195,6 +195,22 @@ def test_a_ray_without_the_back_pressure_settings_is_refused_before_it_starts(ti
     assert build_app(ServeOptions(tiny_artifacts, "ort", "fp32")) is not None
 
 
+def test_the_reference_without_torch_is_refused_before_ray_starts(tiny_artifacts, capsys, monkeypatch):
+    """Where the replicas run on this machine (no RAY_ADDRESS), they import what the backend needs here: without
+    torch, `--backend torch` was said by the replicas, after Ray had started (about 25 s in)."""
+    import sys
+
+    from dbunet.cli import serve as serve_cli
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", None)  # as where the export extra is not installed
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    code = serve_cli.main(["--artifacts", str(tiny_artifacts), "--backend", "torch", "--port", str(_free_port())])
+    said = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and said == ["error: --backend torch needs torch, which is not installed; "
+                                  'pip install -e ".[export]"']
+
+
 @pytest.mark.parametrize(("body", "cli"), [
     ({"prompt": PROMPT, "boxes": ["0.1,0.2:a cat"]}, ["--box", "0.1,0.2:a cat"]),
     ({"prompt": PROMPT, "height": 4096}, ["--height", "4096"]),
