@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from net import free_port
 
 from dbunet.cli import bench as bench_cli
 from dbunet.cli import build as build_cli
@@ -482,14 +483,6 @@ MAINS = {"run": run_cli.main, "export": export_cli.main, "bench": bench_cli.main
          "serve": serve_cli.main}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def shared_artifacts(tiny_artifacts, tmp_path_factory):
     art = tmp_path_factory.mktemp("bad-input") / "art"
@@ -514,7 +507,8 @@ def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(case, shared_art
     (tmp_path / "a-file").write_text("not a directory")
     (tmp_path / "dir.png").mkdir()
     out = tmp_path / ("out.png" if case.command == "run" else "out")
-    argv = [a.format(art=art, out=out, tmp=tmp_path, port=free_port()) for a in case.argv]
+    port = free_port() if any("{port}" in a for a in case.argv) else None
+    argv = [a.format(art=art, out=out, tmp=tmp_path, port=port) for a in case.argv]
     before_art, before_tmp = snapshot(art), snapshot(tmp_path)
     try:
         code = MAINS[case.command](argv)

@@ -19,22 +19,18 @@ import pytest
 ray = pytest.importorskip("ray", reason="dbunet-serve's tests need Ray Serve (pip install -e \".[serve]\")")
 serve = pytest.importorskip("ray.serve")
 
+from net import free_port  # noqa: E402
+
 from dbunet.serve import api  # noqa: E402
 from dbunet.serve.app import ServeOptions, build_app  # noqa: E402
 
 PROMPT = "a red circle above a blue square"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_artifacts):
     """Ray with 4 logical CPUs (replicas of 1 CPU each), Serve's proxy on a free loopback port."""
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
 
@@ -68,7 +64,7 @@ def test_sigterm_shuts_dbunet_serve_down_like_ctrl_c(tiny_artifacts):
     """What a service manager's stop sends. Before: Ray's own handler (installed by ray.init) printed a stack dump
     and the process died without shutting Serve down. First in this module: its own local Ray, not the fixture's."""
     proc = subprocess.Popen([sys.executable, "-m", "dbunet.cli.serve", "--artifacts", str(tiny_artifacts), "--port",
-                             str(_free_port())], stderr=subprocess.PIPE, text=True)
+                             str(free_port())], stderr=subprocess.PIPE, text=True)
     try:
         said = []
         for line in proc.stderr:  # until it serves (or ends)
@@ -185,7 +181,7 @@ def test_a_ray_without_the_back_pressure_settings_is_refused_before_it_starts(ti
 
     monkeypatch.setattr(ray, "__version__", "2.57.1")
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
-    code = serve_cli.main(["--artifacts", str(tiny_artifacts), "--port", str(_free_port())])
+    code = serve_cli.main(["--artifacts", str(tiny_artifacts), "--port", str(free_port())])
     says = ("error: Ray 2.57.1 is older than 2.58, whose Serve brings the back-pressure settings dbunet-serve uses "
             "(503 with Retry-After on a full queue); pip install 'ray[serve]>=2.58,<3'")
     assert code == 2 and capsys.readouterr().err.strip().splitlines() == [says]
@@ -205,7 +201,7 @@ def test_the_reference_without_torch_is_refused_before_ray_starts(tiny_artifacts
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setitem(sys.modules, "torch", None)  # as where the export extra is not installed
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
-    code = serve_cli.main(["--artifacts", str(tiny_artifacts), "--backend", "torch", "--port", str(_free_port())])
+    code = serve_cli.main(["--artifacts", str(tiny_artifacts), "--backend", "torch", "--port", str(free_port())])
     said = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and said == ["error: --backend torch needs torch, which is not installed; "
                                   'pip install -e ".[export]"']
