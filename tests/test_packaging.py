@@ -38,6 +38,15 @@ def test_the_extras_pin_the_releases_dbunet_checks_at_run_time():
     assert {n: r for n, r in ray.items() if r} == {"serve": [RAY_PIN], "dev": [RAY_PIN]}
 
 
+def _argument(call, position: int | None, keyword: str):
+    """The argument a call passes at `position` or as `keyword` (None where it passes neither)."""
+    if position is None:
+        return None
+    if len(call.args) > position:
+        return call.args[position]
+    return next((k.value for k in call.keywords if k.arg == keyword), None)
+
+
 def test_every_install_command_dbunet_prints_names_an_extra_of_pyproject():
     """Missing libraries are named with dbunet.releases.install(extra), the README's form (`pip install -e
     ".[extra]"` from the checkout): before, some errors printed `pip install 'dbunet[trt]'`, which asks an index
@@ -53,12 +62,52 @@ def test_every_install_command_dbunet_prints_names_an_extra_of_pyproject():
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 callee = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
-                arg = {"install": 0, "require": 3}.get(callee)
-                if arg is not None and len(node.args) > arg and isinstance(node.args[arg], ast.Constant):
-                    named.setdefault(node.args[arg].value, []).append(path.name)
+                extra = _argument(node, *{"install": (0, "extra"), "require": (3, "extra")}.get(callee, (None, "")))
+                if isinstance(extra, ast.Constant):
+                    named.setdefault(extra.value, []).append(path.name)
             elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and path.name != "releases.py"
                   and re.search(r"pip install (['\"]dbunet\[|-e '\.\[)", node.value)):
                 spelled.append(f"{path.name}: {node.value}")
     assert {"export", "openvino", "serve", "trt", "trt-cuda12", "plugins", "bench"} <= set(named), named
     assert set(named) <= extras, {e: where for e, where in named.items() if e not in extras}
     assert not spelled, spelled
+
+
+def _imported_libraries(folder: Path) -> dict[str, set[str]]:
+    """Top-level names of what the modules under `folder` import (at any depth: lazy imports too), by file."""
+    import ast
+    import sys
+
+    names: dict[str, set[str]] = {}
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for module in modules:
+                top = module.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "dbunet":
+                    names.setdefault(top, set()).add(path.name)
+    return names
+
+
+IMPORT_NAMES = {"pillow": "PIL"}  # distributions whose import name differs
+
+
+def test_the_libraries_the_models_import_are_the_ones_checked_before_an_export():
+    """releases.require_models checks MODEL_LIBRARIES before a command builds the PyTorch models: a library
+    dbunet.models imports that is neither there nor in the base install would end a run without it in a
+    ModuleNotFoundError traceback again."""
+    import re
+    import tomllib
+
+    from dbunet.releases import MODEL_LIBRARIES
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {IMPORT_NAMES.get(d, d) for d in (re.match(r"[A-Za-z0-9_.-]+", r).group().lower()
+                                             for r in project["dependencies"])}
+    imported = _imported_libraries(ROOT / "dbunet" / "models")
+    assert {"torch", "diffusers", "transformers"} <= set(imported)  # the walk sees lazy imports too
+    unchecked = {name: files for name, files in imported.items() if name not in base | set(MODEL_LIBRARIES)}
+    assert not unchecked, f"dbunet.models imports, not in releases.MODEL_LIBRARIES nor the base install: {unchecked}"
+    export = {re.match(r"[A-Za-z0-9_.-]+", r).group().lower() for r in project["optional-dependencies"]["export"]}
+    assert set(MODEL_LIBRARIES) <= export, "every library require_models checks comes with the export extra"
