@@ -29,14 +29,22 @@ PROMPT = "a red circle above a blue square"
 
 @pytest.fixture(scope="module")
 def server(tiny_artifacts):
-    """Ray with 4 logical CPUs (replicas of 1 CPU each), Serve's proxy on a free loopback port."""
+    """Ray with 4 logical CPUs (replicas of 1 CPU each), Serve's proxy on a free loopback port. A test that asks
+    for the options already deployed, and running, gets that deployment (a redeploy restarts every replica)."""
+    from ray.serve.schema import ApplicationStatus
+
     port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
+    deployed = {}
 
     def deploy(**options):
         opts = ServeOptions(tiny_artifacts, "ort", "fp32", **options)
-        serve.run(build_app(opts), name="dbunet", route_prefix="/")
+        app = serve.status().applications.get("dbunet")  # another deploy of the name (a test's dbunet-serve)
+        if deployed.get("options") != opts or app is None or app.status != ApplicationStatus.RUNNING:
+            deployed.clear()  # until serve.run returns: a deploy that fails leaves nothing to reuse
+            serve.run(build_app(opts), name="dbunet", route_prefix="/")
+            deployed["options"] = opts
         return f"http://127.0.0.1:{port}"
 
     yield deploy
