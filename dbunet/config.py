@@ -584,6 +584,9 @@ def sdxl() -> ModelConfig:
 
 PRESETS = {"tiny": tiny, "sd15": sd15, "shapes": shapes, "sdxl": sdxl}
 DEFAULT_PRESET = "shapes"  # the trained demo: dbunet-export without --config
+# a dbunet model folder (dbunet.models.cascade.save_model): this config as JSON, and the weights
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
 
 
 def preset(name: str) -> ModelConfig:

@@ -31,6 +31,7 @@ Triton changes the hidden kernel parameters dbunet strips (dbunet.plugins.aot) f
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from types import ModuleType
 
@@ -64,17 +65,23 @@ def require(name: str, error: type[DbunetError], needed_by: str, extra: str) -> 
     try:
         module = importlib.import_module(name)
     except ImportError:
-        raise error(f"{needed_by} needs {name}, which is not installed; {install(extra)}") from None
+        raise error(_missing(name, needed_by, extra)) from None
     if name in CHECKS:
         CHECKS[name](module.__version__, error)
     return module
 
 
+def _missing(name: str, needed_by: str, extra: str) -> str:
+    return f"{needed_by} needs {name}, which is not installed; {install(extra)}"
+
+
 def require_models(error: type[DbunetError], needed_by: str) -> None:
     """The libraries the PyTorch models import (the export extra), checked before a command that builds them
-    imports anything: without them it ended in a ModuleNotFoundError traceback."""
+    imports anything: without them it ended in a ModuleNotFoundError traceback. Found, not imported: diffusers
+    and transformers take seconds to import, which an export of a dbunet preset never does."""
     for name in MODEL_LIBRARIES:
-        require(name, error, needed_by, "export")
+        if importlib.util.find_spec(name) is None:
+            raise error(_missing(name, needed_by, "export"))
 
 
 def check_polygraphy(version: str, error: type[DbunetError]) -> None:

@@ -12,6 +12,7 @@ from dbunet import jsonfile
 from dbunet.cli.common import Parser, guarded, path_arg
 from dbunet.config import ARCHITECTURES, DEFAULT_PRESET
 from dbunet.errors import ExportError, InputError, WeightsError
+from dbunet.export.options import ExportOptions, check_options, is_model_folder
 from dbunet.export.specs import MAX_TRACE_BATCH
 from dbunet.plugins.aot import DEFAULT_CUDA, TARGETS
 from dbunet.releases import require_models
@@ -67,8 +68,6 @@ def parser() -> argparse.ArgumentParser:
 def check_model_source(args) -> None:
     """--config and --arch where the model source would silently ignore them are refused: a dbunet model folder
     brings its own config (and architecture), an SD 1.x or SDXL folder its own configs."""
-    from dbunet.export.exporter import is_model_folder
-
     if args.weights is None:
         return
     if is_model_folder(args.weights):
@@ -101,10 +100,7 @@ def default_ptx_targets() -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    require_models(ExportError, "dbunet-export")
     check_model_source(args)
-    from dbunet.export.exporter import ExportOptions, export
-
     options = ExportOptions(
         config=args.config or DEFAULT_PRESET, weights=args.weights, out=args.out, fp16=args.fp16, opset=args.opset,
         decomposed=args.decomposed, height=args.height, width=args.width, batch=args.batch,
@@ -112,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         refiner=args.refiner,
         ptx_targets=tuple(args.ptx) if args.ptx else default_ptx_targets() if args.ptx is not None else (),
     )
+    check_options(options)  # a bad option is said before the libraries below take their seconds to import
+    require_models(ExportError, "dbunet-export")
+    from dbunet.export.exporter import export
+
     start = time.perf_counter()
 
     def report(line: str) -> None:

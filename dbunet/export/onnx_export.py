@@ -20,13 +20,13 @@ from torch import nn
 
 from dbunet.errors import ExportError
 from dbunet.export import onnx_functions
+from dbunet.export.options import SUPPORTED_OPSETS
 from dbunet.export.proto_size import TWO_GB, approx_size
 from dbunet.iospec import GraphSpec
 from dbunet.releases import require
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_OPSETS = range(18, 21)
 PLUGIN_NAMESPACE_ATTR = "plugin_namespace"
 FUNCTIONS = {
     "BoxConstraint": onnx_functions.BoxConstraint,

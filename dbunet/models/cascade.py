@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dbunet import atomic
-from dbunet.config import ModelConfig
+from dbunet.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.components import (
     build_sd_unet,
@@ -31,8 +31,6 @@ from dbunet.models.files import read_json_object, read_safetensors
 from dbunet.models.refiner import Refiner
 from dbunet.tokenizer import BOS, EOS, learn_bpe, write_clip_tokenizer
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_2_DIR = "tokenizer_2"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")

@@ -127,3 +127,26 @@ def test_help_explains_the_commands():
                              text=True, check=True).stdout
         assert "--artifacts" in out or "--out" in out
         assert "default" in out
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--config", "sd99"], "unknown preset 'sd99'"),
+    (["--opset", "7"], "opset 7 not supported"),
+    (["--config", "tiny", "--height", "4096"], "height 4096"),
+    (["--weights", "{tmp}/nothing"], "does not exist"),
+    (["--out", "{tmp}"], "is or holds the current directory"),
+])
+def test_export_options_are_refused_before_torch_is_imported(tmp_path, args, says):
+    """A mistake in the options took dbunet-export about 10 s to say on a 2-core CPU (the libraries of the export
+    imported first); the options are checked first, without torch, diffusers or transformers."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "art")]
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "dbunet.cli.export", *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    said = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 2 and len(said) == 1 and said[0].startswith("error: ") and says in said[0], said
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert not [m for m in imported if m.split(".")[0] in ("torch", "diffusers", "transformers", "onnxscript")]
+    assert "dbunet.export.options" in imported
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
