@@ -18,6 +18,8 @@ from dbunet.cli.common import (
     path_arg,
     print_timings,
 )
+from dbunet.manifest import Manifest
+from dbunet.request import build_request
 from dbunet.schedulers import SCHEDULERS
 
 DESCRIPTION = """Generate an image with the DB-UNet cascade from an artifacts directory written by
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     options = _options(args)
     check_output(args.output, suffix=".png", artifacts=args.artifacts)
+    # the request against the model before any graph loads (seconds for a large model): a mistake is said at once
+    build_request(Manifest.read(args.artifacts).config, args.prompt, **options)
     pipe = backends.open_pipeline(args.artifacts, args.backend, args.precision, args.device, args.threads,
                                   args.whole_loops)
     chosen = f"backend: {pipe.backend_name} {pipe.precision} ({pipe.chosen_because})" if pipe.chosen_because else None
