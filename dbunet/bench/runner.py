@@ -13,7 +13,8 @@ from dbunet.architectures.base import BENCH_COMPONENTS
 from dbunet.bench.stats import Machine, Timing, calibration_ms, device_memory_mb, measure, peak_rss_mb
 from dbunet.errors import ConfigError
 from dbunet.generation import Step, build_conditioning
-from dbunet.manifest import tool_versions
+from dbunet.manifest import Manifest, tool_versions
+from dbunet.request import build_request
 from dbunet.schedulers import DDIMScheduler, make_scheduler
 
 COMPONENTS = BENCH_COMPONENTS  # any architecture's; a run times those of its model's architecture
@@ -130,6 +131,8 @@ def run_bench(options: BenchOptions, progress: Progress | None = None,
               before_timing: Callable[[BenchReport], None] | None = None) -> BenchReport:
     """before_timing: called with the report-to-be (what will be measured, no results yet) once the pipeline is
     open, before the first timed call: `--compare` refuses a baseline of something else there, not minutes later."""
+    config = Manifest.read(options.artifacts).config  # a bad size or step count is said before any graph loads
+    build_request(config, PROMPT, **_request_options(options, config))
     pipe, precision = _pipeline(options)
     request_options = _request_options(options, pipe.config)
     request = pipe.request(PROMPT, **request_options)  # validates size and steps before any timing
