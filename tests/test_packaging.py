@@ -93,21 +93,27 @@ def _imported_libraries(folder: Path) -> dict[str, set[str]]:
 IMPORT_NAMES = {"pillow": "PIL"}  # distributions whose import name differs
 
 
+def _import_names(requirements: list[str]) -> set[str]:
+    """'torch==2.13.0', 'pillow>=10' -> {'torch', 'PIL'}: what the requirements' distributions are imported as."""
+    import re
+
+    names = (re.match(r"[A-Za-z0-9_.-]+", r).group().lower() for r in requirements)
+    return {IMPORT_NAMES.get(n, n) for n in names}
+
+
 def test_the_libraries_the_models_import_are_the_ones_checked_before_an_export():
     """releases.require_models checks MODEL_LIBRARIES before a command builds the PyTorch models: a library
     dbunet.models imports that is neither there nor in the base install would end a run without it in a
     ModuleNotFoundError traceback again."""
-    import re
     import tomllib
 
     from dbunet.releases import MODEL_LIBRARIES
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    base = {IMPORT_NAMES.get(d, d) for d in (re.match(r"[A-Za-z0-9_.-]+", r).group().lower()
-                                             for r in project["dependencies"])}
+    base = _import_names(project["dependencies"])
     imported = _imported_libraries(ROOT / "dbunet" / "models")
     assert {"torch", "diffusers", "transformers"} <= set(imported)  # the walk sees lazy imports too
     unchecked = {name: files for name, files in imported.items() if name not in base | set(MODEL_LIBRARIES)}
     assert not unchecked, f"dbunet.models imports, not in releases.MODEL_LIBRARIES nor the base install: {unchecked}"
-    export = {re.match(r"[A-Za-z0-9_.-]+", r).group().lower() for r in project["optional-dependencies"]["export"]}
+    export = _import_names(project["optional-dependencies"]["export"])
     assert set(MODEL_LIBRARIES) <= export, "every library require_models checks comes with the export extra"
