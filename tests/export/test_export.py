@@ -233,3 +233,40 @@ def test_onnxscript_releases_whose_optimizer_fails_are_refused_before_the_first_
         onnx_export.cleanup(onnx.ModelProto())  # direct callers too
     monkeypatch.setattr(onnxscript, "__version__", "0.6.2")
     onnx_export.require_optimizer()
+
+
+@pytest.mark.parametrize("component,simplified", [
+    ("text_encoder", "Flatten"), ("vae_decoder", "Div"), ("refiner_unet", "Unsqueeze"),
+])
+def test_the_cleanup_gives_the_graph_of_onnxscripts_whole_optimizer(tiny_model, monkeypatch, component, simplified):
+    """cleanup() runs onnxscript's optimizer passes with a chosen set of rewrites (not the default set's
+    quadratic Slice-pair rule). On the graphs where those rewrites fire (`simplified`: the op they remove
+    some of) the result is the graph onnxscript's whole optimizer makes."""
+    import onnx_ir as ir
+    import onnxscript.optimizer
+
+    from dbunet.export import onnx_export
+    from dbunet.export.graphs import graph_module
+    from dbunet.export.specs import default_sizes
+
+    traced, cleanup = [], onnx_export.cleanup
+    monkeypatch.setattr(onnx_export, "cleanup", lambda model: traced.append(onnx.ModelProto.FromString(
+        model.SerializeToString())) or cleanup(model))
+    spec = component_specs(tiny_model.config)[component]
+    feeds = sample_inputs(spec, default_sizes(tiny_model.config), tiny_model.config.text.vocab_size)
+    module = graph_module(component, tiny_model.cascade, tiny_model.config.arch).eval()
+    ours = onnx_export.trace_to_onnx(module, spec, tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs), 18)
+
+    def optimized(simplify: bool) -> onnx.ModelProto:
+        model = ir.from_proto(traced[0])
+        if simplify:
+            onnxscript.optimizer.optimize(model, num_iterations=1, inline=False)
+        else:
+            onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True)
+        return ir.to_proto(model)
+
+    def count(model: onnx.ModelProto) -> int:
+        return sum(node.op_type == simplified for node in model.graph.node)
+
+    assert ours.graph.SerializeToString() == optimized(simplify=True).graph.SerializeToString()
+    assert count(ours) < count(optimized(simplify=False))  # the rewrites did something here
