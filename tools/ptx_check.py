@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -42,19 +44,43 @@ def check(kernel: str, dtype: str, target: str, **shape) -> dict:
             "registers": r.registers, "spill": r.spill_bytes, "stack": r.stack_bytes}
 
 
-def check_all() -> dict[str, dict]:
+def configurations() -> dict[str, tuple]:
+    """{row key: (kernel, dtype, target, shape)} for every row of the table."""
     from dbunet.plugins import aot
 
     out = {}
     for kernel in aot._KERNELS:
         for dtype in ("fp16", "fp32"):
             for target in aot.TARGETS:
-                out[f"{kernel}/{dtype}/{target}"] = check(kernel, dtype, target)
+                out[f"{kernel}/{dtype}/{target}"] = (kernel, dtype, target, {})
     for target in SWEEP_TARGETS:
         for kernel, dtype, shape in aot.plugin_configurations():
             tag = "".join(f"{k}{v}" for k, v in shape.items())
-            out[f"{kernel}/{dtype}/{target}/{tag}"] = check(kernel, dtype, target, **shape)
+            out[f"{kernel}/{dtype}/{target}/{tag}"] = (kernel, dtype, target, shape)
     return out
+
+
+def _check_row(row: tuple) -> dict:
+    kernel, dtype, target, shape = row
+    return check(kernel, dtype, target, **shape)
+
+
+def allow_any_triton() -> None:
+    from dbunet import releases
+
+    releases.CHECKS["triton"] = lambda version, error: None
+
+
+def check_all(jobs: int = 1, any_triton: bool = False) -> dict[str, dict]:
+    """Every row; with `jobs` > 1 in that many processes (each compile is one CPU-bound LLVM run: 84 rows took
+    3.6 min in one process on a 2-core machine with Triton's cache empty)."""
+    rows = configurations()
+    if jobs <= 1:
+        return {key: _check_row(row) for key, row in rows.items()}
+    # spawned, not forked: the parent has imported Triton, whose compiler state a fork would share
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=allow_any_triton if any_triton else None) as pool:
+        return dict(zip(rows, pool.map(_check_row, rows.values()), strict=True))
 
 
 def environment() -> dict:
@@ -89,20 +115,23 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print JSON (environment and every row, PTX included)")
     parser.add_argument("--any-triton", action="store_true",
                         help="compile with a Triton outside dbunet.releases.TRITON_RANGE too (to judge a new release)")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                        help="compile in this many processes (default: the CPUs this process may use)")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the compiler")
-    from dbunet import releases
     from dbunet.errors import DbunetError
     from dbunet.plugins import aot
 
     if args.any_triton:
-        releases.CHECKS["triton"] = lambda version, error: None
+        allow_any_triton()
     try:
         aot.check_toolchain(())
     except DbunetError as exc:
         parser.exit(2, f"error: {exc}\n")
-    env, rows = environment(), check_all()
+    env, rows = environment(), check_all(args.jobs, args.any_triton)
     print(json.dumps({"environment": env, "rows": rows}) if args.json else table(env, rows))
     return 1 if any("error" in r for r in rows.values()) else 0
 
