@@ -44,6 +44,18 @@ def tiny_artifacts(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def readme_main_job(tmp_path_factory):
+    """The directory the README's main job ran in (tests/readme_job.py), once per session."""
+    from readme_job import run_main_job, scripts_dir
+
+    if (bindir := scripts_dir()) is None:
+        pytest.skip("dbunet is not installed in this interpreter's environment (pip install -e .)")
+    cwd = tmp_path_factory.mktemp("readme-main-job")
+    run_main_job(cwd, bindir)
+    return cwd
+
+
+@pytest.fixture(scope="session")
 def sd1_folder(tmp_path_factory):
     """A small random SD 1.x folder (tests/sd1_folder.py)."""
     from sd1_folder import make_sd_folder

@@ -33,9 +33,19 @@ def quality():
 
 
 @pytest.fixture(scope="module")
-def shapes_artifacts(tmp_path_factory):
-    from dbunet.export.exporter import ExportOptions, export
+def shapes_artifacts(request, tmp_path_factory):
+    """The shapes model exported with --fp16. The README's main job exports just that (its default model), so its
+    artifacts where it runs in this session; an export of our own where it cannot (dbunet not installed)."""
+    from readme_job import scripts_dir
 
+    from dbunet.export.exporter import ExportOptions, export
+    from dbunet.manifest import Manifest
+
+    if scripts_dir() is not None:
+        artifacts = request.getfixturevalue("readme_main_job") / "dbunet-artifacts"
+        manifest = Manifest.read(artifacts)
+        if manifest.config == shapes() and "fp16" in manifest.precisions():
+            return artifacts
     out = tmp_path_factory.mktemp("shapes-artifacts")
     export(ExportOptions(config="shapes", out=out, fp16=True), report=lambda line: None)
     return out
