@@ -13,8 +13,10 @@ Verified with Triton 3.6 to 3.9 (dbunet.releases.TRITON_RANGE).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,8 +262,6 @@ def compile_config(kernel: str, dtype: str, cc: int, isa: tuple[int, int] | None
 
 def _check_compiler() -> None:
     """Triton installed, in a release whose compile dbunet has checked, and its compiler, not its interpreter."""
-    import os
-
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise BuildError("AOT compilation needs TRITON_INTERPRET unset: the interpreter replaces the compiler")
     require("triton", BuildError, "--ptx (the kernels are compiled with Triton)", "plugins")
@@ -296,6 +296,22 @@ def _kernel_fn(kernel: str):
     return getattr(kernels, f"{kernel}_kernel")
 
 
+@contextlib.contextmanager
+def _without_line_info():
+    """Triton writes line info into PTX by default: the absolute source paths of the machine that compiled it
+    (from its cache, of whichever checkout compiled a kernel first), so the PTX an export ships named the build
+    machine's directories and differed by where it ran. The variable is part of Triton's cache key."""
+    before = os.environ.get("TRITON_DISABLE_LINE_INFO")
+    os.environ["TRITON_DISABLE_LINE_INFO"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TRITON_DISABLE_LINE_INFO"]
+        else:
+            os.environ["TRITON_DISABLE_LINE_INFO"] = before
+
+
 def compile_ptx(kernel: str, dtype: str, cc: int, num_warps: int = 4, isa: tuple[int, int] | None = None,
                 stages: int | None = None, **constants) -> CompiledKernel:
     """PTX of one kernel for one dtype ("fp16" or "fp32") and compute capability, of PTX ISA `isa`
@@ -316,14 +332,15 @@ def compile_ptx(kernel: str, dtype: str, cc: int, num_warps: int = 4, isa: tuple
         raise BuildError(f"{kernel}: kernel takes {names}, the AOT table lists {len(spec['params'])} parameters")
     signature = {n: t.replace("T", dtype) for n, t in zip(names, spec["params"], strict=True)}
     signature |= {n: "constexpr" for n in consts}
-    compiled = triton.compile(
-        ASTSource(fn=fn, signature=signature, constexprs=consts),
-        target=GPUTarget("cuda", cc, 32),
-        # fp fusion explicit: the default changes in 3.10
-        options={"num_warps": num_warps, "enable_fp_fusion": True,
-                 **({"ptx_version": isa[0] * 10 + isa[1]} if isa else {}),
-                 **({"num_stages": stages} if stages else {})},
-    )
+    with _without_line_info():
+        compiled = triton.compile(
+            ASTSource(fn=fn, signature=signature, constexprs=consts),
+            target=GPUTarget("cuda", cc, 32),
+            # fp fusion explicit: the default changes in 3.10
+            options={"num_warps": num_warps, "enable_fp_fusion": True,
+                     **({"ptx_version": isa[0] * 10 + isa[1]} if isa else {}),
+                     **({"num_stages": stages} if stages else {})},
+        )
     name = compiled.metadata.name
     ptx = strip_hidden_params(compiled.asm["ptx"], name, len(names), compiled.metadata)
     return CompiledKernel(name, ptx, num_warps, compiled.metadata.shared, consts, f"sm_{cc}")
@@ -380,7 +397,6 @@ class PtxasReport:
 def ptxas_report(ptx: str) -> PtxasReport:
     """Assemble PTX with the ptxas triton.compile uses for its target (`-v`): registers, spills and stack
     per thread."""
-    import os
     import subprocess
     import tempfile
 
