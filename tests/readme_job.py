@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from dbunet.cli.synopsis import README
 
 
 def shell_blocks() -> list[str]:

@@ -26,7 +26,7 @@ def test_main_job_exports_and_writes_a_png(readme_main_job):
     assert (readme_main_job / "dbunet-artifacts" / "manifest.json").is_file()
 
 
-TEXT = synopsis.README.read_text()
+TEXT = README.read_text()
 PROGRAMS = {"dbunet-export": "dbunet.cli.export", "dbunet-run": "dbunet.cli.run", "dbunet-build": "dbunet.cli.build",
             "dbunet-bench": "dbunet.cli.bench", "python -m dbunet.train": "dbunet.train.__main__"}
 

@@ -127,7 +127,8 @@ def test_a_graph_whose_external_data_points_elsewhere_is_refused_before_loading(
 
 
 # -- interrupted and concurrent exports -------------------------------------------------------------------------
-EXPORT = [sys.executable, "-m", "dbunet.cli.export", "--components", "text_encoder", "gae", "--fp16"]
+EXPORTED = ("text_encoder", "gae")
+EXPORT = [sys.executable, "-m", "dbunet.cli.export", "--components", *EXPORTED, "--fp16"]
 
 
 def _export_killed_at(out: Path, marker: str) -> None:
@@ -149,7 +150,7 @@ def test_kill_9_during_an_export_keeps_the_previous_artifacts(tiny_artifacts, tm
     _export_killed_at(out, marker)
     components = {a.component for a in Manifest.read(out).artifacts}
     if marker == "gae fp16":  # the last graph: the kill races the switch, so old or new are both right
-        assert (out / "manifest.json").read_bytes() == before or components == {"text_encoder", "gae"}
+        assert (out / "manifest.json").read_bytes() == before or components == set(EXPORTED)
     else:
         assert (out / "manifest.json").read_bytes() == before  # still the old one
     image = Pipeline.from_artifacts(out, "ort", "fp32")("a red cat", **REQUEST).image
@@ -157,9 +158,9 @@ def test_kill_9_during_an_export_keeps_the_previous_artifacts(tiny_artifacts, tm
     assert list(tmp_path.glob(".art.partial-*")) or marker == "gae fp16"  # what the killed export left ...
     from dbunet.export.exporter import ExportOptions, export
 
-    export(ExportOptions(out=out, components=("text_encoder", "gae"), fp16=True), report=lambda line: None)
+    export(ExportOptions(out=out, components=EXPORTED, fp16=True), report=lambda line: None)
     assert not list(tmp_path.glob(".art.partial-*"))  # ... is cleared by the next export (EXPORT's, in-process)
-    assert {a.component for a in Manifest.read(out).artifacts} == {"text_encoder", "gae"}
+    assert {a.component for a in Manifest.read(out).artifacts} == set(EXPORTED)
 
 
 def test_a_first_export_killed_leaves_no_directory_at_all(tmp_path):
