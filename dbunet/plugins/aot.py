@@ -300,16 +300,13 @@ def _kernel_fn(kernel: str):
 def _without_line_info():
     """Triton writes line info into PTX by default: the absolute source paths of the machine that compiled it
     (from its cache, of whichever checkout compiled a kernel first), so the PTX an export ships named the build
-    machine's directories and differed by where it ran. The variable is part of Triton's cache key."""
-    before = os.environ.get("TRITON_DISABLE_LINE_INFO")
-    os.environ["TRITON_DISABLE_LINE_INFO"] = "1"
-    try:
+    machine's directories and differed by where it ran. Every Triton in TRITON_RANGE has `knobs`; setting the
+    knob also sets TRITON_DISABLE_LINE_INFO, which is part of Triton's cache key, and the scope restores both."""
+    from triton import knobs
+
+    with knobs.compilation.scope():
+        knobs.compilation.disable_line_info = True
         yield
-    finally:
-        if before is None:
-            del os.environ["TRITON_DISABLE_LINE_INFO"]
-        else:
-            os.environ["TRITON_DISABLE_LINE_INFO"] = before
 
 
 def compile_ptx(kernel: str, dtype: str, cc: int, num_warps: int = 4, isa: tuple[int, int] | None = None,

@@ -206,6 +206,23 @@ def test_export_writes_ptx_listed_in_the_manifest(tmp_path):
         assert ".file" not in ptx and ".loc" not in ptx and str(ROOT) not in ptx
 
 
+@pytest.mark.parametrize("before", [None, "0"])
+def test_line_info_is_off_only_while_compiling(monkeypatch, before):
+    """The export turns Triton's line info off for its PTX and gives the process back as it was: a Triton
+    kernel the user's own code compiles later keeps its setting (and its cache key)."""
+    from triton import knobs
+
+    if before is None:
+        monkeypatch.delenv("TRITON_DISABLE_LINE_INFO", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_DISABLE_LINE_INFO", before)
+    with aot._without_line_info():
+        assert knobs.compilation.disable_line_info is True
+        assert os.environ["TRITON_DISABLE_LINE_INFO"] == "1"  # what Triton's cache key reads
+    assert os.environ.get("TRITON_DISABLE_LINE_INFO") == before
+    assert knobs.compilation.disable_line_info is False
+
+
 @pytest.mark.parametrize("text,error", [("sm_86", "unknown PTX target"), ("sm_87:11.4", "too old"),
                                         ("sm_87:twelve", "look like 12.6"),
                                         # before: an empty release after the colon meant the default one
