@@ -55,6 +55,50 @@ def test_concrete_launch_matches_what_the_plugins_compute_under_tensorrt():
     assert (launch.grid_x, launch.grid_y) == (-(-99 // 32), 8) and scalars == (99, 80, 40, 4, 20, 10)
 
 
+def test_the_ptx_launch_passes_the_real_driver_bindings_arguments_they_accept():
+    """launch_ptx (the aot_ptx check) calls the CUDA driver API, which has never run here: there is no driver.
+    The real cuda-bindings convert (and so check) every argument before they look for libcuda, so each call goes
+    to the real binding; only the missing driver's error is replaced by success, with the result types the
+    bindings return. The kernel parameters are read back as the driver would: inputs, int32 scalars, outputs."""
+    import ctypes
+
+    driver = pytest.importorskip("cuda.bindings.driver", reason="cuda-bindings is in the dev extra")
+    import gpu_check
+
+    from dbunet.plugins import aot
+
+    ok = driver.CUresult.CUDA_SUCCESS
+    results = {"cuModuleLoadData": (ok, driver.CUmodule(0x10)), "cuModuleGetFunction": (ok, driver.CUfunction(0x20))}
+    calls, params = [], []
+
+    class NoDriverBeneath:
+        def __getattr__(self, name):
+            def call(*args):
+                try:
+                    getattr(driver, name)(*args)
+                except (TypeError, ValueError, OverflowError, AttributeError):
+                    raise  # arguments the real binding refuses
+                except Exception as exc:  # the driver library is absent: the arguments were taken
+                    assert "cuda" in str(exc).lower(), exc
+                else:
+                    pytest.skip("a CUDA driver is installed: the aot_ptx check itself runs here")
+                calls.append(name)
+                if name == "cuLaunchKernel":  # kernelParams: an array of addresses, one per argument
+                    addresses = (ctypes.c_uint64 * 5).from_address(args[9])
+                    kinds = (ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64)
+                    params.extend(kind.from_address(a).value for kind, a in zip(kinds, addresses, strict=True))
+                return results.get(name, (ok,))
+            return call
+
+    compiled = aot.CompiledKernel("box_constraint_kernel", ".version 8.5\n.target sm_90\n", 4, 0, {}, "sm_90")
+    launch = gpu_check.ConcreteLaunch()
+    launch.grid_x, launch.block_x = 3, 128
+    gpu_check.launch_ptx(NoDriverBeneath(), compiled, launch, [0x1000, 0x2000], (7, -1), [0x3000], stream=0x77)
+    assert calls == ["cuModuleLoadData", "cuModuleGetFunction", "cuLaunchKernel", "cuStreamSynchronize",
+                     "cuModuleUnload"]
+    assert params == [0x1000, 0x2000, 7, -1, 0x3000]
+
+
 def test_unknown_check_names_are_refused():
     import gpu_check
 
