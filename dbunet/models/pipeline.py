@@ -17,7 +17,7 @@ import torch
 
 from dbunet.config import ModelConfig
 from dbunet.generation import CascadePipeline, Conditioning, Step, reference_denoise_step
-from dbunet.models.cascade import Model, create_preset_model, load_model
+from dbunet.models.cascade import Model, load_model
 from dbunet.models.components import encode_text, tokenize
 from dbunet.models.device import torch_device
 
@@ -123,12 +123,3 @@ class TorchPipeline(CascadePipeline):
                                 "were exported from")
         pipe.manifest = manifest
         return pipe
-
-    @classmethod
-    def from_config(cls, config: ModelConfig, directory: str | Path, device: str = "cpu") -> TorchPipeline:
-        """Load the model saved in `directory`, creating it there from `config`'s seed if absent."""
-        directory = Path(directory)
-        saved = (directory / "config.json").is_file()
-        model = load_model(directory) if saved else create_preset_model(config, directory)
-        return cls(model, device)
-

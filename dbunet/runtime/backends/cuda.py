@@ -118,9 +118,8 @@ class GraphExec:
 
 
 class DeviceMemory:
-    """Named device buffers, allocated once and reused; freed together."""
-
-    ALIGN = 256  # TensorRT requires 256-byte aligned tensor addresses; cudaMalloc gives at least that
+    """Named device buffers, allocated once and reused; freed together. Each is its own cudaMalloc: TensorRT
+    requires 256-byte aligned tensor addresses, and cudaMalloc gives at least that."""
 
     def __init__(self, cuda: Cuda) -> None:
         self.cuda = cuda
