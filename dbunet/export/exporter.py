@@ -42,7 +42,7 @@ from dbunet.export.specs import (
 from dbunet.export.staging import staged
 from dbunet.export.step_graphs import STEP_OF, compose_step, step_module
 from dbunet.manifest import Artifact, Manifest, sha256_file, tool_versions
-from dbunet.models.cascade import Model, create_preset_model, load_model
+from dbunet.models.cascade import Model, create_preset_model, load_model, saved_config
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def load_source_model(options: ExportOptions, out: Path) -> tuple[Model, str]:
     if options.weights is None:
         model_dir = out / "model"
         config = resolve_config(options.config)
-        if (model_dir / "config.json").is_file() and load_model(model_dir).config == config:
+        if (model_dir / "config.json").is_file() and saved_config(model_dir) == config:
             return load_model(model_dir), "model"
         if model_dir.exists():
             shutil.rmtree(model_dir)

@@ -9,6 +9,8 @@ On disk a model is a folder:
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,20 +43,43 @@ UNET_BUILDERS = {"dbunet": DBUNet, "sd1": build_sd_unet, "sdxl": build_sdxl_unet
 
 
 class Cascade(nn.Module):
-    """Every trainable part of the cascade, under the names its checkpoint keys use."""
+    """Every trainable part of the cascade, under the names its checkpoint keys use. `initial_weights=False`: for a
+    caller that loads every weight next (see allocated)."""
 
-    def __init__(self, config: ModelConfig, bos_token_id: int, eos_token_id: int) -> None:
+    def __init__(self, config: ModelConfig, bos_token_id: int, eos_token_id: int,
+                 initial_weights: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.text_encoder = build_text_encoder(config.text, bos_token_id, eos_token_id)
+        part = _initialised if initial_weights else allocated
+        self.text_encoder = part(lambda: build_text_encoder(config.text, bos_token_id, eos_token_id))
         if config.text_2 is not None:  # SDXL's second encoder (same vocabulary, its own weights)
-            self.text_encoder_2 = build_text_encoder(config.text_2, bos_token_id, eos_token_id)
-        self.vae = build_vae(config.vae)
-        self.unet = UNET_BUILDERS[config.arch](config.unet)
+            self.text_encoder_2 = part(lambda: build_text_encoder(config.text_2, bos_token_id, eos_token_id))
+        self.vae = part(lambda: build_vae(config.vae))
+        self.unet = part(lambda: UNET_BUILDERS[config.arch](config.unet))
         if config.latent_refiner is not None:  # SDXL's refiner: a second SDXL UNet, in latent space
-            self.latent_refiner = build_sdxl_unet(config.latent_refiner.unet)
+            self.latent_refiner = part(lambda: build_sdxl_unet(config.latent_refiner.unet))
         if config.has_refiner:
-            self.refiner = Refiner(config.refiner)
+            self.refiner = part(lambda: Refiner(config.refiner))
+
+
+def _initialised(build: Callable[[], nn.Module]) -> nn.Module:
+    return build()
+
+
+def allocated(build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()` with memory for its weights but no initial values, for a caller that loads them all next: drawing
+    sd15's random initial weights took 5 of the 6 s its model folder took to load (2-core CPU). The weights are
+    NaN until loaded, so one that is never loaded makes a non-finite output, not a plausible image. A module that
+    computes a buffer it does not save (CLIP's position ids) is built for real: nothing would restore that buffer."""
+    with torch.device("meta"):
+        module = build()
+    unsaved = {name for name, _ in module.named_buffers()} - set(module.state_dict())
+    module = build() if unsaved else module.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.fill_(math.nan)
+    return module
 
 
 class Model:
@@ -83,9 +108,11 @@ def _tokenizer_files(directory: Path) -> dict[str, bytes]:
     return {name: (directory / name).read_bytes() for name in TOKENIZER_FILES if (directory / name).is_file()}
 
 
-def build_model(config: ModelConfig, tokenizer_dir: str | Path, seed: int | None = None) -> Model:
-    """Deterministic initial weights: the same config and seed give bitwise the same model. A second text
-    encoder's tokenizer (SDXL) is read from tokenizer_2/ beside `tokenizer_dir`."""
+def build_model(config: ModelConfig, tokenizer_dir: str | Path, seed: int | None = None,
+                initial_weights: bool = True) -> Model:
+    """Deterministic initial weights: the same config and seed give bitwise the same model; none (NaN) with
+    `initial_weights=False`, for a caller that loads every weight next. A second text encoder's tokenizer (SDXL)
+    is read from tokenizer_2/ beside `tokenizer_dir`."""
     tokenizer_dir = Path(tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir, config.text.max_length, config.text.pad_token)
     files = _tokenizer_files(tokenizer_dir)
@@ -99,7 +126,7 @@ def build_model(config: ModelConfig, tokenizer_dir: str | Path, seed: int | None
         raise ConfigError(f"tokenizer ids reach {max(bos, eos)}, text encoder vocab_size is {config.text.vocab_size}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed if seed is None else seed)
-        cascade = Cascade(config, bos, eos)
+        cascade = Cascade(config, bos, eos, initial_weights)
     return Model(config, cascade.eval(), tokenizer, files, tokenizer_2, files_2)
 
 
@@ -111,7 +138,7 @@ def shipped_model_dir(config: ModelConfig) -> Path | None:
     directory = SHIPPED_DIR / config.name
     if not (directory / CONFIG_FILE).is_file():
         return None
-    return directory if ModelConfig.from_json((directory / CONFIG_FILE).read_text()) == config else None
+    return directory if saved_config(directory) == config else None
 
 
 def create_preset_model(config: ModelConfig, directory: str | Path) -> Model:
@@ -150,10 +177,14 @@ def load_model(directory: str | Path) -> Model:
     cfg_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if not cfg_path.is_file() or not weights.is_file():
         raise WeightsError(f"{directory} is not a dbunet model folder: need {CONFIG_FILE} and {WEIGHTS_FILE}")
-    config = ModelConfig.from_dict(read_json_object(cfg_path))
-    model = build_model(config, directory / TOKENIZER_DIR)
+    model = build_model(saved_config(directory), directory / TOKENIZER_DIR, initial_weights=False)
     load_state(model.cascade, read_safetensors(weights), strict=True, source=str(weights))
     return model
+
+
+def saved_config(directory: str | Path) -> ModelConfig:
+    """The config of the model folder `directory`, without its weights."""
+    return ModelConfig.from_dict(read_json_object(Path(directory) / CONFIG_FILE))
 
 
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool, source: str) -> None:

@@ -258,7 +258,7 @@ def load_sd_folder(root: str | Path, base: ModelConfig | None = None, arch: str 
 
 
 def _as_sd1(root: Path, base: ModelConfig | None) -> tuple[Model, ImportReport]:
-    model = build_model(sd1_config_from_folder(root), root / "tokenizer")
+    model = build_model(sd1_config_from_folder(root), root / "tokenizer", initial_weights=False)  # all loaded next
     _load_text_and_vae(model, root)
     state = read_weights(root / "unet", "unet")
     load_state(model.cascade.unet, state, strict=True, source=str(root / "unet"))

@@ -102,7 +102,7 @@ def import_sdxl(root: Path, refiner: Path | None = None) -> tuple[Model, ImportR
                                "text_encoder_2, tokenizer, tokenizer_2)")
     if refiner is not None and not Path(refiner).is_dir():
         raise WeightsError(f"--refiner {refiner} is not a directory (an SDXL refiner folder)")
-    model = build_model(sdxl_config_from_folder(root, refiner), root / TOKENIZER_DIR)
+    model = build_model(sdxl_config_from_folder(root, refiner), root / TOKENIZER_DIR, initial_weights=False)
     cascade, loaded = model.cascade, []
     for name, module in (("unet", cascade.unet), ("vae", cascade.vae), ("text_encoder", cascade.text_encoder),
                          ("text_encoder_2", cascade.text_encoder_2)):

@@ -270,3 +270,17 @@ def test_the_cleanup_gives_the_graph_of_onnxscripts_whole_optimizer(tiny_model, 
 
     assert ours.graph.SerializeToString() == optimized(simplify=True).graph.SerializeToString()
     assert count(ours) < count(optimized(simplify=False))  # the rewrites did something here
+
+
+def test_an_export_over_its_own_model_folder_loads_it_once(tiny_model_dir, tmp_path, monkeypatch):
+    """Exporting the same preset again reuses the model folder it saved: its config is read to compare, and the
+    weights are loaded once (they were loaded twice: for sd15, 6 s each)."""
+    import shutil
+
+    from dbunet.export import exporter
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    loads = []
+    monkeypatch.setattr(exporter, "load_model", lambda directory: loads.append(directory) or load_model(directory))
+    model, source = exporter.load_source_model(ExportOptions(config="tiny"), tmp_path)
+    assert (source, loads, model.config) == ("model", [tmp_path / "model"], tiny())
