@@ -95,7 +95,7 @@ class Model:
         h = hashlib.sha256()
         for name, tensor in sorted(self.cascade.state_dict().items()):
             h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            h.update(tensor.detach().cpu().contiguous().numpy())  # the array's buffer: no copy of the weights
         return h.hexdigest()
 
 

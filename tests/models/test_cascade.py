@@ -88,6 +88,17 @@ def test_weights_a_caller_does_not_load_are_nan(tiny_model_dir):
     assert all(torch.isnan(v).all() for v in floats.values())
 
 
+def test_the_weights_hash_is_the_one_manifests_record(tiny_model):
+    """Manifests written by every earlier export record this hash (TorchPipeline.from_artifacts compares it): over
+    the sorted state dict, each name's bytes then its tensor's raw bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(tiny_model.cascade.state_dict().items()):
+        h.update(name.encode() + tensor.contiguous().numpy().tobytes())
+    assert tiny_model.weights_sha256() == h.hexdigest()
+
+
 def test_weights_file_holds_every_component(tiny_model_dir):
     keys = load_file(str(tiny_model_dir / "model.safetensors")).keys()
     for prefix in ("text_encoder.", "vae.", "unet.down_blocks.0.dcas.0.", "unet.mid_block.box.", "refiner.gae."):
