@@ -8,14 +8,17 @@ On disk a model is a folder:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from dbunet import atomic
 from dbunet.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
@@ -68,18 +71,52 @@ def _initialised(build: Callable[[], nn.Module]) -> nn.Module:
 
 def allocated(build: Callable[[], nn.Module]) -> nn.Module:
     """`build()` with memory for its weights but no initial values, for a caller that loads them all next: drawing
-    sd15's random initial weights took 5 of the 6 s its model folder took to load (2-core CPU). The weights are
-    NaN until loaded, so one that is never loaded makes a non-finite output, not a plausible image. A module that
-    computes a buffer it does not save (CLIP's position ids) is built for real: nothing would restore that buffer."""
-    with torch.device("meta"):
+    sd15's random initial weights took 5 of the 6 s its model folder took to load (2-core CPU). Parameters are made
+    on the meta device while it builds, so their initialisation costs nothing, and buffers are computed as usual
+    (CLIP's position ids are not in the weights file). The weights are NaN until loaded: one that is never loaded
+    makes a non-finite output, not a plausible image."""
+    _watch_parameters()
+    _ALLOCATING.on = True
+    try:
         module = build()
-    unsaved = {name for name, _ in module.named_buffers()} - set(module.state_dict())
-    module = build() if unsaved else module.to_empty(device="cpu")
+    finally:
+        _ALLOCATING.on = False
+    if any(buffer.is_meta for buffer in module.buffers()):  # a buffer computed from a parameter: build for real
+        module = build()
+    else:
+        _materialise(module)
     with torch.no_grad():
         for tensor in module.state_dict().values():
             if tensor.is_floating_point():
                 tensor.fill_(math.nan)
     return module
+
+
+_ALLOCATING = threading.local()  # `on` while this thread builds in allocated()
+
+
+@functools.cache
+def _watch_parameters() -> None:
+    """One hook for the process, inert but in a thread inside allocated(): a model another thread builds then
+    keeps its initial weights."""
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> nn.Parameter | None:
+        if getattr(_ALLOCATING, "on", False) and param is not None and not param.is_meta:
+            return nn.Parameter(param.to("meta"), param.requires_grad)
+        return None
+
+    register_module_parameter_registration_hook(on_meta)
+
+
+def _materialise(module: nn.Module) -> None:
+    """Every meta parameter replaced by uninitialised host memory; a parameter two modules share stays shared."""
+    made: dict[int, nn.Parameter] = {}
+    for sub in module.modules():
+        for name, param in list(sub.named_parameters(recurse=False)):
+            if param.is_meta:
+                if id(param) not in made:
+                    made[id(param)] = nn.Parameter(torch.empty_like(param, device="cpu"), param.requires_grad)
+                setattr(sub, name, made[id(param)])
 
 
 class Model:

@@ -79,6 +79,52 @@ def test_buffers_computed_at_construction_survive_loading(tiny_model_dir):
         assert torch.equal(loaded[name], buffer), name
 
 
+class Toy(torch.nn.Module):
+    """Two linears sharing a weight, and a buffer computed from a parameter when built."""
+
+    def __init__(self, derived: bool) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+        self.b.weight = self.a.weight
+        self.register_buffer("ids", torch.arange(3), persistent=False)
+        if derived:
+            self.register_buffer("scale", self.a.bias.detach().abs() + 1, persistent=False)
+
+
+@pytest.mark.parametrize("derived", [False, True])
+def test_allocated_keeps_shared_weights_and_computed_buffers(derived):
+    from dbunet.models.cascade import allocated
+
+    toy = allocated(lambda: Toy(derived))
+    assert toy.a.weight is toy.b.weight  # loading one name fills both, as in the module built for real
+    assert not any(t.is_meta for t in (*toy.parameters(), *toy.buffers()))
+    assert torch.equal(toy.ids, torch.arange(3))
+    assert all(torch.isnan(p).all() for p in toy.parameters())
+    if derived:  # computed from a parameter: built for real, so the buffer holds what the build computed
+        assert torch.isfinite(toy.scale).all() and (toy.scale >= 1).all()
+
+
+def test_a_model_built_beside_an_allocation_keeps_its_initial_weights():
+    """Parameters go to the meta device only in the thread inside allocated(): another thread's model, built at
+    the same time, and any model built afterwards are initialised as usual."""
+    import threading
+
+    from dbunet.models.cascade import allocated
+
+    beside = []
+
+    def build():
+        thread = threading.Thread(target=lambda: beside.append(torch.nn.Linear(4, 4)))
+        thread.start()
+        thread.join()
+        return torch.nn.Linear(4, 4)
+
+    assert torch.isnan(allocated(build).weight).all()
+    after = torch.nn.Linear(4, 4)
+    for linear in (beside[0], after):
+        assert not linear.weight.is_meta and torch.isfinite(linear.weight).all() and linear.weight.abs().sum() > 0
+
+
 def test_weights_a_caller_does_not_load_are_nan(tiny_model_dir):
     """Without initial weights every weight is NaN until loaded: one a caller forgets makes a non-finite output,
     which the pipelines refuse, never a plausible image."""
