@@ -160,6 +160,7 @@ def test_kill_9_during_an_export_keeps_the_previous_artifacts(tiny_artifacts, tm
 
     export(ExportOptions(out=out, components=EXPORTED, fp16=True), report=lambda line: None)
     assert not list(tmp_path.glob(".art.partial-*"))  # ... is cleared by the next export (EXPORT's, in-process)
+    assert not (tmp_path / ".art.lock").exists()  # the killed export's lock too: taken, then removed
     assert {a.component for a in Manifest.read(out).artifacts} == set(EXPORTED)
 
 
@@ -176,6 +177,84 @@ def test_a_second_concurrent_export_fails_at_once(tmp_path):
         with pytest.raises(ExportError, match="another dbunet-export is writing"):
             export(ExportOptions(out=tmp_path / "art", components=("gae",)))
     assert not (tmp_path / "art").exists()
+
+
+def test_the_export_lock_is_removed_while_it_is_still_held(tmp_path, monkeypatch):
+    """Removed after its release, a waiting export could lock the file just before it goes, and hold a lock
+    nobody else sees while a third export creates a new file and locks that."""
+    from dbunet.export import staging
+
+    seen, real_unlink = [], Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self.name == ".art.lock":
+            with open(self, "a+") as other:  # another export trying it at that moment
+                try:
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    seen.append("free")
+                except BlockingIOError:
+                    seen.append("held")
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with staging.staged(tmp_path / "art") as stage:
+        (stage / "manifest.json").write_text("{}")
+    assert seen == ["held"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_an_export_that_locks_a_removed_lock_file_takes_the_new_one(tmp_path, monkeypatch):
+    """Export B opened the lock file, then its holder finished and removed it, then B locked it: B holds a file
+    no one else can open. Meanwhile export C created a new lock file and holds it, so B must fail, not write."""
+    from dbunet.export import staging
+
+    out, path = tmp_path / "art", tmp_path / ".art.lock"
+    path.touch()
+    opened_before = open(path, "a+")  # noqa: SIM115 (B's handle, from before the removal)
+    path.unlink()  # the holder's release
+    with staging.staged(out):  # C
+        opens = []
+
+        def b_opens(file, *args, **kwargs):  # B's first open is the one it made before the removal
+            opens.append(file)
+            return opened_before if len(opens) == 1 else open(file, *args, **kwargs)
+
+        monkeypatch.setattr(staging, "open", b_opens, raising=False)
+        with pytest.raises(ExportError, match="another dbunet-export is writing"), staging.staged(out):
+            pass
+        monkeypatch.undo()
+    assert opens == [path, path] and opened_before.closed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+CONTENDER = """
+import os, sys
+from pathlib import Path
+from dbunet.errors import ExportError
+from dbunet.export import staging
+out, inside, held = Path(sys.argv[1]), Path(sys.argv[1] + ".inside"), 0
+for _ in range(int(sys.argv[2])):
+    try:
+        with staging._export_lock(out):
+            os.close(os.open(inside, os.O_CREAT | os.O_EXCL))  # FileExistsError: two holders at once
+            os.unlink(inside)
+            held += 1
+    except ExportError:
+        pass
+print(held)
+"""
+
+
+def test_exports_contending_for_the_lock_never_hold_it_together(tmp_path):
+    """Four processes take and release the lock as fast as they can (each release removes the file). Without
+    the check that a locked file is still the one at the path, two of them hold it at once within a few
+    hundred rounds here."""
+    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path / "art"), "800"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in results]
+    assert sum(int(out) for out, _ in results) > 0
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_switch_without_an_atomic_exchange_recovers_the_previous_export(tmp_path, monkeypatch):
@@ -312,8 +391,8 @@ def test_an_export_the_disk_refuses_keeps_the_previous_artifacts(tiny_artifacts,
     proc = _run_cli("dbunet.cli.export", "--config", "tiny", "--out", str(art), "--components", "gae", fsize=50_000)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and lines[-1].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
-    assert snapshot(art) == before  # and no half export beside it (the lock file stays, as after any export)
-    assert sorted(p.name for p in tmp_path.iterdir()) in (["art"], [".art.lock", "art"])
+    assert snapshot(art) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no half export beside it, and no lock file
 
 
 @pytest.mark.parametrize("out, cwd", [(".", "art"), ("..", "art/fp32"), ("art", "art")])
@@ -467,6 +546,7 @@ def test_sigterm_during_an_export_leaves_nothing_half_written(tiny_artifacts, tm
     assert proc.returncode == 130 and "Traceback" not in rest, rest
     assert (out / "manifest.json").read_bytes() == before
     assert not list(tmp_path.glob(".art.partial-*")) and not list(tmp_path.rglob("*.tmp"))
+    assert not (tmp_path / ".art.lock").exists()
 
 
 def test_atomic_writes_read_the_umask_without_changing_it(tmp_path, monkeypatch):

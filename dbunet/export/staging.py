@@ -4,9 +4,9 @@ A crash or `kill -9` at any point leaves the target as it was (the previous expo
 new export, never a mix and never nothing: the new export is written to `.NAME.partial-PID` next to NAME,
 then the two directories are exchanged in one rename (Linux renameat2 RENAME_EXCHANGE; elsewhere two
 renames, with the previous export kept as `.NAME.previous` until the second lands). A lock file next to
-the target makes a second concurrent export fail at once instead of mixing files. Engines and the model
-folder of the previous export are carried over (hard links) so an unchanged model is neither re-created
-nor its engines rebuilt.
+the target, removed when the export ends, makes a second concurrent export fail at once instead of mixing
+files. Engines and the model folder of the previous export are carried over (hard links) so an unchanged
+model is neither re-created nor its engines rebuilt.
 """
 
 from __future__ import annotations
@@ -89,13 +89,7 @@ def staged(out: Path) -> Iterator[Path]:
     out = Path(out)
     check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.parent / f".{out.name}.lock"
-    lock = open(lock_path, "a+")  # noqa: SIM115 (held for the whole export)
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ExportError(f"another dbunet-export is writing {out} right now; wait for it to finish") from None
+    with _export_lock(out):
         for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by an export that was killed
             shutil.rmtree(stale, ignore_errors=True)
         previous = out.parent / f".{out.name}.previous"
@@ -112,8 +106,40 @@ def staged(out: Path) -> Iterator[Path]:
             switch(stage, out)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _export_lock(out: Path) -> Iterator[None]:
+    """Hold `.NAME.lock` beside `out` (a second export fails at once) and remove it when done.
+
+    Removing a lock file races an export that opened it just before and locks it just after: that export would
+    hold a file nobody else can open while a third creates a new one. So the file is removed while still held,
+    and a lock counts only if its file is still the one at the path; otherwise it is taken again."""
+    path = out.parent / f".{out.name}.lock"
+    while True:
+        lock = open(path, "a+")  # noqa: SIM115 (held for the whole export)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise ExportError(f"another dbunet-export is writing {out} right now; wait for it to finish") from None
+        if _same_file(path, lock):
+            break
+        lock.close()  # the previous holder removed it meanwhile
+    try:
+        yield
     finally:
+        with contextlib.suppress(OSError):  # a lock file left behind is harmless: the next export takes it
+            path.unlink()
         lock.close()
+
+
+def _same_file(path: Path, handle) -> bool:
+    try:
+        at_path, held = path.stat(), os.fstat(handle.fileno())
+    except FileNotFoundError:
+        return False
+    return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
 
 
 def switch(stage: Path, out: Path) -> None:
