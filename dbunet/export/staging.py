@@ -136,10 +136,9 @@ def _export_lock(out: Path) -> Iterator[None]:
 
 def _same_file(path: Path, handle) -> bool:
     try:
-        at_path, held = path.stat(), os.fstat(handle.fileno())
+        return os.path.samestat(path.stat(), os.fstat(handle.fileno()))
     except FileNotFoundError:
         return False
-    return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
 
 
 def switch(stage: Path, out: Path) -> None:
