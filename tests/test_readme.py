@@ -1,6 +1,7 @@
 """The README against the code: the main-job command does what the README says (its install step is CI's own
 command), the synopsis is the parsers' usage, every command block parses and every option it names exists."""
 
+import argparse
 import importlib
 import re
 import shlex
@@ -69,6 +70,34 @@ def test_the_synopsis_command_refuses_a_misspelt_flag(capsys):
 def test_the_readme_synopsis_is_the_parsers_usage():
     assert synopsis.readme_block(TEXT) == synopsis.synopsis(), (
         "the README's synopsis differs from the commands' parsers: run python -m dbunet.cli.synopsis --write")
+
+
+def _long_usage(pad: int) -> argparse.ArgumentParser:
+    """A usage that needs several lines, with a nested metavar and a group of alternatives `pad` characters on."""
+    p = argparse.ArgumentParser(prog="dbunet-x")
+    p.add_argument("--pad", metavar="P" * pad)
+    for i in range(3):
+        p.add_argument(f"--ptx{i}", nargs="*", metavar="TARGET[:CUDA]")
+        group = p.add_mutually_exclusive_group()
+        group.add_argument(f"--replicas{i}", type=int)
+        group.add_argument(f"--autoscale{i}", metavar="MIN:MAX")
+    p.add_argument("command", choices=["one", "two"])
+    return p
+
+
+@pytest.mark.parametrize("pad", range(0, 90, 3))
+def test_the_synopsis_never_breaks_a_line_inside_brackets(pad):
+    # before: argparse wrapped it, and each Python release breaks lines differently: 3.11 inside a nested metavar
+    # (`[--ptx0 [TARGET[:CUDA]` / `...]]`), 3.13 inside a group of alternatives (`[--a A |` / `--b B]`), so the
+    # README's synopsis test failed on Python 3.13
+    text = synopsis.wrapped(_long_usage(pad))
+    one_line = _long_usage(pad).format_usage().split(None, 1)[1].replace("\n", " ")
+    lines = text.splitlines()
+    assert len(lines) > 2 and " ".join(line.strip() for line in lines) == " ".join(one_line.split())
+    for line in lines:
+        assert all(line.count(a) == line.count(b) for a, b in ("[]", "()", "{}")), line
+        assert len(line) <= synopsis.LINE, line
+    assert all(line.startswith(" " * len("dbunet-x ")) and line[len("dbunet-x ")] != " " for line in lines[1:])
 
 
 def test_the_readme_shows_every_command():
