@@ -10,7 +10,8 @@ and on a GPU (every check should pass). Exit 1 when a check failed, else 0. Size
   op_table       the Triton kernels (TRITON_INTERPRET=0) against their references, FP32 and FP16, every case
   aot_ptx        the PTX exactly as the TensorRT plugins return it (ISA pinned for this driver and this Triton),
                  loaded with the CUDA driver API and launched with TensorRT's argument order (inputs, int32
-                 scalars, outputs) and the launch parameters aot_impl computes, against the op table's reference
+                 scalars, outputs) and the launch parameters aot_impl computes, against the op table's reference:
+                 its cases, then one per launch configuration the plugins compile (sd15's head sizes included)
   cuda_layer     --backend trt's CUDA layer on the device: allocations, copies of every kind, a thread-local
                  capture of copies and a kernel standing in for execute_async_v3, instantiate, launch, events,
                  the failed-capture fallback; StepLoop's whole-loop graph against per-step launches
@@ -193,7 +194,7 @@ def check_aot_ptx(args) -> dict:
     from cuda.bindings import driver
 
     from dbunet.plugins import aot
-    from dbunet.plugins.table import CASES
+    from dbunet.plugins.table import CASES, aot_cases
     from dbunet.plugins.tensorrt_plugins import box_constraint_launch, plugin_kernel, spatial_attention_launch
 
     cc = device.compute_capability
@@ -202,28 +203,31 @@ def check_aot_ptx(args) -> dict:
     torch.cuda.init()
     stream = torch.cuda.current_stream().cuda_stream
     tally = Tally()
-    for dtype, name in ((torch.float16, "fp16"), (torch.float32, "fp32")):
-        for case in CASES:
-            if case.op == "channel_cross_attention":
-                continue  # no plugin: TensorRT runs its local function
-            inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
-            if case.op == "box_constraint":
-                x, q, k, v, boxes, valid, gate = inputs
-                compiled = plugin_kernel("box_constraint", name, cc, device.driver_cuda, slots=k.shape[1])
-                launch, scalars = box_constraint_launch(ConcreteShapes, compiled, Desc(x), Desc(q), Desc(boxes))
-                tensors_in = [t.contiguous() for t in (x, q, k, v, boxes, valid, gate.reshape(1))]
-                out = torch.empty_like(x)
-            else:
-                q, k, v, heads = inputs
-                compiled = plugin_kernel("spatial_attention", name, cc, device.driver_cuda,
-                                         dk=q.shape[2] // heads, dv=v.shape[2] // heads)
-                launch, scalars = spatial_attention_launch(ConcreteShapes, compiled, Desc(q), Desc(v), heads)
-                tensors_in, out = [t.contiguous() for t in (q, k, v)], torch.empty_like(v)
-            launch_ptx(driver, compiled, launch, [t.data_ptr() for t in tensors_in], scalars, [out.data_ptr()], stream)
-            tally.add(case, dtype, out, inputs)
+    # the op table (CCA has no plugin: TensorRT runs its local function), then every launch configuration the
+    # plugins compile, at head sizes or box slots that select it (the sd15 ones included)
+    cases = [(name, case) for name in ("fp16", "fp32") for case in CASES if case.op != "channel_cross_attention"]
+    cases += aot_cases()
+    for name, case in cases:
+        dtype = {"fp16": torch.float16, "fp32": torch.float32}[name]
+        inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
+        if case.op == "box_constraint":
+            x, q, k, v, boxes, valid, gate = inputs
+            compiled = plugin_kernel("box_constraint", name, cc, device.driver_cuda, slots=k.shape[1])
+            launch, scalars = box_constraint_launch(ConcreteShapes, compiled, Desc(x), Desc(q), Desc(boxes))
+            tensors_in = [t.contiguous() for t in (x, q, k, v, boxes, valid, gate.reshape(1))]
+            out = torch.empty_like(x)
+        else:
+            q, k, v, heads = inputs
+            compiled = plugin_kernel("spatial_attention", name, cc, device.driver_cuda,
+                                     dk=q.shape[2] // heads, dv=v.shape[2] // heads)
+            launch, scalars = spatial_attention_launch(ConcreteShapes, compiled, Desc(q), Desc(v), heads)
+            tensors_in, out = [t.contiguous() for t in (q, k, v)], torch.empty_like(v)
+        launch_ptx(driver, compiled, launch, [t.data_ptr() for t in tensors_in], scalars, [out.data_ptr()], stream)
+        tally.add(case, dtype, out, inputs)
     isa = aot.target_isa(cc, device.driver_cuda)
     return {"target": f"sm_{cc}", "driver_cuda": device.driver_cuda, "ptx_isa": f"{isa[0]}.{isa[1]}",
-            "ptxas": aot.triton_ptxas(cc).release, "max_rel_error": tally.result()}
+            "ptxas": aot.triton_ptxas(cc).release, "cases": len(cases),
+            "max_rel_error": tally.result()}
 
 
 # -- cuda_layer --------------------------------------------------------------------------------------------------

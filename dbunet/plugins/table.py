@@ -57,9 +57,15 @@ def _box_args(B, C, H, W, N, d, on_centres=False):
 
 
 def _sca_args(B, P, C, heads):
+    """The models' attention: queries and keys of 2C channels, values of C."""
+    return _sca_heads_args(B, P, heads, 2 * C // heads, C // heads)
+
+
+def _sca_heads_args(B, P, heads, dk, dv):
+    """SCA inputs with any query and value head sizes (a launch configuration's block pair need not be 2:1)."""
     def make(g, dtype, device):
-        return (_randn(g, (B, P, 2 * C), dtype, device, 0.5), _randn(g, (B, P, 2 * C), dtype, device, 0.5),
-                _randn(g, (B, P, C), dtype, device), heads)
+        return (_randn(g, (B, P, heads * dk), dtype, device, 0.5), _randn(g, (B, P, heads * dk), dtype, device, 0.5),
+                _randn(g, (B, P, heads * dv), dtype, device), heads)
     return make
 
 
@@ -83,6 +89,25 @@ CASES = [
     Case("channel_cross_attention", "P=35 C=24", _cca_args(2, 35, 24)),
     Case("channel_cross_attention", "P=77 C=40", _cca_args(1, 77, 40)),
 ]
+
+
+def aot_cases() -> list[tuple[str, Case]]:
+    """(dtype, case) for every launch configuration the TensorRT plugins compile (aot.plugin_configurations): box
+    slots or head sizes that select it, 3/4 of each block so its masks are exercised, P = 37 (no block multiple).
+    The JIT launches of CASES use other blocks; the GPU check launches these through the plugins' PTX."""
+    from dbunet.plugins.aot import plugin_configurations
+
+    cases = []
+    for kernel, dtype, shape in plugin_configurations():
+        if kernel == "box_constraint":
+            n = shape["slots"] * 3 // 4 - 1
+            case = Case("box_constraint", f"AOT N={n} 7x9", _box_args(1, 40, 7, 9, n, 24))
+        else:
+            dk, dv = (shape[d] - shape[d] // 4 for d in ("dk", "dv"))
+            case = Case("spatial_cross_attention", f"AOT P=37 dk={dk} dv={dv} h=2", _sca_heads_args(1, 37, 2, dk, dv))
+        cases.append((dtype, case))
+    return cases
+
 
 REFERENCES = {
     "box_constraint": ops.box_constraint_reference,

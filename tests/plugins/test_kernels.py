@@ -1,12 +1,15 @@
 """Each Triton kernel against its PyTorch reference, over the op table (interpreter on the CPU)."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from triton_interpreter import require_triton
 
 require_triton()
 
-from dbunet.plugins.table import CASES, TOLERANCE, fused, max_rel_error, reference_fp32  # noqa: E402 -- after the skip
+from dbunet.plugins.table import CASES, TOLERANCE, aot_cases, fused, max_rel_error, reference_fp32  # noqa: E402 -- after the skip
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: TRITON_INTERPRET=1 (conftest)
 
@@ -22,3 +25,38 @@ def test_kernel_matches_reference(case, dtype):
     assert torch.isfinite(got.float()).all()
     err = max_rel_error(got.cpu(), want)
     assert err <= TOLERANCE[dtype], f"{case.op} {case.label} {dtype}: max rel error {err:.2e}"
+
+
+
+@pytest.mark.parametrize("dtype_case", aot_cases(), ids=lambda dc: f"{dc[0]}-{dc[1].op}[{dc[1].label}]")
+def test_every_aot_launch_configuration_matches_the_reference(dtype_case):
+    """The block sizes the plugins' PTX is compiled with (aot.kernel_config) and the grid and scalars their launch
+    functions compute, run on the same kernels: a configuration is chosen for registers and shared memory
+    (tests/plugins/test_aot.py) and must still compute the op."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    from gpu_check import ConcreteShapes, Desc  # the GPU check launches the PTX with the same concrete shapes
+
+    from dbunet.plugins import aot, kernels
+    from dbunet.plugins.tensorrt_plugins import box_constraint_launch, spatial_attention_launch
+
+    name, case = dtype_case
+    dtype = {"fp16": torch.float16, "fp32": torch.float32}[name]
+    args = case.make(torch.Generator().manual_seed(case.seed), dtype, DEVICE)
+    if case.op == "box_constraint":
+        x, q, k, v, boxes, valid, gate = args
+        config = aot.kernel_config("box_constraint", name, slots=k.shape[1])
+        compiled = aot.CompiledKernel("k", "", config.num_warps, 0, config.constants, "sm_90")
+        launch, scalars = box_constraint_launch(ConcreteShapes, compiled, Desc(x), Desc(q), Desc(boxes))
+        tensors, out = [x, q, k, v, boxes, valid, gate.reshape(1)], torch.empty_like(x)
+    else:
+        q, k, v, heads = args
+        config = aot.kernel_config("spatial_attention", name, dk=q.shape[2] // heads, dv=v.shape[2] // heads)
+        compiled = aot.CompiledKernel("k", "", config.num_warps, 0, config.constants, "sm_90")
+        launch, scalars = spatial_attention_launch(ConcreteShapes, compiled, Desc(q), Desc(v), heads)
+        tensors, out = [q, k, v], torch.empty_like(v)
+    kernel = kernels.box_constraint_kernel if case.op == "box_constraint" else kernels.spatial_attention_kernel
+    kernel[(launch.grid_x, launch.grid_y, launch.grid_z)](*[t.contiguous() for t in tensors], *scalars, out,
+                                                          **config.constants, IEEE=name == "fp32")
+    want = reference_fp32(case.op, tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+    err = max_rel_error(out.cpu(), want)
+    assert err <= TOLERANCE[dtype], f"{name} {case.op} {case.label}: max rel error {err:.2e}"
