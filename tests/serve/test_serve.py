@@ -289,8 +289,9 @@ def test_a_full_queue_gets_503_with_retry_after(server):
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(burst, range(8)))
     codes = [r[0] for r in results]
-    # one computed, up to one queued (Serve counts the queue per router, so it may refuse that one too)
-    assert codes.count(200) >= 1 and codes.count(503) >= 6 and set(codes) <= {200, 503}, codes
+    # one computing and one queued would serve two, but Serve enforces the limit approximately (it counts per router;
+    # one CI run served three of the eight), so the test asks that at most half are served: without the limit all are
+    assert codes.count(200) >= 1 and codes.count(503) >= 4 and set(codes) <= {200, 503}, codes
     assert all(r[1].get("retry-after") == "5" for r in results if r[0] == 503)
 
 
