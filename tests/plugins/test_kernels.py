@@ -12,6 +12,7 @@ require_triton()
 from dbunet.plugins.table import CASES, TOLERANCE, aot_cases, fused, max_rel_error, reference_fp32  # noqa: E402 -- after the skip
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: TRITON_INTERPRET=1 (conftest)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))  # gpu_check, for its concrete launch shapes
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -27,13 +28,11 @@ def test_kernel_matches_reference(case, dtype):
     assert err <= TOLERANCE[dtype], f"{case.op} {case.label} {dtype}: max rel error {err:.2e}"
 
 
-
 @pytest.mark.parametrize("dtype_case", aot_cases(), ids=lambda dc: f"{dc[0]}-{dc[1].op}[{dc[1].label}]")
 def test_every_aot_launch_configuration_matches_the_reference(dtype_case):
     """The block sizes the plugins' PTX is compiled with (aot.kernel_config) and the grid and scalars their launch
     functions compute, run on the same kernels: a configuration is chosen for registers and shared memory
     (tests/plugins/test_aot.py) and must still compute the op."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
     from gpu_check import ConcreteShapes, Desc  # the GPU check launches the PTX with the same concrete shapes
 
     from dbunet.plugins import aot, kernels
