@@ -162,6 +162,27 @@ class Desc:
         self.shape_expr = tuple(int(d) for d in tensor.shape)
 
 
+def plugin_launch(case, inputs, kernel_for: Callable) -> tuple:
+    """An op-table case as its TensorRT plugin launches it: (compiled kernel, launch parameters, int32 scalars,
+    contiguous inputs in the plugin's order, an empty output). `kernel_for(kernel, **shape)` gives the
+    CompiledKernel: its PTX on a GPU, its configuration alone where the kernel runs under Triton's interpreter."""
+    import torch
+
+    from dbunet.plugins.tensorrt_plugins import box_constraint_launch, spatial_attention_launch
+
+    if case.op == "box_constraint":
+        x, q, k, v, boxes, valid, gate = inputs
+        compiled = kernel_for("box_constraint", slots=k.shape[1])
+        launch, scalars = box_constraint_launch(ConcreteShapes, compiled, Desc(x), Desc(q), Desc(boxes))
+        tensors_in, out = [x, q, k, v, boxes, valid, gate.reshape(1)], torch.empty_like(x)
+    else:
+        q, k, v, heads = inputs
+        compiled = kernel_for("spatial_attention", dk=q.shape[2] // heads, dv=v.shape[2] // heads)
+        launch, scalars = spatial_attention_launch(ConcreteShapes, compiled, Desc(q), Desc(v), heads)
+        tensors_in, out = [q, k, v], torch.empty_like(v)
+    return compiled, launch, scalars, [t.contiguous() for t in tensors_in], out
+
+
 def launch_ptx(driver, compiled, launch, pointers_in, scalars, pointers_out, stream: int) -> None:
     """cuModuleLoadData + cuLaunchKernel with TensorRT's AOT argument order: inputs, int32 scalars, outputs."""
     import numpy as np
@@ -195,7 +216,7 @@ def check_aot_ptx(args) -> dict:
 
     from dbunet.plugins import aot
     from dbunet.plugins.table import CASES, aot_cases
-    from dbunet.plugins.tensorrt_plugins import box_constraint_launch, plugin_kernel, spatial_attention_launch
+    from dbunet.plugins.tensorrt_plugins import plugin_kernel
 
     cc = device.compute_capability
     if cc not in aot.TARGETS.values():
@@ -210,18 +231,8 @@ def check_aot_ptx(args) -> dict:
     for name, case in cases:
         dtype = {"fp16": torch.float16, "fp32": torch.float32}[name]
         inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
-        if case.op == "box_constraint":
-            x, q, k, v, boxes, valid, gate = inputs
-            compiled = plugin_kernel("box_constraint", name, cc, device.driver_cuda, slots=k.shape[1])
-            launch, scalars = box_constraint_launch(ConcreteShapes, compiled, Desc(x), Desc(q), Desc(boxes))
-            tensors_in = [t.contiguous() for t in (x, q, k, v, boxes, valid, gate.reshape(1))]
-            out = torch.empty_like(x)
-        else:
-            q, k, v, heads = inputs
-            compiled = plugin_kernel("spatial_attention", name, cc, device.driver_cuda,
-                                     dk=q.shape[2] // heads, dv=v.shape[2] // heads)
-            launch, scalars = spatial_attention_launch(ConcreteShapes, compiled, Desc(q), Desc(v), heads)
-            tensors_in, out = [t.contiguous() for t in (q, k, v)], torch.empty_like(v)
+        compiled, launch, scalars, tensors_in, out = plugin_launch(
+            case, inputs, functools.partial(plugin_kernel, dtype=name, cc=cc, driver_cuda=device.driver_cuda))
         launch_ptx(driver, compiled, launch, [t.data_ptr() for t in tensors_in], scalars, [out.data_ptr()], stream)
         tally.add(case, dtype, out, inputs)
     isa = aot.target_isa(cc, device.driver_cuda)

@@ -12,7 +12,7 @@ require_triton()
 from dbunet.plugins.table import CASES, TOLERANCE, aot_cases, fused, max_rel_error, reference_fp32  # noqa: E402 -- after the skip
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: TRITON_INTERPRET=1 (conftest)
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))  # gpu_check, for its concrete launch shapes
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))  # gpu_check, for its plugin launches
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -33,29 +33,21 @@ def test_every_aot_launch_configuration_matches_the_reference(dtype_case):
     """The block sizes the plugins' PTX is compiled with (aot.kernel_config) and the grid and scalars their launch
     functions compute, run on the same kernels: a configuration is chosen for registers and shared memory
     (tests/plugins/test_aot.py) and must still compute the op."""
-    from gpu_check import ConcreteShapes, Desc  # the GPU check launches the PTX with the same concrete shapes
+    from gpu_check import plugin_launch  # the GPU check launches the PTX the same way
 
     from dbunet.plugins import aot, kernels
-    from dbunet.plugins.tensorrt_plugins import box_constraint_launch, spatial_attention_launch
+
+    def configuration(kernel: str, **shape):
+        config = aot.kernel_config(kernel, name, **shape)
+        return aot.CompiledKernel(kernel, "", config.num_warps, 0, config.constants, "sm_90")
 
     name, case = dtype_case
     dtype = {"fp16": torch.float16, "fp32": torch.float32}[name]
     args = case.make(torch.Generator().manual_seed(case.seed), dtype, DEVICE)
-    if case.op == "box_constraint":
-        x, q, k, v, boxes, valid, gate = args
-        config = aot.kernel_config("box_constraint", name, slots=k.shape[1])
-        compiled = aot.CompiledKernel("k", "", config.num_warps, 0, config.constants, "sm_90")
-        launch, scalars = box_constraint_launch(ConcreteShapes, compiled, Desc(x), Desc(q), Desc(boxes))
-        tensors, out = [x, q, k, v, boxes, valid, gate.reshape(1)], torch.empty_like(x)
-    else:
-        q, k, v, heads = args
-        config = aot.kernel_config("spatial_attention", name, dk=q.shape[2] // heads, dv=v.shape[2] // heads)
-        compiled = aot.CompiledKernel("k", "", config.num_warps, 0, config.constants, "sm_90")
-        launch, scalars = spatial_attention_launch(ConcreteShapes, compiled, Desc(q), Desc(v), heads)
-        tensors, out = [q, k, v], torch.empty_like(v)
+    compiled, launch, scalars, tensors, out = plugin_launch(case, args, configuration)
     kernel = kernels.box_constraint_kernel if case.op == "box_constraint" else kernels.spatial_attention_kernel
-    kernel[(launch.grid_x, launch.grid_y, launch.grid_z)](*[t.contiguous() for t in tensors], *scalars, out,
-                                                          **config.constants, IEEE=name == "fp32")
+    kernel[(launch.grid_x, launch.grid_y, launch.grid_z)](*tensors, *scalars, out, **compiled.constants,
+                                                          IEEE=name == "fp32")
     want = reference_fp32(case.op, tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
     err = max_rel_error(out.cpu(), want)
     assert err <= TOLERANCE[dtype], f"{name} {case.op} {case.label}: max rel error {err:.2e}"
