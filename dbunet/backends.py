@@ -173,8 +173,9 @@ def make_backend(name: str, device: str = "auto", threads: int | None = None, wh
 # --backend auto on a CPU: OpenVINO BF16 beats ONNX Runtime FP32 only where the denoiser's work per step is large
 # enough for BF16's faster GEMMs to outweigh OpenVINO's per-call overhead. Measured (benchmarks/auto_choice.py):
 # the `shapes` model (64x64, work 1.5e5), a whole image, ORT FP32 0.121 s vs OpenVINO BF16 0.153 s (AMD EPYC,
-# AVX512-BF16; on an Intel AMX CPU 0.23 s vs 0.56 s); the sd15 preset at 256x256 (work 3.2e8), one guided step,
-# 1.067 s vs 0.570 s (the same AMD). The threshold sits between the two, on a log scale.
+# AVX512-BF16), 0.103 s vs 0.126 s (Intel Xeon, AMX); the sd15 preset at 256x256 (work 3.2e8), one guided step,
+# 1.067 s vs 0.570 s (the same AMD), 1.245 s vs 0.378 s (the same Xeon). The threshold sits between the two, on a
+# log scale.
 BF16_MIN_WORK = 1e7
 
 
