@@ -202,7 +202,7 @@ def measure_profile(model: str, sizes: list[int], repeat: int) -> dict:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         for size in order:
             session.run(None, feeds[size])
-        events = json.loads(Path(session.end_profiling()).read_text())
+        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
         del session
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
     kernels = [e for e in events
@@ -377,16 +377,14 @@ def main() -> None:
     parser.add_argument("--no-shapes", action="store_true", help="skip the per-shape table")
     parser.add_argument("--ratio", action="store_true", help="only the tiny 512/256 step ratio's block")
     args = parser.parse_args()
-    from cpu_report import cpu_line, update_readme
-
-    from dbunet import atomic
+    from cpu_report import cpu_line, write_block
 
     readme = HERE / "README.md"
     if "tiny" in args.models:
         export_model("tiny")
         block = "\n".join(ratio_block(args.repeat))
         print(block, flush=True)
-        atomic.write_text(readme, update_readme(readme.read_text(), "tiny-ratio", block, tool="attention"))
+        write_block(readme, "tiny-ratio", block, tool="attention")
     if args.ratio:
         return
     lines = ["## Attention in linear memory (ONNX Runtime, CPU, FP32)", "",
@@ -437,8 +435,7 @@ def main() -> None:
             lines.append(f"- tiny, a whole 512x512 image (every stage), {'rewritten' if fused else 'plain'}: "
                          f"{cell(image, 'peak_mb')} peak RSS")
             print(lines[-1], flush=True)
-    atomic.write_text(readme, update_readme(readme.read_text(), "linear-memory", "\n".join(lines),
-                                                 tool="attention"))
+    write_block(readme, "linear-memory", "\n".join(lines), tool="attention")
 
 
 if __name__ == "__main__":

@@ -227,6 +227,14 @@ def update_readme(text: str, slug: str, block: str, tool: str = "cpu_report") ->
     return text.rstrip("\n") + "\n\n" + new + "\n"
 
 
+def write_block(readme: Path, slug: str, block: str, tool: str = "cpu_report") -> None:
+    """update_readme on the file itself (UTF-8, whatever the locale says), written atomically."""
+    from dbunet import atomic
+
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else "# CPU benchmarks\n"
+    atomic.write_text(readme, update_readme(text, slug, block, tool))
+
+
 def run_case(case: Case, repeat: int) -> str:
     from child import ChildFailed, in_child
 
@@ -284,12 +292,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (default: 7)")
     args = p.parse_args()
     cases = [Case.parse(c) for c in args.cases]
-    from dbunet import atomic
-
     for case in cases:
         block = run_case(case, args.repeat)
-        text = README.read_text() if README.is_file() else "# CPU benchmarks\n"
-        atomic.write_text(README, update_readme(text, case.slug, block))
+        write_block(README, case.slug, block)
         print(block)
 
 

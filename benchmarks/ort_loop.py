@@ -111,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sd15-rounds", type=int, default=3)
     parser.add_argument("--models", nargs="*", default=sorted({c[0] for c in CASES}))
     args = parser.parse_args(argv)
-    from cpu_report import update_readme
-
-    from dbunet import atomic
+    from cpu_report import write_block
 
     rows = []
     for case, (model, _, _) in enumerate(CASES):
@@ -123,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     text = block(rows)
     print(text)
     readme = HERE / "README.md"
-    atomic.write_text(readme, update_readme(readme.read_text(), "cpu", text, tool="ort_loop"))
+    write_block(readme, "cpu", text, tool="ort_loop")
     return 0
 
 

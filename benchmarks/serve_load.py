@@ -82,9 +82,8 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE))
     from attention import export_model
-    from cpu_report import cpu_line, update_readme
+    from cpu_report import cpu_line, write_block
 
-    from dbunet import atomic
     from dbunet.config import preset
     from dbunet.serve.app import ServeOptions, run_app
 
@@ -122,7 +121,7 @@ def main() -> None:
         ray.shutdown()
     readme = HERE / "README.md"
     slug = "cpu" if args.model == "tiny" else f"cpu-{args.model}"
-    atomic.write_text(readme, update_readme(readme.read_text(), slug, "\n".join(lines), tool="serve_load"))
+    write_block(readme, slug, "\n".join(lines), tool="serve_load")
 
 
 if __name__ == "__main__":

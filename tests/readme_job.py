@@ -13,7 +13,7 @@ from dbunet.cli.synopsis import README
 
 
 def shell_blocks() -> list[str]:
-    return re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
+    return re.findall(r"```sh\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
 def scripts_dir() -> Path | None:

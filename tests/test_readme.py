@@ -3,8 +3,11 @@ command), the synopsis is the parsers' usage, every command block parses and eve
 
 import argparse
 import importlib
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -17,7 +20,7 @@ def test_readme_states_the_two_setup_commands_and_ci_runs_the_second():
     blocks = shell_blocks()
     main_job, tests = blocks[0].strip(), blocks[1].strip()
     assert "dbunet-export --fp16" in main_job and "dbunet-run" in main_job
-    ci = (README.parent / ".ci" / "run").read_text()
+    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert tests in ci
 
 
@@ -27,7 +30,7 @@ def test_main_job_exports_and_writes_a_png(readme_main_job):
     assert (readme_main_job / "dbunet-artifacts" / "manifest.json").is_file()
 
 
-TEXT = README.read_text()
+TEXT = README.read_text(encoding="utf-8")
 PROGRAMS = {"dbunet-export": "dbunet.cli.export", "dbunet-run": "dbunet.cli.run", "dbunet-build": "dbunet.cli.build",
             "dbunet-bench": "dbunet.cli.bench", "python -m dbunet.train": "dbunet.train.__main__"}
 
@@ -65,6 +68,19 @@ def test_the_synopsis_command_refuses_a_misspelt_flag(capsys):
     with pytest.raises(SystemExit) as exc:
         synopsis.main(["--wirte"])
     assert exc.value.code == 2 and "unrecognized arguments: --wirte" in capsys.readouterr().err
+
+
+def test_the_synopsis_command_rewrites_the_readme_under_an_ascii_locale(tmp_path):
+    # the README is UTF-8 (it has dashes); read with the locale's encoding, --write failed where that is ASCII
+    # (LANG=C with Python's locale coercion off, as some containers run)
+    copy = tmp_path / "README.md"
+    copy.write_bytes(README.read_bytes())
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    code = ("import pathlib, sys; from dbunet.cli import synopsis; "
+            f"synopsis.README = pathlib.Path({str(copy)!r}); sys.exit(synopsis.main(['--write']))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, encoding="utf-8")
+    assert done.returncode == 0, done.stderr
+    assert copy.read_bytes() == README.read_bytes()  # the synopsis is current (test below), so nothing changes
 
 
 def test_the_readme_synopsis_is_the_parsers_usage():

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help="replace the block between the README's synopsis markers "
                                                         "(default: print the synopsis)")
     if p.parse_args(argv).write:
-        text = README.read_text()
+        text = README.read_text(encoding="utf-8")
         if START not in text or END not in text:
             print(f"error: {README} has no synopsis markers", file=sys.stderr)
             return 2

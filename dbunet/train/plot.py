@@ -13,7 +13,7 @@ from dbunet import atomic
 def read_losses(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """stage -> (steps, losses); a step logged twice (a resumed run) keeps its last value."""
     rows: dict[str, dict[int, float]] = {}
-    with Path(path).open(newline="") as f:
+    with Path(path).open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             rows.setdefault(row["stage"], {})[int(row["step"])] = float(row["loss"])
     return {stage: (np.array(sorted(v)), np.array([v[k] for k in sorted(v)])) for stage, v in rows.items()}

@@ -234,7 +234,7 @@ class Trainer:
     def _log(self, stage: str, step: int, losses: dict[str, float], seconds: float) -> None:
         path = self.out / LOSS_LOG
         new = not path.is_file()
-        with path.open("a", newline="") as f:  # append-only log; a resumed run continues it
+        with path.open("a", newline="", encoding="utf-8") as f:  # append-only log; a resumed run continues it
             w = csv.writer(f)
             if new:
                 w.writerow(["stage", "step", "loss", "parts", "seconds"])
