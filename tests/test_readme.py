@@ -3,13 +3,13 @@ command), the synopsis is the parsers' usage, every command block parses and eve
 
 import argparse
 import importlib
-import os
 import re
 import shlex
 import subprocess
 import sys
 
 import pytest
+from locales import ASCII_LOCALE
 from PIL import Image
 from readme_job import README, shell_blocks
 
@@ -72,13 +72,12 @@ def test_the_synopsis_command_refuses_a_misspelt_flag(capsys):
 
 def test_the_synopsis_command_rewrites_the_readme_under_an_ascii_locale(tmp_path):
     # the README is UTF-8 (it has dashes); read with the locale's encoding, --write failed where that is ASCII
-    # (LANG=C with Python's locale coercion off, as some containers run)
     copy = tmp_path / "README.md"
     copy.write_bytes(README.read_bytes())
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
     code = ("import pathlib, sys; from dbunet.cli import synopsis; "
             f"synopsis.README = pathlib.Path({str(copy)!r}); sys.exit(synopsis.main(['--write']))")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-c", code], env=ASCII_LOCALE, capture_output=True, text=True,
+                          encoding="utf-8")
     assert done.returncode == 0, done.stderr
     assert copy.read_bytes() == README.read_bytes()  # the synopsis is current (test below), so nothing changes
 

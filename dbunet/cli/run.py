@@ -21,6 +21,7 @@ from dbunet.cli.common import (
 from dbunet.manifest import Manifest
 from dbunet.request import build_request
 from dbunet.schedulers import SCHEDULERS
+from dbunet.text import from_command_line
 
 DESCRIPTION = """Generate an image with the DB-UNet cascade from an artifacts directory written by
 dbunet-export. Unset sampling options take the model's defaults (from the manifest)."""
@@ -29,9 +30,10 @@ dbunet-export. Unset sampling options take the model's defaults (from the manife
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="dbunet-run", description=DESCRIPTION)
     what = p.add_argument_group("what to draw")
-    what.add_argument("--prompt", required=True, help="the text prompt")
-    what.add_argument("--negative-prompt", default="", help="what to steer away from (default: empty)")
-    what.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1:PHRASE",
+    what.add_argument("--prompt", required=True, type=from_command_line, help="the text prompt")
+    what.add_argument("--negative-prompt", default="", type=from_command_line,
+                      help="what to steer away from (default: empty)")
+    what.add_argument("--box", action="append", default=[], type=from_command_line, metavar="X0,Y0,X1,Y1:PHRASE",
                       help="a layout box in normalized coordinates and what goes in it; repeatable")
     how = p.add_argument_group("sampling")
     how.add_argument("--steps", type=int, help="denoising steps")

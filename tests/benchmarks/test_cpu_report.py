@@ -1,11 +1,11 @@
 """The CPU report script's own logic: case names, and rewriting only its blocks of the page."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 from bench_scripts import BENCHMARKS, benchmark_script
+from locales import ASCII_LOCALE
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +39,11 @@ def test_a_block_is_written_into_the_page_as_utf8(report, tmp_path):
     report.write_block(page, "tiny", "table v1")  # no page yet: a titled one
     assert page.read_text(encoding="utf-8").startswith("# CPU benchmarks\n")
     page.write_text("# CPU\n\n2 cores \u2014 AVX2\n", encoding="utf-8")  # the page holds dashes and x signs
-    # read with the locale's encoding, the page failed to load where that is ASCII (LANG=C, no locale coercion)
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    # read with the locale's encoding, the page failed to load where that is ASCII
     code = (f"import pathlib, sys; sys.path.insert(0, {str(BENCHMARKS)!r}); import cpu_report; "
             f"cpu_report.write_block(pathlib.Path({str(page)!r}), 'tiny', 'table v2 \\u00d72')")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-c", code], env=ASCII_LOCALE, capture_output=True, text=True,
+                          encoding="utf-8")
     assert done.returncode == 0, done.stderr
     block = "<!-- cpu_report:tiny -->\ntable v2 \u00d72\n<!-- /cpu_report:tiny -->\n"
     assert page.read_text(encoding="utf-8") == "# CPU\n\n2 cores \u2014 AVX2\n\n" + block

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from locales import ASCII_LOCALE
 from PIL import Image
 
 from dbunet.cli import export as export_cli
@@ -33,6 +34,21 @@ def test_run_writes_png_with_provenance(tiny_artifacts, tmp_path, capsys):
     assert "denoise (3 steps" in stderr and "total" in stderr  # the timing table
     assert "backend: " in stderr  # --backend auto (the default) says what it chose
     assert "wrote" in stdout
+
+
+def test_a_utf8_prompt_under_an_ascii_locale_is_drawn_as_typed(tiny_artifacts, tmp_path):
+    # an ASCII locale decodes argv as ASCII: every byte of a "\u00e9" arrived as a surrogate and the prompt was
+    # refused as "not text"; UTF-8 bytes are read as UTF-8
+    out = tmp_path / "caf\u00e9.png"
+    done = subprocess.run([sys.executable, "-m", "dbunet.cli.run", "--artifacts", str(tiny_artifacts), "--prompt",
+                           "a caf\u00e9 \u2014 a cat", "--negative-prompt", "fl\u00fb", "--box",
+                           "0.1,0.1,0.6,0.8:a c\u00e4t", "--steps", "2", "--refiner-steps", "0", "--quiet",
+                           "--output", str(out)], env=ASCII_LOCALE, capture_output=True, text=True,
+                          encoding="utf-8")
+    assert done.returncode == 0, done.stderr
+    img = Image.open(out)
+    assert img.text["prompt"] == "a caf\u00e9 \u2014 a cat" and img.text["negative_prompt"] == "fl\u00fb"
+    assert json.loads(img.text["boxes"]) == ["0.1,0.1,0.6,0.8:a c\u00e4t"]
 
 
 def test_torch_backend_runs_the_reference(tiny_artifacts, tmp_path, capsys):
