@@ -33,7 +33,6 @@ def test_readme_blocks_are_replaced_and_the_rest_kept(report):
     assert "hand-written analysis" in again
 
 
-
 def test_a_block_is_written_into_the_page_as_utf8(report, tmp_path):
     page = tmp_path / "README.md"
     report.write_block(page, "tiny", "table v1")  # no page yet: a titled one

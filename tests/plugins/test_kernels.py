@@ -37,12 +37,13 @@ def test_every_aot_launch_configuration_matches_the_reference(dtype_case):
 
     from dbunet.plugins import aot, kernels
 
-    def configuration(kernel: str, **shape):
+    name, case = dtype_case
+    dtype = {"fp16": torch.float16, "fp32": torch.float32}[name]
+
+    def configuration(kernel: str, **shape):  # the plugin's block sizes, without PTX: the interpreter runs the kernel
         config = aot.kernel_config(kernel, name, **shape)
         return aot.CompiledKernel(kernel, "", config.num_warps, 0, config.constants, "sm_90")
 
-    name, case = dtype_case
-    dtype = {"fp16": torch.float16, "fp32": torch.float32}[name]
     args = case.make(torch.Generator().manual_seed(case.seed), dtype, DEVICE)
     compiled, launch, scalars, tensors, out = plugin_launch(case, args, configuration)
     kernel = kernels.box_constraint_kernel if case.op == "box_constraint" else kernels.spatial_attention_kernel
