@@ -13,8 +13,8 @@ epilogue  eps = eps_u + g (eps_c - eps_u) (with a batch of 1, eps itself), then 
 The step is composed in ONNX instead of traced: ONNX Runtime's FP16 converter casts every float graph
 input to FP16 before its first consumer, so a traced step would round x, x0_prev and the row to FP16 even
 around an FP32 update. Composed around the FP16 UNet (whose boundary stays FP32), the update is FP32 by
-construction, and the UNet is not traced a second time. `StepGraph` modules are the PyTorch reference of
-the same step, for the parity report.
+construction, and the UNet is not traced a second time. The modules below (`DBUNetStepGraph` and its siblings)
+are the PyTorch reference of the same step, for the parity report.
 """
 
 from __future__ import annotations
