@@ -7,7 +7,8 @@ reason its requirement is missing, so the same command runs on a CPU machine (ev
 and on a GPU (every check should pass). Exit 1 when a check failed, else 0. Sized for one device session
 (under 8 minutes on an H100/H200, start-up of torch.compile included); --quick shortens the timings.
 
-  op_table       the Triton kernels (TRITON_INTERPRET=0) against their references, FP32 and FP16, every case
+  op_table       the Triton kernels (TRITON_INTERPRET=0) against their references, FP32 and FP16, every case, and
+                 the launch configurations only Triton's own launcher takes (over 48 KB of shared memory)
   aot_ptx        the PTX exactly as the TensorRT plugins return it (ISA pinned for this driver and this Triton),
                  loaded with the CUDA driver API and launched with TensorRT's argument order (inputs, int32
                  scalars, outputs) and the launch parameters aot_impl computes, against the op table's reference:
@@ -125,14 +126,16 @@ class Tally:
 def check_op_table(args) -> dict:
     torch = need_torch_cuda()
     need_triton()
-    from dbunet.plugins.table import CASES, fused
+    from dbunet.plugins.table import CASES, fused, opt_in_cases
 
     tally = Tally()
-    for dtype in (torch.float32, torch.float16):
-        for case in CASES:
-            inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
-            tally.add(case, dtype, fused(case.op)(*inputs), inputs)
-    return {"cases": 2 * len(CASES), "max_rel_error": tally.result()}
+    # every case in both dtypes, then the configurations only this launcher takes (over 48 KB of shared memory)
+    cases = [(dtype, case) for dtype in (torch.float32, torch.float16) for case in CASES]
+    cases += [({"fp16": torch.float16, "fp32": torch.float32}[name], case) for name, case in opt_in_cases()]
+    for dtype, case in cases:
+        inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
+        tally.add(case, dtype, fused(case.op)(*inputs), inputs)
+    return {"cases": len(cases), "max_rel_error": tally.result()}
 
 
 # -- aot_ptx -----------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 SWEEP_TARGETS = ("sm_87", "sm_90:13.0", "sm_100:13.0", "sm_120:13.0")
 
 
-def check(kernel: str, dtype: str, target: str, **shape) -> dict:
+def check(kernel: str, dtype: str, target: str, opt_in: bool = False, **shape) -> dict:
     from dbunet.errors import DbunetError
     from dbunet.plugins import aot
 
@@ -36,7 +36,7 @@ def check(kernel: str, dtype: str, target: str, **shape) -> dict:
     except DbunetError as exc:  # no ISA both this Triton's ptxas and the driver take names the target
         return {**row, "unavailable": str(exc)}
     try:
-        c = aot.compile_config(kernel, dtype, t.cc, t.isa, **shape)
+        c = aot.compile_config(kernel, dtype, t.cc, t.isa, opt_in, **shape)
         r = aot.ptxas_report(c.ptx)
     except (DbunetError, RuntimeError, OSError) as exc:  # Triton's PTXASError is a RuntimeError
         return {**row, "error": f"{type(exc).__name__}: {str(exc).strip()[-400:]}"}
@@ -57,6 +57,10 @@ def configurations() -> dict[str, tuple]:
         for kernel, dtype, shape in aot.plugin_configurations():
             tag = "".join(f"{k}{v}" for k, v in shape.items())
             out[f"{kernel}/{dtype}/{target}/{tag}"] = (kernel, dtype, target, shape)
+        # what only Triton's own launcher takes (dbunet.plugins.launch), held to the shared memory it may opt in to
+        for kernel, dtype, shape in aot.opt_in_configurations():
+            tag = "".join(f"{k}{v}" for k, v in shape.items())
+            out[f"{kernel}/{dtype}/{target}/{tag}/opt-in"] = (kernel, dtype, target, {**shape, "opt_in": True})
     return out
 
 

@@ -192,6 +192,13 @@ _SCA_CONFIG = {  # (dtype, BLOCK_DK) -> (BLOCK_M, BLOCK_N, warps, stages); BLOCK
     # opt-in shared memory. Engines are FP16 (strongly typed FP16 graphs hand the plugins FP16), so it is
     # refused rather than shipped unverified.
 }
+# Triton's own launcher (dbunet.plugins.launch: the kernels under PyTorch on a CUDA device) opts in to more than
+# 48 KB of shared memory where a kernel needs it; TensorRT's AOT launch does not. So the JIT launch also takes
+# fp32 attention at head size 512, in one stage: 64 KB, 64-108 registers, no spill on sm_87/90/100/120 under
+# Triton 3.6, 3.7 and 3.9, under the 99 KB a block may opt in to on sm_89 and sm_120, the least of the targets.
+# Its former fixed 32 x 32 blocks in three stages needed 260 KB there, more than any GPU gives a block.
+_SCA_OPT_IN_CONFIG = {("fp32", 512): (16, 16, 8, 1)}
+OPT_IN_SHARED_LIMIT = 99 * 1024
 # head sizes (BLOCK_DK, BLOCK_DV) the models use: tiny (C 32/64, 4 heads) and sd15 (C 320/640/1280, 8 heads)
 SCA_HEAD_BLOCKS = ((16, 16), (32, 16), (32, 32), (128, 64), (256, 128), (512, 256))
 
@@ -203,8 +210,15 @@ def plugin_configurations() -> list[tuple[str, str, dict]]:
     for dtype in ("fp16", "fp32"):
         configs += [("box_constraint", dtype, {"slots": slots}) for slots in (16, 32)]
         configs += [("spatial_attention", dtype, {"dk": dk, "dv": dv}) for dk, dv in SCA_HEAD_BLOCKS
-                    if (dtype, dk) != ("fp32", 512)]
+                    if (dtype, dk) in _SCA_CONFIG]
     return configs
+
+
+def opt_in_configurations() -> list[tuple[str, str, dict]]:
+    """(kernel, dtype, shape) for the launch configurations only Triton's own launcher takes (kernel_config with
+    opt_in): more than 48 KB of shared memory."""
+    return [("spatial_attention", dtype, {"dk": dk, "dv": dv}) for dtype in ("fp16", "fp32")
+            for dk, dv in SCA_HEAD_BLOCKS if (dtype, dk) in _SCA_OPT_IN_CONFIG]
 
 
 @dataclass(frozen=True)
@@ -214,19 +228,22 @@ class LaunchConfig:
     num_stages: int | None  # None: Triton's default
 
 
-def kernel_config(kernel: str, dtype: str, slots: int = 31, dk: int = 80, dv: int = 40) -> LaunchConfig:
+def kernel_config(kernel: str, dtype: str, slots: int = 31, dk: int = 80, dv: int = 40,
+                  opt_in: bool = False) -> LaunchConfig:
     """Constants, warps and stages for a kernel at a shape: `slots` = N + 1 box tokens (BoxConstraint),
-    `dk` / `dv` = query / value head sizes (SpatialCrossAttention). Defaults: 30 boxes, sd15's first level."""
+    `dk` / `dv` = query / value head sizes (SpatialCrossAttention). Defaults: 30 boxes, sd15's first level.
+    opt_in: for a launcher that opts in to more than 48 KB of shared memory (Triton's own, not TensorRT's)."""
     if kernel == "box_constraint":
         constants, warps, stages = _BOX_CONFIG[dtype]
         return LaunchConfig({**constants, "BLOCK_N": _pow2(slots)}, warps, stages)
     if kernel == "spatial_attention":
         block_dk, block_dv = _pow2(dk), _pow2(dv)
-        if (dtype, block_dk) not in _SCA_CONFIG:
-            supported = max(b for d, b in _SCA_CONFIG if d == dtype)
+        table = {**_SCA_CONFIG, **_SCA_OPT_IN_CONFIG} if opt_in else _SCA_CONFIG
+        if (dtype, block_dk) not in table:
+            supported = max(b for d, b in table if d == dtype)
             raise BuildError(f"spatial attention in {dtype} supports head sizes up to {supported}, got {dk}"
                              + (" (build FP16 engines: dbunet-build does)" if dtype == "fp32" else ""))
-        block_m, block_n, warps, stages = _SCA_CONFIG[dtype, block_dk]
+        block_m, block_n, warps, stages = table[dtype, block_dk]
         return LaunchConfig({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_DK": block_dk, "BLOCK_DV": block_dv},
                             warps, stages)
     raise BuildError(f"no AOT kernel {kernel!r}; valid: {', '.join(_KERNELS)}")
@@ -247,20 +264,23 @@ SHARED_WITHOUT_OPT_IN = 48 * 1024  # dynamic shared memory a launch gets without
 TRITON_DEFAULT_STAGES = 3  # what num_stages=None means on every target here
 
 
-def compile_config(kernel: str, dtype: str, cc: int, isa: tuple[int, int] | None = None, **shape) -> CompiledKernel:
+def compile_config(kernel: str, dtype: str, cc: int, isa: tuple[int, int] | None = None, opt_in: bool = False,
+                   **shape) -> CompiledKernel:
     """The kernel configuration for `shape` (kernel_config) compiled for `cc`. Where its pipeline stages need more
     than 48 KB of shared memory on that architecture (sm_100's tensor-core path keeps barriers there too: 24 bytes
-    past 48 KB for FP16 attention at head size 128), one stage fewer until it fits; refused if one does not."""
-    config = kernel_config(kernel, dtype, **shape)
+    past 48 KB for FP16 attention at head size 128), one stage fewer until it fits; refused if one does not.
+    opt_in: a configuration for Triton's own launcher, held to OPT_IN_SHARED_LIMIT instead."""
+    config = kernel_config(kernel, dtype, opt_in=opt_in, **shape)
+    limit = OPT_IN_SHARED_LIMIT if opt_in else SHARED_WITHOUT_OPT_IN
     stages = config.num_stages
     while True:
         compiled = compile_ptx(kernel, dtype, cc, config.num_warps, isa, stages, **config.constants)
-        if compiled.shared_mem <= SHARED_WITHOUT_OPT_IN:
+        if compiled.shared_mem <= limit:
             return dataclasses.replace(compiled, stages=stages)
         stages = (stages or TRITON_DEFAULT_STAGES) - 1
         if stages < 1:
             raise BuildError(f"{kernel} ({dtype}, {shape}) needs {compiled.shared_mem} B of shared memory on "
-                             f"sm_{cc} in one stage, more than the {SHARED_WITHOUT_OPT_IN} B a launch gets")
+                             f"sm_{cc} in one stage, more than the {limit} B a launch gets")
 
 
 def _check_compiler() -> None:

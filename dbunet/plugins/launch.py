@@ -2,6 +2,8 @@
 
 Called with torch tensors on a CUDA device, or on the CPU under TRITON_INTERPRET=1 (tests).
 FP32 inputs use IEEE fp32 dots (no TF32), so FP32 results match the reference closely.
+Block sizes, warps and stages come from the table the TensorRT plugins compile with (aot.kernel_config), chosen
+with ptxas for registers and shared memory; this launcher may also take its opt-in rows (more than 48 KB).
 """
 
 from __future__ import annotations
@@ -10,23 +12,29 @@ import torch
 import triton
 
 from dbunet.plugins import kernels
+from dbunet.plugins.aot import LaunchConfig, kernel_config
 
 
-def _pow2(n: int, floor: int = 16) -> int:
-    return max(floor, triton.next_power_of_2(max(int(n), 1)))
+def _table_dtype(t: torch.Tensor) -> str:
+    return "fp32" if t.dtype == torch.float32 else "fp16"  # 2-byte floats share the fp16 blocks
+
+
+def _options(config: LaunchConfig) -> dict:
+    return {**config.constants, "num_warps": config.num_warps,
+            **({"num_stages": config.num_stages} if config.num_stages else {})}
 
 
 def box_constraint(x, q, k, v, boxes, valid, gate):
     B, C, H, W = x.shape
     N, D = boxes.shape[1], q.shape[-1]
     out = torch.empty_like(x)
-    block_p, block_n = 32, _pow2(N + 1)
-    grid = (triton.cdiv(H * W, block_p), B)
+    config = kernel_config("box_constraint", _table_dtype(x), slots=N + 1)
+    grid = (triton.cdiv(H * W, config.constants["BLOCK_P"]), B)
     kernels.box_constraint_kernel[grid](
         x.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), boxes.contiguous(),
         valid.contiguous(), gate.reshape(1).contiguous(),
         C, H, W, D, N, out,
-        BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_D=32, BLOCK_C=32, IEEE=x.dtype == torch.float32,
+        **_options(config), IEEE=x.dtype == torch.float32,
     )
     return out
 
@@ -36,12 +44,12 @@ def spatial_cross_attention(q, k, v, num_heads: int):
     CV = v.shape[-1]
     dk, dv = CQ // num_heads, CV // num_heads
     out = torch.empty_like(v)
-    block_m = 32
-    grid = (triton.cdiv(P, block_m), B * num_heads)
+    config = kernel_config("spatial_attention", _table_dtype(q), dk=dk, dv=dv, opt_in=True)
+    grid = (triton.cdiv(P, config.constants["BLOCK_M"]), B * num_heads)
     kernels.spatial_attention_kernel[grid](
         q.contiguous(), k.contiguous(), v.contiguous(),
         P, CQ, CV, num_heads, dk, dv, out,
-        BLOCK_M=block_m, BLOCK_N=32, BLOCK_DK=_pow2(dk), BLOCK_DV=_pow2(dv), IEEE=q.dtype == torch.float32,
+        **_options(config), IEEE=q.dtype == torch.float32,
     )
     return out
 

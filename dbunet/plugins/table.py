@@ -94,17 +94,30 @@ CASES = [
 def aot_cases() -> list[tuple[str, Case]]:
     """(dtype, case) for every launch configuration the TensorRT plugins compile (aot.plugin_configurations): box
     slots or head sizes that select it, 3/4 of each block so its masks are exercised, P = 37 (no block multiple).
-    The JIT launches of CASES use other blocks; the GPU check launches these through the plugins' PTX."""
+    The small shapes of CASES select few of them; the GPU check launches these through the plugins' PTX."""
     from dbunet.plugins.aot import plugin_configurations
 
+    return _configuration_cases(plugin_configurations(), "AOT")
+
+
+def opt_in_cases() -> list[tuple[str, Case]]:
+    """(dtype, case) as aot_cases, for the configurations only Triton's own launcher takes (more than 48 KB of
+    shared memory: aot.opt_in_configurations); run through `fused`, the JIT launch."""
+    from dbunet.plugins.aot import opt_in_configurations
+
+    return _configuration_cases(opt_in_configurations(), "opt-in")
+
+
+def _configuration_cases(configurations: list[tuple[str, str, dict]], tag: str) -> list[tuple[str, Case]]:
     cases = []
-    for kernel, dtype, shape in plugin_configurations():
+    for kernel, dtype, shape in configurations:
         if kernel == "box_constraint":
             n = shape["slots"] * 3 // 4 - 1
-            case = Case("box_constraint", f"AOT N={n} 7x9", _box_args(1, 40, 7, 9, n, 24))
+            case = Case("box_constraint", f"{tag} N={n} 7x9", _box_args(1, 40, 7, 9, n, 24))
         else:
             dk, dv = (shape[d] - shape[d] // 4 for d in ("dk", "dv"))
-            case = Case("spatial_cross_attention", f"AOT P=37 dk={dk} dv={dv} h=2", _sca_heads_args(1, 37, 2, dk, dv))
+            case = Case("spatial_cross_attention", f"{tag} P=37 dk={dk} dv={dv} h=2",
+                        _sca_heads_args(1, 37, 2, dk, dv))
         cases.append((dtype, case))
     return cases
 

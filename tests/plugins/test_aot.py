@@ -64,14 +64,17 @@ def test_ptx_for_every_kernel_dtype_and_target(report, compiled, monkeypatch):
 
 
 def test_no_kernel_spills_and_two_blocks_fit_an_sm(compiled):
-    """ptxas -v on every configuration: no spills, no stack, <= 48 KB shared memory, <= 200 registers and room
-    for two blocks per SM by registers (64K per SM on sm_87, sm_89 and sm_90)."""
+    """ptxas -v on every configuration: no spills, no stack, <= 48 KB shared memory (what a TensorRT plugin launch
+    gets; the opt-in rows of Triton's own launcher: what a block may opt in to on every target), <= 200 registers
+    and room for two blocks per SM by registers (64K per SM on sm_87, sm_89 and sm_90)."""
+    opt_in = {k for k in compiled if k.endswith("/opt-in")}
+    assert {k.split("/")[2] for k in opt_in} == {k.split("/")[2] for k in compiled if k.count("/") > 2}  # all swept
     problems = []
     for key, c in compiled.items():
         threads = c["warps"] * 32
         if c["spill"] or c["stack"]:
             problems.append(f"{key}: {c['spill']} B spilled, {c['stack']} B stack ({c['registers']} registers)")
-        if c["shared"] > 48 * 1024:
+        if c["shared"] > (aot.OPT_IN_SHARED_LIMIT if key in opt_in else 48 * 1024):
             problems.append(f"{key}: {c['shared']} B shared memory")
         if c["registers"] > 200 or 2 * c["registers"] * threads > 65536:
             problems.append(f"{key}: {c['registers']} registers x {threads} threads leave room for one block per SM")
