@@ -19,9 +19,14 @@ def _table_dtype(t: torch.Tensor) -> str:
     return "fp32" if t.dtype == torch.float32 else "fp16"  # 2-byte floats share the fp16 blocks
 
 
+# FP fusion stated, as the plugins' PTX is compiled: Triton 3.9 warns at the first compile that leaves it to its
+# default, which changes in 3.10
+FP_FUSION = {"enable_fp_fusion": True}
+
+
 def _options(config: LaunchConfig) -> dict:
     return {**config.constants, "num_warps": config.num_warps,
-            **({"num_stages": config.num_stages} if config.num_stages else {})}
+            **({"num_stages": config.num_stages} if config.num_stages else {}), **FP_FUSION}
 
 
 def box_constraint(x, q, k, v, boxes, valid, gate):
@@ -61,10 +66,10 @@ def channel_cross_attention(q, k, v):
     attn = torch.empty(B, C, CC, device=q.device, dtype=torch.float32)
     kernels.channel_attention_weights_kernel[(triton.cdiv(C, 32), B)](
         q.contiguous(), k.contiguous(), P, C, CC, attn,
-        BLOCK_C=32, BLOCK_CC=32, BLOCK_P=32, IEEE=ieee,
+        BLOCK_C=32, BLOCK_CC=32, BLOCK_P=32, IEEE=ieee, **FP_FUSION,
     )
     out = torch.empty_like(q)
     kernels.channel_attention_apply_kernel[(triton.cdiv(P, 32), triton.cdiv(C, 32), B)](
-        attn, v.contiguous(), P, C, CC, out, BLOCK_P=32, BLOCK_C=32, BLOCK_CC=32, IEEE=ieee,
+        attn, v.contiguous(), P, C, CC, out, BLOCK_P=32, BLOCK_C=32, BLOCK_CC=32, IEEE=ieee, **FP_FUSION,
     )
     return out

@@ -98,7 +98,8 @@ def test_the_jit_launch_takes_the_checked_attention_configuration(monkeypatch, d
     launch.spatial_cross_attention(q, q, v, heads)
     config = aot.kernel_config("spatial_attention", "fp32" if dtype == torch.float32 else "fp16", dk=dk, dv=dv,
                                opt_in=True)
-    want = {**config.constants, "num_warps": config.num_warps, "IEEE": dtype == torch.float32}
+    want = {**config.constants, "num_warps": config.num_warps, "IEEE": dtype == torch.float32,
+            "enable_fp_fusion": True}
     want |= {"num_stages": config.num_stages} if config.num_stages else {}
     assert spy.kwargs == want
     assert spy.grid == (-(-P // config.constants["BLOCK_M"]), heads)
@@ -115,5 +116,17 @@ def test_the_jit_launch_takes_the_checked_box_configuration(monkeypatch, boxes):
                           torch.zeros(B, boxes + 1, C), torch.zeros(B, boxes, 4), torch.zeros(B, boxes),
                           torch.tensor(1.0))
     config = aot.kernel_config("box_constraint", "fp32", slots=boxes + 1)
-    assert spy.kwargs == {**config.constants, "num_warps": config.num_warps, "IEEE": True}
+    assert spy.kwargs == {**config.constants, "num_warps": config.num_warps, "IEEE": True, "enable_fp_fusion": True}
     assert spy.grid == (-(-H * W // config.constants["BLOCK_P"]), B)
+
+
+def test_the_channel_attention_launches_state_fp_fusion(monkeypatch):
+    """FP fusion is stated at every launch, as the plugins' PTX is compiled: Triton 3.9 warns at the first compile
+    that leaves it to its default (which changes in 3.10)."""
+    from dbunet.plugins import kernels, launch
+
+    spies = {name: KernelSpy() for name in ("channel_attention_weights_kernel", "channel_attention_apply_kernel")}
+    for name, spy in spies.items():
+        monkeypatch.setattr(kernels, name, spy)
+    launch.channel_cross_attention(torch.zeros(1, 5, 8), torch.zeros(1, 5, 16), torch.zeros(1, 5, 16))
+    assert [spy.kwargs["enable_fp_fusion"] for spy in spies.values()] == [True, True]
