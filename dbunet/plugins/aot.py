@@ -242,7 +242,7 @@ def kernel_config(kernel: str, dtype: str, slots: int = 31, dk: int = 80, dv: in
         if (dtype, block_dk) not in table:
             supported = max(b for d, b in table if d == dtype)
             raise BuildError(f"spatial attention in {dtype} supports head sizes up to {supported}, got {dk}"
-                             + (" (build FP16 engines: dbunet-build does)" if dtype == "fp32" else ""))
+                             + (" (build FP16 engines: dbunet-build does)" if dtype == "fp32" and not opt_in else ""))
         block_m, block_n, warps, stages = table[dtype, block_dk]
         return LaunchConfig({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_DK": block_dk, "BLOCK_DV": block_dv},
                             warps, stages)

@@ -248,6 +248,10 @@ def test_fp32_spatial_attention_beyond_its_shared_memory_is_refused():
     with pytest.raises(Exception, match="fp32 supports head sizes up to 256.*FP16"):
         aot.kernel_config("spatial_attention", "fp32", dk=320, dv=160)
     assert aot.kernel_config("spatial_attention", "fp16", dk=320, dv=160).constants["BLOCK_DK"] == 512
+    # Triton's own launcher opts in to the shared memory it needs, up to its own limit (and no TensorRT advice)
+    assert aot.kernel_config("spatial_attention", "fp32", dk=320, dv=160, opt_in=True).num_stages == 1
+    with pytest.raises(BuildError, match=r"fp32 supports head sizes up to 512, got 640$"):
+        aot.kernel_config("spatial_attention", "fp32", dk=640, dv=320, opt_in=True)
 
 
 def test_isa_is_the_lower_of_the_driver_and_the_installed_ptxas(monkeypatch):
