@@ -61,6 +61,9 @@ def configurations() -> dict[str, tuple]:
         for kernel, dtype, shape in aot.opt_in_configurations():
             tag = "".join(f"{k}{v}" for k, v in shape.items())
             out[f"{kernel}/{dtype}/{target}/{tag}/opt-in"] = (kernel, dtype, target, {**shape, "opt_in": True})
+        for kernel in aot._JIT_KERNELS:  # the kernels only that launcher runs
+            for dtype in ("fp16", "fp32"):
+                out[f"{kernel}/{dtype}/{target}/jit"] = (kernel, dtype, target, {})
     return out
 
 

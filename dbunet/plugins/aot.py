@@ -163,6 +163,18 @@ _KERNELS = {
         "constants": {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_DK": 128, "BLOCK_DV": 64},
     },
 }
+# Kernels only Triton's own launcher runs (channel cross-attention has no TensorRT plugin: TensorRT runs its local
+# function): checked by tools/ptx_check.py like the plugins' kernels, never exported.
+_JIT_KERNELS = {
+    "channel_attention_weights": {
+        "params": ["*T", "*T", "i32", "i32", "i32", "*fp32"],
+        "constants": {"BLOCK_C": 32, "BLOCK_CC": 32, "BLOCK_P": 32},
+    },
+    "channel_attention_apply": {
+        "params": ["*fp32", "*T", "i32", "i32", "i32", "*T"],
+        "constants": {"BLOCK_P": 32, "BLOCK_C": 32, "BLOCK_CC": 32},
+    },
+}
 
 
 def _pow2(n: int, floor: int = 16) -> int:
@@ -199,6 +211,12 @@ _SCA_CONFIG = {  # (dtype, BLOCK_DK) -> (BLOCK_M, BLOCK_N, warps, stages); BLOCK
 # Its former fixed 32 x 32 blocks in three stages needed 260 KB there, more than any GPU gives a block.
 _SCA_OPT_IN_CONFIG = {("fp32", 512): (16, 16, 8, 1)}
 OPT_IN_SHARED_LIMIT = 99 * 1024
+_CCA_CONFIG = {  # kernel -> dtype -> (constants over _JIT_KERNELS', warps). In fp32, 32^3 blocks with 4 warps spilled:
+    # the weights kernel 8-28 B at 255 registers on every swept target, apply 12 B on sm_87 (Triton 3.9). These take
+    # 64-102 registers without spills under Triton 3.6, 3.7 and 3.9 (the weights kernel in 4 warps: 16 B on sm_100)
+    "channel_attention_weights": {"fp16": ({}, 4), "fp32": ({"BLOCK_P": 16}, 8)},
+    "channel_attention_apply": {"fp16": ({}, 4), "fp32": ({}, 8)},
+}
 # head sizes (BLOCK_DK, BLOCK_DV) the models use: tiny (C 32/64, 4 heads) and sd15 (C 320/640/1280, 8 heads)
 SCA_HEAD_BLOCKS = ((16, 16), (32, 16), (32, 32), (128, 64), (256, 128), (512, 256))
 
@@ -236,6 +254,9 @@ def kernel_config(kernel: str, dtype: str, slots: int = 31, dk: int = 80, dv: in
     if kernel == "box_constraint":
         constants, warps, stages = _BOX_CONFIG[dtype]
         return LaunchConfig({**constants, "BLOCK_N": _pow2(slots)}, warps, stages)
+    if kernel in _CCA_CONFIG:
+        constants, warps = _CCA_CONFIG[kernel][dtype]
+        return LaunchConfig({**_JIT_KERNELS[kernel]["constants"], **constants}, warps, None)
     if kernel == "spatial_attention":
         block_dk, block_dv = _pow2(dk), _pow2(dv)
         table = {**_SCA_CONFIG, **_SCA_OPT_IN_CONFIG} if opt_in else _SCA_CONFIG
@@ -246,7 +267,7 @@ def kernel_config(kernel: str, dtype: str, slots: int = 31, dk: int = 80, dv: in
         block_m, block_n, warps, stages = table[dtype, block_dk]
         return LaunchConfig({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_DK": block_dk, "BLOCK_DV": block_dv},
                             warps, stages)
-    raise BuildError(f"no AOT kernel {kernel!r}; valid: {', '.join(_KERNELS)}")
+    raise BuildError(f"no kernel {kernel!r}; valid: {', '.join({**_KERNELS, **_JIT_KERNELS})}")
 
 
 @dataclass(frozen=True)
@@ -340,12 +361,13 @@ def compile_ptx(kernel: str, dtype: str, cc: int, num_warps: int = 4, isa: tuple
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    if kernel not in _KERNELS:
-        raise BuildError(f"no AOT kernel {kernel!r}; valid: {', '.join(_KERNELS)}")
+    specs = {**_KERNELS, **_JIT_KERNELS}
+    if kernel not in specs:
+        raise BuildError(f"no kernel {kernel!r}; valid: {', '.join(specs)}")
     if dtype not in ("fp16", "fp32"):
         raise BuildError(f"dtype must be fp16 or fp32, got {dtype!r}")
     fn = _kernel_fn(kernel)
-    spec = _KERNELS[kernel]
+    spec = specs[kernel]
     consts = {**spec["constants"], **constants, "IEEE": dtype == "fp32"}
     names = [n for n in fn.arg_names if n not in consts]
     if len(names) != len(spec["params"]):

@@ -3,7 +3,8 @@
 Called with torch tensors on a CUDA device, or on the CPU under TRITON_INTERPRET=1 (tests).
 FP32 inputs use IEEE fp32 dots (no TF32), so FP32 results match the reference closely.
 Block sizes, warps and stages come from the table the TensorRT plugins compile with (aot.kernel_config), chosen
-with ptxas for registers and shared memory; this launcher may also take its opt-in rows (more than 48 KB).
+with ptxas for registers and shared memory; this launcher may also take its opt-in rows (more than 48 KB), and
+the table has the channel cross-attention kernels, which only this launcher runs.
 """
 
 from __future__ import annotations
@@ -19,14 +20,11 @@ def _table_dtype(t: torch.Tensor) -> str:
     return "fp32" if t.dtype == torch.float32 else "fp16"  # 2-byte floats share the fp16 blocks
 
 
-# FP fusion stated, as the plugins' PTX is compiled: Triton 3.9 warns at the first compile that leaves it to its
-# default, which changes in 3.10
-FP_FUSION = {"enable_fp_fusion": True}
-
-
 def _options(config: LaunchConfig) -> dict:
-    return {**config.constants, "num_warps": config.num_warps,
-            **({"num_stages": config.num_stages} if config.num_stages else {}), **FP_FUSION}
+    """A launch's keywords: the configuration, and FP fusion stated as the plugins' PTX is compiled (Triton 3.9
+    warns at the first compile that leaves it to its default, which changes in 3.10)."""
+    return {**config.constants, "num_warps": config.num_warps, "enable_fp_fusion": True,
+            **({"num_stages": config.num_stages} if config.num_stages else {})}
 
 
 def box_constraint(x, q, k, v, boxes, valid, gate):
@@ -64,12 +62,14 @@ def channel_cross_attention(q, k, v):
     CC = k.shape[-1]
     ieee = q.dtype == torch.float32
     attn = torch.empty(B, C, CC, device=q.device, dtype=torch.float32)
-    kernels.channel_attention_weights_kernel[(triton.cdiv(C, 32), B)](
-        q.contiguous(), k.contiguous(), P, C, CC, attn,
-        BLOCK_C=32, BLOCK_CC=32, BLOCK_P=32, IEEE=ieee, **FP_FUSION,
+    weights = kernel_config("channel_attention_weights", _table_dtype(q))
+    kernels.channel_attention_weights_kernel[(triton.cdiv(C, weights.constants["BLOCK_C"]), B)](
+        q.contiguous(), k.contiguous(), P, C, CC, attn, **_options(weights), IEEE=ieee,
     )
     out = torch.empty_like(q)
-    kernels.channel_attention_apply_kernel[(triton.cdiv(P, 32), triton.cdiv(C, 32), B)](
-        attn, v.contiguous(), P, C, CC, out, BLOCK_P=32, BLOCK_C=32, BLOCK_CC=32, IEEE=ieee, **FP_FUSION,
+    apply = kernel_config("channel_attention_apply", _table_dtype(q))
+    grid = (triton.cdiv(P, apply.constants["BLOCK_P"]), triton.cdiv(C, apply.constants["BLOCK_C"]), B)
+    kernels.channel_attention_apply_kernel[grid](
+        attn, v.contiguous(), P, C, CC, out, **_options(apply), IEEE=ieee,
     )
     return out

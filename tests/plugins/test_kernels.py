@@ -120,13 +120,23 @@ def test_the_jit_launch_takes_the_checked_box_configuration(monkeypatch, boxes):
     assert spy.grid == (-(-H * W // config.constants["BLOCK_P"]), B)
 
 
-def test_the_channel_attention_launches_state_fp_fusion(monkeypatch):
-    """FP fusion is stated at every launch, as the plugins' PTX is compiled: Triton 3.9 warns at the first compile
-    that leaves it to its default (which changes in 3.10)."""
-    from dbunet.plugins import kernels, launch
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_the_jit_launch_takes_the_checked_channel_attention_configuration(monkeypatch, dtype):
+    """Channel cross-attention has no TensorRT plugin; its two kernels take their blocks and warps from the same
+    table (tools/ptx_check.py assembles them: fixed 32^3 blocks with 4 warps spilled in fp32)."""
+    from dbunet.plugins import aot, kernels, launch
 
-    spies = {name: KernelSpy() for name in ("channel_attention_weights_kernel", "channel_attention_apply_kernel")}
+    spies = {name: KernelSpy() for name in ("channel_attention_weights", "channel_attention_apply")}
     for name, spy in spies.items():
-        monkeypatch.setattr(kernels, name, spy)
-    launch.channel_cross_attention(torch.zeros(1, 5, 8), torch.zeros(1, 5, 16), torch.zeros(1, 5, 16))
-    assert [spy.kwargs["enable_fp_fusion"] for spy in spies.values()] == [True, True]
+        monkeypatch.setattr(kernels, f"{name}_kernel", spy)
+    B, P, C = 2, 37, 40
+    launch.channel_cross_attention(torch.zeros(B, P, C, dtype=dtype), torch.zeros(B, P, 2 * C, dtype=dtype),
+                                   torch.zeros(B, P, 2 * C, dtype=dtype))
+    for name, spy in spies.items():
+        config = aot.kernel_config(name, "fp32" if dtype == torch.float32 else "fp16")
+        assert spy.kwargs == {**config.constants, "num_warps": config.num_warps, "IEEE": dtype == torch.float32,
+                              "enable_fp_fusion": True}, name
+    c = {name: aot.kernel_config(name, "fp32" if dtype == torch.float32 else "fp16").constants for name in spies}
+    assert spies["channel_attention_weights"].grid == (-(-C // c["channel_attention_weights"]["BLOCK_C"]), B)
+    apply = c["channel_attention_apply"]
+    assert spies["channel_attention_apply"].grid == (-(-P // apply["BLOCK_P"]), -(-C // apply["BLOCK_C"]), B)
