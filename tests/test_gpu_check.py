@@ -220,3 +220,38 @@ def test_the_ort_loop_check_runs_its_body_on_the_cpu_provider(monkeypatch, tiny_
         assert f["max_rel"] < (1e-5 if precision == "fp32" else 5e-3)
         assert [s["device"] for s in f["loop_sessions"].values()] == ["cpu"]
         assert f["steps_device_mb"] == f["loop_device_mb"] == 1  # read before loading and after the images
+
+
+def test_the_fused_ops_check_runs_its_body_here_and_fails_a_wrong_kernel(monkeypatch):
+    """The fused_ops check needs a device; its body (each kernel against the reference at the benchmark's shapes,
+    then timed) runs here under Triton's interpreter at small shapes, with CUDA's timer and torch.compile (its
+    CPU compiler is slow and not what is checked) replaced. A kernel off by more than the op table's FP16 bound
+    fails the check."""
+    import types
+
+    import gpu_check
+    import torch
+
+    pytest.importorskip("triton", reason='Triton is not installed (pip install -e ".[dev]")')
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the kernels under Triton's interpreter (the suite's default)")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ops
+
+    from dbunet.plugins import table
+
+    small = [(c.op, c.label, lambda d, c=c: c.make(torch.Generator().manual_seed(c.seed), d, "cpu"))
+             for c in table.CASES[2:3] + table.CASES[5:6] + table.CASES[7:8]]  # one case of each op
+    monkeypatch.setattr(ops, "sd15_cases", lambda: iter(small))
+    monkeypatch.setattr(gpu_check, "need_torch_cuda", lambda: torch)
+    monkeypatch.setattr(gpu_check, "gpu_timing", lambda fn, repeat: (fn(), 1.0)[1])
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    figures = gpu_check.check_fused_ops(types.SimpleNamespace(quick=True))
+    rows = figures["ops"]
+    assert [r["max_rel_error"] < 5e-3 for r in rows.values()] == [True] * 3
+    assert [set(r) - {"max_rel_error"} for r in rows.values()] == [{"eager_ms", "compile_ms", "fused_ms"}] * 2 + [set()]
+
+    fused = table.fused
+    monkeypatch.setattr(table, "fused", lambda op: (lambda *a: fused(op)(*a) * 1.01))  # 1% off
+    with pytest.raises(AssertionError, match=r"box_constraint .*> 5e-03"):
+        gpu_check.check_fused_ops(types.SimpleNamespace(quick=True))

@@ -16,7 +16,8 @@ and on a GPU (every check should pass). Exit 1 when a check failed, else 0. Size
   cuda_layer     --backend trt's CUDA layer on the device: allocations, copies of every kind, a thread-local
                  capture of copies and a kernel standing in for execute_async_v3, instantiate, launch, events,
                  the failed-capture fallback; StepLoop's whole-loop graph against per-step launches
-  fused_ops      fused BoxConstraint / SCA vs eager vs torch.compile at sd15 shapes
+  fused_ops      the kernels against their references at sd15 shapes (FP16), and fused BoxConstraint / SCA timed
+                 against eager and torch.compile
   ort_attention  where onnxruntime-gpu is installed: one attention at sd15 512x512 (2 x 8 heads x 4096 tokens x 40)
                  as exported vs rewritten into MultiHeadAttention (dbunet.onnx_attention) on the CUDA provider,
                  FP32 and FP16: the outputs agree, time of each, device memory each run takes
@@ -502,19 +503,25 @@ def check_fused_ops(args) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from ops import sd15_cases
 
-    from dbunet.plugins.table import REFERENCES, fused
+    from dbunet.plugins.table import REFERENCES, TOLERANCE, fused, max_rel_error, reference_fp32
 
     repeat = 10 if args.quick else 50
-    rows = {}
+    rows, failures = {}, []
     for op, tag, make in sd15_cases():
-        if op == "channel_cross_attention":
-            continue  # no TensorRT plugin; benchmarks/ops.py times it
         a = make(torch.float16)
-        ref = REFERENCES[op]
-        compiled, kernel = torch.compile(ref, dynamic=False), fused(op)
-        times = {name: gpu_timing(functools.partial(f, *a), repeat)
-                 for name, f in (("eager_ms", ref), ("compile_ms", compiled), ("fused_ms", kernel))}
-        rows[f"{op} {tag}"] = {k: round(v, 4) for k, v in times.items()}
+        ref, kernel = REFERENCES[op], fused(op)
+        # the op table's bound at sd15's shapes (Triton's interpreter on a CPU: at most 5.7e-4 over these cases)
+        err = max_rel_error(kernel(*a), reference_fp32(op, a))
+        if not err <= TOLERANCE[torch.float16]:
+            failures.append(f"{op} {tag}: {err:.2e} > {TOLERANCE[torch.float16]:.0e}")
+        rows[f"{op} {tag}"] = {"max_rel_error": err}
+        if op == "channel_cross_attention":
+            continue  # no TensorRT plugin: checked, not timed (benchmarks/ops.py times it)
+        compiled = torch.compile(ref, dynamic=False)
+        rows[f"{op} {tag}"] |= {name: round(gpu_timing(functools.partial(f, *a), repeat), 4)
+                                for name, f in (("eager_ms", ref), ("compile_ms", compiled), ("fused_ms", kernel))}
+    if failures:
+        raise AssertionError("; ".join(failures))
     return {"dtype": "fp16", "batch": 2, "repeat": repeat, "ops": rows}
 
 
