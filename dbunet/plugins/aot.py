@@ -211,9 +211,10 @@ _SCA_CONFIG = {  # (dtype, BLOCK_DK) -> (BLOCK_M, BLOCK_N, warps, stages); BLOCK
 # Its former fixed 32 x 32 blocks in three stages needed 260 KB there, more than any GPU gives a block.
 _SCA_OPT_IN_CONFIG = {("fp32", 512): (16, 16, 8, 1)}
 OPT_IN_SHARED_LIMIT = 99 * 1024
-_CCA_CONFIG = {  # kernel -> dtype -> (constants over _JIT_KERNELS', warps). In fp32, 32^3 blocks with 4 warps spilled:
-    # the weights kernel 8-28 B at 255 registers on every swept target, apply 12 B on sm_87 (Triton 3.9). These take
-    # 64-102 registers without spills under Triton 3.6, 3.7 and 3.9 (the weights kernel in 4 warps: 16 B on sm_100)
+# kernel -> dtype -> (constants replacing _JIT_KERNELS' defaults, warps). In fp32, 32^3 blocks in 4 warps spilled: the
+# weights kernel 8-28 B at 255 registers on every swept target, apply 12 B on sm_87 (Triton 3.9). These take 64-102
+# registers without spills under Triton 3.6, 3.7 and 3.9 (the weights kernel in 4 warps spilled 16 B on sm_100).
+_CCA_CONFIG = {
     "channel_attention_weights": {"fp16": ({}, 4), "fp32": ({"BLOCK_P": 16}, 8)},
     "channel_attention_apply": {"fp16": ({}, 4), "fp32": ({}, 8)},
 }
