@@ -1,6 +1,6 @@
 """The documentation against the code: every function, class, module or setting a page names in backticks
-(`name`, `name()`, `dbunet.module.name`) still stands somewhere in the project, so a rename leaves no stale
-name behind in the pages."""
+(`name`, `name()`, `dbunet.module.name`) still stands somewhere in the project, and every file or folder of the
+repository it names (`tools/gpu_check.py`) exists, so a rename leaves no stale name behind in the pages."""
 
 import re
 from pathlib import Path
@@ -32,3 +32,12 @@ def test_every_name_the_pages_mention_is_in_the_code():
     stale = {f"{page.relative_to(ROOT)}: {name}" for page in PAGES for name in named_in(page.read_text("utf-8"))
              if len(name) >= 4 and name not in code and name not in FOREIGN}
     assert not stale, sorted(stale)
+
+
+PATH = re.compile(r"`((?:dbunet|tools|benchmarks|tests|docs|deploy|\.ci)/[^`\s]*)`")
+
+
+def test_every_repository_path_the_pages_mention_exists():
+    paths = {m.group(1) for page in PAGES for m in PATH.finditer(page.read_text("utf-8"))}
+    assert len(paths) > 20  # the pattern still finds what the pages write
+    assert not sorted(p for p in paths if not (ROOT / p).exists())
