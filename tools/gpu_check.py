@@ -127,12 +127,12 @@ class Tally:
 def check_op_table(args) -> dict:
     torch = need_torch_cuda()
     need_triton()
-    from dbunet.plugins.table import CASES, fused, opt_in_cases
+    from dbunet.plugins.table import CASES, DTYPES, fused, opt_in_cases
 
     tally = Tally()
     # every case in both dtypes, then the configurations only this launcher takes (over 48 KB of shared memory)
     cases = [(dtype, case) for dtype in (torch.float32, torch.float16) for case in CASES]
-    cases += [({"fp16": torch.float16, "fp32": torch.float32}[name], case) for name, case in opt_in_cases()]
+    cases += [(DTYPES[name], case) for name, case in opt_in_cases()]
     for dtype, case in cases:
         inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
         tally.add(case, dtype, fused(case.op)(*inputs), inputs)
@@ -219,7 +219,7 @@ def check_aot_ptx(args) -> dict:
     from cuda.bindings import driver
 
     from dbunet.plugins import aot
-    from dbunet.plugins.table import CASES, aot_cases
+    from dbunet.plugins.table import CASES, DTYPES, aot_cases
     from dbunet.plugins.tensorrt_plugins import plugin_kernel
 
     cc = device.compute_capability
@@ -233,7 +233,7 @@ def check_aot_ptx(args) -> dict:
     cases = [(name, case) for name in ("fp16", "fp32") for case in CASES if case.op != "channel_cross_attention"]
     cases += aot_cases()
     for name, case in cases:
-        dtype = {"fp16": torch.float16, "fp32": torch.float32}[name]
+        dtype = DTYPES[name]
         inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
         compiled, launch, scalars, tensors_in, out = plugin_launch(
             case, inputs, functools.partial(plugin_kernel, dtype=name, cc=cc, driver_cuda=device.driver_cuda))

@@ -20,6 +20,7 @@ import torch
 from dbunet.models import ops
 
 TOLERANCE = {torch.float32: 5e-6, torch.float16: 5e-3}
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}  # the kernel tables' dtype names (aot_cases, opt_in_cases)
 
 
 @dataclass(frozen=True)

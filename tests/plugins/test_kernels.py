@@ -11,6 +11,7 @@ require_triton()
 
 from dbunet.plugins.table import (  # noqa: E402 -- after the skip
     CASES,
+    DTYPES,
     TOLERANCE,
     aot_cases,
     fused,
@@ -46,7 +47,7 @@ def test_every_aot_launch_configuration_matches_the_reference(dtype_case):
     from dbunet.plugins import aot, kernels
 
     name, case = dtype_case
-    dtype = {"fp16": torch.float16, "fp32": torch.float32}[name]
+    dtype = DTYPES[name]
 
     def configuration(kernel: str, **shape):  # the plugin's block sizes, without PTX: the interpreter runs the kernel
         config = aot.kernel_config(kernel, name, **shape)
@@ -67,7 +68,7 @@ def test_every_opt_in_launch_configuration_matches_the_reference(dtype_case):
     """The configurations only Triton's own launcher takes (over 48 KB of shared memory: fp32 attention at sd15's
     deepest head size), through that launcher."""
     name, case = dtype_case
-    dtype = {"fp16": torch.float16, "fp32": torch.float32}[name]
+    dtype = DTYPES[name]
     args = case.make(torch.Generator().manual_seed(case.seed), dtype, DEVICE)
     want = reference_fp32(case.op, tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
     err = max_rel_error(fused(case.op)(*args).cpu(), want)
