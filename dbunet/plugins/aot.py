@@ -188,9 +188,15 @@ def _pow2(n: int, floor: int = 16) -> int:
 # (headroom for the other targets; two blocks per SM of 64K registers, as every target has).
 # tests/plugins/test_aot.py assembles every configuration below for the oldest target, Hopper and Blackwell
 # under the newest driver, and fails on a spill. Stages None = Triton's default (3 on these targets).
-_BOX_CONFIG = {  # dtype -> (constants, warps, stages); BLOCK_N follows the box slots
-    "fp16": ({"BLOCK_P": 64, "BLOCK_D": 32, "BLOCK_C": 32}, 4, None),  # 157 registers, 8 KB shared
-    "fp32": ({"BLOCK_P": 64, "BLOCK_D": 32, "BLOCK_C": 32}, 8, None),  # 122 registers, 24 KB shared
+# (dtype, BLOCK_N) -> (BLOCK_P, BLOCK_D, warps), BLOCK_N = the box slots' power of 2, BLOCK_C = 32, default stages.
+# Every box token of a pixel block sits in one tile, so the pixel block shrinks as the slots grow (BLOCK_P x BLOCK_N
+# <= 2048). Up to 32 slots (sd15's 30 boxes): 122-157 registers. At 64 and 128 slots the former 64-pixel blocks took
+# 191-255 registers in FP16 and 72 KB of shared memory in FP32; these take 64-128 (Triton 3.9, sm_87/90/100/120).
+# Past 128 slots (over 127 boxes) the 128-slot row's blocks are used unchecked: one tile of every token spills there
+# (FP16 at 512 slots 60-72 B, FP32 at 256 slots 20-32 B); a loop over the tokens would be needed.
+_BOX_CONFIG = {
+    ("fp16", 16): (64, 32, 4), ("fp16", 32): (64, 32, 4), ("fp16", 64): (32, 32, 8), ("fp16", 128): (16, 32, 8),
+    ("fp32", 16): (64, 32, 8), ("fp32", 32): (64, 32, 8), ("fp32", 64): (32, 32, 8), ("fp32", 128): (16, 16, 8),
 }
 _SCA_CONFIG = {  # (dtype, BLOCK_DK) -> (BLOCK_M, BLOCK_N, warps, stages); BLOCK_DV follows the value head size
     ("fp16", 16): (64, 64, 4, None), ("fp16", 32): (64, 64, 4, None), ("fp16", 64): (64, 64, 4, None),
@@ -223,11 +229,11 @@ SCA_HEAD_BLOCKS = ((16, 16), (32, 16), (32, 32), (128, 64), (256, 128), (512, 25
 
 
 def plugin_configurations() -> list[tuple[str, str, dict]]:
-    """(kernel, dtype, shape) for every launch configuration the plugins can compile: both box-slot blocks,
-    every head-size block (fp32 at 512 is refused by kernel_config)."""
+    """(kernel, dtype, shape) for every launch configuration the plugins can compile: every box-slot block of the
+    table, every head-size block (fp32 at 512 is refused by kernel_config)."""
     configs = []
     for dtype in ("fp16", "fp32"):
-        configs += [("box_constraint", dtype, {"slots": slots}) for slots in (16, 32)]
+        configs += [("box_constraint", dtype, {"slots": slots}) for d, slots in _BOX_CONFIG if d == dtype]
         configs += [("spatial_attention", dtype, {"dk": dk, "dv": dv}) for dk, dv in SCA_HEAD_BLOCKS
                     if (dtype, dk) in _SCA_CONFIG]
     return configs
@@ -253,8 +259,9 @@ def kernel_config(kernel: str, dtype: str, slots: int = 31, dk: int = 80, dv: in
     `dk` / `dv` = query / value head sizes (SpatialCrossAttention). Defaults: 30 boxes, sd15's first level.
     opt_in: for a launcher that opts in to more than 48 KB of shared memory (Triton's own, not TensorRT's)."""
     if kernel == "box_constraint":
-        constants, warps, stages = _BOX_CONFIG[dtype]
-        return LaunchConfig({**constants, "BLOCK_N": _pow2(slots)}, warps, stages)
+        block_n = _pow2(slots)
+        block_p, block_d, warps = _BOX_CONFIG[dtype, min(block_n, max(n for d, n in _BOX_CONFIG if d == dtype))]
+        return LaunchConfig({"BLOCK_P": block_p, "BLOCK_D": block_d, "BLOCK_C": 32, "BLOCK_N": block_n}, warps, None)
     if kernel in _CCA_CONFIG:
         constants, warps = _CCA_CONFIG[kernel][dtype]
         return LaunchConfig({**_JIT_KERNELS[kernel]["constants"], **constants}, warps, None)

@@ -106,7 +106,7 @@ def test_the_jit_launch_takes_the_checked_attention_configuration(monkeypatch, d
     assert spy.grid == (-(-P // config.constants["BLOCK_M"]), heads)
 
 
-@pytest.mark.parametrize("boxes", [0, 5, 30])
+@pytest.mark.parametrize("boxes", [0, 5, 30, 40, 100])
 def test_the_jit_launch_takes_the_checked_box_configuration(monkeypatch, boxes):
     from dbunet.plugins import aot, kernels, launch
 
