@@ -53,14 +53,15 @@ def configurations() -> dict[str, tuple]:
         for dtype in ("fp16", "fp32"):
             for target in aot.TARGETS:
                 out[f"{kernel}/{dtype}/{target}"] = (kernel, dtype, target, {})
+    def tag(shape: dict) -> str:
+        return "".join(f"{k}{v}" for k, v in shape.items())
+
     for target in SWEEP_TARGETS:
         for kernel, dtype, shape in aot.plugin_configurations():
-            tag = "".join(f"{k}{v}" for k, v in shape.items())
-            out[f"{kernel}/{dtype}/{target}/{tag}"] = (kernel, dtype, target, shape)
+            out[f"{kernel}/{dtype}/{target}/{tag(shape)}"] = (kernel, dtype, target, shape)
         # what only Triton's own launcher takes (dbunet.plugins.launch), held to the shared memory it may opt in to
         for kernel, dtype, shape in aot.opt_in_configurations():
-            tag = "".join(f"{k}{v}" for k, v in shape.items())
-            out[f"{kernel}/{dtype}/{target}/{tag}/opt-in"] = (kernel, dtype, target, {**shape, "opt_in": True})
+            out[f"{kernel}/{dtype}/{target}/{tag(shape)}/opt-in"] = (kernel, dtype, target, {**shape, "opt_in": True})
         for kernel in aot._JIT_KERNELS:  # the kernels only that launcher runs
             for dtype in ("fp16", "fp32"):
                 out[f"{kernel}/{dtype}/{target}/jit"] = (kernel, dtype, target, {})

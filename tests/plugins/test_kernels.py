@@ -133,11 +133,11 @@ def test_the_jit_launch_takes_the_checked_channel_attention_configuration(monkey
     B, P, C = 2, 37, 40
     launch.channel_cross_attention(torch.zeros(B, P, C, dtype=dtype), torch.zeros(B, P, 2 * C, dtype=dtype),
                                    torch.zeros(B, P, 2 * C, dtype=dtype))
+    configs = {name: aot.kernel_config(name, "fp32" if dtype == torch.float32 else "fp16") for name in spies}
     for name, spy in spies.items():
-        config = aot.kernel_config(name, "fp32" if dtype == torch.float32 else "fp16")
+        config = configs[name]
         assert spy.kwargs == {**config.constants, "num_warps": config.num_warps, "IEEE": dtype == torch.float32,
                               "enable_fp_fusion": True}, name
-    c = {name: aot.kernel_config(name, "fp32" if dtype == torch.float32 else "fp16").constants for name in spies}
-    assert spies["channel_attention_weights"].grid == (-(-C // c["channel_attention_weights"]["BLOCK_C"]), B)
-    apply = c["channel_attention_apply"]
+    weights, apply = configs["channel_attention_weights"].constants, configs["channel_attention_apply"].constants
+    assert spies["channel_attention_weights"].grid == (-(-C // weights["BLOCK_C"]), B)
     assert spies["channel_attention_apply"].grid == (-(-P // apply["BLOCK_P"]), -(-C // apply["BLOCK_C"]), B)
