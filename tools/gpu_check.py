@@ -536,8 +536,13 @@ def need_ort_provider():
         raise Skip("onnxruntime is not installed") from None
     if ORT_PROVIDER not in ort.get_available_providers():
         raise Skip("onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu is not installed)")
-    if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* packages torch brought (ORT >= 1.21)
-        ort.preload_dlls()
+    from dbunet.runtime.backends.onnxruntime import CUDA, cuda_provider_problem
+
+    # loads CUDA and cuDNN from the nvidia-* packages torch brought, as dbunet-run does; onnxruntime-gpu was carried
+    # over to run here, so a provider that does not start fails the check (the tests run its body on the CPU's)
+    problem = cuda_provider_problem() if ORT_PROVIDER == CUDA else None
+    if problem:
+        raise RuntimeError(problem)
     return ort
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from dbunet.backends import DEVICES
-from dbunet.errors import ArtifactError, ConfigError
+from dbunet.errors import ArtifactError, ConfigError, CudaError
 from dbunet.iospec import GraphSpec, TensorSpec
 from dbunet.manifest import shown
 from dbunet.runtime.backends.base import GraphBackend, check_threads
@@ -36,6 +40,51 @@ def session_options(threads: int | None):
 
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
+CUDA = "CUDAExecutionProvider"
+
+
+@functools.cache
+def cuda_provider_problem() -> str | None:
+    """Why ONNX Runtime's CUDA provider cannot run in this process, or None when it can (asked once per process).
+
+    onnxruntime-gpu lists the provider whatever the machine has, and a session asked for it where the driver, the
+    GPU or CUDA's libraries are missing comes up on the CPU provider with nothing but a logged error: `auto` would
+    run the FP16 graphs on the CPU and say CUDA. So one small session asks for it, after CUDA's libraries were
+    loaded from the nvidia-* packages where pip put them (`onnxruntime-gpu[cuda,cudnn]`, or torch's CUDA wheels):
+    ONNX Runtime does not look there itself (its preload_dlls, ORT >= 1.21, which prints what it misses)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if CUDA not in available:
+        return f"this onnxruntime offers {', '.join(available)}: the CUDA provider needs onnxruntime-gpu"
+    if hasattr(ort, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.suppress(Exception):  # what it cannot load, the session below finds missing
+                ort.preload_dlls()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(_identity_graph(), options, providers=[CUDA])
+        started = CUDA in session.get_providers()
+    except Exception as exc:  # noqa: BLE001 -- any refusal is the answer, in its first line
+        return f"ONNX Runtime's CUDA provider did not start: {str(exc).splitlines()[0]}"
+    if started:
+        return None
+    from onnxruntime.capi import build_and_package_info as build
+
+    cuda = getattr(build, "cuda_version", "") or "its"
+    return (f"onnxruntime-gpu {ort.__version__} is installed but its CUDA provider did not start (ONNX Runtime's "
+            f"messages above say why): it needs an NVIDIA GPU with its driver and the CUDA {cuda} and cuDNN 9 "
+            "libraries, e.g. pip install 'onnxruntime-gpu[cuda,cudnn]'")
+
+
+def _identity_graph() -> bytes:
+    from onnx import TensorProto, helper
+
+    x, y = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("x", "y"))
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "cuda_probe", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9).SerializeToString()
 
 
 def _graph_source(path: Path, options, fuse: bool):
@@ -68,7 +117,7 @@ class OrtGraph:
 
         self.spec, self.path, self.fixed_dims = spec, path, dict(fixed_dims or {})
         self._options = (providers, threads, fuse_attention)
-        on_cuda = "CUDAExecutionProvider" in providers
+        on_cuda = CUDA in providers
         options = session_options(threads)
         for name, size in self.fixed_dims.items():
             options.add_free_dimension_override_by_name(name, size)
@@ -87,11 +136,11 @@ class OrtGraph:
                     if CUDA_GRAPH_REFUSAL not in str(exc):
                         raise
                     self.cuda_graph_refused = str(exc).splitlines()[0]
-            self.cuda_graph = session is not None and session.get_providers()[0] == "CUDAExecutionProvider"
+            self.cuda_graph = session is not None and session.get_providers()[0] == CUDA
             self.session = session or ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # a file that is no valid ONNX graph
             raise ArtifactError(f"{shown(path)}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
-        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        self.device = "cuda" if CUDA in self.session.get_providers() else "cpu"
         found = [[(t.name, ORT_TYPES.get(t.type, t.type), len(t.shape)) for t in ts]
                  for ts in (self.session.get_inputs(), self.session.get_outputs())]
         problems = spec.mismatches(*found)
@@ -139,7 +188,7 @@ class OrtGraph:
 
 
 def _with_cuda_graph(providers: list[str]) -> list:
-    return [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}) if p == "CUDAExecutionProvider" else p
+    return [(CUDA, {"enable_cuda_graph": "1"}) if p == CUDA else p
             for p in providers]
 
 
@@ -156,16 +205,14 @@ class OrtBackend(GraphBackend):
         and the progress bar would move once per loop instead of once per step.
         loop_shapes: with whole loops, the pinned sessions kept per step graph (each holds its weights; the least
         recently used shape is released first; box counts run padded to the next power of two)."""
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        if device == "auto":
-            device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
-        if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise ConfigError(f"device 'cuda' needs onnxruntime-gpu; this onnxruntime offers {available}")
         check_threads(threads)
-        if device not in ("cpu", "cuda"):
+        if device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        problem = cuda_provider_problem() if device != "cpu" else None
+        if device == "cuda" and problem:
+            raise CudaError(f"device 'cuda': {problem}")
+        if device == "auto":
+            device = "cpu" if problem else "cuda"
         self.device = device
         self.threads = threads
         self.fuse_attention = fuse_attention
@@ -173,12 +220,16 @@ class OrtBackend(GraphBackend):
         if loop_shapes < 1:
             raise ConfigError(f"loop_shapes must be at least 1, got {loop_shapes}")
         self.loop_shapes = loop_shapes
-        self.providers = ["CUDAExecutionProvider"] if device == "cuda" else []
+        self.providers = [CUDA] if device == "cuda" else []
         self.providers.append("CPUExecutionProvider")
 
     def load(self, path: Path, spec: GraphSpec, identity: str | None = None) -> OrtGraph:
         """`identity` (the graph's verified sha256) is for backends that cache compiled forms; ONNX Runtime does not."""
-        return OrtGraph(path, spec, self.providers, self.threads, self.fuse_attention)
+        graph = OrtGraph(path, spec, self.providers, self.threads, self.fuse_attention)
+        if graph.device != self.device:  # the provider started for the probe and not for this graph
+            raise CudaError(f"{shown(path)}: ONNX Runtime put it on the {graph.device.upper()}, not on the CUDA "
+                            "provider (its messages above say why)")
+        return graph
 
     def stages(self, manifest, directory: Path, precision: str, tokenizers):
         stages = super().stages(manifest, directory, precision, tokenizers)
