@@ -230,7 +230,7 @@ def _ort_session(nodes, inputs: dict[str, list[int]], output: str, threads: int)
     graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
                                                for n, s in inputs.items()],
                               [helper.make_tensor_value_info(output, TensorProto.FLOAT, [])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)  # ONNX Runtime >= 1.20
     onnx.checker.check_model(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

@@ -34,8 +34,10 @@ GRAPH_IDS = (1, 2)  # ONNX Runtime's default capture id is 0 and it asks callers
 
 
 def box_slots(n: int, limit: int) -> int:
-    """The box slots a request's n boxes run in: the next power of two, at most `limit` (the model's maximum)."""
-    return 0 if n == 0 else max(n, min(limit, 1 << (n - 1).bit_length()))
+    """The box slots a request's n boxes run in: the next power of two, at most `limit` (the model's maximum), and
+    one slot for no box: a session pinned to a zero-size box axis fails to load on ONNX Runtime 1.31 (its shape
+    inference refuses the box constraint's Where, "Incompatible dimensions"; 1.32 loads it)."""
+    return max(n, min(limit, 1 << max(n - 1, 0).bit_length()))
 
 
 @dataclass
