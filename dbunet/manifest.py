@@ -285,9 +285,11 @@ def tool_versions() -> dict[str, str]:
     from importlib import metadata
 
     tools = {"python": platform.python_version(), "dbunet": __version__}
-    for dist in ("torch", "onnx", "onnxruntime", "onnxscript", "diffusers", "transformers", "tokenizers", "polygraphy"):
-        try:
-            tools[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
+    # by import name: ONNX Runtime is installed as onnxruntime, onnxruntime-gpu, onnxruntime-openvino, ...
+    installed_as = metadata.packages_distributions()
+    for module in ("torch", "onnx", "onnxruntime", "onnxscript", "diffusers", "transformers", "tokenizers",
+                   "polygraphy"):
+        for dist in installed_as.get(module, [])[:1]:
+            version = metadata.version(dist)
+            tools[module] = version if dist == module else f"{version} ({dist})"
     return tools

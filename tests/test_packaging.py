@@ -117,3 +117,32 @@ def test_the_libraries_the_models_import_are_the_ones_checked_before_an_export()
     assert not unchecked, f"dbunet.models imports, not in releases.MODEL_LIBRARIES nor the base install: {unchecked}"
     export = _import_names(project["optional-dependencies"]["export"])
     assert set(MODEL_LIBRARIES) <= export, "every library require_models checks comes with the export extra"
+
+
+def test_onnxruntime_is_recorded_whichever_distribution_installed_it(tmp_path):
+    """onnxruntime-gpu (and onnxruntime-openvino, ...) install the `onnxruntime` module under another distribution
+    name: the manifest's and the benchmark reports' tool versions left ONNX Runtime out there. A Python without
+    site-packages sees only a stand-in onnxruntime-gpu distribution (its metadata, as pip writes it) and numpy."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy
+
+    site = tmp_path / "site"
+    site.mkdir()
+    for folder in (Path(numpy.__file__).parent, Path(numpy.__file__).parents[1] / "numpy.libs"):
+        if folder.exists():
+            (site / folder.name).symlink_to(folder)
+    dist = site / "onnxruntime_gpu-1.31.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.31.1\n")
+    (dist / "RECORD").write_text("onnxruntime/__init__.py,,\nonnxruntime_gpu-1.31.1.dist-info/METADATA,,\n")
+    code = "import json; from dbunet.manifest import tool_versions; print(json.dumps(tool_versions()))"
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tools = json.loads(proc.stdout)
+    assert tools["onnxruntime"] == "1.31.1 (onnxruntime-gpu)"
+    assert "torch" not in tools  # only what is installed

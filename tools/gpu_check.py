@@ -547,8 +547,8 @@ def need_ort_provider():
 
 
 def check_ort_attention(args) -> dict:
+    torch = need_torch_cuda()  # first: without a device onnxruntime-gpu's provider cannot start (a skip, no failure)
     ort = need_ort_provider()
-    torch = need_torch_cuda()
     import tempfile
 
     import numpy as np
@@ -600,6 +600,7 @@ PIPELINE_NEEDS = ("jsonschema", "tokenizers", "safetensors")  # what a Pipeline 
 
 
 def check_ort_loop(args) -> dict:
+    torch = need_torch_cuda()  # for the device's free memory
     need_ort_provider()
     if args.artifacts is None:
         raise Skip("no --artifacts given (a tiny preset export: dbunet-export --config tiny --fp16)")
@@ -611,7 +612,6 @@ def check_ort_loop(args) -> dict:
     from dbunet.runtime.backends.onnxruntime import OrtBackend
     from dbunet.runtime.pipeline import Pipeline
 
-    torch = need_torch_cuda()  # for the device's free memory
     device = "cuda" if ORT_PROVIDER == "CUDAExecutionProvider" else "cpu"
     request = {"prompt": "a red circle", "seed": 0, "height": ORT_LOOP_SIDE, "width": ORT_LOOP_SIDE,
                "boxes": ["0.1,0.1,0.6,0.6:a red circle"]}

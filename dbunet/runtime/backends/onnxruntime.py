@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import io
 import os
@@ -62,21 +63,42 @@ def cuda_provider_problem() -> str | None:
             warnings.simplefilter("ignore")
             with contextlib.suppress(Exception):  # what it cannot load, the session below finds missing
                 ort.preload_dlls()
+    # A provider that does not start is logged by ONNX Runtime as errors of its own, several lines on stderr; the
+    # reason is said in one line below instead (ONNX Runtime's default logger is set back to its default, warnings)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    ort.set_default_logger_severity(4)
     try:
-        session = ort.InferenceSession(_identity_graph(), options, providers=[CUDA])
-        started = CUDA in session.get_providers()
+        with warnings.catch_warnings():  # the Python side's, where the build lacks the provider
+            warnings.simplefilter("ignore")
+            session = ort.InferenceSession(_identity_graph(), options, providers=[CUDA])
+        if CUDA in session.get_providers():
+            return None
     except Exception as exc:  # noqa: BLE001 -- any refusal is the answer, in its first line
         return f"ONNX Runtime's CUDA provider did not start: {str(exc).splitlines()[0]}"
-    if started:
-        return None
+    finally:
+        ort.set_default_logger_severity(2)
+    return _why_not_started(ort)
+
+
+def _why_not_started(ort) -> str:
+    """The provider library's own load error where it does not load (a CUDA library or the driver missing), else
+    the device: what ONNX Runtime logs, in one line."""
     from onnxruntime.capi import build_and_package_info as build
 
-    cuda = getattr(build, "cuda_version", "") or "its"
-    return (f"onnxruntime-gpu {ort.__version__} is installed but its CUDA provider did not start (ONNX Runtime's "
-            f"messages above say why): it needs an NVIDIA GPU with its driver and the CUDA {cuda} and cuDNN 9 "
-            "libraries, e.g. pip install 'onnxruntime-gpu[cuda,cudnn]'")
+    package = f"{getattr(build, 'package_name', 'onnxruntime-gpu')} {ort.__version__}"
+    cuda = getattr(build, "cuda_version", "")
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    try:
+        if library.is_file():
+            ctypes.CDLL(str(library))
+    except OSError as exc:
+        if "libcuda.so" in str(exc):
+            return f"{package}'s CUDA provider needs an NVIDIA driver, and none is installed ({exc})"
+        return (f"{package}'s CUDA provider does not load ({exc}): it needs the CUDA {cuda} and cuDNN 9 libraries, "
+                "e.g. pip install 'onnxruntime-gpu[cuda,cudnn]'")
+    too_old = f"a driver too old for CUDA {cuda}" if cuda else "a driver too old"
+    return f"{package}'s CUDA provider did not start: no CUDA device (no GPU, or {too_old})"
 
 
 def _identity_graph() -> bytes:
