@@ -87,7 +87,7 @@ def _why_not_started(ort) -> str:
     from onnxruntime.capi import build_and_package_info as build
 
     package = f"{getattr(build, 'package_name', 'onnxruntime-gpu')} {ort.__version__}"
-    cuda = getattr(build, "cuda_version", "")
+    cuda = f"CUDA {build.cuda_version}" if getattr(build, "cuda_version", "") else "CUDA"
     library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
     try:
         if library.is_file():
@@ -95,10 +95,9 @@ def _why_not_started(ort) -> str:
     except OSError as exc:
         if "libcuda.so" in str(exc):
             return f"{package}'s CUDA provider needs an NVIDIA driver, and none is installed ({exc})"
-        return (f"{package}'s CUDA provider does not load ({exc}): it needs the CUDA {cuda} and cuDNN 9 libraries, "
+        return (f"{package}'s CUDA provider does not load ({exc}): it needs the {cuda} and cuDNN 9 libraries, "
                 "e.g. pip install 'onnxruntime-gpu[cuda,cudnn]'")
-    too_old = f"a driver too old for CUDA {cuda}" if cuda else "a driver too old"
-    return f"{package}'s CUDA provider did not start: no CUDA device (no GPU, or {too_old})"
+    return f"{package}'s CUDA provider did not start: no CUDA device (no GPU, or a driver too old for {cuda})"
 
 
 def _identity_graph() -> bytes:
