@@ -213,22 +213,22 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
                 return "trt", f"TensorRT engines built for {identity.gpu}"
         except DbunetError:
             pass
+    import onnxruntime
+
     from dbunet.runtime.backends.onnxruntime import CUDA, cuda_provider_problem
 
     cuda_problem = cuda_provider_problem() if device != "cpu" else None
     if device == "cuda" or (device == "auto" and not cuda_problem):
         return "ort", "ONNX Runtime's CUDA provider"  # where it cannot start, OrtBackend says why
+    unstarted = cuda_problem and CUDA in onnxruntime.get_available_providers()  # onnxruntime-gpu, not started
     if precision is None and honours_whole_loops("openvino", whole_loops) and openvino_usable():
         from dbunet.runtime.backends.openvino import has_bf16
 
         work = denoiser_work(Manifest.read(directory).config)
         if has_bf16() and work >= BF16_MIN_WORK:
             return "openvino", f"OpenVINO BF16: faster than ONNX Runtime FP32 for a model this size ({work:.1e})"
-    import onnxruntime
-
-    gpu_build = CUDA in onnxruntime.get_available_providers()  # onnxruntime-gpu, whose provider did not start
     return "ort", f"ONNX Runtime on the CPU ({(precision or 'fp32').upper()})" + (
-        ": its CUDA provider did not start" if gpu_build and device != "cpu" else "")
+        ": its CUDA provider did not start" if unstarted else "")
 
 
 def openvino_usable() -> bool:
