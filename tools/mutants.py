@@ -327,7 +327,7 @@ MUTANTS = [
            ("tests/runtime/test_ort_loop.py",), "pinned CPU sessions keep a memory-pattern block per shape"),
     Mutant("ort_loop_zero_box_slots", "dbunet/runtime/backends/ort_loop.py",
            "    return max(n, min(limit", "    return 0 if n == 0 else max(n, min(limit",
-           ("tests/runtime/test_ort_loop.py",), "no box pins a zero-size box axis (ONNX Runtime 1.31 refuses the session)"),
+           ("tests/runtime/test_ort_loop.py",), "no box pins a zero-size box axis (refused by ONNX Runtime 1.31)"),
     Mutant("ort_cuda_listed_taken_for_started", "dbunet/runtime/backends/onnxruntime.py",
            "        if CUDA in session.get_providers():", "        if True:",
            ("tests/runtime/test_ort_cuda_provider.py",),
