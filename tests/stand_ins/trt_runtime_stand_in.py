@@ -309,8 +309,7 @@ def stand_in_tensorrt(version: str, cudart: StandInCudart) -> types.ModuleType:
     trt.float32, trt.float16, trt.int32, trt.int64 = (trt.DataType.FLOAT, trt.DataType.HALF, trt.DataType.INT32,
                                                       trt.DataType.INT64)
     trt_of = {np.dtype(t): d for d, t in numpy_of.items()}
-    # TensorRT 11 builds every network strongly typed and removed the flag
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(**({"STRONGLY_TYPED": 1} if v < (11, 0) else {}))
+    # the builder side (network creation flags included) is trt_builder_stand_in.add_builder_api's
 
     class Logger:
         WARNING, ERROR, INFO = 2, 1, 3
