@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import io
 import os
@@ -18,6 +17,7 @@ from dbunet.errors import ArtifactError, ConfigError, CudaError
 from dbunet.iospec import GraphSpec, TensorSpec
 from dbunet.manifest import shown
 from dbunet.runtime.backends.base import GraphBackend, check_threads
+from dbunet.runtime.cuda_libraries import DRIVER, load_error, load_with_dependencies, missing_library
 
 
 def session_options(threads: int | None):
@@ -52,7 +52,8 @@ def cuda_provider_problem() -> str | None:
     GPU or CUDA's libraries are missing comes up on the CPU provider with nothing but a logged error: `auto` would
     run the FP16 graphs on the CPU and say CUDA. So one small session asks for it, after CUDA's libraries were
     loaded from the nvidia-* packages where pip put them (`onnxruntime-gpu[cuda,cudnn]`, or torch's CUDA wheels):
-    ONNX Runtime does not look there itself (its preload_dlls, ORT >= 1.21, which prints what it misses)."""
+    ONNX Runtime looks there only through its preload_dlls (ORT >= 1.21, which prints what it misses), and only in
+    its own site folder; what the provider still misses is looked up in every one (dbunet.runtime.cuda_libraries)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -63,6 +64,8 @@ def cuda_provider_problem() -> str | None:
             warnings.simplefilter("ignore")
             with contextlib.suppress(Exception):  # what it cannot load, the session below finds missing
                 ort.preload_dlls()
+    if (library := _provider_library(ort)).is_file():
+        load_with_dependencies(library)  # what still fails to load, _why_not_started names
     # A provider that does not start is logged by ONNX Runtime as errors of its own, several lines on stderr; the
     # reason is said in one line below instead (ONNX Runtime's default logger is set back to its default, warnings)
     options = ort.SessionOptions()
@@ -88,16 +91,18 @@ def _why_not_started(ort) -> str:
 
     package = f"{getattr(build, 'package_name', 'onnxruntime-gpu')} {ort.__version__}"
     cuda = f"CUDA {build.cuda_version}" if getattr(build, "cuda_version", "") else "CUDA"
-    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
-    try:
-        if library.is_file():
-            ctypes.CDLL(str(library))
-    except OSError as exc:
-        if "libcuda.so" in str(exc):
-            return f"{package}'s CUDA provider needs an NVIDIA driver, and none is installed ({exc})"
-        return (f"{package}'s CUDA provider does not load ({exc}): it needs the {cuda} and cuDNN 9 libraries, "
-                "e.g. pip install 'onnxruntime-gpu[cuda,cudnn]'")
-    return f"{package}'s CUDA provider did not start: no CUDA device (no GPU, or a driver too old for {cuda})"
+    library = _provider_library(ort)
+    error = load_error(library) if library.is_file() else None
+    if error is None:
+        return f"{package}'s CUDA provider did not start: no CUDA device (no GPU, or a driver too old for {cuda})"
+    if (missing_library(error) or "").startswith(DRIVER):
+        return f"{package}'s CUDA provider needs an NVIDIA driver, and none is installed ({error})"
+    return (f"{package}'s CUDA provider does not load ({error}): it needs the {cuda} and cuDNN 9 libraries, "
+            "e.g. pip install 'onnxruntime-gpu[cuda,cudnn]'")
+
+
+def _provider_library(ort) -> Path:
+    return Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
 
 
 def _identity_graph() -> bytes:
