@@ -700,7 +700,7 @@ def run(args, save: Callable[[dict], None] = lambda results: None) -> dict:
         entry["seconds"] = round(time.perf_counter() - started, 2)
         results[name] = entry
         save(results)
-        print(f"{name:<12} {entry['status']:<8} {entry['seconds']:7.1f}s  "
+        print(f"{name:<13} {entry['status']:<8} {entry['seconds']:7.1f}s  "
               f"{entry.get('reason') or entry.get('error') or ''}"[:300], flush=True)
     return results
 
