@@ -18,6 +18,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
+from dbunet.runtime.backends import onnxruntime as ort_backend
 from dbunet.runtime.backends.onnxruntime import CUDA, cuda_provider_problem
 from dbunet.runtime.cuda_libraries import load_error, load_with_dependencies, missing_library
 
@@ -90,24 +91,40 @@ def test_the_drivers_library_is_never_taken_from_a_pip_folder(tmp_path):
     assert missing_library(error) == "libcuda.so.1" and loaded == "False", done.stdout + done.stderr
 
 
-def test_the_probe_finds_what_the_provider_needs_outside_onnxruntimes_site_folder(tmp_path, monkeypatch, unique):
-    """The provider loads once its library is found in another site folder: the probe then reports the device, not
-    a library to install (the CPU build's session stands for a GPU machine without a GPU; the CUDA build's answer
-    on a GPU is the probe's None, which only a GPU can give)."""
+def probe_with_provider(tmp_path, monkeypatch, needs: tuple[Path, ...]) -> str | None:
+    """cuda_provider_problem() with onnxruntime's provider library a shared object that needs `needs`, in an
+    onnxruntime folder of its own, and <tmp>/site on sys.path (where the nvidia folders are)."""
     real = ort.get_available_providers()
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, *real])
-    cublas = shared_object(tmp_path / "site" / "nvidia" / "cu13" / "lib" / f"libcublas{unique}.so.13")
-    shared_object(tmp_path / "onnxruntime" / "capi" / "libonnxruntime_providers_cuda.so", needs=(cublas,))
+    shared_object(tmp_path / "onnxruntime" / "capi" / "libonnxruntime_providers_cuda.so", needs=needs)
     monkeypatch.setattr(ort, "__file__", str(tmp_path / "onnxruntime" / "__init__.py"))
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     cuda_provider_problem.cache_clear()
     try:
-        problem = cuda_provider_problem()
+        return cuda_provider_problem()
     finally:
         cuda_provider_problem.cache_clear()
+
+
+def test_the_probe_finds_what_the_provider_needs_outside_onnxruntimes_site_folder(tmp_path, monkeypatch, unique):
+    """The provider loads once its libraries are found in another site folder, cuDNN (which it opens only when a
+    session starts) too: the probe then reports the device, not a library to install (the CPU build's session
+    stands for a GPU machine without a GPU; the CUDA build's answer on a GPU is None, which only a GPU can give)."""
+    lib = tmp_path / "site" / "nvidia"
+    cublas = shared_object(lib / "cu13" / "lib" / f"libcublas{unique}.so.13")
+    cudnn = shared_object(lib / "cudnn" / "lib" / f"libcudnn{unique}.so.9")
+    monkeypatch.setattr(ort_backend, "CUDNN", cudnn.name)
+    problem = probe_with_provider(tmp_path, monkeypatch, needs=(cublas,))
     assert re.search(r"'s CUDA provider did not start: no CUDA device \(no GPU, or a driver too old for CUDA[\d. ]*\)$",
                      problem), problem
-    assert loaded_from(cublas.name) == [str(cublas)]
+    assert loaded_from(cublas.name) == [str(cublas)] and loaded_from(cudnn.name) == [str(cudnn)]
+
+
+def test_a_cudnn_found_nowhere_is_named(tmp_path, monkeypatch, unique):
+    monkeypatch.setattr(ort_backend, "CUDNN", f"libcudnn{unique}.so.9")
+    problem = probe_with_provider(tmp_path, monkeypatch, needs=())
+    assert re.search(rf"'s CUDA provider needs cuDNN 9, which does not load \(libcudnn{unique}.so.9: cannot open "
+                     r"shared object file.*\): pip install 'onnxruntime-gpu\[cuda,cudnn\]'$", problem), problem
 
 
 def test_a_load_error_names_the_missing_library():

@@ -42,6 +42,10 @@ def session_options(threads: int | None):
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 CUDA = "CUDAExecutionProvider"
+# the cuDNN of every onnxruntime-gpu from the floor (1.20) on; 1.31's provider opens it when a session starts (it is
+# not among the libraries the provider library itself needs), so the loader's errors never name it
+CUDNN = "libcudnn.so.9"
+INSTALL_CUDA_LIBRARIES = "pip install 'onnxruntime-gpu[cuda,cudnn]'"
 
 
 @functools.cache
@@ -66,6 +70,7 @@ def cuda_provider_problem() -> str | None:
                 ort.preload_dlls()
     if (library := _provider_library(ort)).is_file():
         load_with_dependencies(library)  # what still fails to load, _why_not_started names
+        load_with_dependencies(CUDNN)  # not a load-time need: the provider opens cuDNN when a session starts
     # A provider that does not start is logged by ONNX Runtime as errors of its own, several lines on stderr; the
     # reason is said in one line below instead (ONNX Runtime's default logger is set back to its default, warnings)
     options = ort.SessionOptions()
@@ -86,19 +91,21 @@ def cuda_provider_problem() -> str | None:
 
 def _why_not_started(ort) -> str:
     """The provider library's own load error where it does not load (a CUDA library or the driver missing), else
-    the device: what ONNX Runtime logs, in one line."""
+    cuDNN's where it does not load, else the device: what ONNX Runtime logs, in one line."""
     from onnxruntime.capi import build_and_package_info as build
 
     package = f"{getattr(build, 'package_name', 'onnxruntime-gpu')} {ort.__version__}"
     cuda = f"CUDA {build.cuda_version}" if getattr(build, "cuda_version", "") else "CUDA"
     library = _provider_library(ort)
     error = load_error(library) if library.is_file() else None
-    if error is None:
-        return f"{package}'s CUDA provider did not start: no CUDA device (no GPU, or a driver too old for {cuda})"
-    if (missing_library(error) or "").startswith(DRIVER):
+    if error is not None and (missing_library(error) or "").startswith(DRIVER):
         return f"{package}'s CUDA provider needs an NVIDIA driver, and none is installed ({error})"
-    return (f"{package}'s CUDA provider does not load ({error}): it needs the {cuda} and cuDNN 9 libraries, "
-            "e.g. pip install 'onnxruntime-gpu[cuda,cudnn]'")
+    if error is not None:
+        return (f"{package}'s CUDA provider does not load ({error}): it needs the {cuda} and cuDNN 9 libraries, "
+                f"e.g. {INSTALL_CUDA_LIBRARIES}")
+    if library.is_file() and (error := load_error(CUDNN)) is not None:
+        return f"{package}'s CUDA provider needs cuDNN 9, which does not load ({error}): {INSTALL_CUDA_LIBRARIES}"
+    return f"{package}'s CUDA provider did not start: no CUDA device (no GPU, or a driver too old for {cuda})"
 
 
 def _provider_library(ort) -> Path:
