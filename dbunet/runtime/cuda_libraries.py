@@ -21,8 +21,9 @@ DRIVER = "libcuda.so"  # the driver's library is not a pip package: missing, it 
 MOST = 32  # libraries loaded for one library at most (ONNX Runtime's CUDA provider needs about eight)
 
 
-def load_error(library: Path) -> str | None:
-    """The dynamic loader's error for `library`, or None once it is loaded."""
+def load_error(library: Path | str) -> str | None:
+    """The dynamic loader's error for `library` (a path, or a file name the loader searches for and finds among
+    those already loaded by their soname), or None once it is loaded."""
     try:
         ctypes.CDLL(str(library))
     except OSError as exc:
@@ -37,14 +38,15 @@ def missing_library(error: str) -> str | None:
 
 
 def nvidia_library(name: str) -> Path | None:
-    """The first `nvidia/*/lib/<name>` in sys.path's order, where pip installs CUDA's and cuDNN's libraries."""
-    for entry in sys.path:
-        for found in sorted(Path(entry or ".").glob(f"nvidia/*/lib/{name}")):
+    """The first `nvidia/*/lib/<name>` in sys.path's order, where pip installs CUDA's and cuDNN's libraries (the
+    current directory, which an empty entry stands for, is not searched: a library is no module to find there)."""
+    for entry in filter(None, sys.path):
+        for found in sorted(Path(entry).glob(f"nvidia/*/lib/{name}")):
             return found
     return None
 
 
-def load_with_dependencies(library: Path, _tried: set[str] | None = None) -> str | None:
+def load_with_dependencies(library: Path | str, _tried: set[str] | None = None) -> str | None:
     """Load `library`, first loading from pip's nvidia folders each library the loader reports missing (and what
     those miss in turn). Returns the load error that remains (a library found nowhere, the driver), or None."""
     tried = set() if _tried is None else _tried

@@ -131,3 +131,14 @@ def test_a_load_error_names_the_missing_library():
     assert missing_library("libcublasLt.so.13: cannot open shared object file: No such file or directory") == \
         "libcublasLt.so.13"
     assert missing_library("/x/libonnxruntime_providers_cuda.so: undefined symbol: cublasLtCreate") is None
+
+
+def test_the_current_directory_is_not_searched(tmp_path, monkeypatch, unique):
+    """sys.path's empty entry stands for the current directory: a library there is not loaded (a folder a user
+    happens to be in is no install)."""
+    here = shared_object(tmp_path / "nvidia" / "cu13" / "lib" / f"libh{unique}.so.13")
+    provider = shared_object(tmp_path / "ort" / "capi" / f"libp{unique}.so", needs=(here,))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", ["", *sys.path])
+    assert missing_library(load_with_dependencies(provider)) == here.name
+    assert loaded_from(here.name) == []
