@@ -23,14 +23,17 @@ from dbunet.runtime.backends.onnxruntime import CUDA, cuda_provider_problem
 from dbunet.runtime.cuda_libraries import load_error, load_with_dependencies, missing_library
 
 CC = shutil.which("cc") or shutil.which("gcc")
-pytestmark = pytest.mark.skipif(CC is None, reason="needs a C compiler to build the shared objects the loader reads")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="Linux's dynamic loader and /proc/self/maps"),
+    pytest.mark.skipif(CC is None, reason="needs a C compiler to build the shared objects the loader reads"),
+]
 
 
 def symbol(library: Path) -> str:
     return "f_" + re.sub(r"\W", "_", library.name)
 
 
-def shared_object(path: Path, needs: tuple[Path, ...] = (), soname: str | None = None) -> Path:
+def shared_object(path: Path, needs: tuple[Path, ...] = ()) -> Path:
     """A shared object at `path` whose DT_NEEDED names each of `needs` by its file name, with no run path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     source = path.with_suffix(".c")
@@ -38,7 +41,7 @@ def shared_object(path: Path, needs: tuple[Path, ...] = (), soname: str | None =
     body = " + ".join([f"{symbol(n)}()" for n in needs] or ["0"])
     source.write_text(f"{calls}\nint {symbol(path)}(void) {{ return 1 + {body}; }}\n")
     links = [arg for n in needs for arg in (f"-L{n.parent}", f"-l:{n.name}")]
-    subprocess.run([CC, "-shared", "-fPIC", "-o", str(path), f"-Wl,-soname,{soname or path.name}", str(source),
+    subprocess.run([CC, "-shared", "-fPIC", "-o", str(path), f"-Wl,-soname,{path.name}", str(source),
                     "-Wl,--no-as-needed", *links], check=True, capture_output=True)
     return path
 
