@@ -17,7 +17,7 @@ from dbunet.errors import ArtifactError, ConfigError, CudaError
 from dbunet.iospec import GraphSpec, TensorSpec
 from dbunet.manifest import shown
 from dbunet.runtime.backends.base import GraphBackend, check_threads
-from dbunet.runtime.cuda_libraries import DRIVER, load_error, load_with_dependencies, missing_library
+from dbunet.runtime.cuda_libraries import DRIVER, load_with_dependencies, missing_library
 
 
 def session_options(threads: int | None):
@@ -68,9 +68,10 @@ def cuda_provider_problem() -> str | None:
             warnings.simplefilter("ignore")
             with contextlib.suppress(Exception):  # what it cannot load, the session below finds missing
                 ort.preload_dlls()
+    library_error = cudnn_error = None  # what still fails to load, the reason below names
     if (library := _provider_library(ort)).is_file():
-        load_with_dependencies(library)  # what still fails to load, _why_not_started names
-        load_with_dependencies(CUDNN)  # not a load-time need: the provider opens cuDNN when a session starts
+        library_error = load_with_dependencies(library)
+        cudnn_error = load_with_dependencies(CUDNN)  # not a load-time need: the provider opens it in a session
     # A provider that does not start is logged by ONNX Runtime as errors of its own, several lines on stderr; the
     # reason is said in one line below instead (ONNX Runtime's default logger is set back to its default, warnings)
     options = ort.SessionOptions()
@@ -86,25 +87,24 @@ def cuda_provider_problem() -> str | None:
         return f"ONNX Runtime's CUDA provider did not start: {str(exc).splitlines()[0]}"
     finally:
         ort.set_default_logger_severity(2)
-    return _why_not_started(ort)
+    return _why_not_started(ort, library_error, cudnn_error)
 
 
-def _why_not_started(ort) -> str:
+def _why_not_started(ort, library_error: str | None, cudnn_error: str | None) -> str:
     """The provider library's own load error where it does not load (a CUDA library or the driver missing), else
     cuDNN's where it does not load, else the device: what ONNX Runtime logs, in one line."""
     from onnxruntime.capi import build_and_package_info as build
 
     package = f"{getattr(build, 'package_name', 'onnxruntime-gpu')} {ort.__version__}"
     cuda = f"CUDA {build.cuda_version}" if getattr(build, "cuda_version", "") else "CUDA"
-    library = _provider_library(ort)
-    error = load_error(library) if library.is_file() else None
-    if error is not None and (missing_library(error) or "").startswith(DRIVER):
-        return f"{package}'s CUDA provider needs an NVIDIA driver, and none is installed ({error})"
-    if error is not None:
-        return (f"{package}'s CUDA provider does not load ({error}): it needs the {cuda} and cuDNN 9 libraries, "
-                f"e.g. {INSTALL_CUDA_LIBRARIES}")
-    if library.is_file() and (error := load_error(CUDNN)) is not None:
-        return f"{package}'s CUDA provider needs cuDNN 9, which does not load ({error}): {INSTALL_CUDA_LIBRARIES}"
+    if library_error is not None and (missing_library(library_error) or "").startswith(DRIVER):
+        return f"{package}'s CUDA provider needs an NVIDIA driver, and none is installed ({library_error})"
+    if library_error is not None:
+        return (f"{package}'s CUDA provider does not load ({library_error}): it needs the {cuda} and cuDNN 9 "
+                f"libraries, e.g. {INSTALL_CUDA_LIBRARIES}")
+    if cudnn_error is not None:
+        return (f"{package}'s CUDA provider needs cuDNN 9, which does not load ({cudnn_error}): "
+                f"{INSTALL_CUDA_LIBRARIES}")
     return f"{package}'s CUDA provider did not start: no CUDA device (no GPU, or a driver too old for {cuda})"
 
 
