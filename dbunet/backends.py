@@ -7,6 +7,7 @@ runtime library, and only `torch` (the PyTorch reference, from the export extra)
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -208,7 +209,8 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
         try:
             from dbunet.engines.cache import read_index
 
-            identity = factory("trt")().identity
+            with contextlib.closing(factory("trt")()) as probe:  # its stream is not needed here
+                identity = probe.identity
             if any(e.device == identity for e in read_index(directory)):
                 return "trt", f"TensorRT engines built for {identity.gpu}"
         except DbunetError:
@@ -279,6 +281,6 @@ def open_pipeline(directory: str | Path, backend: str = DEFAULT, precision: str 
     else:
         from dbunet.runtime.pipeline import Pipeline
 
-        pipe = Pipeline.from_artifacts(directory, make_backend(backend, device, threads, whole_loops), precision)
+        pipe = Pipeline.from_artifacts(directory, backend, precision, device, threads, whole_loops)
     pipe.backend_name, pipe.chosen_because = backend, why
     return pipe

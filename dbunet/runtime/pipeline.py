@@ -24,12 +24,15 @@ class Pipeline(CascadePipeline):
 
     @classmethod
     def from_artifacts(cls, directory: str | Path, backend: str | Backend = DEFAULT, precision: str | None = None,
-                       device: str = "auto", threads: int | None = None) -> Pipeline:
+                       device: str = "auto", threads: int | None = None,
+                       whole_loops: bool | None = None) -> Pipeline:
         """Check the manifest, every file's hash and version, then load one graph per stage; all of it through
-        one pinned directory, so what was verified is what is loaded even if an export switches it meanwhile."""
+        one pinned directory, so what was verified is what is loaded even if an export switches it meanwhile.
+        A backend named here is made with device, threads and whole_loops (dbunet.backends.make_backend) and
+        closed with the pipeline; a backend object is the caller's, used as it is and left open."""
         pinned = PinnedDirectory(directory)
         try:
-            pipe = cls._load(pinned.path, backend, precision, device, threads)
+            pipe = cls._load(pinned.path, backend, precision, device, threads, whole_loops)
         except BaseException:
             pinned.close()
             raise
@@ -39,15 +42,27 @@ class Pipeline(CascadePipeline):
 
     @classmethod
     def _load(cls, directory: Path, backend: str | Backend, precision: str | None, device: str,
-              threads: int | None) -> Pipeline:
+              threads: int | None, whole_loops: bool | None) -> Pipeline:
         manifest = Manifest.read(directory)
         if backend == AUTO:
-            backend, why = choose_backend(directory, precision, device)
+            backend, why = choose_backend(directory, precision, device, whole_loops)
             log.info("backend auto: %s (%s)", backend, why)
         name = backend if isinstance(backend, str) else name_of(backend)
         if name in REGISTRY:  # before the backend loads anything; a backend object of the caller's own judges itself
             check_precision(name, precision)
-        be = make_backend(backend, device, threads) if isinstance(backend, str) else backend
+        if not isinstance(backend, str):
+            return cls._on(manifest, directory, backend, precision, name)
+        made = make_backend(backend, device, threads, whole_loops)
+        try:
+            pipe = cls._on(manifest, directory, made, precision, name)
+        except BaseException:
+            made.close()
+            raise
+        pipe.made_backend = made
+        return pipe
+
+    @classmethod
+    def _on(cls, manifest: Manifest, directory: Path, be: Backend, precision: str | None, name: str) -> Pipeline:
         available = manifest.precisions()
         precision = precision or be.default_precision(available)
         files = be.artifact_precision(precision)  # OpenVINO computes BF16 from the FP32 files
@@ -60,11 +75,14 @@ class Pipeline(CascadePipeline):
                                     text.vocab_size, text.pad_token)
                       for tok, text in ((manifest.tokenizer, cfg.text), (manifest.tokenizer_2, cfg.text_2)) if tok]
         stages = be.stages(manifest, directory, files, tokenizers)
-        log.info("loaded %s (%s, %s) on %s", shown(directory), manifest.config.name, precision, name_of(be))
+        log.info("loaded %s (%s, %s) on %s", shown(directory), manifest.config.name, precision, name)
         return cls(manifest, directory, be, precision, stages)
 
+    made_backend: Backend | None = None  # the backend from_artifacts made from a name: closed with the pipeline
 
     def _release(self) -> None:
-        self.stages.close()
+        self.stages.close()  # first: the stages' engines and buffers live on the backend's stream
+        if self.made_backend is not None:
+            self.made_backend.close()
         if getattr(self, "pinned", None) is not None:
             self.pinned.close()

@@ -279,3 +279,45 @@ def test_auto_takes_the_engines_unless_whole_loops_are_turned_off(engines):
     art, _ = engines
     assert choose_backend(art)[0] == "trt" and choose_backend(art, whole_loops=True)[0] == "trt"
     assert choose_backend(art, whole_loops=False)[0] == "ort"
+
+
+def device_resources(cudart: StandInCudart) -> dict:
+    """What is still allocated or created on the stand-in device."""
+    return {"memory": len(cudart.allocations), "graphs": len(cudart.graphs), "graph execs": len(cudart.execs),
+            "events": len(cudart.events), "streams": len(cudart.streams)}
+
+
+NOTHING = {"memory": 0, "graphs": 0, "graph execs": 0, "events": 0, "streams": 0}
+
+
+def test_closing_a_pipeline_frees_every_device_resource_it_made(engines):
+    """Engines, buffers, the activation region, the loop graphs and the CUDA stream of the backend the pipeline
+    made from its name; also where loading failed, and where `auto` only looked for engines."""
+    from dbunet.backends import choose_backend, open_pipeline
+
+    art, cudart = engines
+    with open_pipeline(art, "trt") as pipe:
+        pipe("a red cat and a lamp", **REQUEST)
+        assert device_resources(cudart)["graph execs"] >= 2 and cudart.streams
+    assert device_resources(cudart) == NOTHING
+    assert choose_backend(art)[0] == "trt" and device_resources(cudart) == NOTHING
+    with open_pipeline(art, "trt", whole_loops=True) as pipe:
+        with pytest.raises(ArtifactError, match="no TensorRT engine for dbunet_step at 128x128"):
+            pipe("x", **{**REQUEST, "height": 128, "width": 128})
+    (art / "engines" / "index.json").write_text("{")
+    with pytest.raises(ArtifactError, match="is malformed"):
+        Pipeline.from_artifacts(art, "trt")
+    assert device_resources(cudart) == NOTHING
+
+
+def test_a_backend_handed_to_pipelines_stays_open_for_the_next(engines):
+    from dbunet.runtime.backends.tensorrt import TrtBackend
+
+    art, cudart = engines
+    backend = TrtBackend()
+    for _ in range(2):
+        with Pipeline.from_artifacts(art, backend) as pipe:
+            pipe("a red cat and a lamp", **REQUEST)
+        assert device_resources(cudart) == {**NOTHING, "streams": 1}  # the caller's backend and its stream
+    backend.close()
+    assert device_resources(cudart) == NOTHING

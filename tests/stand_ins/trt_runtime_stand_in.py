@@ -42,6 +42,7 @@ class cudaError_t(enum.IntEnum):  # values as cuda.bindings.runtime has them (te
     cudaErrorMemoryAllocation = 2
     cudaErrorInsufficientDriver = 35
     cudaErrorNoDevice = 100
+    cudaErrorInvalidResourceHandle = 400
     cudaErrorIllegalState = 401
     cudaErrorStreamCaptureUnsupported = 900
     cudaErrorStreamCaptureInvalidated = 901
@@ -93,6 +94,7 @@ class StandInCudart(types.SimpleNamespace):
         self.execs: dict[int, list] = {}
         self.counts = {"malloc": 0, "captures": 0, "launches": 0}
         self.events: set[int] = set()  # created and not yet destroyed
+        self.streams: set[int] = set()  # the same for streams
         self._handles = 0
 
     def _handle(self) -> Handle:
@@ -169,9 +171,14 @@ class StandInCudart(types.SimpleNamespace):
 
     # streams and graphs
     def cudaStreamCreateWithFlags(self, flags):
-        return (cudaError_t.cudaSuccess, self._handle())
+        stream = self._handle()
+        self.streams.add(int(stream))
+        return (cudaError_t.cudaSuccess, stream)
 
     def cudaStreamDestroy(self, stream):
+        if int(stream) not in self.streams:  # destroyed twice, or never created
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
+        self.streams.remove(int(stream))
         return (cudaError_t.cudaSuccess,)
 
     def cudaStreamSynchronize(self, stream):

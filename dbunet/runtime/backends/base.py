@@ -42,6 +42,10 @@ class Backend(Protocol):
         one tokenizer per text encoder.
         Stages with `whole_loops` run each denoising loop in one call (TensorRT: one CUDA graph)."""
 
+    def close(self) -> None:
+        """Free what the backend itself holds (TensorRT: its CUDA stream), after every pipeline using it closed.
+        A pipeline closes the backend it made from a name, never one it was handed."""
+
 
 class GraphBackend:
     """A backend that runs exported ONNX graphs: `load` one graph, and the stages are graph runs."""
@@ -66,6 +70,9 @@ class GraphBackend:
         paths = {name: verify_artifact(directory, a) for name, a in artifacts.items()}
         graphs = {name: self.load(paths[name], a.spec, a.sha256[a.path]) for name, a in artifacts.items()}
         return GraphStages(graphs, tokenizers, cfg.has_boxes)
+
+    def close(self) -> None:
+        """Nothing to free: every session belongs to the stages."""
 
 
 def check_threads(threads: int | None) -> None:

@@ -84,6 +84,9 @@ class TrtBackend:
             engines.preload(default if default in built else built[0], cfg)
         return TrtStages(engines, tokenizers, cfg)
 
+    def close(self) -> None:
+        self.cuda.close()  # the stream; the engines and buffers on it belong to the stages, closed before
+
 
 class TrtEngines:
     """Engines of one artifacts directory on this GPU, loaded on first use, one activation region."""
