@@ -134,6 +134,12 @@ def run_bench(options: BenchOptions, progress: Progress | None = None,
     config = Manifest.read(options.artifacts).config  # a bad size or step count is said before any graph loads
     build_request(config, PROMPT, **_request_options(options, config))
     pipe, precision = _pipeline(options)
+    with pipe:  # closed at the end: a bench in a longer process (pytest) leaves no sessions, engines or device memory
+        return _bench(pipe, precision, options, progress, before_timing)
+
+
+def _bench(pipe, precision: str, options: BenchOptions, progress: Progress | None,
+           before_timing: Callable[[BenchReport], None] | None) -> BenchReport:
     request_options = _request_options(options, pipe.config)
     request = pipe.request(PROMPT, **request_options)  # validates size and steps before any timing
     settings = {"repeat": options.repeat, "warmup": options.warmup, "threads": options.threads,

@@ -203,7 +203,7 @@ def test_bench_reports_engine_times_graph_overhead_and_memory(engines):
     assert set(d["engine_device_ms"]) == {"text_encoder@any", "gae@any", "dbunet_step@64x64", "vae_decoder@64x64",
                                           "refiner_encoder@64x64", "refiner_step@64x64"}
     assert set(d["host_overhead"]) == {"graph", "per_step"}
-    assert not cudart.events  # every CUDA event the timing created was destroyed
+    assert device_resources(cudart) == NOTHING  # closed: every event, graph, buffer and stream it made destroyed
     for f in d["host_overhead"].values():
         assert 0 < f["issue_ms_per_step"] <= f["wall_ms_per_step"]
     runners = Pipeline.from_artifacts(art, "trt").stages.engines.runners.values()
