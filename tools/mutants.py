@@ -353,8 +353,11 @@ MUTANTS = [
            "        if self.made_backend is not None:", "        if False:",
            (TRT_TESTS,), "a pipeline's close() leaves the backend it made open (TensorRT: its stream)"),
     Mutant("backend_open_on_failed_load", "dbunet/runtime/pipeline.py",
-           "            made.close()\n", "",
+           "                made.close()\n", "                pass\n",
            (TRT_TESTS,), "a load that fails leaves the backend it made open (TensorRT: its stream)"),
+    Mutant("failed_load_error_hidden_by_close", "dbunet/runtime/pipeline.py",
+           "except Exception:  # the load's error", "except ArithmeticError:  # the load's error",
+           (TRT_TESTS,), "a failed load reports the backend's failing close() instead of its own error"),
     Mutant("bench_pipeline_left_open", "dbunet/bench/runner.py",
            "    with pipe:  # closed at the end", "    if pipe:  # closed at the end",
            (TRT_TESTS,), "a bench leaves its pipeline open (sessions, engines and device memory held)"),
@@ -397,6 +400,20 @@ def copy_tree(dest: Path) -> None:
     shutil.copytree(ROOT, dest, ignore=ignore, dirs_exist_ok=True)
 
 
+def table_problem(m: Mutant) -> str | None:
+    """Why the mutant cannot be applied to the current tree, or None. A Python file the edit leaves unparsable
+    is refused too: pytest would fail collecting it, and the mutant would count as caught without a test."""
+    source = (ROOT / m.file).read_text()
+    if source.count(m.old) != 1:
+        return f"{m.name}: expected exactly one {m.old!r} in {m.file}, found {source.count(m.old)}"
+    if m.file.endswith(".py"):
+        try:
+            compile(source.replace(m.old, m.new), m.file, "exec")
+        except SyntaxError as exc:
+            return f"{m.name}: the edit leaves {m.file} unparsable ({exc.msg}, line {exc.lineno})"
+    return None
+
+
 def run_tests(m: Mutant | None, tests: list[str], pytest_args: list[str]) -> tuple[bool, float, str]:
     """pytest over `tests` in a copy of the tree with mutant `m` applied (None: unmutated). -> (failed, s, detail)"""
     with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name if m else 'none'}-") as tmp:
@@ -432,8 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in MUTANTS:
             print(f"{m.name:<28} {m.file:<36} {m.what}")
         return 0
-    stale = [f"{m.name}: expected exactly one {m.old!r} in {m.file}, found {(ROOT / m.file).read_text().count(m.old)}"
-             for m in chosen if (ROOT / m.file).read_text().count(m.old) != 1]
+    stale = [problem for m in chosen if (problem := table_problem(m))]
     if stale:  # before any run: a table out of date after a refactor should not cost a half-finished session
         print("\n".join(stale) + "\nupdate the mutant table")
         return 2

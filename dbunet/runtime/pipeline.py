@@ -56,7 +56,10 @@ class Pipeline(CascadePipeline):
         try:
             pipe = cls._on(manifest, directory, made, precision, name)
         except BaseException:
-            made.close()
+            try:
+                made.close()
+            except Exception:  # the load's error is the one to report: a close after it may fail of the same cause
+                log.debug("closing the backend after a failed load failed too", exc_info=True)
             raise
         pipe.made_backend = made
         return pipe

@@ -310,6 +310,20 @@ def test_closing_a_pipeline_frees_every_device_resource_it_made(engines):
     assert device_resources(cudart) == NOTHING
 
 
+def test_a_failed_load_reports_its_own_error_when_closing_the_backend_fails_too(engines, monkeypatch):
+    from dbunet.errors import CudaError
+    from dbunet.runtime.backends.tensorrt import TrtBackend
+
+    def fails(self):
+        raise CudaError("cudaStreamDestroy: an illegal memory access was encountered")
+
+    art, _ = engines
+    monkeypatch.setattr(TrtBackend, "close", fails)
+    (art / "engines" / "index.json").write_text("{")
+    with pytest.raises(ArtifactError, match="is malformed"):
+        Pipeline.from_artifacts(art, "trt")
+
+
 def test_a_backend_handed_to_pipelines_stays_open_for_the_next(engines):
     from dbunet.runtime.backends.tensorrt import TrtBackend
 
