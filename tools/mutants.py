@@ -355,7 +355,7 @@ MUTANTS = [
     Mutant("backend_open_on_failed_load", "dbunet/runtime/pipeline.py",
            "                made.close()\n", "                pass\n",
            (TRT_TESTS,), "a load that fails leaves the backend it made open (TensorRT: its stream)"),
-    Mutant("failed_load_error_hidden_by_close", "dbunet/runtime/pipeline.py",
+    Mutant("load_error_hidden_by_close", "dbunet/runtime/pipeline.py",
            "except Exception:  # the load's error", "except ArithmeticError:  # the load's error",
            (TRT_TESTS,), "a failed load reports the backend's failing close() instead of its own error"),
     Mutant("bench_pipeline_left_open", "dbunet/bench/runner.py",

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class Pipeline(CascadePipeline):
+    made_backend: Backend | None = None  # the backend from_artifacts made from a name: closed with the pipeline
+
     def __init__(self, manifest: Manifest, directory: Path, backend: Backend, precision: str, stages) -> None:
         self.manifest, self.directory, self.backend, self.precision = manifest, directory, backend, precision
         self.config = manifest.config
@@ -80,8 +82,6 @@ class Pipeline(CascadePipeline):
         stages = be.stages(manifest, directory, files, tokenizers)
         log.info("loaded %s (%s, %s) on %s", shown(directory), manifest.config.name, precision, name)
         return cls(manifest, directory, be, precision, stages)
-
-    made_backend: Backend | None = None  # the backend from_artifacts made from a name: closed with the pipeline
 
     def _release(self) -> None:
         self.stages.close()  # first: the stages' engines and buffers live on the backend's stream

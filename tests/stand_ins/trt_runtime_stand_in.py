@@ -9,7 +9,8 @@ CUDA runtime (cuda-python): calls return (error, *results); a failing call leave
 cudaGetLastError reads it (TensorRT's next enqueue fails while one is pending); device memory is only what
 cudaMalloc gave (out-of-range copies fail); a copy's kind must match its pointers; during stream capture, cudaMalloc,
 cudaFree, cudaStreamSynchronize and copies from pageable host memory are not permitted (they fail and
-invalidate the capture); a captured graph replays the calls with the arguments they had at capture.
+invalidate the capture); a captured graph replays the calls with the arguments they had at capture; a
+stream, event or graph destroyed twice (or never created) is refused.
 
 TensorRT (10.0 / 10.1+ / 11.x Python API): deserialize_cuda_engine returns None for a plan from another
 TensorRT version; device_memory_size exists up to 10.x, device_memory_size_v2 from 10.1; the context's
