@@ -7,7 +7,6 @@ runtime library, and only `torch` (the PyTorch reference, from the export extra)
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import logging
@@ -207,10 +206,12 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
     if (device != "cpu" and precision in (None, *trt.precisions) and honours_whole_loops(trt.name, whole_loops)
             and not missing_dependencies()):
         try:
+            import tensorrt
+
+            from dbunet.engines.builder import current_device
             from dbunet.engines.cache import read_index
 
-            with contextlib.closing(factory("trt")()) as probe:  # its stream is not needed here
-                identity = probe.identity
+            identity = current_device(tensorrt)[0]  # what TrtBackend checks engines against, without its stream
             if any(e.device == identity for e in read_index(directory)):
                 return "trt", f"TensorRT engines built for {identity.gpu}"
         except DbunetError:

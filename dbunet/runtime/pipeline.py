@@ -53,10 +53,10 @@ class Pipeline(CascadePipeline):
         if name in REGISTRY:  # before the backend loads anything; a backend object of the caller's own judges itself
             check_precision(name, precision)
         if not isinstance(backend, str):
-            return cls._on(manifest, directory, backend, precision, name)
+            return cls._load_on(manifest, directory, backend, precision, name)
         made = make_backend(backend, device, threads, whole_loops)
         try:
-            pipe = cls._on(manifest, directory, made, precision, name)
+            pipe = cls._load_on(manifest, directory, made, precision, name)
         except BaseException:
             try:
                 made.close()
@@ -67,7 +67,7 @@ class Pipeline(CascadePipeline):
         return pipe
 
     @classmethod
-    def _on(cls, manifest: Manifest, directory: Path, be: Backend, precision: str | None, name: str) -> Pipeline:
+    def _load_on(cls, manifest: Manifest, directory: Path, be: Backend, precision: str | None, name: str) -> Pipeline:
         available = manifest.precisions()
         precision = precision or be.default_precision(available)
         files = be.artifact_precision(precision)  # OpenVINO computes BF16 from the FP32 files
