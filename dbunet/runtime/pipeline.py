@@ -31,7 +31,10 @@ class Pipeline(CascadePipeline):
         """Check the manifest, every file's hash and version, then load one graph per stage; all of it through
         one pinned directory, so what was verified is what is loaded even if an export switches it meanwhile.
         A backend named here is made with device, threads and whole_loops (dbunet.backends.make_backend) and
-        closed with the pipeline; a backend object is the caller's, used as it is and left open."""
+        closed with the pipeline; a backend object is the caller's, used as it is and left open (device, threads
+        and whole_loops are its constructor's: given here with one, they are refused, not ignored)."""
+        if not isinstance(backend, str):
+            check_own_settings(backend, device, threads, whole_loops)
         pinned = PinnedDirectory(directory)
         try:
             pipe = cls._load(pinned.path, backend, precision, device, threads, whole_loops)
@@ -89,3 +92,14 @@ class Pipeline(CascadePipeline):
             self.made_backend.close()
         if getattr(self, "pinned", None) is not None:
             self.pinned.close()
+
+
+def check_own_settings(backend: Backend, device: str, threads: int | None, whole_loops: bool | None) -> None:
+    """A backend object was made with its own device, threads and whole_loops: any given beside it would be
+    silently ignored, so they are refused."""
+    given = [f"{name}={value!r}" for name, value, default in
+             (("device", device, "auto"), ("threads", threads, None), ("whole_loops", whole_loops, None))
+             if value != default]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: a backend object ({type(backend).__name__}) was made with its own "
+                          f"settings; pass them to its constructor, or name the backend instead")

@@ -54,6 +54,21 @@ def test_hash_mismatch_and_other_versions_are_refused(tiny_artifacts, tmp_path):
         Pipeline.from_artifacts(art, precision="fp32")
 
 
+@pytest.mark.parametrize("given", [{"device": "cpu"}, {"threads": 1}, {"whole_loops": True}])
+def test_settings_given_beside_a_backend_object_are_refused_not_ignored(tiny_artifacts, given):
+    """A backend object was made with its own device, threads and whole_loops; the same given to from_artifacts
+    beside it used to be dropped silently (a caller asking for one thread got the backend's own count)."""
+    from dbunet.errors import ConfigError
+    from dbunet.runtime.backends.onnxruntime import OrtBackend
+
+    backend = OrtBackend("cpu")
+    name = next(iter(given))
+    with pytest.raises(ConfigError, match=f"{name}=.*OrtBackend.*its own settings"):
+        Pipeline.from_artifacts(tiny_artifacts, backend, "fp32", **given)
+    with Pipeline.from_artifacts(tiny_artifacts, backend, "fp32", device="auto") as pipe:  # the defaults: accepted
+        assert pipe.backend is backend
+
+
 def test_run_command_imports_no_torch(tiny_artifacts, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "dbunet.cli.run", "--artifacts", str(tiny_artifacts), "--prompt",
