@@ -33,8 +33,6 @@ class Pipeline(CascadePipeline):
         A backend named here is made with device, threads and whole_loops (dbunet.backends.make_backend) and
         closed with the pipeline; a backend object is the caller's, used as it is and left open (device, threads
         and whole_loops are its constructor's: given here with one, they are refused, not ignored)."""
-        if not isinstance(backend, str):
-            check_own_settings(backend, device, threads, whole_loops)
         pinned = PinnedDirectory(directory)
         try:
             pipe = cls._load(pinned.path, backend, precision, device, threads, whole_loops)
@@ -56,6 +54,7 @@ class Pipeline(CascadePipeline):
         if name in REGISTRY:  # before the backend loads anything; a backend object of the caller's own judges itself
             check_precision(name, precision)
         if not isinstance(backend, str):
+            check_own_settings(backend, device, threads, whole_loops)
             return cls._load_on(manifest, directory, backend, precision, name)
         made = make_backend(backend, device, threads, whole_loops)
         try:
