@@ -195,7 +195,7 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
     large enough to gain (BF16_MIN_WORK), else ONNX Runtime."""
     from dbunet.errors import DbunetError
     from dbunet.manifest import Manifest
-    from dbunet.runtime.backends.tensorrt import missing_dependencies
+    from dbunet.runtime.backends.tensorrt import installed as trt_installed
 
     only = requested_backend(AUTO, precision)
     if only is not None:
@@ -204,7 +204,7 @@ def choose_backend(directory: Path, precision: str | None = None, device: str = 
         return "ort", f"device {device!r}"  # ONNX Runtime says which devices there are
     trt = info("trt")
     if (device != "cpu" and precision in (None, *trt.precisions) and honours_whole_loops(trt.name, whole_loops)
-            and not missing_dependencies()):
+            and trt_installed()):
         try:
             import tensorrt
 

@@ -1,5 +1,6 @@
 """The torch-free runtime: end-to-end parity with TorchPipeline, and no torch import."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -79,6 +80,8 @@ def test_run_command_imports_no_torch(tiny_artifacts, tmp_path):
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert "dbunet.runtime.pipeline" in imported and "onnxruntime" in imported
     assert not [m for m in imported if m.split(".")[0] in ("torch", "diffusers", "transformers")]
+    if importlib.util.find_spec("tensorrt") is None:  # `auto` passes over --backend trt without its CUDA bindings
+        assert not [m for m in imported if m.startswith("cuda.bindings")]
 
 
 def test_outputs_written_in_place_match_a_plain_run_and_never_alias(tiny_artifacts):

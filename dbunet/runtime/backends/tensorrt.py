@@ -45,6 +45,16 @@ def missing_dependencies() -> list[str]:
     return missing
 
 
+def installed() -> bool:
+    """Whether --backend trt's packages are both here. `auto` asks on every run: tensorrt first, absent on most
+    machines, so the CUDA bindings (0.1-0.3 s to import) are not imported beside ONNX Runtime for nothing."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return not missing_dependencies()
+
+
 class TrtBackend:
     device = "cuda"
 
