@@ -66,6 +66,8 @@ def parse(body: bytes) -> ImageRequest:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise Refused(400, f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
+    # null is "not given" (as in most JSON APIs): the model's default; a required prompt stays required
+    data = {name: value for name, value in data.items() if value is not None}
     prompt = data.pop("prompt", None)
     if not isinstance(prompt, str):
         raise Refused(400, "prompt is required and must be a string")

@@ -1,5 +1,6 @@
 """dbunet.serve.api without a server: which failure becomes which HTTP status."""
 
+import json
 import re
 
 import pytest
@@ -42,6 +43,17 @@ def test_a_body_the_api_cannot_read_is_400_with_one_line(body, says):
     with pytest.raises(api.Refused) as refused:
         api.parse(body)
     assert refused.value.status == 400 and says in refused.value.body and "\n" not in refused.value.body[:-1]
+
+
+def test_null_for_an_optional_field_is_the_model_s_default():
+    """JSON clients write null for "not given" (a generated client, a form with an empty field): every optional
+    field then reads as absent, and the prompt, which has no default, stays required."""
+    every_optional = {name: None for name in api.FIELDS if name != "prompt"}
+    nulls = api.parse(json.dumps({"prompt": "a cat", **every_optional}).encode())
+    assert nulls == api.parse(b'{"prompt": "a cat"}') and nulls.response == "png"
+    assert nulls.options == {"boxes": ()}
+    with pytest.raises(api.Refused, match="prompt is required"):
+        api.parse(b'{"prompt": null, "steps": 4}')
 
 
 def test_a_replica_s_load_error_is_read_back_from_serve_s_status_message():
