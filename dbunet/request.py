@@ -79,7 +79,9 @@ class GenerationRequest:
         if not isinstance(self.scheduler, str) or self.scheduler not in SCHEDULERS:
             raise bad(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
         for name, v, most in (("height", self.height, max_height), ("width", self.width, max_width)):
-            if not is_whole(v) or v < downscale or v % downscale:
+            if not is_whole(v):  # 64.0 too: "a multiple of 8, got 64.0" would read as a contradiction
+                raise bad(f"{name} must be an integer, got {v!r}")
+            if v < downscale or v % downscale:
                 raise bad(f"{name} must be a positive multiple of {downscale}, got {v!r}")
             if side_beyond(name, v, most):
                 raise bad(side_beyond(name, v, most))

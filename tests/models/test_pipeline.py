@@ -54,6 +54,7 @@ def test_progress_reports_every_step(pipe):
         (dict(steps=0), "steps"),
         (dict(guidance_scale=float("nan")), "guidance"),
         (dict(height=100), "multiple of 8"),
+        (dict(width=64.0), r"^width must be an integer, got 64\.0$"),  # as JSON may send it
         (dict(boxes=["0.1,0.1,0.5"]), "malformed box"),
         (dict(boxes=["0.5,0.1,0.2,0.9:x"]), "x1 > x0"),
         (dict(boxes=["0,0,1.5,1:x"]), r"\[0, 1\]"),
