@@ -139,6 +139,8 @@ def test_onnxruntime_is_recorded_whichever_distribution_installed_it(tmp_path):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.31.1\n")
     (dist / "RECORD").write_text("onnxruntime/__init__.py,,\nonnxruntime_gpu-1.31.1.dist-info/METADATA,,\n")
+    (site / "onnxruntime").mkdir()  # a file RECORD lists must exist: Python 3.12's metadata skips missing ones
+    (site / "onnxruntime" / "__init__.py").write_text("")
     code = "import json; from dbunet.manifest import tool_versions; print(json.dumps(tool_versions()))"
     proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])})
