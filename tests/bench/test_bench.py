@@ -188,6 +188,19 @@ def test_bad_options_are_user_errors(tiny_artifacts, tmp_path, capsys):
         BenchOptions(repeat=0)
 
 
+def _latency_plugin() -> tuple[str, ...]:
+    """Where dbunet is installed, the plugin comes in through its pytest11 entry point, as in a user's suite (so a
+    broken entry point fails here); a source tree on PYTHONPATH (the GPU machine's way) has no entry point, so
+    there it is named."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("dbunet")
+    except metadata.PackageNotFoundError:
+        return ("-p", "dbunet.bench.pytest_plugin")
+    return ()
+
+
 def test_latency_marker_in_a_users_suite(pytester, tiny_artifacts, tmp_path):
     baseline = tmp_path / "base.json"
     from dbunet.bench.baseline import save_report
@@ -215,7 +228,7 @@ def test_latency_marker_in_a_users_suite(pytester, tiny_artifacts, tmp_path):
         def test_no_baseline(latency):
             latency(lambda: None)
     """)
-    result = pytester.runpytest()  # the plugin comes in through its pytest11 entry point
+    result = pytester.runpytest(*_latency_plugin())
     result.assert_outcomes(passed=1, failed=1, skipped=1)
     result.stdout.fnmatch_lines(["*vae_decoder: median*beyond the 10% tolerance*"])  # +200 ms on ~15 ms
 
@@ -247,7 +260,7 @@ def test_latency_marker_options_that_judge_nothing_are_refused(pytester, tiny_ar
         def test_fractional_warmup(latency):
             latency(lambda: None)
     """)
-    result = pytester.runpytest()
+    result = pytester.runpytest(*_latency_plugin())
     result.assert_outcomes(errors=4)
     result.stdout.fnmatch_lines(["*the latency marker's tolerance must be a fraction in 0..10*got nan*",
                                  "*the latency marker's tolerance must be a fraction in 0..10*got -0.5*",
