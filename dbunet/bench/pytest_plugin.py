@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from dbunet.scalars import is_whole
-
 
 def pytest_configure(config) -> None:
     config.addinivalue_line(
@@ -34,14 +32,13 @@ def latency(request):
     if marker is None or "baseline" not in marker.kwargs or "component" not in marker.kwargs:
         raise pytest.UsageError("the latency fixture needs @pytest.mark.latency(baseline=PATH, component=NAME)")
     from dbunet.bench.baseline import check_tolerance, judge, load_report
-    from dbunet.bench.stats import measure
+    from dbunet.bench.stats import check_counts, measure
     from dbunet.errors import ConfigError
 
     opts = marker.kwargs
     repeat, warmup = opts.get("repeat", 10), opts.get("warmup", 2)
-    if not (is_whole(repeat) and repeat >= 1 and is_whole(warmup) and warmup >= 0):
-        raise pytest.UsageError(f"the latency marker needs repeat >= 1 and warmup >= 0, got {repeat!r}, {warmup!r}")
     try:
+        check_counts(repeat, warmup, ("the latency marker's repeat", "the latency marker's warmup"))
         tolerance = check_tolerance(opts.get("tolerance", 0.10), "the latency marker's tolerance")
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None

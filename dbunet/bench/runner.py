@@ -10,7 +10,7 @@ import numpy as np
 
 from dbunet import __version__, backends, schemas
 from dbunet.architectures.base import BENCH_COMPONENTS
-from dbunet.bench.stats import Machine, Timing, calibration_ms, device_memory_mb, measure, peak_rss_mb
+from dbunet.bench.stats import Machine, Timing, calibration_ms, check_counts, device_memory_mb, measure, peak_rss_mb
 from dbunet.errors import ConfigError
 from dbunet.generation import Step, build_conditioning
 from dbunet.manifest import Manifest, tool_versions
@@ -42,8 +42,7 @@ class BenchOptions:
         unknown = set(self.components) - set(COMPONENTS)
         if unknown:
             raise ConfigError(f"unknown components {sorted(unknown)}; valid: {', '.join(COMPONENTS)}")
-        if self.repeat < 1 or self.warmup < 0:
-            raise ConfigError(f"need repeat >= 1 and warmup >= 0, got {self.repeat}, {self.warmup}")
+        check_counts(self.repeat, self.warmup)
         if self.backend != backends.AUTO:
             backends.info(self.backend)  # an unknown name: ConfigError listing the valid ones
 

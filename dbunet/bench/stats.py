@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from dbunet.errors import ConfigError
+from dbunet.scalars import is_whole
+
 
 @dataclass
 class Timing:
@@ -54,6 +57,14 @@ class Timing:
     @classmethod
     def from_dict(cls, d: dict) -> Timing:
         return cls(list(d["samples_ms"]))
+
+
+def check_counts(repeat, warmup, names: tuple[str, str] = ("repeat", "warmup")) -> None:
+    """Timed calls >= 1 (a median of none is no figure) and untimed calls >= 0, both whole numbers; `names` are
+    what the caller calls them (`--repeat`, the latency marker's `repeat`)."""
+    for name, value, least in ((names[0], repeat, 1), (names[1], warmup, 0)):
+        if not (is_whole(value) and value >= least):
+            raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
 def measure(fn: Callable[[], object], repeat: int, warmup: int) -> Timing:

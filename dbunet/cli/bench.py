@@ -62,8 +62,10 @@ def check_bench_options(args) -> None:
     (nan passes every slowdown), report paths that cannot be written, a chart that cannot be drawn, and two of
     the files (the baseline among them) that are one."""
     from dbunet.bench.baseline import check_tolerance
+    from dbunet.bench.stats import check_counts
 
     check_tolerance(args.tolerance, "--tolerance")
+    check_counts(args.repeat, args.warmup, ("--repeat", "--warmup"))
     if args.plot is not None:
         from dbunet.bench.plot import check_plot
 

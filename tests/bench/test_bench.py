@@ -13,6 +13,7 @@ from dbunet.bench.baseline import compare, format_verdicts, load_report
 from dbunet.bench.runner import COMPONENTS, BenchOptions, run_bench
 from dbunet.bench.stats import Timing
 from dbunet.cli import bench as bench_cli
+from dbunet.errors import ConfigError
 
 pytest_plugins = ["pytester"]
 
@@ -184,8 +185,10 @@ def test_bad_options_are_user_errors(tiny_artifacts, tmp_path, capsys):
     assert "--backend trt needs tensorrt" in capsys.readouterr().err  # not installed here
     assert bench_cli.main(["--artifacts", str(tiny_artifacts), "--height", "100", "--repeat", "1"]) == 2
     assert "100" in capsys.readouterr().err
-    with pytest.raises(Exception, match="repeat"):
+    with pytest.raises(ConfigError, match=r"^repeat must be an integer >= 1, got 0$"):
         BenchOptions(repeat=0)
+    with pytest.raises(ConfigError, match=r"^warmup must be an integer >= 0, got 1.5$"):
+        BenchOptions(warmup=1.5)  # before: accepted, and range() failed with a TypeError in the measurement
 
 
 def _latency_plugin() -> tuple[str, ...]:
@@ -264,8 +267,8 @@ def test_latency_marker_options_that_judge_nothing_are_refused(pytester, tiny_ar
     result.assert_outcomes(errors=4)
     result.stdout.fnmatch_lines(["*the latency marker's tolerance must be a fraction in 0..10*got nan*",
                                  "*the latency marker's tolerance must be a fraction in 0..10*got -0.5*",
-                                 "*the latency marker needs repeat >= 1 and warmup >= 0, got 0, 2*",
-                                 "*the latency marker needs repeat >= 1 and warmup >= 0, got 10, 1.5*"],
+                                 "*the latency marker's repeat must be an integer >= 1, got 0*",
+                                 "*the latency marker's warmup must be an integer >= 0, got 1.5*"],
                                 consecutive=False)
 
 
