@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from dbunet.errors import ConfigError
-from dbunet.scalars import is_whole
+from dbunet.scalars import is_whole, python_scalar
 
 
 @dataclass
@@ -59,11 +59,12 @@ class Timing:
         return cls(list(d["samples_ms"]))
 
 
-def check_counts(repeat, warmup, names: tuple[str, str] = ("repeat", "warmup")) -> None:
-    """Timed calls >= 1 (a median of none is no figure) and untimed calls >= 0, both whole numbers; `names` are
-    what the caller calls them (`--repeat`, the latency marker's `repeat`)."""
+def check_counts(repeat: object, warmup: object, names: tuple[str, str] = ("repeat", "warmup")) -> None:
+    """Timed calls >= 1 (a median of none is no figure) and untimed calls >= 0, both whole numbers (NumPy's too,
+    as everywhere in the API; never a bool); `names` are what the caller calls them (`--repeat`, the latency
+    marker's `repeat`)."""
     for name, value, least in ((names[0], repeat, 1), (names[1], warmup, 0)):
-        if not (is_whole(value) and value >= least):
+        if not (is_whole(python_scalar(value)) and value >= least):
             raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
 
 

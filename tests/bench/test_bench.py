@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dbunet import schemas
@@ -189,6 +190,9 @@ def test_bad_options_are_user_errors(tiny_artifacts, tmp_path, capsys):
         BenchOptions(repeat=0)
     with pytest.raises(ConfigError, match=r"^warmup must be an integer >= 0, got 1.5$"):
         BenchOptions(warmup=1.5)  # before: accepted, and range() failed with a TypeError in the measurement
+    with pytest.raises(ConfigError, match=r"^repeat must be an integer >= 1, got np.True_$"):
+        BenchOptions(repeat=np.True_)
+    assert BenchOptions(repeat=np.int64(3), warmup=np.uint8(0)).repeat == 3  # NumPy's integers, as in the API
 
 
 def _latency_plugin() -> tuple[str, ...]:
