@@ -16,6 +16,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "stand_ins"))
 from dbunet.config import tiny
 
 
+def absolute_pythonpath(value: str, cwd: str) -> str:
+    """PYTHONPATH with its relative entries made absolute against `cwd` (an empty entry left as it is)."""
+    return os.pathsep.join(os.path.join(cwd, entry) if entry else entry for entry in value.split(os.pathsep))
+
+
+# Tests start dbunet's commands in subprocesses from other folders: a source tree given as a relative path
+# (`PYTHONPATH=. pytest`, as on a machine where dbunet is not installed) must be found there too.
+if os.environ.get("PYTHONPATH"):
+    os.environ["PYTHONPATH"] = absolute_pythonpath(os.environ["PYTHONPATH"], os.getcwd())
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny preset model saved once per test session."""

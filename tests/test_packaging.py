@@ -148,3 +148,16 @@ def test_onnxruntime_is_recorded_whichever_distribution_installed_it(tmp_path):
     tools = json.loads(proc.stdout)
     assert tools["onnxruntime"] == "1.31.1 (onnxruntime-gpu)"
     assert "torch" not in tools  # only what is installed
+
+
+def test_a_relative_pythonpath_reaches_subprocesses_as_an_absolute_one():
+    """`PYTHONPATH=. pytest` where dbunet is not installed: the tests that run a command from another folder
+    failed with "No module named 'dbunet'" (conftest now rewrites the variable before any test runs)."""
+    import os
+
+    from conftest import absolute_pythonpath
+
+    sep = os.pathsep
+    assert absolute_pythonpath(f".{sep}src{sep}/opt/x", "/work/tree") == f"/work/tree/.{sep}/work/tree/src{sep}/opt/x"
+    assert absolute_pythonpath(f"{sep}/opt/x", "/w") == f"{sep}/opt/x"  # an empty entry is left as Python reads it
+    assert all(os.path.isabs(p) for p in os.environ.get("PYTHONPATH", "").split(sep) if p)
