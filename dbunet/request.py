@@ -85,12 +85,12 @@ class GenerationRequest:
                 raise bad(f"{name} must be a positive multiple of {downscale}, got {v!r}")
             if side_beyond(name, v, most):
                 raise bad(side_beyond(name, v, most))
-        for name, pair, least in (("original size", self.original_size, 1), ("crop top-left", self.crop_top_left, 0),
-                                  ("target size", self.target_size, 1)):
+        for name, pair, least, order in (("original size", self.original_size, 1, "height, width"),
+                                         ("crop top-left", self.crop_top_left, 0, "top, left"),
+                                         ("target size", self.target_size, 1, "height, width")):
             if pair is not None and not (isinstance(pair, tuple) and len(pair) == 2 and all(
                     is_whole(v) and least <= v <= MAX_MICRO for v in pair)):
-                raise bad(f"{name} must be two integers in {least}..{MAX_MICRO} (height, width or top, left), "
-                          f"got {pair!r}")
+                raise bad(f"{name} must be two integers in {least}..{MAX_MICRO} ({order}), got {pair!r}")
         if len(self.boxes) > max_boxes:
             raise bad(f"{len(self.boxes)} boxes given, the model supports at most {max_boxes}")
         if not all(isinstance(b, Box) for b in self.boxes):
@@ -226,6 +226,7 @@ def check_defaults(config: ModelConfig) -> None:
 
 def parse_pair(value, name: str) -> tuple[int, int]:
     """'1024x768' or '16,32' (or a pair of integers) as (first, second); InputError otherwise."""
+    given = value
     if isinstance(value, list):
         value = tuple(value)
     if isinstance(value, str):
@@ -233,7 +234,7 @@ def parse_pair(value, name: str) -> tuple[int, int]:
         try:
             value = tuple(int(p) for p in parts)
         except ValueError:
-            raise InputError(f"{name} must look like 1024x1024 or 0,0, got {value!r}") from None
+            raise InputError(f"{name} must look like 1024x1024 or 0,0, got {given!r}") from None
     if not (isinstance(value, tuple) and len(value) == 2):
-        raise InputError(f"{name} must be two integers, got {value!r}")
+        raise InputError(f"{name} must be two integers, got {given!r}")  # as given: '1,2,3', not (1, 2, 3)
     return value

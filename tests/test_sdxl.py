@@ -6,10 +6,14 @@ Same initial latents, prompt, sampler, 8 steps, guidance 5: the runtime's uint8 
 within mean 1 / max 8 levels in FP32 (measured in the comments below), and the PyTorch reference exactly.
 """
 
+import io
+import json
+
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
+from PIL import Image
 from sdxl_folder import SIZE
 
 from dbunet.errors import InputError
@@ -25,13 +29,14 @@ def _latents(seed=5):
     return np.random.default_rng(seed).standard_normal((1, 4, SIZE // 4, SIZE // 4)).astype(np.float32)
 
 
-def diffusers_image(folder, sampler: str, latents: np.ndarray, negative_prompt=None) -> np.ndarray:
+def diffusers_image(folder, sampler: str, latents: np.ndarray, negative_prompt=None, **micro) -> np.ndarray:
+    """diffusers' image as uint8; `micro`: its original_size, crops_coords_top_left, target_size arguments."""
     pipe = StableDiffusionXLPipeline.from_pretrained(folder)
     pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     height, width = latents.shape[2] * 4, latents.shape[3] * 4
     out = pipe(PROMPT, negative_prompt=negative_prompt, height=height, width=width, num_inference_steps=STEPS,
-               guidance_scale=GUIDANCE, latents=torch.from_numpy(latents), output_type="np")
+               guidance_scale=GUIDANCE, latents=torch.from_numpy(latents), output_type="np", **micro)
     return (out.images[0] * 255).round().astype(np.uint8)
 
 
@@ -92,6 +97,76 @@ def test_a_wide_image_gets_its_own_size_numbers(sdxl_folder, sdxl_artifacts):
     got = _ours(sdxl_artifacts, "fp32", "euler", latents)
     diff = np.abs(got.astype(int) - want.astype(int))
     assert want.shape == (64, 96, 3) and diff.mean() <= 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
+# SDXL's size numbers as a caller gives them (dbunet-run's --original-size HxW --crop-top-left T,L --target-size HxW)
+# and as diffusers takes them
+GIVEN = dict(original_size=(32, 48), crop_top_left=(8, 4), target_size=(96, 64))
+AS_DIFFUSERS = dict(original_size=(32, 48), crops_coords_top_left=(8, 4), target_size=(96, 64))
+
+
+def test_given_size_numbers_equal_diffusers_and_each_one_counts(sdxl_folder, sdxl_artifacts):
+    """The three pairs reach time_ids in diffusers' order: the same image as diffusers given the same numbers.
+    Each moves the image on its own (the test UNet's size embedding is amplified 5x), so a pair that was dropped
+    or swapped with another could not pass."""
+    latents = _latents()
+    want = diffusers_image(sdxl_folder, "euler", latents, **AS_DIFFUSERS)
+    got = _ours(sdxl_artifacts, "fp32", "euler", latents, **GIVEN)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.mean() <= 1.0 and diff.max() <= 8, (diff.mean(), diff.max())  # measured: 0 levels
+    plain = _ours(sdxl_artifacts, "fp32", "euler", latents)
+    for name, pair in GIVEN.items():  # measured, each alone against none: mean 12-20 levels
+        alone = _ours(sdxl_artifacts, "fp32", "euler", latents, **{name: pair})
+        assert np.abs(alone.astype(int) - plain.astype(int)).mean() > 3, name
+
+
+def test_dbunet_run_writes_the_given_size_numbers_and_the_same_image(sdxl_artifacts, tmp_path):
+    from dbunet.cli.run import main
+
+    out = tmp_path / "sized.png"
+    assert main(["--artifacts", str(sdxl_artifacts), "--prompt", PROMPT, "--steps", str(STEPS), "--scheduler", "euler",
+                 "--guidance-scale", str(GUIDANCE), "--seed", "3", "--original-size", "32x48", "--crop-top-left", "8,4",
+                 "--target-size", "96x64", "--output", str(out), "--quiet"]) == 0
+    png = Image.open(out)
+    assert json.loads(png.text["size_numbers"]) == [32, 48, 8, 4, 96, 64]
+    want = Pipeline.from_artifacts(sdxl_artifacts, "ort", "fp32")(PROMPT, scheduler="euler", steps=STEPS,
+                                                                   guidance_scale=GUIDANCE, seed=3, **GIVEN).image
+    assert np.array_equal(np.asarray(png.convert("RGB")), want)
+
+
+@pytest.mark.parametrize("given, says", [
+    (dict(original_size=(0, 64)), r"original size must be two integers in 1\.\.8192 \(height, width\), got \(0, 64\)$"),
+    (dict(target_size=(64, 8193)), r"target size must be two integers in 1\.\.8192 \(height, width\), got"),
+    (dict(crop_top_left=(-1, 0)), r"crop top-left must be two integers in 0\.\.8192 \(top, left\), got \(-1, 0\)$"),
+    (dict(crop_top_left="-1,0"), r"crop top-left must be two integers in 0\.\.8192 \(top, left\)"),
+    (dict(original_size=(True, 64)), r"original size must be two integers"),  # a bool is no size
+    (dict(original_size=(64.0, 64)), r"original size must be two integers"),
+    (dict(original_size=["64", "64"]), r"original size must be two integers"),  # JSON strings, not numbers
+    (dict(original_size="1,2,3"), r"original size must be two integers, got '1,2,3'$"),  # as given, not parsed
+    (dict(original_size=[64]), r"original size must be two integers, got \[64\]$"),
+    (dict(original_size="64xx"), r"original size must look like 1024x1024 or 0,0, got '64xx'$"),
+])
+def test_size_numbers_out_of_range_or_malformed_are_refused(sdxl_artifacts, given, says):
+    with pytest.raises(InputError, match=says):
+        Pipeline.from_artifacts(sdxl_artifacts, "ort", "fp32")(PROMPT, steps=1, **given)
+
+
+def test_size_numbers_come_over_http_as_json_lists(sdxl_artifacts):
+    """A JSON body has no tuples: [32, 48] and "32x48" are the same request as the API's (32, 48)."""
+    from dbunet.backends import open_pipeline
+    from dbunet.serve import api
+
+    pipe = open_pipeline(sdxl_artifacts, "ort", "fp32")
+    bodies = [{"prompt": PROMPT, "steps": 2, "seed": 1, **{k: list(v) for k, v in GIVEN.items()}},
+              {"prompt": PROMPT, "steps": 2, "seed": 1, "original_size": "32x48", "crop_top_left": "8,4",
+               "target_size": "96x64"}]
+    want = pipe(PROMPT, steps=2, seed=1, **GIVEN).image
+    for body in bodies:
+        _, png, _ = api.generate(pipe, api.parse(json.dumps(body).encode()))
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), want), body
+    with pytest.raises(api.Refused, match=r"crop top-left must be two integers in 0\.\.8192 \(top, left\)") as refused:
+        api.generate(pipe, api.parse(json.dumps({"prompt": PROMPT, "crop_top_left": [1.5, 0]}).encode()))
+    assert refused.value.status == 400
 
 
 def test_a_negative_prompt_is_encoded_and_an_empty_one_is_zeros(sdxl_folder, sdxl_artifacts):
