@@ -182,8 +182,10 @@ def build_conditioning(stages: Stages, config: ModelConfig, req: GenerationReque
 
 def build_refiner_conditioning(stages: Stages, config: ModelConfig, req: GenerationRequest) -> Conditioning:
     """What SDXL's refiner sees: the second encoder's hidden state and pooled projection alone, its own
-    force_zeros_for_empty_prompt, and time_ids of original size, crop top-left and the aesthetic score (negative
-    score for the unconditional row) where it requires one, the target size otherwise (as diffusers' img2img)."""
+    force_zeros_for_empty_prompt, and time_ids of original size, crop top-left and the aesthetic score where it
+    requires one, the target size otherwise, as diffusers' img2img builds them: where a score is required, the
+    unconditional row has the negative score and crop (0, 0) (its negative_crops_coords_top_left), not the
+    request's crop."""
     r = config.latent_refiner
     _, prompts = _prompts(req)
     hidden, pooled = stages.encode_text_2(stages.tokenize_2(prompts))
@@ -191,7 +193,7 @@ def build_refiner_conditioning(stages: Stages, config: ModelConfig, req: Generat
     _zero_empty_negative(req, r.zero_empty_negative, text, pooled)
     sizes = req.size_numbers  # original size, crop top-left, target size
     if r.requires_aesthetics_score:
-        rows = [[*sizes[:4], r.negative_aesthetic_score], [*sizes[:4], r.aesthetic_score]]
+        rows = [[*sizes[:2], 0, 0, r.negative_aesthetic_score], [*sizes[:4], r.aesthetic_score]]
     else:
         rows = [sizes, sizes]
     coords, valid = box_arrays(())

@@ -16,7 +16,7 @@ from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipelin
 from safetensors.torch import load_file, save_file
 from sd1_folder import set_pad_token
 from sdxl_folder import SIZE
-from test_sdxl import GUIDANCE, PROMPT, SAMPLERS, STEPS
+from test_sdxl import AS_DIFFUSERS, GIVEN, GUIDANCE, PROMPT, SAMPLERS, STEPS
 
 from dbunet.backends import open_pipeline
 from dbunet.errors import ConfigError, InputError, WeightsError
@@ -31,8 +31,9 @@ def _latents(seed=5):
 
 
 def diffusers_refined(base, refiner, sampler: str, latents: np.ndarray, negative_prompt=None, frac=FRAC,
-                      output_type="np") -> np.ndarray:
-    """diffusers' image as uint8 (or, output_type "latent", the refiner's final latents)."""
+                      output_type="np", micro=None, refiner_micro=None) -> np.ndarray:
+    """diffusers' image as uint8 (or, output_type "latent", the refiner's final latents); `micro` and
+    `refiner_micro`: size-number arguments for the base and for the refiner pipeline."""
     pipes = []
     for cls, folder in ((StableDiffusionXLPipeline, base), (StableDiffusionXLImg2ImgPipeline, refiner)):
         pipe = cls.from_pretrained(folder)
@@ -41,8 +42,9 @@ def diffusers_refined(base, refiner, sampler: str, latents: np.ndarray, negative
         pipes.append(pipe)
     common = dict(negative_prompt=negative_prompt, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
     handed = pipes[0](PROMPT, height=SIZE, width=SIZE, latents=torch.from_numpy(latents), denoising_end=frac,
-                      output_type="latent", **common).images
-    image = pipes[1](PROMPT, image=handed, denoising_start=frac, output_type=output_type, **common).images[0]
+                      output_type="latent", **common, **(micro or {})).images
+    image = pipes[1](PROMPT, image=handed, denoising_start=frac, output_type=output_type, **common,
+                     **(refiner_micro or {})).images[0]
     if output_type == "latent":
         return image[None].numpy()
     return (image * 255).round().astype(np.uint8)
@@ -83,6 +85,25 @@ def test_hand_off_edges(sdxl_folder, sdxl_refiner_folder, sdxl_refined_artifacts
     # 212: float32 rounding grows with them); bound 2e-3 + 1e-5 x magnitude, 7-9x those
     error, scale = np.abs(got - want).max(), np.abs(want).max()
     assert error <= 2e-3 + 1e-5 * scale, (error, scale)
+
+
+def test_given_size_numbers_reach_the_refiner_as_diffusers_passes_them(sdxl_folder, sdxl_refiner_folder,
+                                                                       sdxl_refined_artifacts):
+    """The refiner's time_ids are the given original size and crop with the aesthetic score (its folder requires
+    one), as diffusers' img2img pipeline builds them from the same arguments. In latent space, as above: the
+    refiner's two steps move the image by less than a level here."""
+    latents = _latents(3)
+    want = diffusers_refined(sdxl_folder, sdxl_refiner_folder, "euler", latents, output_type="latent",
+                             micro=AS_DIFFUSERS, refiner_micro=AS_DIFFUSERS)
+    got = _ours(sdxl_refined_artifacts, "euler", latents, **GIVEN).latents
+    # measured: 4.9e-4 (latents up to 234); 0.49 before, when the unconditional row kept the request's crop
+    error, scale = np.abs(got - want).max(), np.abs(want).max()
+    bound = 2e-3 + 1e-5 * scale  # test_hand_off_edges' bound
+    assert error <= bound, (error, scale)
+    # the refiner's own numbers count: diffusers' refiner without them ends 0.86 away
+    unsized = diffusers_refined(sdxl_folder, sdxl_refiner_folder, "euler", latents, output_type="latent",
+                                micro=AS_DIFFUSERS)
+    assert np.abs(got - unsized).max() > 20 * bound, np.abs(got - unsized).max()
 
 
 # FP16 graphs (the VAE stays FP32: force_upcast) against diffusers' FP32 image, measured: DDIM mean 3.0 / max 41,
