@@ -146,20 +146,20 @@ def encode_prompts(stages: Stages, config: ModelConfig, texts: list[str]) -> tup
 
 
 def _prompts(req: GenerationRequest) -> tuple[bool, list[str]]:
-    """(guided, the texts to encode): [negative; prompt] when guided (guidance scale != 1), the prompt alone else."""
-    guided = req.guidance_scale != 1.0
-    return guided, [req.negative_prompt, req.prompt] if guided else [req.prompt]
+    """(guided, the texts to encode): [negative; prompt] when guided (guidance scale above 1), the prompt alone
+    else."""
+    return req.guided, [req.negative_prompt, req.prompt] if req.guided else [req.prompt]
 
 
 def _zero_empty_negative(req: GenerationRequest, zero: bool, *arrays: np.ndarray) -> None:
     """SDXL pipelines' force_zeros_for_empty_prompt: an empty negative prompt's rows are zeros, not its encoding."""
-    if zero and req.guidance_scale != 1.0 and not req.negative_prompt:
+    if zero and req.guided and not req.negative_prompt:
         for a in arrays:
             a[0] = 0.0
 
 
 def build_conditioning(stages: Stages, config: ModelConfig, req: GenerationRequest) -> Conditioning:
-    """The text and boxes a denoising step sees: [negative; prompt] when guided (guidance scale != 1), one
+    """The text and boxes a denoising step sees: [negative; prompt] when guided (guidance scale above 1), one
     pooled embedding per box phrase, and no boxes for the unconditional half; SDXL's micro-conditioning."""
     guided, prompts = _prompts(req)
     text, pooled = encode_prompts(stages, config, prompts)

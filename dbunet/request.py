@@ -98,6 +98,12 @@ class GenerationRequest:
         return self
 
     @property
+    def guided(self) -> bool:
+        """Classifier-free guidance runs above a scale of 1 only, as diffusers' pipelines decide: at 1 or below a
+        step takes the prompt's prediction alone (SDXL-Turbo's guidance 0 is the prompt, not the unconditional)."""
+        return self.guidance_scale > 1.0
+
+    @property
     def size_numbers(self) -> list[int]:
         """SDXL's time_ids: original size, crop top-left, target size (the image's size where not given)."""
         size = (self.height, self.width)

@@ -7,7 +7,7 @@ schedulers as the outside oracle for the samplers. What the documents specify is
 
 - noise: numpy Philox seeded with the seed; the initial latent is drawn first, then the refiner's
   forward noise (README "Noise"); z_T is scaled by the sampler's initial sigma;
-- text: [negative prompt; prompt] for classifier-free guidance, a single prompt when the scale is 1;
+- text: [negative prompt; prompt] for classifier-free guidance, a single prompt when the scale is 1 or less;
   each box phrase is encoded alone and its pooled embedding is its phrase embedding (docs/architecture.md 3.2);
 - guidance: eps = eps_u + g (eps_c - eps_u); the unconditional half sees no boxes (validity 0);
 - box schedule: box_scale = 1 for the first ceil(box_fraction * steps) steps, 0 after; no boxes -> 0;
@@ -88,7 +88,7 @@ class ReferenceCascade:
         cfg = self.config
         height, width = height or cfg["defaults"]["height"], width or cfg["defaults"]["width"]
         rng = np.random.Generator(np.random.Philox(seed))
-        guided = guidance_scale != 1.0
+        guided = guidance_scale > 1.0
 
         # text and boxes; boxes are (x0, y0, x1, y1, phrase)
         text, _ = self._encode([negative_prompt, prompt] if guided else [prompt])

@@ -70,10 +70,12 @@ def test_ort_images_equal_the_torch_reference_loop(pipelines, scheduler):
     assert d.mean() <= 0.05 and d.max() <= 2, (d.mean(), d.max())
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.0])
 @pytest.mark.parametrize("backend", list(BOUNDS))
-def test_unguided_boxless_run_without_refiner_matches(reference, pipelines, backend):
-    """Guidance 1 (a batch of one prompt, no negative), no boxes, refiner off."""
-    options = dict(seed=3, steps=4, guidance_scale=1.0, refiner_steps=0)
+def test_unguided_boxless_run_without_refiner_matches(reference, pipelines, backend, scale):
+    """Guidance 1 or below (a batch of one prompt, no negative), no boxes, refiner off. Scale 0: before, the
+    runtime ran guidance there, the unconditional prediction alone."""
+    options = dict(seed=3, steps=4, guidance_scale=scale, refiner_steps=0)
     want = reference("a dog", **options)
     got = pipelines[backend]("a dog", **options)
     assert rel(got.latents, want.latents) <= BOUNDS[backend][0]

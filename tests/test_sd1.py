@@ -25,11 +25,11 @@ PROMPT = "a photo of a red cat on a table"
 DIFFUSERS_SAMPLERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "dpm++": DPMSolverMultistepScheduler}
 
 
-def diffusers_image(folder, sampler: str, latents: np.ndarray) -> np.ndarray:
+def diffusers_image(folder, sampler: str, latents: np.ndarray, guidance: float = GUIDANCE) -> np.ndarray:
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DIFFUSERS_SAMPLERS[sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+    out = pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=guidance,
                latents=torch.from_numpy(latents), output_type="np")
     return (out.images[0] * 255).round().astype(np.uint8)
 
@@ -38,9 +38,9 @@ def _latents(seed=5):
     return np.random.default_rng(seed).standard_normal((1, 4, SIZE // 4, SIZE // 4)).astype(np.float32)
 
 
-def _ours(artifacts, precision, sampler, latents):
+def _ours(artifacts, precision, sampler, latents, guidance=GUIDANCE):
     pipe = Pipeline.from_artifacts(artifacts, precision=precision)
-    return pipe(PROMPT, scheduler=sampler, steps=STEPS, guidance_scale=GUIDANCE, latents=latents).image
+    return pipe(PROMPT, scheduler=sampler, steps=STEPS, guidance_scale=guidance, latents=latents).image
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
@@ -53,6 +53,17 @@ def test_fp32_runtime_equals_diffusers_pipeline(sd1_folder, sd1_artifacts, sampl
     # image's std is 35-41 levels, so it is not flat and a wrong step moves it by far more than 8
     assert want.std() > 10, "the reference image is flat: the comparison would prove nothing"
     assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())
+
+
+@pytest.mark.parametrize("guidance", [0.0, 0.5, 1.0, 1.5])
+def test_every_guidance_scale_equals_diffusers(sd1_folder, sd1_artifacts, guidance):
+    """diffusers guides above a scale of 1 only: at 1 or below its step is the prompt's prediction alone. Before,
+    the runtime guided at every scale but 1, and scale 0 (the unconditional prediction alone) was 16 levels (mean)
+    from diffusers' image, 0.5 was 10."""
+    latents = _latents()
+    want = diffusers_image(sd1_folder, "ddim", latents, guidance)
+    diff = np.abs(_ours(sd1_artifacts, "fp32", "ddim", latents, guidance).astype(int) - want.astype(int))
+    assert diff.mean() <= 1.0 and diff.max() <= 8, (guidance, diff.mean(), diff.max())  # measured: 0.000 / 1
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++"])

@@ -29,22 +29,23 @@ def _latents(seed=5):
     return np.random.default_rng(seed).standard_normal((1, 4, SIZE // 4, SIZE // 4)).astype(np.float32)
 
 
-def diffusers_image(folder, sampler: str, latents: np.ndarray, negative_prompt=None, **micro) -> np.ndarray:
-    """diffusers' image as uint8; `micro`: its original_size, crops_coords_top_left, target_size arguments."""
+def diffusers_image(folder, sampler: str, latents: np.ndarray, negative_prompt=None, **extra) -> np.ndarray:
+    """diffusers' image as uint8; `extra`: more of its arguments (guidance_scale, original_size,
+    crops_coords_top_left, target_size)."""
     pipe = StableDiffusionXLPipeline.from_pretrained(folder)
     pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     height, width = latents.shape[2] * 4, latents.shape[3] * 4
     out = pipe(PROMPT, negative_prompt=negative_prompt, height=height, width=width, num_inference_steps=STEPS,
-               guidance_scale=GUIDANCE, latents=torch.from_numpy(latents), output_type="np", **micro)
+               latents=torch.from_numpy(latents), output_type="np", **{"guidance_scale": GUIDANCE, **extra})
     return (out.images[0] * 255).round().astype(np.uint8)
 
 
 def _ours(artifacts, precision, sampler, latents, **options):
     pipe = Pipeline.from_artifacts(artifacts, "ort", precision)
     size = dict(height=latents.shape[2] * 4, width=latents.shape[3] * 4)
-    return pipe(PROMPT, scheduler=sampler, steps=STEPS, guidance_scale=GUIDANCE, latents=latents, **size,
-                **options).image
+    return pipe(PROMPT, scheduler=sampler, steps=STEPS, latents=latents, **size,
+                **{"guidance_scale": GUIDANCE, **options}).image
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
@@ -118,6 +119,16 @@ def test_given_size_numbers_equal_diffusers_and_each_one_counts(sdxl_folder, sdx
     for name, pair in GIVEN.items():  # measured, each alone against none: mean 12-20 levels
         alone = _ours(sdxl_artifacts, "fp32", "euler", latents, **{name: pair})
         assert np.abs(alone.astype(int) - plain.astype(int)).mean() > 3, name
+
+
+def test_guidance_zero_is_the_prompt_alone_as_sdxl_turbo_is_run(sdxl_folder, sdxl_artifacts):
+    """SDXL-Turbo is run with guidance_scale=0.0: diffusers then skips classifier-free guidance (and with it the
+    zeroed empty negative) and takes the prompt's prediction. Before, the runtime ran the unconditional one."""
+    latents = _latents()
+    want = diffusers_image(sdxl_folder, "euler", latents, guidance_scale=0.0)
+    got = _ours(sdxl_artifacts, "fp32", "euler", latents, guidance_scale=0.0)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert want.std() > 10 and diff.mean() <= 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
 
 
 def test_dbunet_run_writes_the_given_size_numbers_and_the_same_image(sdxl_artifacts, tmp_path):

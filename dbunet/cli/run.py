@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     how = p.add_argument_group("sampling")
     how.add_argument("--steps", type=int, help="denoising steps")
     how.add_argument("--scheduler", choices=SCHEDULERS, help="sampler (default: the model's, ddim for the presets)")
-    how.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
+    how.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale, 0..100; 1 or less runs "
+                     "the prompt alone, as diffusers does (default: the model's)")
     how.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     how.add_argument("--height", type=int, help="image height, a multiple of 8")
     how.add_argument("--width", type=int, help="image width, a multiple of 8")
