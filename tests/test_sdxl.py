@@ -121,6 +121,20 @@ def test_given_size_numbers_equal_diffusers_and_each_one_counts(sdxl_folder, sdx
         assert np.abs(alone.astype(int) - plain.astype(int)).mean() > 3, name
 
 
+def test_a_latent_the_unet_cannot_halve_evenly_equals_diffusers(sdxl_folder, sdxl_artifacts):
+    """A 68-pixel side (a latent of 17): SDXL's UNet upsamples to its skips' sizes, as diffusers' does (its
+    pipeline's multiple-of-8 check set aside, as in test_sd1)."""
+    from test_sd1 import diffusers_at_any_size
+
+    latents = np.random.default_rng(1).standard_normal((1, 4, 17, 17)).astype(np.float32)
+    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_folder)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    want = diffusers_at_any_size(pipe, 68, latents, PROMPT, guidance_scale=GUIDANCE)
+    got = _ours(sdxl_artifacts, "fp32", "euler", latents)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert want.std() > 10 and diff.mean() <= 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
 def test_guidance_zero_is_the_prompt_alone_as_sdxl_turbo_is_run(sdxl_folder, sdxl_artifacts):
     """SDXL-Turbo is run with guidance_scale=0.0: diffusers then skips classifier-free guidance (and with it the
     zeroed empty negative) and takes the prompt's prediction. Before, the runtime ran the unconditional one."""

@@ -37,7 +37,18 @@ def build_sd_unet(cfg: SDUNetConfig):
         def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> Tensor:
             return super().forward(sample, timestep, encoder_hidden_states, return_dict=False)[0]
 
-    return SDUNet(**cfg.to_diffusers())
+    return upsampling_to_skip_sizes(SDUNet(**cfg.to_diffusers()))
+
+
+def upsampling_to_skip_sizes(unet):
+    """`unet` upsampling each level to its skip connection's size, at every sample size. diffusers does so only
+    where the sample is not a multiple of 2**num_upsamplers, a Python branch that the ONNX tracer freezes at the
+    export size: the graph then doubled every size, and a latent of 65 (SD 1.x at 520 pixels, which diffusers
+    takes) met its skip of 65 as 66 and failed. A count that no side is a multiple of takes that branch always;
+    at even sizes the interpolation to the skip's size is the doubling it replaces."""
+    # 2**30: past any side, within the int64 the tracer computes the remainder in; forward is its only reader
+    unet.num_upsamplers = 30
+    return unet
 
 
 def build_sdxl_unet(cfg):
@@ -51,7 +62,7 @@ def build_sdxl_unet(cfg):
             return super().forward(sample, timestep, encoder_hidden_states, added_cond_kwargs=added,
                                    return_dict=False)[0]
 
-    return SDXLUNet(**cfg.to_diffusers())
+    return upsampling_to_skip_sizes(SDXLUNet(**cfg.to_diffusers()))
 
 
 def build_text_encoder(cfg: TextEncoderConfig, bos_token_id: int, eos_token_id: int):
