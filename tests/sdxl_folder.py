@@ -53,18 +53,20 @@ def make_sdxl_folder(root, seed=0):
     return root / "sdxl"
 
 
-def make_sdxl_refiner_folder(root, base, seed=1):
+def make_sdxl_refiner_folder(root, base, seed=1, aesthetic=True):
     """SDXL's refiner for `base` as diffusers saves one: no first text encoder or tokenizer, the base's second
     encoder, tokenizer and VAE, its own UNet attending to the second encoder alone (width 48) with 5 size-and-score
-    numbers, requires_aesthetics_score and no force_zeros_for_empty_prompt (as the published refiner's folder)."""
+    numbers, requires_aesthetics_score and no force_zeros_for_empty_prompt (as the published refiner's folder).
+    `aesthetic=False`: no score, its UNet taking the 6 size numbers (original size, crop, target size) instead."""
     torch.manual_seed(seed)
+    numbers = 5 if aesthetic else 6
     parts = StableDiffusionXLPipeline.from_pretrained(base)
     unet = UNet2DConditionModel(
         sample_size=SIZE // 4, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=48, attention_head_dim=(2, 4), transformer_layers_per_block=1,
         use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=TIME_DIM,
-        projection_class_embeddings_input_dim=5 * TIME_DIM + PROJECTION)
+        projection_class_embeddings_input_dim=numbers * TIME_DIM + PROJECTION)
     with torch.no_grad():  # louder than the base's: its two of eight steps must show in the image
         unet.conv_out.weight.mul_(60.0)
         unet.add_embedding.linear_1.weight.mul_(5.0)
@@ -72,7 +74,7 @@ def make_sdxl_refiner_folder(root, base, seed=1):
                                        steps_offset=1, timestep_spacing="leading")
     pipe = StableDiffusionXLImg2ImgPipeline(vae=parts.vae, text_encoder=None, text_encoder_2=parts.text_encoder_2,
                                             tokenizer=None, tokenizer_2=parts.tokenizer_2, unet=unet,
-                                            scheduler=scheduler, requires_aesthetics_score=True,
+                                            scheduler=scheduler, requires_aesthetics_score=aesthetic,
                                             force_zeros_for_empty_prompt=False)
     pipe.save_pretrained(root / "sdxl-refiner")
     return root / "sdxl-refiner"

@@ -106,6 +106,32 @@ def test_given_size_numbers_reach_the_refiner_as_diffusers_passes_them(sdxl_fold
     assert np.abs(got - unsized).max() > 20 * bound, np.abs(got - unsized).max()
 
 
+def test_a_refiner_without_an_aesthetic_score_takes_the_six_size_numbers(sdxl_folder, tmp_path):
+    """A refiner folder that says requires_aesthetics_score false (its UNet takes original size, crop and target
+    size, as the base's): both rows carry the request's numbers, the crop included, as diffusers' img2img builds
+    them there (it keeps the (0, 0) crop for the score's rows only)."""
+    from sdxl_folder import make_sdxl_refiner_folder
+
+    from dbunet.export.exporter import ExportOptions, export
+
+    refiner = make_sdxl_refiner_folder(tmp_path, sdxl_folder, aesthetic=False)
+    out = tmp_path / "artifacts"
+    export(ExportOptions(weights=sdxl_folder, arch="sdxl", out=out, refiner=refiner,
+                         components=("text_encoder", "text_encoder_2", "dbunet_step", "latent_refiner_step",
+                                     "vae_decoder")), report=lambda line: None)
+    refiner_config = Manifest.read(out).config.latent_refiner
+    assert not refiner_config.requires_aesthetics_score and refiner_config.time_ids == 6
+    latents = _latents(3)
+    want = diffusers_refined(sdxl_folder, refiner, "euler", latents, output_type="latent", micro=AS_DIFFUSERS,
+                             refiner_micro=AS_DIFFUSERS)
+    got = _ours(out, "euler", latents, **GIVEN).latents
+    error, scale = np.abs(got - want).max(), np.abs(want).max()
+    bound = 2e-3 + 1e-5 * scale
+    assert error <= bound, (error, scale)  # measured: 4.7e-4 (latents up to 224)
+    unsized = diffusers_refined(sdxl_folder, refiner, "euler", latents, output_type="latent", micro=AS_DIFFUSERS)
+    assert np.abs(got - unsized).max() > 20 * bound, np.abs(got - unsized).max()  # measured: 1.19
+
+
 # FP16 graphs (the VAE stays FP32: force_upcast) against diffusers' FP32 image, measured: DDIM mean 3.0 / max 41,
 # Euler and DPM++ mean 0.2 / max 2 (DDIM divides eps by sqrt(alpha) ~ 0.07 at the first steps, and the test
 # refiner's output is amplified 60x). Bounds about 4-8x the mean, 3-8x the max.
