@@ -1,10 +1,10 @@
 """Static optimization profiles, derived from the components' IO specs (dbunet.export.specs declares them).
 
 CUDA graphs need static shapes, so every engine of the denoising loops is built for one resolution:
-min = opt = max. The guided step always runs its CFG batch of 2 (with guidance scale 1 the runtime feeds
-the prompt twice: eps_u + 1 (eps_c - eps_u) = eps_c), and boxes are padded to `max_boxes` slots with
-validity 0, which change nothing (padding slots are masked out). Only the text encoder, which runs once
-per image outside the loops, keeps a range: its batch is 1 or 2 prompts, or one phrase per box.
+min = opt = max. The guided step always runs its CFG batch of 2 (unguided, at a scale of 1 or less, the runtime
+feeds the prompt twice: equal halves give eps_u + g (eps_c - eps_u) = eps_c), and boxes are padded to
+`max_boxes` slots with validity 0, which change nothing (padding slots are masked out). Only the text encoder,
+which runs once per image outside the loops, keeps a range: its batch is 1 or 2 prompts, or one phrase per box.
 Torch-free and TensorRT-free.
 """
 

@@ -289,7 +289,7 @@ def runner_resolution(x: np.ndarray, downscale: int) -> str:
 def static_conditioning(cond: Conditioning, slots: int | None) -> dict[str, np.ndarray]:
     """The step engine's conditioning inputs at its static shapes: batch 2, `slots` box slots (None: an
     engine without box inputs)."""
-    if cond.text.shape[0] == 1:  # unguided: the prompt twice; guidance 1 then gives eps_c
+    if cond.text.shape[0] == 1:  # unguided: the prompt twice; equal halves make the guided eps eps_c at any scale
         cond = Conditioning(*(None if a is None else np.concatenate([a, a])
                               for a in (cond.text, cond.boxes, cond.phrases, cond.valid, cond.text_embeds,
                                         cond.time_ids)))
