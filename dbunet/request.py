@@ -175,14 +175,15 @@ def _hand_over(config: ModelConfig, req: GenerationRequest, sampler, rows):
 
 
 def build_request(config: ModelConfig, prompt: str, **options) -> GenerationRequest:
-    """A validated request: the model's defaults for everything not given; boxes may be 'x0,y0,x1,y1:phrase'."""
+    """A validated request: the model's defaults for everything not given, None included (as diffusers' optional
+    arguments and a JSON null over HTTP); boxes may be 'x0,y0,x1,y1:phrase'."""
     d = config.defaults
     base = dict(
         height=d.height, width=d.width, steps=d.steps, guidance_scale=d.guidance_scale, scheduler=d.scheduler,
         box_fraction=d.box_fraction, refiner_steps=d.refiner_steps, refiner_strength=d.refiner_strength,
         high_noise_frac=d.high_noise_frac,
     )
-    options = {name: python_scalar(value) for name, value in options.items()}
+    options = {name: python_scalar(value) for name, value in options.items() if value is not None}
     if "boxes" in options:
         options["boxes"] = as_boxes(options["boxes"])
     for name in ("original_size", "crop_top_left", "target_size"):

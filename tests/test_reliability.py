@@ -454,6 +454,21 @@ def test_api_box_and_option_types(tiny_artifacts):
             pipe.request("a cat", **bad())
 
 
+def test_none_is_the_model_s_default_as_diffusers_optional_arguments_are(tiny_artifacts):
+    """Code written for diffusers passes None for what it leaves to the pipeline (negative_prompt=None,
+    height=None); a JSON null is "not given" over HTTP. Before, the Python API refused each ("prompt and negative
+    prompt must be strings", "height must be an integer, got None"). An option the model lacks, given as None,
+    asks nothing of it."""
+    import dataclasses
+
+    from dbunet.request import GenerationRequest
+    from dbunet.runtime import Pipeline
+
+    pipe = Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32")
+    nones = {f.name: None for f in dataclasses.fields(GenerationRequest) if f.name != "prompt"}
+    assert pipe.request("a cat", **nones) == pipe.request("a cat")
+
+
 def test_numpy_scalars_are_the_numbers_they_hold_and_a_numpy_bool_is_still_a_bool(tiny_artifacts):
     from dbunet.boxes import Box
     from dbunet.errors import InputError
