@@ -280,6 +280,8 @@ MUTANTS = [
            "options = {name: python_scalar(value) for name, value in options.items() if value is not None}",
            "options = {name: python_scalar(value) for name, value in options.items()}", ("tests/test_reliability.py",),
            "an option given as None read as a value, not as the model's default"),
+    Mutant("folder_sampler_ignored", "dbunet/models/sd_folder.py", "return FOLDER_SAMPLERS[named]", "return fallback",
+           ("tests/models/test_sd_folder.py",), "a folder's scheduler class not taken as its default sampler"),
     Mutant("guidance_below_one", "dbunet/request.py", "return self.guidance_scale > 1.0",
            "return self.guidance_scale != 1.0", ("tests/test_sd1.py", "tests/test_sdxl.py"),
            "classifier-free guidance at scales below 1, where diffusers runs the prompt alone"),

@@ -155,6 +155,23 @@ def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[Noi
     return NoiseSchedule.from_diffusers(raw, str(path)), raw
 
 
+# diffusers' scheduler classes that are dbunet's samplers (the schedule itself is read from the same file)
+FOLDER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler", "DPMSolverMultistepScheduler": "dpm++"}
+
+
+def folder_sampler(scheduler_config: dict, fallback: str, root: Path) -> str:
+    """A folder's default sampler: its scheduler's where dbunet has it, else `fallback`, said at export (the
+    folder's pipeline in diffusers samples with its own: SD 1.5's PNDM, SDXL-Turbo's Euler ancestral). A folder
+    without a scheduler file was said already (read_schedule)."""
+    named = scheduler_config.get("_class_name")
+    if isinstance(named, str) and named in FOLDER_SAMPLERS:
+        return FOLDER_SAMPLERS[named]
+    if named is not None:
+        log.warning("%s: its scheduler, %s, is not one of dbunet's samplers; runs default to %s (dbunet-run "
+                    "--scheduler chooses %s)", root, named, fallback, ", ".join(FOLDER_SAMPLERS.values()))
+    return fallback
+
+
 # diffusers config keys that are bookkeeping only
 _BOOKKEEPING = {"_class_name", "_diffusers_version", "_name_or_path"}
 _MISSING = object()  # a key the model class has no default for: never equal to a folder's value
@@ -233,9 +250,10 @@ def sd1_config_from_folder(root: str | Path) -> ModelConfig:
     if unet.out_channels != vae.latent_channels:
         raise ConfigError(f"{root}: the UNet predicts {unet.out_channels} channels, the VAE has "
                           f"{vae.latent_channels} latent channels")
-    schedule, _ = read_schedule(root)
+    schedule, raw = read_schedule(root)
     side = unet.sample_size * vae.downscale
     defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=7.5, refiner_steps=0,
+                                scheduler=folder_sampler(raw, "ddim", root),
                                 max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
     return ModelConfig(name=f"sd1:{root.name}", text=text, vae=vae, unet=unet, refiner=sd15().refiner,
                        schedule=schedule, defaults=defaults, arch="sd1")

@@ -20,6 +20,7 @@ from dbunet.models.cascade import TOKENIZER_2_DIR, TOKENIZER_DIR, Model, build_m
 from dbunet.models.files import JsonObject, read_json_object
 from dbunet.models.sd_folder import (
     ImportReport,
+    folder_sampler,
     pad_token_of,
     read_schedule,
     read_text_config,
@@ -31,7 +32,6 @@ from dbunet.models.sd_folder import (
 # the UNet config keys an SDXL base UNet sets beyond a plain SD UNet's, carried by SDXLUNetConfig
 _SDXL_KEYS = ("transformer_layers_per_block", "addition_embed_type", "addition_time_embed_dim",
               "projection_class_embeddings_input_dim")
-SCHEDULERS = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpm++"}
 
 
 def _text_config(path: Path, second: bool, pad_token: str) -> TextEncoderConfig:
@@ -70,7 +70,7 @@ def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None)
     latent_refiner = latent_refiner_config(Path(refiner)) if refiner is not None else None
     defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=5.0,
                                 refiner_steps=30 if latent_refiner else 0,
-                                scheduler=SCHEDULERS.get(sched.get("_class_name"), "euler"),
+                                scheduler=folder_sampler(sched, "euler", root),
                                 max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
     zeros = _pipeline_flags(root).flag("force_zeros_for_empty_prompt", True)
     name = f"sdxl:{root.name}" + (f"+{Path(refiner).name}" if refiner is not None else "")

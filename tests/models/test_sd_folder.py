@@ -303,6 +303,45 @@ def test_the_scheduler_is_honoured_or_refused_alike_for_both_archs_and_a_missing
     assert "has no scheduler/scheduler_config.json: sampling with a scaled_linear schedule" in caplog.text
 
 
+@pytest.mark.parametrize(("named", "sampler", "said"), [
+    ("EulerDiscreteScheduler", "euler", False), ("DPMSolverMultistepScheduler", "dpm++", False),
+    ("DDIMScheduler", "ddim", False),
+    ("PNDMScheduler", "ddim", True),  # SD 1.5's own: dbunet has no PNDM
+    (["not", "a", "name"], "ddim", True),  # a JSON list is no name (SDXL's reading of it was a TypeError)
+])
+def test_an_sd1_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_said(sd_folder, tmp_path, caplog,
+                                                                                   named, sampler, said):
+    """As SDXL folders already did: the folder's scheduler class is the runs' default sampler where dbunet has it.
+    Before, an SD 1.x folder always defaulted to DDIM, and neither architecture said that its pipeline in diffusers
+    samples with another."""
+    import shutil
+
+    from dbunet.models.sd_folder import sd1_config_from_folder
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    path = root / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": named}))
+    with caplog.at_level("WARNING"):
+        assert sd1_config_from_folder(root).defaults.scheduler == sampler
+    assert ("is not one of dbunet's samplers; runs default to ddim" in caplog.text) == said, caplog.text
+
+
+def test_an_sdxl_folder_with_a_sampler_dbunet_lacks_says_its_default(sdxl_folder, tmp_path, caplog):
+    """SDXL-Turbo's folder names EulerAncestralDiscreteScheduler: runs default to Euler, and the export says so."""
+    import shutil
+
+    from dbunet.models.sdxl_folder import sdxl_config_from_folder
+
+    root = tmp_path / "sdxl"
+    shutil.copytree(sdxl_folder, root)
+    path = root / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": "EulerAncestralDiscreteScheduler"}))
+    with caplog.at_level("WARNING"):
+        assert sdxl_config_from_folder(root).defaults.scheduler == "euler"
+    assert "EulerAncestralDiscreteScheduler, is not one of dbunet's samplers; runs default to euler" in caplog.text
+
+
 @pytest.mark.parametrize("change", [dict(shift_factor=0.1159), dict(act_fn="gelu"), dict(latents_mean=[0.1] * 4),
                                     dict(use_post_quant_conv=False),
                                     dict(up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 2)])
