@@ -92,9 +92,9 @@ def _pipeline(options: BenchOptions):
 
 
 def _request_options(options: BenchOptions, config) -> dict:
-    given = {"steps": options.steps, "height": options.height, "width": options.width}
     boxes = list(BOXES) if config.has_boxes else []  # a plain SD model (--arch sd1) takes none
-    return {"boxes": boxes, **{k: v for k, v in given.items() if v is not None}}
+    # None (not set) is the model's default in the request
+    return {"boxes": boxes, "steps": options.steps, "height": options.height, "width": options.width}
 
 
 def _component_calls(pipe, request_options: dict) -> tuple[dict[str, Callable[[], object]], tuple]:

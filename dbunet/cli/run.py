@@ -75,9 +75,8 @@ def parser() -> argparse.ArgumentParser:
 def _options(args) -> dict:
     names = ("negative_prompt", "steps", "scheduler", "guidance_scale", "seed", "height", "width", "box_fraction",
              "refiner_steps", "refiner_strength", "original_size", "crop_top_left", "target_size", "high_noise_frac")
-    opts = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    opts["boxes"] = tuple(Box.parse(b) for b in args.box)
-    return opts
+    # an option left out is None, which the request reads as the model's default
+    return {**{k: getattr(args, k) for k in names}, "boxes": tuple(Box.parse(b) for b in args.box)}
 
 
 @guarded
