@@ -148,12 +148,13 @@ def encode_prompts(stages: Stages, config: ModelConfig, texts: list[str]) -> tup
 def _prompts(req: GenerationRequest) -> tuple[bool, list[str]]:
     """(guided, the texts to encode): [negative; prompt] when guided (guidance scale above 1), the prompt alone
     else."""
-    return req.guided, [req.negative_prompt, req.prompt] if req.guided else [req.prompt]
+    return req.guided, [req.negative_text, req.prompt] if req.guided else [req.prompt]
 
 
 def _zero_empty_negative(req: GenerationRequest, zero: bool, *arrays: np.ndarray) -> None:
-    """SDXL pipelines' force_zeros_for_empty_prompt: an empty negative prompt's rows are zeros, not its encoding."""
-    if zero and req.guided and not req.negative_prompt:
+    """SDXL pipelines' force_zeros_for_empty_prompt: without a negative prompt the unconditional rows are zeros,
+    not an encoding. An explicit "" is encoded, as diffusers does (it zeros `negative_prompt is None` only)."""
+    if zero and req.guided and req.negative_prompt is None:
         for a in arrays:
             a[0] = 0.0
 

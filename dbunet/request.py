@@ -28,7 +28,9 @@ def valid_seed(seed) -> bool:
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
-    negative_prompt: str = ""
+    # None: not given. SDXL folders then use zeros (diffusers' force_zeros_for_empty_prompt applies to None only);
+    # every other model encodes the empty text, as it does an explicit ""
+    negative_prompt: str | None = None
     boxes: tuple[Box, ...] = field(default_factory=tuple)
     height: int = 512
     width: int = 512
@@ -53,13 +55,13 @@ class GenerationRequest:
         def bad(msg: str) -> InputError:
             return InputError(msg)
 
-        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str | None):
             raise bad("prompt and negative prompt must be strings")
-        for name, text in (("prompt", self.prompt), ("negative prompt", self.negative_prompt)):
+        for name, text in (("prompt", self.prompt), ("negative prompt", self.negative_text)):
             if not_utf8(text):
                 raise bad(f"{name}: {not_utf8(text)}")
-        if max(len(self.prompt), len(self.negative_prompt)) > MAX_PROMPT_CHARS:
-            raise bad(f"prompt of {max(len(self.prompt), len(self.negative_prompt))} characters; at most "
+        if max(len(self.prompt), len(self.negative_text)) > MAX_PROMPT_CHARS:
+            raise bad(f"prompt of {max(len(self.prompt), len(self.negative_text))} characters; at most "
                       f"{MAX_PROMPT_CHARS} (the text encoder reads its first tokens only)")
         if not (is_whole(self.steps) and 1 <= self.steps <= max_steps):
             raise bad(f"steps must be an integer in 1..{max_steps}, got {self.steps!r}")
@@ -96,6 +98,11 @@ class GenerationRequest:
         if not all(isinstance(b, Box) for b in self.boxes):
             raise bad("boxes must be dbunet.boxes.Box objects (Box.parse('x0,y0,x1,y1:phrase') makes one)")
         return self
+
+    @property
+    def negative_text(self) -> str:
+        """The negative prompt as encoded: the empty text where none was given."""
+        return "" if self.negative_prompt is None else self.negative_prompt
 
     @property
     def guided(self) -> bool:

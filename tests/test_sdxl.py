@@ -203,6 +203,18 @@ def test_a_negative_prompt_is_encoded_and_an_empty_one_is_zeros(sdxl_folder, sdx
     assert np.abs(got.astype(int) - zeros.astype(int)).mean() > 2  # the negative prompt is not ignored
 
 
+def test_an_explicit_empty_negative_prompt_is_encoded_as_diffusers_does(sdxl_folder, sdxl_artifacts):
+    """diffusers zeros the unconditional rows only where no negative prompt is given (`negative_prompt is None`);
+    an explicit "" is encoded like any text. Before, dbunet zeroed both."""
+    latents = _latents()
+    want = diffusers_image(sdxl_folder, "euler", latents, negative_prompt="")
+    got = _ours(sdxl_artifacts, "fp32", "euler", latents, negative_prompt="")
+    zeros = _ours(sdxl_artifacts, "fp32", "euler", latents)
+    assert np.abs(want.astype(int) - zeros.astype(int)).mean() > 2, "'' and zeros agree: this proves nothing"
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.mean() <= 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
 def test_manifest_graphs_micro_conditioning_and_refusals(sdxl_artifacts):
     manifest = Manifest.read(sdxl_artifacts)
     cfg = manifest.config

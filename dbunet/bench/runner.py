@@ -103,7 +103,7 @@ def _component_calls(pipe, request_options: dict) -> tuple[dict[str, Callable[[]
     cfg, stages = pipe.config, pipe.stages
     req = pipe.request(PROMPT, **request_options)
     rng = np.random.default_rng(0)
-    ids = stages.tokenize([req.negative_prompt, req.prompt])
+    ids = stages.tokenize([req.negative_text, req.prompt])
     cond = build_conditioning(stages, cfg, req)  # guided: the timed step is the CFG batch of 2
     f = cfg.vae.downscale
     latents = rng.standard_normal((1, cfg.vae.latent_channels, req.height // f, req.width // f)).astype(np.float32)

@@ -31,8 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="dbunet-run", description=DESCRIPTION)
     what = p.add_argument_group("what to draw")
     what.add_argument("--prompt", required=True, type=from_command_line, help="the text prompt")
-    what.add_argument("--negative-prompt", default="", type=from_command_line,
-                      help="what to steer away from (default: empty)")
+    what.add_argument("--negative-prompt", type=from_command_line,
+                      help="what to steer away from (default: none; SDXL folders then use zeros, as diffusers does, "
+                      "where an explicit '' is encoded)")
     what.add_argument("--box", action="append", default=[], type=from_command_line, metavar="X0,Y0,X1,Y1:PHRASE",
                       help="a layout box in normalized coordinates and what goes in it; repeatable")
     how = p.add_argument_group("sampling")

@@ -32,7 +32,7 @@ def metadata(result: GenerationResult, artifact_hash: str, backend: str, precisi
     req = result.request
     return {
         "prompt": req.prompt,
-        "negative_prompt": req.negative_prompt,
+        **({"negative_prompt": req.negative_prompt} if req.negative_prompt is not None else {}),
         "seed": str(req.seed),
         "boxes": json.dumps([b.spec() for b in req.boxes]),
         "steps": str(req.steps),

@@ -29,6 +29,7 @@ def test_run_writes_png_with_provenance(tiny_artifacts, tmp_path, capsys):
     assert img.size == (128, 128) and img.mode == "RGB"
     manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
     assert img.text["prompt"] == "a cat" and img.text["seed"] == "5"
+    assert "negative_prompt" not in img.text  # none given: not recorded as "", which SDXL encodes differently
     assert json.loads(img.text["boxes"]) == ["0.1,0.1,0.6,0.8:a cat"]
     assert img.text["artifact_hash"] == manifest["weights_sha256"]
     assert "denoise (3 steps" in stderr and "total" in stderr  # the timing table
