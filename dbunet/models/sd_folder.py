@@ -157,19 +157,28 @@ def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[Noi
 
 # diffusers' scheduler classes that are dbunet's samplers (the schedule itself is read from the same file)
 FOLDER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler", "DPMSolverMultistepScheduler": "dpm++"}
+# classes dbunet lacks whose image one of its samplers gives in some runs: the default there, and why
+NEAREST_SAMPLERS = {
+    # its step is Euler's plus fresh noise, and none at the last step: one step (SDXL-Turbo's) is Euler's image
+    "EulerAncestralDiscreteScheduler": ("euler", "at one step, as SDXL-Turbo runs, Euler gives its image; at more it "
+                                                 "differs by the noise Euler ancestral adds between steps"),
+}
 
 
 def folder_sampler(scheduler_config: dict, fallback: str, root: Path) -> str:
-    """A folder's default sampler: its scheduler's where dbunet has it, else `fallback`, said at export (the
-    folder's pipeline in diffusers samples with its own: SD 1.5's PNDM, SDXL-Turbo's Euler ancestral). A folder
-    without a scheduler file was said already (read_schedule)."""
+    """A folder's default sampler: its scheduler's where dbunet has it, the nearest where one is near, else
+    `fallback`, said at export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM, SDXL-Turbo's
+    Euler ancestral). A folder without a scheduler file was said already (read_schedule)."""
     named = scheduler_config.get("_class_name")
     if isinstance(named, str) and named in FOLDER_SAMPLERS:
         return FOLDER_SAMPLERS[named]
-    if named is not None:
-        log.warning("%s: its scheduler, %s, is not one of dbunet's samplers; runs default to %s (dbunet-run "
-                    "--scheduler chooses %s)", root, named, fallback, ", ".join(FOLDER_SAMPLERS.values()))
-    return fallback
+    if named is None:
+        return fallback
+    sampler, why = NEAREST_SAMPLERS.get(named, (fallback, "")) if isinstance(named, str) else (fallback, "")
+    log.warning("%s: its scheduler, %s, is not one of dbunet's samplers; runs default to %s%s (dbunet-run "
+                "--scheduler chooses %s)", root, named, sampler, f": {why}" if why else "",
+                ", ".join(FOLDER_SAMPLERS.values()))
+    return sampler
 
 
 # diffusers config keys that are bookkeeping only

@@ -307,6 +307,7 @@ def test_the_scheduler_is_honoured_or_refused_alike_for_both_archs_and_a_missing
     ("EulerDiscreteScheduler", "euler", False), ("DPMSolverMultistepScheduler", "dpm++", False),
     ("DDIMScheduler", "ddim", False),
     ("PNDMScheduler", "ddim", True),  # SD 1.5's own: dbunet has no PNDM
+    ("EulerAncestralDiscreteScheduler", "euler", True),  # the nearest: Euler, the same image at one step
     (["not", "a", "name"], "ddim", True),  # a JSON list is no name (SDXL's reading of it was a TypeError)
 ])
 def test_an_sd1_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_said(sd_folder, tmp_path, caplog,
@@ -324,7 +325,7 @@ def test_an_sd1_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_sai
     path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": named}))
     with caplog.at_level("WARNING"):
         assert sd1_config_from_folder(root).defaults.scheduler == sampler
-    assert ("is not one of dbunet's samplers; runs default to ddim" in caplog.text) == said, caplog.text
+    assert (f"is not one of dbunet's samplers; runs default to {sampler}" in caplog.text) == said, caplog.text
 
 
 def test_an_sdxl_folder_with_a_sampler_dbunet_lacks_says_its_default(sdxl_folder, tmp_path, caplog):
@@ -339,7 +340,8 @@ def test_an_sdxl_folder_with_a_sampler_dbunet_lacks_says_its_default(sdxl_folder
     path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": "EulerAncestralDiscreteScheduler"}))
     with caplog.at_level("WARNING"):
         assert sdxl_config_from_folder(root).defaults.scheduler == "euler"
-    assert "EulerAncestralDiscreteScheduler, is not one of dbunet's samplers; runs default to euler" in caplog.text
+    assert "EulerAncestralDiscreteScheduler, is not one of dbunet's samplers; runs default to euler: at one step, " \
+           "as SDXL-Turbo runs, Euler gives its image" in caplog.text
 
 
 @pytest.mark.parametrize("change", [dict(shift_factor=0.1159), dict(act_fn="gelu"), dict(latents_mean=[0.1] * 4),
