@@ -14,6 +14,7 @@ carries the sampler), so comparing a backend with it checks the tables too.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from dbunet.noise import NoiseSource
 from dbunet.request import GenerationRequest, build_request, plan_schedules
 from dbunet.schedulers import Scheduler
 from dbunet.schedulers.table import COLUMN
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -246,6 +249,9 @@ def run_cascade(
     """The whole cascade for one request. `latents`: the starting noise z_T before the sampler's
     init_noise_sigma scaling (as diffusers' pipelines take it); the seed still draws the same noise
     for it first, so the refiner's noise does not depend on whether latents were given."""
+    if req.negative_prompt and not req.guided:  # diffusers drops it silently; said, not refused, to take its calls
+        log.warning("the negative prompt is not used at guidance scale %g: it steers classifier-free guidance, which "
+                    "runs above a scale of 1 only", req.guidance_scale)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     noise = NoiseSource(req.seed)

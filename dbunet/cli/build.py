@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 
-from dbunet.cli.common import Parser, guarded, path_arg
+from dbunet.cli.common import Parser, guarded, path_arg, show_warnings
 from dbunet.errors import ConfigError
 
 DESCRIPTION = """Build the FP16 TensorRT engines a run needs (text encoder, DB-UNet step, VAE decoder,
@@ -36,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    show_warnings()
     from dbunet.engines.builder import BuildOptions, build_engines
     from dbunet.engines.profiles import Resolution
 

@@ -52,6 +52,17 @@ def test_a_utf8_prompt_under_an_ascii_locale_is_drawn_as_typed(tiny_artifacts, t
     assert json.loads(img.text["boxes"]) == ["0.1,0.1,0.6,0.8:a c\u00e4t"]
 
 
+def test_run_shows_warnings_with_their_level_and_module(tiny_artifacts, tmp_path):
+    """A warning of a run (here: a negative prompt guidance does not run with) reaches stderr as export's and
+    build's do, "WARNING module: ...". Before, dbunet-run set no logging up and Python printed the bare message."""
+    done = subprocess.run([sys.executable, "-m", "dbunet.cli.run", "--artifacts", str(tiny_artifacts), "--prompt",
+                           "a cat", "--negative-prompt", "blurry", "--guidance-scale", "1", "--steps", "2",
+                           "--refiner-steps", "0", "--quiet", "--output", str(tmp_path / "cat.png")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "WARNING dbunet.generation: the negative prompt is not used at guidance scale 1:" in done.stderr
+
+
 def test_torch_backend_runs_the_reference(tiny_artifacts, tmp_path, capsys):
     code, stdout, stderr = _run(["--artifacts", str(tiny_artifacts), "--prompt", "a cat", "--steps", "2", "--backend",
                                  "torch", "--output", str(tmp_path / "t.png"), "--quiet"], capsys)

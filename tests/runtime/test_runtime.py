@@ -106,3 +106,17 @@ def test_outputs_written_in_place_match_a_plain_run_and_never_alias(tiny_artifac
         for a, b, ref in zip(first, second, plain, strict=True):
             np.testing.assert_array_equal(a, ref)
             assert not np.shares_memory(a, b)  # a later call never overwrites an earlier result
+
+
+def test_a_negative_prompt_guidance_does_not_run_with_is_said(tiny_artifacts, caplog):
+    """At a guidance scale of 1 or less only the prompt runs (as diffusers, which drops a negative prompt silently):
+    the run says the negative prompt was not used, and says nothing where guidance runs or none was given."""
+    pipe = Pipeline.from_artifacts(tiny_artifacts, "ort", "fp32")
+    said = "the negative prompt is not used at guidance scale"
+    for options, warned in (({"negative_prompt": "blurry", "guidance_scale": 1.0}, True),
+                            ({"negative_prompt": "blurry", "guidance_scale": 1.5}, False),
+                            ({"guidance_scale": 0.5}, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            pipe("a cat", steps=2, refiner_steps=0, **options)
+        assert (said in caplog.text) == warned, (options, caplog.text)
