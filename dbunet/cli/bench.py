@@ -8,16 +8,7 @@ import sys
 from pathlib import Path
 
 from dbunet import backends
-from dbunet.cli.common import (
-    Parser,
-    ProgressBar,
-    add_precision,
-    add_whole_loops,
-    check_output,
-    guarded,
-    path_arg,
-    show_warnings,
-)
+from dbunet.cli.common import Parser, ProgressBar, add_precision, add_whole_loops, check_output, guarded, path_arg
 from dbunet.errors import InputError
 
 DESCRIPTION = """Measure per-component latency (text encoder, one DB-UNet step, VAE decode, one refiner
@@ -96,7 +87,6 @@ def check_bench_options(args) -> None:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    show_warnings()
     check_bench_options(args)
     from dbunet.bench.baseline import check_comparable, compare, format_verdicts, load_report, save_report, unjudged
     from dbunet.bench.runner import BenchOptions, run_bench

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from dbunet.cli.common import Parser, guarded, path_arg, show_warnings
+from dbunet.cli.common import Parser, guarded, path_arg
 from dbunet.errors import ConfigError
 
 DESCRIPTION = """Build the FP16 TensorRT engines a run needs (text encoder, DB-UNet step, VAE decoder,
@@ -35,7 +35,6 @@ def parser() -> argparse.ArgumentParser:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    show_warnings()
     from dbunet.engines.builder import BuildOptions, build_engines
     from dbunet.engines.profiles import Resolution
 

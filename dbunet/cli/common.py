@@ -104,17 +104,14 @@ def terminate_like_interrupt() -> None:
         signal.signal(signal.SIGTERM, stop)
 
 
-def show_warnings() -> None:
-    """dbunet's warnings on stderr, each naming its level and module (what was assumed, dropped or not used)."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-
 def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """A user's mistake prints one line and exits 2; anything else is our bug and keeps its traceback."""
+    """A user's mistake prints one line and exits 2; anything else is our bug and keeps its traceback. Warnings
+    (what was assumed, dropped or not used) reach stderr naming their level and module, in every command alike."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
         terminate_like_interrupt()
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         try:
             return main(argv)
         except DbunetError as exc:

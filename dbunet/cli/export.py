@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from dbunet import jsonfile
-from dbunet.cli.common import Parser, guarded, path_arg, show_warnings
+from dbunet.cli.common import Parser, guarded, path_arg
 from dbunet.config import ARCHITECTURES, DEFAULT_PRESET
 from dbunet.errors import ExportError, InputError, WeightsError
 from dbunet.export.options import ExportOptions, check_options, is_model_folder
@@ -98,7 +98,6 @@ def default_ptx_targets() -> tuple[str, ...]:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    show_warnings()
     check_model_source(args)
     options = ExportOptions(
         config=args.config or DEFAULT_PRESET, weights=args.weights, out=args.out, fp16=args.fp16, opset=args.opset,

@@ -17,7 +17,6 @@ from dbunet.cli.common import (
     guarded,
     path_arg,
     print_timings,
-    show_warnings,
 )
 from dbunet.manifest import Manifest
 from dbunet.request import build_request
@@ -84,7 +83,6 @@ def _options(args) -> dict:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    show_warnings()
     options = _options(args)
     check_output(args.output, suffix=".png", artifacts=args.artifacts)
     # the request against the model before any graph loads (seconds for a large model): a mistake is said at once
