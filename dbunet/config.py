@@ -331,7 +331,7 @@ class ModelConfig:
     seed: int = 0  # seed of the deterministic initial weights
     arch: str = architectures.DEFAULT  # a name in dbunet.architectures
     text_2: TextEncoderConfig | None = None  # SDXL's second text encoder (with projection)
-    # SDXL pipelines' force_zeros_for_empty_prompt: an empty negative prompt is all-zero embeddings, not encoded
+    # SDXL pipelines' force_zeros_for_empty_prompt: no negative prompt given is all-zero embeddings, not encoded
     zero_empty_negative: bool = False
     latent_refiner: LatentRefinerConfig | None = None  # SDXL's refiner, where exported with one (--refiner)
 
