@@ -279,9 +279,21 @@ def load_sd_folder(root: str | Path, base: ModelConfig | None = None, arch: str 
     if arch not in FOLDER_IMPORTS:
         raise ConfigError(f"--arch {arch} cannot be imported from a diffusers folder; "
                           f"valid: {', '.join(FOLDER_IMPORTS)}")
+    say_safety_checker_dropped(root)
     if refiner is not None:
         return FOLDER_IMPORTS[arch](root, base, refiner=refiner)
     return FOLDER_IMPORTS[arch](root, base)
+
+
+def say_safety_checker_dropped(root: Path) -> None:
+    """diffusers' SD pipelines run the folder's safety checker, which blacks out images it flags as NSFW; dbunet
+    exports no such filter, so whoever deploys the folder is told rather than left to assume it came along."""
+    index = root / "model_index.json"
+    checker = read_json_object(index).get("safety_checker") if index.is_file() else None
+    if isinstance(checker, list) and any(isinstance(part, str) for part in checker):
+        log.warning("%s: its safety checker (%s) is not exported: dbunet's images are not filtered as diffusers' "
+                    "pipeline filters them; filter where the images are served if the deployment needs it", root,
+                    "/".join(str(part) for part in checker))
 
 
 def _as_sd1(root: Path, base: ModelConfig | None) -> tuple[Model, ImportReport]:

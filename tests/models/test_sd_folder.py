@@ -399,3 +399,19 @@ def test_the_text_encoders_settings_are_kept_or_refused(sd_folder, tmp_path, arc
     with pytest.raises(ConfigError, match="text_encoder/config.json: text.hidden_act must be one of 'quick_gelu', "
                                           "'gelu', got 'swish_custom'"):
         load_sd_folder(root, base=tiny(), arch=arch)
+
+
+@pytest.mark.parametrize(("checker", "said"), [(["stable_diffusion", "StableDiffusionSafetyChecker"], True),
+                                               ([None, None], False)])
+def test_a_folder_s_safety_checker_is_said_to_be_left_out(sd_folder, tmp_path, caplog, checker, said):
+    """SD 1.5's folder names a safety checker, which diffusers' pipeline runs on every image; dbunet exports none,
+    and says so. A folder saved without one ([null, null], as diffusers writes safety_checker=None) is not warned."""
+    import shutil
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                       "safety_checker": checker}))
+    with caplog.at_level("WARNING"):
+        load_sd_folder(root, base=tiny(), arch="dbunet")
+    assert ("its safety checker (stable_diffusion/StableDiffusionSafetyChecker) is not exported" in caplog.text) == said
