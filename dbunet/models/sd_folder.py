@@ -45,11 +45,14 @@ class ImportReport:
 
 def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
     stem = _WEIGHT_NAMES[component]
-    for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors"):
-        if (folder / name).is_file():
-            return {k: v.float() for k, v in read_safetensors(folder / name).items()}
-        if (folder / f"{name}.index.json").is_file():
-            return {k: v.float() for k, v in read_sharded_safetensors(folder / f"{name}.index.json").items()}
+    # (whole file, shards' index) as diffusers and transformers name them, the fp16 variant's with the variant
+    # before the index's last suffix (save_pretrained(variant="fp16") past its shard size)
+    for whole, index in ((f"{stem}.safetensors", f"{stem}.safetensors.index.json"),
+                         (f"{stem}.fp16.safetensors", f"{stem}.safetensors.index.fp16.json")):
+        if (folder / whole).is_file():
+            return {k: v.float() for k, v in read_safetensors(folder / whole).items()}
+        if (folder / index).is_file():
+            return {k: v.float() for k, v in read_sharded_safetensors(folder / index).items()}
     legacy = folder / f"{stem}.bin"
     if legacy.is_file():
         try:
@@ -64,7 +67,7 @@ def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{folder}: sharded .bin weights ({stem}.bin.index.json) are not read; save them as "
                            "safetensors (save_pretrained writes safetensors by default)")
     raise WeightsError(f"no weights in {folder}: expected {stem}.safetensors (or {stem}.safetensors.index.json and "
-                       "its shards)")
+                       "its shards; or their fp16 variant)")
 
 
 def _not_a_state_dict(state: Any) -> str | None:

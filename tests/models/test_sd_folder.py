@@ -126,7 +126,7 @@ def test_refuses_pickled_weights(sd_folder, tmp_path):
             load_sd_folder(root, base=tiny())
     (root / "vae" / "diffusion_pytorch_model.bin").unlink()
     with pytest.raises(WeightsError, match=r"expected diffusion_pytorch_model.safetensors \(or diffusion_pytorch_model"
-                                           r"\.safetensors\.index\.json and its shards\)"):
+                                           r"\.safetensors\.index\.json and its shards; or their fp16 variant\)"):
         load_sd_folder(root, base=tiny())
     (root / "vae" / "diffusion_pytorch_model.bin.index.json").write_text('{"weight_map": {}}')
     with pytest.raises(WeightsError, match=r"sharded \.bin weights \(diffusion_pytorch_model\.bin\.index\.json\) "
@@ -134,12 +134,13 @@ def test_refuses_pickled_weights(sd_folder, tmp_path):
         load_sd_folder(root, base=tiny())
 
 
-def _shard(folder, model_class, size):
+def _shard(folder, model_class, size, variant=None):
     """Save a component again as its own library saves one past its shard size (an index and numbered shards, as
-    an SDXL UNet in FP32 is), in place of its whole file."""
+    an SDXL UNet in FP32 is), in place of its whole file; `variant`: named as that variant (e.g. "fp16")."""
     import shutil
 
-    model_class.from_pretrained(folder).save_pretrained(folder.parent / "resaved", max_shard_size=size)
+    model_class.from_pretrained(folder).save_pretrained(folder.parent / "resaved", max_shard_size=size,
+                                                        variant=variant)
     for whole in folder.glob("*.safetensors"):
         whole.unlink()
     for part in (folder.parent / "resaved").iterdir():
@@ -167,6 +168,23 @@ def test_a_sharded_checkpoint_loads_as_its_whole_files(sd_folder, sharded_folder
     whole, _ = load_sd_folder(sd_folder, base=tiny(), arch=arch)
     sharded, _ = load_sd_folder(sharded_folder, base=tiny(), arch=arch)
     want, got = whole.cascade.state_dict(), sharded.cascade.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_sharded_fp16_variant_loads_as_its_whole_files(sd_folder, tmp_path):
+    """save_pretrained(variant="fp16") past the shard size names its index diffusion_pytorch_model.safetensors.index
+    .fp16.json (transformers: model.safetensors.index.fp16.json); before, such a folder was "no weights"."""
+    import shutil
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    _shard(root / "unet", UNet2DConditionModel, "300KB", variant="fp16")
+    _shard(root / "text_encoder", CLIPTextModel, "100KB", variant="fp16")
+    assert (root / "unet" / "diffusion_pytorch_model.safetensors.index.fp16.json").is_file()
+    assert (root / "text_encoder" / "model.safetensors.index.fp16.json").is_file()
+    whole, _ = load_sd_folder(sd_folder, base=tiny(), arch="sd1")
+    variant, _ = load_sd_folder(root, base=tiny(), arch="sd1")
+    want, got = whole.cascade.state_dict(), variant.cascade.state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
