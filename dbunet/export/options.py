@@ -3,6 +3,7 @@ the seconds it takes to import the export's libraries (dbunet.export.exporter do
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,13 +120,18 @@ def is_model_folder(path: Path) -> bool:
 
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # a single-file checkpoint's names
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # the Hub's owner/name, as its pages show it
 
 
 def check_source_folder(path: Path, flag: str, kinds: str, pipeline: str) -> None:
     """--weights and --refiner name folders (`kinds`); a single file is most often a one-file checkpoint, which
     diffusers' `pipeline` class turns into a folder."""
     if not path.exists():
-        raise WeightsError(f"{flag} {path} does not exist")
+        hint = ""
+        if HUB_ID.fullmatch(str(path)):  # "owner/name": most often a model id copied from the Hub's page
+            hint = (f"; it reads like a Hugging Face Hub id, and dbunet-export reads local folders only: download it "
+                    f"first (hf download {path} --local-dir DIR) and give DIR")
+        raise WeightsError(f"{flag} {path} does not exist{hint}")
     if path.is_dir():
         return
     hint = ""

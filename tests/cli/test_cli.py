@@ -162,6 +162,9 @@ def test_help_explains_the_commands():
     (["--opset", "7"], "opset 7 not supported"),
     (["--config", "tiny", "--height", "4096"], "height 4096"),
     (["--weights", "{tmp}/nothing"], "does not exist"),
+    (["--weights", "stabilityai/sdxl-turbo", "--arch", "sdxl"], "does not exist; it reads like a Hugging Face Hub id, "
+     "and dbunet-export reads local folders only: download it first (hf download stabilityai/sdxl-turbo --local-dir "
+     "DIR) and give DIR"),
     (["--out", "{tmp}"], "is or holds the current directory"),
 ])
 def test_export_options_are_refused_before_torch_is_imported(tmp_path, args, says):
