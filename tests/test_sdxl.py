@@ -194,7 +194,7 @@ def test_size_numbers_come_over_http_as_json_lists(sdxl_artifacts):
     assert refused.value.status == 400
 
 
-def test_a_negative_prompt_is_encoded_and_an_empty_one_is_zeros(sdxl_folder, sdxl_artifacts):
+def test_a_negative_prompt_is_encoded_and_a_missing_one_is_zeros(sdxl_folder, sdxl_artifacts):
     latents = _latents()
     want = diffusers_image(sdxl_folder, "euler", latents, negative_prompt="blurry")
     got = _ours(sdxl_artifacts, "fp32", "euler", latents, negative_prompt="blurry")
