@@ -148,10 +148,9 @@ def encode_prompts(stages: Stages, config: ModelConfig, texts: list[str]) -> tup
     return hidden.astype(np.float32), pooled.astype(np.float32)
 
 
-def _prompts(req: GenerationRequest) -> tuple[bool, list[str]]:
-    """(guided, the texts to encode): [negative; prompt] when guided (guidance scale above 1), the prompt alone
-    else."""
-    return req.guided, [req.negative_text, req.prompt] if req.guided else [req.prompt]
+def _prompts(req: GenerationRequest) -> list[str]:
+    """The texts to encode: [negative; prompt] when guided (guidance scale above 1), the prompt alone else."""
+    return [req.negative_text, req.prompt] if req.guided else [req.prompt]
 
 
 def _zero_empty_negative(req: GenerationRequest, zero: bool, *arrays: np.ndarray) -> None:
@@ -165,7 +164,7 @@ def _zero_empty_negative(req: GenerationRequest, zero: bool, *arrays: np.ndarray
 def build_conditioning(stages: Stages, config: ModelConfig, req: GenerationRequest) -> Conditioning:
     """The text and boxes a denoising step sees: [negative; prompt] when guided (guidance scale above 1), one
     pooled embedding per box phrase, and no boxes for the unconditional half; SDXL's micro-conditioning."""
-    guided, prompts = _prompts(req)
+    prompts = _prompts(req)
     text, pooled = encode_prompts(stages, config, prompts)
     _zero_empty_negative(req, config.zero_empty_negative, text, pooled)
     micro = {}
@@ -178,7 +177,7 @@ def build_conditioning(stages: Stages, config: ModelConfig, req: GenerationReque
         phrases = phrase_pooled[None].astype(np.float32)  # (1, N, D)
     else:
         phrases = np.zeros((1, 0, config.text.hidden_size), dtype=np.float32)
-    if guided:
+    if req.guided:
         coords, phrases = np.concatenate([coords, coords]), np.concatenate([phrases, phrases])
         valid = np.concatenate([np.zeros_like(valid), valid])
     return Conditioning(text, coords, phrases, valid, **micro)
@@ -191,7 +190,7 @@ def build_refiner_conditioning(stages: Stages, config: ModelConfig, req: Generat
     unconditional row has the negative score and crop (0, 0) (its negative_crops_coords_top_left), not the
     request's crop."""
     r = config.latent_refiner
-    _, prompts = _prompts(req)
+    prompts = _prompts(req)
     hidden, pooled = stages.encode_text_2(stages.tokenize_2(prompts))
     text, pooled = hidden.astype(np.float32), pooled.astype(np.float32)  # copies: zeroed below
     _zero_empty_negative(req, r.zero_empty_negative, text, pooled)

@@ -20,7 +20,7 @@ import torch
 from dbunet.config import DBUNetConfig, ModelConfig, SamplingDefaults, SDUNetConfig, TextEncoderConfig, VaeConfig, sd15
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import Model, build_model, load_state
-from dbunet.models.files import read_json_object, read_safetensors, read_sharded_safetensors
+from dbunet.models.files import JsonObject, read_json_object, read_safetensors, read_sharded_safetensors
 from dbunet.schedulers.schedule import NoiseSchedule
 
 log = logging.getLogger(__name__)
@@ -288,11 +288,16 @@ def load_sd_folder(root: str | Path, base: ModelConfig | None = None, arch: str 
     return FOLDER_IMPORTS[arch](root, base)
 
 
+def read_model_index(root: Path) -> JsonObject:
+    """The folder's model_index.json (its pipeline's components and flags); empty where the folder has none."""
+    index = root / "model_index.json"
+    return read_json_object(index) if index.is_file() else JsonObject({}, index)
+
+
 def say_safety_checker_dropped(root: Path) -> None:
     """diffusers' SD pipelines run the folder's safety checker, which blacks out images it flags as NSFW; dbunet
     exports no such filter, so whoever deploys the folder is told rather than left to assume it came along."""
-    index = root / "model_index.json"
-    checker = read_json_object(index).get("safety_checker") if index.is_file() else None
+    checker = read_model_index(root).get("safety_checker")
     if isinstance(checker, list) and any(isinstance(part, str) for part in checker):
         log.warning("%s: its safety checker (%s) is not exported: dbunet's images are not filtered as diffusers' "
                     "pipeline filters them; filter where the images are served if the deployment needs it", root,

@@ -17,11 +17,12 @@ from dbunet.config import (
 )
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import TOKENIZER_2_DIR, TOKENIZER_DIR, Model, build_model, load_state
-from dbunet.models.files import JsonObject, read_json_object
+from dbunet.models.files import read_json_object
 from dbunet.models.sd_folder import (
     ImportReport,
     folder_sampler,
     pad_token_of,
+    read_model_index,
     read_schedule,
     read_text_config,
     read_vae_config,
@@ -53,11 +54,6 @@ def _sdxl_unet_config(root: Path, what: str) -> SDXLUNetConfig:
         transformer_layers_per_block=tuple(layers) if isinstance(layers, list) else (layers,))
 
 
-def _pipeline_flags(root: Path) -> JsonObject:
-    index = root / "model_index.json"
-    return read_json_object(index) if index.is_file() else JsonObject({}, index)
-
-
 def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None) -> ModelConfig:
     """The config of an SDXL base folder, with SDXL's refiner from a second folder where given."""
     root = Path(root)
@@ -72,7 +68,7 @@ def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None)
                                 refiner_steps=30 if latent_refiner else 0,
                                 scheduler=folder_sampler(sched, "euler", root),
                                 max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
-    zeros = _pipeline_flags(root).flag("force_zeros_for_empty_prompt", True)
+    zeros = read_model_index(root).flag("force_zeros_for_empty_prompt", True)
     name = f"sdxl:{root.name}" + (f"+{Path(refiner).name}" if refiner is not None else "")
     try:
         return ModelConfig(name=name, text=text, vae=vae, unet=unet, refiner=sd15().refiner,
@@ -87,7 +83,7 @@ def latent_refiner_config(root: Path) -> LatentRefinerConfig:
     its pipeline flags (requires_aesthetics_score, force_zeros_for_empty_prompt; diffusers' defaults where absent)."""
     if not (root / "unet").is_dir():
         raise WeightsError(f"--refiner {root}: not an SDXL refiner folder (no unet/)")
-    flags = _pipeline_flags(root)
+    flags = read_model_index(root)
     return LatentRefinerConfig(unet=_sdxl_unet_config(root, "refiner"), schedule=read_schedule(root)[0],
                                requires_aesthetics_score=flags.flag("requires_aesthetics_score", False),
                                zero_empty_negative=flags.flag("force_zeros_for_empty_prompt", True))
