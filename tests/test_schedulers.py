@@ -1,5 +1,7 @@
 """Each numpy sampler against diffusers' sampler of the same name, over whole runs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -178,14 +180,55 @@ def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
     assert NoiseSchedule.from_diffusers(sd15_pndm) == NoiseSchedule(timestep_spacing=None)
     v = NoiseSchedule.from_diffusers({**sd15_pndm, "prediction_type": "v_prediction", "timestep_spacing": "trailing"})
     assert (v.prediction_type, v.timestep_spacing) == ("v_prediction", "trailing")
+    # what the UNet was trained with: refused, whatever the sampler
     for bad, word in [({"prediction_type": "sample"}, "prediction_type"),
                       ({"trained_betas": [0.1] * 1000}, "trained_betas"),
                       ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
-                      ({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule"),
-                      ({"thresholding": True}, "thresholding"),
-                      ({"use_karras_sigmas": True}, "use_karras_sigmas"), ({"mystery": 1}, "mystery")]:
+                      ({"timestep_type": "continuous"}, "timestep_type"),
+                      ({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule")]:
         with pytest.raises(ConfigError, match=f"cannot honour .*{word}"):
             NoiseSchedule.from_diffusers({**sd15_pndm, **bad})
+    # a sampler's own options: listed where dbunet's sampler lacks them, a key no table knows refused
+    dpm = {**sd15_pndm, "_class_name": "DPMSolverMultistepScheduler"}
+    schedule = NoiseSchedule.from_diffusers(dpm)
+    assert schedule.unfollowed_options(dpm) == []
+    assert schedule.unfollowed_options({**dpm, "use_karras_sigmas": True, "solver_order": 3, "thresholding": True}) \
+        == ["thresholding=True", "use_karras_sigmas=True", "solver_order=3"]
+    with pytest.raises(ConfigError, match=r"cannot honour unknown keys \['mystery'\]"):
+        schedule.unfollowed_options({**dpm, "mystery": 1})
+
+
+@pytest.mark.parametrize("name", list(DIFFUSERS))
+def test_a_config_the_installed_diffusers_saves_for_each_sampler_is_followed_whole(name):
+    """Every key diffusers writes for DDIM, Euler and DPM-Solver is known, at a value dbunet's sampler follows, and
+    that sampler walks the same steps. Before, DPM-Solver's file from diffusers 0.36 on was refused for four keys
+    (use_flow_sigmas, flow_shift, use_dynamic_shifting, time_shift_type) it did not know; a release that adds
+    another fails here, not in a user's export."""
+    ref = DIFFUSERS[name](beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    config = json.loads(ref.to_json_string())  # what save_pretrained writes, -Infinity included
+    schedule = NoiseSchedule.from_diffusers(config)
+    assert schedule.unfollowed_options(config) == []
+    ours = make_scheduler(name, schedule)
+    ours.set_timesteps(7)
+    ref.set_timesteps(7)
+    np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
+    x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    for i, t in enumerate(ref.timesteps[:3]):  # DPM-Solver's second order from the second step
+        eps = np.random.default_rng(i + 1).standard_normal(x.shape).astype(np.float32)  # the UNet's output
+        np.testing.assert_allclose(ours.scale_model_input(x, i), ref.scale_model_input(torch.from_numpy(x), t).numpy(),
+                                   rtol=1e-6)
+        want = ref.step(torch.from_numpy(eps), t, torch.from_numpy(x)).prev_sample.numpy()
+        np.testing.assert_allclose(ours.step(eps, i, x), want, rtol=1e-5, atol=1e-5)  # float32 steps
+        x = want
+
+
+def test_dpm_solver_s_lambda_clip_counts_only_where_it_clips():
+    # below every timestep's half log-SNR (SD's schedule reaches -2.68) the clip changes nothing
+    config = {"_class_name": "DPMSolverMultistepScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+              "beta_schedule": "scaled_linear"}
+    schedule = NoiseSchedule.from_diffusers(config)
+    assert schedule.unfollowed_options({**config, "lambda_min_clipped": -5.1}) == []
+    assert schedule.unfollowed_options({**config, "lambda_min_clipped": -2.0}) == ["lambda_min_clipped=-2.0"]
 
 
 @pytest.mark.parametrize("name", list(DIFFUSERS))

@@ -145,8 +145,9 @@ def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> 
 
 def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[NoiseSchedule, dict]:
     """The folder's noise schedule (what its UNet was trained with) and its scheduler config as read. A setting
-    that cannot be honoured is refused (NoiseSchedule.from_diffusers); a folder without a scheduler samples with
-    `missing` (default: Stable Diffusion's training schedule) and says so, since the images depend on it."""
+    that cannot be honoured is refused (NoiseSchedule.from_diffusers), and so is a key unknown to a scheduler that is
+    one of dbunet's samplers (NoiseSchedule.unfollowed_options); a folder without a scheduler samples with `missing`
+    (default: Stable Diffusion's training schedule) and says so, since the images depend on it."""
     path = root / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         schedule = missing or NoiseSchedule()
@@ -155,7 +156,10 @@ def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[Noi
                     schedule.beta_schedule, schedule.beta_start, schedule.beta_end, schedule.num_train_timesteps)
         return schedule, {}
     raw = read_json_object(path)
-    return NoiseSchedule.from_diffusers(raw, str(path)), raw
+    schedule = NoiseSchedule.from_diffusers(raw, str(path))
+    if _samples_as_dbunet(raw):
+        schedule.unfollowed_options(raw, str(path))
+    return schedule, raw
 
 
 # diffusers' scheduler classes that are dbunet's samplers (the schedule itself is read from the same file)
@@ -168,15 +172,27 @@ NEAREST_SAMPLERS = {
 }
 
 
+def _samples_as_dbunet(scheduler_config: dict) -> bool:
+    """Whether the config names one of dbunet's samplers (or no class), so that its every option counts: another
+    class's options (UniPC's corrector, PNDM's PRK steps) describe a sampler no run uses."""
+    named = scheduler_config.get("_class_name")
+    return named is None or (isinstance(named, str) and named in FOLDER_SAMPLERS)
+
+
 def folder_sampler(scheduler_config: dict, fallback: str, root: Path) -> str:
     """A folder's default sampler: its scheduler's where dbunet has it, the nearest where one is near, else
     `fallback`, said at export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM, SDXL-Turbo's
-    Euler ancestral). A folder without a scheduler file was said already (read_schedule)."""
+    Euler ancestral; DPM-Solver with Karras sigmas is dbunet's DPM-Solver without them). A folder without a scheduler
+    file was said already (read_schedule)."""
     named = scheduler_config.get("_class_name")
-    if isinstance(named, str) and named in FOLDER_SAMPLERS:
-        return FOLDER_SAMPLERS[named]
-    if named is None:
-        return fallback
+    if _samples_as_dbunet(scheduler_config):
+        sampler = FOLDER_SAMPLERS.get(named, fallback)
+        unfollowed = NoiseSchedule.from_diffusers(scheduler_config).unfollowed_options(scheduler_config)
+        if unfollowed:
+            log.warning("%s: its scheduler, %s with %s, is dbunet's %s with options it lacks: runs sample without "
+                        "them, so images differ from the folder's pipeline in diffusers", root, named or "no class",
+                        ", ".join(unfollowed), sampler)
+        return sampler
     sampler, why = NEAREST_SAMPLERS.get(named, (fallback, "")) if isinstance(named, str) else (fallback, "")
     log.warning("%s: its scheduler, %s, is not one of dbunet's samplers; runs default to %s%s (dbunet-run "
                 "--scheduler chooses %s)", root, named, sampler, f": {why}" if why else "",

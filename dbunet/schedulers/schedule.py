@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Literal
@@ -11,25 +12,31 @@ import numpy as np
 
 from dbunet.bounds import check_choices
 from dbunet.errors import ConfigError
+from dbunet.scalars import is_real
 
 BetaSchedule = Literal["linear", "scaled_linear"]
 TimestepSpacing = Literal["leading", "linspace", "trailing"]
 PredictionType = Literal["epsilon", "v_prediction"]
 
-# diffusers scheduler-config keys that change nothing here when they hold these values (anything else
-# in them would change the sampling, and is refused rather than silently ignored)
-_NEUTRAL = {"trained_betas": None, "rescale_betas_zero_snr": False, "thresholding": False,
-            "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
-            "timestep_type": "discrete", "final_sigmas_type": "zero", "euler_at_final": False,
-            "lower_order_final": True, "algorithm_type": "dpmsolver++",
-            "solver_order": 2, "solver_type": "midpoint", "interpolation_type": "linear", "sigma_min": None,
-            "sigma_max": None}
-# keys that are only bookkeeping, or belong to samplers dbunet replaces (PNDM's PRK steps, DDPM's variance)
+# keys that fix what the UNet was trained with, at the one value dbunet honours: another refuses the folder, whatever
+# its sampler (these, the fields below, prediction_type and beta_schedule are the whole contract with the UNet)
+_TRAINING = {"trained_betas": None, "rescale_betas_zero_snr": False, "timestep_type": "discrete"}
+# options of diffusers' DDIM, Euler and DPM-Solver (multistep) at the values dbunet's samplers follow (each class's
+# own default); another value is a variant dbunet lacks (Karras sigmas, SDE or third-order DPM-Solver, thresholding),
+# and runs sample without it, said at export
+SAMPLER_OPTIONS = {"thresholding": False, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+                   "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
+                   "use_dynamic_shifting": False, "final_sigmas_type": "zero", "euler_at_final": False,
+                   "lower_order_final": True, "algorithm_type": "dpmsolver++", "solver_order": 2,
+                   "solver_type": "midpoint", "interpolation_type": "linear", "sigma_min": None, "sigma_max": None,
+                   "lambda_min_clipped": -math.inf}
+# keys that are bookkeeping, act only with one of the options above away from its value (the thresholding ratio,
+# the flow shift), or belong to samplers dbunet replaces (PNDM's PRK steps; DPM-Solver's learned variance needs a
+# UNet with twice the channels, which the folder import refuses)
+_IGNORED = {"_class_name", "_diffusers_version", "skip_prk_steps", "dynamic_thresholding_ratio", "sample_max_value",
+            "variance_type", "flow_shift", "time_shift_type"}
 # what every diffusers sampler (DDIM, PNDM, Euler, DPM-Solver) takes for a key its config leaves out
 _DIFFUSERS_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
-_IGNORED = {"_class_name", "_diffusers_version", "skip_prk_steps", "dynamic_thresholding_ratio",
-            "sample_max_value", "clip_sample_range_default", "lambda_min_clipped", "variance_type",
-            "use_lu_lambdas", "timestep_spacing_default"}
 
 
 MAX_TRAIN_TIMESTEPS = 10_000  # the tables are this long; diffusers' models use 1000
@@ -93,24 +100,19 @@ class NoiseSchedule:
 
     @classmethod
     def from_diffusers(cls, config: dict, source: str = "scheduler config") -> NoiseSchedule:
-        """A diffusers scheduler config (any sampler's: DDIM, PNDM, Euler, DPM-Solver) as our schedule.
+        """The noise schedule of any diffusers scheduler config (DDIM, PNDM, Euler, DPM-Solver, UniPC...).
 
-        Every key either maps to a field, is bookkeeping, or holds a value that changes nothing here;
-        a setting we cannot honour (trained betas, zero-terminal-SNR rescaling, thresholding, a cosine
-        schedule, sample prediction, Karras sigmas) raises ConfigError naming it."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        refused = [f"{k}={v!r}" for k, v in config.items()
-                   if k in _NEUTRAL and v != _NEUTRAL[k]]
+        Only the keys that fix what the UNet was trained with are read here; a value dbunet cannot honour (trained
+        betas, zero-terminal-SNR rescaling, a cosine schedule, sample prediction, continuous timesteps) raises
+        ConfigError naming it. The sampler's own options are `unfollowed_options`'s."""
+        refused = [f"{k}={config[k]!r}" for k, v in _TRAINING.items() if k in config and config[k] != v]
         for key, kind in (("prediction_type", PredictionType), ("beta_schedule", BetaSchedule)):
             supported = typing.get_args(kind)
             if key in config and config[key] not in supported:
                 refused.append(f"{key}={config[key]!r} ({' and '.join(supported)} are supported)")
-        unknown = sorted(set(config) - fields - set(_NEUTRAL) - _IGNORED)
-        if unknown:
-            refused.append(f"unknown keys {unknown}")
         if refused:
             raise ConfigError(f"{source}: cannot honour {', '.join(refused)}")
-        values = {k: v for k, v in config.items() if k in fields}
+        values = {k: v for k, v in config.items() if k in _FIELDS}
         # a key the folder leaves out takes diffusers' default, as from_config would give each sampler (the betas'
         # too: diffusers' samplers default to linear 1e-4..0.02, not Stable Diffusion's schedule)
         for key, default in _DIFFUSERS_BETAS.items():
@@ -120,6 +122,27 @@ class NoiseSchedule:
         values.setdefault("clip_sample", True)  # DDIMScheduler's default (the only sampler here that clips)
         values.setdefault("set_alpha_to_one", True)  # DDIMScheduler's default
         return cls(**values)
+
+    def unfollowed_options(self, config: dict, source: str = "scheduler config") -> list[str]:
+        """The options of a DDIM, Euler or DPM-Solver config (this schedule's) that dbunet's samplers do not follow,
+        as "key=value". A key no table here knows is refused: it may change the image, and saying nothing would
+        hide that (a diffusers release that adds one at a neutral value belongs in SAMPLER_OPTIONS or _IGNORED)."""
+        unknown = sorted(set(config) - _FIELDS - set(_TRAINING) - set(SAMPLER_OPTIONS) - _IGNORED
+                         - {"prediction_type", "beta_schedule"})
+        if unknown:
+            raise ConfigError(f"{source}: cannot honour unknown keys {unknown}")
+        return [f"{k}={config[k]!r}" for k, v in SAMPLER_OPTIONS.items()
+                if k in config and config[k] != v and not self._clips_nothing(k, config[k])]
+
+    def _clips_nothing(self, key: str, value: object) -> bool:
+        """DPM-Solver's lambda_min_clipped is neutral wherever it lies below every timestep's log-SNR / 2."""
+        if key != "lambda_min_clipped" or not is_real(value):
+            return False
+        ac = self.alphas_cumprod().astype(np.float64)
+        return value <= float(np.min(0.5 * (np.log(ac) - np.log1p(-ac))))
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(NoiseSchedule))
 
 
 def _linspace_f32(start: float, end: float, n: int) -> np.ndarray:

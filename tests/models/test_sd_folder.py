@@ -14,6 +14,7 @@ from dbunet.errors import DbunetError, WeightsError
 from dbunet.models.components import build_vae
 from dbunet.models.pipeline import TorchPipeline
 from dbunet.models.sd_folder import load_sd_folder
+from dbunet.schedulers import NoiseSchedule
 from dbunet.tokenizer import learn_bpe, write_clip_tokenizer
 
 
@@ -344,6 +345,37 @@ def test_an_sd1_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_sai
     with caplog.at_level("WARNING"):
         assert sd1_config_from_folder(root).defaults.scheduler == sampler
     assert (f"is not one of dbunet's samplers; runs default to {sampler}" in caplog.text) == said, caplog.text
+
+
+@pytest.mark.parametrize(("cls", "options", "sampler", "says"), [
+    ("DPMSolverMultistepScheduler", {}, "dpm++", None),
+    ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "dpm++",
+     "its scheduler, DPMSolverMultistepScheduler with use_karras_sigmas=True, is dbunet's dpm++ with options it "
+     "lacks: runs sample without them"),
+    ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}, "euler", None),
+    ("UniPCMultistepScheduler", {}, "ddim", "its scheduler, UniPCMultistepScheduler, is not one of dbunet's samplers"),
+])
+def test_a_scheduler_saved_by_diffusers_exports_with_its_sampler_or_says_what_differs(sd_folder, tmp_path, caplog,
+                                                                                      cls, options, sampler, says):
+    """The scheduler file as diffusers writes it (`pipe.scheduler = X.from_config(...)`, then save_pretrained).
+    Before, DPM-Solver's and UniPC's were refused for keys dbunet did not know (flow sigmas, UniPC's corrector), and
+    DPM-Solver++ with Karras sigmas, the most common community setting, refused the whole folder: it now samples
+    with dbunet's DPM-Solver and says so, as a folder with a sampler dbunet lacks does."""
+    import shutil
+
+    import diffusers
+
+    from dbunet.models.sd_folder import sd1_config_from_folder
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    path = root / "scheduler" / "scheduler_config.json"
+    getattr(diffusers, cls).from_config(json.loads(path.read_text()), **options).save_config(path.parent)
+    with caplog.at_level("WARNING"):
+        config = sd1_config_from_folder(root)
+    assert config.defaults.scheduler == sampler
+    assert (says in caplog.text) if says else "scheduler" not in caplog.text, caplog.text
+    assert config.schedule == NoiseSchedule.from_diffusers(json.loads(path.read_text()))
 
 
 def test_an_sdxl_folder_with_a_sampler_dbunet_lacks_says_its_default(sdxl_folder, tmp_path, caplog):
