@@ -142,6 +142,22 @@ def test_v_prediction_folder_matches_diffusers(tmp_path):
         assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())
 
 
+def test_the_default_sampler_is_the_class_diffusers_loads_from_model_index(tmp_path):
+    """diffusers' from_pretrained takes the scheduler's class from model_index.json and only its settings from
+    scheduler_config.json. Before, dbunet read the class from the latter, so a folder whose two files differ (a
+    scheduler swapped by editing model_index.json) defaulted to another sampler than diffusers' pipeline uses."""
+    from dbunet.models.sd_folder import sd1_config_from_folder
+
+    folder = make_sd_folder(tmp_path, seed=2)
+    index = folder / "model_index.json"
+    assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == "PNDMScheduler"
+    euler = ["diffusers", "EulerDiscreteScheduler"]
+    index.write_text(json.dumps({**json.loads(index.read_text()), "scheduler": euler}))
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
+    assert sd1_config_from_folder(folder).defaults.scheduler == "euler"
+
+
 def test_what_cannot_be_honoured_is_refused(tmp_path):
     folder = make_sd_folder(tmp_path, seed=2)
     sched = folder / "scheduler" / "scheduler_config.json"

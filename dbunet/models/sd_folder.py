@@ -157,7 +157,7 @@ def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[Noi
         return schedule, {}
     raw = read_json_object(path)
     schedule = NoiseSchedule.from_diffusers(raw, str(path))
-    if _samples_as_dbunet(raw):
+    if _samples_as_dbunet(scheduler_class(root, raw)):
         schedule.unfollowed_options(raw, str(path))
     return schedule, raw
 
@@ -172,20 +172,28 @@ NEAREST_SAMPLERS = {
 }
 
 
-def _samples_as_dbunet(scheduler_config: dict) -> bool:
-    """Whether the config names one of dbunet's samplers (or no class), so that its every option counts: another
-    class's options (UniPC's corrector, PNDM's PRK steps) describe a sampler no run uses."""
-    named = scheduler_config.get("_class_name")
+def scheduler_class(root: Path, scheduler_config: dict) -> object:
+    """The scheduler class diffusers' pipeline loads: model_index.json's entry, since from_pretrained takes the class
+    from there and only the settings from scheduler_config.json; else the config's own _class_name."""
+    entry = read_model_index(root).get("scheduler")
+    if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str):
+        return entry[1]
+    return scheduler_config.get("_class_name")
+
+
+def _samples_as_dbunet(named: object) -> bool:
+    """Whether the class is one of dbunet's samplers (or none is named), so that every option of its config counts:
+    another class's options (UniPC's corrector, PNDM's PRK steps) describe a sampler no run uses."""
     return named is None or (isinstance(named, str) and named in FOLDER_SAMPLERS)
 
 
 def folder_sampler(scheduler_config: dict, fallback: str, root: Path) -> str:
-    """A folder's default sampler: its scheduler's where dbunet has it, the nearest where one is near, else
-    `fallback`, said at export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM, SDXL-Turbo's
-    Euler ancestral; DPM-Solver with Karras sigmas is dbunet's DPM-Solver without them). A folder without a scheduler
-    file was said already (read_schedule)."""
-    named = scheduler_config.get("_class_name")
-    if _samples_as_dbunet(scheduler_config):
+    """A folder's default sampler: its scheduler's (scheduler_class) where dbunet has it, the nearest where one is
+    near, else `fallback`, said at export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM,
+    SDXL-Turbo's Euler ancestral; DPM-Solver with Karras sigmas is dbunet's DPM-Solver without them). A folder
+    without a scheduler file was said already (read_schedule)."""
+    named = scheduler_class(root, scheduler_config)
+    if _samples_as_dbunet(named):
         sampler = FOLDER_SAMPLERS.get(named, fallback)
         unfollowed = NoiseSchedule.from_diffusers(scheduler_config).unfollowed_options(scheduler_config)
         if unfollowed:
