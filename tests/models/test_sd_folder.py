@@ -388,6 +388,9 @@ def test_an_sdxl_folder_with_a_sampler_dbunet_lacks_says_its_default(sdxl_folder
     shutil.copytree(sdxl_folder, root)
     path = root / "scheduler" / "scheduler_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": "EulerAncestralDiscreteScheduler"}))
+    index = root / "model_index.json"  # where diffusers reads the class from (SDXL-Turbo's names it in both)
+    index.write_text(json.dumps({**json.loads(index.read_text()),
+                                 "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"]}))
     with caplog.at_level("WARNING"):
         assert sdxl_config_from_folder(root).defaults.scheduler == "euler"
     assert "EulerAncestralDiscreteScheduler, is not one of dbunet's samplers; runs default to euler: at one step, " \
