@@ -194,6 +194,10 @@ def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
     assert schedule.unfollowed_options(dpm) == []
     assert schedule.unfollowed_options({**dpm, "use_karras_sigmas": True, "solver_order": 3, "thresholding": True}) \
         == ["thresholding=True", "use_karras_sigmas=True", "solver_order=3"]
+    # a sigma range acts only with Karras (exponential, beta) sigmas: alone it changes nothing, and is not said
+    euler = {**sd15_pndm, "_class_name": "EulerDiscreteScheduler", "sigma_min": 0.0292, "sigma_max": 14.6146}
+    assert schedule.unfollowed_options(euler) == []
+    assert schedule.unfollowed_options({**euler, "use_karras_sigmas": True}) == ["use_karras_sigmas=True"]
     with pytest.raises(ConfigError, match=r"cannot honour unknown keys \['mystery'\]"):
         schedule.unfollowed_options({**dpm, "mystery": 1})
 

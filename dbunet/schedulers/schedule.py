@@ -28,13 +28,12 @@ SAMPLER_OPTIONS = {"thresholding": False, "use_karras_sigmas": False, "use_expon
                    "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
                    "use_dynamic_shifting": False, "final_sigmas_type": "zero", "euler_at_final": False,
                    "lower_order_final": True, "algorithm_type": "dpmsolver++", "solver_order": 2,
-                   "solver_type": "midpoint", "interpolation_type": "linear", "sigma_min": None, "sigma_max": None,
-                   "lambda_min_clipped": -math.inf}
+                   "solver_type": "midpoint", "interpolation_type": "linear", "lambda_min_clipped": -math.inf}
 # keys that are bookkeeping, act only with one of the options above away from its value (the thresholding ratio,
-# the flow shift), or belong to samplers dbunet replaces (PNDM's PRK steps; DPM-Solver's learned variance needs a
-# UNet with twice the channels, which the folder import refuses)
+# the flow shift, the sigma range of Karras, exponential or beta sigmas), or belong to samplers dbunet replaces
+# (PNDM's PRK steps; DPM-Solver's learned variance needs a UNet with twice the channels, which the import refuses)
 _IGNORED = {"_class_name", "_diffusers_version", "skip_prk_steps", "dynamic_thresholding_ratio", "sample_max_value",
-            "variance_type", "flow_shift", "time_shift_type"}
+            "variance_type", "flow_shift", "time_shift_type", "sigma_min", "sigma_max"}
 # what every diffusers sampler (DDIM, PNDM, Euler, DPM-Solver) takes for a key its config leaves out
 _DIFFUSERS_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
 
