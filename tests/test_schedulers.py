@@ -202,13 +202,19 @@ def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
         schedule.unfollowed_options({**dpm, "mystery": 1})
 
 
-@pytest.mark.parametrize("name", list(DIFFUSERS))
-def test_a_config_the_installed_diffusers_saves_for_each_sampler_is_followed_whole(name):
+@pytest.mark.parametrize(("name", "options"), [(name, {}) for name in DIFFUSERS] + [
+    # DPM-Solver's last step is first order whenever its final sigma is zero: these two change nothing then
+    ("dpm++", {"lower_order_final": False, "euler_at_final": True}),
+    ("dpm++", {"lambda_min_clipped": -5.1}),  # below every timestep's: clips nothing
+    ("euler", {"sigma_min": 0.0292, "sigma_max": 14.6146}),  # Karras sigmas' range, unused without them
+])
+def test_a_config_the_installed_diffusers_saves_for_each_sampler_is_followed_whole(name, options):
     """Every key diffusers writes for DDIM, Euler and DPM-Solver is known, at a value dbunet's sampler follows, and
     that sampler walks the same steps. Before, DPM-Solver's file from diffusers 0.36 on was refused for four keys
     (use_flow_sigmas, flow_shift, use_dynamic_shifting, time_shift_type) it did not know; a release that adds
-    another fails here, not in a user's export."""
-    ref = DIFFUSERS[name](beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    another fails here, not in a user's export. Options that change nothing in diffusers are not said either."""
+    ref = DIFFUSERS[name](beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                          **options)
     config = json.loads(ref.to_json_string())  # what save_pretrained writes, -Infinity included
     schedule = NoiseSchedule.from_diffusers(config)
     assert schedule.unfollowed_options(config) == []
@@ -217,7 +223,7 @@ def test_a_config_the_installed_diffusers_saves_for_each_sampler_is_followed_who
     ref.set_timesteps(7)
     np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
     x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
-    for i, t in enumerate(ref.timesteps[:3]):  # DPM-Solver's second order from the second step
+    for i, t in enumerate(ref.timesteps):  # DPM-Solver's second order from the second step, first at the last
         eps = np.random.default_rng(i + 1).standard_normal(x.shape).astype(np.float32)  # the UNet's output
         np.testing.assert_allclose(ours.scale_model_input(x, i), ref.scale_model_input(torch.from_numpy(x), t).numpy(),
                                    rtol=1e-6)

@@ -256,8 +256,12 @@ MUTANTS = [
            "        pass\n", ("tests/test_sd1.py",),
            "the scheduler class read from scheduler_config.json where diffusers loads model_index.json's"),
     Mutant("lambda_clip_always_counts", "dbunet/schedulers/schedule.py",
-           " and not self._clips_nothing(k, config[k])]", "]", ("tests/test_schedulers.py",),
+           'if key == "lambda_min_clipped" and is_real(config[key]):', "if False:", ("tests/test_schedulers.py",),
            "a DPM-Solver clip below every timestep's log-SNR said to change the image"),
+    Mutant("dpm_final_order_options_count", "dbunet/schedulers/schedule.py",
+           'final_zero = config.get("final_sigmas_type", "zero") == "zero"', "final_zero = False",
+           ("tests/test_schedulers.py",), "DPM-Solver's lower_order_final said to matter where the last step is "
+           "first order anyway"),
     Mutant("sdxl_time_ids_transposed", "dbunet/request.py",
            "size = (self.height, self.width)", "size = (self.width, self.height)",
            ("tests/test_sdxl.py",), "SDXL's size numbers as (width, height)"),

@@ -131,14 +131,22 @@ class NoiseSchedule:
         if unknown:
             raise ConfigError(f"{source}: cannot honour unknown keys {unknown}")
         return [f"{k}={config[k]!r}" for k, v in SAMPLER_OPTIONS.items()
-                if k in config and config[k] != v and not self._clips_nothing(k, config[k])]
+                if k in config and config[k] != v and self._acts(k, config)]
 
-    def _clips_nothing(self, key: str, value: object) -> bool:
-        """DPM-Solver's lambda_min_clipped is neutral wherever it lies below every timestep's log-SNR / 2."""
-        if key != "lambda_min_clipped" or not is_real(value):
-            return False
-        ac = self.alphas_cumprod().astype(np.float64)
-        return value <= float(np.min(0.5 * (np.log(ac) - np.log1p(-ac))))
+    def _acts(self, key: str, config: dict) -> bool:
+        """Whether an option away from its value changes diffusers' DPM-Solver here. Its last step is first order
+        wherever the final sigma is zero, and a second-order solver takes no third-order step to lower, so
+        euler_at_final and lower_order_final act only past those; a lambda clip below every timestep's half log-SNR
+        clips nothing."""
+        final_zero = config.get("final_sigmas_type", "zero") == "zero"
+        if key == "euler_at_final":
+            return not final_zero
+        if key == "lower_order_final":
+            return not final_zero or config.get("solver_order", 2) != 2
+        if key == "lambda_min_clipped" and is_real(config[key]):
+            ac = self.alphas_cumprod().astype(np.float64)
+            return config[key] > float(np.min(0.5 * (np.log(ac) - np.log1p(-ac))))
+        return True
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(NoiseSchedule))
