@@ -191,7 +191,9 @@ def folder_sampler(scheduler_config: dict, fallback: str, root: Path) -> str:
     """A folder's default sampler: its scheduler's (scheduler_class) where dbunet has it, the nearest where one is
     near, else `fallback`, said at export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM,
     SDXL-Turbo's Euler ancestral; DPM-Solver with Karras sigmas is dbunet's DPM-Solver without them). A folder
-    without a scheduler file was said already (read_schedule)."""
+    without a scheduler file was said already (read_schedule), and takes `fallback`."""
+    if not scheduler_config:
+        return fallback
     named = scheduler_class(root, scheduler_config)
     if _samples_as_dbunet(named):
         sampler = FOLDER_SAMPLERS.get(named, fallback)

@@ -317,9 +317,15 @@ def test_the_scheduler_is_honoured_or_refused_alike_for_both_archs_and_a_missing
     assert model.config.schedule == NoiseSchedule.from_diffusers({**config, "beta_start": 0.001,
                                                                   "timestep_spacing": "trailing"})
     shutil.rmtree(root / "scheduler")
+    # model_index.json naming a scheduler whose files are missing: the fallback, said once
+    index = root / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()),
+                                 "scheduler": ["diffusers", "DPMSolverMultistepScheduler"]}))
     with caplog.at_level("WARNING"):
         model, _ = load_sd_folder(root, base=tiny(), arch=arch)
     assert "has no scheduler/scheduler_config.json: sampling with a scaled_linear schedule" in caplog.text
+    assert "scheduler, DPMSolverMultistepScheduler" not in caplog.text
+    assert model.config.defaults.scheduler == (tiny().defaults.scheduler if arch == "dbunet" else "ddim")
 
 
 @pytest.mark.parametrize(("named", "sampler", "said"), [
