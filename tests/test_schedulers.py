@@ -210,9 +210,9 @@ def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
 ])
 def test_a_config_the_installed_diffusers_saves_for_each_sampler_is_followed_whole(name, options):
     """Every key diffusers writes for DDIM, Euler and DPM-Solver is known, at a value dbunet's sampler follows, and
-    that sampler walks the same steps. Before, DPM-Solver's file from diffusers 0.36 on was refused for four keys
-    (use_flow_sigmas, flow_shift, use_dynamic_shifting, time_shift_type) it did not know; a release that adds
-    another fails here, not in a user's export. Options that change nothing in diffusers are not said either."""
+    that sampler walks the same steps. Before, DPM-Solver's file was refused for keys it did not know: diffusers
+    0.32 added use_flow_sigmas and flow_shift, 0.35 (the floor) use_dynamic_shifting and time_shift_type, so every
+    DPM-Solver folder saved by a supported diffusers was. A release that adds another fails here, not in an export. Options that change nothing in diffusers are not said either."""
     ref = DIFFUSERS[name](beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                           **options)
     config = json.loads(ref.to_json_string())  # what save_pretrained writes, -Infinity included
