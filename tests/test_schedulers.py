@@ -212,7 +212,9 @@ def test_a_config_the_installed_diffusers_saves_for_each_sampler_is_followed_who
     """Every key diffusers writes for DDIM, Euler and DPM-Solver is known, at a value dbunet's sampler follows, and
     that sampler walks the same steps. Before, DPM-Solver's file was refused for keys it did not know: diffusers
     0.32 added use_flow_sigmas and flow_shift, 0.35 (the floor) use_dynamic_shifting and time_shift_type, so every
-    DPM-Solver folder saved by a supported diffusers was. A release that adds another fails here, not in an export. Options that change nothing in diffusers are not said either."""
+    DPM-Solver folder saved by a supported diffusers was. A release that adds another fails here, where the tables
+    alone are read (an export reads it at the installed class's default meanwhile: tests/models/test_sd_folder.py).
+    Options that change nothing in diffusers are not said either."""
     ref = DIFFUSERS[name](beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                           **options)
     config = json.loads(ref.to_json_string())  # what save_pretrained writes, -Infinity included

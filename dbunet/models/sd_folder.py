@@ -157,8 +157,9 @@ def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[Noi
         return schedule, {}
     raw = read_json_object(path)
     schedule = NoiseSchedule.from_diffusers(raw, str(path))
-    if _samples_as_dbunet(scheduler_class(root, raw)):
-        schedule.unfollowed_options(raw, str(path))
+    named = scheduler_class(root, raw)
+    if _samples_as_dbunet(named):
+        _unfollowed(schedule, raw, named, str(path))
     return schedule, raw
 
 
@@ -187,6 +188,19 @@ def _samples_as_dbunet(named: object) -> bool:
     return named is None or (isinstance(named, str) and named in FOLDER_SAMPLERS)
 
 
+def _unfollowed(schedule: NoiseSchedule, config: dict, named: object, source: str = "scheduler config") -> list[str]:
+    """NoiseSchedule.unfollowed_options, with the installed diffusers class's constructor defaults for keys a
+    release added after dbunet's tables were written (DPM-Solver gained four in 0.32 and 0.35)."""
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, named, None) if isinstance(named, str) else None
+    defaults = {} if cls is None else {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                                       if p.default is not inspect.Parameter.empty}
+    return schedule.unfollowed_options(config, source, defaults)
+
+
 def folder_sampler(scheduler_config: dict, fallback: str, root: Path) -> str:
     """A folder's default sampler: its scheduler's (scheduler_class) where dbunet has it, the nearest where one is
     near, else `fallback`, said at export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM,
@@ -197,7 +211,7 @@ def folder_sampler(scheduler_config: dict, fallback: str, root: Path) -> str:
     named = scheduler_class(root, scheduler_config)
     if _samples_as_dbunet(named):
         sampler = FOLDER_SAMPLERS.get(named, fallback)
-        unfollowed = NoiseSchedule.from_diffusers(scheduler_config).unfollowed_options(scheduler_config)
+        unfollowed = _unfollowed(NoiseSchedule.from_diffusers(scheduler_config), scheduler_config, named)
         if unfollowed:
             log.warning("%s: its scheduler, %s with %s, is dbunet's %s with options it lacks: runs sample without "
                         "them, so images differ from the folder's pipeline in diffusers", root, named or "no class",

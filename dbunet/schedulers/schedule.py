@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -122,16 +123,20 @@ class NoiseSchedule:
         values.setdefault("set_alpha_to_one", True)  # DDIMScheduler's default
         return cls(**values)
 
-    def unfollowed_options(self, config: dict, source: str = "scheduler config") -> list[str]:
+    def unfollowed_options(self, config: dict, source: str = "scheduler config",
+                           defaults: Mapping[str, object] | None = None) -> list[str]:
         """The options of a DDIM, Euler or DPM-Solver config (this schedule's) that dbunet's samplers do not follow,
-        as "key=value". A key no table here knows is refused: it may change the image, and saying nothing would
-        hide that (a diffusers release that adds one at a neutral value belongs in SAMPLER_OPTIONS or _IGNORED)."""
-        unknown = sorted(set(config) - _FIELDS - set(_TRAINING) - set(SAMPLER_OPTIONS) - _IGNORED
-                         - {"prediction_type", "beta_schedule"})
+        as "key=value". A key no table here knows counts at the value `defaults` gives it (the installed diffusers
+        class's own: an option a release added since keeps the older behaviour at its default), and is refused
+        where `defaults` lacks it too: it may change the image, and saying nothing would hide that."""
+        defaults = defaults or {}
+        known = _FIELDS | set(_TRAINING) | set(SAMPLER_OPTIONS) | _IGNORED | {"prediction_type", "beta_schedule"}
+        unknown = sorted(k for k in set(config) - known if k not in defaults)
         if unknown:
             raise ConfigError(f"{source}: cannot honour unknown keys {unknown}")
-        return [f"{k}={config[k]!r}" for k, v in SAMPLER_OPTIONS.items()
-                if k in config and config[k] != v and self._acts(k, config)]
+        options = {**{k: v for k, v in defaults.items() if k not in known}, **SAMPLER_OPTIONS}
+        return [f"{k}={config[k]!r}" for k, v in options.items()
+                if k in config and _listless(config[k]) != _listless(v) and self._acts(k, config)]
 
     def _acts(self, key: str, config: dict) -> bool:
         """Whether an option away from its value changes diffusers' DPM-Solver here. Its last step is first order
@@ -150,6 +155,11 @@ class NoiseSchedule:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(NoiseSchedule))
+
+
+def _listless(value: object) -> object:
+    """JSON's list as the tuple a constructor default would be."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _linspace_f32(start: float, end: float, n: int) -> np.ndarray:

@@ -384,6 +384,40 @@ def test_a_scheduler_saved_by_diffusers_exports_with_its_sampler_or_says_what_di
     assert config.schedule == NoiseSchedule.from_diffusers(json.loads(path.read_text()))
 
 
+def test_a_sampler_option_newer_than_dbunet_s_tables_reads_at_the_installed_diffusers_default(sd_folder, tmp_path,
+                                                                                               caplog, monkeypatch):
+    """A diffusers release adds options to its samplers at defaults that keep the older behaviour (DPM-Solver gained
+    four in 0.32 and 0.35, each of which refused every such folder). One missing from dbunet's tables, simulated by
+    taking use_flow_sigmas out of them, is read at the installed class's default: at it, nothing is said; away from
+    it, the export says so; a key the installed diffusers does not know either is still refused."""
+    import shutil
+
+    import diffusers
+
+    from dbunet.errors import ConfigError
+    from dbunet.models.sd_folder import sd1_config_from_folder
+    from dbunet.schedulers import schedule
+
+    monkeypatch.setattr(schedule, "SAMPLER_OPTIONS",
+                        {k: v for k, v in schedule.SAMPLER_OPTIONS.items() if k != "use_flow_sigmas"})
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    path = root / "scheduler" / "scheduler_config.json"
+    diffusers.DPMSolverMultistepScheduler.from_config(json.loads(path.read_text())).save_config(path.parent)
+    config = json.loads(path.read_text())
+    with caplog.at_level("WARNING"):
+        assert sd1_config_from_folder(root).defaults.scheduler == "dpm++"
+    assert "scheduler" not in caplog.text, caplog.text
+    path.write_text(json.dumps({**config, "use_flow_sigmas": True}))
+    with caplog.at_level("WARNING"):
+        assert sd1_config_from_folder(root).defaults.scheduler == "dpm++"
+    assert "DPMSolverMultistepScheduler with use_flow_sigmas=True, is dbunet's dpm++ with options it lacks" \
+        in caplog.text
+    path.write_text(json.dumps({**config, "mystery": 1}))
+    with pytest.raises(ConfigError, match=r"cannot honour unknown keys \['mystery'\]"):
+        sd1_config_from_folder(root)
+
+
 def test_an_sdxl_folder_with_a_sampler_dbunet_lacks_says_its_default(sdxl_folder, tmp_path, caplog):
     """SDXL-Turbo's folder names EulerAncestralDiscreteScheduler: runs default to Euler, and the export says so."""
     import shutil
