@@ -82,3 +82,9 @@ def read_sharded_safetensors(index: Path) -> dict[str, torch.Tensor]:
     if unlisted:
         raise WeightsError(f"{index}: {sorted(unlisted)[0]!r} is in a shard but not in the index")
     return state
+
+
+def read_model_index(root: Path) -> JsonObject:
+    """The folder's model_index.json (its pipeline's components and flags); empty where the folder has none."""
+    index = root / "model_index.json"
+    return read_json_object(index) if index.is_file() else JsonObject({}, index)

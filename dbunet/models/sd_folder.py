@@ -20,8 +20,8 @@ import torch
 from dbunet.config import DBUNetConfig, ModelConfig, SamplingDefaults, SDUNetConfig, TextEncoderConfig, VaeConfig, sd15
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import Model, build_model, load_state
-from dbunet.models.files import JsonObject, read_json_object, read_safetensors, read_sharded_safetensors
-from dbunet.schedulers.schedule import NoiseSchedule
+from dbunet.models.files import read_json_object, read_model_index, read_safetensors, read_sharded_safetensors
+from dbunet.models.folder_scheduler import folder_sampler, read_schedule
 
 log = logging.getLogger(__name__)
 
@@ -143,87 +143,6 @@ def config_from_sd_folder(root: str | Path, base: ModelConfig | None = None) -> 
                                schedule=schedule)
 
 
-def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[NoiseSchedule, dict]:
-    """The folder's noise schedule (what its UNet was trained with) and its scheduler config as read. A setting
-    that cannot be honoured is refused (NoiseSchedule.from_diffusers), and so is a key unknown to a scheduler that is
-    one of dbunet's samplers (NoiseSchedule.unfollowed_options); a folder without a scheduler samples with `missing`
-    (default: Stable Diffusion's training schedule) and says so, since the images depend on it."""
-    path = root / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
-        schedule = missing or NoiseSchedule()
-        log.warning("%s has no scheduler/scheduler_config.json: sampling with a %s schedule, betas %g..%g over %d "
-                    "timesteps; add the folder's scheduler if its UNet was trained with another", root,
-                    schedule.beta_schedule, schedule.beta_start, schedule.beta_end, schedule.num_train_timesteps)
-        return schedule, {}
-    raw = read_json_object(path)
-    schedule = NoiseSchedule.from_diffusers(raw, str(path))
-    named = scheduler_class(root, raw)
-    if _samples_as_dbunet(named):
-        _unfollowed(schedule, raw, named, str(path))
-    return schedule, raw
-
-
-# diffusers' scheduler classes that are dbunet's samplers (the schedule itself is read from the same file)
-FOLDER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler", "DPMSolverMultistepScheduler": "dpm++"}
-# classes dbunet lacks whose image one of its samplers gives in some runs: the default there, and why
-NEAREST_SAMPLERS = {
-    # its step is Euler's plus fresh noise, and none at the last step: one step (SDXL-Turbo's) is Euler's image
-    "EulerAncestralDiscreteScheduler": ("euler", "at one step, as SDXL-Turbo runs, Euler gives its image; at more it "
-                                                 "differs by the noise Euler ancestral adds between steps"),
-}
-
-
-def scheduler_class(root: Path, scheduler_config: dict) -> object:
-    """The scheduler class diffusers' pipeline loads: model_index.json's entry, since from_pretrained takes the class
-    from there and only the settings from scheduler_config.json; else the config's own _class_name."""
-    entry = read_model_index(root).get("scheduler")
-    if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str):
-        return entry[1]
-    return scheduler_config.get("_class_name")
-
-
-def _samples_as_dbunet(named: object) -> bool:
-    """Whether the class is one of dbunet's samplers (or none is named), so that every option of its config counts:
-    another class's options (UniPC's corrector, PNDM's PRK steps) describe a sampler no run uses."""
-    return named is None or (isinstance(named, str) and named in FOLDER_SAMPLERS)
-
-
-def _unfollowed(schedule: NoiseSchedule, config: dict, named: object, source: str = "scheduler config") -> list[str]:
-    """NoiseSchedule.unfollowed_options, with the installed diffusers class's constructor defaults for keys a
-    release added after dbunet's tables were written (DPM-Solver gained four in 0.32 and 0.35)."""
-    import inspect
-
-    import diffusers
-
-    cls = getattr(diffusers, named, None) if isinstance(named, str) else None
-    defaults = {} if cls is None else {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-                                       if p.default is not inspect.Parameter.empty}
-    return schedule.unfollowed_options(config, source, defaults)
-
-
-def folder_sampler(scheduler_config: dict, fallback: str, root: Path) -> str:
-    """A folder's default sampler: its scheduler's (scheduler_class) where dbunet has it, the nearest where one is
-    near, else `fallback`, said at export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM,
-    SDXL-Turbo's Euler ancestral; DPM-Solver with Karras sigmas is dbunet's DPM-Solver without them). A folder
-    without a scheduler file was said already (read_schedule), and takes `fallback`."""
-    if not scheduler_config:
-        return fallback
-    named = scheduler_class(root, scheduler_config)
-    if _samples_as_dbunet(named):
-        sampler = FOLDER_SAMPLERS.get(named, fallback)
-        unfollowed = _unfollowed(NoiseSchedule.from_diffusers(scheduler_config), scheduler_config, named)
-        if unfollowed:
-            log.warning("%s: its scheduler, %s with %s, is dbunet's %s with options it lacks: runs sample without "
-                        "them, so images differ from the folder's pipeline in diffusers", root, named or "no class",
-                        ", ".join(unfollowed), sampler)
-        return sampler
-    sampler, why = NEAREST_SAMPLERS.get(named, (fallback, "")) if isinstance(named, str) else (fallback, "")
-    log.warning("%s: its scheduler, %s, is not one of dbunet's samplers; runs default to %s%s (dbunet-run "
-                "--scheduler chooses %s)", root, named, sampler, f": {why}" if why else "",
-                ", ".join(FOLDER_SAMPLERS.values()))
-    return sampler
-
-
 # diffusers config keys that are bookkeeping only
 _BOOKKEEPING = {"_class_name", "_diffusers_version", "_name_or_path"}
 _MISSING = object()  # a key the model class has no default for: never equal to a folder's value
@@ -326,12 +245,6 @@ def load_sd_folder(root: str | Path, base: ModelConfig | None = None, arch: str 
     if refiner is not None:
         return FOLDER_IMPORTS[arch](root, base, refiner=refiner)
     return FOLDER_IMPORTS[arch](root, base)
-
-
-def read_model_index(root: Path) -> JsonObject:
-    """The folder's model_index.json (its pipeline's components and flags); empty where the folder has none."""
-    index = root / "model_index.json"
-    return read_json_object(index) if index.is_file() else JsonObject({}, index)
 
 
 def say_safety_checker_dropped(root: Path) -> None:

@@ -17,13 +17,11 @@ from dbunet.config import (
 )
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import TOKENIZER_2_DIR, TOKENIZER_DIR, Model, build_model, load_state
-from dbunet.models.files import read_json_object
+from dbunet.models.files import read_json_object, read_model_index
+from dbunet.models.folder_scheduler import folder_sampler, read_schedule
 from dbunet.models.sd_folder import (
     ImportReport,
-    folder_sampler,
     pad_token_of,
-    read_model_index,
-    read_schedule,
     read_text_config,
     read_vae_config,
     read_weights,

@@ -1,0 +1,97 @@
+"""A diffusers folder's scheduler: the noise schedule its UNet was trained with, and the sampler its runs default to.
+
+diffusers' pipeline loads the class model_index.json names with the settings of scheduler/scheduler_config.json.
+The schedule is read from any class's file (what cannot be honoured is refused); the options of a class that is one
+of dbunet's samplers are compared with what that sampler follows, and whatever differs is said at export.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dbunet.models.files import read_json_object, read_model_index
+from dbunet.schedulers.schedule import NoiseSchedule
+
+log = logging.getLogger(__name__)
+
+
+def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[NoiseSchedule, dict]:
+    """The folder's noise schedule (what its UNet was trained with) and its scheduler config as read. A setting
+    that cannot be honoured is refused (NoiseSchedule.from_diffusers), and so is a key unknown to a scheduler that is
+    one of dbunet's samplers (NoiseSchedule.unfollowed_options); a folder without a scheduler samples with `missing`
+    (default: Stable Diffusion's training schedule) and says so, since the images depend on it."""
+    path = root / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        schedule = missing or NoiseSchedule()
+        log.warning("%s has no scheduler/scheduler_config.json: sampling with a %s schedule, betas %g..%g over %d "
+                    "timesteps; add the folder's scheduler if its UNet was trained with another", root,
+                    schedule.beta_schedule, schedule.beta_start, schedule.beta_end, schedule.num_train_timesteps)
+        return schedule, {}
+    raw = read_json_object(path)
+    schedule = NoiseSchedule.from_diffusers(raw, str(path))
+    named = scheduler_class(root, raw)
+    if _samples_as_dbunet(named):
+        _unfollowed(schedule, raw, named, str(path))
+    return schedule, raw
+
+
+# diffusers' scheduler classes that are dbunet's samplers (the schedule itself is read from the same file)
+FOLDER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler", "DPMSolverMultistepScheduler": "dpm++"}
+# classes dbunet lacks whose image one of its samplers gives in some runs: the default there, and why
+NEAREST_SAMPLERS = {
+    # its step is Euler's plus fresh noise, and none at the last step: one step (SDXL-Turbo's) is Euler's image
+    "EulerAncestralDiscreteScheduler": ("euler", "at one step, as SDXL-Turbo runs, Euler gives its image; at more it "
+                                                 "differs by the noise Euler ancestral adds between steps"),
+}
+
+
+def scheduler_class(root: Path, scheduler_config: dict) -> object:
+    """The scheduler class diffusers' pipeline loads: model_index.json's entry, since from_pretrained takes the class
+    from there and only the settings from scheduler_config.json; else the config's own _class_name."""
+    entry = read_model_index(root).get("scheduler")
+    if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str):
+        return entry[1]
+    return scheduler_config.get("_class_name")
+
+
+def _samples_as_dbunet(named: object) -> bool:
+    """Whether the class is one of dbunet's samplers (or none is named), so that every option of its config counts:
+    another class's options (UniPC's corrector, PNDM's PRK steps) describe a sampler no run uses."""
+    return named is None or (isinstance(named, str) and named in FOLDER_SAMPLERS)
+
+
+def _unfollowed(schedule: NoiseSchedule, config: dict, named: object, source: str = "scheduler config") -> list[str]:
+    """NoiseSchedule.unfollowed_options, with the installed diffusers class's constructor defaults for keys a
+    release added after dbunet's tables were written (DPM-Solver gained four in 0.32 and 0.35)."""
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, named, None) if isinstance(named, str) else None
+    defaults = {} if cls is None else {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                                       if p.default is not inspect.Parameter.empty}
+    return schedule.unfollowed_options(config, source, defaults)
+
+
+def folder_sampler(scheduler_config: dict, fallback: str, root: Path) -> str:
+    """A folder's default sampler: its scheduler's (scheduler_class) where dbunet has it, the nearest where one is
+    near, else `fallback`, said at export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM,
+    SDXL-Turbo's Euler ancestral; DPM-Solver with Karras sigmas is dbunet's DPM-Solver without them). A folder
+    without a scheduler file was said already (read_schedule), and takes `fallback`."""
+    if not scheduler_config:
+        return fallback
+    named = scheduler_class(root, scheduler_config)
+    if _samples_as_dbunet(named):
+        sampler = FOLDER_SAMPLERS.get(named, fallback)
+        unfollowed = _unfollowed(NoiseSchedule.from_diffusers(scheduler_config), scheduler_config, named)
+        if unfollowed:
+            log.warning("%s: its scheduler, %s with %s, is dbunet's %s with options it lacks: runs sample without "
+                        "them, so images differ from the folder's pipeline in diffusers", root, named or "no class",
+                        ", ".join(unfollowed), sampler)
+        return sampler
+    sampler, why = NEAREST_SAMPLERS.get(named, (fallback, "")) if isinstance(named, str) else (fallback, "")
+    log.warning("%s: its scheduler, %s, is not one of dbunet's samplers; runs default to %s%s (dbunet-run "
+                "--scheduler chooses %s)", root, named, sampler, f": {why}" if why else "",
+                ", ".join(FOLDER_SAMPLERS.values()))
+    return sampler
