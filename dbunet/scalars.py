@@ -21,6 +21,12 @@ def python_scalar(value: Any) -> Any:
     return value
 
 
+def tuple_for_list(value: Any) -> Any:
+    """A JSON list as the tuple a Python default would be, so that a config file's value compares equal to a
+    constructor's default; anything else unchanged."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def is_whole(value: Any) -> bool:
     """An int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)

@@ -22,6 +22,7 @@ from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import Model, build_model, load_state
 from dbunet.models.files import read_json_object, read_model_index, read_safetensors, read_sharded_safetensors
 from dbunet.models.folder_scheduler import folder_sampler, read_schedule
+from dbunet.scalars import tuple_for_list
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def _refuse_non_defaults(config: dict, model_class, carried: set[str], source: s
                 if p.default is not inspect.Parameter.empty}
     differing = sorted(k for k, v in config.items()
                        if k not in carried and k not in _BOOKKEEPING
-                       and _normalise(v) != _normalise(defaults.get(k, _MISSING)))
+                       and tuple_for_list(v) != tuple_for_list(defaults.get(k, _MISSING)))
     if differing:
         raise ConfigError(f"{source}: cannot honour {', '.join(f'{k}={config[k]!r}' for k in differing)} "
                           f"({kind} leaves them at their defaults)")
@@ -198,10 +199,6 @@ def sd_unet_config(unet: dict, source: str) -> SDUNetConfig:
         return SDUNetConfig(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
-
-
-def _normalise(value):
-    return tuple(value) if isinstance(value, list) else value
 
 
 def sd1_config_from_folder(root: str | Path) -> ModelConfig:

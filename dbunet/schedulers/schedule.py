@@ -13,7 +13,7 @@ import numpy as np
 
 from dbunet.bounds import check_choices
 from dbunet.errors import ConfigError
-from dbunet.scalars import is_real
+from dbunet.scalars import is_real, tuple_for_list
 
 BetaSchedule = Literal["linear", "scaled_linear"]
 TimestepSpacing = Literal["leading", "linspace", "trailing"]
@@ -136,7 +136,7 @@ class NoiseSchedule:
             raise ConfigError(f"{source}: cannot honour unknown keys {unknown}")
         options = {**{k: v for k, v in defaults.items() if k not in known}, **SAMPLER_OPTIONS}
         return [f"{k}={config[k]!r}" for k, v in options.items()
-                if k in config and _listless(config[k]) != _listless(v) and self._acts(k, config)]
+                if k in config and tuple_for_list(config[k]) != tuple_for_list(v) and self._acts(k, config)]
 
     def _acts(self, key: str, config: dict) -> bool:
         """Whether an option away from its value changes diffusers' DPM-Solver here. Its last step is first order
@@ -155,11 +155,6 @@ class NoiseSchedule:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(NoiseSchedule))
-
-
-def _listless(value: object) -> object:
-    """JSON's list as the tuple a constructor default would be."""
-    return tuple(value) if isinstance(value, list) else value
 
 
 def _linspace_f32(start: float, end: float, n: int) -> np.ndarray:
