@@ -74,17 +74,18 @@ def _unfollowed(schedule: NoiseSchedule, config: dict, named: object, source: st
     return schedule.unfollowed_options(config, source, defaults)
 
 
-def folder_sampler(scheduler_config: dict, fallback: str, root: Path) -> str:
+def folder_sampler(schedule: NoiseSchedule, scheduler_config: dict, fallback: str, root: Path) -> str:
     """A folder's default sampler: its scheduler's (scheduler_class) where dbunet has it, the nearest where one is
     near, else `fallback`, said at export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM,
     SDXL-Turbo's Euler ancestral; DPM-Solver with Karras sigmas is dbunet's DPM-Solver without them). A folder
-    without a scheduler file was said already (read_schedule), and takes `fallback`."""
+    without a scheduler file was said already (read_schedule), and takes `fallback`. `schedule` and
+    `scheduler_config` are what read_schedule returned."""
     if not scheduler_config:
         return fallback
     named = scheduler_class(root, scheduler_config)
     if _samples_as_dbunet(named):
         sampler = FOLDER_SAMPLERS.get(named, fallback)
-        unfollowed = _unfollowed(NoiseSchedule.from_diffusers(scheduler_config), scheduler_config, named)
+        unfollowed = _unfollowed(schedule, scheduler_config, named)
         if unfollowed:
             log.warning("%s: its scheduler, %s with %s, is dbunet's %s with options it lacks: runs sample without "
                         "them, so images differ from the folder's pipeline in diffusers", root, named or "no class",

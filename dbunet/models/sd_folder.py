@@ -221,7 +221,7 @@ def sd1_config_from_folder(root: str | Path) -> ModelConfig:
     schedule, raw = read_schedule(root)
     side = unet.sample_size * vae.downscale
     defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=7.5, refiner_steps=0,
-                                scheduler=folder_sampler(raw, "ddim", root),
+                                scheduler=folder_sampler(schedule, raw, "ddim", root),
                                 max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
     return ModelConfig(name=f"sd1:{root.name}", text=text, vae=vae, unet=unet, refiner=sd15().refiner,
                        schedule=schedule, defaults=defaults, arch="sd1")

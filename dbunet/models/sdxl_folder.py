@@ -64,7 +64,7 @@ def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None)
     latent_refiner = latent_refiner_config(Path(refiner)) if refiner is not None else None
     defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=5.0,
                                 refiner_steps=30 if latent_refiner else 0,
-                                scheduler=folder_sampler(sched, "euler", root),
+                                scheduler=folder_sampler(schedule, sched, "euler", root),
                                 max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
     zeros = read_model_index(root).flag("force_zeros_for_empty_prompt", True)
     name = f"sdxl:{root.name}" + (f"+{Path(refiner).name}" if refiner is not None else "")
