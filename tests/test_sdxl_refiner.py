@@ -179,6 +179,38 @@ def test_the_refined_export_and_its_refusals(sdxl_refined_artifacts):
         pipe(PROMPT, steps=2, high_noise_frac=1.0)
 
 
+# before: the refiner folder's scheduler gave its schedule alone; a refiner sampling otherwise than the base (its
+# class, or options dbunet's sampler lacks) exported without a word, and its steps ran with the base's sampler
+@pytest.mark.parametrize("scheduler, says", [
+    ({}, None),  # the test folders' own: the base's Euler, the same config
+    ({"_class_name": "DDIMScheduler"}, "its scheduler samples as ddim, the base's as euler"),
+    ({"use_karras_sigmas": True}, "EulerDiscreteScheduler with use_karras_sigmas=True"),
+    ({"_class_name": "UniPCMultistepScheduler"}, "UniPCMultistepScheduler, is not one of dbunet's samplers; runs "
+                                                 "default to euler"),
+])
+def test_a_refiner_that_samples_otherwise_than_the_base_is_said(sdxl_folder, sdxl_refiner_folder, tmp_path, caplog,
+                                                               scheduler, says):
+    import json
+
+    from dbunet.models.sdxl_folder import sdxl_config_from_folder
+
+    refiner = tmp_path / "refiner"
+    shutil.copytree(sdxl_refiner_folder, refiner)
+    _edit_json(refiner / "scheduler" / "scheduler_config.json", **scheduler)
+    if "_class_name" in scheduler:  # diffusers' pipeline takes the class from model_index.json
+        index = refiner / "model_index.json"
+        index.write_text(json.dumps({**json.loads(index.read_text()),
+                                     "scheduler": ["diffusers", scheduler["_class_name"]]}))
+    with caplog.at_level("WARNING"):
+        config = sdxl_config_from_folder(sdxl_folder, refiner)
+    assert config.defaults.scheduler == "euler"  # the base's: one sampler for both parts of a run
+    said = [r.getMessage() for r in caplog.records if str(refiner) in r.getMessage()]
+    if says is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and says in said[0], said
+
+
 def test_high_noise_frac_needs_the_refiner(sdxl_artifacts):
     pipe = Pipeline.from_artifacts(sdxl_artifacts, "ort", "fp32")
     with pytest.raises(InputError, match="no SDXL refiner"):

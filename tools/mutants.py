@@ -266,6 +266,9 @@ MUTANTS = [
            'final_zero = config.get("final_sigmas_type", "zero") == "zero"', "final_zero = False",
            ("tests/test_schedulers.py",), "DPM-Solver's lower_order_final said to matter where the last step is "
            "first order anyway"),
+    Mutant("refiner_sampler_unsaid", "dbunet/models/sdxl_folder.py", "    if own != base_sampler:\n",
+           "    if False:\n", ("tests/test_sdxl_refiner.py",),
+           "an SDXL refiner folder whose scheduler samples otherwise than the base's exported without a word"),
     Mutant("sdxl_time_ids_transposed", "dbunet/request.py",
            "size = (self.height, self.width)", "size = (self.width, self.height)",
            ("tests/test_sdxl.py",), "SDXL's size numbers as (width, height)"),

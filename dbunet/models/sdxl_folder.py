@@ -5,6 +5,7 @@ from a StableDiffusionXLImg2ImgPipeline folder where given."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from dbunet.config import (
@@ -27,6 +28,8 @@ from dbunet.models.sd_folder import (
     read_weights,
     sd_unet_config,
 )
+
+log = logging.getLogger(__name__)
 
 # the UNet config keys an SDXL base UNet sets beyond a plain SD UNet's, carried by SDXLUNetConfig
 _SDXL_KEYS = ("transformer_layers_per_block", "addition_embed_type", "addition_time_embed_dim",
@@ -61,10 +64,10 @@ def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None)
     unet = _sdxl_unet_config(root, "base")
     schedule, sched = read_schedule(root)
     side = unet.sample_size * vae.downscale
-    latent_refiner = latent_refiner_config(Path(refiner)) if refiner is not None else None
+    sampler = folder_sampler(schedule, sched, "euler", root)
+    latent_refiner = latent_refiner_config(Path(refiner), sampler) if refiner is not None else None
     defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=5.0,
-                                refiner_steps=30 if latent_refiner else 0,
-                                scheduler=folder_sampler(schedule, sched, "euler", root),
+                                refiner_steps=30 if latent_refiner else 0, scheduler=sampler,
                                 max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
     zeros = read_model_index(root).flag("force_zeros_for_empty_prompt", True)
     name = f"sdxl:{root.name}" + (f"+{Path(refiner).name}" if refiner is not None else "")
@@ -76,13 +79,21 @@ def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None)
         raise ConfigError(f"{root}{' with ' + str(refiner) if refiner else ''}: {exc}") from None
 
 
-def latent_refiner_config(root: Path) -> LatentRefinerConfig:
+def latent_refiner_config(root: Path, base_sampler: str) -> LatentRefinerConfig:
     """SDXL's refiner from a StableDiffusionXLImg2ImgPipeline folder: its UNet, its scheduler's schedule and
-    its pipeline flags (requires_aesthetics_score, force_zeros_for_empty_prompt; diffusers' defaults where absent)."""
+    its pipeline flags (requires_aesthetics_score, force_zeros_for_empty_prompt; diffusers' defaults where absent).
+    A run samples the refiner's steps with the base's sampler (the request's one `scheduler`); where the refiner's
+    own scheduler samples otherwise, as its pipeline in diffusers would, that is said here."""
     if not (root / "unet").is_dir():
         raise WeightsError(f"--refiner {root}: not an SDXL refiner folder (no unet/)")
+    schedule, sched = read_schedule(root)
+    own = folder_sampler(schedule, sched, base_sampler, root)  # says its own options dbunet lacks, or its class
+    if own != base_sampler:
+        log.warning("--refiner %s: its scheduler samples as %s, the base's as %s; a run samples the base's and the "
+                    "refiner's steps with one sampler (the request's, default %s), where diffusers' refiner pipeline "
+                    "samples with %s", root, own, base_sampler, base_sampler, own)
     flags = read_model_index(root)
-    return LatentRefinerConfig(unet=_sdxl_unet_config(root, "refiner"), schedule=read_schedule(root)[0],
+    return LatentRefinerConfig(unet=_sdxl_unet_config(root, "refiner"), schedule=schedule,
                                requires_aesthetics_score=flags.flag("requires_aesthetics_score", False),
                                zero_empty_negative=flags.flag("force_zeros_for_empty_prompt", True))
 
