@@ -86,6 +86,7 @@ def latent_refiner_config(root: Path, base_sampler: str) -> LatentRefinerConfig:
     own scheduler samples otherwise, as its pipeline in diffusers would, that is said here."""
     if not (root / "unet").is_dir():
         raise WeightsError(f"--refiner {root}: not an SDXL refiner folder (no unet/)")
+    unet = _sdxl_unet_config(root, "refiner")
     schedule, sched = read_schedule(root)
     own = folder_sampler(schedule, sched, base_sampler, root)  # says its own options dbunet lacks, or its class
     if own != base_sampler:
@@ -93,7 +94,7 @@ def latent_refiner_config(root: Path, base_sampler: str) -> LatentRefinerConfig:
                     "refiner's steps with one sampler (the request's, default %s), where diffusers' refiner pipeline "
                     "samples with %s", root, own, base_sampler, base_sampler, own)
     flags = read_model_index(root)
-    return LatentRefinerConfig(unet=_sdxl_unet_config(root, "refiner"), schedule=schedule,
+    return LatentRefinerConfig(unet=unet, schedule=schedule,
                                requires_aesthetics_score=flags.flag("requires_aesthetics_score", False),
                                zero_empty_negative=flags.flag("force_zeros_for_empty_prompt", True))
 
