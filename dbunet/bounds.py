@@ -64,3 +64,19 @@ def check_choices(owner: str, obj: Any) -> None:
         if allowed is not None and value not in allowed:
             shown = ", ".join(repr(v) for v in allowed)
             raise ConfigError(f"{owner}.{f.name} must be one of {shown}, got {value!r}")
+
+
+def check_numbers(owner: str, obj: Any) -> None:
+    """Every field annotated `int` or `float` (or either `| None`) holds such a number: a config read from a folder's
+    JSON may hold "1", which fails later in a comparison with a TypeError instead of naming the key. An int field
+    takes no fraction; a bool is no number here."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        kinds = set(typing.get_args(hints[f.name])) - {type(None)} or {hints[f.name]}
+        value = getattr(obj, f.name)
+        if value is None and type(None) in typing.get_args(hints[f.name]):
+            continue
+        if kinds == {int} and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{owner}.{f.name} must be an integer, got {value!r}")
+        if kinds == {float} and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConfigError(f"{owner}.{f.name} must be a number, got {value!r}")

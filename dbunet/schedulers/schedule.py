@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from dbunet.bounds import check_choices
+from dbunet.bounds import check_choices, check_flags, check_numbers
 from dbunet.errors import ConfigError
 from dbunet.scalars import is_real, tuple_for_list
 
@@ -60,6 +60,8 @@ class NoiseSchedule:
     prediction_type: PredictionType = "epsilon"  # what the denoiser predicts: the noise, or v (SD 2.x)
 
     def __post_init__(self) -> None:
+        check_flags("schedule", self)  # a folder's file is read as it is: "false" or "1" is named, not compared
+        check_numbers("schedule", self)
         if not 2 <= self.num_train_timesteps <= MAX_TRAIN_TIMESTEPS:
             raise ConfigError(f"num_train_timesteps must lie in 2..{MAX_TRAIN_TIMESTEPS}, "
                               f"got {self.num_train_timesteps}")
@@ -121,7 +123,10 @@ class NoiseSchedule:
         values.setdefault("steps_offset", 0)
         values.setdefault("clip_sample", True)  # DDIMScheduler's default (the only sampler here that clips)
         values.setdefault("set_alpha_to_one", True)  # DDIMScheduler's default
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     def unfollowed_options(self, config: dict, source: str = "scheduler config",
                            defaults: Mapping[str, object] | None = None) -> list[str]:

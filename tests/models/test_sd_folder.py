@@ -1,6 +1,7 @@
 """Import of a diffusers-format SD 1.x folder, on a tiny pipeline saved locally (no hub access)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -468,6 +469,27 @@ def test_a_setting_that_is_not_a_json_bool_is_refused(sd_folder, tmp_path, file,
         shutil.copytree(sd_folder, root)
         _edit(root / file, **{key: "false"})
         with pytest.raises(ConfigError, match=f"{key} must be true or false, got 'false'"):
+            load_sd_folder(root, base=tiny(), arch=arch)
+
+
+@pytest.mark.parametrize(("key", "value", "want"), [("steps_offset", "1", "an integer"),
+                                                    ("steps_offset", 1.5, "an integer"),
+                                                    ("num_train_timesteps", [1000], "an integer"),
+                                                    ("beta_end", "0.012", "a number"),
+                                                    ("clip_sample_range", True, "a number")])
+def test_a_scheduler_setting_that_is_not_a_json_number_is_refused(sd_folder, tmp_path, key, value, want):
+    # before: the value reached a comparison in NoiseSchedule and the export ended in a TypeError's traceback (or,
+    # for a fraction, sampled at fractional timesteps); now one ConfigError naming the file and the key
+    import shutil
+
+    from dbunet.errors import ConfigError
+
+    for arch in ("sd1", "dbunet"):
+        root = tmp_path / arch
+        shutil.copytree(sd_folder, root)
+        _edit(root / "scheduler" / "scheduler_config.json", **{key: value})
+        with pytest.raises(ConfigError, match=rf"scheduler_config.json: schedule.{key} must be {want}, got "
+                                              rf"{re.escape(repr(value))}"):
             load_sd_folder(root, base=tiny(), arch=arch)
 
 
