@@ -51,10 +51,13 @@ def diffusers_scheduler(name: str, schedule: dict):
         return DDIMScheduler(**common, clip_sample=schedule["clip_sample"],
                              clip_sample_range=schedule["clip_sample_range"],
                              set_alpha_to_one=schedule["set_alpha_to_one"])
+    # Karras sigmas and their range, where the schedule has them (a manifest from before them has neither key)
+    sigmas = {k: schedule.get(k) for k in ("use_karras_sigmas", "sigma_min", "sigma_max") if schedule.get(k)}
     if name == "euler":
-        return EulerDiscreteScheduler(**common)
+        return EulerDiscreteScheduler.from_config({**common, **sigmas})
     if name == "dpm++":
-        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+        return DPMSolverMultistepScheduler.from_config({**common, **sigmas, "algorithm_type": "dpmsolver++",
+                                                        "solver_order": 2})
     raise ValueError(name)
 
 

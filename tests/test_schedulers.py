@@ -26,7 +26,21 @@ SCHEDULES = {
     "v-trailing": NoiseSchedule(prediction_type="v_prediction", timestep_spacing="trailing", steps_offset=0),
     # a folder's config that names no spacing: DDIM leading, Euler and DPM-Solver linspace, as in diffusers
     "unnamed-spacing": NoiseSchedule(timestep_spacing=None),
+    # Karras sigmas (DDIM has no such option and ignores it, in diffusers too): between the steps' ends, and
+    # between a range the config gives, with v prediction and trailing spacing
+    "karras": NoiseSchedule(use_karras_sigmas=True),
+    "karras-range-v": NoiseSchedule(use_karras_sigmas=True, sigma_min=0.1, sigma_max=10.0,
+                                    prediction_type="v_prediction", timestep_spacing="trailing", steps_offset=0),
 }
+
+
+def assert_same_timesteps(ours: np.ndarray, theirs: np.ndarray) -> None:
+    """Equal, within 1e-4 of a timestep for fractional ones: diffusers computes the training sigmas with torch's pow,
+    which rounds 190 of SD's 1000 one float32 ulp away from a square root, and the timesteps Karras sigmas map back
+    to through their logarithms (Euler keeps them fractional) move by up to 6.1e-5 (measured over 1-59 steps, every
+    spacing, both beta schedules; the UNet's timestep embedding turns that into as many radians at most). Whole
+    timesteps are 1 apart, so theirs must be equal."""
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
 
 
 def _diffusers(name: str, schedule: NoiseSchedule):
@@ -51,7 +65,7 @@ def _run_both(name, schedule, steps, model_output):
     ours.set_timesteps(steps)
     ref.set_timesteps(steps)
     ref64.set_timesteps(steps)
-    np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
+    assert_same_timesteps(ours.timesteps, ref.timesteps.numpy())
     assert ours.init_noise_sigma == pytest.approx(float(ref.init_noise_sigma), rel=1e-6)
 
     rng = np.random.default_rng(0)
@@ -192,12 +206,20 @@ def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
     dpm = {**sd15_pndm, "_class_name": "DPMSolverMultistepScheduler"}
     schedule = NoiseSchedule.from_diffusers(dpm)
     assert schedule.unfollowed_options(dpm) == []
-    assert schedule.unfollowed_options({**dpm, "use_karras_sigmas": True, "solver_order": 3, "thresholding": True}) \
-        == ["thresholding=True", "use_karras_sigmas=True", "solver_order=3"]
-    # a sigma range acts only with Karras (exponential, beta) sigmas: alone it changes nothing, and is not said
+    assert schedule.unfollowed_options({**dpm, "use_exponential_sigmas": True, "solver_order": 3,
+                                        "thresholding": True}) \
+        == ["thresholding=True", "use_exponential_sigmas=True", "solver_order=3"]
+    # Karras sigmas and their range are followed (read into the schedule); a range alone changes nothing
     euler = {**sd15_pndm, "_class_name": "EulerDiscreteScheduler", "sigma_min": 0.0292, "sigma_max": 14.6146}
     assert schedule.unfollowed_options(euler) == []
-    assert schedule.unfollowed_options({**euler, "use_karras_sigmas": True}) == ["use_karras_sigmas=True"]
+    assert schedule.unfollowed_options({**euler, "use_karras_sigmas": True}) == []
+    karras = NoiseSchedule.from_diffusers({**euler, "use_karras_sigmas": True})
+    assert (karras.use_karras_sigmas, karras.sigma_min, karras.sigma_max) == (True, 0.0292, 14.6146)
+    for bad, said in [({"sigma_min": 0.0}, "sigma_min must lie in"),
+                      ({"sigma_max": 0.01}, "need sigma_min < sigma_max"),
+                      ({"use_karras_sigmas": "true"}, "use_karras_sigmas must be true or false")]:
+        with pytest.raises(ConfigError, match=said):
+            NoiseSchedule.from_diffusers({**euler, "use_karras_sigmas": True, **bad})
     with pytest.raises(ConfigError, match=r"cannot honour unknown keys \['mystery'\]"):
         schedule.unfollowed_options({**dpm, "mystery": 1})
 
@@ -207,6 +229,12 @@ def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
     ("dpm++", {"lower_order_final": False, "euler_at_final": True}),
     ("dpm++", {"lambda_min_clipped": -5.1}),  # below every timestep's: clips nothing
     ("euler", {"sigma_min": 0.0292, "sigma_max": 14.6146}),  # Karras sigmas' range, unused without them
+    # Karras sigmas, the most common community setting (DPM++ 2M Karras), and with a range of their own
+    ("dpm++", {"use_karras_sigmas": True}),
+    ("euler", {"use_karras_sigmas": True}),
+    ("euler", {"use_karras_sigmas": True, "sigma_min": 0.05, "sigma_max": 12.0}),
+    # a range past both ends of the training sigmas (0.029..14.6): the timesteps held at 0 and 999
+    ("euler", {"use_karras_sigmas": True, "sigma_min": 0.01, "sigma_max": 20.0}),
 ])
 def test_a_config_the_installed_diffusers_saves_for_each_sampler_is_followed_whole(name, options):
     """Every key diffusers writes for DDIM, Euler and DPM-Solver is known, at a value dbunet's sampler follows, and
@@ -223,7 +251,7 @@ def test_a_config_the_installed_diffusers_saves_for_each_sampler_is_followed_who
     ours = make_scheduler(name, schedule)
     ours.set_timesteps(7)
     ref.set_timesteps(7)
-    np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
+    assert_same_timesteps(ours.timesteps, ref.timesteps.numpy())
     x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
     for i, t in enumerate(ref.timesteps):  # DPM-Solver's second order from the second step, first at the last
         eps = np.random.default_rng(i + 1).standard_normal(x.shape).astype(np.float32)  # the UNet's output

@@ -72,6 +72,38 @@ def test_fp32_base_and_refiner_equal_diffusers(sdxl_folder, sdxl_refiner_folder,
     assert np.abs(alone.astype(int) - want.astype(int)).mean() > 3, sampler
 
 
+def test_karras_sigmas_in_base_and_refiner_equal_diffusers(sdxl_folder, sdxl_refiner_folder, tmp_path):
+    """Both folders' scheduler files with use_karras_sigmas: each part of a run takes its own folder's sigmas, split
+    where diffusers splits them (Euler's Karras timesteps are fractional; DPM-Solver's whole). Before, the export
+    said the runs sampled without them."""
+    import json
+
+    from dbunet.export.exporter import ExportOptions, export
+
+    folders = {}
+    for name, folder in (("base", sdxl_folder), ("refiner", sdxl_refiner_folder)):
+        folders[name] = tmp_path / name
+        shutil.copytree(folder, folders[name])
+        _edit_json(folders[name] / "scheduler" / "scheduler_config.json", use_karras_sigmas=True)
+    out = tmp_path / "artifacts"
+    export(ExportOptions(weights=folders["base"], arch="sdxl", out=out, refiner=folders["refiner"],
+                         components=("text_encoder", "text_encoder_2", "dbunet_step", "latent_refiner_step",
+                                     "vae_decoder")),
+           report=lambda line: None)
+    latents = _latents(2)
+    for sampler in ("euler", "dpm++"):
+        want = diffusers_refined(folders["base"], folders["refiner"], sampler, latents)
+        diff = np.abs(_ours(out, sampler, latents).image.astype(int) - want.astype(int))
+        # measured (AMD EPYC, diffusers 0.42.1): mean <= 0.0002, max 1 for both; the image without Karras sigmas
+        # (what runs drew before) is outside the bound: euler mean 1.7, max 15; dpm++ mean 6.4, max 38
+        plain = np.abs(want.astype(int) - diffusers_refined(sdxl_folder, sdxl_refiner_folder, sampler, latents))
+        assert plain.mean() > 1.0 or plain.max() > 8, (sampler, "Karras sigmas change nothing here")
+        assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())
+    config = Manifest.read(out).config
+    assert config.schedule.use_karras_sigmas and config.latent_refiner.schedule.use_karras_sigmas
+    assert json.loads((out / "manifest.json").read_text())["config"]["schedule"]["use_karras_sigmas"] is True
+
+
 @pytest.mark.parametrize(("sampler", "frac"), [("ddim", 0.749), ("dpm++", 0.7)])
 def test_hand_off_edges(sdxl_folder, sdxl_refiner_folder, sdxl_refined_artifacts, sampler, frac):
     """DDIM's 8 leading timesteps include 251; a fraction of 0.749 puts the cut exactly there: the base runs it
@@ -184,7 +216,8 @@ def test_the_refined_export_and_its_refusals(sdxl_refined_artifacts):
 @pytest.mark.parametrize("scheduler, says", [
     ({}, None),  # the test folders' own: the base's Euler, the same config
     ({"_class_name": "DDIMScheduler"}, "its scheduler samples as ddim, the base's as euler"),
-    ({"use_karras_sigmas": True}, "EulerDiscreteScheduler with use_karras_sigmas=True"),
+    ({"use_exponential_sigmas": True}, "EulerDiscreteScheduler with use_exponential_sigmas=True"),
+    ({"use_karras_sigmas": True}, None),  # followed: the refiner's steps take its own sigmas, as in diffusers
     ({"_class_name": "UniPCMultistepScheduler"}, "UniPCMultistepScheduler, is not one of dbunet's samplers; runs "
                                                  "default to euler"),
 ])

@@ -77,7 +77,7 @@ def _unfollowed(schedule: NoiseSchedule, config: dict, named: object, source: st
 def folder_sampler(schedule: NoiseSchedule, scheduler_config: dict, fallback: str, root: Path) -> str:
     """A folder's default sampler: its scheduler's (scheduler_class) where dbunet has it, the nearest where one is
     near, else `fallback`, said at export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM,
-    SDXL-Turbo's Euler ancestral; DPM-Solver with Karras sigmas is dbunet's DPM-Solver without them). A folder
+    SDXL-Turbo's Euler ancestral; DPM-Solver with exponential sigmas is dbunet's DPM-Solver without them). A folder
     without a scheduler file was said already (read_schedule), and takes `fallback`. `schedule` and
     `scheduler_config` are what read_schedule returned."""
     if not scheduler_config:

@@ -128,3 +128,27 @@ def spaced_timesteps(schedule: NoiseSchedule, n: int, spacing: str) -> np.ndarra
         return (np.arange(0, n) * ratio).round()[::-1].astype(np.int64) + schedule.steps_offset
     ratio = T / n  # trailing
     return np.round(np.arange(T, 0, -ratio)).astype(np.int64) - 1
+
+
+KARRAS_RHO = 7.0  # Karras et al. (2022), eq. 5: the paper's value, and diffusers'
+
+
+def karras_sigmas(schedule: NoiseSchedule, highest: float, lowest: float, n: int) -> np.ndarray:
+    """n sigmas from high to low, evenly spaced in sigma^(1/rho) (float64): between the schedule's sigma_max and
+    sigma_min where it gives them, else between `highest` and `lowest`."""
+    top = schedule.sigma_max if schedule.sigma_max is not None else float(highest)
+    bottom = schedule.sigma_min if schedule.sigma_min is not None else float(lowest)
+    ramp = np.linspace(0, 1, n)
+    return (top ** (1 / KARRAS_RHO) + ramp * (bottom ** (1 / KARRAS_RHO) - top ** (1 / KARRAS_RHO))) ** KARRAS_RHO
+
+
+def timesteps_of(sigmas: np.ndarray, train_sigmas: np.ndarray) -> np.ndarray:
+    """The fractional training timestep of each sigma: linear in log sigma between the two training timesteps whose
+    sigmas enclose it, held at the ends (float64). The arithmetic is diffusers' `_sigma_to_t`'s: the log of the
+    float32 training sigmas in float32, their differences in float32, the rest in float64, so that the timesteps the
+    UNet sees are the same numbers."""
+    log_train = np.log(train_sigmas)  # increasing with the timestep
+    log_sigma = np.log(np.maximum(sigmas, 1e-10))
+    low = np.clip(np.searchsorted(log_train, log_sigma, side="right") - 1, 0, len(log_train) - 2)
+    w = np.clip((log_train[low] - log_sigma) / (log_train[low] - log_train[low + 1]), 0, 1)
+    return (1 - w) * low + w * (low + 1)

@@ -1,6 +1,7 @@
 """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Algorithm 2), midpoint form, data prediction.
 
-Matches diffusers' DPMSolverMultistepScheduler (solver_order=2, lower_order_final, final sigma 0).
+Matches diffusers' DPMSolverMultistepScheduler (solver_order=2, lower_order_final, final sigma 0), with its
+timestep spacings or (use_karras_sigmas) Karras et al.'s sigmas between the training schedule's ends.
 The coefficients are float32, with log/exp/sqrt rounded from float64: the second-order term divides
 by the step in lambda, so a one-ulp difference in a logarithm shows up at 1e-5 in the sample.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dbunet.schedulers.base import Scheduler, prediction_terms
+from dbunet.schedulers.base import Scheduler, karras_sigmas, prediction_terms, timesteps_of
 from dbunet.schedulers.table import Update
 
 _F32 = np.float32
@@ -47,6 +48,9 @@ class DPMSolverScheduler(Scheduler):
         else:
             ts = np.arange(T, 0, -T / n).round().astype(np.int64) - 1
         sig = np.interp(ts, np.arange(len(self.train_sigmas)), self.train_sigmas)
+        if s.use_karras_sigmas:  # between the training schedule's ends, whatever the spacing; whole timesteps
+            sig = karras_sigmas(s, self.train_sigmas[-1], self.train_sigmas[0], n)
+            ts = timesteps_of(sig, self.train_sigmas).round().astype(np.int64)
         self.sigmas = np.concatenate([sig, [0.0]]).astype(np.float32)
         self.timesteps = ts
         self._previous_x0 = None

@@ -1,12 +1,13 @@
 """Euler sampler over Karras et al. (2022) sigmas (Algorithm 2 with s_churn = 0).
 
-Matches diffusers' EulerDiscreteScheduler step for step."""
+Matches diffusers' EulerDiscreteScheduler step for step: the sigmas of the spaced timesteps, or (use_karras_sigmas)
+the paper's spacing between the same ends."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from dbunet.schedulers.base import Scheduler, prediction_terms, spaced_timesteps
+from dbunet.schedulers.base import Scheduler, karras_sigmas, prediction_terms, spaced_timesteps, timesteps_of
 from dbunet.schedulers.table import Update
 
 
@@ -28,6 +29,9 @@ class EulerScheduler(Scheduler):
         else:
             ts = spaced_timesteps(s, n, self.spacing).astype(np.float32)
         sig = np.interp(ts, np.arange(len(self.train_sigmas)), self.train_sigmas)
+        if s.use_karras_sigmas:  # between the spaced steps' own ends; the UNet sees fractional timesteps
+            sig = karras_sigmas(s, sig[0], sig[-1], n)
+            ts = timesteps_of(sig, self.train_sigmas).astype(np.float32)
         self.sigmas = np.concatenate([sig, [0.0]]).astype(np.float32)
         self.timesteps = ts
 

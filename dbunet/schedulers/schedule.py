@@ -23,18 +23,18 @@ PredictionType = Literal["epsilon", "v_prediction"]
 # its sampler (these, the fields below, prediction_type and beta_schedule are the whole contract with the UNet)
 _TRAINING = {"trained_betas": None, "rescale_betas_zero_snr": False, "timestep_type": "discrete"}
 # options of diffusers' DDIM, Euler and DPM-Solver (multistep) at the values dbunet's samplers follow (each class's
-# own default); another value is a variant dbunet lacks (Karras sigmas, SDE or third-order DPM-Solver, thresholding),
-# and runs sample without it, said at export
-SAMPLER_OPTIONS = {"thresholding": False, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+# own default); another value is a variant dbunet lacks (exponential or beta sigmas, SDE or third-order DPM-Solver,
+# thresholding), and runs sample without it, said at export (Karras sigmas are followed: fields below)
+SAMPLER_OPTIONS = {"thresholding": False, "use_exponential_sigmas": False,
                    "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
                    "use_dynamic_shifting": False, "final_sigmas_type": "zero", "euler_at_final": False,
                    "lower_order_final": True, "algorithm_type": "dpmsolver++", "solver_order": 2,
                    "solver_type": "midpoint", "interpolation_type": "linear", "lambda_min_clipped": -math.inf}
 # keys that are bookkeeping, act only with one of the options above away from its value (the thresholding ratio,
-# the flow shift, the sigma range of Karras, exponential or beta sigmas), or belong to samplers dbunet replaces
-# (PNDM's PRK steps; DPM-Solver's learned variance needs a UNet with twice the channels, which the import refuses)
+# the flow shift), or belong to samplers dbunet replaces (PNDM's PRK steps; DPM-Solver's learned variance needs a
+# UNet with twice the channels, which the import refuses)
 _IGNORED = {"_class_name", "_diffusers_version", "skip_prk_steps", "dynamic_thresholding_ratio", "sample_max_value",
-            "variance_type", "flow_shift", "time_shift_type", "sigma_min", "sigma_max"}
+            "variance_type", "flow_shift", "time_shift_type"}
 # what every diffusers sampler (DDIM, PNDM, Euler, DPM-Solver) takes for a key its config leaves out
 _DIFFUSERS_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
 
@@ -58,6 +58,12 @@ class NoiseSchedule:
     clip_sample: bool = False  # DDIM: clamp the predicted x0 (useful in pixel space)
     clip_sample_range: float = 1.0
     prediction_type: PredictionType = "epsilon"  # what the denoiser predicts: the noise, or v (SD 2.x)
+    # Euler and DPM-Solver: sigmas spaced as Karras et al. (2022) space them, between the ends of the steps' sigmas
+    # (Euler) or of the training schedule's (DPM-Solver), or between sigma_min and sigma_max where given; DDIM has
+    # no such option in diffusers and ignores it here too
+    use_karras_sigmas: bool = False
+    sigma_min: float | None = None
+    sigma_max: float | None = None
 
     def __post_init__(self) -> None:
         check_flags("schedule", self)  # a folder's file is read as it is: "false" or "1" is named, not compared
@@ -73,6 +79,12 @@ class NoiseSchedule:
             raise ConfigError(
                 f"need 0 < beta_start < beta_end < 1, got beta_start={self.beta_start}, beta_end={self.beta_end}"
             )
+        for key in ("sigma_min", "sigma_max"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value <= 1e4:
+                raise ConfigError(f"{key} must lie in (0, 1e4], got {value}")
+        if self.sigma_min is not None and self.sigma_max is not None and not self.sigma_min < self.sigma_max:
+            raise ConfigError(f"need sigma_min < sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
         check_choices("schedule", self)  # beta_schedule, prediction_type, timestep_spacing
 
     def alphas_cumprod(self) -> np.ndarray:
@@ -88,7 +100,10 @@ class NoiseSchedule:
     def to_diffusers(self) -> dict:
         """The same schedule as a diffusers scheduler config (used by tests and by SD-folder import)."""
         spacing = {} if self.timestep_spacing is None else {"timestep_spacing": self.timestep_spacing}
-        return spacing | {
+        # DDIM takes no sigma options: they are written only where they act, as a Karras folder's file has them
+        karras = {} if not self.use_karras_sigmas else {
+            "use_karras_sigmas": True, **{k: getattr(self, k) for k in ("sigma_min", "sigma_max") if getattr(self, k)}}
+        return spacing | karras | {
             "num_train_timesteps": self.num_train_timesteps,
             "beta_start": self.beta_start,
             "beta_end": self.beta_end,

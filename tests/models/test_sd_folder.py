@@ -356,9 +356,10 @@ def test_an_sd1_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_sai
 
 @pytest.mark.parametrize(("cls", "options", "sampler", "says"), [
     ("DPMSolverMultistepScheduler", {}, "dpm++", None),
-    ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "dpm++",
-     "its scheduler, DPMSolverMultistepScheduler with use_karras_sigmas=True, is dbunet's dpm++ with options it "
-     "lacks: runs sample without them"),
+    ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "dpm++", None),  # followed: its sigmas
+    ("DPMSolverMultistepScheduler", {"use_exponential_sigmas": True}, "dpm++",
+     "its scheduler, DPMSolverMultistepScheduler with use_exponential_sigmas=True, is dbunet's dpm++ with options "
+     "it lacks: runs sample without them"),
     ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}, "euler", None),
     ("UniPCMultistepScheduler", {}, "ddim", "its scheduler, UniPCMultistepScheduler, is not one of dbunet's samplers"),
 ])
@@ -366,8 +367,8 @@ def test_a_scheduler_saved_by_diffusers_exports_with_its_sampler_or_says_what_di
                                                                                       cls, options, sampler, says):
     """The scheduler file as diffusers writes it (`pipe.scheduler = X.from_config(...)`, then save_pretrained).
     Before, DPM-Solver's and UniPC's were refused for keys dbunet did not know (flow sigmas, UniPC's corrector), and
-    DPM-Solver++ with Karras sigmas, the most common community setting, refused the whole folder: it now samples
-    with dbunet's DPM-Solver and says so, as a folder with a sampler dbunet lacks does."""
+    DPM-Solver++ with Karras sigmas, the most common community setting, refused the whole folder; then it sampled
+    without them and said so; now its runs take the Karras sigmas (tests/test_sd1.py compares the images)."""
     import shutil
 
     import diffusers
