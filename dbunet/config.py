@@ -51,8 +51,9 @@ class TextEncoderConfig:
         check_bounds("text", self, {"vocab_size": (2, 1 << 20), "hidden_size": (1, 1 << 14),
                                     "intermediate_size": (1, 1 << 16), "num_hidden_layers": (1, 128),
                                     "num_attention_heads": (1, 256), "max_length": (3, 1024),
-                                    "hidden_layer": (-self.num_hidden_layers, -1), "projection_dim": (0, 1 << 14),
-                                    "layer_norm_eps": (1e-12, 0.1)})
+                                    "projection_dim": (0, 1 << 14), "layer_norm_eps": (1e-12, 0.1)})
+        # its range needs the layer count, checked above to be a number
+        check_bounds("text", self, {"hidden_layer": (-self.num_hidden_layers, -1)})
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"text encoder: hidden_size {self.hidden_size} not divisible by {self.num_attention_heads} heads"

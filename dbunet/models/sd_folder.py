@@ -174,6 +174,8 @@ def _check_vae_keys(vae: dict, source: str) -> None:
 
     _refuse_non_defaults(vae, AutoencoderKL, _VAE_CARRIED, source, "the SD 1.x/2.x and SDXL VAE")
     for key, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        if not isinstance(vae.get(key, []), list):
+            raise ConfigError(f"{source}: {key} must be a list, got {vae[key]!r}")
         if any(b != block for b in vae.get(key, [block])):
             raise ConfigError(f"{source}: cannot honour {key}={vae[key]!r} (each block must be {block})")
 

@@ -494,6 +494,27 @@ def test_a_scheduler_setting_that_is_not_a_json_number_is_refused(sd_folder, tmp
             load_sd_folder(root, base=tiny(), arch=arch)
 
 
+@pytest.mark.parametrize(("file", "key", "value", "said"), [
+    ("text_encoder/config.json", "num_hidden_layers", "12", "text.num_hidden_layers: '12' is not a number"),
+    ("text_encoder/config.json", "num_hidden_layers", None, "text.num_hidden_layers: None is not a number"),
+    ("vae/config.json", "down_block_types", None, "down_block_types must be a list, got None"),
+    ("vae/config.json", "up_block_types", "UpDecoderBlock2D", "up_block_types must be a list, got 'UpDecoderBlock2D'"),
+])
+def test_a_text_encoder_or_vae_setting_of_the_wrong_json_type_is_refused(sd_folder, tmp_path, file, key, value, said):
+    # before: a TypeError's traceback from inside the config's checks (the layer count bounds another field) or from
+    # iterating null
+    import shutil
+
+    from dbunet.errors import ConfigError
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    path = root / file
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))  # null kept, not removed as _edit does
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_sd_folder(root, base=tiny(), arch="sd1")
+
+
 @pytest.mark.parametrize("arch", ["dbunet", "sd1"])
 def test_the_text_encoders_settings_are_kept_or_refused(sd_folder, tmp_path, arch):
     # before: layer_norm_eps was dropped (the export then drew with 1e-5), and an activation transformers lacks was
