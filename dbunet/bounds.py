@@ -10,6 +10,7 @@ import typing
 from typing import Any, Literal
 
 from dbunet.errors import ConfigError
+from dbunet.scalars import is_whole
 
 Range = tuple[float, float]
 
@@ -76,7 +77,7 @@ def check_numbers(owner: str, obj: Any) -> None:
         value = getattr(obj, f.name)
         if value is None and type(None) in typing.get_args(hints[f.name]):
             continue
-        if kinds == {int} and (isinstance(value, bool) or not isinstance(value, int)):
+        if kinds == {int} and not is_whole(value):
             raise ConfigError(f"{owner}.{f.name} must be an integer, got {value!r}")
-        if kinds == {float} and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if kinds == {float} and not (is_whole(value) or isinstance(value, float)):  # NaN: the field's range refuses
             raise ConfigError(f"{owner}.{f.name} must be a number, got {value!r}")
