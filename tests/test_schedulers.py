@@ -35,12 +35,13 @@ SCHEDULES = {
 
 
 def assert_same_timesteps(ours: np.ndarray, theirs: np.ndarray) -> None:
-    """Equal, within 1e-4 of a timestep for fractional ones: diffusers computes the training sigmas with torch's pow,
+    """Equal, within 2e-4 of a timestep for fractional ones: diffusers computes the training sigmas with torch's pow,
     which rounds 190 of SD's 1000 one float32 ulp away from a square root, and the timesteps Karras sigmas map back
-    to through their logarithms (Euler keeps them fractional) move by up to 6.1e-5 (measured over 1-59 steps, every
-    spacing, both beta schedules; the UNet's timestep embedding turns that into as many radians at most). Whole
+    to through their logarithms (Euler keeps them fractional) move by up to 6.1e-5 (measured on an AVX-512 EPYC over
+    1-59 steps, every spacing, both beta schedules). Twice that allows for torch's and numpy's vector kernels rounding
+    another ulp apart on another CPU; the UNet's timestep embedding turns it into as many radians at most. Whole
     timesteps are 1 apart, so theirs must be equal."""
-    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-4)
 
 
 def _diffusers(name: str, schedule: NoiseSchedule):
