@@ -10,7 +10,8 @@ from dbunet.boxes import Box, as_boxes
 from dbunet.config import ModelConfig, side_beyond
 from dbunet.errors import ConfigError, InputError
 from dbunet.scalars import is_real, is_whole, python_scalar
-from dbunet.schedulers import SCHEDULERS
+from dbunet.schedulers import KARRAS_SAMPLERS, SCHEDULERS
+from dbunet.schedulers.schedule import NoiseSchedule
 from dbunet.text import not_utf8
 
 MAX_PROMPT_CHARS = 10_000  # far beyond any text encoder's window; tokenizing more only costs time
@@ -37,6 +38,9 @@ class GenerationRequest:
     steps: int = 30
     guidance_scale: float = 7.5
     scheduler: str = "ddim"
+    # Euler's and DPM-Solver++'s sigmas: Karras et al.'s (True), the spaced timesteps' (False), or None: the model's
+    # scheduler file says (diffusers' users pass use_karras_sigmas to from_config)
+    karras_sigmas: bool | None = None
     seed: int = 0
     box_fraction: float = 0.3  # boxes steer the first fraction of the steps, then step aside
     refiner_steps: int = 10  # refiner UNet calls; 0 skips the refiner
@@ -80,6 +84,11 @@ class GenerationRequest:
             raise bad(f"box fraction must lie in [0, 1], got {self.box_fraction!r}")
         if not isinstance(self.scheduler, str) or self.scheduler not in SCHEDULERS:
             raise bad(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+        if not isinstance(self.karras_sigmas, bool | None):
+            raise bad(f"karras sigmas must be true or false, got {self.karras_sigmas!r}")
+        if self.karras_sigmas and self.scheduler not in KARRAS_SAMPLERS:
+            raise bad(f"the {self.scheduler} sampler has no Karras sigmas (diffusers' has none either); they are "
+                      f"{' and '.join(KARRAS_SAMPLERS)}'s")
         for name, v, most in (("height", self.height, max_height), ("width", self.width, max_width)):
             if not is_whole(v):  # 64.0 too: "a multiple of 8, got 64.0" would read as a contradiction
                 raise bad(f"{name} must be an integer, got {v!r}")
@@ -121,6 +130,12 @@ class GenerationRequest:
         """How many leading denoising steps run with box_scale = 1."""
         return math.ceil(self.box_fraction * self.steps) if self.boxes else 0
 
+    def schedule(self, schedule: NoiseSchedule) -> NoiseSchedule:
+        """The model's noise schedule with this request's choice of sigmas, where it makes one."""
+        if self.karras_sigmas is None or self.karras_sigmas == schedule.use_karras_sigmas:
+            return schedule
+        return dataclasses.replace(schedule, use_karras_sigmas=self.karras_sigmas)
+
     def refiner_schedule(self, most: int = MAX_STEPS) -> tuple[int, int]:
         """(schedule length, first index): `refiner_steps` calls covering the last `strength` of it, refused
         when that length is beyond `most` (the refiner's training timesteps)."""
@@ -140,7 +155,7 @@ def plan_schedules(config: ModelConfig, req: GenerationRequest):
     take is refused before any model runs. Returns (sampler, rows, refiner sampler or None, refiner rows, start)."""
     from dbunet.schedulers import DDIMScheduler, make_scheduler
 
-    sampler = make_scheduler(req.scheduler, config.schedule)
+    sampler = make_scheduler(req.scheduler, req.schedule(config.schedule))
     rows = sampler.plan(req.steps, req.guidance_scale, req.box_steps)
     if config.has_latent_refiner:
         return _hand_over(config, req, sampler, rows)
@@ -169,7 +184,7 @@ def _hand_over(config: ModelConfig, req: GenerationRequest, sampler, rows):
     total = config.schedule.num_train_timesteps
     cutoff = int(round(total - req.high_noise_frac * total))
     base_steps = int((sampler.timesteps >= cutoff).sum())
-    refiner = make_scheduler(req.scheduler, config.latent_refiner.schedule)
+    refiner = make_scheduler(req.scheduler, req.schedule(config.latent_refiner.schedule))
     refiner.set_timesteps(min(req.refiner_steps, config.latent_refiner.schedule.num_train_timesteps))
     calls = int((refiner.timesteps < cutoff).sum())
     if not base_steps or not calls:

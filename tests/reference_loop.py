@@ -87,7 +87,7 @@ class ReferenceCascade:
     def __call__(self, prompt: str, *, negative_prompt: str = "", boxes=(), seed: int = 0, steps: int = 8,
                  guidance_scale: float = 7.5, scheduler: str = "ddim", box_fraction: float = 0.3,
                  refiner_steps: int = 4, refiner_strength: float = 0.3, height: int | None = None,
-                 width: int | None = None) -> ReferenceOutput:
+                 width: int | None = None, karras_sigmas: bool | None = None) -> ReferenceOutput:
         cfg = self.config
         height, width = height or cfg["defaults"]["height"], width or cfg["defaults"]["width"]
         rng = np.random.Generator(np.random.Philox(seed))
@@ -105,7 +105,8 @@ class ReferenceCascade:
         batch = text.shape[0]
 
         # denoising loop with diffusers' sampler
-        sampler = diffusers_scheduler(scheduler, cfg["schedule"])
+        schedule = cfg["schedule"] if karras_sigmas is None else {**cfg["schedule"], "use_karras_sigmas": karras_sigmas}
+        sampler = diffusers_scheduler(scheduler, schedule)
         sampler.set_timesteps(steps)
         f = 2 ** (len(cfg["vae"]["block_out_channels"]) - 1)
         shape = (1, cfg["vae"]["latent_channels"], height // f, width // f)

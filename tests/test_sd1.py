@@ -40,9 +40,9 @@ def _latents(seed=5):
     return np.random.default_rng(seed).standard_normal((1, 4, SIZE // 4, SIZE // 4)).astype(np.float32)
 
 
-def _ours(artifacts, precision, sampler, latents, guidance=GUIDANCE):
+def _ours(artifacts, precision, sampler, latents, guidance=GUIDANCE, **options):
     pipe = Pipeline.from_artifacts(artifacts, precision=precision)
-    return pipe(PROMPT, scheduler=sampler, steps=STEPS, guidance_scale=guidance, latents=latents).image
+    return pipe(PROMPT, scheduler=sampler, steps=STEPS, guidance_scale=guidance, latents=latents, **options).image
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
@@ -166,10 +166,29 @@ def test_a_karras_sigmas_folder_matches_diffusers(tmp_path):
         diff = np.abs(got.astype(int) - want.astype(int))
         # measured (AMD EPYC, diffusers 0.42): dpm++ mean 0, max 0; euler mean 0.0005, max 1. The image without
         # Karras sigmas (what runs drew before) is outside the bound: dpm++ mean 6.5, max 47; euler mean 1.4, max 11
-        plain = diffusers_image(folder, sampler, latents, use_karras_sigmas=False).astype(int) - want.astype(int)
-        assert np.abs(plain).mean() > 1.0 or np.abs(plain).max() > 8, (sampler, "Karras sigmas change nothing here")
+        plain = diffusers_image(folder, sampler, latents, use_karras_sigmas=False).astype(int)
+        assert np.abs(plain - want).mean() > 1.0 or np.abs(plain - want).max() > 8, (sampler, "no Karras effect")
         assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())
+        # a run may switch them off, as from_config(use_karras_sigmas=False) does (measured: max 1 level)
+        off = np.abs(_ours(out, "fp32", sampler, latents, karras_sigmas=False).astype(int) - plain)
+        assert off.mean() <= 1.0 and off.max() <= 8, (sampler, off.mean(), off.max())
     assert Manifest.read(out).config.schedule.use_karras_sigmas
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpm++"])
+def test_a_run_takes_karras_sigmas_as_diffusers_from_config_does(sd1_folder, sd1_artifacts, sampler):
+    """Diffusers' users switch Karras sigmas on per pipeline (`from_config(config, use_karras_sigmas=True)`) for
+    a folder whose file leaves them off, as SD 1.5's does; a run's karras_sigmas does the same."""
+    assert not Manifest.read(sd1_artifacts).config.schedule.use_karras_sigmas
+    latents = _latents(3)
+    want = diffusers_image(sd1_folder, sampler, latents, use_karras_sigmas=True)
+    got = _ours(sd1_artifacts, "fp32", sampler, latents, karras_sigmas=True)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    plain = np.abs(diffusers_image(sd1_folder, sampler, latents).astype(int) - want.astype(int))
+    assert plain.mean() > 1.0 or plain.max() > 8, (sampler, "Karras sigmas change nothing here")
+    # measured (AMD EPYC, diffusers 0.42.1): mean <= 0.0004, max 1; without them (what a run drew before it could
+    # ask): euler mean 1.3, max 10; dpm++ mean 6.0, max 43
+    assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())
 
 
 def test_the_default_sampler_is_the_class_diffusers_loads_from_model_index(tmp_path):

@@ -72,10 +72,12 @@ def test_fp32_base_and_refiner_equal_diffusers(sdxl_folder, sdxl_refiner_folder,
     assert np.abs(alone.astype(int) - want.astype(int)).mean() > 3, sampler
 
 
-def test_karras_sigmas_in_base_and_refiner_equal_diffusers(sdxl_folder, sdxl_refiner_folder, tmp_path):
+def test_karras_sigmas_in_base_and_refiner_equal_diffusers(sdxl_folder, sdxl_refiner_folder, sdxl_refined_artifacts,
+                                                           tmp_path):
     """Both folders' scheduler files with use_karras_sigmas: each part of a run takes its own folder's sigmas, split
     where diffusers splits them (Euler's Karras timesteps are fractional; DPM-Solver's whole). Before, the export
-    said the runs sampled without them."""
+    said the runs sampled without them. A run's karras_sigmas switches them for both parts, as diffusers' users
+    pass use_karras_sigmas to both pipelines' from_config: on for folders without them, off for these."""
     import json
 
     from dbunet.export.exporter import ExportOptions, export
@@ -96,9 +98,14 @@ def test_karras_sigmas_in_base_and_refiner_equal_diffusers(sdxl_folder, sdxl_ref
         diff = np.abs(_ours(out, sampler, latents).image.astype(int) - want.astype(int))
         # measured (AMD EPYC, diffusers 0.42.1): mean <= 0.0002, max 1 for both; the image without Karras sigmas
         # (what runs drew before) is outside the bound: euler mean 1.7, max 15; dpm++ mean 6.4, max 38
-        plain = np.abs(want.astype(int) - diffusers_refined(sdxl_folder, sdxl_refiner_folder, sampler, latents))
-        assert plain.mean() > 1.0 or plain.max() > 8, (sampler, "Karras sigmas change nothing here")
+        plain = diffusers_refined(sdxl_folder, sdxl_refiner_folder, sampler, latents).astype(int)
+        assert np.abs(plain - want).mean() > 1.0 or np.abs(plain - want).max() > 8, (sampler, "no Karras effect")
         assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())
+        asked = np.abs(_ours(sdxl_refined_artifacts, sampler, latents, karras_sigmas=True).image.astype(int) - want)
+        off = np.abs(_ours(out, sampler, latents, karras_sigmas=False).image.astype(int) - plain)
+        # measured: mean <= 0.0002, max 1 for both, each way
+        for got in (asked, off):
+            assert got.mean() <= 1.0 and got.max() <= 8, (sampler, got.mean(), got.max())
     config = Manifest.read(out).config
     assert config.schedule.use_karras_sigmas and config.latent_refiner.schedule.use_karras_sigmas
     assert json.loads((out / "manifest.json").read_text())["config"]["schedule"]["use_karras_sigmas"] is True

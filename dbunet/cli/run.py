@@ -20,7 +20,7 @@ from dbunet.cli.common import (
 )
 from dbunet.manifest import Manifest
 from dbunet.request import build_request
-from dbunet.schedulers import SCHEDULERS
+from dbunet.schedulers import KARRAS_SAMPLERS, SCHEDULERS
 from dbunet.text import from_command_line
 
 DESCRIPTION = """Generate an image with the DB-UNet cascade from an artifacts directory written by
@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     how = p.add_argument_group("sampling")
     how.add_argument("--steps", type=int, help="denoising steps")
     how.add_argument("--scheduler", choices=SCHEDULERS, help="sampler (default: the model's, ddim for the presets)")
+    how.add_argument("--karras-sigmas", action=argparse.BooleanOptionalAction,
+                     help=f"{' and '.join(KARRAS_SAMPLERS)}: sample at Karras et al.'s sigmas (\"DPM++ 2M Karras\"), "
+                     "as diffusers' use_karras_sigmas (default: as the model's scheduler file says)")
     how.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale, 0..100; 1 or less runs "
                      "the prompt alone, as diffusers does (default: the model's)")
     how.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
@@ -74,8 +77,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _options(args) -> dict:
-    names = ("negative_prompt", "steps", "scheduler", "guidance_scale", "seed", "height", "width", "box_fraction",
-             "refiner_steps", "refiner_strength", "original_size", "crop_top_left", "target_size", "high_noise_frac")
+    names = ("negative_prompt", "steps", "scheduler", "karras_sigmas", "guidance_scale", "seed", "height", "width",
+             "box_fraction", "refiner_steps", "refiner_strength", "original_size", "crop_top_left", "target_size",
+             "high_noise_frac")
     # an option left out is None, which the request reads as the model's default
     return {**{k: getattr(args, k) for k in names}, "boxes": tuple(Box.parse(b) for b in args.box)}
 

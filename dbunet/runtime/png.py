@@ -37,6 +37,7 @@ def metadata(result: GenerationResult, artifact_hash: str, backend: str, precisi
         "boxes": json.dumps([b.spec() for b in req.boxes]),
         "steps": str(req.steps),
         "scheduler": req.scheduler,
+        **({"karras_sigmas": str(req.karras_sigmas).lower()} if req.karras_sigmas is not None else {}),
         "guidance_scale": repr(req.guidance_scale),
         "refiner": f"{req.refiner_steps} steps at strength {req.refiner_strength}",
         **({"size_numbers": json.dumps(req.size_numbers)} if req.original_size or req.target_size

@@ -14,6 +14,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "euler": EulerScheduler,
     "dpm++": DPMSolverScheduler,
 }
+KARRAS_SAMPLERS = tuple(name for name, sampler in SCHEDULERS.items() if sampler.takes_karras_sigmas)
 
 
 def make_scheduler(name: str, schedule: NoiseSchedule | None = None) -> Scheduler:
@@ -23,6 +24,7 @@ def make_scheduler(name: str, schedule: NoiseSchedule | None = None) -> Schedule
 
 
 __all__ = [
+    "KARRAS_SAMPLERS",
     "SCHEDULERS",
     "DDIMScheduler",
     "DPMSolverScheduler",

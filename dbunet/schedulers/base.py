@@ -17,6 +17,7 @@ class Scheduler(abc.ABC):
 
     name: str = ""
     default_spacing: str = "leading"  # diffusers' default for this sampler (used when the schedule names none)
+    takes_karras_sigmas: bool = False  # follows the schedule's use_karras_sigmas (diffusers' class has the option)
 
     def __init__(self, schedule: NoiseSchedule | None = None) -> None:
         self.schedule = schedule or NoiseSchedule()

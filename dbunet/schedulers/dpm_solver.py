@@ -28,6 +28,7 @@ def _exp(x: np.float32) -> np.float32:
 class DPMSolverScheduler(Scheduler):
     name = "dpm++"
     default_spacing = "linspace"
+    takes_karras_sigmas = True
 
     def __init__(self, schedule=None) -> None:
         super().__init__(schedule)

@@ -14,6 +14,7 @@ from dbunet.schedulers.table import Update
 class EulerScheduler(Scheduler):
     name = "euler"
     default_spacing = "linspace"
+    takes_karras_sigmas = True
 
     def __init__(self, schedule=None) -> None:
         super().__init__(schedule)

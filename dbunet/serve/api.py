@@ -18,9 +18,9 @@ from dbunet.errors import DbunetError, NonFiniteError
 
 MAX_BODY = 64 * 1024  # bytes: a 10,000-character prompt and 30 boxes fit many times over
 # the request's JSON fields: dbunet-run's options under the API's names (size as height and width)
-FIELDS = ("prompt", "negative_prompt", "boxes", "seed", "steps", "scheduler", "guidance_scale", "height", "width",
-          "box_fraction", "refiner_steps", "refiner_strength", "high_noise_frac", "original_size", "crop_top_left",
-          "target_size", "response")
+FIELDS = ("prompt", "negative_prompt", "boxes", "seed", "steps", "scheduler", "karras_sigmas", "guidance_scale",
+          "height", "width", "box_fraction", "refiner_steps", "refiner_strength", "high_noise_frac", "original_size",
+          "crop_top_left", "target_size", "response")
 RESPONSES = ("png", "json")
 
 
@@ -115,6 +115,7 @@ def model_summary(pipe) -> dict:
         "boxes": cfg.has_boxes, "max_boxes": cfg.unet.max_boxes,
         "refiner": "diffusegae" if cfg.has_refiner else "sdxl" if cfg.has_latent_refiner else None,
         "defaults": {"height": d.height, "width": d.width, "steps": d.steps, "scheduler": d.scheduler,
+                     "karras_sigmas": cfg.schedule.use_karras_sigmas,
                      "guidance_scale": d.guidance_scale, "refiner_steps": d.refiner_steps},
         "limits": {"max_height": d.max_height, "max_width": d.max_width, "size_multiple": cfg.vae.downscale,
                    "max_steps": cfg.schedule.num_train_timesteps, "max_body_bytes": MAX_BODY},

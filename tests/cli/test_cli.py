@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from locales import ASCII_LOCALE
 from PIL import Image
@@ -35,6 +36,22 @@ def test_run_writes_png_with_provenance(tiny_artifacts, tmp_path, capsys):
     assert "denoise (3 steps" in stderr and "total" in stderr  # the timing table
     assert "backend: " in stderr  # --backend auto (the default) says what it chose
     assert "wrote" in stdout
+
+
+def test_karras_sigmas_asked_for_are_drawn_and_recorded(tiny_artifacts, tmp_path, capsys):
+    """--karras-sigmas changes the sampler's sigmas (the image) and the PNG says it was asked; a run that leaves it
+    out records nothing, its artifacts' schedule decides."""
+    images = {}
+    for flag in ("--karras-sigmas", "--no-karras-sigmas", None):
+        out = tmp_path / f"{flag}.png"
+        code, _, stderr = _run(["--artifacts", str(tiny_artifacts), "--prompt", "a cat", "--scheduler", "dpm++",
+                                "--steps", "4", "--quiet", "--output", str(out), *([flag] if flag else [])], capsys)
+        assert code == 0, stderr
+        img = Image.open(out)
+        images[flag] = np.asarray(img)
+        assert img.text.get("karras_sigmas") == {"--karras-sigmas": "true", "--no-karras-sigmas": "false"}.get(flag)
+    assert np.array_equal(images["--no-karras-sigmas"], images[None])  # the tiny model's schedule has none
+    assert not np.array_equal(images["--karras-sigmas"], images[None])
 
 
 def test_a_utf8_prompt_under_an_ascii_locale_is_drawn_as_typed(tiny_artifacts, tmp_path):

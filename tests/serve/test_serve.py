@@ -221,6 +221,8 @@ def test_the_reference_without_torch_is_refused_before_ray_starts(tiny_artifacts
     ({"prompt": PROMPT, "scheduler": "nope"}, None),
     ({"prompt": PROMPT, "steps": "many"}, None),
     ({"prompt": PROMPT, "colour": "red"}, None),
+    ({"prompt": PROMPT, "karras_sigmas": True}, ["--karras-sigmas"]),  # the model's sampler is DDIM
+    ({"prompt": PROMPT, "scheduler": "euler", "karras_sigmas": "yes"}, None),
     (b"{not json", None),
 ])
 def test_a_bad_request_gets_400_and_the_error_line(server, tiny_artifacts, tmp_path, body, cli):
