@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dbunet.runtime.png import metadata, save_png
 
-    meta = metadata(result, pipe.manifest.weights_sha256, pipe.backend_name, pipe.precision)
+    meta = metadata(result, pipe.manifest, pipe.backend_name, pipe.precision)
     save_png(args.output, result, meta, with_boxes=args.draw_boxes)
     if not args.quiet:
         print_timings(result.timings, result.step_times)

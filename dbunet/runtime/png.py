@@ -10,7 +10,10 @@ import numpy as np
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from dbunet import atomic
+from dbunet.config import ModelConfig
 from dbunet.generation import GenerationResult
+from dbunet.manifest import Manifest
+from dbunet.request import GenerationRequest
 
 PALETTE = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255), (0, 200, 200)]
 
@@ -28,8 +31,21 @@ def draw_boxes(image: np.ndarray, result: GenerationResult) -> Image.Image:
     return img
 
 
-def metadata(result: GenerationResult, artifact_hash: str, backend: str, precision: str) -> dict[str, str]:
+def refiner_line(config: ModelConfig, req: GenerationRequest) -> str | None:
+    """What the refiner did, in the terms of the model's own refiner; None for a model without one."""
+    if config.has_latent_refiner:  # SDXL's takes the latents over at the high noise fraction
+        ran, how = req.refiner_steps, f"{req.refiner_steps} steps from high noise fraction {req.high_noise_frac}"
+    elif config.has_refiner:  # the DiffuseGAE refiner re-noises the image to its strength
+        ran = req.refiner_steps and req.refiner_strength
+        how = f"{req.refiner_steps} steps at strength {req.refiner_strength}"
+    else:
+        return None
+    return how if ran else "none"
+
+
+def metadata(result: GenerationResult, manifest: Manifest, backend: str, precision: str) -> dict[str, str]:
     req = result.request
+    refiner = refiner_line(manifest.config, req)
     return {
         "prompt": req.prompt,
         **({"negative_prompt": req.negative_prompt} if req.negative_prompt is not None else {}),
@@ -39,10 +55,10 @@ def metadata(result: GenerationResult, artifact_hash: str, backend: str, precisi
         "scheduler": req.scheduler,
         **({"karras_sigmas": str(req.karras_sigmas).lower()} if req.karras_sigmas is not None else {}),
         "guidance_scale": repr(req.guidance_scale),
-        "refiner": f"{req.refiner_steps} steps at strength {req.refiner_strength}",
+        **({"refiner": refiner} if refiner else {}),
         **({"size_numbers": json.dumps(req.size_numbers)} if req.original_size or req.target_size
            or req.crop_top_left != (0, 0) else {}),
-        "artifact_hash": artifact_hash,
+        "artifact_hash": manifest.weights_sha256,
         "backend": f"{backend}/{precision}",
         "software": "dbunet",
     }

@@ -97,7 +97,7 @@ def generate(pipe, request: ImageRequest) -> tuple[str, bytes, dict[str, float]]
         raise Refused(400, str(exc)) from None
     except TypeError as exc:  # a value of the wrong JSON type reached a check that compares numbers
         raise Refused(400, f"a field has the wrong type ({exc})") from None
-    meta = metadata(result, pipe.manifest.weights_sha256, pipe.backend_name, pipe.precision)
+    meta = metadata(result, pipe.manifest, pipe.backend_name, pipe.precision)
     png = png_bytes(result, meta)
     if request.response == "png":
         return "image/png", png, result.timings

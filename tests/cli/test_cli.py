@@ -54,6 +54,25 @@ def test_karras_sigmas_asked_for_are_drawn_and_recorded(tiny_artifacts, tmp_path
     assert not np.array_equal(images["--karras-sigmas"], images[None])
 
 
+@pytest.mark.parametrize(("artifacts", "options", "says"), [
+    ("tiny_artifacts", ["--refiner-steps", "2", "--refiner-strength", "0.5"], "2 steps at strength 0.5"),
+    ("tiny_artifacts", ["--refiner-steps", "0"], "none"),
+    ("sdxl_refined_artifacts", ["--refiner-steps", "6", "--high-noise-frac", "0.7"],
+     "6 steps from high noise fraction 0.7"),
+    ("sdxl_refined_artifacts", ["--refiner-steps", "0"], "none"),
+    ("sd1_artifacts", [], None),
+])
+def test_the_png_says_which_refiner_ran_and_how(request, tmp_path, capsys, artifacts, options, says):
+    """Provenance names what reached the image. Before, every PNG said "N steps at strength S": SDXL's refiner,
+    which starts at the high noise fraction, was recorded with the DiffuseGAE refiner's unused strength and without
+    its fraction, and a model with no refiner claimed one."""
+    out = tmp_path / "out.png"
+    code, _, stderr = _run(["--artifacts", str(request.getfixturevalue(artifacts)), "--prompt", "a cat", "--steps",
+                            "4", "--quiet", "--output", str(out), *options], capsys)
+    assert code == 0, stderr
+    assert Image.open(out).text.get("refiner") == says
+
+
 def test_a_utf8_prompt_under_an_ascii_locale_is_drawn_as_typed(tiny_artifacts, tmp_path):
     # an ASCII locale decodes argv as ASCII: every byte of a "\u00e9" arrived as a surrogate and the prompt was
     # refused as "not text"; UTF-8 bytes are read as UTF-8
