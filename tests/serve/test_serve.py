@@ -107,6 +107,7 @@ def test_an_image_over_http_is_byte_identical_to_dbunet_run(server, tiny_artifac
     with urllib.request.urlopen(f"{url}/v1/model", timeout=30) as r:
         model = json.loads(r.read())
     assert model["architecture"] == "dbunet" and model["limits"]["max_height"] == 512 and model["backend"] == "ort"
+    assert model["defaults"]["scheduler"] == "ddim" and model["defaults"]["karras_sigmas"] is False
     assert model["whole_loops"] is False  # ONNX Runtime's default on the CPU
     with urllib.request.urlopen(f"{url}/v1/health", timeout=30) as r:
         assert json.loads(r.read()) == {"status": "ok"}
