@@ -41,6 +41,8 @@ class Step:
     index: int  # into sampler.timesteps
     row: np.ndarray  # float32 coefficients (dbunet.schedulers.table.ROW): all a step graph needs
     sampler: Scheduler  # for reference implementations that call sampler.step()
+    # an ancestral sampler's fresh noise, already scaled, added to x_next after the step; None for the others
+    noise: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,9 @@ class WholeLoopStages(Stages, Protocol):
 
 def _loop(one_step: Callable, whole_loop: Callable | None, steps: list[Step], x: np.ndarray, extra,
           stage: str, progress: Progress | None) -> tuple[np.ndarray, list[float]]:
-    """Run `steps` from x (x0_prev starts at zero); return the result and seconds per step."""
-    if whole_loop is not None:
+    """Run `steps` from x (x0_prev starts at zero); return the result and seconds per step. Steps that add noise
+    run one by one: a whole-loop graph has no input for it."""
+    if whole_loop is not None and all(step.noise is None for step in steps):
         t0 = time.perf_counter()
         x = whole_loop(steps, x, extra)
         elapsed = time.perf_counter() - t0
@@ -120,6 +123,8 @@ def _loop(one_step: Callable, whole_loop: Callable | None, steps: list[Step], x:
     for k, step in enumerate(steps):
         t0 = time.perf_counter()
         x, x0 = one_step(step, x, x0, extra)
+        if step.noise is not None:
+            x = x + step.noise
         times.append(time.perf_counter() - t0)
         if progress:
             progress(stage, k + 1, len(steps))
@@ -234,6 +239,18 @@ def initial_latents(latents: np.ndarray | None, shape: tuple[int, ...]) -> np.nd
     return np.ascontiguousarray(array)
 
 
+def _steps(sampler: Scheduler, start: int, rows: np.ndarray, noise: NoiseSource, shape: tuple[int, ...]
+           ) -> list[Step]:
+    """The loop's steps from index `start`; an ancestral sampler's noise is drawn here, one draw per step in order
+    (the last too, which adds none, as diffusers draws it), so that a seed gives one image on every backend."""
+    def fresh(index: int) -> np.ndarray | None:
+        if not sampler.ancestral:
+            return None
+        return (noise.normal(shape) * np.float32(sampler.noise_scale(index))).astype(np.float32)
+
+    return [Step(start + k, row, sampler, fresh(start + k)) for k, row in enumerate(rows)]
+
+
 def require_finite(array: np.ndarray, stage: str, settings: str) -> None:
     """Never an image from NaN or infinity (they quantise to black): the run ends here, naming the stage."""
     if not np.isfinite(array).all():
@@ -266,7 +283,7 @@ def run_cascade(
     given = initial_latents(latents, shape)
     drawn = noise.normal(shape)  # drawn either way: the noise order stays the same
     latents = (drawn if given is None else given) * np.float32(sampler.init_noise_sigma)
-    steps = [Step(i, row, sampler) for i, row in enumerate(rows)]
+    steps = _steps(sampler, 0, rows, noise, shape)
     whole = stages.whole_loops
     latents, step_times = _loop(stages.denoise_step, stages.denoise_loop if whole else None, steps, latents, cond,
                                 "denoise", progress)
@@ -280,7 +297,7 @@ def run_cascade(
         role = "latent_refiner_step"
         one = functools.partial(stages.denoise_step, component=role)
         loop = functools.partial(stages.denoise_loop, component=role) if whole else None
-        steps = [Step(start + k, row, refiner_sampler) for k, row in enumerate(refiner_rows)]
+        steps = _steps(refiner_sampler, start, refiner_rows, noise, shape)
         latents, _ = _loop(one, loop, steps, latents, refiner_cond, "refiner", progress)
         require_finite(latents, "refiner", f"{len(steps)} of {req.refiner_steps} steps")
     refined_latents_s = time.perf_counter() - t0

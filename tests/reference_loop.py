@@ -2,11 +2,12 @@
 
 It shares no orchestration code with `dbunet/`: it reads manifest.json as plain JSON, tokenizes with
 transformers' CLIP tokenizer from the exported model's vocab.json + merges.txt, runs each exported
-per-call graph in a plain ONNX Runtime session, and uses diffusers' own DDIM / Euler / DPM-Solver++
-schedulers as the outside oracle for the samplers. What the documents specify is written out here:
+per-call graph in a plain ONNX Runtime session, and uses diffusers' own DDIM / Euler / Euler ancestral /
+DPM-Solver++ schedulers as the outside oracle for the samplers. What the documents specify is written out here:
 
-- noise: numpy Philox seeded with the seed; the initial latent is drawn first, then the refiner's
-  forward noise (README "Noise"); z_T is scaled by the sampler's initial sigma;
+- noise: numpy Philox seeded with the seed; the initial latent is drawn first, then (Euler ancestral) one
+  draw per denoising step, then the refiner's forward noise (docs/architecture.md 3.4); z_T is scaled by the
+  sampler's initial sigma;
 - text: [negative prompt; prompt] for classifier-free guidance, a single prompt when the scale is 1 or less;
   each box phrase is encoded alone and its pooled embedding is its phrase embedding (docs/architecture.md 3.2);
 - guidance: eps = eps_u + g (eps_c - eps_u); the unconditional half sees no boxes (validity 0);
@@ -22,11 +23,18 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral
 import numpy as np
 import onnxruntime as ort
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+)
 from transformers import CLIPTokenizerFast
 
 CALLS = ("text_encoder", "dbunet", "vae_decoder", "refiner_encoder", "gae", "refiner_unet")
@@ -55,6 +63,8 @@ def diffusers_scheduler(name: str, schedule: dict):
     sigmas = {k: schedule.get(k) for k in ("use_karras_sigmas", "sigma_min", "sigma_max") if schedule.get(k)}
     if name == "euler":
         return EulerDiscreteScheduler.from_config({**common, **sigmas})
+    if name == "euler-a":
+        return EulerAncestralDiscreteScheduler.from_config(common)
     if name == "dpm++":
         return DPMSolverMultistepScheduler.from_config({**common, **sigmas, "algorithm_type": "dpmsolver++",
                                                         "solver_order": 2})
@@ -112,6 +122,9 @@ class ReferenceCascade:
         shape = (1, cfg["vae"]["latent_channels"], height // f, width // f)
         latents = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)) * sampler.init_noise_sigma
         box_steps = math.ceil(box_fraction * steps) if n else 0
+
+        def draw(size, **_):
+            return torch.from_numpy(rng.standard_normal(tuple(size), dtype=np.float32))
         for i, t in enumerate(sampler.timesteps):
             x_in = sampler.scale_model_input(latents, t).numpy()
             (eps,) = self._run(
@@ -121,7 +134,8 @@ class ReferenceCascade:
             )
             if guided:
                 eps = eps[:1] + np.float32(guidance_scale) * (eps[1:] - eps[:1])
-            latents = sampler.step(torch.from_numpy(eps), t, latents).prev_sample
+            with mock.patch.object(euler_ancestral, "randn_tensor", draw):  # its step noise from the seed's stream
+                latents = sampler.step(torch.from_numpy(eps), t, latents).prev_sample
         z0 = latents.numpy()
 
         (image,) = self._run("vae_decoder", latent=z0 / np.float32(cfg["vae"]["scaling_factor"]))

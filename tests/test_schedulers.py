@@ -1,17 +1,25 @@
 """Each numpy sampler against diffusers' sampler of the same name, over whole runs."""
 
 import json
+from unittest import mock
 
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral_module
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+)
 
 from dbunet.errors import ConfigError, InputError
 from dbunet.schedulers import NoiseSchedule, make_scheduler
 from dbunet.schedulers.table import COLUMN, ROW, generic_update
 
-DIFFUSERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "dpm++": DPMSolverMultistepScheduler}
+DIFFUSERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler-a": EulerAncestralDiscreteScheduler,
+             "dpm++": DPMSolverMultistepScheduler}
 
 SCHEDULES = {
     "sd": NoiseSchedule(),  # Stable Diffusion 1.x: scaled_linear, leading, offset 1
@@ -42,6 +50,25 @@ def assert_same_timesteps(ours: np.ndarray, theirs: np.ndarray) -> None:
     another ulp apart on another CPU; the UNet's timestep embedding turns it into as many radians at most. Whole
     timesteps are 1 apart, so theirs must be equal."""
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-4)
+
+
+def fresh_noise(sampler, shape, rng) -> np.ndarray | None:
+    """The standard normal draw an ancestral sampler adds (scaled) after a step; None for the others."""
+    return rng.standard_normal(shape).astype(np.float32) if sampler.ancestral else None
+
+
+def diffusers_step(ref, eps, t, x, noise: np.ndarray | None):
+    """diffusers' step() with `noise` as the draw of an ancestral sampler (its randn_tensor replaced for the call)."""
+    if noise is None:
+        return ref.step(eps, t, x).prev_sample
+    with mock.patch.object(euler_ancestral_module, "randn_tensor", lambda *a, **k: torch.from_numpy(noise).to(x.dtype)):
+        return ref.step(eps, t, x).prev_sample
+
+
+def our_step(sampler, eps, i, x, noise: np.ndarray | None) -> np.ndarray:
+    """Our numpy step() and, for an ancestral sampler, its scaled noise (added by the run's loop)."""
+    x = sampler.step(eps, i, x)
+    return x if noise is None else x + np.float32(sampler.noise_scale(i)) * noise
 
 
 def _diffusers(name: str, schedule: NoiseSchedule):
@@ -80,13 +107,16 @@ def _run_both(name, schedule, steps, model_output):
         ref64.scale_model_input(x_64, t)  # (keeps diffusers' step index in step)
         worst = max(worst, float(np.abs(scaled - scaled_ref.numpy()).max()))
         eps = model_output(scaled, rng)  # fed identically to all three
+        noise = fresh_noise(ours, x.shape, rng)  # Euler ancestral's, the same draw for all three
         # c_in * x rounds twice where scale_model_input divides once: 2.5 float32 ulps
         np.testing.assert_allclose(table[i, COLUMN["c_in"]] * x_tab, ours.scale_model_input(x_tab, i), rtol=3e-7)
         x_tab, x0_prev = generic_update(table[i], x_tab, eps, x0_prev)
-        x = ours.step(eps, i, x)
+        if noise is not None:
+            x_tab = x_tab + np.float32(ours.noise_scale(i)) * noise
+        x = our_step(ours, eps, i, x, noise)
         worst_table = max(worst_table, float(np.abs(x_tab - x).max()))
-        x_ref = ref.step(torch.from_numpy(eps), t, x_ref).prev_sample
-        x_64 = ref64.step(torch.from_numpy(eps.astype(np.float64)), t, x_64).prev_sample
+        x_ref = diffusers_step(ref, torch.from_numpy(eps), t, x_ref, noise)
+        x_64 = diffusers_step(ref64, torch.from_numpy(eps.astype(np.float64)), t, x_64, noise)
         worst = max(worst, float(np.abs(x - x_ref.numpy()).max()))
         rounding = max(rounding, float((x_ref.double() - x_64).abs().max()))
         largest = max(largest, float(np.abs(x).max()))
@@ -182,7 +212,7 @@ def test_bad_step_counts_fail_before_sampling(bad):
 
 
 def test_unknown_scheduler_lists_valid_names():
-    with pytest.raises(InputError, match="ddim, euler, dpm"):
+    with pytest.raises(InputError, match="ddim, euler, euler-a, dpm"):
         make_scheduler("pndm")
 
 
@@ -258,8 +288,9 @@ def test_a_config_the_installed_diffusers_saves_for_each_sampler_is_followed_who
         eps = np.random.default_rng(i + 1).standard_normal(x.shape).astype(np.float32)  # the UNet's output
         np.testing.assert_allclose(ours.scale_model_input(x, i), ref.scale_model_input(torch.from_numpy(x), t).numpy(),
                                    rtol=1e-6)
-        want = ref.step(torch.from_numpy(eps), t, torch.from_numpy(x)).prev_sample.numpy()
-        np.testing.assert_allclose(ours.step(eps, i, x), want, rtol=1e-5, atol=1e-5)  # float32 steps
+        noise = fresh_noise(ours, x.shape, np.random.default_rng(100 + i))
+        want = diffusers_step(ref, torch.from_numpy(eps), t, torch.from_numpy(x), noise).numpy()
+        np.testing.assert_allclose(our_step(ours, eps, i, x, noise), want, rtol=1e-5, atol=1e-5)  # float32 steps
         x = want
 
 
@@ -285,14 +316,15 @@ def test_a_scheduler_config_that_leaves_keys_out_gets_diffusers_defaults(name):
                                rtol=1e-6)  # float32 tables on both sides
     x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
     eps = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
-    ours_x = ours.step(eps, 0, ours.scale_model_input(x, 0))
-    ref_x = ref.step(torch.from_numpy(eps), ref.timesteps[0], ref.scale_model_input(torch.from_numpy(x),
-                                                                                   ref.timesteps[0])).prev_sample
+    noise = fresh_noise(ours, x.shape, np.random.default_rng(2))
+    ours_x = our_step(ours, eps, 0, ours.scale_model_input(x, 0), noise)
+    ref_x = diffusers_step(ref, torch.from_numpy(eps), ref.timesteps[0],
+                           ref.scale_model_input(torch.from_numpy(x), ref.timesteps[0]), noise)
     np.testing.assert_allclose(ours_x, ref_x.numpy(), rtol=1e-5, atol=1e-5)  # one float32 step
 
 
 @pytest.mark.parametrize("name", ["lms", ["ddim"], None])
 def test_a_scheduler_name_not_in_the_table_is_one_input_error(name):
     # a JSON list reached the table's lookup as an unhashable key: a TypeError before
-    with pytest.raises(InputError, match="unknown scheduler .*; valid: ddim, euler, dpm\\+\\+"):
+    with pytest.raises(InputError, match="unknown scheduler .*; valid: ddim, euler, euler-a, dpm\\+\\+"):
         make_scheduler(name)

@@ -12,7 +12,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
+from ancestral import noise_of_seed
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+)
 from PIL import Image
 from sdxl_folder import SIZE
 
@@ -22,7 +29,8 @@ from dbunet.runtime import Pipeline
 
 STEPS, GUIDANCE = 8, 5.0
 PROMPT = "a photo of a red cat on a table"
-SAMPLERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "dpm++": DPMSolverMultistepScheduler}
+SAMPLERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler-a": EulerAncestralDiscreteScheduler,
+            "dpm++": DPMSolverMultistepScheduler}
 
 
 def _latents(seed=5):
@@ -31,13 +39,14 @@ def _latents(seed=5):
 
 def diffusers_image(folder, sampler: str, latents: np.ndarray, negative_prompt=None, **extra) -> np.ndarray:
     """diffusers' image as uint8; `extra`: more of its arguments (guidance_scale, original_size,
-    crops_coords_top_left, target_size)."""
+    crops_coords_top_left, target_size). Euler ancestral's step noise is what a dbunet run with seed 0 draws."""
     pipe = StableDiffusionXLPipeline.from_pretrained(folder)
     pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     height, width = latents.shape[2] * 4, latents.shape[3] * 4
-    out = pipe(PROMPT, negative_prompt=negative_prompt, height=height, width=width, num_inference_steps=STEPS,
-               latents=torch.from_numpy(latents), output_type="np", **{"guidance_scale": GUIDANCE, **extra})
+    with noise_of_seed(0, latents.shape):
+        out = pipe(PROMPT, negative_prompt=negative_prompt, height=height, width=width, num_inference_steps=STEPS,
+                   latents=torch.from_numpy(latents), output_type="np", **{"guidance_scale": GUIDANCE, **extra})
     return (out.images[0] * 255).round().astype(np.uint8)
 
 
@@ -48,13 +57,13 @@ def _ours(artifacts, precision, sampler, latents, **options):
                 **{"guidance_scale": GUIDANCE, **options}).image
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "dpm++"])
 def test_fp32_runtime_equals_diffusers_sdxl_pipeline(sdxl_folder, sdxl_artifacts, sampler):
     latents = _latents()
     want = diffusers_image(sdxl_folder, sampler, latents)
     got = _ours(sdxl_artifacts, "fp32", sampler, latents)
     diff = np.abs(got.astype(int) - want.astype(int))
-    # measured (AMD EPYC, diffusers 0.42, ORT 1.31 CPU): mean <= 0.0014, max 1 level for the three samplers;
+    # measured (AMD EPYC, diffusers 0.42, ORT 1.31 CPU): mean <= 0.0014, max 1 level for the four samplers;
     # the reference's std is 40-46 levels, so a wrong conditioning or step moves it by far more than 8
     assert want.std() > 10, "the reference image is flat: the comparison would prove nothing"
     assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())
@@ -222,9 +231,11 @@ TURBO_SCHEDULER = {"_class_name": "EulerAncestralDiscreteScheduler", "beta_start
                    "trained_betas": None}
 
 
-def test_a_turbo_folder_at_one_step_gives_diffusers_image_with_its_euler_ancestral(sdxl_folder, tmp_path):
-    """SDXL-Turbo runs one step at guidance 0 with Euler ancestral, which dbunet lacks: its last step adds no
-    noise, so the default it falls back to (Euler, trailing timesteps read from the folder) gives the same image."""
+@pytest.mark.parametrize("steps", [1, 4])
+def test_a_turbo_folder_gives_diffusers_image_with_its_euler_ancestral(sdxl_folder, tmp_path, steps):
+    """SDXL-Turbo runs one step at guidance 0 with Euler ancestral, its folder's sampler and the runs' default; more
+    steps add fresh noise between them (diffusers' drawn as dbunet's seed draws it: tests/ancestral.py). Before,
+    runs fell back to Euler: the same image at one step (the last adds no noise), another at more."""
     import shutil
 
     from conftest import _export_folder
@@ -239,15 +250,21 @@ def test_a_turbo_folder_at_one_step_gives_diffusers_image_with_its_euler_ancestr
     pipe = StableDiffusionXLPipeline.from_pretrained(folder)
     assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, height=SIZE, width=SIZE,
-               latents=torch.from_numpy(latents), output_type="np", generator=torch.Generator().manual_seed(0))
+    with noise_of_seed(0, latents.shape) as drawn:
+        out = pipe(PROMPT, num_inference_steps=steps, guidance_scale=0.0, height=SIZE, width=SIZE,
+                   latents=torch.from_numpy(latents), output_type="np")
+    assert len(drawn) == steps
     want = (out.images[0] * 255).round().astype(np.uint8)
     ours = Pipeline.from_artifacts(_export_folder(folder, "sdxl", tmp_path / "artifacts"), "ort", "fp32")
-    assert ours.config.defaults.scheduler == "euler"
-    got = ours(PROMPT, steps=1, guidance_scale=0.0, height=SIZE, width=SIZE, latents=latents).image
-    # measured (AMD EPYC, FP32): mean 8e-5, max 1 level; at two steps the ancestral noise moves it by 0.9 (mean)
+    assert ours.config.defaults.scheduler == "euler-a"
+    got = ours(PROMPT, steps=steps, guidance_scale=0.0, height=SIZE, width=SIZE, latents=latents).image
+    euler = ours(PROMPT, scheduler="euler", steps=steps, guidance_scale=0.0, height=SIZE, width=SIZE,
+                 latents=latents).image
     diff = np.abs(got.astype(int) - want.astype(int))
+    apart = np.abs(euler.astype(int) - want.astype(int))
+    # measured (AMD EPYC, FP32): 0 levels at 1 and 4 steps; Euler's image equal at one step, at 4 mean 2.3, max 16
     assert want.std() > 10 and diff.mean() <= 0.05 and diff.max() <= 2, (diff.mean(), diff.max())
+    assert steps == 1 or apart.mean() > 1 or apart.max() > 8, "the step noise changes nothing here"
 
 
 def test_manifest_graphs_micro_conditioning_and_refusals(sdxl_artifacts):

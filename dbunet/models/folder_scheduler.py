@@ -37,13 +37,8 @@ def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[Noi
 
 
 # diffusers' scheduler classes that are dbunet's samplers (the schedule itself is read from the same file)
-FOLDER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler", "DPMSolverMultistepScheduler": "dpm++"}
-# classes dbunet lacks whose image one of its samplers gives in some runs: the default there, and why
-NEAREST_SAMPLERS = {
-    # its step is Euler's plus fresh noise, and none at the last step: one step (SDXL-Turbo's) is Euler's image
-    "EulerAncestralDiscreteScheduler": ("euler", "at one step, as SDXL-Turbo runs, Euler gives its image; at more it "
-                                                 "differs by the noise Euler ancestral adds between steps"),
-}
+FOLDER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
+                   "EulerAncestralDiscreteScheduler": "euler-a", "DPMSolverMultistepScheduler": "dpm++"}
 
 
 def scheduler_class(root: Path, scheduler_config: dict) -> object:
@@ -75,11 +70,10 @@ def _unfollowed(schedule: NoiseSchedule, config: dict, named: object, source: st
 
 
 def folder_sampler(schedule: NoiseSchedule, scheduler_config: dict, fallback: str, root: Path) -> str:
-    """A folder's default sampler: its scheduler's (scheduler_class) where dbunet has it, the nearest where one is
-    near, else `fallback`, said at export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM,
-    SDXL-Turbo's Euler ancestral; DPM-Solver with exponential sigmas is dbunet's DPM-Solver without them). A folder
-    without a scheduler file was said already (read_schedule), and takes `fallback`. `schedule` and
-    `scheduler_config` are what read_schedule returned."""
+    """A folder's default sampler: its scheduler's (scheduler_class) where dbunet has it, else `fallback`, said at
+    export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM, UniPC; DPM-Solver with
+    exponential sigmas is dbunet's DPM-Solver without them). A folder without a scheduler file was said already
+    (read_schedule), and takes `fallback`. `schedule` and `scheduler_config` are what read_schedule returned."""
     if not scheduler_config:
         return fallback
     named = scheduler_class(root, scheduler_config)
@@ -91,8 +85,6 @@ def folder_sampler(schedule: NoiseSchedule, scheduler_config: dict, fallback: st
                         "them, so images differ from the folder's pipeline in diffusers", root, named or "no class",
                         ", ".join(unfollowed), sampler)
         return sampler
-    sampler, why = NEAREST_SAMPLERS.get(named, (fallback, "")) if isinstance(named, str) else (fallback, "")
-    log.warning("%s: its scheduler, %s, is not one of dbunet's samplers; runs default to %s%s (dbunet-run "
-                "--scheduler chooses %s)", root, named, sampler, f": {why}" if why else "",
-                ", ".join(FOLDER_SAMPLERS.values()))
-    return sampler
+    log.warning("%s: its scheduler, %s, is not one of dbunet's samplers; runs default to %s (dbunet-run "
+                "--scheduler chooses %s)", root, named, fallback, ", ".join(FOLDER_SAMPLERS.values()))
+    return fallback

@@ -7,11 +7,13 @@ from dbunet.schedulers.base import Scheduler
 from dbunet.schedulers.ddim import DDIMScheduler
 from dbunet.schedulers.dpm_solver import DPMSolverScheduler
 from dbunet.schedulers.euler import EulerScheduler
+from dbunet.schedulers.euler_ancestral import EulerAncestralScheduler
 from dbunet.schedulers.schedule import NoiseSchedule
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     "ddim": DDIMScheduler,
     "euler": EulerScheduler,
+    "euler-a": EulerAncestralScheduler,
     "dpm++": DPMSolverScheduler,
 }
 KARRAS_SAMPLERS = tuple(name for name, sampler in SCHEDULERS.items() if sampler.takes_karras_sigmas)
@@ -28,6 +30,7 @@ __all__ = [
     "SCHEDULERS",
     "DDIMScheduler",
     "DPMSolverScheduler",
+    "EulerAncestralScheduler",
     "EulerScheduler",
     "NoiseSchedule",
     "Scheduler",

@@ -18,6 +18,7 @@ class Scheduler(abc.ABC):
     name: str = ""
     default_spacing: str = "leading"  # diffusers' default for this sampler (used when the schedule names none)
     takes_karras_sigmas: bool = False  # follows the schedule's use_karras_sigmas (diffusers' class has the option)
+    ancestral: bool = False  # adds fresh noise after each step (noise_scale); a whole-loop graph cannot
 
     def __init__(self, schedule: NoiseSchedule | None = None) -> None:
         self.schedule = schedule or NoiseSchedule()
@@ -50,7 +51,13 @@ class Scheduler(abc.ABC):
 
     @abc.abstractmethod
     def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
-        """x_t -> x_{t-1} given the (guided) noise prediction at step `index`."""
+        """x_t -> x_{t-1} given the (guided) noise prediction at step `index`; an ancestral sampler's noise
+        (noise_scale times a fresh standard normal draw) is the loop's to add."""
+
+    def noise_scale(self, index: int) -> float:
+        """The standard deviation of the fresh noise added after step `index`: none but for ancestral samplers."""
+        self._require_timesteps(index)
+        return 0.0
 
     @abc.abstractmethod
     def update(self, index: int, start: int = 0) -> Update:

@@ -30,7 +30,7 @@ class EulerScheduler(Scheduler):
         else:
             ts = spaced_timesteps(s, n, self.spacing).astype(np.float32)
         sig = np.interp(ts, np.arange(len(self.train_sigmas)), self.train_sigmas)
-        if s.use_karras_sigmas:  # between the spaced steps' own ends; the UNet sees fractional timesteps
+        if s.use_karras_sigmas and self.takes_karras_sigmas:  # between the spaced steps' own ends; fractional ts
             sig = karras_sigmas(s, sig[0], sig[-1], n)
             ts = timesteps_of(sig, self.train_sigmas).astype(np.float32)
         self.sigmas = np.concatenate([sig, [0.0]]).astype(np.float32)
@@ -48,10 +48,14 @@ class EulerScheduler(Scheduler):
         # EDM preconditioning c_in = 1 / sqrt(sigma^2 + 1)
         return (sample / ((self.sigmas[index] ** 2 + 1) ** 0.5)).astype(sample.dtype)
 
+    def target_sigma(self, index: int) -> float:
+        """The sigma step `index` integrates down to: the next one."""
+        return float(self.sigmas[index + 1])
+
     def update(self, index: int, start: int = 0) -> Update:
         """x_in = x / sqrt(sigma^2 + 1); x0 = x - sigma eps; x_next = x + (sigma_next - sigma) eps."""
         self._require_timesteps(index)
-        sigma, sigma_next = np.float64(self.sigmas[index]), np.float64(self.sigmas[index + 1])
+        sigma, sigma_next = np.float64(self.sigmas[index]), np.float64(self.target_sigma(index))
         c_in = 1 / np.sqrt(sigma**2 + 1)  # the model sees c_in x = alpha x0 + sigma_vp eps, alpha = c_in
         d, e, f, g = prediction_terms(self.schedule.prediction_type, c_in, c_in, sigma * c_in)
         return Update(c_in=c_in, d=d, e=e, clip=np.inf, p=1.0 + (sigma_next - sigma) * f, q=(sigma_next - sigma) * g,
@@ -69,7 +73,7 @@ class EulerScheduler(Scheduler):
         # 2. ODE derivative d = (x - x0) / sigma
         d = (sample - x0) / sigma
         # 3. Euler step to the next sigma
-        return (sample + d * (self.sigmas[index + 1] - sigma)).astype(model_output.dtype)
+        return (sample + d * (np.float32(self.target_sigma(index)) - sigma)).astype(model_output.dtype)
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
         return (original + noise * self.sigmas[index]).astype(original.dtype)

@@ -333,7 +333,8 @@ def test_the_scheduler_is_honoured_or_refused_alike_for_both_archs_and_a_missing
     ("EulerDiscreteScheduler", "euler", False), ("DPMSolverMultistepScheduler", "dpm++", False),
     ("DDIMScheduler", "ddim", False),
     ("PNDMScheduler", "ddim", True),  # SD 1.5's own: dbunet has no PNDM
-    ("EulerAncestralDiscreteScheduler", "euler", True),  # the nearest: Euler, the same image at one step
+    ("EulerAncestralDiscreteScheduler", "euler-a", False),
+    ("UniPCMultistepScheduler", "ddim", True),
     (["not", "a", "name"], "ddim", True),  # a JSON list is no name (SDXL's reading of it was a TypeError)
 ])
 def test_an_sd1_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_said(sd_folder, tmp_path, caplog,
@@ -420,8 +421,12 @@ def test_a_sampler_option_newer_than_dbunet_s_tables_reads_at_the_installed_diff
         sd1_config_from_folder(root)
 
 
-def test_an_sdxl_folder_with_a_sampler_dbunet_lacks_says_its_default(sdxl_folder, tmp_path, caplog):
-    """SDXL-Turbo's folder names EulerAncestralDiscreteScheduler: runs default to Euler, and the export says so."""
+@pytest.mark.parametrize(("named", "sampler", "said"), [
+    ("EulerAncestralDiscreteScheduler", "euler-a", False),  # SDXL-Turbo's (it names the class in both files)
+    ("UniPCMultistepScheduler", "euler", True),  # one dbunet lacks: SDXL's fallback, said
+])
+def test_an_sdxl_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_said(sdxl_folder, tmp_path, caplog,
+                                                                                   named, sampler, said):
     import shutil
 
     from dbunet.models.sdxl_folder import sdxl_config_from_folder
@@ -429,14 +434,13 @@ def test_an_sdxl_folder_with_a_sampler_dbunet_lacks_says_its_default(sdxl_folder
     root = tmp_path / "sdxl"
     shutil.copytree(sdxl_folder, root)
     path = root / "scheduler" / "scheduler_config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": "EulerAncestralDiscreteScheduler"}))
-    index = root / "model_index.json"  # where diffusers reads the class from (SDXL-Turbo's names it in both)
-    index.write_text(json.dumps({**json.loads(index.read_text()),
-                                 "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"]}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": named}))
+    index = root / "model_index.json"  # where diffusers reads the class from
+    index.write_text(json.dumps({**json.loads(index.read_text()), "scheduler": ["diffusers", named]}))
     with caplog.at_level("WARNING"):
-        assert sdxl_config_from_folder(root).defaults.scheduler == "euler"
-    assert "EulerAncestralDiscreteScheduler, is not one of dbunet's samplers; runs default to euler: at one step, " \
-           "as SDXL-Turbo runs, Euler gives its image" in caplog.text
+        assert sdxl_config_from_folder(root).defaults.scheduler == sampler
+    assert (f"{named}, is not one of dbunet's samplers; runs default to {sampler} (dbunet-run --scheduler chooses "
+            "ddim, euler, euler-a, dpm++)" in caplog.text) == said, caplog.text
 
 
 @pytest.mark.parametrize("change", [dict(shift_factor=0.1159), dict(act_fn="gelu"), dict(latents_mean=[0.1] * 4),
