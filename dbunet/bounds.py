@@ -49,7 +49,8 @@ def check_flags(owner: str, obj: Any) -> None:
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if hints[f.name] is bool and not isinstance(value, bool):
+        optional = hints[f.name] == bool | None  # None: a default decided elsewhere
+        if (hints[f.name] is bool or optional) and not (isinstance(value, bool) or optional and value is None):
             raise ConfigError(f"{owner}.{f.name} must be true or false, got {value!r}")
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             check_flags(f"{owner}.{f.name}", value)

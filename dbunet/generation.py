@@ -41,7 +41,7 @@ class Step:
     index: int  # into sampler.timesteps
     row: np.ndarray  # float32 coefficients (dbunet.schedulers.table.ROW): all a step graph needs
     sampler: Scheduler  # for reference implementations that call sampler.step()
-    # an ancestral sampler's fresh noise, already scaled, added to x_next after the step; None for the others
+    # a stochastic sampler's fresh noise, already scaled, added to x_next after the step; None for the others
     noise: np.ndarray | None = None
 
 
@@ -241,12 +241,11 @@ def initial_latents(latents: np.ndarray | None, shape: tuple[int, ...]) -> np.nd
 
 def _steps(sampler: Scheduler, start: int, rows: np.ndarray, noise: NoiseSource, shape: tuple[int, ...]
            ) -> list[Step]:
-    """The loop's steps from index `start`; an ancestral sampler's noise is drawn here, one draw per step in order
-    (the last too, which adds none, as diffusers draws it), so that a seed gives one image on every backend."""
+    """The loop's steps from index `start`; a stochastic sampler's noise is drawn here, in order, at the steps where
+    diffusers' sampler draws (Scheduler.noise_scale), so that a seed gives one image on every backend."""
     def fresh(index: int) -> np.ndarray | None:
-        if not sampler.ancestral:
-            return None
-        return (noise.normal(shape) * np.float32(sampler.noise_scale(index))).astype(np.float32)
+        scale = sampler.noise_scale(index)
+        return None if scale is None else (noise.normal(shape) * np.float32(scale)).astype(np.float32)
 
     return [Step(start + k, row, sampler, fresh(start + k)) for k, row in enumerate(rows)]
 

@@ -3,11 +3,11 @@
 It shares no orchestration code with `dbunet/`: it reads manifest.json as plain JSON, tokenizes with
 transformers' CLIP tokenizer from the exported model's vocab.json + merges.txt, runs each exported
 per-call graph in a plain ONNX Runtime session, and uses diffusers' own DDIM / Euler / Euler ancestral /
-DPM-Solver++ schedulers as the outside oracle for the samplers. What the documents specify is written out here:
+DPM-Solver++ / LCM schedulers as the outside oracle for the samplers. What the documents specify is written out here:
 
-- noise: numpy Philox seeded with the seed; the initial latent is drawn first, then (Euler ancestral) one
-  draw per denoising step, then the refiner's forward noise (docs/architecture.md 3.4); z_T is scaled by the
-  sampler's initial sigma;
+- noise: numpy Philox seeded with the seed; the initial latent is drawn first, then a stochastic sampler's
+  (Euler ancestral, LCM) step noise as diffusers' sampler draws it, then the refiner's forward noise
+  (docs/architecture.md 3.4); z_T is scaled by the sampler's initial sigma;
 - text: [negative prompt; prompt] for classifier-free guidance, a single prompt when the scale is 1 or less;
   each box phrase is encoded alone and its pooled embedding is its phrase embedding (docs/architecture.md 3.2);
 - guidance: eps = eps_u + g (eps_c - eps_u); the unconditional half sees no boxes (validity 0);
@@ -19,13 +19,13 @@ DPM-Solver++ schedulers as the outside oracle for the samplers. What the documen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
-import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral
 import numpy as np
 import onnxruntime as ort
 import torch
@@ -34,7 +34,9 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
 )
+from step_noise import STOCHASTIC_MODULES
 from transformers import CLIPTokenizerFast
 
 CALLS = ("text_encoder", "dbunet", "vae_decoder", "refiner_encoder", "gae", "refiner_unet")
@@ -65,6 +67,9 @@ def diffusers_scheduler(name: str, schedule: dict):
         return EulerDiscreteScheduler.from_config({**common, **sigmas})
     if name == "euler-a":
         return EulerAncestralDiscreteScheduler.from_config(common)
+    if name == "lcm":
+        return LCMScheduler.from_config({**common, **{k: schedule[k] for k in ("original_inference_steps",
+                                                                             "timestep_scaling") if k in schedule}})
     if name == "dpm++":
         return DPMSolverMultistepScheduler.from_config({**common, **sigmas, "algorithm_type": "dpmsolver++",
                                                         "solver_order": 2})
@@ -134,7 +139,9 @@ class ReferenceCascade:
             )
             if guided:
                 eps = eps[:1] + np.float32(guidance_scale) * (eps[1:] - eps[:1])
-            with mock.patch.object(euler_ancestral, "randn_tensor", draw):  # its step noise from the seed's stream
+            with contextlib.ExitStack() as patches:  # a stochastic sampler's step noise from the seed's stream
+                for module in STOCHASTIC_MODULES:
+                    patches.enter_context(mock.patch.object(module, "randn_tensor", draw))
                 latents = sampler.step(torch.from_numpy(eps), t, latents).prev_sample
         z0 = latents.numpy()
 

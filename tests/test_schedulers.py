@@ -1,9 +1,9 @@
 """Each numpy sampler against diffusers' sampler of the same name, over whole runs."""
 
+import contextlib
 import json
 from unittest import mock
 
-import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral_module
 import numpy as np
 import pytest
 import torch
@@ -12,14 +12,16 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
 )
+from step_noise import STOCHASTIC_MODULES
 
 from dbunet.errors import ConfigError, InputError
 from dbunet.schedulers import NoiseSchedule, make_scheduler
 from dbunet.schedulers.table import COLUMN, ROW, generic_update
 
 DIFFUSERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler-a": EulerAncestralDiscreteScheduler,
-             "dpm++": DPMSolverMultistepScheduler}
+             "dpm++": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
 
 SCHEDULES = {
     "sd": NoiseSchedule(),  # Stable Diffusion 1.x: scaled_linear, leading, offset 1
@@ -52,21 +54,24 @@ def assert_same_timesteps(ours: np.ndarray, theirs: np.ndarray) -> None:
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-4)
 
 
-def fresh_noise(sampler, shape, rng) -> np.ndarray | None:
-    """The standard normal draw an ancestral sampler adds (scaled) after a step; None for the others."""
-    return rng.standard_normal(shape).astype(np.float32) if sampler.ancestral else None
+def fresh_noise(sampler, index, shape, rng) -> np.ndarray | None:
+    """The standard normal draw a stochastic sampler adds (scaled) after step `index`; None where it draws none."""
+    return None if sampler.noise_scale(index) is None else rng.standard_normal(shape).astype(np.float32)
 
 
 def diffusers_step(ref, eps, t, x, noise: np.ndarray | None):
-    """diffusers' step() with `noise` as the draw of an ancestral sampler (its randn_tensor replaced for the call)."""
+    """diffusers' step() with `noise` as the draw of a stochastic sampler (its randn_tensor replaced for the call)."""
     if noise is None:
         return ref.step(eps, t, x).prev_sample
-    with mock.patch.object(euler_ancestral_module, "randn_tensor", lambda *a, **k: torch.from_numpy(noise).to(x.dtype)):
+    with contextlib.ExitStack() as patches:
+        for module in STOCHASTIC_MODULES:
+            patches.enter_context(mock.patch.object(module, "randn_tensor",
+                                                    lambda *a, **k: torch.from_numpy(noise).to(x.dtype)))
         return ref.step(eps, t, x).prev_sample
 
 
 def our_step(sampler, eps, i, x, noise: np.ndarray | None) -> np.ndarray:
-    """Our numpy step() and, for an ancestral sampler, its scaled noise (added by the run's loop)."""
+    """Our numpy step() and, for a stochastic sampler, its scaled noise (added by the run's loop)."""
     x = sampler.step(eps, i, x)
     return x if noise is None else x + np.float32(sampler.noise_scale(i)) * noise
 
@@ -107,7 +112,7 @@ def _run_both(name, schedule, steps, model_output):
         ref64.scale_model_input(x_64, t)  # (keeps diffusers' step index in step)
         worst = max(worst, float(np.abs(scaled - scaled_ref.numpy()).max()))
         eps = model_output(scaled, rng)  # fed identically to all three
-        noise = fresh_noise(ours, x.shape, rng)  # Euler ancestral's, the same draw for all three
+        noise = fresh_noise(ours, i, x.shape, rng)  # a stochastic sampler's, the same draw for all three
         # c_in * x rounds twice where scale_model_input divides once: 2.5 float32 ulps
         np.testing.assert_allclose(table[i, COLUMN["c_in"]] * x_tab, ours.scale_model_input(x_tab, i), rtol=3e-7)
         x_tab, x0_prev = generic_update(table[i], x_tab, eps, x0_prev)
@@ -205,6 +210,16 @@ def test_add_noise_matches_diffusers(name):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_lcm_takes_at_most_its_distillation_s_steps():
+    """LCM picks its steps from the distillation's schedule (original_inference_steps, 50 by default); diffusers
+    raises a ValueError past it, the plan says how many it takes."""
+    with pytest.raises(InputError, match=r"lcm takes at most 50 steps with this schedule .*got 51"):
+        make_scheduler("lcm").plan(51)
+    assert len(make_scheduler("lcm", NoiseSchedule(original_inference_steps=8)).plan(8)) == 8
+    with pytest.raises(InputError, match="lcm takes at most 8 steps"):
+        make_scheduler("lcm", NoiseSchedule(original_inference_steps=8)).plan(9)
+
+
 @pytest.mark.parametrize("bad", [0, -3, 1001, 2.5])
 def test_bad_step_counts_fail_before_sampling(bad):
     with pytest.raises(InputError, match="steps"):
@@ -288,7 +303,7 @@ def test_a_config_the_installed_diffusers_saves_for_each_sampler_is_followed_who
         eps = np.random.default_rng(i + 1).standard_normal(x.shape).astype(np.float32)  # the UNet's output
         np.testing.assert_allclose(ours.scale_model_input(x, i), ref.scale_model_input(torch.from_numpy(x), t).numpy(),
                                    rtol=1e-6)
-        noise = fresh_noise(ours, x.shape, np.random.default_rng(100 + i))
+        noise = fresh_noise(ours, i, x.shape, np.random.default_rng(100 + i))
         want = diffusers_step(ref, torch.from_numpy(eps), t, torch.from_numpy(x), noise).numpy()
         np.testing.assert_allclose(our_step(ours, eps, i, x, noise), want, rtol=1e-5, atol=1e-5)  # float32 steps
         x = want
@@ -316,7 +331,7 @@ def test_a_scheduler_config_that_leaves_keys_out_gets_diffusers_defaults(name):
                                rtol=1e-6)  # float32 tables on both sides
     x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
     eps = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
-    noise = fresh_noise(ours, x.shape, np.random.default_rng(2))
+    noise = fresh_noise(ours, 0, x.shape, np.random.default_rng(2))
     ours_x = our_step(ours, eps, 0, ours.scale_model_input(x, 0), noise)
     ref_x = diffusers_step(ref, torch.from_numpy(eps), ref.timesteps[0],
                            ref.scale_model_input(torch.from_numpy(x), ref.timesteps[0]), noise)

@@ -12,15 +12,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from ancestral import noise_of_seed
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     StableDiffusionPipeline,
 )
 from sd1_folder import SIZE, make_sd_folder, set_pad_token
+from step_noise import noise_of_seed
 
 from dbunet.errors import ConfigError, InputError
 from dbunet.export.exporter import ExportOptions, export
@@ -30,7 +31,8 @@ from dbunet.runtime import Pipeline
 STEPS, GUIDANCE = 8, 7.5
 PROMPT = "a photo of a red cat on a table"
 DIFFUSERS_SAMPLERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler,
-                      "euler-a": EulerAncestralDiscreteScheduler, "dpm++": DPMSolverMultistepScheduler}
+                      "euler-a": EulerAncestralDiscreteScheduler, "dpm++": DPMSolverMultistepScheduler,
+                      "lcm": LCMScheduler}
 
 
 def diffusers_image(folder, sampler: str, latents: np.ndarray, guidance: float = GUIDANCE, **options) -> np.ndarray:
@@ -54,7 +56,7 @@ def _ours(artifacts, precision, sampler, latents, guidance=GUIDANCE, **options):
     return pipe(PROMPT, scheduler=sampler, steps=STEPS, guidance_scale=guidance, latents=latents, **options).image
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "dpm++"])
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "dpm++", "lcm"])
 def test_fp32_runtime_equals_diffusers_pipeline(sd1_folder, sd1_artifacts, sampler):
     latents = _latents()
     want = diffusers_image(sd1_folder, sampler, latents)
@@ -62,7 +64,7 @@ def test_fp32_runtime_equals_diffusers_pipeline(sd1_folder, sd1_artifacts, sampl
     diff = np.abs(got.astype(int) - want.astype(int))
     # measured (AMD EPYC, diffusers 0.42): mean <= 0.0013, max 1 level for all four samplers; the reference
     # image's std is 35-41 levels, so it is not flat and a wrong step moves it by far more than 8. Euler
-    # ancestral's noise drawn from another seed moves it by mean 3.2, max 25 (tests/ancestral.py)
+    # ancestral's noise drawn from another seed moves it by mean 3.2, max 25 (tests/step_noise.py)
     assert want.std() > 10, "the reference image is flat: the comparison would prove nothing"
     assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())
 

@@ -12,16 +12,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from ancestral import noise_of_seed
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     StableDiffusionXLPipeline,
 )
 from PIL import Image
 from sdxl_folder import SIZE
+from step_noise import noise_of_seed
 
 from dbunet.errors import InputError
 from dbunet.manifest import Manifest
@@ -30,7 +31,7 @@ from dbunet.runtime import Pipeline
 STEPS, GUIDANCE = 8, 5.0
 PROMPT = "a photo of a red cat on a table"
 SAMPLERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler-a": EulerAncestralDiscreteScheduler,
-            "dpm++": DPMSolverMultistepScheduler}
+            "dpm++": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
 
 
 def _latents(seed=5):
@@ -57,7 +58,7 @@ def _ours(artifacts, precision, sampler, latents, **options):
                 **{"guidance_scale": GUIDANCE, **options}).image
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "dpm++"])
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "dpm++", "lcm"])
 def test_fp32_runtime_equals_diffusers_sdxl_pipeline(sdxl_folder, sdxl_artifacts, sampler):
     latents = _latents()
     want = diffusers_image(sdxl_folder, sampler, latents)
@@ -234,7 +235,7 @@ TURBO_SCHEDULER = {"_class_name": "EulerAncestralDiscreteScheduler", "beta_start
 @pytest.mark.parametrize("steps", [1, 4])
 def test_a_turbo_folder_gives_diffusers_image_with_its_euler_ancestral(sdxl_folder, tmp_path, steps):
     """SDXL-Turbo runs one step at guidance 0 with Euler ancestral, its folder's sampler and the runs' default; more
-    steps add fresh noise between them (diffusers' drawn as dbunet's seed draws it: tests/ancestral.py). Before,
+    steps add fresh noise between them (diffusers' drawn as dbunet's seed draws it: tests/step_noise.py). Before,
     runs fell back to Euler: the same image at one step (the last adds no noise), another at more."""
     import shutil
 

@@ -29,8 +29,8 @@ def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[Noi
                     schedule.beta_schedule, schedule.beta_start, schedule.beta_end, schedule.num_train_timesteps)
         return schedule, {}
     raw = read_json_object(path)
-    schedule = NoiseSchedule.from_diffusers(raw, str(path))
     named = scheduler_class(root, raw)
+    schedule = NoiseSchedule.from_diffusers(raw, str(path), named)
     if _samples_as_dbunet(named):
         _unfollowed(schedule, raw, named, str(path))
     return schedule, raw
@@ -38,7 +38,8 @@ def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[Noi
 
 # diffusers' scheduler classes that are dbunet's samplers (the schedule itself is read from the same file)
 FOLDER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
-                   "EulerAncestralDiscreteScheduler": "euler-a", "DPMSolverMultistepScheduler": "dpm++"}
+                   "EulerAncestralDiscreteScheduler": "euler-a", "DPMSolverMultistepScheduler": "dpm++",
+                   "LCMScheduler": "lcm"}
 
 
 def scheduler_class(root: Path, scheduler_config: dict) -> object:

@@ -8,6 +8,7 @@ from dbunet.schedulers.ddim import DDIMScheduler
 from dbunet.schedulers.dpm_solver import DPMSolverScheduler
 from dbunet.schedulers.euler import EulerScheduler
 from dbunet.schedulers.euler_ancestral import EulerAncestralScheduler
+from dbunet.schedulers.lcm import LCMScheduler
 from dbunet.schedulers.schedule import NoiseSchedule
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
@@ -15,6 +16,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "euler": EulerScheduler,
     "euler-a": EulerAncestralScheduler,
     "dpm++": DPMSolverScheduler,
+    "lcm": LCMScheduler,
 }
 KARRAS_SAMPLERS = tuple(name for name, sampler in SCHEDULERS.items() if sampler.takes_karras_sigmas)
 
@@ -32,6 +34,7 @@ __all__ = [
     "DPMSolverScheduler",
     "EulerAncestralScheduler",
     "EulerScheduler",
+    "LCMScheduler",
     "NoiseSchedule",
     "Scheduler",
     "make_scheduler",

@@ -18,7 +18,7 @@ class Scheduler(abc.ABC):
     name: str = ""
     default_spacing: str = "leading"  # diffusers' default for this sampler (used when the schedule names none)
     takes_karras_sigmas: bool = False  # follows the schedule's use_karras_sigmas (diffusers' class has the option)
-    ancestral: bool = False  # adds fresh noise after each step (noise_scale); a whole-loop graph cannot
+    default_clip_sample: bool = False  # diffusers' default where the schedule leaves clip_sample to the sampler
 
     def __init__(self, schedule: NoiseSchedule | None = None) -> None:
         self.schedule = schedule or NoiseSchedule()
@@ -51,13 +51,14 @@ class Scheduler(abc.ABC):
 
     @abc.abstractmethod
     def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
-        """x_t -> x_{t-1} given the (guided) noise prediction at step `index`; an ancestral sampler's noise
+        """x_t -> x_{t-1} given the (guided) noise prediction at step `index`; a stochastic sampler's noise
         (noise_scale times a fresh standard normal draw) is the loop's to add."""
 
-    def noise_scale(self, index: int) -> float:
-        """The standard deviation of the fresh noise added after step `index`: none but for ancestral samplers."""
+    def noise_scale(self, index: int) -> float | None:
+        """The standard deviation of the fresh noise a stochastic sampler adds after step `index`; None where it draws
+        none (every step of the others), so that the draws of a run come in the order diffusers' samplers take them."""
         self._require_timesteps(index)
-        return 0.0
+        return None
 
     @abc.abstractmethod
     def update(self, index: int, start: int = 0) -> Update:
@@ -104,6 +105,13 @@ class Scheduler(abc.ABC):
     @property
     def spacing(self) -> str:
         return self.schedule.timestep_spacing or self.default_spacing
+
+    @property
+    def clip_range(self) -> float:
+        """The range the predicted x0 is clamped to: inf where this sampler does not clip it with this schedule."""
+        s = self.schedule
+        clips = self.default_clip_sample if s.clip_sample is None else s.clip_sample
+        return s.clip_sample_range if clips else np.inf
 
     def _require_timesteps(self, index: int) -> None:
         if not 0 <= index < self.num_inference_steps:

@@ -12,6 +12,7 @@ from dbunet.schedulers.table import Update
 
 class DDIMScheduler(Scheduler):
     name = "ddim"
+    default_clip_sample = True
 
     def __init__(self, schedule=None) -> None:
         super().__init__(schedule)
@@ -36,7 +37,7 @@ class DDIMScheduler(Scheduler):
         a_t, a_prev = (np.float64(a) for a in self._alphas(index))
         s = self.schedule
         d, e, f, g = prediction_terms(s.prediction_type, 1.0, np.sqrt(a_t), np.sqrt(1 - a_t))
-        return Update(c_in=1.0, d=d, e=e, clip=s.clip_sample_range if s.clip_sample else np.inf,
+        return Update(c_in=1.0, d=d, e=e, clip=self.clip_range,
                       p=np.sqrt(1 - a_prev) * f, q=np.sqrt(1 - a_prev) * g, u=np.sqrt(a_prev), v=0.0)
 
     def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
@@ -51,8 +52,7 @@ class DDIMScheduler(Scheduler):
         else:
             x0 = (sample - np.sqrt(b_t) * model_output) / np.sqrt(a_t)
         # 4. optional clipping of x0
-        if s.clip_sample:
-            x0 = np.clip(x0, -s.clip_sample_range, s.clip_sample_range)
+        x0 = np.clip(x0, -self.clip_range, self.clip_range)
         # 5./6. eta = 0: sigma_t = 0, so the direction term is sqrt(1 - alpha_prev) * eps (eq. 12)
         direction = np.sqrt(1 - a_prev) * model_output
         # 7. x_{t-1}

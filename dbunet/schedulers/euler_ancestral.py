@@ -16,7 +16,6 @@ from dbunet.schedulers.euler import EulerScheduler
 class EulerAncestralScheduler(EulerScheduler):
     name = "euler-a"
     takes_karras_sigmas = False  # diffusers' class has no such option, and ignores it in a config
-    ancestral = True
 
     def _down_up(self, index: int) -> tuple[float, float]:
         sigma, after = np.float64(self.sigmas[index]), np.float64(self.sigmas[index + 1])
@@ -26,6 +25,6 @@ class EulerAncestralScheduler(EulerScheduler):
     def target_sigma(self, index: int) -> float:
         return self._down_up(index)[0]
 
-    def noise_scale(self, index: int) -> float:
+    def noise_scale(self, index: int) -> float:  # a draw at every step, the last too (where s_up is 0)
         self._require_timesteps(index)
         return self._down_up(index)[1]

@@ -37,6 +37,9 @@ _IGNORED = {"_class_name", "_diffusers_version", "skip_prk_steps", "dynamic_thre
             "variance_type", "flow_shift", "time_shift_type"}
 # what every diffusers sampler (DDIM, PNDM, Euler, DPM-Solver) takes for a key its config leaves out
 _DIFFUSERS_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
+# classes whose betas default otherwise (the betas are the UNet's: read as the folder's own class reads them; a
+# sampler's option left out takes the run's sampler's default, as from_config gives it: clip_sample None)
+_CLASS_DEFAULTS = {"LCMScheduler": {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}}
 
 
 MAX_TRAIN_TIMESTEPS = 10_000  # the tables are this long; diffusers' models use 1000
@@ -55,7 +58,9 @@ class NoiseSchedule:
     timestep_spacing: TimestepSpacing | None = "leading"
     steps_offset: int = 1
     set_alpha_to_one: bool = False  # DDIM: alpha_cumprod used past the last step
-    clip_sample: bool = False  # DDIM: clamp the predicted x0 (useful in pixel space)
+    # DDIM and LCM: clamp the predicted x0 (useful in pixel space); None: the sampler's diffusers default (DDIM
+    # clips, LCM does not), as from_config gives a key the folder's file leaves out (PNDM's, SD 1.5's class, has none)
+    clip_sample: bool | None = False
     clip_sample_range: float = 1.0
     prediction_type: PredictionType = "epsilon"  # what the denoiser predicts: the noise, or v (SD 2.x)
     # Euler and DPM-Solver: sigmas spaced as Karras et al. (2022) space them, between the ends of the steps' sigmas
@@ -64,6 +69,10 @@ class NoiseSchedule:
     use_karras_sigmas: bool = False
     sigma_min: float | None = None
     sigma_max: float | None = None
+    # LCM: the distillation's timestep schedule (every (T / original_inference_steps)-th timestep), from which a run
+    # picks its steps, and the scale of the timestep in the consistency boundary condition (c_skip, c_out)
+    original_inference_steps: int = 50
+    timestep_scaling: float = 10.0
 
     def __post_init__(self) -> None:
         check_flags("schedule", self)  # a folder's file is read as it is: "false" or "1" is named, not compared
@@ -85,6 +94,11 @@ class NoiseSchedule:
                 raise ConfigError(f"{key} must lie in (0, 1e4], got {value}")
         if self.sigma_min is not None and self.sigma_max is not None and not self.sigma_min < self.sigma_max:
             raise ConfigError(f"need sigma_min < sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
+        if not 1 <= self.original_inference_steps <= self.num_train_timesteps:
+            raise ConfigError(f"original_inference_steps must lie in 1..{self.num_train_timesteps} (the training "
+                              f"timesteps), got {self.original_inference_steps}")
+        if not 0 < self.timestep_scaling <= 1e4:
+            raise ConfigError(f"timestep_scaling must lie in (0, 1e4], got {self.timestep_scaling}")
         check_choices("schedule", self)  # beta_schedule, prediction_type, timestep_spacing
 
     def alphas_cumprod(self) -> np.ndarray:
@@ -103,21 +117,26 @@ class NoiseSchedule:
         # DDIM takes no sigma options: they are written only where they act, as a Karras folder's file has them
         karras = {} if not self.use_karras_sigmas else {
             "use_karras_sigmas": True, **{k: getattr(self, k) for k in ("sigma_min", "sigma_max") if getattr(self, k)}}
-        return spacing | karras | {
+        # LCM's, likewise where they differ from its defaults
+        lcm = {k: getattr(self, k) for k in ("original_inference_steps", "timestep_scaling")
+               if getattr(self, k) != _DEFAULTS[k]}
+        return spacing | karras | lcm | {
             "num_train_timesteps": self.num_train_timesteps,
             "beta_start": self.beta_start,
             "beta_end": self.beta_end,
             "beta_schedule": self.beta_schedule,
             "steps_offset": self.steps_offset,
             "prediction_type": self.prediction_type,
-            "clip_sample": self.clip_sample,
+            **({} if self.clip_sample is None else {"clip_sample": self.clip_sample}),
             "clip_sample_range": self.clip_sample_range,
             "set_alpha_to_one": self.set_alpha_to_one,
         }
 
     @classmethod
-    def from_diffusers(cls, config: dict, source: str = "scheduler config") -> NoiseSchedule:
-        """The noise schedule of any diffusers scheduler config (DDIM, PNDM, Euler, DPM-Solver, UniPC...).
+    def from_diffusers(cls, config: dict, source: str = "scheduler config",
+                       class_name: object = None) -> NoiseSchedule:
+        """The noise schedule of any diffusers scheduler config (DDIM, PNDM, Euler, DPM-Solver, UniPC, LCM...), as
+        `class_name` (default: the config's own _class_name) would read it.
 
         Only the keys that fix what the UNet was trained with are read here; a value dbunet cannot honour (trained
         betas, zero-terminal-SNR rescaling, a cosine schedule, sample prediction, continuous timesteps) raises
@@ -131,13 +150,16 @@ class NoiseSchedule:
             raise ConfigError(f"{source}: cannot honour {', '.join(refused)}")
         values = {k: v for k, v in config.items() if k in _FIELDS}
         # a key the folder leaves out takes diffusers' default, as from_config would give each sampler (the betas'
-        # too: diffusers' samplers default to linear 1e-4..0.02, not Stable Diffusion's schedule)
+        # too: diffusers' samplers default to linear 1e-4..0.02, not Stable Diffusion's schedule; LCM's do not)
+        named = class_name if class_name is not None else config.get("_class_name")
+        for key, default in (_CLASS_DEFAULTS.get(named, {}) if isinstance(named, str) else {}).items():
+            values.setdefault(key, default)
         for key, default in _DIFFUSERS_BETAS.items():
             values.setdefault(key, default)
         values.setdefault("timestep_spacing", None)
         values.setdefault("steps_offset", 0)
-        values.setdefault("clip_sample", True)  # DDIMScheduler's default (the only sampler here that clips)
-        values.setdefault("set_alpha_to_one", True)  # DDIMScheduler's default
+        values.setdefault("clip_sample", None)  # the run's sampler's default: DDIM clips, LCM does not
+        values.setdefault("set_alpha_to_one", True)  # DDIMScheduler's default (LCM's too)
         try:
             return cls(**values)
         except ConfigError as exc:
@@ -175,6 +197,7 @@ class NoiseSchedule:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(NoiseSchedule))
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(NoiseSchedule)}
 
 
 def _linspace_f32(start: float, end: float, n: int) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Samplers as coefficient tables: one float32 row per step drives one generic update (docs/architecture.md 3.4).
 
-DDIM, Euler, Euler ancestral and DPM-Solver++(2M) are all linear in the current sample x, the guided noise
-prediction eps and the previous step's data prediction x0_prev (Euler ancestral then adds fresh noise, which the
-run draws and adds on the host: Scheduler.noise_scale):
+DDIM, Euler, Euler ancestral, DPM-Solver++(2M) and LCM are all linear in the current sample x, the guided noise
+prediction eps and the previous step's data prediction x0_prev (Euler ancestral and LCM then add fresh noise, which
+the run draws and adds on the host: Scheduler.noise_scale):
 
     x_in   = c_in * x                                  model input scaling
     eps    = eps_u + g * (eps_c - eps_u)               classifier-free guidance

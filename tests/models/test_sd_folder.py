@@ -333,7 +333,7 @@ def test_the_scheduler_is_honoured_or_refused_alike_for_both_archs_and_a_missing
     ("EulerDiscreteScheduler", "euler", False), ("DPMSolverMultistepScheduler", "dpm++", False),
     ("DDIMScheduler", "ddim", False),
     ("PNDMScheduler", "ddim", True),  # SD 1.5's own: dbunet has no PNDM
-    ("EulerAncestralDiscreteScheduler", "euler-a", False),
+    ("EulerAncestralDiscreteScheduler", "euler-a", False), ("LCMScheduler", "lcm", False),
     ("UniPCMultistepScheduler", "ddim", True),
     (["not", "a", "name"], "ddim", True),  # a JSON list is no name (SDXL's reading of it was a TypeError)
 ])
@@ -440,7 +440,7 @@ def test_an_sdxl_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_sa
     with caplog.at_level("WARNING"):
         assert sdxl_config_from_folder(root).defaults.scheduler == sampler
     assert (f"{named}, is not one of dbunet's samplers; runs default to {sampler} (dbunet-run --scheduler chooses "
-            "ddim, euler, euler-a, dpm++)" in caplog.text) == said, caplog.text
+            "ddim, euler, euler-a, dpm++, lcm)" in caplog.text) == said, caplog.text
 
 
 @pytest.mark.parametrize("change", [dict(shift_factor=0.1159), dict(act_fn="gelu"), dict(latents_mean=[0.1] * 4),
