@@ -72,10 +72,14 @@ class Scheduler(abc.ABC):
         rows = self._usable(steps, guidance_scale, box_steps, start)
         if rows is None:
             most = next((n for n in range(steps - 1, 0, -1) if self._usable(n, 1.0, 0, 0) is not None), 0)
-            s = self.schedule
-            raise InputError(f"{self.name} takes at most {most} steps with this schedule ({s.num_train_timesteps} "
-                             f"training timesteps, {self.spacing} spacing, steps_offset {s.steps_offset}), got {steps}")
+            raise InputError(f"{self.name} takes at most {most} steps with this schedule "
+                             f"({self._what_limits_steps()}), got {steps}")
         return rows
+
+    def _what_limits_steps(self) -> str:
+        """The schedule's settings that bound the step count, for the refusal's message."""
+        s = self.schedule
+        return f"{s.num_train_timesteps} training timesteps, {self.spacing} spacing, steps_offset {s.steps_offset}"
 
     def _usable(self, steps: int, guidance_scale: float, box_steps: int, start: int) -> np.ndarray | None:
         try:

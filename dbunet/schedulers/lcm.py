@@ -29,6 +29,10 @@ class LCMScheduler(Scheduler):
         distilled = (np.arange(1, original + 1) * k - 1)[::-1]
         self.timesteps = distilled[np.floor(np.linspace(0, original, n, endpoint=False)).astype(np.int64)]
 
+    def _what_limits_steps(self) -> str:
+        return ("its steps are picked from the distillation's original_inference_steps, "
+                f"{self.schedule.original_inference_steps}")
+
     def _terms(self, index: int) -> tuple[float, float, float, float, float]:
         """(a_t, a_next, c_skip, c_out, scale of denoised): a_next is the next step's alpha, or a_t at the last."""
         t = int(self.timesteps[index])
