@@ -22,7 +22,7 @@ PredictionType = Literal["epsilon", "v_prediction"]
 # keys that fix what the UNet was trained with, at the one value dbunet honours: another refuses the folder, whatever
 # its sampler (these, the fields below, prediction_type and beta_schedule are the whole contract with the UNet)
 _TRAINING = {"trained_betas": None, "rescale_betas_zero_snr": False, "timestep_type": "discrete"}
-# options of diffusers' DDIM, Euler and DPM-Solver (multistep) at the values dbunet's samplers follow (each class's
+# options of diffusers' DDIM, Euler, DPM-Solver (multistep) and LCM at the values dbunet's samplers follow (each class's
 # own default); another value is a variant dbunet lacks (exponential or beta sigmas, SDE or third-order DPM-Solver,
 # thresholding), and runs sample without it, said at export (Karras sigmas are followed: fields below)
 SAMPLER_OPTIONS = {"thresholding": False, "use_exponential_sigmas": False,
@@ -167,7 +167,7 @@ class NoiseSchedule:
 
     def unfollowed_options(self, config: dict, source: str = "scheduler config",
                            defaults: Mapping[str, object] | None = None) -> list[str]:
-        """The options of a DDIM, Euler or DPM-Solver config (this schedule's) that dbunet's samplers do not follow,
+        """The options of a config of one of dbunet's samplers (this schedule's) that they do not follow,
         as "key=value". A key no table here knows counts at the value `defaults` gives it (the installed diffusers
         class's own: an option a release added since keeps the older behaviour at its default), and is refused
         where `defaults` lacks it too: it may change the image, and saying nothing would hide that."""
