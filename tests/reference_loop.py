@@ -19,12 +19,10 @@ DPM-Solver++ / LCM schedulers as the outside oracle for the samplers. What the d
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import onnxruntime as ort
@@ -36,7 +34,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     LCMScheduler,
 )
-from step_noise import STOCHASTIC_MODULES
+from step_noise import step_noise_from
 from transformers import CLIPTokenizerFast
 
 CALLS = ("text_encoder", "dbunet", "vae_decoder", "refiner_encoder", "gae", "refiner_unet")
@@ -139,9 +137,7 @@ class ReferenceCascade:
             )
             if guided:
                 eps = eps[:1] + np.float32(guidance_scale) * (eps[1:] - eps[:1])
-            with contextlib.ExitStack() as patches:  # a stochastic sampler's step noise from the seed's stream
-                for module in STOCHASTIC_MODULES:
-                    patches.enter_context(mock.patch.object(module, "randn_tensor", draw))
+            with step_noise_from(draw):  # a stochastic sampler's step noise from the seed's stream
                 latents = sampler.step(torch.from_numpy(eps), t, latents).prev_sample
         z0 = latents.numpy()
 

@@ -9,7 +9,7 @@ noise and their images can be compared step for step."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from unittest import mock
 
@@ -24,6 +24,16 @@ STOCHASTIC_MODULES = (euler_ancestral, lcm)  # where diffusers' stochastic sampl
 
 
 @contextmanager
+def step_noise_from(draw: Callable[..., torch.Tensor]) -> Iterator[None]:
+    """Within the block diffusers' stochastic samplers take each step's noise from draw(size, **randn_tensor's
+    keywords) instead of torch's generator."""
+    with contextlib.ExitStack() as patches:
+        for module in STOCHASTIC_MODULES:
+            patches.enter_context(mock.patch.object(module, "randn_tensor", draw))
+        yield
+
+
+@contextmanager
 def noise_of_seed(seed: int, shape: tuple[int, ...]) -> Iterator[list[np.ndarray]]:
     """Within the block diffusers' stochastic samplers draw what a dbunet run with `seed` draws (starting noise of
     `shape` first); yields the draws taken, for a test to count."""
@@ -34,7 +44,5 @@ def noise_of_seed(seed: int, shape: tuple[int, ...]) -> Iterator[list[np.ndarray
         taken.append(source.normal(tuple(size)))
         return torch.from_numpy(taken[-1]).to(dtype or torch.float32)
 
-    with contextlib.ExitStack() as patches:
-        for module in STOCHASTIC_MODULES:
-            patches.enter_context(mock.patch.object(module, "randn_tensor", draw))
+    with step_noise_from(draw):
         yield taken

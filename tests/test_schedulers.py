@@ -1,8 +1,6 @@
 """Each numpy sampler against diffusers' sampler of the same name, over whole runs."""
 
-import contextlib
 import json
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     LCMScheduler,
 )
-from step_noise import STOCHASTIC_MODULES
+from step_noise import step_noise_from
 
 from dbunet.errors import ConfigError, InputError
 from dbunet.schedulers import NoiseSchedule, make_scheduler
@@ -63,10 +61,7 @@ def diffusers_step(ref, eps, t, x, noise: np.ndarray | None):
     """diffusers' step() with `noise` as the draw of a stochastic sampler (its randn_tensor replaced for the call)."""
     if noise is None:
         return ref.step(eps, t, x).prev_sample
-    with contextlib.ExitStack() as patches:
-        for module in STOCHASTIC_MODULES:
-            patches.enter_context(mock.patch.object(module, "randn_tensor",
-                                                    lambda *a, **k: torch.from_numpy(noise).to(x.dtype)))
+    with step_noise_from(lambda *a, **k: torch.from_numpy(noise).to(x.dtype)):
         return ref.step(eps, t, x).prev_sample
 
 
