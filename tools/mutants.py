@@ -68,7 +68,7 @@ MUTANTS = [
            "stages.decode(latents / np.float32(config.vae.scaling_factor))", "stages.decode(latents)",
            LOOP_TESTS, "the VAE scaling factor dropped before decoding"),
     Mutant("dpm_second_order_dropped", "dbunet/schedulers/dpm_solver.py",
-           "u, v = -coef - 0.5 * coef / r, 0.5 * coef / r", "u, v = -coef, 0.0",
+           "u, v = w + 0.5 * w / r, -0.5 * w / r", "u, v = w, 0.0",
            ("tests/test_schedulers.py",), "DPM-Solver++(2M)'s coefficient table without its second-order term"),
     Mutant("step_clip_dropped", "dbunet/export/step_graphs.py",
            'helper.make_node("Clip", [raw, _P + "neg_clip", c["clip"]], ["x0"], name=_P + "x0")',
@@ -326,7 +326,7 @@ MUTANTS = [
            ("tests/test_sdxl.py",), "SDXL's text embedding from the last hidden state, not the penultimate"),
     # SDXL's refiner (--refiner), against diffusers' denoising_end / denoising_start hand-off
     Mutant("sdxl_refiner_dpm_keeps_history", "dbunet/schedulers/dpm_solver.py",
-           "if start < index < self.num_inference_steps - 1:", "if 0 < index < self.num_inference_steps - 1:",
+           "return start < index < self.num_inference_steps - 1", "return 0 < index < self.num_inference_steps - 1",
            ("tests/test_sdxl_refiner.py",), "DPM-Solver++ second-order on the refiner's first step (no x0 before it)"),
     Mutant("sdxl_refiner_cutoff_inclusive", "dbunet/request.py",
            "calls = int((refiner.timesteps < cutoff).sum())", "calls = int((refiner.timesteps <= cutoff).sum())",

@@ -16,12 +16,12 @@ from dbunet.schedulers.table import Update
 _F32 = np.float32
 
 
-def _log(x: np.float32) -> np.float32:
+def log_f32(x: np.float32) -> np.float32:
     with np.errstate(divide="ignore"):  # log(0) = -inf at the final sigma, intended
         return _F32(np.log(np.float64(x)))
 
 
-def _exp(x: np.float32) -> np.float32:
+def exp_f32(x: np.float32) -> np.float32:
     return _F32(np.exp(np.float64(x)))
 
 
@@ -62,44 +62,56 @@ class DPMSolverScheduler(Scheduler):
         sigma = self.sigmas[index]
         alpha = _F32(1) / _F32(np.sqrt(np.float64(sigma * sigma + _F32(1))))
         sigma_vp = sigma * alpha
-        return alpha, sigma_vp, _log(alpha) - _log(sigma_vp)
+        return alpha, sigma_vp, log_f32(alpha) - log_f32(sigma_vp)
+
+    def _coefficients(self, index: int) -> tuple[np.float32, np.float32]:
+        """(p, w) of the first-order step x_next = p x + w x0 from sigma_index to the next sigma, float32 as diffusers
+        computes them: p = sigma_t / sigma_s, w = alpha_t (1 - e^-h), h the step in lambda (at the final sigma 0,
+        lambda_t = inf and e^-h = 0: x_next = x0)."""
+        _, sigma_s, lambda_s = self._alpha_sigma_lambda(index)
+        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(index + 1)
+        return sigma_t / sigma_s, -(alpha_t * (exp_f32(-(lambda_t - lambda_s)) - _F32(1)))
+
+    def _second_order(self, index: int, start: int) -> bool:
+        """Second order after the run's first step, first order on the last (lower_order_final), as diffusers."""
+        return start < index < self.num_inference_steps - 1
+
+    def _ratio(self, index: int) -> np.float32:
+        """r = h_prev / h, the previous step in lambda over this one (the midpoint form divides D1 by it)."""
+        lambda_p = self._alpha_sigma_lambda(index - 1)[2]
+        lambda_s = self._alpha_sigma_lambda(index)[2]
+        return (lambda_s - lambda_p) / (self._alpha_sigma_lambda(index + 1)[2] - lambda_s)
 
     def update(self, index: int, start: int = 0) -> Update:
         """Steps 1-4 of `step` as coefficients: x0 = (x - sigma_s eps) / alpha_s;
-        x_next = (sigma_t / sigma_s) x - c x0 - (c / 2r)(x0 - x0_prev), c = alpha_t (e^-h - 1)."""
+        x_next = p x + w x0 + (w / 2r)(x0 - x0_prev)."""
         self._require_timesteps(index)
-        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(index)
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(index + 1)
-        coef = np.float64(alpha_t * (_exp(-(lambda_t - lambda_s)) - _F32(1)))
-        u, v = -coef, 0.0
-        if start < index < self.num_inference_steps - 1:  # second order after the run's first step, as in step()
-            r = np.float64((lambda_s - self._alpha_sigma_lambda(index - 1)[2]) / (lambda_t - lambda_s))
-            u, v = -coef - 0.5 * coef / r, 0.5 * coef / r
+        alpha_s, sigma_s, _ = self._alpha_sigma_lambda(index)
+        p, w = (np.float64(c) for c in self._coefficients(index))
+        u, v = w, 0.0
+        if self._second_order(index, start):
+            r = np.float64(self._ratio(index))
+            u, v = w + 0.5 * w / r, -0.5 * w / r
         d, e, _, _ = prediction_terms(self.schedule.prediction_type, 1.0, np.float64(alpha_s), np.float64(sigma_s))
-        return Update(c_in=1.0, d=d, e=e, clip=np.inf, p=np.float64(sigma_t) / np.float64(sigma_s), q=0.0, u=u, v=v)
+        return Update(c_in=1.0, d=d, e=e, clip=np.inf, p=p, q=0.0, u=u, v=v)
 
     def step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> np.ndarray:
         self._require_timesteps(index)
         sample = sample.astype(np.float32)
         # 1. data prediction x0 = (x - sigma_s * eps) / alpha_s
-        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(index)
+        alpha_s, sigma_s, _ = self._alpha_sigma_lambda(index)
         if self.schedule.prediction_type == "v_prediction":  # x0 = alpha_s x - sigma_s v
             x0 = alpha_s * sample - sigma_s * model_output
         else:
             x0 = (sample - sigma_s * model_output) / alpha_s
-        # 2. step size in lambda; at the final sigma 0, lambda_t = inf and exp(-h) = 0 (x_t = x0)
-        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(index + 1)
-        h = lambda_t - lambda_s
-        coef = alpha_t * (_exp(-h) - _F32(1))
-        # 3. first order (DPM-Solver++1 = DDIM): x_t = (sigma_t/sigma_s) x - alpha_t (e^-h - 1) x0
-        prev = (sigma_t / sigma_s) * sample - coef * x0
-        # 4. second order (2M, midpoint): add -(1/2) alpha_t (e^-h - 1) D1, D1 = (x0 - x0_prev) / r,
-        #    r = h_prev / h; skipped on the first step and on the last (lower_order_final).
+        # 2. first order (DPM-Solver++1 = DDIM): x_t = p x + w x0
+        p, w = self._coefficients(index)
+        prev = p * sample + w * x0
+        # 3. second order (2M, midpoint): add (1/2) w D1, D1 = (x0 - x0_prev) / r, r = h_prev / h; skipped on the
+        #    first step and on the last (lower_order_final).
         if self._previous_x0 is not None and index != self.num_inference_steps - 1:
-            lambda_p = self._alpha_sigma_lambda(index - 1)[2]
-            r = (lambda_s - lambda_p) / h
-            d1 = (_F32(1) / r) * (x0 - self._previous_x0)
-            prev = prev - (_F32(0.5) * coef) * d1
+            d1 = (_F32(1) / self._ratio(index)) * (x0 - self._previous_x0)
+            prev = prev + (_F32(0.5) * w) * d1
         self._previous_x0 = x0
         return prev.astype(model_output.dtype)
 
