@@ -10,7 +10,7 @@ from dbunet.boxes import Box, as_boxes
 from dbunet.config import ModelConfig, side_beyond
 from dbunet.errors import ConfigError, InputError
 from dbunet.scalars import is_real, is_whole, python_scalar
-from dbunet.schedulers import KARRAS_SAMPLERS, SCHEDULERS
+from dbunet.schedulers import KARRAS_SAMPLERS, KARRAS_SAMPLERS_IN_WORDS, SCHEDULERS
 from dbunet.schedulers.schedule import NoiseSchedule
 from dbunet.text import not_utf8
 
@@ -88,7 +88,7 @@ class GenerationRequest:
             raise bad(f"karras sigmas must be true or false, got {self.karras_sigmas!r}")
         if self.karras_sigmas and self.scheduler not in KARRAS_SAMPLERS:
             raise bad(f"the {self.scheduler} sampler has no Karras sigmas (diffusers' has none either); they are "
-                      f"{' and '.join(KARRAS_SAMPLERS)}'s")
+                      f"{KARRAS_SAMPLERS_IN_WORDS}'s")
         for name, v, most in (("height", self.height, max_height), ("width", self.width, max_width)):
             if not is_whole(v):  # 64.0 too: "a multiple of 8, got 64.0" would read as a contradiction
                 raise bad(f"{name} must be an integer, got {v!r}")

@@ -3,10 +3,11 @@
 It shares no orchestration code with `dbunet/`: it reads manifest.json as plain JSON, tokenizes with
 transformers' CLIP tokenizer from the exported model's vocab.json + merges.txt, runs each exported
 per-call graph in a plain ONNX Runtime session, and uses diffusers' own DDIM / Euler / Euler ancestral /
-DPM-Solver++ / LCM schedulers as the outside oracle for the samplers. What the documents specify is written out here:
+DPM-Solver++ (ODE and SDE) / LCM schedulers as the outside oracle for the samplers. What the documents
+specify is written out here:
 
 - noise: numpy Philox seeded with the seed; the initial latent is drawn first, then a stochastic sampler's
-  (Euler ancestral, LCM) step noise as diffusers' sampler draws it, then the refiner's forward noise
+  (Euler ancestral, LCM, SDE DPM-Solver++) step noise as diffusers' sampler draws it, then the refiner's forward noise
   (docs/architecture.md 3.4); z_T is scaled by the sampler's initial sigma;
 - text: [negative prompt; prompt] for classifier-free guidance, a single prompt when the scale is 1 or less;
   each box phrase is encoded alone and its pooled embedding is its phrase embedding (docs/architecture.md 3.2);
@@ -68,8 +69,9 @@ def diffusers_scheduler(name: str, schedule: dict):
     if name == "lcm":
         return LCMScheduler.from_config({**common, **{k: schedule[k] for k in ("original_inference_steps",
                                                                              "timestep_scaling") if k in schedule}})
-    if name == "dpm++":
-        return DPMSolverMultistepScheduler.from_config({**common, **sigmas, "algorithm_type": "dpmsolver++",
+    if name in ("dpm++", "dpm++-sde"):  # the ODE form, or the SDE form that adds noise at each step
+        algorithm = "sde-dpmsolver++" if name == "dpm++-sde" else "dpmsolver++"
+        return DPMSolverMultistepScheduler.from_config({**common, **sigmas, "algorithm_type": algorithm,
                                                         "solver_order": 2})
     raise ValueError(name)
 

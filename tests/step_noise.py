@@ -1,10 +1,11 @@
-"""The step noise of stochastic samplers (Euler ancestral, LCM), the same on both sides of a comparison with diffusers.
+"""The step noise of stochastic samplers (Euler ancestral, LCM, SDE DPM-Solver++), the same on both sides of a
+comparison with diffusers.
 
-diffusers' EulerAncestralDiscreteScheduler and LCMScheduler draw the noise of each step with torch's generator
-(`randn_tensor`); dbunet draws it from the seed's NoiseSource, after the starting noise (drawn whether or not
-`latents=` is given), one draw per step in order (LCM's last step draws none in diffusers, and adds none in either).
-With `noise_of_seed` in force diffusers' samplers take dbunet's draws instead, so the two pipelines add the same
-noise and their images can be compared step for step."""
+diffusers' EulerAncestralDiscreteScheduler, LCMScheduler and DPMSolverMultistepScheduler (SDE) draw the noise of each
+step with torch's generator (`randn_tensor`); dbunet draws it from the seed's NoiseSource, after the starting noise
+(drawn whether or not `latents=` is given), one draw per step in order (LCM's last step draws none in diffusers, and
+adds none in either). With `noise_of_seed` in force diffusers' samplers take dbunet's draws instead, so the two
+pipelines add the same noise and their images can be compared step for step."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from unittest import mock
 
+import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_solver
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral
 import diffusers.schedulers.scheduling_lcm as lcm
 import numpy as np
@@ -20,7 +22,7 @@ import torch
 
 from dbunet.noise import NoiseSource
 
-STOCHASTIC_MODULES = (euler_ancestral, lcm)  # where diffusers' stochastic samplers take randn_tensor from
+STOCHASTIC_MODULES = (euler_ancestral, lcm, dpm_solver)  # where diffusers' stochastic samplers take randn_tensor from
 
 
 @contextmanager

@@ -168,7 +168,7 @@ CASES = [
     Case("unknown scheduler", "run", RUN + ("--scheduler", "lms"), "invalid choice"),
     Case("karras sigmas with ddim", "run", RUN + ("--karras-sigmas",), "ddim sampler has no Karras sigmas"),
     Case("karras sigmas with ddim named", "run", RUN + ("--scheduler", "ddim", "--karras-sigmas"),
-         "they are euler and dpm++'s"),
+         "they are euler, dpm++ and dpm++-sde's"),
     Case("threads zero", "run", RUN + ("--threads", "0"), "threads"),
     Case("unknown device", "run", RUN + ("--device", "tpu"), "device must be"),
     Case("unknown backend", "run", RUN + ("--backend", "jax"), "invalid choice"),

@@ -51,7 +51,7 @@ def _dbunet_boxes(boxes):
     return [f"{x0},{y0},{x1},{y1}:{phrase}" for x0, y0, x1, y1, phrase in boxes]
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm++", "lcm"])
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm++", "dpm++-sde", "lcm"])
 @pytest.mark.parametrize("backend", list(BOUNDS))
 def test_cascade_matches_the_independent_reference(reference, pipelines, backend, scheduler):
     want = reference("a cat on a sofa", boxes=BOXES, scheduler=scheduler, **REQUEST)
@@ -61,7 +61,7 @@ def test_cascade_matches_the_independent_reference(reference, pipelines, backend
         assert err <= bound, f"{backend}/{scheduler}: {name} differ by {err:.2e} of their range (bound {bound:.0e})"
 
 
-@pytest.mark.parametrize("scheduler", ["euler", "dpm++"])
+@pytest.mark.parametrize("scheduler", ["euler", "dpm++", "dpm++-sde"])
 @pytest.mark.parametrize("backend", ["ort-fp32", "torch"])
 def test_a_run_s_karras_sigmas_match_the_reference_s(reference, pipelines, backend, scheduler):
     """The cascade with Karras sigmas asked per run (boxes steer the first steps, the refiner keeps DDIM) against
@@ -77,7 +77,7 @@ def test_a_run_s_karras_sigmas_match_the_reference_s(reference, pipelines, backe
     assert rel(plain.latents, want.latents) > 100 * BOUNDS[backend][0], "Karras sigmas change nothing here"
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm++", "lcm"])
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm++", "dpm++-sde", "lcm"])
 def test_ort_images_equal_the_torch_reference_loop(pipelines, scheduler):
     """The step graphs' images against the PyTorch reference loop (per-call UNet, numpy step()), in uint8
     levels: measured mean 0.000, max 1 (a pixel on a rounding edge); the product's bar is mean 1, max 8."""

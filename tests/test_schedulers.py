@@ -5,21 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LCMScheduler,
-)
+from diffusers_samplers import CLASSES, NAMES, OPTIONS, diffusers_sampler, diffusers_sampler_of
 from step_noise import step_noise_from
 
 from dbunet.errors import ConfigError, InputError
 from dbunet.schedulers import NoiseSchedule, make_scheduler
 from dbunet.schedulers.table import COLUMN, ROW, generic_update
-
-DIFFUSERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler-a": EulerAncestralDiscreteScheduler,
-             "dpm++": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
 
 SCHEDULES = {
     "sd": NoiseSchedule(),  # Stable Diffusion 1.x: scaled_linear, leading, offset 1
@@ -75,7 +66,7 @@ def _diffusers(name: str, schedule: NoiseSchedule):
     cfg = schedule.to_diffusers()
     if name == "ddim":
         cfg |= {"set_alpha_to_one": schedule.set_alpha_to_one, "clip_sample": schedule.clip_sample}
-    return DIFFUSERS[name].from_config(cfg)
+    return diffusers_sampler(name, cfg)
 
 
 def _run_both(name, schedule, steps, model_output):
@@ -134,7 +125,7 @@ def _pure_noise(scaled, rng):
 
 
 @pytest.mark.parametrize("schedule_name", list(SCHEDULES))
-@pytest.mark.parametrize("name", list(DIFFUSERS))
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("steps", [1, 4, 25, 50])
 def test_matches_diffusers_over_full_run(name, schedule_name, steps):
     worst, _, rounding, largest, x = _run_both(name, SCHEDULES[schedule_name], steps, _denoiser_like)
@@ -149,7 +140,7 @@ def test_matches_diffusers_over_full_run(name, schedule_name, steps):
 
 
 @pytest.mark.parametrize("schedule_name", list(SCHEDULES))
-@pytest.mark.parametrize("name", list(DIFFUSERS))
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("steps", [1, 4, 25, 50])
 def test_coefficient_table_reproduces_step(name, schedule_name, steps):
     """The generic update (what the step graphs compute) with the sampler's rows equals its numpy step()
@@ -182,7 +173,7 @@ def test_table_rows_carry_timestep_guidance_and_box_schedule():
 
 
 @pytest.mark.parametrize("schedule_name", list(SCHEDULES))
-@pytest.mark.parametrize("name", list(DIFFUSERS))
+@pytest.mark.parametrize("name", NAMES)
 def test_matches_diffusers_on_uncorrelated_outputs(name, schedule_name):
     # Uncorrelated outputs drive |x| to the hundreds, where one float32 step is already above
     # 1e-5; there the two implementations must agree to a few float32 ulps (relative bound).
@@ -191,7 +182,7 @@ def test_matches_diffusers_on_uncorrelated_outputs(name, schedule_name):
     assert worst <= bound, f"max abs diff {worst:.3g} > {bound:.3g} at |x| <= {largest:.3g}"
 
 
-@pytest.mark.parametrize("name", list(DIFFUSERS))
+@pytest.mark.parametrize("name", NAMES)
 def test_add_noise_matches_diffusers(name):
     schedule = SCHEDULES["sd"]
     ours, ref = make_scheduler(name, schedule), _diffusers(name, schedule)
@@ -251,6 +242,10 @@ def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
     assert schedule.unfollowed_options({**dpm, "use_exponential_sigmas": True, "solver_order": 3,
                                         "thresholding": True}) \
         == ["thresholding=True", "use_exponential_sigmas=True", "solver_order=3"]
+    # SDE DPM-Solver++ is followed by a sampler of its own (dpm++-sde); the first DPM-Solver's SDE form is not
+    assert schedule.unfollowed_options({**dpm, "algorithm_type": "sde-dpmsolver++"}) == []
+    assert schedule.unfollowed_options({**dpm, "algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"}) \
+        == ["final_sigmas_type='sigma_min'", "algorithm_type='sde-dpmsolver'"]
     # Karras sigmas and their range are followed (read into the schedule); a range alone changes nothing
     euler = {**sd15_pndm, "_class_name": "EulerDiscreteScheduler", "sigma_min": 0.0292, "sigma_max": 14.6146}
     assert schedule.unfollowed_options(euler) == []
@@ -266,13 +261,14 @@ def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
         schedule.unfollowed_options({**dpm, "mystery": 1})
 
 
-@pytest.mark.parametrize(("name", "options"), [(name, {}) for name in DIFFUSERS] + [
+@pytest.mark.parametrize(("name", "options"), [(name, {}) for name in NAMES] + [
     # DPM-Solver's last step is first order whenever its final sigma is zero: these two change nothing then
     ("dpm++", {"lower_order_final": False, "euler_at_final": True}),
     ("dpm++", {"lambda_min_clipped": -5.1}),  # below every timestep's: clips nothing
     ("euler", {"sigma_min": 0.0292, "sigma_max": 14.6146}),  # Karras sigmas' range, unused without them
     # Karras sigmas, the most common community setting (DPM++ 2M Karras), and with a range of their own
     ("dpm++", {"use_karras_sigmas": True}),
+    ("dpm++-sde", {"use_karras_sigmas": True}),  # "DPM++ 2M SDE Karras"
     ("euler", {"use_karras_sigmas": True}),
     ("euler", {"use_karras_sigmas": True, "sigma_min": 0.05, "sigma_max": 12.0}),
     # a range past both ends of the training sigmas (0.029..14.6): the timesteps held at 0 and 999
@@ -285,8 +281,8 @@ def test_a_config_the_installed_diffusers_saves_for_each_sampler_is_followed_who
     DPM-Solver folder saved by a supported diffusers was. A release that adds another fails here, where the tables
     alone are read (an export reads it at the installed class's default meanwhile: tests/models/test_sd_folder.py).
     Options that change nothing in diffusers are not said either."""
-    ref = DIFFUSERS[name](beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-                          **options)
+    ref = diffusers_sampler_of(name, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                               **options)
     config = json.loads(ref.to_json_string())  # what save_pretrained writes, -Infinity included
     schedule = NoiseSchedule.from_diffusers(config)
     assert schedule.unfollowed_options(config) == []
@@ -314,12 +310,12 @@ def test_dpm_solver_s_lambda_clip_counts_only_where_it_clips():
     assert schedule.unfollowed_options({**config, "lambda_min_clipped": -2.0}) == ["lambda_min_clipped=-2.0"]
 
 
-@pytest.mark.parametrize("name", list(DIFFUSERS))
+@pytest.mark.parametrize("name", NAMES)
 def test_a_scheduler_config_that_leaves_keys_out_gets_diffusers_defaults(name):
     # a file naming only its class: diffusers' samplers take linear betas 1e-4..0.02 over 1000 timesteps (not
     # Stable Diffusion's scaled_linear), offset 0, their own spacing; before, the betas were SD's
-    config = {"_class_name": DIFFUSERS[name].__name__}
-    ours, ref = make_scheduler(name, NoiseSchedule.from_diffusers(config)), DIFFUSERS[name].from_config(config)
+    config = {"_class_name": CLASSES[name].__name__, **OPTIONS.get(name, {})}  # a variant's option, if any
+    ours, ref = make_scheduler(name, NoiseSchedule.from_diffusers(config)), diffusers_sampler(name, config)
     ours.set_timesteps(10)
     ref.set_timesteps(10)
     np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())

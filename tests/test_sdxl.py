@@ -12,14 +12,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LCMScheduler,
-    StableDiffusionXLPipeline,
-)
+from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+from diffusers_samplers import NAMES, diffusers_sampler
 from PIL import Image
 from sdxl_folder import SIZE
 from step_noise import noise_of_seed
@@ -30,8 +24,6 @@ from dbunet.runtime import Pipeline
 
 STEPS, GUIDANCE = 8, 5.0
 PROMPT = "a photo of a red cat on a table"
-SAMPLERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler-a": EulerAncestralDiscreteScheduler,
-            "dpm++": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
 
 
 def _latents(seed=5):
@@ -42,7 +34,7 @@ def diffusers_image(folder, sampler: str, latents: np.ndarray, negative_prompt=N
     """diffusers' image as uint8; `extra`: more of its arguments (guidance_scale, original_size,
     crops_coords_top_left, target_size). Euler ancestral's step noise is what a dbunet run with seed 0 draws."""
     pipe = StableDiffusionXLPipeline.from_pretrained(folder)
-    pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
+    pipe.scheduler = diffusers_sampler(sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     height, width = latents.shape[2] * 4, latents.shape[3] * 4
     with noise_of_seed(0, latents.shape):
@@ -58,13 +50,13 @@ def _ours(artifacts, precision, sampler, latents, **options):
                 **{"guidance_scale": GUIDANCE, **options}).image
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "dpm++", "lcm"])
+@pytest.mark.parametrize("sampler", NAMES)
 def test_fp32_runtime_equals_diffusers_sdxl_pipeline(sdxl_folder, sdxl_artifacts, sampler):
     latents = _latents()
     want = diffusers_image(sdxl_folder, sampler, latents)
     got = _ours(sdxl_artifacts, "fp32", sampler, latents)
     diff = np.abs(got.astype(int) - want.astype(int))
-    # measured (AMD EPYC, diffusers 0.42, ORT 1.31 CPU): mean <= 0.0014, max 1 level for the four samplers;
+    # measured (AMD EPYC, diffusers 0.42, ORT 1.31 CPU): mean <= 0.0014, max 1 level for every sampler;
     # the reference's std is 40-46 levels, so a wrong conditioning or step moves it by far more than 8
     assert want.std() > 10, "the reference image is flat: the comparison would prove nothing"
     assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())

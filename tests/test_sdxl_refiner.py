@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers_samplers import NAMES, diffusers_sampler
 from safetensors.torch import load_file, save_file
 from sd1_folder import set_pad_token
 from sdxl_folder import SIZE
 from step_noise import noise_of_seed
-from test_sdxl import AS_DIFFUSERS, GIVEN, GUIDANCE, PROMPT, SAMPLERS, STEPS
+from test_sdxl import AS_DIFFUSERS, GIVEN, GUIDANCE, PROMPT, STEPS
 
 from dbunet.backends import open_pipeline
 from dbunet.errors import ConfigError, InputError, WeightsError
@@ -38,7 +39,7 @@ def diffusers_refined(base, refiner, sampler: str, latents: np.ndarray, negative
     pipes = []
     for cls, folder in ((StableDiffusionXLPipeline, base), (StableDiffusionXLImg2ImgPipeline, refiner)):
         pipe = cls.from_pretrained(folder)
-        pipe.scheduler = SAMPLERS[sampler].from_config(pipe.scheduler.config)
+        pipe.scheduler = diffusers_sampler(sampler, pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         pipes.append(pipe)
     common = dict(negative_prompt=negative_prompt, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
@@ -59,18 +60,18 @@ def _ours(artifacts, sampler, latents, backend="ort", precision="fp32", **option
     return pipe(PROMPT, **run)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "dpm++", "lcm"])
+@pytest.mark.parametrize("sampler", NAMES)
 def test_fp32_base_and_refiner_equal_diffusers(sdxl_folder, sdxl_refiner_folder, sdxl_refined_artifacts, sampler):
     latents = _latents()
     want = diffusers_refined(sdxl_folder, sdxl_refiner_folder, sampler, latents)
     got = _ours(sdxl_refined_artifacts, sampler, latents).image
     diff = np.abs(got.astype(int) - want.astype(int))
-    # measured (AMD EPYC, diffusers 0.42.1, ORT 1.31.1 CPU): mean <= 0.004, max 1 level for the four samplers
+    # measured (AMD EPYC, diffusers 0.42.1, ORT 1.31.1 CPU): mean <= 0.004, max 1 level for every sampler
     assert want.std() > 10, "the reference image is flat: the comparison would prove nothing"
     assert diff.mean() <= 1.0 and diff.max() <= 8, (sampler, diff.mean(), diff.max())
     # the refiner's steps show: the base alone (all 8 steps with its own UNet) is far from diffusers' refined image
-    # (measured: mean 40 levels with DDIM, 4.3 with Euler and DPM++, 3.1 with Euler ancestral, 1.1 with LCM, whose
-    # last step jumps to its x0 estimate from either UNet)
+    # (measured: mean 40 levels with DDIM, 4.3 with Euler and DPM++, 3.1 with Euler ancestral, 2.5 with SDE DPM++,
+    # 1.1 with LCM, whose last step jumps to its x0 estimate from either UNet)
     alone = _ours(sdxl_refined_artifacts, sampler, latents, refiner_steps=0).image
     assert np.abs(alone.astype(int) - want.astype(int)).mean() > (0.5 if sampler == "lcm" else 2), sampler
 
@@ -175,12 +176,13 @@ def test_a_refiner_without_an_aesthetic_score_takes_the_six_size_numbers(sdxl_fo
 
 
 # FP16 graphs (the VAE stays FP32: force_upcast) against diffusers' FP32 image, measured: DDIM mean 3.0 / max 41,
-# Euler, Euler ancestral, DPM++ and LCM mean 0.2 / max 2 (DDIM divides eps by sqrt(alpha) ~ 0.07 at the first steps,
-# and the test refiner's output is amplified 60x). Bounds about 4-8x the mean, 3-8x the max.
-FP16_BOUNDS = {"ddim": (15.0, 128), "euler": (1.5, 16), "euler-a": (1.5, 16), "dpm++": (1.5, 16), "lcm": (1.5, 16)}
+# Euler, Euler ancestral, DPM++ (ODE and SDE) and LCM mean 0.2 / max 2 (DDIM divides eps by sqrt(alpha) ~ 0.07 at
+# the first steps, and the test refiner's output is amplified 60x). Bounds about 4-8x the mean, 3-8x the max.
+FP16_BOUNDS = {"ddim": (15.0, 128), "euler": (1.5, 16), "euler-a": (1.5, 16), "dpm++": (1.5, 16),
+               "dpm++-sde": (1.5, 16), "lcm": (1.5, 16)}
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler-a", "dpm++", "lcm"])
+@pytest.mark.parametrize("sampler", NAMES)
 def test_fp16_base_and_refiner_stay_near_diffusers(sdxl_folder, sdxl_refiner_folder, sdxl_refined_artifacts,
                                                     sampler):
     latents = _latents()

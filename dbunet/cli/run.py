@@ -20,7 +20,7 @@ from dbunet.cli.common import (
 )
 from dbunet.manifest import Manifest
 from dbunet.request import build_request
-from dbunet.schedulers import KARRAS_SAMPLERS, SCHEDULERS
+from dbunet.schedulers import KARRAS_SAMPLERS_IN_WORDS, SCHEDULERS
 from dbunet.text import from_command_line
 
 DESCRIPTION = """Generate an image with the DB-UNet cascade from an artifacts directory written by
@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--steps", type=int, help="denoising steps")
     how.add_argument("--scheduler", choices=SCHEDULERS, help="sampler (default: the model's, ddim for the presets)")
     how.add_argument("--karras-sigmas", action=argparse.BooleanOptionalAction,
-                     help=f"{' and '.join(KARRAS_SAMPLERS)}: sample at Karras et al.'s sigmas (\"DPM++ 2M Karras\"), "
+                     help=f"{KARRAS_SAMPLERS_IN_WORDS}: sample at Karras et al.'s sigmas (\"DPM++ 2M Karras\"), "
                      "as diffusers' use_karras_sigmas (default: as the model's scheduler file says)")
     how.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale, 0..100; 1 or less runs "
                      "the prompt alone, as diffusers does (default: the model's)")

@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 
 from dbunet.models.files import read_json_object, read_model_index
-from dbunet.schedulers.schedule import NoiseSchedule
+from dbunet.schedulers import SCHEDULERS
+from dbunet.schedulers.schedule import OPTION_SAMPLERS, NoiseSchedule
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,13 @@ def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[Noi
 FOLDER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
                    "EulerAncestralDiscreteScheduler": "euler-a", "DPMSolverMultistepScheduler": "dpm++",
                    "LCMScheduler": "lcm"}
+
+
+def _variant(sampler: str, scheduler_config: dict) -> str:
+    """The sampler of dbunet's that the file's options make of its class's (DPM-Solver with algorithm_type
+    "sde-dpmsolver++" is dpm++-sde)."""
+    return next((variant for (base, key, value), variant in OPTION_SAMPLERS.items()
+                 if base == sampler and key in scheduler_config and scheduler_config[key] == value), sampler)
 
 
 def scheduler_class(root: Path, scheduler_config: dict) -> object:
@@ -79,7 +87,7 @@ def folder_sampler(schedule: NoiseSchedule, scheduler_config: dict, fallback: st
         return fallback
     named = scheduler_class(root, scheduler_config)
     if _samples_as_dbunet(named):
-        sampler = FOLDER_SAMPLERS.get(named, fallback)
+        sampler = _variant(FOLDER_SAMPLERS.get(named, fallback), scheduler_config)
         unfollowed = _unfollowed(schedule, scheduler_config, named)
         if unfollowed:
             log.warning("%s: its scheduler, %s with %s, is dbunet's %s with options it lacks: runs sample without "
@@ -87,5 +95,5 @@ def folder_sampler(schedule: NoiseSchedule, scheduler_config: dict, fallback: st
                         ", ".join(unfollowed), sampler)
         return sampler
     log.warning("%s: its scheduler, %s, is not one of dbunet's samplers; runs default to %s (dbunet-run "
-                "--scheduler chooses %s)", root, named, fallback, ", ".join(FOLDER_SAMPLERS.values()))
+                "--scheduler chooses %s)", root, named, fallback, ", ".join(SCHEDULERS))
     return fallback

@@ -6,6 +6,7 @@ from dbunet.errors import InputError
 from dbunet.schedulers.base import Scheduler
 from dbunet.schedulers.ddim import DDIMScheduler
 from dbunet.schedulers.dpm_solver import DPMSolverScheduler
+from dbunet.schedulers.dpm_solver_sde import DPMSolverSDEScheduler
 from dbunet.schedulers.euler import EulerScheduler
 from dbunet.schedulers.euler_ancestral import EulerAncestralScheduler
 from dbunet.schedulers.lcm import LCMScheduler
@@ -16,9 +17,11 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "euler": EulerScheduler,
     "euler-a": EulerAncestralScheduler,
     "dpm++": DPMSolverScheduler,
+    "dpm++-sde": DPMSolverSDEScheduler,
     "lcm": LCMScheduler,
 }
 KARRAS_SAMPLERS = tuple(name for name, sampler in SCHEDULERS.items() if sampler.takes_karras_sigmas)
+KARRAS_SAMPLERS_IN_WORDS = f"{', '.join(KARRAS_SAMPLERS[:-1])} and {KARRAS_SAMPLERS[-1]}"  # for messages
 
 
 def make_scheduler(name: str, schedule: NoiseSchedule | None = None) -> Scheduler:
@@ -29,8 +32,10 @@ def make_scheduler(name: str, schedule: NoiseSchedule | None = None) -> Schedule
 
 __all__ = [
     "KARRAS_SAMPLERS",
+    "KARRAS_SAMPLERS_IN_WORDS",
     "SCHEDULERS",
     "DDIMScheduler",
+    "DPMSolverSDEScheduler",
     "DPMSolverScheduler",
     "EulerAncestralScheduler",
     "EulerScheduler",

@@ -23,13 +23,16 @@ PredictionType = Literal["epsilon", "v_prediction"]
 # its sampler (these, the fields below, prediction_type and beta_schedule are the whole contract with the UNet)
 _TRAINING = {"trained_betas": None, "rescale_betas_zero_snr": False, "timestep_type": "discrete"}
 # options of diffusers' DDIM, Euler, DPM-Solver (multistep) and LCM at the values dbunet's samplers follow (each class's
-# own default); another value is a variant dbunet lacks (exponential or beta sigmas, SDE or third-order DPM-Solver,
-# thresholding), and runs sample without it, said at export (Karras sigmas are followed: fields below)
+# own default); another value is a variant dbunet lacks (exponential or beta sigmas, third-order or Heun DPM-Solver,
+# the first DPM-Solver's SDE, thresholding), and runs sample without it, said at export (Karras sigmas are followed:
+# fields below; SDE DPM-Solver++ is a sampler of its own: OPTION_SAMPLERS)
 SAMPLER_OPTIONS = {"thresholding": False, "use_exponential_sigmas": False,
                    "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
                    "use_dynamic_shifting": False, "final_sigmas_type": "zero", "euler_at_final": False,
                    "lower_order_final": True, "algorithm_type": "dpmsolver++", "solver_order": 2,
                    "solver_type": "midpoint", "interpolation_type": "linear", "lambda_min_clipped": -math.inf}
+# (sampler, option, value) that dbunet follows with another sampler of its own, which a folder then defaults to
+OPTION_SAMPLERS = {("dpm++", "algorithm_type", "sde-dpmsolver++"): "dpm++-sde"}
 # keys that are bookkeeping, act only with one of the options above away from its value (the thresholding ratio,
 # the flow shift), or belong to samplers dbunet replaces (PNDM's PRK steps; DPM-Solver's learned variance needs a
 # UNet with twice the channels, which the import refuses)
@@ -181,10 +184,13 @@ class NoiseSchedule:
                 if k in config and tuple_for_list(config[k]) != tuple_for_list(v) and self._acts(k, config)]
 
     def _acts(self, key: str, config: dict) -> bool:
-        """Whether an option away from its value changes diffusers' DPM-Solver here. Its last step is first order
+        """Whether an option away from its value changes diffusers' DPM-Solver here, and dbunet does not follow it
+        with another of its samplers (SDE DPM-Solver++ is dpm++-sde). Its last step is first order
         wherever the final sigma is zero, and a second-order solver takes no third-order step to lower, so
         euler_at_final and lower_order_final act only past those; a lambda clip below every timestep's half log-SNR
         clips nothing."""
+        if any((option, value) == (key, config[key]) for _, option, value in OPTION_SAMPLERS):
+            return False  # followed: the run's sampler is another of dbunet's (folder_scheduler.FOLDER_SAMPLERS)
         final_zero = config.get("final_sigmas_type", "zero") == "zero"
         if key == "euler_at_final":
             return not final_zero

@@ -363,6 +363,13 @@ def test_an_sd1_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_sai
      "it lacks: runs sample without them"),
     ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}, "euler", None),
     ("UniPCMultistepScheduler", {}, "ddim", "its scheduler, UniPCMultistepScheduler, is not one of dbunet's samplers"),
+    # SDE DPM-Solver++ ("DPM++ 2M SDE", with Karras sigmas too) is a sampler of its own; before, it ran as the ODE
+    # form and said so. Its Heun solver is an option it lacks.
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, "dpm++-sde", None),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, "dpm++-sde",
+     None),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}, "dpm++-sde",
+     "DPMSolverMultistepScheduler with solver_type='heun', is dbunet's dpm++-sde with options it lacks"),
 ])
 def test_a_scheduler_saved_by_diffusers_exports_with_its_sampler_or_says_what_differs(sd_folder, tmp_path, caplog,
                                                                                       cls, options, sampler, says):
@@ -440,7 +447,7 @@ def test_an_sdxl_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_sa
     with caplog.at_level("WARNING"):
         assert sdxl_config_from_folder(root).defaults.scheduler == sampler
     assert (f"{named}, is not one of dbunet's samplers; runs default to {sampler} (dbunet-run --scheduler chooses "
-            "ddim, euler, euler-a, dpm++, lcm)" in caplog.text) == said, caplog.text
+            "ddim, euler, euler-a, dpm++, dpm++-sde, lcm)" in caplog.text) == said, caplog.text
 
 
 @pytest.mark.parametrize("change", [dict(shift_factor=0.1159), dict(act_fn="gelu"), dict(latents_mean=[0.1] * 4),
