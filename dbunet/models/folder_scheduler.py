@@ -50,6 +50,21 @@ def _variant(sampler: str, scheduler_config: dict) -> str:
                  if base == sampler and key in scheduler_config and scheduler_config[key] == value), sampler)
 
 
+# what a run of a folder whose sampler is one of these takes where the caller says nothing, in place of the
+# architecture's 30 steps at guidance 7.5 (SD) or 5 (SDXL): an LCM-distilled UNet (an LCM-LoRA fused in) draws in 2-8
+# steps at guidance 1-2 and burns the image at SD's guidance; at 1 the prompt runs alone, one UNet call a step
+SAMPLER_DEFAULTS = {"lcm": {"steps": 4, "guidance_scale": 1.0}}
+
+
+def sampler_defaults(sampler: str, root: Path) -> dict:
+    """The sampling defaults a folder's sampler asks for (SAMPLER_DEFAULTS), said at export; {} for the others."""
+    chosen = SAMPLER_DEFAULTS.get(sampler, {})
+    if chosen:
+        log.warning("%s: its sampler is %s: runs default to %s (dbunet-run --steps and --guidance-scale choose "
+                    "others)", root, sampler, ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in chosen.items()))
+    return chosen
+
+
 def scheduler_class(root: Path, scheduler_config: dict) -> object:
     """The scheduler class diffusers' pipeline loads: model_index.json's entry, since from_pretrained takes the class
     from there and only the settings from scheduler_config.json; else the config's own _class_name."""

@@ -21,7 +21,7 @@ from dbunet.config import DBUNetConfig, ModelConfig, SamplingDefaults, SDUNetCon
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import Model, build_model, load_state
 from dbunet.models.files import read_json_object, read_model_index, read_safetensors, read_sharded_safetensors
-from dbunet.models.folder_scheduler import folder_sampler, read_schedule
+from dbunet.models.folder_scheduler import folder_sampler, read_schedule, sampler_defaults
 from dbunet.scalars import tuple_for_list
 
 log = logging.getLogger(__name__)
@@ -222,9 +222,10 @@ def sd1_config_from_folder(root: str | Path) -> ModelConfig:
                           f"{vae.latent_channels} latent channels")
     schedule, raw = read_schedule(root)
     side = unet.sample_size * vae.downscale
-    defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=7.5, refiner_steps=0,
-                                scheduler=folder_sampler(schedule, raw, "ddim", root),
-                                max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
+    sampler = folder_sampler(schedule, raw, "ddim", root)
+    defaults = SamplingDefaults(height=side, width=side, refiner_steps=0, scheduler=sampler,
+                                max_height=max(1024, 2 * side), max_width=max(1024, 2 * side),
+                                **{"steps": 30, "guidance_scale": 7.5, **sampler_defaults(sampler, root)})
     return ModelConfig(name=f"sd1:{root.name}", text=text, vae=vae, unet=unet, refiner=sd15().refiner,
                        schedule=schedule, defaults=defaults, arch="sd1")
 

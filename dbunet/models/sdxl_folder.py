@@ -19,7 +19,7 @@ from dbunet.config import (
 from dbunet.errors import ConfigError, WeightsError
 from dbunet.models.cascade import TOKENIZER_2_DIR, TOKENIZER_DIR, Model, build_model, load_state
 from dbunet.models.files import read_json_object, read_model_index
-from dbunet.models.folder_scheduler import folder_sampler, read_schedule
+from dbunet.models.folder_scheduler import folder_sampler, read_schedule, sampler_defaults
 from dbunet.models.sd_folder import (
     ImportReport,
     pad_token_of,
@@ -66,9 +66,10 @@ def sdxl_config_from_folder(root: str | Path, refiner: str | Path | None = None)
     side = unet.sample_size * vae.downscale
     sampler = folder_sampler(schedule, sched, "euler", root)
     latent_refiner = latent_refiner_config(Path(refiner), sampler) if refiner is not None else None
-    defaults = SamplingDefaults(height=side, width=side, steps=30, guidance_scale=5.0,
-                                refiner_steps=30 if latent_refiner else 0, scheduler=sampler,
-                                max_height=max(1024, 2 * side), max_width=max(1024, 2 * side))
+    run = {"steps": 30, "guidance_scale": 5.0, **sampler_defaults(sampler, root)}
+    defaults = SamplingDefaults(height=side, width=side, refiner_steps=run["steps"] if latent_refiner else 0,
+                                scheduler=sampler, max_height=max(1024, 2 * side), max_width=max(1024, 2 * side),
+                                **run)
     zeros = read_model_index(root).flag("force_zeros_for_empty_prompt", True)
     name = f"sdxl:{root.name}" + (f"+{Path(refiner).name}" if refiner is not None else "")
     try:

@@ -428,6 +428,47 @@ def test_a_sampler_option_newer_than_dbunet_s_tables_reads_at_the_installed_diff
         sd1_config_from_folder(root)
 
 
+@pytest.mark.parametrize(("named", "steps", "guidance"), [("LCMScheduler", 4, 1.0),
+                                                          ("EulerDiscreteScheduler", 30, 7.5)])
+def test_an_lcm_folder_s_runs_default_to_lcm_s_steps_and_guidance(sd_folder, tmp_path, caplog, named, steps, guidance):
+    """An LCM-distilled UNet (an LCM-LoRA fused in) draws in 2-8 steps at guidance 1-2. Before, its folder's runs
+    took SD's 30 steps at guidance 7.5, which burns the image; now 4 at 1 (one UNet call a step), said at export."""
+    import shutil
+
+    from dbunet.models.sd_folder import sd1_config_from_folder
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    path = root / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": named}))
+    with caplog.at_level("WARNING"):
+        defaults = sd1_config_from_folder(root).defaults
+    assert (defaults.steps, defaults.guidance_scale) == (steps, guidance)
+    said = "its sampler is lcm: runs default to steps 4, guidance scale 1 (dbunet-run --steps and --guidance-scale"
+    assert caplog.text.count(said) == (named == "LCMScheduler"), caplog.text
+
+
+def test_an_lcm_sdxl_folder_s_refiner_takes_the_base_s_steps(sdxl_folder, sdxl_refiner_folder, tmp_path):
+    """With SDXL's refiner the refiner's steps default to the base's: 4 with LCM (30 with the others)."""
+    import shutil
+
+    from dbunet.models.sdxl_folder import sdxl_config_from_folder
+
+    root = tmp_path / "sdxl"
+    shutil.copytree(sdxl_folder, root)
+    assert sdxl_config_from_folder(root, sdxl_refiner_folder).defaults.refiner_steps == 30
+    for name in ("scheduler/scheduler_config.json", "model_index.json"):
+        path = root / name
+        data = json.loads(path.read_text())
+        if name == "model_index.json":
+            data["scheduler"] = ["diffusers", "LCMScheduler"]
+        else:
+            data["_class_name"] = "LCMScheduler"
+        path.write_text(json.dumps(data))
+    defaults = sdxl_config_from_folder(root, sdxl_refiner_folder).defaults
+    assert (defaults.scheduler, defaults.steps, defaults.guidance_scale, defaults.refiner_steps) == ("lcm", 4, 1.0, 4)
+
+
 @pytest.mark.parametrize(("named", "sampler", "said"), [
     ("EulerAncestralDiscreteScheduler", "euler-a", False),  # SDXL-Turbo's (it names the class in both files)
     ("UniPCMultistepScheduler", "euler", True),  # one dbunet lacks: SDXL's fallback, said
