@@ -110,9 +110,11 @@ class WholeLoopStages(Stages, Protocol):
 
 def _loop(one_step: Callable, whole_loop: Callable | None, steps: list[Step], x: np.ndarray, extra,
           stage: str, progress: Progress | None) -> tuple[np.ndarray, list[float]]:
-    """Run `steps` from x (x0_prev starts at zero); return the result and seconds per step. Steps that add noise
-    run one by one: a whole-loop graph has no input for it."""
-    if whole_loop is not None and all(step.noise is None for step in steps):
+    """Run `steps` from x (x0_prev starts at zero); return the result and seconds per step. Steps that add noise, and
+    a sampler whose x0_prev the host computes (Scheduler.history), run one by one: a whole-loop graph has no input
+    for either."""
+    history = steps[0].sampler.history(steps[0].index) if steps else None
+    if whole_loop is not None and history is None and all(step.noise is None for step in steps):
         t0 = time.perf_counter()
         x = whole_loop(steps, x, extra)
         elapsed = time.perf_counter() - t0
@@ -122,7 +124,10 @@ def _loop(one_step: Callable, whole_loop: Callable | None, steps: list[Step], x:
     x0, times = np.zeros_like(x), []
     for k, step in enumerate(steps):
         t0 = time.perf_counter()
+        x_in = x
         x, x0 = one_step(step, x, x0, extra)
+        if history is not None:
+            x0 = history(step.index, x_in, x0)
         if step.noise is not None:
             x = x + step.noise
         times.append(time.perf_counter() - t0)

@@ -191,7 +191,7 @@ def _hand_over(config: ModelConfig, req: GenerationRequest, sampler, rows):
         who, steps = ("base", req.steps) if not base_steps else ("refiner", req.refiner_steps)
         raise InputError(f"high noise fraction {req.high_noise_frac:g} leaves the {who} none of its {steps} steps "
                          f"(the hand-off is at timestep {cutoff}): choose a fraction nearer 0.5 or more steps")
-    start = refiner.num_inference_steps - calls
+    start = len(refiner.timesteps) - calls  # PNDM calls the UNet once more than its steps
     refiner_rows = refiner.plan(req.refiner_steps, req.guidance_scale, 0, start=start)
     return sampler, rows[:base_steps], refiner, refiner_rows, start
 

@@ -10,13 +10,16 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LCMScheduler,
+    PNDMScheduler,
 )
 
 from dbunet.schedulers import SCHEDULERS
 
 CLASSES = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler-a": EulerAncestralDiscreteScheduler,
-           "dpm++": DPMSolverMultistepScheduler, "dpm++-sde": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
-OPTIONS = {"dpm++-sde": {"algorithm_type": "sde-dpmsolver++"}}
+           "dpm++": DPMSolverMultistepScheduler, "dpm++-sde": DPMSolverMultistepScheduler, "lcm": LCMScheduler,
+           "pndm": PNDMScheduler}
+# PNDM is dbunet's as Stable Diffusion's folders configure it: PLMS steps alone (its Runge-Kutta warm-up skipped)
+OPTIONS = {"dpm++-sde": {"algorithm_type": "sde-dpmsolver++"}, "pndm": {"skip_prk_steps": True}}
 NAMES = list(CLASSES)
 assert set(NAMES) == set(SCHEDULERS), "every sampler of dbunet's is compared with diffusers'"
 

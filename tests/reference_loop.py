@@ -3,7 +3,7 @@
 It shares no orchestration code with `dbunet/`: it reads manifest.json as plain JSON, tokenizes with
 transformers' CLIP tokenizer from the exported model's vocab.json + merges.txt, runs each exported
 per-call graph in a plain ONNX Runtime session, and uses diffusers' own DDIM / Euler / Euler ancestral /
-DPM-Solver++ (ODE and SDE) / LCM schedulers as the outside oracle for the samplers. What the documents
+DPM-Solver++ (ODE and SDE) / LCM / PNDM schedulers as the outside oracle for the samplers. What the documents
 specify is written out here:
 
 - noise: numpy Philox seeded with the seed; the initial latent is drawn first, then a stochastic sampler's
@@ -34,6 +34,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LCMScheduler,
+    PNDMScheduler,
 )
 from step_noise import step_noise_from
 from transformers import CLIPTokenizerFast
@@ -69,6 +70,8 @@ def diffusers_scheduler(name: str, schedule: dict):
     if name == "lcm":
         return LCMScheduler.from_config({**common, **{k: schedule[k] for k in ("original_inference_steps",
                                                                              "timestep_scaling") if k in schedule}})
+    if name == "pndm":  # PLMS, as Stable Diffusion's folders configure it
+        return PNDMScheduler(**common, skip_prk_steps=True, set_alpha_to_one=schedule["set_alpha_to_one"])
     if name in ("dpm++", "dpm++-sde"):  # the ODE form, or the SDE form that adds noise at each step
         algorithm = "sde-dpmsolver++" if name == "dpm++-sde" else "dpmsolver++"
         return DPMSolverMultistepScheduler.from_config({**common, **sigmas, "algorithm_type": algorithm,

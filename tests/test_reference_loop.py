@@ -51,7 +51,7 @@ def _dbunet_boxes(boxes):
     return [f"{x0},{y0},{x1},{y1}:{phrase}" for x0, y0, x1, y1, phrase in boxes]
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm++", "dpm++-sde", "lcm"])
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm++", "dpm++-sde", "lcm", "pndm"])
 @pytest.mark.parametrize("backend", list(BOUNDS))
 def test_cascade_matches_the_independent_reference(reference, pipelines, backend, scheduler):
     want = reference("a cat on a sofa", boxes=BOXES, scheduler=scheduler, **REQUEST)
@@ -77,7 +77,7 @@ def test_a_run_s_karras_sigmas_match_the_reference_s(reference, pipelines, backe
     assert rel(plain.latents, want.latents) > 100 * BOUNDS[backend][0], "Karras sigmas change nothing here"
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm++", "dpm++-sde", "lcm"])
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-a", "dpm++", "dpm++-sde", "lcm", "pndm"])
 def test_ort_images_equal_the_torch_reference_loop(pipelines, scheduler):
     """The step graphs' images against the PyTorch reference loop (per-call UNet, numpy step()), in uint8
     levels: measured mean 0.000, max 1 (a pixel on a rounding edge); the product's bar is mean 1, max 8."""

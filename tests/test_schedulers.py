@@ -90,7 +90,7 @@ def _run_both(name, schedule, steps, model_output):
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((2, 4, 8, 8)) * ours.init_noise_sigma).astype(np.float32)
     x_ref, x_64 = torch.from_numpy(x.copy()), torch.from_numpy(x.astype(np.float64))
-    table, x_tab, x0_prev = ours.table(), x.copy(), np.zeros_like(x)
+    table, x_tab, x0_prev, history = ours.table(), x.copy(), np.zeros_like(x), ours.history()
     worst, worst_table, rounding, largest = 0.0, 0.0, 0.0, float(np.abs(x).max())
     for i, t in enumerate(ref.timesteps):
         scaled = ours.scale_model_input(x, i)
@@ -101,7 +101,10 @@ def _run_both(name, schedule, steps, model_output):
         noise = fresh_noise(ours, i, x.shape, rng)  # a stochastic sampler's, the same draw for all three
         # c_in * x rounds twice where scale_model_input divides once: 2.5 float32 ulps
         np.testing.assert_allclose(table[i, COLUMN["c_in"]] * x_tab, ours.scale_model_input(x_tab, i), rtol=3e-7)
+        x_in = x_tab
         x_tab, x0_prev = generic_update(table[i], x_tab, eps, x0_prev)
+        if history is not None:  # PNDM's earlier outputs, through x0_prev (as the run's loop does)
+            x0_prev = history(i, x_in, x0_prev)
         if noise is not None:
             x_tab = x_tab + np.float32(ours.noise_scale(i)) * noise
         x = our_step(ours, eps, i, x, noise)
@@ -215,7 +218,7 @@ def test_bad_step_counts_fail_before_sampling(bad):
 
 def test_unknown_scheduler_lists_valid_names():
     with pytest.raises(InputError, match="ddim, euler, euler-a, dpm"):
-        make_scheduler("pndm")
+        make_scheduler("unipc")
 
 
 def test_a_diffusers_scheduler_config_is_honoured_or_refused_by_name():
@@ -313,21 +316,23 @@ def test_dpm_solver_s_lambda_clip_counts_only_where_it_clips():
 @pytest.mark.parametrize("name", NAMES)
 def test_a_scheduler_config_that_leaves_keys_out_gets_diffusers_defaults(name):
     # a file naming only its class: diffusers' samplers take linear betas 1e-4..0.02 over 1000 timesteps (not
-    # Stable Diffusion's scaled_linear), offset 0, their own spacing; before, the betas were SD's
+    # Stable Diffusion's scaled_linear), offset 0, their own spacing; before, the betas were SD's. Its options take
+    # the class's defaults: DDIM's set_alpha_to_one is True, PNDM's False (the last step shows it)
     config = {"_class_name": CLASSES[name].__name__, **OPTIONS.get(name, {})}  # a variant's option, if any
     ours, ref = make_scheduler(name, NoiseSchedule.from_diffusers(config)), diffusers_sampler(name, config)
-    ours.set_timesteps(10)
-    ref.set_timesteps(10)
+    ours.set_timesteps(4)
+    ref.set_timesteps(4)
     np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
     np.testing.assert_allclose(NoiseSchedule.from_diffusers(config).alphas_cumprod(), ref.alphas_cumprod.numpy(),
                                rtol=1e-6)  # float32 tables on both sides
     x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
-    eps = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
-    noise = fresh_noise(ours, 0, x.shape, np.random.default_rng(2))
-    ours_x = our_step(ours, eps, 0, ours.scale_model_input(x, 0), noise)
-    ref_x = diffusers_step(ref, torch.from_numpy(eps), ref.timesteps[0],
-                           ref.scale_model_input(torch.from_numpy(x), ref.timesteps[0]), noise)
-    np.testing.assert_allclose(ours_x, ref_x.numpy(), rtol=1e-5, atol=1e-5)  # one float32 step
+    for i, t in enumerate(ref.timesteps):
+        eps = (0.9 * x + 0.3 * np.random.default_rng(1 + i).standard_normal(x.shape)).astype(np.float32)
+        noise = fresh_noise(ours, i, x.shape, np.random.default_rng(100 + i))
+        want = diffusers_step(ref, torch.from_numpy(eps), t, ref.scale_model_input(torch.from_numpy(x), t), noise)
+        np.testing.assert_allclose(our_step(ours, eps, i, ours.scale_model_input(x, i), noise), want.numpy(),
+                                   rtol=1e-5, atol=1e-5)  # float32 steps
+        x = want.numpy()
 
 
 @pytest.mark.parametrize("name", ["lms", ["ddim"], None])

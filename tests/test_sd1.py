@@ -104,7 +104,7 @@ def test_a_latent_the_unet_cannot_halve_evenly_equals_diffusers(sd1_folder, sd1_
     assert want.std() > 10 and diff.mean() <= 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++", "pndm"])
 def test_fp16_runtime_stays_near_diffusers(sd1_folder, sd1_artifacts, sampler):
     latents = _latents()
     want = diffusers_image(sd1_folder, sampler, latents)

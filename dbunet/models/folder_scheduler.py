@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dbunet.models.files import read_json_object, read_model_index
 from dbunet.schedulers import SCHEDULERS
-from dbunet.schedulers.schedule import OPTION_SAMPLERS, NoiseSchedule
+from dbunet.schedulers.schedule import OPTION_SAMPLERS, SAMPLER_OPTIONS, NoiseSchedule
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def read_schedule(root: Path, missing: NoiseSchedule | None = None) -> tuple[Noi
 # diffusers' scheduler classes that are dbunet's samplers (the schedule itself is read from the same file)
 FOLDER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
                    "EulerAncestralDiscreteScheduler": "euler-a", "DPMSolverMultistepScheduler": "dpm++",
-                   "LCMScheduler": "lcm"}
+                   "LCMScheduler": "lcm", "PNDMScheduler": "pndm"}
 
 
 def _variant(sampler: str, scheduler_config: dict) -> str:
@@ -76,7 +76,7 @@ def scheduler_class(root: Path, scheduler_config: dict) -> object:
 
 def _samples_as_dbunet(named: object) -> bool:
     """Whether the class is one of dbunet's samplers (or none is named), so that every option of its config counts:
-    another class's options (UniPC's corrector, PNDM's PRK steps) describe a sampler no run uses."""
+    another class's options (UniPC's corrector) describe a sampler no run uses."""
     return named is None or (isinstance(named, str) and named in FOLDER_SAMPLERS)
 
 
@@ -90,12 +90,15 @@ def _unfollowed(schedule: NoiseSchedule, config: dict, named: object, source: st
     cls = getattr(diffusers, named, None) if isinstance(named, str) else None
     defaults = {} if cls is None else {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
                                        if p.default is not inspect.Parameter.empty}
-    return schedule.unfollowed_options(config, source, defaults)
+    # an option the file leaves out is the class's default, which is not always the value dbunet follows (PNDM's
+    # skip_prk_steps: its Runge-Kutta warm-up runs unless the file turns it off)
+    left_out = {k: v for k, v in defaults.items() if k in SAMPLER_OPTIONS and k not in config}
+    return schedule.unfollowed_options({**left_out, **config}, source, defaults)
 
 
 def folder_sampler(schedule: NoiseSchedule, scheduler_config: dict, fallback: str, root: Path) -> str:
     """A folder's default sampler: its scheduler's (scheduler_class) where dbunet has it, else `fallback`, said at
-    export (the folder's pipeline in diffusers samples with its own: SD 1.5's PNDM, UniPC; DPM-Solver with
+    export (the folder's pipeline in diffusers samples with its own: UniPC, Heun; DPM-Solver with
     exponential sigmas is dbunet's DPM-Solver without them). A folder without a scheduler file was said already
     (read_schedule), and takes `fallback`. `schedule` and `scheduler_config` are what read_schedule returned."""
     if not scheduler_config:

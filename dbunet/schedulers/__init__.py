@@ -10,6 +10,7 @@ from dbunet.schedulers.dpm_solver_sde import DPMSolverSDEScheduler
 from dbunet.schedulers.euler import EulerScheduler
 from dbunet.schedulers.euler_ancestral import EulerAncestralScheduler
 from dbunet.schedulers.lcm import LCMScheduler
+from dbunet.schedulers.pndm import PNDMScheduler
 from dbunet.schedulers.schedule import NoiseSchedule
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
@@ -19,6 +20,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "dpm++": DPMSolverScheduler,
     "dpm++-sde": DPMSolverSDEScheduler,
     "lcm": LCMScheduler,
+    "pndm": PNDMScheduler,
 }
 KARRAS_SAMPLERS = tuple(name for name, sampler in SCHEDULERS.items() if sampler.takes_karras_sigmas)
 KARRAS_SAMPLERS_IN_WORDS = f"{', '.join(KARRAS_SAMPLERS[:-1])} and {KARRAS_SAMPLERS[-1]}"  # for messages
@@ -41,6 +43,7 @@ __all__ = [
     "EulerScheduler",
     "LCMScheduler",
     "NoiseSchedule",
+    "PNDMScheduler",
     "Scheduler",
     "make_scheduler",
 ]

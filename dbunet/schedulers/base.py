@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,6 +20,7 @@ class Scheduler(abc.ABC):
     default_spacing: str = "leading"  # diffusers' default for this sampler (used when the schedule names none)
     takes_karras_sigmas: bool = False  # follows the schedule's use_karras_sigmas (diffusers' class has the option)
     default_clip_sample: bool = False  # diffusers' default where the schedule leaves clip_sample to the sampler
+    default_set_alpha_to_one: bool = True  # likewise set_alpha_to_one (DDIM's and LCM's; PNDM's is False)
 
     def __init__(self, schedule: NoiseSchedule | None = None) -> None:
         self.schedule = schedule or NoiseSchedule()
@@ -60,6 +62,13 @@ class Scheduler(abc.ABC):
         self._require_timesteps(index)
         return None
 
+    def history(self, start: int = 0) -> Callable[[int, np.ndarray, np.ndarray], np.ndarray | None] | None:
+        """For a sampler whose next step reads more than the last step's x0 (PNDM's earlier model outputs), what
+        the loop calls after each step of a run that began at `start`, with the step's index, its input x and its x0
+        output, for the next step's x0_prev input (None after the last); None for the others, whose x0_prev is the
+        step's own x0. Such runs go step by step: a whole-loop graph has no place for it."""
+        return None
+
     @abc.abstractmethod
     def update(self, index: int, start: int = 0) -> Update:
         """Step `index` as coefficients of the generic update (dbunet.schedulers.table), for a run that began at
@@ -92,13 +101,13 @@ class Scheduler(abc.ABC):
         return rows if np.isfinite(finite).all() else None
 
     def table(self, guidance_scale: float = 1.0, box_steps: int = 0, start: int = 0) -> np.ndarray:
-        """One float32 row per step from `start` on: [steps - start, len(ROW)]. Boxes steer the first
+        """One float32 row per step (UNet call) from `start` on: [calls - start, len(ROW)]. Boxes steer the first
         `box_steps` steps (box scale 1), then step aside (0)."""
         if not self.num_inference_steps:
             raise InputError(f"{self.name}: call set_timesteps before table()")
         return np.stack([
             make_row(float(self.timesteps[i]), self.update(i, start), guidance_scale, 1.0 if i < box_steps else 0.0)
-            for i in range(start, self.num_inference_steps)
+            for i in range(start, len(self.timesteps))
         ])
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
@@ -111,6 +120,12 @@ class Scheduler(abc.ABC):
         return self.schedule.timestep_spacing or self.default_spacing
 
     @property
+    def set_alpha_to_one(self) -> bool:
+        """Whether alpha_cumprod past the last step is 1 (else the first training timestep's), with this schedule."""
+        s = self.schedule.set_alpha_to_one
+        return self.default_set_alpha_to_one if s is None else s
+
+    @property
     def clip_range(self) -> float:
         """The range the predicted x0 is clamped to: inf where this sampler does not clip it with this schedule."""
         s = self.schedule
@@ -118,9 +133,9 @@ class Scheduler(abc.ABC):
         return s.clip_sample_range if clips else np.inf
 
     def _require_timesteps(self, index: int) -> None:
-        if not 0 <= index < self.num_inference_steps:
+        if not 0 <= index < len(self.timesteps):
             raise InputError(
-                f"{self.name}: step index {index} outside 0..{self.num_inference_steps - 1}; call set_timesteps first"
+                f"{self.name}: step index {index} outside 0..{len(self.timesteps) - 1}; call set_timesteps first"
             )
 
 

@@ -17,7 +17,7 @@ class DDIMScheduler(Scheduler):
     def __init__(self, schedule=None) -> None:
         super().__init__(schedule)
         self.final_alpha_cumprod = (
-            np.float32(1.0) if self.schedule.set_alpha_to_one else self.alphas_cumprod[0]
+            np.float32(1.0) if self.set_alpha_to_one else self.alphas_cumprod[0]
         )
 
     def _set_timesteps(self, n: int) -> None:

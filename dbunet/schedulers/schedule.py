@@ -22,21 +22,23 @@ PredictionType = Literal["epsilon", "v_prediction"]
 # keys that fix what the UNet was trained with, at the one value dbunet honours: another refuses the folder, whatever
 # its sampler (these, the fields below, prediction_type and beta_schedule are the whole contract with the UNet)
 _TRAINING = {"trained_betas": None, "rescale_betas_zero_snr": False, "timestep_type": "discrete"}
-# options of diffusers' DDIM, Euler, DPM-Solver (multistep) and LCM at the values dbunet's samplers follow (each class's
-# own default); another value is a variant dbunet lacks (exponential or beta sigmas, third-order or Heun DPM-Solver,
-# the first DPM-Solver's SDE, thresholding), and runs sample without it, said at export (Karras sigmas are followed:
-# fields below; SDE DPM-Solver++ is a sampler of its own: OPTION_SAMPLERS)
+# options of diffusers' DDIM, Euler, DPM-Solver (multistep), LCM and PNDM at the values dbunet's samplers follow (each
+# class's own default, but PNDM's skip_prk_steps, which Stable Diffusion's folders set); another value is a variant
+# dbunet lacks (exponential or beta sigmas, third-order or Heun DPM-Solver, the first DPM-Solver's SDE, thresholding,
+# PNDM's Runge-Kutta warm-up), and runs sample without it, said at export (Karras sigmas are followed: fields below;
+# SDE DPM-Solver++ is a sampler of its own: OPTION_SAMPLERS)
 SAMPLER_OPTIONS = {"thresholding": False, "use_exponential_sigmas": False,
                    "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
                    "use_dynamic_shifting": False, "final_sigmas_type": "zero", "euler_at_final": False,
                    "lower_order_final": True, "algorithm_type": "dpmsolver++", "solver_order": 2,
-                   "solver_type": "midpoint", "interpolation_type": "linear", "lambda_min_clipped": -math.inf}
+                   "solver_type": "midpoint", "interpolation_type": "linear", "lambda_min_clipped": -math.inf,
+                   "skip_prk_steps": True}
 # (sampler, option, value) that dbunet follows with another sampler of its own, which a folder then defaults to
 OPTION_SAMPLERS = {("dpm++", "algorithm_type", "sde-dpmsolver++"): "dpm++-sde"}
 # keys that are bookkeeping, act only with one of the options above away from its value (the thresholding ratio,
-# the flow shift), or belong to samplers dbunet replaces (PNDM's PRK steps; DPM-Solver's learned variance needs a
-# UNet with twice the channels, which the import refuses)
-_IGNORED = {"_class_name", "_diffusers_version", "skip_prk_steps", "dynamic_thresholding_ratio", "sample_max_value",
+# the flow shift), or belong to samplers dbunet replaces (DPM-Solver's learned variance needs a UNet with twice the
+# channels, which the import refuses)
+_IGNORED = {"_class_name", "_diffusers_version", "dynamic_thresholding_ratio", "sample_max_value",
             "variance_type", "flow_shift", "time_shift_type"}
 # what every diffusers sampler (DDIM, PNDM, Euler, DPM-Solver) takes for a key its config leaves out
 _DIFFUSERS_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
@@ -60,7 +62,9 @@ class NoiseSchedule:
     # diffusers does when a folder's scheduler config (SD 1.5's, say) does not name one
     timestep_spacing: TimestepSpacing | None = "leading"
     steps_offset: int = 1
-    set_alpha_to_one: bool = False  # DDIM: alpha_cumprod used past the last step
+    # DDIM and PNDM: alpha_cumprod past the last step is 1 (else the first timestep's); None: the sampler's diffusers
+    # default (DDIM's True, PNDM's False), as from_config gives a key the folder's file leaves out
+    set_alpha_to_one: bool | None = False
     # DDIM and LCM: clamp the predicted x0 (useful in pixel space); None: the sampler's diffusers default (DDIM
     # clips, LCM does not), as from_config gives a key the folder's file leaves out (PNDM's, SD 1.5's class, has none)
     clip_sample: bool | None = False
@@ -132,7 +136,7 @@ class NoiseSchedule:
             "prediction_type": self.prediction_type,
             **({} if self.clip_sample is None else {"clip_sample": self.clip_sample}),
             "clip_sample_range": self.clip_sample_range,
-            "set_alpha_to_one": self.set_alpha_to_one,
+            **({} if self.set_alpha_to_one is None else {"set_alpha_to_one": self.set_alpha_to_one}),
         }
 
     @classmethod
@@ -162,7 +166,7 @@ class NoiseSchedule:
         values.setdefault("timestep_spacing", None)
         values.setdefault("steps_offset", 0)
         values.setdefault("clip_sample", None)  # the run's sampler's default: DDIM clips, LCM does not
-        values.setdefault("set_alpha_to_one", True)  # DDIMScheduler's default (LCM's too)
+        values.setdefault("set_alpha_to_one", None)  # the run's sampler's default: DDIM's True, PNDM's False
         try:
             return cls(**values)
         except ConfigError as exc:

@@ -59,7 +59,7 @@ def test_progress_reports_every_step(pipe):
         (dict(boxes=["0.5,0.1,0.2,0.9:x"]), "x1 > x0"),
         (dict(boxes=["0,0,1.5,1:x"]), r"\[0, 1\]"),
         (dict(boxes=["0,0,1,1:x"] * 31), "at most 30"),
-        (dict(scheduler="pndm"), "valid: ddim"),
+        (dict(scheduler="unipc"), "valid: ddim"),
         (dict(refiner_strength=2.0), "strength"),
     ],
 )

@@ -332,7 +332,7 @@ def test_the_scheduler_is_honoured_or_refused_alike_for_both_archs_and_a_missing
 @pytest.mark.parametrize(("named", "sampler", "said"), [
     ("EulerDiscreteScheduler", "euler", False), ("DPMSolverMultistepScheduler", "dpm++", False),
     ("DDIMScheduler", "ddim", False),
-    ("PNDMScheduler", "ddim", True),  # SD 1.5's own: dbunet has no PNDM
+    ("PNDMScheduler", "pndm", False),  # SD 1.5's own (before, dbunet had no PNDM: DDIM, said)
     ("EulerAncestralDiscreteScheduler", "euler-a", False), ("LCMScheduler", "lcm", False),
     ("UniPCMultistepScheduler", "ddim", True),
     (["not", "a", "name"], "ddim", True),  # a JSON list is no name (SDXL's reading of it was a TypeError)
@@ -363,6 +363,11 @@ def test_an_sd1_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_sai
      "it lacks: runs sample without them"),
     ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}, "euler", None),
     ("UniPCMultistepScheduler", {}, "ddim", "its scheduler, UniPCMultistepScheduler, is not one of dbunet's samplers"),
+    # SD 1.5's PNDM as its folder has it (PLMS steps alone), and with the Runge-Kutta warm-up that a file which
+    # leaves skip_prk_steps out runs in diffusers (the class's default)
+    ("PNDMScheduler", {"skip_prk_steps": True}, "pndm", None),
+    ("PNDMScheduler", {"skip_prk_steps": False}, "pndm",
+     "its scheduler, PNDMScheduler with skip_prk_steps=False, is dbunet's pndm with options it lacks"),
     # SDE DPM-Solver++ ("DPM++ 2M SDE", with Karras sigmas too) is a sampler of its own; before, it ran as the ODE
     # form and said so. Its Heun solver is an option it lacks.
     ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, "dpm++-sde", None),
@@ -392,6 +397,25 @@ def test_a_scheduler_saved_by_diffusers_exports_with_its_sampler_or_says_what_di
     assert config.defaults.scheduler == sampler
     assert (says in caplog.text) if says else "scheduler" not in caplog.text, caplog.text
     assert config.schedule == NoiseSchedule.from_diffusers(json.loads(path.read_text()))
+
+
+def test_a_pndm_file_that_leaves_skip_prk_steps_out_is_said(sd_folder, tmp_path, caplog):
+    """diffusers' PNDMScheduler runs its Runge-Kutta warm-up unless the file says skip_prk_steps (its default is
+    False): a file without the key samples otherwise than dbunet's PLMS, which the export says."""
+    import shutil
+
+    from dbunet.models.sd_folder import sd1_config_from_folder
+
+    root = tmp_path / "sd"
+    shutil.copytree(sd_folder, root)
+    path = root / "scheduler" / "scheduler_config.json"
+    config = {k: v for k, v in json.loads(path.read_text()).items() if k != "skip_prk_steps"}
+    path.write_text(json.dumps({**config, "_class_name": "PNDMScheduler"}))
+    index = root / "model_index.json"  # where diffusers reads the class from
+    index.write_text(json.dumps({**json.loads(index.read_text()), "scheduler": ["diffusers", "PNDMScheduler"]}))
+    with caplog.at_level("WARNING"):
+        assert sd1_config_from_folder(root).defaults.scheduler == "pndm"
+    assert "PNDMScheduler with skip_prk_steps=False, is dbunet's pndm with options it lacks" in caplog.text
 
 
 def test_a_sampler_option_newer_than_dbunet_s_tables_reads_at_the_installed_diffusers_default(sd_folder, tmp_path,
@@ -488,7 +512,7 @@ def test_an_sdxl_folder_s_scheduler_is_its_default_sampler_or_the_fallback_is_sa
     with caplog.at_level("WARNING"):
         assert sdxl_config_from_folder(root).defaults.scheduler == sampler
     assert (f"{named}, is not one of dbunet's samplers; runs default to {sampler} (dbunet-run --scheduler chooses "
-            "ddim, euler, euler-a, dpm++, dpm++-sde, lcm)" in caplog.text) == said, caplog.text
+            "ddim, euler, euler-a, dpm++, dpm++-sde, lcm, pndm)" in caplog.text) == said, caplog.text
 
 
 @pytest.mark.parametrize("change", [dict(shift_factor=0.1159), dict(act_fn="gelu"), dict(latents_mean=[0.1] * 4),

@@ -57,9 +57,10 @@ def test_image_matches_onnx_runtime_on_the_same_graphs(engines, ort_fp16, tiny_a
     art, _ = engines
     pipe = Pipeline.from_artifacts(art, "trt")
     # guidance 0.5 is unguided too: the engines' batch of 2 holds the prompt twice, and the row's scale 0.5
-    # Euler ancestral and SDE DPM-Solver++: per-step launches, their noise added on the host between them
+    # Euler ancestral and SDE DPM-Solver++: per-step launches, their noise added on the host between them; PNDM
+    # likewise, its x0_prev computed on the host from the earlier outputs
     for kw in ({}, {"guidance_scale": 1.0}, {"guidance_scale": 0.5}, {"boxes": ()}, {"scheduler": "dpm++"},
-               {"scheduler": "euler-a"}, {"scheduler": "dpm++-sde"}):
+               {"scheduler": "euler-a"}, {"scheduler": "dpm++-sde"}, {"scheduler": "pndm"}):
         got, want = pipe("a red cat and a lamp", **{**REQUEST, **kw}), ort_fp16(**kw)
         # same FP16 graphs, same noise; but the engines' graphs have the profile's static dims, and ONNX Runtime
         # (running them for the stand-in) then folds and fuses differently in FP16. Measured (4 steps, tiny):
