@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from dbunet import jsonfile
 from dbunet.boxes import Box
 from dbunet.errors import DbunetError, NonFiniteError
+from dbunet.schedulers import KARRAS_SAMPLERS, SCHEDULERS
 
 MAX_BODY = 64 * 1024  # bytes: a 10,000-character prompt and 30 boxes fit many times over
 # the request's JSON fields: dbunet-run's options under the API's names (size as height and width)
@@ -118,7 +119,8 @@ def model_summary(pipe) -> dict:
                      "karras_sigmas": cfg.schedule.use_karras_sigmas,
                      "guidance_scale": d.guidance_scale, "refiner_steps": d.refiner_steps},
         "limits": {"max_height": d.max_height, "max_width": d.max_width, "size_multiple": cfg.vae.downscale,
-                   "max_steps": cfg.schedule.num_train_timesteps, "max_body_bytes": MAX_BODY},
+                   "max_steps": cfg.schedule.num_train_timesteps, "max_body_bytes": MAX_BODY,
+                   "schedulers": list(SCHEDULERS), "karras_sigmas_with": list(KARRAS_SAMPLERS)},
         "backend": pipe.backend_name, "precision": pipe.precision, "whole_loops": pipe.stages.whole_loops,
         "weights_sha256": manifest.weights_sha256,
     }

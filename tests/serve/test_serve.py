@@ -108,6 +108,9 @@ def test_an_image_over_http_is_byte_identical_to_dbunet_run(server, tiny_artifac
         model = json.loads(r.read())
     assert model["architecture"] == "dbunet" and model["limits"]["max_height"] == 512 and model["backend"] == "ort"
     assert model["defaults"]["scheduler"] == "ddim" and model["defaults"]["karras_sigmas"] is False
+    # the samplers a request may name, and those that take Karras sigmas
+    assert "pndm" in model["limits"]["schedulers"] and model["limits"]["karras_sigmas_with"] == ["euler", "dpm++",
+                                                                                                "dpm++-sde"]
     assert model["whole_loops"] is False  # ONNX Runtime's default on the CPU
     with urllib.request.urlopen(f"{url}/v1/health", timeout=30) as r:
         assert json.loads(r.read()) == {"status": "ok"}
