@@ -201,8 +201,9 @@ def build_engines(artifacts: Path, options: BuildOptions = BuildOptions(),  # no
     mode = plugin_mode(trt)
     typed = strongly_typed_flag(trt)
     if mode == "aot":
-        from dbunet.plugins.tensorrt_plugins import register_plugins
+        from dbunet.plugins.tensorrt_plugins import register_plugins, require_sound_driver
 
+        require_sound_driver(device.compute_capability, driver_cuda)  # before the first engine, not inside TensorRT
         register_plugins(device.compute_capability, driver_cuda)
     plugins = plugin_identity(mode, device.compute_capability, driver_cuda)
     plugin_path = f"aot plugins: {', '.join(PLUGIN_OPS)}" if mode == "aot" else "local functions (no AOT plugins)"

@@ -42,13 +42,18 @@ CUDA_PTX_ISA = {
 DEFAULT_CUDA = {"sm_87": "12.6", "sm_89": "12.8", "sm_90": "12.8", "sm_100": "12.8", "sm_110": "13.0", "sm_120": "12.8"}
 
 
-def isa_for_cuda(cuda: str) -> tuple[int, int]:
-    """The newest PTX ISA a CUDA `major.minor` driver reads. Releases past the table read at least its last."""
+def cuda_release(cuda: str) -> tuple[int, int]:
+    """'12.8' -> (12, 8)."""
     try:
-        version = tuple(int(p) for p in cuda.split("."))[:2]
-        major, minor = version
+        major, minor = (int(p) for p in cuda.split(".")[:2])
     except ValueError:
         raise BuildError(f"CUDA version must look like 12.6, got {cuda!r}") from None
+    return major, minor
+
+
+def isa_for_cuda(cuda: str) -> tuple[int, int]:
+    """The newest PTX ISA a CUDA `major.minor` driver reads. Releases past the table read at least its last."""
+    version = cuda_release(cuda)
     if version < min(CUDA_PTX_ISA):
         raise BuildError(f"CUDA {cuda} is too old for the dbunet kernels: CUDA 12.0 or newer needed")
     return CUDA_PTX_ISA[max(v for v in CUDA_PTX_ISA if v <= version)]
@@ -118,23 +123,29 @@ class Ptxas:
 @functools.cache
 def triton_ptxas(cc: int) -> Ptxas:
     """The ptxas triton.compile runs for `cc`: Triton bundles one per CUDA line and picks by architecture
-    (3.9: 12.9 below sm_90, 13.x from it; 3.6: 12.8 below sm_100)."""
-    import subprocess
-
+    (3.9: 12.9 below sm_90, 13.x from it; 3.6: 12.8 below sm_100). TRITON_PTXAS_PATH replaces the one below
+    sm_100 in 3.6, as it does for Triton's own compiles."""
     try:
         from triton.backends.nvidia.compiler import get_ptxas
 
         path = Path(get_ptxas(cc).path)
     except (ImportError, AttributeError, TypeError) as exc:
         raise BuildError(f"cannot find the ptxas this Triton uses ({exc}); {TRITON_PIN} is needed") from None
+    return Ptxas(path, ptxas_release(path, "Triton's ptxas"))
+
+
+def ptxas_release(path: Path, what: str = "ptxas") -> str:
+    """The CUDA release a ptxas belongs to, from `ptxas --version`: "12.8"."""
+    import subprocess
+
     try:
         out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=60).stdout
     except OSError as exc:
-        raise BuildError(f"Triton's ptxas at {path} does not run ({exc})") from None
+        raise BuildError(f"{what} at {path} does not run ({exc})") from None
     match = re.search(r"release (\d+\.\d+)", out)
     if not match:
-        raise BuildError(f"cannot read the CUDA release of Triton's ptxas at {path}: {out.strip()[-200:]!r}")
-    return Ptxas(path, match.group(1))
+        raise BuildError(f"cannot read the CUDA release of {what} at {path}: {out.strip()[-200:]!r}")
+    return match.group(1)
 
 
 def ptx_isa(ptx: str) -> tuple[int, int]:
@@ -143,6 +154,24 @@ def ptx_isa(ptx: str) -> tuple[int, int]:
     if not match:
         raise BuildError("no .version line in the PTX")
     return int(match.group(1)), int(match.group(2))
+
+
+# The oldest assembler measured to compile the kernels right, per compute capability. On an H200 the same PTX (ISA
+# 8.7, sm_90a) of FP16 spatial attention came out 0.68 to 1.05 of its range off the reference when Triton 3.6's
+# bundled ptxas (CUDA 12.8) assembled it, and within the op table's bound when ptxas 13.0 or a CUDA 13.0 driver's
+# own PTX compiler did (tools/gpu_check.py); a launch of the wrong cubin also ended in an illegal memory access.
+# A driver compiles the plugins' PTX with its own release's compiler, so TensorRT's path is held to the same floor;
+# that a 12.x driver's compiler repeats ptxas 12.8's error is inferred, not run.
+SOUND_ASSEMBLER = {90: (13, 0)}
+
+
+def require_sound_assembler(cc: int, release: str, what: str, fix: str) -> None:
+    """Refuse to run the kernels on sm_`cc` compiled by a CUDA `release` assembler below SOUND_ASSEMBLER's floor:
+    a wrong image otherwise. `what` names the assembler, `fix` says how to get a newer one."""
+    least = SOUND_ASSEMBLER.get(cc)
+    if least and cuda_release(release) < least:
+        raise BuildError(f"{what} (CUDA {release}) compiles the dbunet kernels wrongly on sm_{cc}: FP16 attention "
+                         f"was measured off by its whole range; CUDA {_dotted(least)} or newer is needed: {fix}")
 
 
 def require_driver_reads(ptx: str, driver_cuda: str, what: str) -> None:

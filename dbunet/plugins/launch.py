@@ -9,15 +9,34 @@ the table has the channel cross-attention kernels, which only this launcher runs
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
-from dbunet.plugins import kernels
+from dbunet.plugins import aot, kernels
 from dbunet.plugins.aot import LaunchConfig, kernel_config
 
 
 def _table_dtype(t: torch.Tensor) -> str:
     return "fp32" if t.dtype == torch.float32 else "fp16"  # 2-byte floats share the fp16 blocks
+
+
+@functools.cache
+def require_sound_ptxas(cc: int) -> None:
+    """Triton assembles what it launches with its own ptxas: refuse one measured to compile the kernels wrongly on
+    sm_`cc` (aot.SOUND_ASSEMBLER), before the first launch."""
+    ptxas = aot.triton_ptxas(cc)
+    aot.require_sound_assembler(
+        cc, ptxas.release, f"Triton's ptxas {ptxas.path}",
+        "point TRITON_PTXAS_PATH at one (a CUDA toolkit's bin/ptxas), or install a Triton that uses one for this "
+        "GPU (3.9 assembles sm_90 with its ptxas-blackwell, CUDA 13.x)")
+
+
+def _on_device(t: torch.Tensor) -> None:
+    if t.is_cuda:  # on the CPU the kernels run under Triton's interpreter: nothing is assembled
+        major, minor = torch.cuda.get_device_capability(t.device)
+        require_sound_ptxas(major * 10 + minor)
 
 
 def _options(config: LaunchConfig) -> dict:
@@ -28,6 +47,7 @@ def _options(config: LaunchConfig) -> dict:
 
 
 def box_constraint(x, q, k, v, boxes, valid, gate):
+    _on_device(x)
     B, C, H, W = x.shape
     N, D = boxes.shape[1], q.shape[-1]
     out = torch.empty_like(x)
@@ -43,6 +63,7 @@ def box_constraint(x, q, k, v, boxes, valid, gate):
 
 
 def spatial_cross_attention(q, k, v, num_heads: int):
+    _on_device(q)
     B, P, CQ = q.shape
     CV = v.shape[-1]
     dk, dv = CQ // num_heads, CV // num_heads
@@ -58,6 +79,7 @@ def spatial_cross_attention(q, k, v, num_heads: int):
 
 
 def channel_cross_attention(q, k, v):
+    _on_device(q)
     B, P, C = q.shape
     CC = k.shape[-1]
     ieee = q.dtype == torch.float32

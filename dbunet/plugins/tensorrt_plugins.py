@@ -97,11 +97,22 @@ def plugin_kernel(kernel: str, dtype: str, cc: int, driver_cuda: str | None = No
     not load it. The GPU check (tools/gpu_check.py) launches exactly this."""
     from dbunet.plugins.aot import compile_config, require_driver_reads, target_isa
 
+    if driver_cuda:
+        require_sound_driver(cc, driver_cuda)
     isa = target_isa(cc, driver_cuda) if driver_cuda else None
     compiled = compile_config(kernel, dtype, cc, isa, **shape)
     if driver_cuda:
         require_driver_reads(compiled.ptx, driver_cuda, f"{kernel} ({dtype}, sm_{cc})")
     return compiled
+
+
+def require_sound_driver(cc: int, driver_cuda: str) -> None:
+    """The driver compiles the plugins' PTX at load: refuse a release whose compiler is below the floor measured
+    for sm_`cc` (aot.SOUND_ASSEMBLER)."""
+    from dbunet.plugins.aot import require_sound_assembler
+
+    require_sound_assembler(cc, driver_cuda, f"a CUDA {driver_cuda} driver's PTX compiler",
+                            "update the driver (CUDA 13.0 came with R580)")
 
 
 def register_plugins(compute_capability: int | None = None, driver_cuda: str | None = None) -> tuple[str, ...]:
