@@ -257,3 +257,38 @@ def test_the_fused_ops_check_runs_its_body_here_and_fails_a_wrong_kernel(monkeyp
     monkeypatch.setattr(table, "fused", lambda op: (lambda *a: fused(op)(*a) * 1.01))  # 1% off
     with pytest.raises(AssertionError, match=r"box_constraint .*> 5e-03"):
         gpu_check.check_fused_ops(types.SimpleNamespace(quick=True))
+
+
+def fake_ptxas(folder: Path, release: str) -> Path:
+    """A CUDA toolkit's ptxas as far as the check reads one: its --version line (no toolkit here)."""
+    path = folder / f"ptxas-{release}"
+    path.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.88'\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_checks_assemble_with_a_toolkit_ptxas_where_triton_s_own_is_below_the_floor(tmp_path):
+    """On the GPU machine Triton 3.6's ptxas is 12.8, below the floor for sm_90 (aot.SOUND_ASSEMBLER), and the CUDA
+    image has ptxas 13.0: the checks' processes get it through TRITON_PTXAS_PATH, and the report says so."""
+    import gpu_check
+
+    old, new = fake_ptxas(tmp_path, "12.8"), fake_ptxas(tmp_path, "13.0")
+    assert gpu_check.pick_ptxas(90, "12.8", [tmp_path / "absent", old, new]) == {
+        "triton": "12.8", "floor": "13.0", "used": str(new), "release": "13.0"}
+    assert gpu_check.pick_ptxas(90, "12.8", [None, old])["used"] is None  # none found: the launcher refuses
+    assert "used" not in gpu_check.pick_ptxas(90, "13.4", [new])  # Triton 3.9's own is sound
+    assert gpu_check.pick_ptxas(89, "12.8", [new]) == {"triton": "12.8", "floor": None}
+
+
+def test_a_check_that_hangs_is_stopped_and_reported_and_the_next_runs(tmp_path, monkeypatch):
+    """Each check runs in its own process (a CUDA fault is sticky for the process that met it): one that does
+    not finish in its limit is reported failed, with the checks after it run."""
+    import argparse
+
+    import gpu_check
+
+    monkeypatch.setitem(gpu_check.LIMITS, "op_table", 0.01)
+    args = argparse.Namespace(only=["op_table", "aot_ptx"], out=tmp_path, quick=True, artifacts=None)
+    results = gpu_check.run(args, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert results["op_table"]["status"] == "failed" and results["op_table"]["error"] == "did not finish in 0.01 s"
+    assert results["aot_ptx"]["status"] == "skipped" and results["aot_ptx"]["reason"]

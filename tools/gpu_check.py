@@ -1,11 +1,16 @@
-"""The prepared GPU check: everything a CUDA machine without TensorRT can verify, in one process.
+"""The prepared GPU check: everything a CUDA machine without TensorRT can verify, in one command.
 
     PYTHONPATH=. python tools/gpu_check.py --out DIR [--quick] [--artifacts TINY_EXPORT]
 
 Writes DIR/gpu_check.json and DIR/gpu_check.md. Each check passes, fails (with its error) or is skipped with the
 reason its requirement is missing, so the same command runs on a CPU machine (every check skipped; CI runs it)
 and on a GPU (every check should pass). Exit 1 when a check failed, else 0. Sized for one device session
-(under 8 minutes on an H100/H200, start-up of torch.compile included); --quick shortens the timings.
+(3 minutes with --quick on an H200, from cold Triton and torch.compile caches); --quick shortens the timings.
+
+Each check runs in its own process, stopped after its LIMITS: a CUDA fault is sticky for the process that met it
+(a first run on an H200 lost every check after one), and a crash or hang ends that check alone. Where Triton's
+own ptxas is below the floor measured for the GPU (dbunet.plugins.aot.SOUND_ASSEMBLER: Triton 3.6's 12.8 on
+sm_90), the checks assemble with a CUDA toolkit's ptxas through TRITON_PTXAS_PATH, and the report says which.
 
   op_table       the Triton kernels (TRITON_INTERPRET=0) against their references, FP32 and FP16, every case, and
                  the launch configurations only Triton's own launcher takes (over 48 KB of shared memory)
@@ -13,6 +18,8 @@ and on a GPU (every check should pass). Exit 1 when a check failed, else 0. Size
                  loaded with the CUDA driver API and launched with TensorRT's argument order (inputs, int32
                  scalars, outputs) and the launch parameters aot_impl computes, against the op table's reference:
                  its cases, then one per launch configuration the plugins compile (sd15's head sizes included)
+  assembler_floor  with Triton's own ptxas: where it is below the floor, the JIT launcher refuses, and the FP16
+                 attention cases launched past the refusal give the errors it prevents
   cuda_layer     --backend trt's CUDA layer on the device: allocations, copies of every kind, a thread-local
                  capture of copies and a kernel standing in for execute_async_v3, instantiate, launch, events,
                  the failed-capture fallback; StepLoop's whole-loop graph against per-step launches
@@ -33,6 +40,7 @@ and on a GPU (every check should pass). Exit 1 when a check failed, else 0. Size
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import json
@@ -135,8 +143,21 @@ def check_op_table(args) -> dict:
     cases += [(DTYPES[name], case) for name, case in opt_in_cases()]
     for dtype, case in cases:
         inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
-        tally.add(case, dtype, fused(case.op)(*inputs), inputs)
+        with naming(case, dtype):
+            got = fused(case.op)(*inputs)
+            torch.cuda.synchronize()  # a fault surfaces here, under this case's name
+        tally.add(case, dtype, got, inputs)
     return {"cases": len(cases), "max_rel_error": tally.result()}
+
+
+@contextlib.contextmanager
+def naming(case, dtype):
+    """An error inside re-raised with the case it happened in (a CUDA fault names no kernel)."""
+    try:
+        yield
+    except Exception as exc:
+        raise RuntimeError(f"{case.op} [{case.label}] {str(dtype).split('.')[-1]}: {type(exc).__name__}: {exc}") \
+            from exc
 
 
 # -- aot_ptx -----------------------------------------------------------------------------------------------------
@@ -237,12 +258,58 @@ def check_aot_ptx(args) -> dict:
         inputs = case.make(torch.Generator().manual_seed(case.seed), dtype, "cuda")
         compiled, launch, scalars, tensors_in, out = plugin_launch(
             case, inputs, functools.partial(plugin_kernel, dtype=name, cc=cc, driver_cuda=device.driver_cuda))
-        launch_ptx(driver, compiled, launch, [t.data_ptr() for t in tensors_in], scalars, [out.data_ptr()], stream)
+        with naming(case, dtype):
+            launch_ptx(driver, compiled, launch, [t.data_ptr() for t in tensors_in], scalars, [out.data_ptr()],
+                       stream)
         tally.add(case, dtype, out, inputs)
     isa = aot.target_isa(cc, device.driver_cuda)
     return {"target": f"sm_{cc}", "driver_cuda": device.driver_cuda, "ptx_isa": f"{isa[0]}.{isa[1]}",
             "ptxas": aot.triton_ptxas(cc).release, "cases": len(cases),
             "max_rel_error": tally.result()}
+
+
+# -- assembler_floor ---------------------------------------------------------------------------------------------
+def check_assembler_floor(args) -> dict:
+    """Run with Triton's own ptxas (the parent's TRITON_PTXAS_PATH removed): where it is below the floor for this
+    GPU (aot.SOUND_ASSEMBLER), the launcher must refuse; the op table's FP16 attention cases are then launched past
+    the refusal, and their errors are the figures that show why it exists."""
+    torch = need_torch_cuda()
+    need_triton()
+    from dbunet.errors import BuildError
+    from dbunet.plugins import aot, launch
+    from dbunet.plugins.table import CASES, TOLERANCE, fused, max_rel_error, reference_fp32
+
+    major, minor = torch.cuda.get_device_capability()
+    cc = major * 10 + minor
+    least = aot.SOUND_ASSEMBLER.get(cc)
+    if not least:
+        raise Skip(f"no assembler floor for sm_{cc}")
+    ptxas = aot.triton_ptxas(cc)
+    below = aot.cuda_release(ptxas.release) < least
+    cases = [case for case in CASES if case.op == "spatial_cross_attention"]
+    figures = {"ptxas": ptxas.release, "floor": ".".join(map(str, least)), "refused": False, "errors": {}}
+    first = cases[0].make(torch.Generator().manual_seed(cases[0].seed), torch.float16, "cuda")
+    try:
+        launch.spatial_cross_attention(*first)
+    except BuildError as exc:
+        figures["refused"] = True
+        figures["refusal"] = str(exc)[:160]
+    assert figures["refused"] == below, f"ptxas {ptxas.release}, floor {least}: refused = {figures['refused']}"
+    launch.require_sound_ptxas = lambda cc: None  # past the refusal: what it prevents
+    for case in cases:
+        inputs = case.make(torch.Generator().manual_seed(case.seed), torch.float16, "cuda")
+        try:
+            got = fused(case.op)(*inputs)
+            torch.cuda.synchronize()
+        except Exception as exc:  # noqa: BLE001 -- a fault ends the process's use of the device: the figure
+            figures["errors"][case.label] = f"{type(exc).__name__}: {str(exc)[:80]}"
+            break
+        want = reference_fp32(case.op, tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in inputs))
+        err = max_rel_error(got.cpu(), want) if torch.isfinite(got).all() else float("inf")
+        figures["errors"][case.label] = err
+        if not below:
+            assert err <= TOLERANCE[torch.float16], f"{case.label}: {err:.2e} with ptxas {ptxas.release}"
+    return figures
 
 
 # -- cuda_layer --------------------------------------------------------------------------------------------------
@@ -655,6 +722,7 @@ def _timed(fn) -> float:
 CHECKS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "op_table": check_op_table,
     "aot_ptx": check_aot_ptx,
+    "assembler_floor": check_assembler_floor,
     "cuda_layer": check_cuda_layer,
     "fused_ops": check_fused_ops,
     "ort_attention": check_ort_attention,
@@ -683,24 +751,101 @@ def environment() -> dict:
     return env
 
 
-def run(args, save: Callable[[dict], None] = lambda results: None) -> dict:
-    """Every check in turn; `save` gets the results after each, so a run cut short still leaves its report."""
-    results = {}
-    for name, check in CHECKS.items():
-        if args.only and name not in args.only:
-            continue
+# Seconds a check may take before it is stopped and reported failed (an H200 takes a fraction of each)
+LIMITS = {"op_table": 150, "aot_ptx": 180, "assembler_floor": 90, "cuda_layer": 60, "fused_ops": 240,
+          "ort_attention": 180, "ort_loop": 300, "torch_step": 360}
+PTXAS_ENV = "TRITON_PTXAS_PATH"  # Triton's own override of its bundled ptxas (below sm_100 in Triton 3.6)
+
+
+def run_check(name: str, args) -> dict:
+    """One check in this process: passed with its figures, skipped with the reason, or failed with the error."""
+    started = time.perf_counter()
+    try:
+        entry = {"status": "passed", "figures": CHECKS[name](args)}
+    except Skip as exc:
+        entry = {"status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001 -- a failed check is reported and the next one runs
+        entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                 "traceback": traceback.format_exc()[-4000:]}
+    entry["seconds"] = round(time.perf_counter() - started, 2)
+    return entry
+
+
+def in_own_process(name: str, args, env: dict) -> dict:
+    """One check in a child process: a CUDA fault is sticky for the process that met it, so it ends that check
+    alone; so do a crash and a hang (LIMITS)."""
+    import subprocess
+    import tempfile
+
+    if name == "assembler_floor":  # it is about Triton's own ptxas
+        env = {k: v for k, v in env.items() if k != PTXAS_ENV}
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out), "--child", name,
+                   "--result", str(result), *(["--quick"] if args.quick else []),
+                   *(["--artifacts", str(args.artifacts)] if args.artifacts else [])]
         started = time.perf_counter()
         try:
-            entry = {"status": "passed", "figures": check(args)}
-        except Skip as exc:
-            entry = {"status": "skipped", "reason": str(exc)}
-        except Exception as exc:  # noqa: BLE001 -- a failed check is reported and the next one runs
-            entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                     "traceback": traceback.format_exc()[-4000:]}
-        entry["seconds"] = round(time.perf_counter() - started, 2)
+            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=LIMITS[name])
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "error": f"did not finish in {LIMITS[name]} s",
+                    "seconds": round(time.perf_counter() - started, 2)}
+        if result.is_file():
+            return json.loads(result.read_text())
+        return {"status": "failed", "error": f"its process ended with exit status {proc.returncode} and no result",
+                "traceback": (proc.stdout + proc.stderr)[-4000:], "seconds": round(time.perf_counter() - started, 2)}
+
+
+def sound_ptxas() -> dict:
+    """For this GPU, the ptxas the checks' processes should assemble with (pick_ptxas); {} where there is no device,
+    Triton or torch: the checks say so themselves."""
+    import shutil
+
+    try:
+        import torch
+        from triton.backends.nvidia.compiler import get_ptxas  # noqa: F401 -- the NVIDIA backend is there
+
+        from dbunet.plugins import aot
+
+        if not torch.cuda.is_available():
+            return {}
+        major, minor = torch.cuda.get_device_capability()
+        own = aot.triton_ptxas(major * 10 + minor).release
+    except Exception:  # noqa: BLE001 -- reported by the checks
+        return {}
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    return pick_ptxas(major * 10 + minor, own, [Path(cuda_home) / "bin" / "ptxas", shutil.which("ptxas")])
+
+
+def pick_ptxas(cc: int, own: str, candidates: list) -> dict:
+    """Where Triton's own ptxas (CUDA `own`) is below the floor for sm_`cc` (aot.SOUND_ASSEMBLER), the first of
+    `candidates` (a CUDA toolkit's) that is not, for TRITON_PTXAS_PATH: "used" is its path, None where none is
+    (the checks then meet the launcher's refusal). Facts for the report under "ptxas"."""
+    from dbunet.plugins import aot
+
+    least = aot.SOUND_ASSEMBLER.get(cc)
+    facts = {"triton": own, "floor": ".".join(map(str, least)) if least else None}
+    if not least or aot.cuda_release(own) >= least:
+        return facts
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            release = aot.ptxas_release(Path(candidate))
+            if aot.cuda_release(release) >= least:
+                return facts | {"used": str(candidate), "release": release}
+    return facts | {"used": None}
+
+
+def run(args, save: Callable[[dict], None] = lambda results: None, env: dict | None = None) -> dict:
+    """Every check in turn, each in its own process; `save` gets the results after each, so a run cut short still
+    leaves its report."""
+    results = {}
+    for name in CHECKS:
+        if args.only and name not in args.only:
+            continue
+        entry = in_own_process(name, args, env or dict(os.environ))
         results[name] = entry
         save(results)
-        print(f"{name:<13} {entry['status']:<8} {entry['seconds']:7.1f}s  "
+        print(f"{name:<15} {entry['status']:<8} {entry['seconds']:7.1f}s  "
               f"{entry.get('reason') or entry.get('error') or ''}"[:300], flush=True)
     return results
 
@@ -708,6 +853,7 @@ def run(args, save: Callable[[dict], None] = lambda results: None) -> dict:
 def markdown(env: dict, results: dict) -> str:
     lines = [f"GPU check on {env.get('gpu') or 'no GPU'} (Python {env['python']}, torch {env.get('torch')}, "
              f"Triton {env.get('triton')}, cuda-bindings {env.get('cuda_bindings')})", "",
+             *([f"ptxas: {json.dumps(env['ptxas'])}", ""] if env.get("ptxas") else []),
              "| check | status | seconds | figures or reason |", "|---|---|---|---|"]
     for name, r in results.items():
         detail = r.get("reason") or r.get("error") or json.dumps(r.get("figures"), default=str)
@@ -721,22 +867,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer timing repeats")
     parser.add_argument("--artifacts", type=Path, help="a tiny preset export, FP32 and FP16, for ort_loop")
     parser.add_argument("--only", nargs="*", choices=list(CHECKS), help="run only these checks")
+    parser.add_argument("--child", choices=list(CHECKS), help=argparse.SUPPRESS)  # one check, in this process
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # where --child writes its entry
     args = parser.parse_args(argv)
     if "triton" not in sys.modules:  # the real compiler, not the interpreter (set before triton is imported)
         os.environ["TRITON_INTERPRET"] = "0"
     elif os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("triton was imported in interpreter mode (TRITON_INTERPRET=1): run this in its own process")
-    args.out.mkdir(parents=True, exist_ok=True)
     from dbunet import atomic
 
+    if args.child:
+        atomic.write_text(args.result, json.dumps(run_check(args.child, args), default=str))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
     env = environment()
+    env["ptxas"] = sound_ptxas()
+    child_env = dict(os.environ)
+    if env["ptxas"].get("used"):
+        child_env[PTXAS_ENV] = env["ptxas"]["used"]
 
     def save(results: dict) -> None:
         atomic.write_text(args.out / "gpu_check.json", json.dumps({"environment": env, "checks": results}, indent=2,
                                                                   default=str))
         atomic.write_text(args.out / "gpu_check.md", markdown(env, results))
 
-    results = run(args, save)
+    results = run(args, save, child_env)
     return 1 if any(r["status"] == "failed" for r in results.values()) else 0
 
 
