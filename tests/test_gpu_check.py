@@ -127,7 +127,8 @@ def test_the_guided_step_it_times_runs_on_the_cpu_in_fp16_and_fp32():
 # Packages dbunet can use that the GPU machine's stated environment lacks (it has Python, torch, Triton, CuPy,
 # cuda-bindings, onnx, onnxruntime, pytest and transformers with their dependencies; the project is not installed
 # there). Its image has since gained Pillow, onnxscript, onnx-ir and matplotlib; the checks still need none of them.
-ABSENT_ON_THE_GPU_MACHINE = ("jsonschema", "PIL", "onnxscript", "onnx_ir", "diffusers", "polygraphy", "tensorrt",
+# Pillow is there (the torch_pipeline check's scoring imported it on the H200); jsonschema and diffusers are not
+ABSENT_ON_THE_GPU_MACHINE = ("jsonschema", "onnxscript", "onnx_ir", "diffusers", "polygraphy", "tensorrt",
                              "openvino", "ray", "fastapi", "matplotlib")
 
 _IMPORT_UNDER_BLOCK = """
@@ -292,3 +293,20 @@ def test_a_check_that_hangs_is_stopped_and_reported_and_the_next_runs(tmp_path, 
     results = gpu_check.run(args, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert results["op_table"]["status"] == "failed" and results["op_table"]["error"] == "did not finish in 0.01 s"
     assert results["aot_ptx"]["status"] == "skipped" and results["aot_ptx"]["reason"]
+
+
+def test_the_pipeline_check_names_the_libraries_it_lacks(monkeypatch):
+    """The GPU machine has neither diffusers nor jsonschema: torch_pipeline says so, as a skip, before any work."""
+    import argparse
+    import importlib.util
+
+    import gpu_check
+    import torch
+
+    monkeypatch.setattr(gpu_check, "need_torch_cuda", lambda: torch)  # as on a GPU
+    monkeypatch.setattr(gpu_check, "need_triton", lambda: None)
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("diffusers", "jsonschema") else found(name, *a))
+    with pytest.raises(gpu_check.Skip, match=r"^diffusers, jsonschema not installed \(TorchPipeline's VAE"):
+        gpu_check.check_torch_pipeline(argparse.Namespace(quick=True))

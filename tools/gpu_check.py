@@ -32,6 +32,10 @@ sm_90), the checks assemble with a CUDA toolkit's ptxas through TRITON_PTXAS_PAT
                  dbunet-run's ONNX Runtime path on the CUDA provider, per-step runs vs the whole loop with its
                  tensors on the device and one CUDA graph per buffer parity (dbunet.runtime.backends.ort_loop):
                  the latents agree, denoising time of each, whether ONNX Runtime accepted the CUDA graphs
+  torch_pipeline the shapes demo model (the README's main job) through TorchPipeline on the GPU, FP32 with TF32
+                 off, eager and with the Triton kernels, against the same pipeline on the CPU over held-out layouts:
+                 every image within 3 uint8 levels, and benchmarks/quality.py's box scores of each (needs diffusers,
+                 transformers and jsonschema)
   torch_step     the DB-UNet guided step at the sd15 preset, 512x512, FP16 on CUDA: eager, torch.compile,
                  eager with the Triton kernels (TorchPipeline's denoise_step calls this module; its VAE needs
                  diffusers, which the GPU machine lacks, so the step is timed on its own)
@@ -526,6 +530,64 @@ def guided_step_of(cfg, side: int, boxes: int, device: str, dtype) -> Callable:
     return of
 
 
+# Levels (uint8) a CUDA image may differ from the CPU's: both FP32 with TF32 off, only the kernels' summation orders
+# differ; on a CPU, ONNX Runtime's and PyTorch's images of the same requests were at most 1 level apart. A wrong
+# kernel, mask or token is tens of levels off (Triton 3.6's misassembled FP16 attention: 0.68 of its range).
+PIPELINE_LEVELS = 3
+TORCH_PIPELINE_NEEDS = ("diffusers", "transformers", "jsonschema", "PIL")
+
+
+def check_torch_pipeline(args) -> dict:
+    """The shapes demo model (the README's main job) through TorchPipeline on the GPU in FP32, eager and with the
+    Triton kernels, against the same pipeline on the CPU over held-out layouts: every image within PIPELINE_LEVELS,
+    and the box scores of benchmarks/quality.py for each."""
+    torch = need_torch_cuda()
+    need_triton()
+    missing = [m for m in TORCH_PIPELINE_NEEDS if importlib.util.find_spec(m) is None]
+    if missing:
+        raise Skip(f"{', '.join(missing)} not installed (TorchPipeline's VAE and UNet blocks are diffusers'; "
+                   "jsonschema checks the model's config)")
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from quality import Summary, held_out_layouts, score_image
+
+    from dbunet.models.pipeline import TorchPipeline
+    from dbunet.plugins.torch_ops import use_triton_kernels
+
+    torch.backends.cudnn.allow_tf32 = False  # FP32 as the CPU computes it: TF32 convolutions round to 10 bits
+    torch.backends.cuda.matmul.allow_tf32 = False
+    preset = Path(__file__).resolve().parents[1] / "dbunet" / "presets" / "shapes"
+    layouts = held_out_layouts(8 if args.quick else 32)
+
+    def images(pipe) -> tuple[np.ndarray, float]:
+        started, out = time.perf_counter(), []
+        for i, layout in enumerate(layouts):
+            out.append(pipe(layout.prompt, boxes=[b.spec() for b in layout.boxes], seed=i).image)
+        return np.stack(out), (time.perf_counter() - started) / len(layouts)
+
+    def scores(stack: np.ndarray) -> dict:
+        summary = Summary.of([score_image(image, layout) for image, layout in zip(stack, layouts, strict=True)])
+        return {"iou": round(summary.iou, 3), "color": round(summary.color, 3), "shape": round(summary.shape, 3)}
+
+    cpu, cpu_s = images(TorchPipeline.from_pretrained(preset, "cpu"))
+    figures = {"layouts": len(layouts), "precision": "fp32, TF32 off", "cpu": {"s_per_image": round(cpu_s, 3),
+                                                                              **scores(cpu)}}
+    gpu = TorchPipeline.from_pretrained(preset, "cuda")
+    runs = {"cuda_eager": images(gpu)}
+    use_triton_kernels("cuda")  # for the rest of the process: the same pipeline, its ops now the kernels
+    runs["cuda_triton"] = images(gpu)
+    failures = []
+    for name, (stack, seconds) in runs.items():
+        diff = np.abs(stack.astype(np.int16) - cpu.astype(np.int16))
+        figures[name] = {"s_per_image": round(seconds, 3), "max_levels": int(diff.max()),
+                         "mean_levels": round(float(diff.mean()), 4), **scores(stack)}
+        if diff.max() > PIPELINE_LEVELS:
+            failures.append(f"{name}: {int(diff.max())} levels from the CPU's images (at most {PIPELINE_LEVELS})")
+    assert not failures, "; ".join(failures)
+    return figures
+
+
 def check_torch_step(args) -> dict:
     torch = need_torch_cuda()
     need_triton()
@@ -727,6 +789,7 @@ CHECKS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "fused_ops": check_fused_ops,
     "ort_attention": check_ort_attention,
     "ort_loop": check_ort_loop,
+    "torch_pipeline": check_torch_pipeline,
     "torch_step": check_torch_step,
 }
 
@@ -753,7 +816,7 @@ def environment() -> dict:
 
 # Seconds a check may take before it is stopped and reported failed (an H200 takes a fraction of each)
 LIMITS = {"op_table": 150, "aot_ptx": 180, "assembler_floor": 90, "cuda_layer": 60, "fused_ops": 240,
-          "ort_attention": 180, "ort_loop": 300, "torch_step": 360}
+          "ort_attention": 180, "ort_loop": 300, "torch_pipeline": 240, "torch_step": 360}
 PTXAS_ENV = "TRITON_PTXAS_PATH"  # Triton's own override of its bundled ptxas (below sm_100 in Triton 3.6)
 
 
