@@ -285,9 +285,10 @@ def check_assembler_floor(args) -> dict:
 
     major, minor = torch.cuda.get_device_capability()
     cc = major * 10 + minor
-    least = aot.SOUND_ASSEMBLER.get(cc)
-    if not least:
+    floor = aot.SOUND_ASSEMBLER.get(cc)
+    if not floor:
         raise Skip(f"no assembler floor for sm_{cc}")
+    least = floor.least
     ptxas = aot.triton_ptxas(cc)
     below = aot.cuda_release(ptxas.release) < least
     cases = [case for case in CASES if case.op == "spatial_cross_attention"]
@@ -886,7 +887,7 @@ def pick_ptxas(cc: int, own: str, candidates: list) -> dict:
     (the checks then meet the launcher's refusal). Facts for the report under "ptxas"."""
     from dbunet.plugins import aot
 
-    least = aot.SOUND_ASSEMBLER.get(cc)
+    least = aot.SOUND_ASSEMBLER[cc].least if cc in aot.SOUND_ASSEMBLER else None
     facts = {"triton": own, "floor": ".".join(map(str, least)) if least else None}
     if not least or aot.cuda_release(own) >= least:
         return facts

@@ -143,7 +143,7 @@ MUTANTS = [
            (TRT_TESTS,), "the cuda-python stream handle passed to execute_async_v3 without int()"),
     # the GPU path against the real libraries: polygraphy, cuda-bindings, Triton's ptxas
     Mutant("assembler_floor_dropped", "dbunet/plugins/aot.py",
-           "SOUND_ASSEMBLER = {90: (13, 0)}", "SOUND_ASSEMBLER = {}",
+           'SOUND_ASSEMBLER = {90: Floor((13, 0), "ptxas 12.8', 'SOUND_ASSEMBLER = {91: Floor((13, 0), "ptxas 12.8',
            ("tests/plugins/test_assembler_floor.py",),
            "no floor: ptxas 12.8's wrong FP16 attention cubin on Hopper let through"),
     Mutant("jit_launch_unguarded", "dbunet/plugins/launch.py",

@@ -20,6 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from dbunet.errors import BuildError
 from dbunet.releases import TRITON_PIN, require
@@ -160,18 +161,25 @@ def ptx_isa(ptx: str) -> tuple[int, int]:
 # 8.7, sm_90a) of FP16 spatial attention came out 0.68 to 1.05 of its range off the reference when Triton 3.6's
 # bundled ptxas (CUDA 12.8) assembled it, and within the op table's bound when ptxas 13.0 or a CUDA 13.0 driver's
 # own PTX compiler did (tools/gpu_check.py); a launch of the wrong cubin also ended in an illegal memory access.
-# A driver compiles the plugins' PTX with its own release's compiler, so TensorRT's path is held to the same floor;
-# that a 12.x driver's compiler repeats ptxas 12.8's error is inferred, not run.
-SOUND_ASSEMBLER = {90: (13, 0)}
+# Between the two, CUDA 12.9's was not run: below the floor is refused, not only what was seen wrong. Triton 3.6 and
+# 3.7 assemble sm_90 with ptxas 12.8, 3.8 with 12.9, 3.9 with its CUDA 13 ptxas-blackwell. A driver compiles the
+# plugins' PTX with its own release's compiler, so TensorRT's path is held to the same floor; that a 12.x driver's
+# compiler repeats ptxas 12.8's error is inferred, not run.
+class Floor(NamedTuple):
+    least: tuple[int, int]  # the oldest CUDA release whose assembler compiled the kernels right
+    wrong: str  # what an older one was seen to do
+
+
+SOUND_ASSEMBLER = {90: Floor((13, 0), "ptxas 12.8 turned FP16 attention 0.7 to 1.0 of its range off on an H200")}
 
 
 def require_sound_assembler(cc: int, release: str, what: str, fix: str) -> None:
     """Refuse to run the kernels on sm_`cc` compiled by a CUDA `release` assembler below SOUND_ASSEMBLER's floor:
     a wrong image otherwise. `what` names the assembler, `fix` says how to get a newer one."""
-    least = SOUND_ASSEMBLER.get(cc)
-    if least and cuda_release(release) < least:
-        raise BuildError(f"{what} (CUDA {release}) compiles the dbunet kernels wrongly on sm_{cc}: FP16 attention "
-                         f"was measured off by its whole range; CUDA {_dotted(least)} or newer is needed: {fix}")
+    floor = SOUND_ASSEMBLER.get(cc)
+    if floor and cuda_release(release) < floor.least:
+        raise BuildError(f"{what} (CUDA {release}) is older than CUDA {_dotted(floor.least)}, the oldest seen to "
+                         f"compile the dbunet kernels right on sm_{cc} ({floor.wrong}): {fix}")
 
 
 def require_driver_reads(ptx: str, driver_cuda: str, what: str) -> None:

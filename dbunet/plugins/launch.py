@@ -29,8 +29,7 @@ def require_sound_ptxas(cc: int) -> None:
     ptxas = aot.triton_ptxas(cc)
     aot.require_sound_assembler(
         cc, ptxas.release, f"Triton's ptxas {ptxas.path}",
-        "point TRITON_PTXAS_PATH at one (a CUDA toolkit's bin/ptxas), or install a Triton that uses one for this "
-        "GPU (3.9 assembles sm_90 with its ptxas-blackwell, CUDA 13.x)")
+        "point TRITON_PTXAS_PATH at a newer one (a CUDA toolkit's bin/ptxas); Triton 3.9 brings one for sm_90")
 
 
 def _on_device(t: torch.Tensor) -> None:
