@@ -818,7 +818,7 @@ def environment() -> dict:
 # Seconds a check may take before it is stopped and reported failed (an H200 takes a fraction of each)
 LIMITS = {"op_table": 150, "aot_ptx": 180, "assembler_floor": 90, "cuda_layer": 60, "fused_ops": 240,
           "ort_attention": 180, "ort_loop": 300, "torch_pipeline": 240, "torch_step": 360}
-PTXAS_ENV = "TRITON_PTXAS_PATH"  # Triton's own override of its bundled ptxas (below sm_100 in Triton 3.6)
+PTXAS_ENV = "TRITON_PTXAS_PATH"  # Triton's own override of its bundled ptxas (below sm_100 in Triton 3.6 to 3.8)
 
 
 def run_check(name: str, args) -> dict:

@@ -124,8 +124,8 @@ class Ptxas:
 @functools.cache
 def triton_ptxas(cc: int) -> Ptxas:
     """The ptxas triton.compile runs for `cc`: Triton bundles one per CUDA line and picks by architecture
-    (3.9: 12.9 below sm_90, 13.x from it; 3.6: 12.8 below sm_100). TRITON_PTXAS_PATH replaces the one below
-    sm_100 in 3.6, as it does for Triton's own compiles."""
+    (3.9: 12.9 below sm_90, 13.x from it; 3.6 and 3.7: 12.8 below sm_100, 3.8: 12.9). TRITON_PTXAS_PATH replaces
+    the one below sm_100 in 3.6 to 3.8, as it does for Triton's own compiles."""
     try:
         from triton.backends.nvidia.compiler import get_ptxas
 

@@ -24,8 +24,8 @@ def _table_dtype(t: torch.Tensor) -> str:
 
 @functools.cache
 def require_sound_ptxas(cc: int) -> None:
-    """Triton assembles what it launches with its own ptxas: refuse one measured to compile the kernels wrongly on
-    sm_`cc` (aot.SOUND_ASSEMBLER), before the first launch."""
+    """Triton assembles what it launches with its own ptxas: refuse one below the floor measured for sm_`cc`
+    (aot.SOUND_ASSEMBLER), before the first launch."""
     ptxas = aot.triton_ptxas(cc)
     aot.require_sound_assembler(
         cc, ptxas.release, f"Triton's ptxas {ptxas.path}",
