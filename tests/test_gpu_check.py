@@ -126,8 +126,8 @@ def test_the_guided_step_it_times_runs_on_the_cpu_in_fp16_and_fp32():
 
 # Packages dbunet can use that the GPU machine's stated environment lacks (it has Python, torch, Triton, CuPy,
 # cuda-bindings, onnx, onnxruntime, pytest and transformers with their dependencies; the project is not installed
-# there). Its image has since gained Pillow, onnxscript, onnx-ir and matplotlib; the checks still need none of them.
-# Pillow is there (the torch_pipeline check's scoring imported it on the H200); jsonschema and diffusers are not
+# there). Its image has since gained Pillow, onnxscript, onnx-ir and matplotlib: the checks need none of them but
+# Pillow (torch_pipeline's scoring, which imported it on the H200), so the others stay listed
 ABSENT_ON_THE_GPU_MACHINE = ("jsonschema", "onnxscript", "onnx_ir", "diffusers", "polygraphy", "tensorrt",
                              "openvino", "ray", "fastapi", "matplotlib")
 
@@ -310,3 +310,35 @@ def test_the_pipeline_check_names_the_libraries_it_lacks(monkeypatch):
                         lambda name, *a: None if name in ("diffusers", "jsonschema") else found(name, *a))
     with pytest.raises(gpu_check.Skip, match=r"^diffusers, jsonschema not installed \(TorchPipeline's VAE"):
         gpu_check.check_torch_pipeline(argparse.Namespace(quick=True))
+
+
+_TORCH_STEP = """
+import json, statistics, sys, time
+sys.path.insert(0, {tools!r})
+import gpu_check, torch
+from dbunet.config import tiny
+
+def timing(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+print(json.dumps(gpu_check.torch_step(tiny(), "cpu", torch.float32, rounds=2, repeat=1, timing=timing,
+                                      compiler=lambda module, dynamic: module, size=32)))
+"""
+
+
+def test_the_step_check_alternates_eager_compiled_and_the_kernels():
+    """torch_step's body on the CPU (the kernels under Triton's interpreter, a separate process: their registration
+    lasts for it): the three timed in alternating rounds, and the kernels' step near the reference's."""
+    require_triton()
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _TORCH_STEP.format(tools=str(ROOT / "tools"))], capture_output=True,
+                          text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["rounds"] == 2 and all(figures[k] > 0 for k in ("eager_ms", "compile_ms", "eager_triton_ms"))
+    assert figures["triton_vs_reference_max_rel"] < 1e-4  # FP32 kernels: IEEE dots, only the summation order differs

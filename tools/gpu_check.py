@@ -24,7 +24,7 @@ sm_90), the checks assemble with a CUDA toolkit's ptxas through TRITON_PTXAS_PAT
                  capture of copies and a kernel standing in for execute_async_v3, instantiate, launch, events,
                  the failed-capture fallback; StepLoop's whole-loop graph against per-step launches
   fused_ops      the kernels against their references at sd15 shapes (FP16), and fused BoxConstraint / SCA timed
-                 against eager and torch.compile
+                 against eager and torch.compile, the three in alternating rounds
   ort_attention  where onnxruntime-gpu is installed: one attention at sd15 512x512 (2 x 8 heads x 4096 tokens x 40)
                  as exported vs rewritten into MultiHeadAttention (dbunet.onnx_attention) on the CUDA provider,
                  FP32 and FP16: the outputs agree, time of each, device memory each run takes
@@ -37,8 +37,8 @@ sm_90), the checks assemble with a CUDA toolkit's ptxas through TRITON_PTXAS_PAT
                  every image within 3 uint8 levels, and benchmarks/quality.py's box scores of each (needs diffusers,
                  transformers and jsonschema)
   torch_step     the DB-UNet guided step at the sd15 preset, 512x512, FP16 on CUDA: eager, torch.compile,
-                 eager with the Triton kernels (TorchPipeline's denoise_step calls this module; its VAE needs
-                 diffusers, which the GPU machine lacks, so the step is timed on its own)
+                 eager with the Triton kernels, in alternating rounds (the kernels switched per round: TorchPipeline's
+                 denoise_step calls this module; torch_pipeline runs the whole pipeline)
 """
 
 from __future__ import annotations
@@ -94,9 +94,10 @@ def need_cuda_bindings():
 
 
 def gpu_timing(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
-    """Median milliseconds of `fn` by CUDA events, after warm-up."""
+    """Median milliseconds of `fn` by CUDA events, after warm-up (the first call in a process loads the GPU first)."""
     import torch
 
+    spin_up()
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -109,6 +110,20 @@ def gpu_timing(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+@functools.cache
+def spin_up(seconds: float = 1.0) -> None:
+    """Keep the GPU busy for `seconds` before the first timing: an idle H200 read 345 MHz, and the first figures of a
+    run came in slower than the same figures later."""
+    import torch
+
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
 
 
 class Tally:
@@ -593,37 +608,54 @@ def check_torch_step(args) -> dict:
     torch = need_torch_cuda()
     need_triton()
     from dbunet.config import sd15
+
+    figures = torch_step(sd15(), "cuda", torch.float16, rounds=3 if args.quick else 5, repeat=5 if args.quick else 20,
+                         timing=gpu_timing, compiler=torch.compile)
+    figures["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return figures
+
+
+def torch_step(cfg, device: str, dtype, rounds: int, repeat: int, timing: Callable, compiler: Callable,
+               size: int = 512) -> dict:
+    """The guided step at `size` x `size` eager, compiled and eager through the Triton kernels, the three timed in
+    alternating rounds (medians of the rounds' medians), so a drift of the GPU's clocks hits each alike."""
+    import torch
+
     from dbunet.models.dbunet import DBUNet
     from dbunet.plugins.torch_ops import use_triton_kernels
 
-    cfg = sd15()
-    side, boxes = 512 // cfg.vae.downscale, 4
-    with torch.device("cuda"):  # initialised on the device: seconds instead of a minute on the host
-        unet = DBUNet(cfg.unet).to(torch.float16).eval()
-    guided_step = guided_step_of(cfg, side, boxes, "cuda", torch.float16)
-
-    repeat = 5 if args.quick else 20
-    figures = {"latent": f"{side}x{side}", "boxes": boxes, "dtype": "fp16", "batch": 2}
+    side, boxes = size // cfg.vae.downscale, 4
+    with torch.device(device):  # initialised on the device: seconds instead of a minute on the host
+        unet = DBUNet(cfg.unet).to(dtype).eval()
+    guided_step = guided_step_of(cfg, side, boxes, device, dtype)
+    figures = {"latent": f"{side}x{side}", "boxes": boxes, "dtype": str(dtype).split(".")[-1], "batch": 2,
+               "rounds": rounds, "repeat": repeat}
+    device_type = torch.device(device).type
     with torch.no_grad():
+        use_triton_kernels(device_type, enabled=False)  # registered for the process, switched per round below
         eager = guided_step(unet)
         reference = eager()
-        figures["eager_ms"] = gpu_timing(eager, repeat)
         started = time.perf_counter()
-        compiled = guided_step(torch.compile(unet, dynamic=False))
+        compiled = guided_step(compiler(unet, dynamic=False))
         compiled()
         figures["compile_s"] = round(time.perf_counter() - started, 1)
-        figures["compile_ms"] = gpu_timing(compiled, repeat)
-        use_triton_kernels("cuda")  # for the rest of the process: torch.library has no unregister
-        fused = guided_step(unet)
-        out = fused()
-        figures["eager_triton_ms"] = gpu_timing(fused, repeat)
+        use_triton_kernels(device_type)
+        out = eager()
+        times = {"eager_ms": [], "compile_ms": [], "eager_triton_ms": []}
+        for _ in range(rounds):
+            for name, step, kernels in (("eager_ms", eager, False), ("compile_ms", compiled, False),
+                                        ("eager_triton_ms", eager, True)):
+                use_triton_kernels(device_type, enabled=kernels)
+                times[name].append(timing(step, repeat))
+        use_triton_kernels(device_type, enabled=False)
+    figures |= {name: round(statistics.median(t), 3) for name, t in times.items()}
+    figures["triton_over_eager"] = round(figures["eager_triton_ms"] / figures["eager_ms"], 3)
     rel = float((out.float() - reference.float()).abs().max() / reference.float().abs().max())
     figures["triton_vs_reference_max_rel"] = rel
     # per op the kernels stay within 5e-3 of the reference in FP16 (op table); through the whole UNet (random
     # weights) differences compound, so only a gross error (a wrong mask or a lost head) fails here
-    assert torch.isfinite(reference).all() and torch.isfinite(out).all(), "the FP16 step is not finite"
+    assert torch.isfinite(reference).all() and torch.isfinite(out).all(), "the step is not finite"
     assert rel < 0.2, f"the Triton kernels change the step by {rel:.2e} of its range"
-    figures["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return figures
 
 
@@ -635,7 +667,7 @@ def check_fused_ops(args) -> dict:
 
     from dbunet.plugins.table import REFERENCES, TOLERANCE, fused, max_rel_error, reference_fp32
 
-    repeat = 10 if args.quick else 50
+    rounds, repeat = (3, 10) if args.quick else (5, 50)
     rows, failures = {}, []
     for op, tag, make in sd15_cases():
         a = make(torch.float16)
@@ -648,11 +680,15 @@ def check_fused_ops(args) -> dict:
         if op == "channel_cross_attention":
             continue  # no TensorRT plugin: checked, not timed (benchmarks/ops.py times it)
         compiled = torch.compile(ref, dynamic=False)
-        rows[f"{op} {tag}"] |= {name: round(gpu_timing(functools.partial(f, *a), repeat), 4)
-                                for name, f in (("eager_ms", ref), ("compile_ms", compiled), ("fused_ms", kernel))}
+        calls = {"eager_ms": ref, "compile_ms": compiled, "fused_ms": kernel}
+        times = {name: [] for name in calls}
+        for _ in range(rounds):  # alternating, so a drift of the GPU's clocks hits each alike
+            for name, f in calls.items():
+                times[name].append(gpu_timing(functools.partial(f, *a), repeat))
+        rows[f"{op} {tag}"] |= {name: round(statistics.median(t), 4) for name, t in times.items()}
     if failures:
         raise AssertionError("; ".join(failures))
-    return {"dtype": "fp16", "batch": 2, "repeat": repeat, "ops": rows}
+    return {"dtype": "fp16", "batch": 2, "rounds": rounds, "repeat": repeat, "ops": rows}
 
 
 ORT_PROVIDER = "CUDAExecutionProvider"

@@ -32,6 +32,14 @@ fused = pipe("a cat", **kwargs)
 rel = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())
 print(calls["box_constraint"], calls["spatial_cross_attention"], calls["channel_cross_attention"],
       rel(fused.latents, reference.latents), rel(fused.pixels, reference.pixels))
+# switched back: the references again, not one launch more; and on again: the kernels' image again
+launched = dict(calls)
+torch_ops.use_triton_kernels("cpu", enabled=False)
+off = pipe("a cat", **kwargs)
+print(calls == launched, np.array_equal(off.pixels, reference.pixels))
+torch_ops.use_triton_kernels("cpu")
+again = pipe("a cat", **kwargs)
+print(np.array_equal(again.pixels, fused.pixels), calls["box_constraint"] == 2 * launched["box_constraint"])
 """
 
 
@@ -40,7 +48,8 @@ def test_torch_pipeline_runs_on_the_kernels(tiny_model_dir):
     proc = subprocess.run([sys.executable, "-c", SCRIPT.format(model=str(tiny_model_dir))], capture_output=True,
                           text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    box, sca, cca, latents, pixels = proc.stdout.split()
+    box, sca, cca, latents, pixels, no_launch, off_is_reference, on_is_fused, launched_again = proc.stdout.split()
+    assert (no_launch, off_is_reference, on_is_fused, launched_again) == ("True",) * 4  # the switch, both ways
     # per step one guided-batch UNet call: 4 BoxConstraints (3 encoder layers + mid), 3 DCA layers
     assert (int(box), int(sca), int(cca)) == (2 * 4, 2 * 3, 2 * 3)
     # FP32 kernels vs the PyTorch ops through 2 steps, the VAE and a refiner step, relative to the range:
